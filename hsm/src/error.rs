@@ -1,0 +1,109 @@
+//! Errors of the two protector operations, with variants a user can act on.
+//!
+//! No variant ever carries a PIN, passphrase, recovery word or key. Messages from token
+//! libraries are kept only where they describe the token, never the input.
+
+use crate::Kind;
+
+/// Why a key could not be wrapped (enrolling a new unlock method).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WrapError {
+    /// The token is not there: no TPM at the TCTI, no such PKCS#11 module or token label.
+    #[error("token not available: {what}")]
+    TokenAbsent {
+        /// Which token was looked for, and where.
+        what: String,
+    },
+    /// The PIN was refused by the token.
+    #[error("wrong PIN{}", retries_suffix(*.retries_left))]
+    WrongPin {
+        /// Attempts left before the token blocks the PIN, when the token says.
+        retries_left: Option<u32>,
+    },
+    /// The token has blocked the PIN after too many wrong attempts.
+    #[error("PIN blocked: too many wrong attempts; unblock it with the token's own tools")]
+    PinBlocked,
+    /// The token would not keep the key non-extractable and sensitive, so it is refused.
+    #[error(
+        "the token did not keep the generated key sensitive and non-extractable; refusing to use it"
+    )]
+    KeyWouldBeExtractable,
+    /// The request itself is invalid (for example a PCR index out of range).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Any other token failure, described without secrets.
+    #[error("{kind} token error: {message}")]
+    Token {
+        /// Which backend failed.
+        kind: Kind,
+        /// What the token reported.
+        message: String,
+    },
+}
+
+/// Why a key could not be unwrapped (unlocking).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnwrapError {
+    /// The token is not there: no TPM at the TCTI, no such PKCS#11 module or token label.
+    #[error("token not available: {what}")]
+    TokenAbsent {
+        /// Which token was looked for, and where.
+        what: String,
+    },
+    /// The slot needs a PIN and none was given.
+    #[error("this keyslot needs a PIN")]
+    PinRequired,
+    /// The PIN was refused by the token.
+    #[error("wrong PIN{}", retries_suffix(*.retries_left))]
+    WrongPin {
+        /// Attempts left before the token blocks the PIN, when the token says.
+        retries_left: Option<u32>,
+    },
+    /// The token has blocked the PIN (TPM dictionary-attack lockout, PKCS#11 PIN locked).
+    #[error(
+        "PIN blocked: too many wrong attempts; wait for the lockout to expire or unblock the token"
+    )]
+    PinBlocked,
+    /// The TPM's policy does not hold: the bound PCR values have changed since enrolment.
+    #[error("the TPM policy does not hold: PCR values differ from those at enrolment")]
+    PolicyMismatch,
+    /// The key this slot was wrapped with is not on this token (another TPM, a reset TPM,
+    /// another PKCS#11 token, or the key was deleted).
+    #[error("the key of this slot is not on this token ({0})")]
+    KeyNotOnToken(String),
+    /// The passphrase is wrong (or the slot was tampered with).
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The recovery code is well formed but does not open this slot.
+    #[error("the recovery code does not match")]
+    WrongRecoveryCode,
+    /// The stored record is damaged or was altered; nothing was unwrapped.
+    #[error("keyslot record is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// The record belongs to another kind of protector.
+    #[error("keyslot is of kind {found}, not {expected}")]
+    WrongKind {
+        /// The protector that was asked.
+        expected: Kind,
+        /// The kind of the record.
+        found: Kind,
+    },
+    /// Any other token failure, described without secrets.
+    #[error("{kind} token error: {message}")]
+    Token {
+        /// Which backend failed.
+        kind: Kind,
+        /// What the token reported.
+        message: String,
+    },
+}
+
+fn retries_suffix(retries_left: Option<u32>) -> String {
+    match retries_left {
+        Some(1) => " (1 attempt left)".to_owned(),
+        Some(n) => format!(" ({n} attempts left)"),
+        None => String::new(),
+    }
+}

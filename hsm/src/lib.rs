@@ -1,0 +1,134 @@
+//! Every token that can hold the node's root key, behind one trait.
+//!
+//! A node's data key (the DEK, see [`DataKey`]) is never stored in the clear. It is
+//! *wrapped* once per enrolled unlock method, and each unlock method is a [`Protector`]:
+//!
+//! - [`tpm::TpmProtector`]: a TPM 2.0 sealed data object, optionally bound to PCR values
+//!   and/or a PIN (tss-esapi 7.x);
+//! - [`pkcs11::Pkcs11Protector`]: a non-extractable AES-256 key generated inside a PKCS#11
+//!   token (cryptoki), used with AES-GCM;
+//! - [`soft::SoftProtector`]: a passphrase stretched with Argon2id (not hardware);
+//! - [`recovery::RecoveryProtector`]: a 24-word BIP39 recovery code (not hardware).
+//!
+//! What a protector hands back from [`Protector::wrap`] is a [`Sealed`] record: public
+//! parameters plus ciphertext, safe to store on disk. Only the same protector (the same
+//! TPM, the same token, the same passphrase) turns it back into the key.
+//!
+//! This is the only crate of the workspace with C libraries (libtss2, the PKCS#11 module
+//! loaded at run time) and the only one allowed `unsafe`; it has none of its own today.
+//! [`sim`] starts the software stand-ins (swtpm, SoftHSM2) used by tests and by the
+//! local development command.
+
+#![forbid(unsafe_code)]
+
+mod aead;
+mod b64;
+mod error;
+pub mod pkcs11;
+pub mod recovery;
+mod secret;
+pub mod sim;
+pub mod soft;
+pub mod tpm;
+
+pub use error::{UnwrapError, WrapError};
+pub use secret::{DataKey, Pin};
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of unlock method a [`Protector`] implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Kind {
+    /// TPM 2.0 sealed object.
+    Tpm,
+    /// Key inside a PKCS#11 token.
+    Pkcs11,
+    /// Passphrase with Argon2id; software only.
+    Soft,
+    /// 24-word recovery code; software only.
+    Recovery,
+}
+
+impl Kind {
+    /// Whether the key material behind this kind lives in a hardware token.
+    ///
+    /// The `soft` and `recovery` kinds are always reported as not hardware, so that a user
+    /// never mistakes a passphrase for a token.
+    pub fn is_hardware(self) -> bool {
+        matches!(self, Kind::Tpm | Kind::Pkcs11)
+    }
+
+    /// The lowercase name used on the command line and in stored records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tpm => "tpm",
+            Kind::Pkcs11 => "pkcs11",
+            Kind::Soft => "soft",
+            Kind::Recovery => "recovery",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a protector stores after wrapping a key: public parameters and ciphertext.
+///
+/// Nothing in a `Sealed` record is secret; it may be written to disk and copied freely.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Sealed {
+    /// Sealed by a TPM.
+    Tpm(tpm::TpmSealed),
+    /// Wrapped by a PKCS#11 token.
+    Pkcs11(pkcs11::Pkcs11Sealed),
+    /// Wrapped under a passphrase.
+    Soft(soft::SoftSealed),
+    /// Wrapped under a recovery code.
+    Recovery(recovery::RecoverySealed),
+}
+
+impl Sealed {
+    /// The kind of protector that can unwrap this record.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Sealed::Tpm(_) => Kind::Tpm,
+            Sealed::Pkcs11(_) => Kind::Pkcs11,
+            Sealed::Soft(_) => Kind::Soft,
+            Sealed::Recovery(_) => Kind::Recovery,
+        }
+    }
+
+    /// Whether unwrapping needs a secret from the user (PIN, passphrase, recovery code).
+    pub fn needs_secret(&self) -> bool {
+        match self {
+            Sealed::Tpm(t) => t.pin,
+            Sealed::Pkcs11(_) | Sealed::Soft(_) | Sealed::Recovery(_) => true,
+        }
+    }
+}
+
+/// An unlock method: something that wraps a 32-byte key and unwraps it again.
+///
+/// Implementations hold their configuration and credentials (TCTI, module path, PIN,
+/// passphrase) and open the token per operation, so a protector is cheap to keep and can
+/// be shared between threads as `Arc<dyn Protector>`.
+///
+/// `aad` is bound to the ciphertext: unwrapping with different `aad` fails. Callers pass
+/// the header of the record the key is stored in, so a tampered header is detected.
+pub trait Protector: Send + Sync {
+    /// The kind of unlock method.
+    fn kind(&self) -> Kind;
+
+    /// Wraps `key`, returning a record that only this protector can unwrap.
+    fn wrap(&self, key: &DataKey, aad: &[u8]) -> Result<Sealed, WrapError>;
+
+    /// Unwraps a record made by [`Protector::wrap`] with the same `aad`.
+    fn unwrap(&self, sealed: &Sealed, aad: &[u8]) -> Result<DataKey, UnwrapError>;
+}

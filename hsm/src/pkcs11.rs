@@ -1,0 +1,402 @@
+//! The `pkcs11` protector: a non-extractable AES-256 key inside a PKCS#11 token.
+//!
+//! Enrolment logs in to the token (found by its label, because slot numbers change when
+//! tokens come and go), has the token generate an AES-256 key with `CKA_SENSITIVE=true`
+//! and `CKA_EXTRACTABLE=false`, reads those attributes back and refuses a token that did
+//! not honour them, then encrypts the node's key with `CKM_AES_GCM` (random 96-bit IV,
+//! 128-bit tag, the caller's `aad`). The key never leaves the token; the record keeps its
+//! `CKA_ID`.
+//!
+//! A PKCS#11 module is process-global (`C_Initialize` may run once per process), so loaded
+//! modules are kept in one process-wide table and shared by every protector.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError};
+
+/// Where the PKCS#11 module usually is on Debian for SoftHSM2.
+pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+const IV_LEN: usize = 12;
+const TAG_BITS: u64 = 128;
+
+/// A `pkcs11` keyslot's stored record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pkcs11Sealed {
+    /// The module the token was reached through at enrolment (may be overridden).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// `CKA_ID` of the AES key on the token.
+    #[serde(with = "crate::b64")]
+    pub key_id: Vec<u8>,
+    /// AES-GCM IV.
+    #[serde(with = "crate::b64")]
+    pub iv: Vec<u8>,
+    /// The wrapped key followed by the GCM tag.
+    #[serde(with = "crate::b64")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Unlock by a key inside a PKCS#11 token.
+pub struct Pkcs11Protector {
+    module: Option<PathBuf>,
+    token_label: String,
+    pin: Pin,
+}
+
+impl Pkcs11Protector {
+    /// A protector for the token labelled `token_label`, reached through the PKCS#11
+    /// module at `module`, logging in with `pin`.
+    pub fn new(module: impl Into<PathBuf>, token_label: impl Into<String>, pin: Pin) -> Self {
+        Pkcs11Protector {
+            module: Some(module.into()),
+            token_label: token_label.into(),
+            pin,
+        }
+    }
+
+    /// A protector for unlocking: module and token label come from the stored record.
+    pub fn for_unlock(pin: Pin) -> Self {
+        Pkcs11Protector {
+            module: None,
+            token_label: String::new(),
+            pin,
+        }
+    }
+
+    /// Overrides the module path stored in records (the module moved, or another machine).
+    pub fn with_module(mut self, module: impl Into<PathBuf>) -> Self {
+        self.module = Some(module.into());
+        self
+    }
+}
+
+/// Loads (once per process) and initialises the module at `path`.
+fn module(path: &Path) -> Result<Arc<Pkcs11>, String> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> = OnceLock::new();
+    let mut modules = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(m) = modules.get(path) {
+        return Ok(m.clone());
+    }
+    if !path.exists() {
+        return Err(format!("no PKCS#11 module at {}", path.display()));
+    }
+    let pkcs11 = Pkcs11::new(path)
+        .map_err(|e| format!("cannot load PKCS#11 module {}: {e}", path.display()))?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(format!("cannot initialise {}: {e}", path.display())),
+    }
+    let pkcs11 = Arc::new(pkcs11);
+    modules.insert(path.to_owned(), pkcs11.clone());
+    Ok(pkcs11)
+}
+
+fn rv(e: &CkError) -> Option<RvError> {
+    match e {
+        CkError::Pkcs11(rv, _) => Some(*rv),
+        _ => None,
+    }
+}
+
+/// An open, logged-in session on the token with the wanted label.
+struct Token {
+    session: Session,
+}
+
+enum LoginError {
+    Absent(String),
+    WrongPin(Option<u32>),
+    Blocked,
+    Other(String),
+}
+
+impl From<LoginError> for WrapError {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::Absent(what) => WrapError::TokenAbsent { what },
+            LoginError::WrongPin(retries_left) => WrapError::WrongPin { retries_left },
+            LoginError::Blocked => WrapError::PinBlocked,
+            LoginError::Other(message) => WrapError::Token {
+                kind: Kind::Pkcs11,
+                message,
+            },
+        }
+    }
+}
+
+impl From<LoginError> for UnwrapError {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::Absent(what) => UnwrapError::TokenAbsent { what },
+            LoginError::WrongPin(retries_left) => UnwrapError::WrongPin { retries_left },
+            LoginError::Blocked => UnwrapError::PinBlocked,
+            LoginError::Other(message) => UnwrapError::Token {
+                kind: Kind::Pkcs11,
+                message,
+            },
+        }
+    }
+}
+
+impl Token {
+    fn open(module_path: &Path, label: &str, pin: &Pin) -> Result<Token, LoginError> {
+        let pkcs11 = module(module_path).map_err(LoginError::Absent)?;
+        let slot = find_slot(&pkcs11, label)?.ok_or_else(|| {
+            LoginError::Absent(format!(
+                "no PKCS#11 token labelled {label:?} in {}",
+                module_path.display()
+            ))
+        })?;
+        let session = pkcs11
+            .open_rw_session(slot)
+            .map_err(|e| LoginError::Other(format!("cannot open a session: {e}")))?;
+        let pin_text = pin.expose_str().ok_or(LoginError::WrongPin(None))?;
+        let auth = AuthPin::from(pin_text.as_str());
+        match session.login(UserType::User, Some(&auth)) {
+            Ok(()) => Ok(Token { session }),
+            Err(e) => match rv(&e) {
+                Some(RvError::PinIncorrect | RvError::PinLenRange) => {
+                    let info = pkcs11.get_token_info(slot).ok();
+                    if info.as_ref().is_some_and(|i| i.user_pin_locked()) {
+                        return Err(LoginError::Blocked);
+                    }
+                    let final_try = info.is_some_and(|i| i.user_pin_final_try());
+                    Err(LoginError::WrongPin(final_try.then_some(1)))
+                }
+                Some(RvError::PinLocked) => Err(LoginError::Blocked),
+                Some(RvError::UserAlreadyLoggedIn) => Ok(Token { session }),
+                _ => Err(LoginError::Other(format!("login failed: {e}"))),
+            },
+        }
+    }
+}
+
+fn find_slot(pkcs11: &Pkcs11, label: &str) -> Result<Option<Slot>, LoginError> {
+    let slots = pkcs11
+        .get_slots_with_token()
+        .map_err(|e| LoginError::Other(format!("cannot list slots: {e}")))?;
+    for slot in slots {
+        if let Ok(info) = pkcs11.get_token_info(slot)
+            && info.label().trim_end() == label
+        {
+            return Ok(Some(slot));
+        }
+    }
+    Ok(None)
+}
+
+fn find_key(session: &Session, key_id: &[u8]) -> Result<Option<ObjectHandle>, CkError> {
+    let found = session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Id(key_id.to_vec()),
+    ])?;
+    Ok(found.into_iter().next())
+}
+
+/// Reads the key's own attributes back: true only if the token reports it sensitive,
+/// never extractable, and not extractable now.
+fn key_is_locked_in(session: &Session, key: ObjectHandle) -> Result<bool, CkError> {
+    let attributes = session.get_attributes(
+        key,
+        &[
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+            AttributeType::NeverExtractable,
+        ],
+    )?;
+    let mut ok = attributes.len() == 3;
+    for attribute in attributes {
+        ok &= match attribute {
+            Attribute::Sensitive(v) => v,
+            Attribute::Extractable(v) => !v,
+            Attribute::NeverExtractable(v) => v,
+            _ => false,
+        };
+    }
+    Ok(ok)
+}
+
+/// What a token says about the key behind a `pkcs11` slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyReport {
+    /// `CKA_SENSITIVE`: the value may not be revealed in plaintext.
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE`: the key may be wrapped out of the token.
+    pub extractable: bool,
+    /// `CKA_NEVER_EXTRACTABLE`: the key has never been extractable.
+    pub never_extractable: bool,
+    /// Whether asking the token for `CKA_VALUE` returned the key bytes (it must not).
+    pub value_readable: bool,
+}
+
+impl Pkcs11Protector {
+    /// Asks the token about the key of `sealed`: its protection attributes, and whether
+    /// its value can be read. The value, if a broken token returned it, is discarded.
+    pub fn key_report(&self, sealed: &Sealed) -> Result<KeyReport, UnwrapError> {
+        let Sealed::Pkcs11(s) = sealed else {
+            return Err(UnwrapError::WrongKind {
+                expected: Kind::Pkcs11,
+                found: sealed.kind(),
+            });
+        };
+        let token_err = |e: CkError| UnwrapError::Token {
+            kind: Kind::Pkcs11,
+            message: e.to_string(),
+        };
+        let module = self.module.clone().unwrap_or_else(|| s.module.clone());
+        let token = Token::open(&module, &s.token_label, &self.pin)?;
+        let handle = find_key(&token.session, &s.key_id)
+            .map_err(token_err)?
+            .ok_or_else(|| UnwrapError::KeyNotOnToken(format!("token {:?}", s.token_label)))?;
+        let mut report = KeyReport {
+            sensitive: false,
+            extractable: true,
+            never_extractable: false,
+            value_readable: false,
+        };
+        let attributes = token
+            .session
+            .get_attributes(
+                handle,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::NeverExtractable,
+                ],
+            )
+            .map_err(token_err)?;
+        for attribute in attributes {
+            match attribute {
+                Attribute::Sensitive(v) => report.sensitive = v,
+                Attribute::Extractable(v) => report.extractable = v,
+                Attribute::NeverExtractable(v) => report.never_extractable = v,
+                _ => {}
+            }
+        }
+        report.value_readable = matches!(
+            token.session.get_attributes(handle, &[AttributeType::Value]),
+            Ok(values) if values.iter().any(|a| matches!(a, Attribute::Value(v) if !v.is_empty()))
+        );
+        Ok(report)
+    }
+}
+
+impl Protector for Pkcs11Protector {
+    fn kind(&self) -> Kind {
+        Kind::Pkcs11
+    }
+
+    fn wrap(&self, key: &DataKey, aad: &[u8]) -> Result<Sealed, WrapError> {
+        let token_err = |e: CkError| WrapError::Token {
+            kind: Kind::Pkcs11,
+            message: e.to_string(),
+        };
+        let module = self
+            .module
+            .clone()
+            .ok_or_else(|| WrapError::Invalid("no PKCS#11 module given".into()))?;
+        let token = Token::open(&module, &self.token_label, &self.pin)?;
+        let mut key_id = vec![0u8; 16];
+        OsRng.fill_bytes(&mut key_id);
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Label(b"pk keyslot".to_vec()),
+            Attribute::Id(key_id.clone()),
+        ];
+        let handle = token
+            .session
+            .generate_key(&Mechanism::AesKeyGen, &template)
+            .map_err(token_err)?;
+        if !key_is_locked_in(&token.session, handle).map_err(token_err)? {
+            let _ = token.session.destroy_object(handle);
+            return Err(WrapError::KeyWouldBeExtractable);
+        }
+
+        let mut iv = [0u8; IV_LEN];
+        OsRng.fill_bytes(&mut iv);
+        let mut iv_param = iv;
+        let params = GcmParams::new(&mut iv_param, aad, TAG_BITS.into()).map_err(token_err)?;
+        let ciphertext = token
+            .session
+            .encrypt(&Mechanism::AesGcm(params), handle, key.expose())
+            .map_err(token_err)?;
+        Ok(Sealed::Pkcs11(Pkcs11Sealed {
+            module,
+            token_label: self.token_label.clone(),
+            key_id,
+            iv: iv.to_vec(),
+            ciphertext,
+        }))
+    }
+
+    fn unwrap(&self, sealed: &Sealed, aad: &[u8]) -> Result<DataKey, UnwrapError> {
+        let Sealed::Pkcs11(s) = sealed else {
+            return Err(UnwrapError::WrongKind {
+                expected: Kind::Pkcs11,
+                found: sealed.kind(),
+            });
+        };
+        let token_err = |e: CkError| UnwrapError::Token {
+            kind: Kind::Pkcs11,
+            message: e.to_string(),
+        };
+        if s.iv.len() != IV_LEN {
+            return Err(UnwrapError::Corrupt("AES-GCM IV has the wrong length"));
+        }
+        let module = self.module.clone().unwrap_or_else(|| s.module.clone());
+        let token = Token::open(&module, &s.token_label, &self.pin)?;
+        let handle = find_key(&token.session, &s.key_id)
+            .map_err(token_err)?
+            .ok_or_else(|| {
+                UnwrapError::KeyNotOnToken(format!(
+                    "token {:?} has no key with this slot's id",
+                    s.token_label
+                ))
+            })?;
+        let mut iv = s.iv.clone();
+        let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(token_err)?;
+        let plain = token
+            .session
+            .decrypt(&Mechanism::AesGcm(params), handle, &s.ciphertext)
+            .map_err(|e| match rv(&e) {
+                // SoftHSM2 reports a GCM tag mismatch as CKR_GENERAL_ERROR.
+                Some(
+                    RvError::EncryptedDataInvalid
+                    | RvError::EncryptedDataLenRange
+                    | RvError::GeneralError,
+                ) => UnwrapError::Corrupt("wrapped key does not authenticate"),
+                _ => token_err(e),
+            })?;
+        let plain = Zeroizing::new(plain);
+        DataKey::try_from_slice(&plain)
+            .ok_or(UnwrapError::Corrupt("wrapped key has the wrong size"))
+    }
+}

@@ -1,0 +1,463 @@
+//! The `tpm` protector: a TPM 2.0 sealed data object (tss-esapi 7.x, libtss2 3.2).
+//!
+//! Enrolment recreates the owner hierarchy's ECC P-256 storage primary key from its
+//! template (the same TPM always derives the same key), creates a sealed data object under
+//! it holding a fresh random 32-byte key-encryption key (KEK), and wraps the node's key
+//! under that KEK with XChaCha20-Poly1305 and the caller's `aad`. The object's public and
+//! private blobs are stored; the private blob is encrypted by the TPM under the primary
+//! key and is useless on any other TPM.
+//!
+//! Options chosen at enrolment:
+//! - a PCR policy (a bank and a set of PCR indices): the object unseals only while those
+//!   PCRs hold the values they had at enrolment (TPM2_PolicyPCR);
+//! - a PIN: the object's authValue. Dictionary-attack protection stays on, so wrong PINs
+//!   count towards the TPM's lockout.
+//!
+//! Every command that carries the KEK or the PIN runs in a session salted with the
+//! primary key, with parameter encryption both ways. Each operation opens its own
+//! connection and flushes every transient object and session it made, because a TPM
+//! without a resource manager (swtpm) holds only about three transient objects.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::{PropertyTag, SessionType, Tss2ResponseCodeKind};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Auth, Digest, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot,
+    Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
+    SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::{Context, Error as TssError};
+use zeroize::Zeroizing;
+
+use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, aead};
+
+/// The TCTI used when none is configured: the kernel's resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+
+/// The PCR bank a policy reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PcrBank {
+    /// SHA-1 bank (legacy firmware).
+    Sha1,
+    /// SHA-256 bank (the default).
+    Sha256,
+    /// SHA-384 bank.
+    Sha384,
+}
+
+impl PcrBank {
+    fn algorithm(self) -> HashingAlgorithm {
+        match self {
+            PcrBank::Sha1 => HashingAlgorithm::Sha1,
+            PcrBank::Sha256 => HashingAlgorithm::Sha256,
+            PcrBank::Sha384 => HashingAlgorithm::Sha384,
+        }
+    }
+}
+
+impl FromStr for PcrBank {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "sha1" => Ok(PcrBank::Sha1),
+            "sha256" => Ok(PcrBank::Sha256),
+            "sha384" => Ok(PcrBank::Sha384),
+            other => Err(format!(
+                "unknown PCR bank {other:?}; use sha1, sha256 or sha384"
+            )),
+        }
+    }
+}
+
+/// PCRs a sealed object is bound to: it unseals only while they hold their enrolment values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcrPolicy {
+    /// The bank to read.
+    pub bank: PcrBank,
+    /// PCR indices, 0 to 23.
+    pub pcrs: Vec<u8>,
+}
+
+impl PcrPolicy {
+    /// Parses a comma-separated list of PCR indices, such as `0,7,16`.
+    pub fn parse_list(bank: PcrBank, list: &str) -> Result<Self, String> {
+        let mut pcrs = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let n: u8 = part
+                .parse()
+                .map_err(|_| format!("{part:?} is not a PCR index"))?;
+            if n > 23 {
+                return Err(format!("PCR index {n} is out of range 0-23"));
+            }
+            if !pcrs.contains(&n) {
+                pcrs.push(n);
+            }
+        }
+        if pcrs.is_empty() {
+            return Err("the PCR list is empty".into());
+        }
+        pcrs.sort_unstable();
+        Ok(PcrPolicy { bank, pcrs })
+    }
+
+    fn selection(&self) -> Result<PcrSelectionList, TssError> {
+        let slots = self
+            .pcrs
+            .iter()
+            .map(|&n| PcrSlot::try_from(1u32 << n))
+            .collect::<Result<Vec<_>, _>>()?;
+        PcrSelectionListBuilder::new()
+            .with_selection(self.bank.algorithm(), &slots)
+            .build()
+    }
+}
+
+/// A `tpm` keyslot's stored record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TpmSealed {
+    /// The sealed object's TPM2B_PUBLIC, marshalled.
+    #[serde(with = "crate::b64")]
+    pub public: Vec<u8>,
+    /// The sealed object's TPM2B_PRIVATE, encrypted by the TPM under its primary key.
+    #[serde(with = "crate::b64")]
+    pub private: Vec<u8>,
+    /// The PCR policy the object is bound to, if any.
+    pub pcr_policy: Option<PcrPolicy>,
+    /// Whether the object has a PIN (authValue).
+    pub pin: bool,
+    /// XChaCha20-Poly1305 nonce of the wrapped key.
+    #[serde(with = "crate::b64")]
+    pub nonce: Vec<u8>,
+    /// The node key wrapped under the sealed KEK.
+    #[serde(with = "crate::b64")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Unlock by TPM 2.0.
+pub struct TpmProtector {
+    tcti: String,
+    pin: Option<Pin>,
+    pcr_policy: Option<PcrPolicy>,
+}
+
+impl TpmProtector {
+    /// A protector talking to the TPM at `tcti` (for example [`DEFAULT_TCTI`] or
+    /// `swtpm:host=127.0.0.1,port=2321`), with an optional PIN.
+    pub fn new(tcti: impl Into<String>, pin: Option<Pin>) -> Self {
+        TpmProtector {
+            tcti: tcti.into(),
+            pin,
+            pcr_policy: None,
+        }
+    }
+
+    /// Binds objects sealed by this protector to `policy`. Unsealing reads the policy
+    /// from the stored record, so this only matters for [`Protector::wrap`].
+    pub fn with_pcr_policy(mut self, policy: PcrPolicy) -> Self {
+        self.pcr_policy = Some(policy);
+        self
+    }
+
+    fn connect(&self) -> Result<Context, String> {
+        let conf = TctiNameConf::from_str(&self.tcti)
+            .map_err(|e| format!("invalid TCTI {:?}: {e}", self.tcti))?;
+        Context::new(conf).map_err(|e| format!("no TPM at {}: {e}", self.tcti))
+    }
+
+    fn auth(&self) -> Result<Option<Auth>, TssError> {
+        match &self.pin {
+            Some(pin) if !pin.is_empty() => Ok(Some(Auth::try_from(pin.expose().to_vec())?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn tss_kind(e: &TssError) -> Option<Tss2ResponseCodeKind> {
+    match e {
+        TssError::Tss2Error(rc) => rc.kind(),
+        TssError::WrapperError(_) => None,
+    }
+}
+
+fn token_error(e: TssError) -> String {
+    e.to_string()
+}
+
+/// The owner hierarchy's ECC P-256 storage primary key template (TCG "SRK" shape).
+fn primary_template() -> Result<Public, TssError> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    let ecc = PublicEccParametersBuilder::new_restricted_decryption_key(
+        SymmetricDefinitionObject::AES_128_CFB,
+        EccCurve::NistP256,
+    )
+    .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(ecc)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+fn sealed_template(policy: Option<Digest>) -> Result<Public, TssError> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        // Without a policy, the authValue (PIN or empty) authorises use; with one, only
+        // the policy does, and the PIN enters it through PolicyAuthValue.
+        .with_user_with_auth(policy.is_none())
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_auth_policy(policy.unwrap_or_default())
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+}
+
+/// Objects and sessions made during one operation, flushed when it ends, success or not.
+struct Transients<'a> {
+    ctx: &'a mut Context,
+    handles: Vec<ObjectHandle>,
+}
+
+impl Transients<'_> {
+    fn keep(&mut self, handle: impl Into<ObjectHandle>) {
+        self.handles.push(handle.into());
+    }
+
+    fn primary(&mut self) -> Result<KeyHandle, TssError> {
+        let template = primary_template()?;
+        let primary = self.ctx.execute_with_nullauth_session(|ctx| {
+            ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
+        })?;
+        self.keep(primary.key_handle);
+        Ok(primary.key_handle)
+    }
+
+    /// A session salted with `primary`, encrypting command and response parameters.
+    fn session(&mut self, primary: KeyHandle, kind: SessionType) -> Result<AuthSession, TssError> {
+        let session = self
+            .ctx
+            .start_auth_session(
+                Some(primary),
+                None,
+                None,
+                kind,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )?
+            .ok_or(TssError::WrapperError(
+                tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+            ))?;
+        self.keep(SessionHandle::from(session));
+        let (attributes, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(true)
+            .with_encrypt(true)
+            .build();
+        self.ctx.tr_sess_set_attributes(session, attributes, mask)?;
+        Ok(session)
+    }
+
+    /// Runs the policy commands for `pcr_policy` and `pin` in `session`.
+    fn policy(
+        &mut self,
+        session: AuthSession,
+        pcr_policy: &PcrPolicy,
+        pin: bool,
+    ) -> Result<PolicySession, TssError> {
+        let policy = PolicySession::try_from(session)?;
+        let selection = pcr_policy.selection()?;
+        self.ctx.execute_without_session(|ctx| {
+            // An empty digest makes the TPM use the PCRs' current values.
+            ctx.policy_pcr(policy, Digest::default(), selection)?;
+            if pin {
+                ctx.policy_auth_value(policy)?;
+            }
+            Ok::<_, TssError>(())
+        })?;
+        Ok(policy)
+    }
+
+    /// Attempts left before dictionary-attack lockout, as the TPM reports it.
+    fn retries_left(&mut self) -> Option<u32> {
+        let max = self.ctx.get_tpm_property(PropertyTag::MaxAuthFail).ok()??;
+        let used = self
+            .ctx
+            .get_tpm_property(PropertyTag::LockoutCounter)
+            .ok()??;
+        Some(max.saturating_sub(used))
+    }
+}
+
+impl Drop for Transients<'_> {
+    fn drop(&mut self) {
+        for handle in self.handles.drain(..).rev() {
+            // A session the TPM already closed (continueSession clear) cannot be flushed
+            // again; nothing else is left behind.
+            let _ = self.ctx.flush_context(handle);
+        }
+    }
+}
+
+impl Protector for TpmProtector {
+    fn kind(&self) -> Kind {
+        Kind::Tpm
+    }
+
+    fn wrap(&self, key: &DataKey, aad: &[u8]) -> Result<Sealed, WrapError> {
+        let token = |e: TssError| WrapError::Token {
+            kind: Kind::Tpm,
+            message: token_error(e),
+        };
+        let mut ctx = self
+            .connect()
+            .map_err(|what| WrapError::TokenAbsent { what })?;
+        let mut t = Transients {
+            ctx: &mut ctx,
+            handles: Vec::new(),
+        };
+        let has_pin = self.pin.as_ref().is_some_and(|p| !p.is_empty());
+        let primary = t.primary().map_err(token)?;
+
+        let policy_digest = match &self.pcr_policy {
+            None => None,
+            Some(pcr_policy) => {
+                pcr_policy
+                    .selection()
+                    .map_err(|e| WrapError::Invalid(format!("PCR selection not supported: {e}")))?;
+                let trial = t.session(primary, SessionType::Trial).map_err(token)?;
+                let policy = t.policy(trial, pcr_policy, has_pin).map_err(token)?;
+                Some(t.ctx.policy_get_digest(policy).map_err(token)?)
+            }
+        };
+
+        let kek = DataKey::generate();
+        let sensitive = SensitiveData::try_from(kek.expose().to_vec()).map_err(token)?;
+        let template = sealed_template(policy_digest).map_err(token)?;
+        let auth = self
+            .auth()
+            .map_err(|_| WrapError::Invalid("the PIN is too long".into()))?;
+        let session = t.session(primary, SessionType::Hmac).map_err(token)?;
+        let created = t
+            .ctx
+            .execute_with_session(Some(session), |ctx| {
+                ctx.create(primary, template, auth, Some(sensitive), None, None)
+            })
+            .map_err(token)?;
+        let public = created.out_public.marshall().map_err(token)?;
+        let private = created.out_private.value().to_vec();
+        drop(t);
+
+        let (nonce, ciphertext) = aead::seal(&kek, key, aad);
+        Ok(Sealed::Tpm(TpmSealed {
+            public,
+            private,
+            pcr_policy: self.pcr_policy.clone(),
+            pin: has_pin,
+            nonce,
+            ciphertext,
+        }))
+    }
+
+    fn unwrap(&self, sealed: &Sealed, aad: &[u8]) -> Result<DataKey, UnwrapError> {
+        let Sealed::Tpm(s) = sealed else {
+            return Err(UnwrapError::WrongKind {
+                expected: Kind::Tpm,
+                found: sealed.kind(),
+            });
+        };
+        if s.pin && self.pin.as_ref().is_none_or(|p| p.is_empty()) {
+            return Err(UnwrapError::PinRequired);
+        }
+        let token = |e: TssError| UnwrapError::Token {
+            kind: Kind::Tpm,
+            message: token_error(e),
+        };
+        let public =
+            Public::unmarshall(&s.public).map_err(|_| UnwrapError::Corrupt("TPM public blob"))?;
+        let private = Private::try_from(s.private.clone())
+            .map_err(|_| UnwrapError::Corrupt("TPM private blob"))?;
+
+        let mut ctx = self
+            .connect()
+            .map_err(|what| UnwrapError::TokenAbsent { what })?;
+        let mut t = Transients {
+            ctx: &mut ctx,
+            handles: Vec::new(),
+        };
+        let primary = t.primary().map_err(token)?;
+        let object = t
+            .ctx
+            .execute_with_nullauth_session(|ctx| ctx.load(primary, private, public))
+            .map_err(|e| match tss_kind(&e) {
+                Some(Tss2ResponseCodeKind::Integrity) => UnwrapError::KeyNotOnToken(
+                    "the object was sealed by another TPM, or this TPM was cleared".into(),
+                ),
+                _ => token(e),
+            })?;
+        t.keep(object);
+        if s.pin {
+            let auth = self
+                .auth()
+                .map_err(|_| UnwrapError::WrongPin { retries_left: None })?
+                .unwrap_or_default();
+            t.ctx.tr_set_auth(object.into(), auth).map_err(token)?;
+        }
+
+        let session = match &s.pcr_policy {
+            Some(pcr_policy) => {
+                let session = t.session(primary, SessionType::Policy).map_err(token)?;
+                t.policy(session, pcr_policy, s.pin).map_err(token)?;
+                session
+            }
+            None => t.session(primary, SessionType::Hmac).map_err(token)?,
+        };
+        let unsealed = t
+            .ctx
+            .execute_with_session(Some(session), |ctx| ctx.unseal(object.into()));
+        let unsealed = match unsealed {
+            Ok(data) => Zeroizing::new(data.value().to_vec()),
+            Err(e) => {
+                return Err(match tss_kind(&e) {
+                    Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
+                        UnwrapError::WrongPin {
+                            retries_left: t.retries_left(),
+                        }
+                    }
+                    Some(Tss2ResponseCodeKind::Lockout) => UnwrapError::PinBlocked,
+                    Some(Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::PcrChanged) => {
+                        UnwrapError::PolicyMismatch
+                    }
+                    _ => token(e),
+                });
+            }
+        };
+        drop(t);
+        let kek = DataKey::try_from_slice(&unsealed)
+            .ok_or(UnwrapError::Corrupt("TPM sealed object has the wrong size"))?;
+        aead::open(&kek, &s.nonce, &s.ciphertext, aad)
+            .ok_or(UnwrapError::Corrupt("wrapped key does not authenticate"))
+    }
+}

@@ -1,0 +1,30 @@
+//! Backend test suite: one set of tests, instantiated once per protector, against real
+//! simulators (swtpm, SoftHSM2), plus the tests only one backend can have.
+//!
+//! Custom harness (libtest-mimic) so that `SOFTHSM2_CONF` is set before any thread
+//! exists: SoftHSM2 reads it once per process, at `C_Initialize`.
+
+mod fixtures;
+mod pkcs11;
+mod suite;
+mod tpm;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// What a test returns: `Err` with a message fails it.
+type TestResult = Result<(), Failed>;
+
+fn main() {
+    let args = Arguments::from_args();
+    fixtures::init_process();
+    let mut trials = Vec::new();
+    suite::trials(&mut trials);
+    tpm::trials(&mut trials);
+    pkcs11::trials(&mut trials);
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// Builds a trial from a named test function.
+fn trial(name: &str, test: fn() -> TestResult) -> Trial {
+    Trial::test(name, test)
+}
