@@ -1,0 +1,385 @@
+//! What each command does.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use hsm::pkcs11::Pkcs11Protector;
+use hsm::soft::{Argon2Params, SoftProtector};
+use hsm::tpm::{PcrPolicy, TpmProtector};
+use hsm::{Kind, Protector, Sealed};
+use node::NodePath;
+use node::keyslots::{Keyslot, Keyslots, Unlocked};
+use node::tokens::{TokenConfig, protector_for, secret_name};
+use serde_json::{Value, json};
+
+use crate::cli::{Cli, Command, Format, KeyslotsCommand, TokenArgs, TokenKind, UnlockArgs};
+use crate::error::CliError;
+use crate::secrets::SecretSource;
+
+/// The shortest passphrase accepted for a `soft` slot.
+const MIN_PASSPHRASE: usize = 8;
+
+pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
+    let node = match &cli.node_path {
+        Some(path) => NodePath::new(path),
+        None => NodePath::default_location()
+            .ok_or_else(|| CliError::usage("no --node-path given and no HOME to default to"))?,
+    };
+    let config = TokenConfig {
+        tcti: cli.tcti.clone(),
+        pkcs11_module: cli.pkcs11_module.clone(),
+    };
+    let out = Output(cli.format);
+    match &cli.command {
+        Command::Init(args) => {
+            let source = SecretSource {
+                file: args.password_file.as_deref(),
+                env: "PK_PASSWORD",
+                flag: "--password-file",
+            };
+            let protector = new_protector(&args.token, &config, &source)?;
+            let label = default_label(&args.token);
+            let init = Keyslots::init(&node, protector.as_ref(), &label)?;
+            let words = init.recovery_code.to_words();
+            let slots: Vec<Value> = init.keyslots.slots().iter().map(slot_json).collect();
+            out.emit(
+                json!({ "node_path": node.dir(), "keyslots": slots, "recovery_code": words.as_str() }),
+                || {
+                    let mut text = format!("Initialised a node at {node}\n");
+                    for slot in init.keyslots.slots() {
+                        text += &format!("  keyslot {}\n", slot_line(slot));
+                    }
+                    if init.keyslots.slots().iter().all(|s| !s.is_hardware()) {
+                        text += "\nWarning: no hardware token protects this node; the passphrase is all that stands between a copy of its data and your secrets.\n";
+                    }
+                    text += "\nRecovery code: shown this once, never stored. Write it down and keep it offline;\nit unlocks this node when every token is lost.\n\n";
+                    text += &numbered_words(&words);
+                    text
+                },
+            );
+        }
+        Command::Keyslots(KeyslotsCommand::List) => {
+            let keyslots = Keyslots::open(&node)?;
+            let slots: Vec<Value> = keyslots.slots().iter().map(slot_json).collect();
+            out.emit(json!(slots), || {
+                keyslots
+                    .slots()
+                    .iter()
+                    .map(|s| slot_line(s) + "\n")
+                    .collect()
+            });
+        }
+        Command::Keyslots(KeyslotsCommand::Enroll(args)) => {
+            let mut keyslots = Keyslots::open(&node)?;
+            let unlocked = unlock(&keyslots, &args.unlock, None, &config)?;
+            let source = SecretSource {
+                file: args.password_new_file.as_deref(),
+                env: "PK_PASSWORD_NEW",
+                flag: "--password-new-file",
+            };
+            let protector = new_protector(&args.token, &config, &source)?;
+            let id = keyslots.enroll(&unlocked, protector.as_ref(), &default_label(&args.token))?;
+            let slot = keyslots.slot(id).map(slot_json).unwrap_or(Value::Null);
+            out.emit(json!({ "enrolled": slot }), || {
+                format!(
+                    "Enrolled keyslot {}\n",
+                    keyslots.slot(id).map(slot_line).unwrap_or_default()
+                )
+            });
+        }
+        Command::Keyslots(KeyslotsCommand::Test(args)) => {
+            let keyslots = Keyslots::open(&node)?;
+            let unlocked = unlock(&keyslots, &args.unlock, args.slot, &config)?;
+            let slot = keyslots.slot(unlocked.slot);
+            out.emit(
+                json!({ "slot": unlocked.slot, "ok": true, "kind": slot.map(|s| s.header.kind) }),
+                || {
+                    format!(
+                        "keyslot {} opens this node's data key\n",
+                        slot.map(slot_line).unwrap_or_default()
+                    )
+                },
+            );
+        }
+        Command::Keyslots(KeyslotsCommand::Remove(args)) => {
+            let mut keyslots = Keyslots::open(&node)?;
+            if keyslots.slot(args.slot).is_none() {
+                return Err(node::keyslots::KeyslotError::NoSuchSlot(args.slot).into());
+            }
+            let unlocked = unlock(&keyslots, &args.unlock, None, &config)?;
+            keyslots.remove(&unlocked, args.slot)?;
+            out.emit(
+                json!({ "removed": args.slot, "unlocked_with": unlocked.slot }),
+                || {
+                    format!(
+                        "Removed keyslot {} (unlocked with keyslot {})\n",
+                        args.slot, unlocked.slot
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prints a result in the chosen format.
+struct Output(Format);
+
+impl Output {
+    fn emit(&self, json: Value, human: impl FnOnce() -> String) {
+        match self.0 {
+            Format::Json => println!("{json}"),
+            Format::Human => print!("{}", human()),
+        }
+    }
+}
+
+fn default_label(token: &TokenArgs) -> String {
+    if !token.label.is_empty() {
+        return token.label.clone();
+    }
+    match token.token {
+        TokenKind::Tpm => "TPM".into(),
+        TokenKind::Pkcs11 => format!(
+            "PKCS#11 token {}",
+            token.pkcs11_token_label.as_deref().unwrap_or_default()
+        ),
+        TokenKind::Soft => "passphrase".into(),
+    }
+}
+
+/// Builds the protector for a new keyslot from the command line.
+fn new_protector(
+    args: &TokenArgs,
+    config: &TokenConfig,
+    source: &SecretSource<'_>,
+) -> Result<Box<dyn Protector>, CliError> {
+    let misplaced =
+        |flag: &str, kind: &str| CliError::usage(format!("{flag} applies to --token {kind} only"));
+    if args.token != TokenKind::Tpm && (args.tpm_pcrs.is_some() || args.tpm_pin) {
+        return Err(misplaced("--tpm-pcrs/--tpm-pin", "tpm"));
+    }
+    if args.token != TokenKind::Pkcs11 && args.pkcs11_token_label.is_some() {
+        return Err(misplaced("--pkcs11-token-label", "pkcs11"));
+    }
+    if args.token != TokenKind::Soft
+        && (args.argon2_memory_mib.is_some() || args.argon2_passes.is_some())
+    {
+        return Err(misplaced("--argon2-*", "soft"));
+    }
+    Ok(match args.token {
+        TokenKind::Tpm => {
+            let pin = if args.tpm_pin {
+                Some(source.require("new TPM PIN", true)?)
+            } else {
+                None
+            };
+            let mut tpm = TpmProtector::new(config.tcti(), pin);
+            if let Some(list) = &args.tpm_pcrs {
+                tpm = tpm.with_pcr_policy(
+                    PcrPolicy::parse_list(args.tpm_pcr_bank, list).map_err(CliError::usage)?,
+                );
+            }
+            Box::new(tpm)
+        }
+        TokenKind::Pkcs11 => {
+            let label = args.pkcs11_token_label.as_deref().ok_or_else(|| {
+                CliError::usage("--pkcs11-token-label is required with --token pkcs11")
+            })?;
+            let module = config.pkcs11_module.as_deref().ok_or_else(|| {
+                CliError::usage(
+                    "--pkcs11-module (or PK_PKCS11_MODULE) is required with --token pkcs11",
+                )
+            })?;
+            let pin = source.require("PKCS#11 token PIN", false)?;
+            Box::new(Pkcs11Protector::new(module, label, pin))
+        }
+        TokenKind::Soft => {
+            let pass = source.require("new passphrase", true)?;
+            if pass.expose().len() < MIN_PASSPHRASE {
+                return Err(CliError::usage(format!(
+                    "the passphrase is too short: use at least {MIN_PASSPHRASE} characters"
+                )));
+            }
+            let mut params = Argon2Params::DEFAULT;
+            if let Some(mib) = args.argon2_memory_mib {
+                params.m_kib = mib.saturating_mul(1024);
+            }
+            if let Some(t) = args.argon2_passes {
+                params.t = t;
+            }
+            Box::new(SoftProtector::new(pass, params))
+        }
+    })
+}
+
+/// Unlocks the DEK as the user asked: a given slot, the recovery code, a PIN-less TPM
+/// slot, or the one slot that takes a secret.
+fn unlock(
+    keyslots: &Keyslots,
+    args: &UnlockArgs,
+    only: Option<u32>,
+    config: &TokenConfig,
+) -> Result<Unlocked, CliError> {
+    let password = SecretSource {
+        file: args.password_file.as_deref(),
+        env: "PK_PASSWORD",
+        flag: "--password-file",
+    };
+    let recovery = SecretSource {
+        file: args.recovery_code_file.as_deref(),
+        env: "PK_RECOVERY_CODE",
+        flag: "--recovery-code-file",
+    };
+    let target = only.or(args.unlock_slot);
+
+    if args.recovery_code_file.is_some() || std::env::var_os(recovery.env).is_some() {
+        let code = recovery.require("recovery code", false)?;
+        let slot = keyslots
+            .slots()
+            .iter()
+            .find(|s| s.header.kind == Kind::Recovery && target.is_none_or(|t| t == s.header.id))
+            .ok_or(node::keyslots::KeyslotError::NoSlotOfKind(Kind::Recovery))?;
+        let protector = protector_for(&slot.sealed, config, Some(code))?;
+        return Ok(keyslots.unlock(protector.as_ref(), target)?);
+    }
+
+    if let Some(id) = target {
+        let slot = keyslots
+            .slot(id)
+            .ok_or(node::keyslots::KeyslotError::NoSuchSlot(id))?;
+        return unlock_slot(keyslots, slot, config, &password);
+    }
+
+    let mut first_error = None;
+    for slot in keyslots.slots().iter().filter(|s| !s.sealed.needs_secret()) {
+        match unlock_slot(keyslots, slot, config, &password) {
+            Ok(unlocked) => return Ok(unlocked),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let with_secret: Vec<&Keyslot> = keyslots
+        .slots()
+        .iter()
+        .filter(|s| s.sealed.needs_secret() && s.header.kind != Kind::Recovery)
+        .collect();
+    match with_secret.as_slice() {
+        [] => Err(first_error.unwrap_or_else(|| {
+            CliError::usage("only the recovery slot is left: pass --recovery-code-file")
+        })),
+        [slot] => unlock_slot(keyslots, slot, config, &password),
+        // Passphrases cost no token retries, so one passphrase may be tried on all.
+        many if many.iter().all(|s| s.header.kind == Kind::Soft) => {
+            let secret = password.require("passphrase", false)?;
+            let protector = protector_for(&many[0].sealed, config, Some(secret))?;
+            Ok(keyslots.unlock(protector.as_ref(), None)?)
+        }
+        many => Err(CliError::usage(format!(
+            "several keyslots need a secret ({}); choose one with --unlock-slot",
+            many.iter()
+                .map(|s| format!("{}: {}", s.header.id, s.header.kind))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn unlock_slot(
+    keyslots: &Keyslots,
+    slot: &Keyslot,
+    config: &TokenConfig,
+    password: &SecretSource<'_>,
+) -> Result<Unlocked, CliError> {
+    let secret = match secret_name(&slot.sealed) {
+        Some(name) => {
+            Some(password.require(&format!("{name} for keyslot {}", slot.header.id), false)?)
+        }
+        None => None,
+    };
+    let protector = protector_for(&slot.sealed, config, secret)?;
+    Ok(keyslots.unlock(protector.as_ref(), Some(slot.header.id))?)
+}
+
+fn created(slot: &Keyslot) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(slot.header.created))
+        .to_string()
+}
+
+fn details(sealed: &Sealed) -> Value {
+    match sealed {
+        Sealed::Tpm(t) => json!({
+            "pcr_policy": t.pcr_policy.as_ref().map(|p| json!({ "bank": p.bank, "pcrs": p.pcrs })),
+            "pin": t.pin,
+        }),
+        Sealed::Pkcs11(p) => json!({ "token_label": p.token_label, "module": p.module }),
+        Sealed::Soft(s) => json!({ "argon2id": s.argon2 }),
+        _ => json!({}),
+    }
+}
+
+fn slot_json(slot: &Keyslot) -> Value {
+    json!({
+        "id": slot.header.id,
+        "kind": slot.header.kind,
+        "hardware": slot.is_hardware(),
+        "label": slot.header.label,
+        "created": created(slot),
+        "details": details(&slot.sealed),
+    })
+}
+
+fn slot_line(slot: &Keyslot) -> String {
+    let detail = match &slot.sealed {
+        Sealed::Tpm(t) => {
+            let mut parts = Vec::new();
+            if let Some(p) = &t.pcr_policy {
+                let list: Vec<String> = p.pcrs.iter().map(u8::to_string).collect();
+                parts.push(format!(
+                    "PCRs {}:{}",
+                    json!(p.bank).as_str().unwrap_or(""),
+                    list.join(",")
+                ));
+            }
+            if t.pin {
+                parts.push("PIN".into());
+            }
+            parts.join(", ")
+        }
+        Sealed::Pkcs11(p) => format!("token {:?}", p.token_label),
+        Sealed::Soft(s) => format!(
+            "Argon2id {} MiB, t={}, p={}",
+            s.argon2.m_kib / 1024,
+            s.argon2.t,
+            s.argon2.p
+        ),
+        _ => String::new(),
+    };
+    let hardware = if slot.is_hardware() {
+        "hardware"
+    } else {
+        "not hardware"
+    };
+    let mut line = format!(
+        "{}: {} ({hardware}) {:?} created {}",
+        slot.header.id,
+        slot.header.kind,
+        slot.header.label,
+        created(slot)
+    );
+    if !detail.is_empty() {
+        line += &format!(" [{detail}]");
+    }
+    line
+}
+
+fn numbered_words(words: &str) -> String {
+    let mut text = String::new();
+    for (i, word) in words.split(' ').enumerate() {
+        text += &format!("{:>4}. {word:<10}", i + 1);
+        if i % 6 == 5 {
+            text += "\n";
+        }
+    }
+    text
+}

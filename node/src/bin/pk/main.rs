@@ -1,0 +1,37 @@
+//! `pk`: the command-line front end of a pk node.
+//!
+//! Conventions follow the Polykey CLI: `--node-path`, `--format human|json`, secrets from
+//! a file (`--password-file`) or the environment (`PK_PASSWORD`) for scripts, a prompt on
+//! a terminal otherwise. Exit codes follow sysexits: 64 usage, 65 damaged data, 66 no
+//! node, 69 token unavailable, 77 refused credential or policy, 1 anything else.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod error;
+mod secrets;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            return ExitCode::from(if usage { error::USAGE } else { 0 });
+        }
+    };
+    match commands::run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pk: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The pk node library.
+//!
+//! Today it holds what everything else stands on: the node's data directory
+//! ([`NodePath`]), its data key (DEK) and the keyslots that wrap it ([`keyslots`]), and
+//! the choice of token for each keyslot ([`tokens`]). Identity, encrypted storage, vaults
+//! and the peer network build on the unlocked [`hsm::DataKey`].
+//!
+//! The `pk` binary (`src/bin/pk`) is the command-line front end; `pk-dev` brings up a
+//! local development node.
+
+#![forbid(unsafe_code)]
+
+pub mod keyslots;
+mod node_path;
+pub mod tokens;
+
+pub use node_path::NodePath;

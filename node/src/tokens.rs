@@ -1,0 +1,91 @@
+//! Choosing and configuring the protector for a keyslot.
+//!
+//! A stored slot says which kind of token it needs; the machine says where that token is
+//! (TPM TCTI, PKCS#11 module) and the user supplies the secret (PIN, passphrase, recovery
+//! code). This module puts the three together.
+
+use std::path::PathBuf;
+
+use hsm::pkcs11::Pkcs11Protector;
+use hsm::recovery::{RecoveryCode, RecoveryCodeError, RecoveryProtector};
+use hsm::soft::{Argon2Params, SoftProtector};
+use hsm::tpm::{DEFAULT_TCTI, TpmProtector};
+use hsm::{Pin, Protector, Sealed};
+use zeroize::Zeroizing;
+
+/// Where this machine's tokens are. Overrides what slots recorded at enrolment.
+#[derive(Clone, Debug, Default)]
+pub struct TokenConfig {
+    /// TPM TCTI; [`DEFAULT_TCTI`] when `None`.
+    pub tcti: Option<String>,
+    /// PKCS#11 module to use instead of the one recorded in the slot.
+    pub pkcs11_module: Option<PathBuf>,
+}
+
+impl TokenConfig {
+    /// The TCTI to use.
+    pub fn tcti(&self) -> &str {
+        self.tcti.as_deref().unwrap_or(DEFAULT_TCTI)
+    }
+}
+
+/// Why a protector for a slot could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtectorError {
+    /// The slot needs a secret and none was supplied.
+    #[error("this keyslot needs a {0}")]
+    SecretNeeded(&'static str),
+    /// This build of pk cannot open this kind of slot.
+    #[error("this pk cannot open {0} keyslots")]
+    Unsupported(hsm::Kind),
+    /// The recovery code is malformed.
+    #[error(transparent)]
+    RecoveryCode(#[from] RecoveryCodeError),
+}
+
+/// What the user must supply to open a slot, in words for a prompt.
+pub fn secret_name(sealed: &Sealed) -> Option<&'static str> {
+    match sealed {
+        Sealed::Tpm(t) if t.pin => Some("TPM PIN"),
+        Sealed::Tpm(_) => None,
+        Sealed::Pkcs11(_) => Some("PKCS#11 token PIN"),
+        Sealed::Soft(_) => Some("passphrase"),
+        Sealed::Recovery(_) => Some("recovery code"),
+        _ => Some("secret"),
+    }
+}
+
+/// A protector able to open `sealed` on this machine with `secret`.
+pub fn protector_for(
+    sealed: &Sealed,
+    config: &TokenConfig,
+    secret: Option<Pin>,
+) -> Result<Box<dyn Protector>, ProtectorError> {
+    let needed = secret_name(sealed);
+    let secret = match (needed, secret) {
+        (Some(name), None) => return Err(ProtectorError::SecretNeeded(name)),
+        (_, secret) => secret,
+    };
+    Ok(match sealed {
+        Sealed::Tpm(_) => Box::new(TpmProtector::new(config.tcti(), secret)),
+        Sealed::Pkcs11(_) => {
+            let pin = secret.ok_or(ProtectorError::SecretNeeded("PKCS#11 token PIN"))?;
+            let mut p = Pkcs11Protector::for_unlock(pin);
+            if let Some(module) = &config.pkcs11_module {
+                p = p.with_module(module);
+            }
+            Box::new(p)
+        }
+        Sealed::Soft(_) => Box::new(SoftProtector::new(
+            secret.ok_or(ProtectorError::SecretNeeded("passphrase"))?,
+            Argon2Params::DEFAULT,
+        )),
+        Sealed::Recovery(_) => {
+            let secret = secret.ok_or(ProtectorError::SecretNeeded("recovery code"))?;
+            let text = Zeroizing::new(String::from_utf8_lossy(secret.expose()).into_owned());
+            Box::new(RecoveryProtector::new(RecoveryCode::parse(&text)?))
+        }
+        other => return Err(ProtectorError::Unsupported(other.kind())),
+    })
+}
