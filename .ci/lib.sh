@@ -1,0 +1,32 @@
+# Shared by .ci/dev and .ci/test: the Debian packages the project needs, and installing
+# whichever of them are missing. Sourced, not run.
+
+# Building: tss-esapi links libtss2 through pkg-config.
+PK_BUILD_PACKAGES=(pkg-config libtss2-dev)
+# Running a node with a software TPM (the dev command, and the TPM tests).
+PK_TPM_PACKAGES=(swtpm swtpm-tools)
+# Tests: tpm2-tools to change PCRs, SoftHSM2 as the PKCS#11 token, opensc's pkcs11-tool
+# to ask the token about our key independently of our own code.
+PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc)
+
+pk_install_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    return 0
+  fi
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then
+      sudo=(sudo)
+    else
+      echo "missing Debian packages: ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2
+      return 1
+    fi
+  fi
+  echo "installing Debian packages: ${missing[*]}"
+  "${sudo[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+}

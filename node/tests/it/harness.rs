@@ -1,0 +1,167 @@
+//! Running `pk` against per-test simulators.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use hsm::sim::{SoftHsm, Swtpm};
+use tempfile::TempDir;
+
+/// A temporary home for one test: node directories, simulator state, secret files.
+pub(crate) struct World {
+    pub(crate) dir: TempDir,
+    softhsm: Option<SoftHsm>,
+}
+
+/// What one `pk` run did.
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub(crate) fn ok(self) -> String {
+        assert_eq!(self.code, 0, "pk failed: {}", self.stderr);
+        self.stdout
+    }
+
+    /// Asserts the exit code and that stderr mentions `needle`; returns stderr.
+    #[track_caller]
+    pub(crate) fn fails(self, code: i32, needle: &str) -> String {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}; stdout: {} stderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should mention {needle:?}: {}",
+            self.stderr
+        );
+        assert!(
+            !self.stderr.contains("panicked"),
+            "pk panicked: {}",
+            self.stderr
+        );
+        self.stderr
+    }
+}
+
+impl World {
+    pub(crate) fn new() -> World {
+        World {
+            dir: tempfile::tempdir().expect("temporary directory"),
+            softhsm: None,
+        }
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a secret to a file (as a user would with `--password-file`).
+    pub(crate) fn secret_file(&self, name: &str, value: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, format!("{value}\n")).expect("write secret file");
+        path
+    }
+
+    /// Starts a swtpm with state under this world; killed when dropped.
+    pub(crate) fn swtpm(&self, name: &str) -> Swtpm {
+        Swtpm::start(&self.path(name)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Creates a SoftHSM2 token labelled `label` with user PIN `pin` in this world.
+    pub(crate) fn softhsm_token(&mut self, label: &str, pin: &str) {
+        if self.softhsm.is_none() {
+            let softhsm = SoftHsm::create(&self.path("softhsm")).unwrap_or_else(|e| panic!("{e}"));
+            self.softhsm = Some(softhsm);
+        }
+        self.softhsm
+            .as_ref()
+            .expect("just set")
+            .init_token(label, "so-pin-4711", pin)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub(crate) fn softhsm_module(&self) -> PathBuf {
+        SoftHsm::module().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs `pk --node-path <node> args...` with a clean environment.
+    pub(crate) fn pk(&self, node: &Path, args: &[&str]) -> Run {
+        self.pk_env(node, args, &[])
+    }
+
+    pub(crate) fn pk_env(&self, node: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pk"));
+        cmd.arg("--node-path").arg(node).args(args);
+        for var in [
+            "PK_PASSWORD",
+            "PK_PASSWORD_NEW",
+            "PK_RECOVERY_CODE",
+            "PK_TPM_TCTI",
+            "PK_PKCS11_MODULE",
+            "PK_NODE_PATH",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("TSS2_LOG", "all+NONE");
+        if let Some(softhsm) = &self.softhsm {
+            cmd.env("SOFTHSM2_CONF", softhsm.conf());
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Run::from(cmd.output().expect("run pk"))
+    }
+
+    /// Runs a tpm2-tools command against `tpm`.
+    pub(crate) fn tpm_tool(&self, tpm: &Swtpm, program: &str, args: &[&str]) {
+        hsm::sim::require_program(program, "tpm2-tools").unwrap_or_else(|e| panic!("{e}"));
+        let out = Command::new(program)
+            .args(args)
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .env("TSS2_LOG", "all+NONE")
+            .output()
+            .expect("run tpm2-tools");
+        assert!(
+            out.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The recovery code printed by `pk init --format json`.
+pub(crate) fn recovery_code(init_json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(init_json).expect("init prints JSON");
+    v["recovery_code"]
+        .as_str()
+        .expect("recovery_code field")
+        .to_owned()
+}
+
+/// Copies a directory tree (a node's data directory) as a user would with `cp -a`.
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
