@@ -12,7 +12,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,6 +23,13 @@ use hsm::tpm::TpmProtector;
 use hsm::{Pin, Protector};
 use node::NodePath;
 use node::keyslots::Keyslots;
+
+/// `println!` that does not panic when stdout is closed (`pk-dev | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 fn main() -> ExitCode {
     match run() {
@@ -43,11 +50,11 @@ fn run() -> Result<(), String> {
             manifest.parent().unwrap_or(manifest).join("target/pk-dev")
         });
     let node = NodePath::new(base.join("node"));
-    println!("pk-dev: development node at {node}");
+    say!("pk-dev: development node at {node}");
 
     let swtpm = match Swtpm::start(&base.join("swtpm")) {
         Ok(tpm) => {
-            println!(
+            say!(
                 "  token: software TPM (swtpm, pid {}) at {}",
                 tpm.pid(),
                 tpm.tcti()
@@ -55,7 +62,7 @@ fn run() -> Result<(), String> {
             Some(tpm)
         }
         Err(e) => {
-            println!("  token: soft passphrase (no TPM simulator: {e})");
+            say!("  token: soft passphrase (no TPM simulator: {e})");
             None
         }
     };
@@ -76,7 +83,7 @@ fn run() -> Result<(), String> {
                 base.display()
             )
         })?;
-        println!(
+        say!(
             "  unlocked the data key through keyslot {} in {:.0?}",
             unlocked.slot,
             start.elapsed()
@@ -85,14 +92,14 @@ fn run() -> Result<(), String> {
     } else {
         let init =
             Keyslots::init(&node, protector.as_ref(), "pk-dev").map_err(|e| e.to_string())?;
-        println!("  initialised a new node; recovery code (shown once, development only):");
-        println!("    {}", init.recovery_code.to_words().as_str());
+        say!("  initialised a new node; recovery code (shown once, development only):");
+        say!("    {}", init.recovery_code.to_words().as_str());
         let slot = init.unlocked.slot;
         (init.keyslots, slot)
     };
     for s in keyslots.slots() {
         let mark = if s.header.id == slot { "*" } else { " " };
-        println!(
+        say!(
             "  {mark} keyslot {}: {} ({}) {:?}",
             s.header.id,
             s.header.kind,
@@ -104,14 +111,14 @@ fn run() -> Result<(), String> {
             s.header.label
         );
     }
-    println!("  admin console: not available yet (the appliance daemon will serve it)");
+    say!("  admin console: not available yet (the appliance daemon will serve it)");
     let tcti = swtpm.as_ref().map(|t| t.tcti()).unwrap_or_default();
-    println!(
+    say!(
         "  try: PK_NODE_PATH={node} PK_TPM_TCTI={tcti} cargo run -q -p node --bin pk -- keyslots list"
     );
 
     if !once && std::io::stdin().is_terminal() {
-        println!("pk-dev: running; press Ctrl-C (or Enter) to stop");
+        say!("pk-dev: running; press Ctrl-C (or Enter) to stop");
         let mut byte = [0u8; 1];
         let _ = std::io::stdin().read(&mut byte);
     }
@@ -139,7 +146,7 @@ fn dev_passphrase(base: &Path) -> Result<Pin, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     std::io::Write::write_all(&mut file, pass.as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    println!(
+    say!(
         "  generated a development passphrase in {} (never do this outside development)",
         path.display()
     );

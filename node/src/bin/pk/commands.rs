@@ -55,12 +55,18 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
                     text += &numbered_words(&words);
                     text
                 },
-            );
+            )
+            .map_err(|e| {
+                CliError::io(
+                    "the node was created but its recovery code could not be written to stdout",
+                    e,
+                )
+            })?;
         }
         Command::Keyslots(KeyslotsCommand::List) => {
             let keyslots = Keyslots::open(&node)?;
             let slots: Vec<Value> = keyslots.slots().iter().map(slot_json).collect();
-            out.emit(json!(slots), || {
+            let _ = out.emit(json!(slots), || {
                 keyslots
                     .slots()
                     .iter()
@@ -79,7 +85,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
             let protector = new_protector(&args.token, &config, &source)?;
             let id = keyslots.enroll(&unlocked, protector.as_ref(), &default_label(&args.token))?;
             let slot = keyslots.slot(id).map(slot_json).unwrap_or(Value::Null);
-            out.emit(json!({ "enrolled": slot }), || {
+            let _ = out.emit(json!({ "enrolled": slot }), || {
                 format!(
                     "Enrolled keyslot {}\n",
                     keyslots.slot(id).map(slot_line).unwrap_or_default()
@@ -90,7 +96,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
             let keyslots = Keyslots::open(&node)?;
             let unlocked = unlock(&keyslots, &args.unlock, args.slot, &config)?;
             let slot = keyslots.slot(unlocked.slot);
-            out.emit(
+            let _ = out.emit(
                 json!({ "slot": unlocked.slot, "ok": true, "kind": slot.map(|s| s.header.kind) }),
                 || {
                     format!(
@@ -107,7 +113,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
             }
             let unlocked = unlock(&keyslots, &args.unlock, None, &config)?;
             keyslots.remove(&unlocked, args.slot)?;
-            out.emit(
+            let _ = out.emit(
                 json!({ "removed": args.slot, "unlocked_with": unlocked.slot }),
                 || {
                     format!(
@@ -125,11 +131,16 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
 struct Output(Format);
 
 impl Output {
-    fn emit(&self, json: Value, human: impl FnOnce() -> String) {
-        match self.0 {
-            Format::Json => println!("{json}"),
-            Format::Human => print!("{}", human()),
-        }
+    /// Writes the result; a reader that went away (`pk ... | head`) is reported by the
+    /// return value, never a panic.
+    fn emit(&self, json: Value, human: impl FnOnce() -> String) -> std::io::Result<()> {
+        let text = match self.0 {
+            Format::Json => format!("{json}\n"),
+            Format::Human => human(),
+        };
+        let mut stdout = std::io::stdout().lock();
+        std::io::Write::write_all(&mut stdout, text.as_bytes())?;
+        std::io::Write::flush(&mut stdout)
     }
 }
 
