@@ -220,3 +220,16 @@ impl SoftHsm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_names_its_debian_package() {
+        let err = require_program("pk-no-such-program", "pk-some-package").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("pk-no-such-program"), "{text}");
+        assert!(text.contains("apt-get install pk-some-package"), "{text}");
+    }
+}

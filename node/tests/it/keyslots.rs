@@ -359,21 +359,17 @@ fn usage_errors_exit_64_and_secrets_never_echo() {
 
     let secret = "s3cret-passphrase-do-not-print";
     let pass = w.secret_file("pass", secret);
-    let out = w
-        .pk(
-            &node,
-            &args(
-                &[
-                    "init",
-                    "--token",
-                    "soft",
-                    "--password-file",
-                    pass.to_str().unwrap(),
-                ],
-                CHEAP,
-            ),
-        )
-        .ok();
+    let init = args(
+        &[
+            "init",
+            "--token",
+            "soft",
+            "--password-file",
+            pass.to_str().unwrap(),
+        ],
+        CHEAP,
+    );
+    let out = w.pk(&node, &init).ok();
     assert!(!out.contains(secret));
     let err = w
         .pk_env(
@@ -383,20 +379,7 @@ fn usage_errors_exit_64_and_secrets_never_echo() {
         )
         .fails(77, "wrong passphrase");
     assert!(!err.contains("s3cret"));
-    w.pk(
-        &node,
-        &args(
-            &[
-                "init",
-                "--token",
-                "soft",
-                "--password-file",
-                pass.to_str().unwrap(),
-            ],
-            CHEAP,
-        ),
-    )
-    .fails(73, "already exists");
+    w.pk(&node, &init).fails(73, "already exists");
 }
 
 fn free_port() -> u16 {
