@@ -10,8 +10,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crypto;
+pub mod identity;
 pub mod keyslots;
 mod node_path;
+pub mod store;
 pub mod tokens;
 
 pub use node_path::NodePath;

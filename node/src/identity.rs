@@ -1,0 +1,301 @@
+//! The node's identity: an Ed25519 key pair, and the NodeId that names it.
+//!
+//! A [`NodeId`] is the 32-byte Ed25519 public key written as Polykey writes it: multibase
+//! base32hex (lowercase, unpadded) with the leading `v`, 53 characters in all.
+//!
+//! Encryption to a NodeId ([`encrypt_to`]) is an ECIES over X25519 derived from the
+//! Ed25519 keys (the birational map used by libsodium's `crypto_sign_ed25519_pk_to_curve25519`):
+//!
+//! 1. the recipient's Ed25519 public key is mapped to its X25519 (Montgomery) form;
+//! 2. a fresh ephemeral X25519 key `e` is drawn; `E = e·G`;
+//! 3. `shared = X25519(e, recipient)`; an all-zero result is refused;
+//! 4. `key = HKDF-SHA256(ikm = shared, salt = E || recipient Ed25519 key,
+//!    info = "pk keys encrypt v1")`;
+//! 5. the message is sealed with ChaCha20-Poly1305 under `key`, nonce zero (the key is
+//!    unique to this message), associated data `"pk keys encrypt v1"`.
+//!
+//! The output is `0x01 || E (32 bytes) || ciphertext || tag (16 bytes)`. Decryption maps
+//! the node's Ed25519 secret scalar to X25519 and reverses the steps.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use data_encoding::{Encoding, Specification};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use hkdf::Hkdf;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::store::{StoreError, Table, WriteTx};
+
+const ENCRYPT_INFO: &[u8] = b"pk keys encrypt v1";
+const ENCRYPT_VERSION: u8 = 1;
+const NODE_KEY: &[u8] = b"node-key";
+
+fn base32hex() -> Encoding {
+    let mut spec = Specification::new();
+    spec.symbols.push_str("0123456789abcdefghijklmnopqrstuv");
+    spec.encoding().expect("a valid base32hex specification")
+}
+
+/// A node's identifier: its Ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId([u8; 32]);
+
+/// Why a NodeId, signature or ciphertext was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// Not a NodeId.
+    #[error("not a NodeId: {0}")]
+    BadNodeId(&'static str),
+    /// A signature of the wrong length.
+    #[error("a signature is 64 bytes")]
+    BadSignature,
+    /// The ciphertext is damaged, truncated, or not for this node.
+    #[error("cannot decrypt: the message is damaged or was not encrypted to this node")]
+    Decrypt,
+}
+
+impl NodeId {
+    /// The NodeId for raw public key bytes, if they are a valid Ed25519 point.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, IdentityError> {
+        VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| IdentityError::BadNodeId("not an Ed25519 public key"))?;
+        Ok(NodeId(bytes))
+    }
+
+    /// The public key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn verifying_key(&self) -> VerifyingKey {
+        VerifyingKey::from_bytes(&self.0).expect("checked when the NodeId was made")
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", base32hex().encode(&self.0))
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = IdentityError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s
+            .strip_prefix('v')
+            .ok_or(IdentityError::BadNodeId("a NodeId starts with 'v'"))?;
+        if rest.len() != 52 {
+            return Err(IdentityError::BadNodeId("a NodeId has 53 characters"));
+        }
+        let bytes = base32hex()
+            .decode(rest.to_ascii_lowercase().as_bytes())
+            .map_err(|_| IdentityError::BadNodeId("not base32hex"))?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| IdentityError::BadNodeId("wrong length"))?;
+        NodeId::from_bytes(bytes)
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The node's key pair. The secret half zeroizes on drop.
+pub struct Identity {
+    signing: SigningKey,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("node_id", &self.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A fresh key pair.
+    pub fn generate() -> Self {
+        Identity {
+            signing: SigningKey::generate(&mut OsRng),
+        }
+    }
+
+    /// Loads the node's key pair from the store, creating and storing one the first time.
+    pub fn load_or_create(tx: &mut WriteTx<'_>) -> Result<Identity, StoreError> {
+        if let Some(bytes) = tx.get(Table::Identity, NODE_KEY)? {
+            let secret: [u8; 32] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt {
+                        table: "identity",
+                        reason: "node key has the wrong length",
+                    })?;
+            let mut secret = Zeroizing::new(secret);
+            let signing = SigningKey::from_bytes(&secret);
+            secret.zeroize();
+            return Ok(Identity { signing });
+        }
+        let identity = Identity::generate();
+        tx.put(Table::Identity, NODE_KEY, identity.signing.as_bytes())?;
+        Ok(identity)
+    }
+
+    /// This node's NodeId.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Signs `data` (Ed25519).
+    pub fn sign(&self, data: &[u8]) -> [u8; 64] {
+        self.signing.sign(data).to_bytes()
+    }
+
+    /// Decrypts a message made by [`encrypt_to`] for this node.
+    pub fn decrypt(&self, message: &[u8]) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
+        if message.len() < 1 + 32 + 16 || message[0] != ENCRYPT_VERSION {
+            return Err(IdentityError::Decrypt);
+        }
+        let ephemeral: [u8; 32] = message[1..33]
+            .try_into()
+            .map_err(|_| IdentityError::Decrypt)?;
+        let scalar = Zeroizing::new(self.signing.to_scalar_bytes());
+        let shared = Zeroizing::new(MontgomeryPoint(ephemeral).mul_clamped(*scalar).to_bytes());
+        let key = message_key(&shared, &ephemeral, &self.node_id())?;
+        ChaCha20Poly1305::new(key.as_ref().into())
+            .decrypt(
+                &Nonce::default(),
+                Payload {
+                    msg: &message[33..],
+                    aad: ENCRYPT_INFO,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| IdentityError::Decrypt)
+    }
+}
+
+/// Checks an Ed25519 signature by `signer` over `data`.
+pub fn verify(signer: &NodeId, data: &[u8], signature: &[u8]) -> Result<bool, IdentityError> {
+    let signature: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| IdentityError::BadSignature)?;
+    Ok(signer
+        .verifying_key()
+        .verify(data, &Signature::from_bytes(&signature))
+        .is_ok())
+}
+
+/// Encrypts `data` so that only the holder of `recipient`'s key can read it.
+pub fn encrypt_to(recipient: &NodeId, data: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    let mut ephemeral_secret = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(ephemeral_secret.as_mut());
+    let ephemeral = MontgomeryPoint::mul_base_clamped(*ephemeral_secret).to_bytes();
+    let their = recipient.verifying_key().to_montgomery();
+    let shared = Zeroizing::new(their.mul_clamped(*ephemeral_secret).to_bytes());
+    let key = message_key(&shared, &ephemeral, recipient)?;
+    let ciphertext = ChaCha20Poly1305::new(key.as_ref().into())
+        .encrypt(
+            &Nonce::default(),
+            Payload {
+                msg: data,
+                aad: ENCRYPT_INFO,
+            },
+        )
+        .map_err(|_| IdentityError::Decrypt)?;
+    let mut out = Vec::with_capacity(1 + 32 + ciphertext.len());
+    out.push(ENCRYPT_VERSION);
+    out.extend_from_slice(&ephemeral);
+    out.extend_from_slice(&ciphertext);
+    Ok(out)
+}
+
+fn message_key(
+    shared: &[u8; 32],
+    ephemeral: &[u8; 32],
+    recipient: &NodeId,
+) -> Result<Zeroizing<[u8; 32]>, IdentityError> {
+    if shared.iter().all(|&b| b == 0) {
+        return Err(IdentityError::Decrypt);
+    }
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(ephemeral);
+    salt[32..].copy_from_slice(recipient.as_bytes());
+    let hk = Hkdf::<Sha256>::new(Some(&salt), shared);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(ENCRYPT_INFO, key.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_text_form_is_polykeys() {
+        let id = Identity::generate().node_id();
+        let text = id.to_string();
+        assert_eq!(text.len(), 53);
+        assert!(text.starts_with('v'));
+        assert!(
+            text[1..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='v').contains(&c))
+        );
+        assert_eq!(text.parse::<NodeId>().unwrap(), id);
+        assert_eq!(
+            text.to_uppercase()
+                .replacen('V', "v", 1)
+                .parse::<NodeId>()
+                .unwrap(),
+            id
+        );
+        assert!("vabc".parse::<NodeId>().is_err());
+        assert!(text.replacen('v', "z", 1).parse::<NodeId>().is_err());
+    }
+
+    #[test]
+    fn sign_verify_encrypt_decrypt() {
+        let alice = Identity::generate();
+        let bob = Identity::generate();
+        let sig = alice.sign(b"hello");
+        assert!(verify(&alice.node_id(), b"hello", &sig).unwrap());
+        assert!(!verify(&alice.node_id(), b"hellO", &sig).unwrap());
+        assert!(!verify(&bob.node_id(), b"hello", &sig).unwrap());
+        assert!(verify(&alice.node_id(), b"hello", &sig[..10]).is_err());
+
+        let sealed = encrypt_to(&bob.node_id(), b"for bob").unwrap();
+        assert_eq!(bob.decrypt(&sealed).unwrap().as_slice(), b"for bob");
+        assert_eq!(alice.decrypt(&sealed), Err(IdentityError::Decrypt));
+        let mut bad = sealed.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(bob.decrypt(&bad), Err(IdentityError::Decrypt));
+        assert_eq!(bob.decrypt(&sealed[..20]), Err(IdentityError::Decrypt));
+    }
+}
