@@ -10,11 +10,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod crypto;
 pub mod identity;
 pub mod keyslots;
 mod node_path;
 pub mod store;
 pub mod tokens;
+pub mod vault;
 
 pub use node_path::NodePath;

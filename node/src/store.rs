@@ -201,7 +201,10 @@ fn get_from(
 }
 
 type Rows = Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>;
-type Row<'a> = (redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>);
+type Row<'a> = (
+    redb::AccessGuard<'a, &'static [u8]>,
+    redb::AccessGuard<'a, &'static [u8]>,
+);
 
 fn range_from(
     store: &Store,
@@ -226,6 +229,24 @@ fn range_from(
         range.rev().take(limit).map(open).collect()
     } else {
         range.take(limit).map(open).collect()
+    }
+}
+
+/// Reading, whether in a read or a write transaction.
+pub trait Read {
+    /// The value at `key`, decrypted.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+}
+
+impl Read for ReadTx<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        ReadTx::get(self, table, key)
+    }
+}
+
+impl Read for WriteTx<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        WriteTx::get(self, table, key)
     }
 }
 
