@@ -15,7 +15,8 @@
 //! TPM, the same token, the same passphrase) turns it back into the key.
 //!
 //! This is the only crate of the workspace with C libraries (libtss2, the PKCS#11 module
-//! loaded at run time) and the only one allowed `unsafe`; it has none of its own today.
+//! loaded at run time), and the only one that may ever carry `unsafe`; today it needs
+//! none and forbids it.
 //! [`sim`] starts the software stand-ins (swtpm, SoftHSM2) used by tests and by the
 //! local development command.
 

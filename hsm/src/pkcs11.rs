@@ -328,6 +328,11 @@ impl Protector for Pkcs11Protector {
             Attribute::Extractable(false),
             Attribute::Encrypt(true),
             Attribute::Decrypt(true),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+            Attribute::Derive(false),
             Attribute::Label(b"pk keyslot".to_vec()),
             Attribute::Id(key_id.clone()),
         ];
@@ -343,11 +348,17 @@ impl Protector for Pkcs11Protector {
         let mut iv = [0u8; IV_LEN];
         OsRng.fill_bytes(&mut iv);
         let mut iv_param = iv;
-        let params = GcmParams::new(&mut iv_param, aad, TAG_BITS.into()).map_err(token_err)?;
-        let ciphertext = token
-            .session
-            .encrypt(&Mechanism::AesGcm(params), handle, key.expose())
-            .map_err(token_err)?;
+        let ciphertext = GcmParams::new(&mut iv_param, aad, TAG_BITS.into())
+            .and_then(|params| {
+                token
+                    .session
+                    .encrypt(&Mechanism::AesGcm(params), handle, key.expose())
+            })
+            .map_err(|e| {
+                // Leave no unused key behind on the token.
+                let _ = token.session.destroy_object(handle);
+                token_err(e)
+            })?;
         Ok(Sealed::Pkcs11(Pkcs11Sealed {
             module,
             token_label: self.token_label.clone(),

@@ -25,8 +25,9 @@ pub struct Argon2Params {
 impl Argon2Params {
     /// The default for new slots: 64 MiB, 3 passes, 1 lane.
     ///
-    /// Chosen for a Raspberry Pi 4 class CPU (Cortex-A72, 1.5 GHz): see
-    /// `docs/reference/benchmarks.md` for the measurement and the reasoning. One lane
+    /// Chosen for a Raspberry Pi 4 class CPU (Cortex-A72, 1.5 GHz): about 130 ms on the
+    /// x86 machines here, an estimated 0.6-1.2 s on a Pi 4; see
+    /// `docs/reference/benchmarks.md` for the figures and the reasoning. One lane
     /// because the `argon2` crate computes lanes on one thread, so extra lanes cost time
     /// without adding memory hardness per second.
     pub const DEFAULT: Argon2Params = Argon2Params {

@@ -125,7 +125,7 @@ impl PcrPolicy {
 /// A `tpm` keyslot's stored record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TpmSealed {
-    /// The sealed object's TPM2B_PUBLIC, marshalled.
+    /// The sealed object's public area (TPMT_PUBLIC), marshalled.
     #[serde(with = "crate::b64")]
     pub public: Vec<u8>,
     /// The sealed object's TPM2B_PRIVATE, encrypted by the TPM under its primary key.
@@ -218,10 +218,14 @@ fn primary_template() -> Result<Public, TssError> {
         .build()
 }
 
-fn sealed_template(policy: Option<Digest>) -> Result<Public, TssError> {
+fn sealed_template(policy: Option<Digest>, has_pin: bool) -> Result<Public, TssError> {
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
+        // Dictionary-attack protection guards the PIN. An object without one has nothing
+        // to guess; exempting it keeps a lockout caused by wrong PINs elsewhere from
+        // blocking unattended unlock.
+        .with_no_da(!has_pin)
         // Without a policy, the authValue (PIN or empty) authorises use; with one, only
         // the policy does, and the PIN enters it through PolicyAuthValue.
         .with_user_with_auth(policy.is_none())
@@ -355,7 +359,7 @@ impl Protector for TpmProtector {
 
         let kek = DataKey::generate();
         let sensitive = SensitiveData::try_from(kek.expose().to_vec()).map_err(token)?;
-        let template = sealed_template(policy_digest).map_err(token)?;
+        let template = sealed_template(policy_digest, has_pin).map_err(token)?;
         let auth = self
             .auth()
             .map_err(|_| WrapError::Invalid("the PIN is too long".into()))?;
@@ -442,8 +446,10 @@ impl Protector for TpmProtector {
             Err(e) => {
                 return Err(match tss_kind(&e) {
                     Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
-                        UnwrapError::WrongPin {
-                            retries_left: t.retries_left(),
+                        match t.retries_left() {
+                            // That attempt used the last one: the TPM is now locked out.
+                            Some(0) => UnwrapError::PinBlocked,
+                            retries_left => UnwrapError::WrongPin { retries_left },
                         }
                     }
                     Some(Tss2ResponseCodeKind::Lockout) => UnwrapError::PinBlocked,

@@ -15,7 +15,7 @@
 //! magic    8 bytes  "PKSLOTS\n"
 //! version  u16 BE   1
 //! length   u32 BE   length of body
-//! body     JSON     { store_id, dek_check, slots: [ { header, sealed } ] }
+//! body     JSON     { store_id, dek_check, next_id, slots: [ { header, sealed } ] }
 //! checksum 32 bytes SHA-256 of everything before it
 //! ```
 //!

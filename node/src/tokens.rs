@@ -10,7 +10,9 @@ use hsm::pkcs11::Pkcs11Protector;
 use hsm::recovery::{RecoveryCode, RecoveryCodeError, RecoveryProtector};
 use hsm::soft::{Argon2Params, SoftProtector};
 use hsm::tpm::{DEFAULT_TCTI, TpmProtector};
-use hsm::{Pin, Protector, Sealed};
+use hsm::{Kind, Pin, Protector, Sealed};
+
+use crate::keyslots::{KeyslotError, Keyslots, Unlocked};
 use zeroize::Zeroizing;
 
 /// Where this machine's tokens are. Overrides what slots recorded at enrolment.
@@ -88,4 +90,62 @@ pub fn protector_for(
         }
         other => return Err(ProtectorError::Unsupported(other.kind())),
     })
+}
+
+/// Which keyslots to unlock through, and with what.
+#[derive(Debug, Default)]
+pub struct UnlockChoice {
+    /// This slot only.
+    pub slot: Option<u32>,
+    /// Otherwise every slot of this kind; with neither, every slot that needs no secret.
+    pub kind: Option<Kind>,
+    /// The PIN, passphrase or recovery code.
+    pub secret: Option<Pin>,
+}
+
+/// Why unlocking failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnlockError {
+    /// The keyslots refused.
+    #[error(transparent)]
+    Keyslot(#[from] KeyslotError),
+    /// No protector could be made for the slot.
+    #[error(transparent)]
+    Protector(#[from] ProtectorError),
+}
+
+/// Unlocks the DEK as `choice` says.
+pub fn unlock(
+    keyslots: &Keyslots,
+    choice: UnlockChoice,
+    config: &TokenConfig,
+) -> Result<Unlocked, UnlockError> {
+    if let Some(id) = choice.slot {
+        let slot = keyslots.slot(id).ok_or(KeyslotError::NoSuchSlot(id))?;
+        let protector = protector_for(&slot.sealed, config, choice.secret)?;
+        return Ok(keyslots.unlock(protector.as_ref(), Some(id))?);
+    }
+    if let Some(kind) = choice.kind {
+        let slot = keyslots
+            .slots()
+            .iter()
+            .find(|s| s.header.kind == kind)
+            .ok_or(KeyslotError::NoSlotOfKind(kind))?;
+        let protector = protector_for(&slot.sealed, config, choice.secret)?;
+        return Ok(keyslots.unlock(protector.as_ref(), None)?);
+    }
+    let mut first_error = None;
+    for slot in keyslots.slots().iter().filter(|s| !s.sealed.needs_secret()) {
+        let protector = protector_for(&slot.sealed, config, None)?;
+        match keyslots.unlock(protector.as_ref(), Some(slot.header.id)) {
+            Ok(unlocked) => return Ok(unlocked),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error
+        .unwrap_or(KeyslotError::NoSlotOfKind(Kind::Tpm))
+        .into())
 }

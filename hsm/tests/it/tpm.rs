@@ -41,6 +41,8 @@ fn wrong_pin_counts_down_then_blocks() -> TestResult {
     let wrong = TpmProtector::new(tpm.tcti(), Some(Pin::from("0000")));
     let key = DataKey::generate();
     let sealed = good.wrap(&key, AAD)?;
+    let unattended = TpmProtector::new(tpm.tcti(), None);
+    let unattended_sealed = unattended.wrap(&key, AAD)?;
 
     let mut previous = None;
     let mut blocked = false;

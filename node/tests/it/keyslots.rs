@@ -352,6 +352,19 @@ fn usage_errors_exit_64_and_secrets_never_echo() {
     w.pk(&node, &["keyslots", "list"]).fails(66, "pk init");
     w.pk_env(
         &node,
+        &["init", "--token", "tpm", "--tpm-pin"],
+        &[("PK_PASSWORD", "")],
+    )
+    .fails(64, "PIN is empty");
+    w.pk(&node, &["init", "--token", "tpm", "--tpm-pcr-bank", "sha1"])
+        .fails(64, "needs --tpm-pcrs");
+    w.pk(
+        &node,
+        &["init", "--token", "soft", "--tpm-pcr-bank", "sha1"],
+    )
+    .fails(64, "--token tpm only");
+    w.pk_env(
+        &node,
         &["init", "--token", "soft"],
         &[("PK_PASSWORD", "short")],
     )

@@ -121,9 +121,9 @@ pub(crate) struct TokenArgs {
     /// keep their current values).
     #[arg(long = "tpm-pcrs")]
     pub(crate) tpm_pcrs: Option<String>,
-    /// tpm: the PCR bank the policy reads.
-    #[arg(long = "tpm-pcr-bank", default_value = "sha256", value_parser = parse_bank)]
-    pub(crate) tpm_pcr_bank: PcrBank,
+    /// tpm: the PCR bank the policy reads [default: sha256].
+    #[arg(long = "tpm-pcr-bank", value_parser = parse_bank)]
+    pub(crate) tpm_pcr_bank: Option<PcrBank>,
     /// tpm: protect the slot with a PIN as well (counts towards the TPM's lockout).
     #[arg(long = "tpm-pin")]
     pub(crate) tpm_pin: bool,

@@ -2,13 +2,15 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use hsm::Pin;
 use hsm::pkcs11::Pkcs11Protector;
 use hsm::soft::{Argon2Params, SoftProtector};
-use hsm::tpm::{PcrPolicy, TpmProtector};
+use hsm::tpm::{PcrBank, PcrPolicy, TpmProtector};
 use hsm::{Kind, Protector, Sealed};
 use node::NodePath;
+use node::keyslots::KeyslotError;
 use node::keyslots::{Keyslot, Keyslots, Unlocked};
-use node::tokens::{TokenConfig, protector_for, secret_name};
+use node::tokens::{TokenConfig, UnlockChoice, secret_name};
 use serde_json::{Value, json};
 
 use crate::cli::{Cli, Command, Format, KeyslotsCommand, TokenArgs, TokenKind, UnlockArgs};
@@ -166,8 +168,10 @@ fn new_protector(
 ) -> Result<Box<dyn Protector>, CliError> {
     let misplaced =
         |flag: &str, kind: &str| CliError::usage(format!("{flag} applies to --token {kind} only"));
-    if args.token != TokenKind::Tpm && (args.tpm_pcrs.is_some() || args.tpm_pin) {
-        return Err(misplaced("--tpm-pcrs/--tpm-pin", "tpm"));
+    if args.token != TokenKind::Tpm
+        && (args.tpm_pcrs.is_some() || args.tpm_pin || args.tpm_pcr_bank.is_some())
+    {
+        return Err(misplaced("--tpm-pcrs/--tpm-pcr-bank/--tpm-pin", "tpm"));
     }
     if args.token != TokenKind::Pkcs11 && args.pkcs11_token_label.is_some() {
         return Err(misplaced("--pkcs11-token-label", "pkcs11"));
@@ -180,15 +184,26 @@ fn new_protector(
     Ok(match args.token {
         TokenKind::Tpm => {
             let pin = if args.tpm_pin {
-                Some(source.require("new TPM PIN", true)?)
+                let pin = source.require("new TPM PIN", true)?;
+                if pin.is_empty() {
+                    return Err(CliError::usage("the TPM PIN is empty"));
+                }
+                Some(pin)
             } else {
                 None
             };
             let mut tpm = TpmProtector::new(config.tcti(), pin);
-            if let Some(list) = &args.tpm_pcrs {
-                tpm = tpm.with_pcr_policy(
-                    PcrPolicy::parse_list(args.tpm_pcr_bank, list).map_err(CliError::usage)?,
-                );
+            match (&args.tpm_pcrs, args.tpm_pcr_bank) {
+                (Some(list), bank) => {
+                    let bank = bank.unwrap_or(PcrBank::Sha256);
+                    tpm = tpm.with_pcr_policy(
+                        PcrPolicy::parse_list(bank, list).map_err(CliError::usage)?,
+                    );
+                }
+                (None, Some(_)) => {
+                    return Err(CliError::usage("--tpm-pcr-bank needs --tpm-pcrs"));
+                }
+                (None, None) => {}
             }
             Box::new(tpm)
         }
@@ -223,14 +238,27 @@ fn new_protector(
     })
 }
 
-/// Unlocks the DEK as the user asked: a given slot, the recovery code, a PIN-less TPM
-/// slot, or the one slot that takes a secret.
+/// Unlocks the DEK locally (no agent), as the user asked.
 fn unlock(
     keyslots: &Keyslots,
     args: &UnlockArgs,
     only: Option<u32>,
     config: &TokenConfig,
 ) -> Result<Unlocked, CliError> {
+    unlock_flow(keyslots, args, only, |choice| {
+        Ok(node::tokens::unlock(keyslots, choice, config)?)
+    })
+}
+
+/// Decides how to unlock (a named slot, the recovery code, the slots that need no
+/// secret, or the one slot that takes a secret), reads the secret, and runs `attempt`
+/// with that choice, locally or in the agent. Prompts happen here, on the user's side.
+pub(crate) fn unlock_flow<T>(
+    keyslots: &Keyslots,
+    args: &UnlockArgs,
+    only: Option<u32>,
+    mut attempt: impl FnMut(UnlockChoice) -> Result<T, CliError>,
+) -> Result<T, CliError> {
     let password = SecretSource {
         file: args.password_file.as_deref(),
         env: "PK_PASSWORD",
@@ -242,32 +270,73 @@ fn unlock(
         flag: "--recovery-code-file",
     };
     let target = only.or(args.unlock_slot);
+    let recovery_env = std::env::var_os(recovery.env).is_some_and(|v| !v.is_empty());
 
-    if args.recovery_code_file.is_some() || std::env::var_os(recovery.env).is_some() {
-        let code = recovery.require("recovery code", false)?;
+    if args.recovery_code_file.is_some() || (recovery_env && args.password_file.is_none()) {
+        if let Some(id) = target {
+            let slot = keyslots.slot(id).ok_or(KeyslotError::NoSuchSlot(id))?;
+            if slot.header.kind != Kind::Recovery {
+                return Err(CliError::usage(format!(
+                    "keyslot {id} is a {} slot, not the recovery slot",
+                    slot.header.kind
+                )));
+            }
+        }
         let slot = keyslots
             .slots()
             .iter()
             .find(|s| s.header.kind == Kind::Recovery && target.is_none_or(|t| t == s.header.id))
-            .ok_or(node::keyslots::KeyslotError::NoSlotOfKind(Kind::Recovery))?;
-        let protector = protector_for(&slot.sealed, config, Some(code))?;
-        return Ok(keyslots.unlock(protector.as_ref(), target)?);
+            .ok_or(KeyslotError::NoSlotOfKind(Kind::Recovery))?;
+        let code = recovery.require("recovery code", false)?;
+        return attempt(UnlockChoice {
+            slot: Some(slot.header.id),
+            kind: None,
+            secret: Some(code),
+        });
     }
 
+    let secret_for = |slot: &Keyslot| -> Result<Option<Pin>, CliError> {
+        let source = if slot.header.kind == Kind::Recovery {
+            &recovery
+        } else {
+            &password
+        };
+        match secret_name(&slot.sealed) {
+            Some(name) => source.read(&format!("{name} for keyslot {}", slot.header.id), false),
+            None => Ok(None),
+        }
+    };
+    let needs = |slot: &Keyslot, source: &SecretSource<'_>| {
+        let name = secret_name(&slot.sealed).unwrap_or("secret");
+        CliError::usage(format!(
+            "keyslot {} needs its {name}: pass {} <file>, set {}, or run on a terminal",
+            slot.header.id, source.flag, source.env
+        ))
+    };
+
     if let Some(id) = target {
-        let slot = keyslots
-            .slot(id)
-            .ok_or(node::keyslots::KeyslotError::NoSuchSlot(id))?;
-        return unlock_slot(keyslots, slot, config, &password);
+        let slot = keyslots.slot(id).ok_or(KeyslotError::NoSuchSlot(id))?;
+        let secret = secret_for(slot)?;
+        if secret.is_none() && slot.sealed.needs_secret() {
+            let source = if slot.header.kind == Kind::Recovery {
+                &recovery
+            } else {
+                &password
+            };
+            return Err(needs(slot, source));
+        }
+        return attempt(UnlockChoice {
+            slot: Some(id),
+            kind: None,
+            secret,
+        });
     }
 
     let mut first_error = None;
-    for slot in keyslots.slots().iter().filter(|s| !s.sealed.needs_secret()) {
-        match unlock_slot(keyslots, slot, config, &password) {
-            Ok(unlocked) => return Ok(unlocked),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+    if keyslots.slots().iter().any(|s| !s.sealed.needs_secret()) {
+        match attempt(UnlockChoice::default()) {
+            Ok(done) => return Ok(done),
+            Err(e) => first_error = Some(e),
         }
     }
     let with_secret: Vec<&Keyslot> = keyslots
@@ -279,12 +348,23 @@ fn unlock(
         [] => Err(first_error.unwrap_or_else(|| {
             CliError::usage("only the recovery slot is left: pass --recovery-code-file")
         })),
-        [slot] => unlock_slot(keyslots, slot, config, &password),
+        [slot] => match secret_for(slot)? {
+            Some(secret) => attempt(UnlockChoice {
+                slot: Some(slot.header.id),
+                kind: None,
+                secret: Some(secret),
+            }),
+            // Nothing to ask with: the failure of the slots that needed nothing says more.
+            None => Err(first_error.unwrap_or_else(|| needs(slot, &password))),
+        },
         // Passphrases cost no token retries, so one passphrase may be tried on all.
         many if many.iter().all(|s| s.header.kind == Kind::Soft) => {
             let secret = password.require("passphrase", false)?;
-            let protector = protector_for(&many[0].sealed, config, Some(secret))?;
-            Ok(keyslots.unlock(protector.as_ref(), None)?)
+            attempt(UnlockChoice {
+                slot: None,
+                kind: Some(Kind::Soft),
+                secret: Some(secret),
+            })
         }
         many => Err(CliError::usage(format!(
             "several keyslots need a secret ({}); choose one with --unlock-slot",
@@ -294,22 +374,6 @@ fn unlock(
                 .join(", ")
         ))),
     }
-}
-
-fn unlock_slot(
-    keyslots: &Keyslots,
-    slot: &Keyslot,
-    config: &TokenConfig,
-    password: &SecretSource<'_>,
-) -> Result<Unlocked, CliError> {
-    let secret = match secret_name(&slot.sealed) {
-        Some(name) => {
-            Some(password.require(&format!("{name} for keyslot {}", slot.header.id), false)?)
-        }
-        None => None,
-    };
-    let protector = protector_for(&slot.sealed, config, secret)?;
-    Ok(keyslots.unlock(protector.as_ref(), Some(slot.header.id))?)
 }
 
 fn created(slot: &Keyslot) -> String {

@@ -92,11 +92,24 @@ impl From<KeyslotError> for CliError {
     }
 }
 
+impl From<node::tokens::UnlockError> for CliError {
+    fn from(e: node::tokens::UnlockError) -> Self {
+        match e {
+            node::tokens::UnlockError::Keyslot(e) => e.into(),
+            node::tokens::UnlockError::Protector(e) => e.into(),
+            other => CliError {
+                message: other.to_string(),
+                code: FAILURE,
+            },
+        }
+    }
+}
+
 impl From<ProtectorError> for CliError {
     fn from(e: ProtectorError) -> Self {
         let code = match e {
             ProtectorError::SecretNeeded(_) => USAGE,
-            ProtectorError::RecoveryCode(_) => NOPERM,
+            ProtectorError::RecoveryCode(_) => USAGE,
             _ => FAILURE,
         };
         CliError {

@@ -3,7 +3,8 @@
 //! Conventions follow the Polykey CLI: `--node-path`, `--format human|json`, secrets from
 //! a file (`--password-file`) or the environment (`PK_PASSWORD`) for scripts, a prompt on
 //! a terminal otherwise. Exit codes follow sysexits: 64 usage, 65 damaged data, 66 no
-//! node, 69 token unavailable, 77 refused credential or policy, 1 anything else.
+//! node, 69 token unavailable, 73 node already exists, 77 refused credential or policy,
+//! 1 anything else.
 
 #![forbid(unsafe_code)]
 
