@@ -10,11 +10,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod audit;
 pub mod crypto;
 pub mod identity;
 pub mod keyslots;
 mod node_path;
+pub mod rpc;
 pub mod store;
 pub mod tokens;
 pub mod vault;

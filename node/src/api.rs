@@ -1,0 +1,273 @@
+//! The agent's API: the requests `pk` sends over the local socket and the replies.
+//!
+//! One connection carries one call: a [`Request`] frame, then for uploads a stream of
+//! [`Upload`] frames; the agent answers with [`Response`] frames: data chunks for
+//! downloads, then exactly one `Ok` or `Err`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEvent, AuditQuery};
+use crate::vault::{CommitInfo, Entry, Stat, VaultRecord};
+
+/// A secret in transit to the agent (PIN, passphrase, recovery code). Redacted in `Debug`.
+#[derive(Clone, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct WireSecret(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireSecret(..)")
+    }
+}
+
+/// How the agent should unlock.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UnlockParams {
+    /// This slot only.
+    pub slot: Option<u32>,
+    /// Every slot of this kind (when no slot is named).
+    pub kind: Option<hsm::Kind>,
+    /// The PIN, passphrase or recovery code.
+    pub secret: Option<WireSecret>,
+}
+
+/// How a secret write is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteKind {
+    /// `secrets create` (from a file).
+    Create,
+    /// `secrets write` (from stdin).
+    Write,
+    /// `secrets edit`.
+    Edit,
+    /// `secrets dir` (imported from a directory).
+    Import,
+}
+
+/// A call to the agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Agent state.
+    Status,
+    /// Unlock through the keyslots.
+    Unlock(UnlockParams),
+    /// Forget the keys.
+    Lock,
+    /// Shut down.
+    Stop,
+    /// This node's NodeId.
+    KeysPublic,
+    /// Sign bytes with the node key.
+    KeysSign(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Encrypt bytes to a NodeId.
+    KeysEncrypt {
+        /// Recipient NodeId.
+        to: String,
+        /// Plaintext.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Decrypt bytes encrypted to this node.
+    KeysDecrypt(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Create a vault.
+    VaultsCreate(String),
+    /// List vaults.
+    VaultsList,
+    /// Rename a vault.
+    VaultsRename {
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// Delete a vault.
+    VaultsDelete(String),
+    /// A vault's history.
+    VaultsLog {
+        /// Vault name.
+        vault: String,
+        /// At most this many commits.
+        depth: Option<u32>,
+        /// Start from this commit.
+        from: Option<String>,
+    },
+    /// Check out a version.
+    VaultsVersion {
+        /// Vault name.
+        vault: String,
+        /// Commit id, prefix, or `last`.
+        target: String,
+    },
+    /// Write a secret; the content follows as [`Upload`] frames.
+    SecretsWrite {
+        /// Vault name.
+        vault: String,
+        /// Path in the vault.
+        path: String,
+        /// How it is recorded.
+        kind: WriteKind,
+    },
+    /// Read a secret; the content comes back as [`Response::Chunk`] frames.
+    SecretsCat {
+        /// Vault name.
+        vault: String,
+        /// Path in the vault.
+        path: String,
+    },
+    /// List a directory.
+    SecretsLs {
+        /// Vault name.
+        vault: String,
+        /// Path (empty for the root).
+        path: String,
+    },
+    /// Make a directory.
+    SecretsMkdir {
+        /// Vault name.
+        vault: String,
+        /// Path.
+        path: String,
+        /// Create parents, and succeed if it exists.
+        parents: bool,
+    },
+    /// Remove secrets or directories.
+    SecretsRm {
+        /// Vault name.
+        vault: String,
+        /// Paths.
+        paths: Vec<String>,
+        /// Remove directories with their contents.
+        recursive: bool,
+    },
+    /// Rename within a vault.
+    SecretsRename {
+        /// Vault name.
+        vault: String,
+        /// Current path.
+        from: String,
+        /// New path.
+        to: String,
+    },
+    /// Describe a path.
+    SecretsStat {
+        /// Vault name.
+        vault: String,
+        /// Path.
+        path: String,
+    },
+    /// Create an empty secret if absent.
+    SecretsTouch {
+        /// Vault name.
+        vault: String,
+        /// Path.
+        path: String,
+    },
+    /// Read the audit log.
+    Audit(AuditQuery),
+}
+
+/// Secret content sent to the agent after a [`Request::SecretsWrite`].
+#[derive(Clone, Serialize, Deserialize)]
+pub enum Upload {
+    /// A piece of the content.
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The end: commit what was sent.
+    End,
+}
+
+/// The agent's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// `locked` or `unlocked`.
+    pub state: String,
+    /// The process id.
+    pub pid: u32,
+    /// This node's NodeId, when unlocked.
+    pub node_id: Option<String>,
+    /// The keyslot that unlocked it.
+    pub unlocked_with: Option<u32>,
+    /// Seconds since the agent started.
+    pub uptime_s: u64,
+    /// pk version.
+    pub version: String,
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Nothing to say.
+    Done,
+    /// Agent state.
+    Status(AgentStatus),
+    /// A NodeId.
+    NodeId(String),
+    /// Bytes (signature, ciphertext, plaintext).
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Vault records.
+    Vaults(Vec<VaultRecord>),
+    /// One vault record.
+    Vault(VaultRecord),
+    /// Commits.
+    Commits(Vec<CommitInfo>),
+    /// One commit.
+    Commit(CommitInfo),
+    /// Maybe a commit (touch on an existing secret makes none).
+    MaybeCommit(Option<CommitInfo>),
+    /// Directory entries.
+    Entries(Vec<Entry>),
+    /// A stat.
+    Stat(Stat),
+    /// Audit events.
+    Events(Vec<AuditEvent>),
+}
+
+/// Kinds of failure, each with its own exit code in `pk`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed or a name or path is invalid.
+    BadInput,
+    /// The agent is locked.
+    Locked,
+    /// No such vault, secret or commit.
+    NotFound,
+    /// It exists already.
+    Exists,
+    /// A credential or policy was refused.
+    Denied,
+    /// A token is not available.
+    Unavailable,
+    /// Stored data is damaged.
+    Corrupt,
+    /// Anything else.
+    Internal,
+}
+
+/// A failed call: a code and a message for the user (never a secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// What happened.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the agent sends back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// A piece of a secret's content.
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The call succeeded.
+    Ok(Reply),
+    /// The call failed.
+    Err(ApiError),
+}

@@ -1,0 +1,125 @@
+//! Framed, typed messages over a byte stream: the RPC machinery shared by the local agent
+//! socket and (later) the peer network's QUIC streams.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of a
+//! postcard-encoded message. Every read has a hard size limit; a frame over the limit is
+//! refused before its body is read. Large payloads (secret contents) travel as a stream of
+//! bounded chunks, never as one frame.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The default limit for one frame.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Bytes of secret content per data frame.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The stream failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer announced a frame over the limit.
+    #[error("message of {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not a valid message.
+    #[error("malformed message")]
+    Malformed,
+    /// The stream ended inside a conversation.
+    #[error("the other side closed the connection early")]
+    Closed,
+}
+
+/// Writes one message as a frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    message: &T,
+) -> Result<(), FrameError> {
+    let body = postcard::to_stdvec(message).map_err(|_| FrameError::Malformed)?;
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+        len: body.len(),
+        max: u32::MAX as usize,
+    })?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    Ok(())
+}
+
+/// Reads one frame of at most `max` bytes; `None` on a clean end of stream before it.
+pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<T>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut body = zeroize::Zeroizing::new(vec![0u8; len]);
+    r.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Closed
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(|_| FrameError::Malformed)
+}
+
+/// Reads one frame that must be there.
+pub async fn expect_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    max: usize,
+) -> Result<T, FrameError> {
+    read_frame(r, max).await?.ok_or(FrameError::Closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_limits_hold() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, &("hello".to_string(), 7u32))
+            .await
+            .unwrap();
+        let got: (String, u32) = expect_frame(&mut b, MAX_FRAME).await.unwrap();
+        assert_eq!(got, ("hello".into(), 7));
+
+        write_frame(&mut a, &vec![0u8; 100]).await.unwrap();
+        assert!(matches!(
+            read_frame::<_, Vec<u8>>(&mut b, 10).await,
+            Err(FrameError::TooLarge { len: 101, max: 10 })
+        ));
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+        assert!(matches!(
+            read_frame::<_, String>(&mut b, MAX_FRAME).await,
+            Err(FrameError::Malformed)
+        ));
+        a.write_all(&[0, 0, 0, 9, 1]).await.unwrap();
+        drop(a);
+        assert!(matches!(
+            read_frame::<_, String>(&mut b, MAX_FRAME).await,
+            Err(FrameError::Closed)
+        ));
+    }
+}
