@@ -65,11 +65,16 @@ fn wrong_pin_counts_down_then_blocks() -> TestResult {
     }
     assert!(previous.is_some(), "never reported retries left");
     assert!(blocked, "the TPM never locked out");
-    // Locked out: even the right PIN is refused, with the same clear error.
+    // Locked out: even the right PIN is refused, with the same clear error...
     assert!(matches!(
         good.unwrap(&sealed, AAD),
         Err(UnwrapError::PinBlocked)
     ));
+    // ...but a slot without a PIN has nothing to guess and still unlocks unattended.
+    assert_eq!(
+        unattended.unwrap(&unattended_sealed, AAD)?.expose(),
+        key.expose()
+    );
     // The owner clears the lockout (lockout hierarchy, empty auth on a fresh swtpm).
     tpm.tool("tpm2_dictionarylockout", &["--clear-lockout"])?;
     assert_eq!(good.unwrap(&sealed, AAD)?.expose(), key.expose());
