@@ -19,7 +19,33 @@ pub struct AuditEvent {
     /// Dotted event type, e.g. `vault.created`, `secret.written`, `agent.unlocked`.
     pub event: String,
     /// Event details (vault, path, slot, ...). Never a secret value.
+    #[serde(with = "fields_format")]
     pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The fields are a JSON object in JSON, and JSON text in binary formats (postcard, used
+/// on the agent socket, cannot carry free-form JSON values).
+mod fields_format {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Map = serde_json::Map<String, serde_json::Value>;
+
+    pub(super) fn serialize<S: Serializer>(map: &Map, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            map.serialize(s)
+        } else {
+            s.serialize_str(&serde_json::Value::Object(map.clone()).to_string())
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        if d.is_human_readable() {
+            Map::deserialize(d)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        }
+    }
 }
 
 fn now_ms() -> u64 {

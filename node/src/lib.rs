@@ -10,8 +10,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod audit;
+pub mod client;
 pub mod crypto;
 pub mod identity;
 pub mod keyslots;

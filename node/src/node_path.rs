@@ -39,6 +39,21 @@ impl NodePath {
         self.0.join("keyslots.lock")
     }
 
+    /// The agent's Unix socket.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.0.join("agent.sock")
+    }
+
+    /// The agent's status file (pid, socket, start time) while it runs.
+    pub fn agent_status(&self) -> PathBuf {
+        self.0.join("agent.json")
+    }
+
+    /// The log of an agent started in the background.
+    pub fn agent_log(&self) -> PathBuf {
+        self.0.join("agent.log")
+    }
+
     /// Creates the directory (and parents) with mode 0700 if it does not exist.
     pub fn create(&self) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;

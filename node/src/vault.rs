@@ -781,10 +781,16 @@ impl<'s> Vaults<'s> {
         content: &[u8],
         event: &str,
     ) -> Result<CommitInfo, VaultError> {
+        let verb = match event {
+            "secret.created" => "create",
+            "secret.edited" => "edit",
+            "secret.imported" => "import",
+            _ => "write",
+        };
         self.mutate(
             name,
             event,
-            &format!("{event} {path}"),
+            &format!("{verb} {path}"),
             |t, root| {
                 let blob = t.put(ObjectKind::Blob, content)?;
                 apply(t, root, path.parts(), Change::Write(blob), name, path)

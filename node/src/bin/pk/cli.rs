@@ -47,6 +47,280 @@ pub(crate) enum Command {
     /// Manage the keyslots that unlock the node's data key.
     #[command(subcommand)]
     Keyslots(KeyslotsCommand),
+    /// Start, stop, lock and unlock the agent that holds the unlocked keys.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Use the node's identity key: NodeId, signatures, encryption.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Create, list, rename and delete vaults; browse and restore their history.
+    #[command(subcommand)]
+    Vaults(VaultsCommand),
+    /// Read and write secrets, written `vault:path`.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Show the agent's audit log.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentCommand {
+    /// Start the agent (in the background unless --foreground) and unlock it.
+    Start(AgentStartArgs),
+    /// Stop the agent.
+    Stop,
+    /// Is an agent running, and is it unlocked?
+    Status,
+    /// Forget the unlocked keys (zeroized); the agent keeps running.
+    Lock,
+    /// Unlock the agent through a keyslot.
+    Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentStartArgs {
+    /// Run in this process instead of the background; stop with Ctrl-C or SIGTERM.
+    #[arg(long)]
+    pub(crate) foreground: bool,
+    #[command(flatten)]
+    pub(crate) unlock: UnlockArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Print this node's NodeId (its public key).
+    Public,
+    /// Sign a file; prints the base64 Ed25519 signature.
+    Sign {
+        /// The file to sign.
+        file: PathBuf,
+    },
+    /// Verify a base64 signature of a file by a NodeId (default: this node).
+    Verify {
+        /// The signed file.
+        file: PathBuf,
+        /// The signature, base64.
+        signature: String,
+        /// The signer [default: this node].
+        #[arg(long = "node-id")]
+        node_id: Option<String>,
+    },
+    /// Encrypt a file to a NodeId; prints base64.
+    Encrypt {
+        /// The file to encrypt.
+        file: PathBuf,
+        /// The recipient.
+        node_id: String,
+    },
+    /// Decrypt a base64 file encrypted to this node; writes the plaintext to stdout.
+    Decrypt {
+        /// The file holding the base64 ciphertext.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum VaultsCommand {
+    /// Create a vault.
+    Create {
+        /// Its name.
+        name: String,
+    },
+    /// List vaults.
+    List,
+    /// Rename a vault.
+    Rename {
+        /// Current name.
+        name: String,
+        /// New name.
+        new_name: String,
+    },
+    /// Delete a vault and its history.
+    Delete {
+        /// The vault.
+        name: String,
+    },
+    /// Show a vault's history, newest first.
+    Log {
+        /// The vault.
+        name: String,
+        /// At most this many commits.
+        #[arg(long, short = 'd')]
+        depth: Option<u32>,
+        /// Start from this commit instead of the current version.
+        #[arg(long = "commit-id", short = 'c')]
+        commit_id: Option<String>,
+    },
+    /// Check out an earlier version (a commit id or prefix), or `last` for the newest.
+    /// Writes made there become the new head; newer history is kept.
+    Version {
+        /// The vault.
+        name: String,
+        /// Commit id, prefix (4+ hex digits), or `last`.
+        version: String,
+    },
+    /// Export a vault's current version as a plain directory.
+    Export {
+        /// The vault.
+        name: String,
+        /// A directory to create (must not exist).
+        destination: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretsCommand {
+    /// Create (or replace) a secret from a file.
+    Create {
+        /// The file to read.
+        file: PathBuf,
+        /// Where: `vault:path`.
+        secret_path: String,
+    },
+    /// Write a secret from standard input.
+    Write {
+        /// Where: `vault:path`.
+        secret_path: String,
+    },
+    /// Print secrets to standard output.
+    Cat {
+        /// `vault:path`, one or more.
+        #[arg(required = true)]
+        secret_paths: Vec<String>,
+    },
+    /// List a directory (`vault` or `vault:dir`).
+    Ls {
+        /// `vault` or `vault:dir`.
+        path: String,
+    },
+    /// Make directories.
+    Mkdir {
+        /// `vault:dir`, one or more.
+        #[arg(required = true)]
+        secret_paths: Vec<String>,
+        /// Make parents as needed; no error if it exists.
+        #[arg(short = 'p', long)]
+        parents: bool,
+    },
+    /// Rename a secret or directory: a new name in the same directory, or `vault:newpath`.
+    Rename {
+        /// `vault:path`.
+        secret_path: String,
+        /// New name or `vault:newpath`.
+        new_name: String,
+    },
+    /// Remove secrets or directories.
+    Rm {
+        /// `vault:path`, one or more (same vault).
+        #[arg(required = true)]
+        secret_paths: Vec<String>,
+        /// Remove directories and their contents.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+    },
+    /// Describe a secret or directory.
+    Stat {
+        /// `vault:path`.
+        secret_path: String,
+    },
+    /// Create an empty secret if nothing is there.
+    Touch {
+        /// `vault:path`.
+        secret_path: String,
+    },
+    /// Edit a secret in $EDITOR (a private temporary file, wiped afterwards).
+    Edit {
+        /// `vault:path`.
+        secret_path: String,
+    },
+    /// Import a local directory's files into a vault.
+    Dir {
+        /// The local directory.
+        directory: PathBuf,
+        /// `vault` or `vault:dir`.
+        destination: String,
+    },
+    /// Print secrets as environment variables, or run a command with them.
+    Env(EnvArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EnvArgs {
+    /// `vault:path[=NAME]` (a directory includes every secret below it), then optionally
+    /// `-- command args...` to run with those variables.
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
+    pub(crate) args: Vec<String>,
+    /// Output format.
+    #[arg(long = "env-format", value_enum, default_value_t = EnvFormat::Unix)]
+    pub(crate) env_format: EnvFormat,
+    /// What to do with a secret whose name is not a valid variable name.
+    #[arg(long = "env-invalid", value_enum, default_value_t = EnvInvalid::Error)]
+    pub(crate) env_invalid: EnvInvalid,
+    /// What to do when two secrets give the same variable.
+    #[arg(long = "env-duplicate", value_enum, default_value_t = EnvDuplicate::Overwrite)]
+    pub(crate) env_duplicate: EnvDuplicate,
+}
+
+/// How `secrets env` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EnvFormat {
+    /// `export NAME='value'`.
+    Unix,
+    /// A JSON object.
+    Json,
+    /// `set "NAME=value"` (Windows cmd).
+    Cmd,
+    /// `$env:NAME = 'value'`.
+    Powershell,
+}
+
+/// Invalid variable names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EnvInvalid {
+    /// Fail.
+    Error,
+    /// Skip it and say so on stderr.
+    Warn,
+    /// Skip it silently.
+    Ignore,
+}
+
+/// Duplicate variable names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EnvDuplicate {
+    /// Keep the first.
+    Keep,
+    /// Keep the last.
+    Overwrite,
+    /// Keep the last and say so on stderr.
+    Warn,
+    /// Fail.
+    Error,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// Keep printing new events as they happen.
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+    /// Only these event types or prefixes (e.g. `vault`, `secret.revealed`); repeatable.
+    #[arg(long = "event", short = 'e')]
+    pub(crate) events: Vec<String>,
+    /// At most this many events.
+    #[arg(long)]
+    pub(crate) limit: Option<usize>,
+    /// Oldest first (`asc`) or newest first (`desc`).
+    #[arg(long, value_enum, default_value_t = Order::Asc)]
+    pub(crate) order: Order,
+}
+
+/// Sort order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Order {
+    /// Oldest first.
+    Asc,
+    /// Newest first.
+    Desc,
 }
 
 #[derive(Debug, Args)]

@@ -32,6 +32,11 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
     };
     let out = Output(cli.format);
     match &cli.command {
+        Command::Agent(c) => return crate::agent_cmds::agent(cli, &node, &config, c, &out),
+        Command::Keys(c) => return crate::agent_cmds::keys(&node, c, &out),
+        Command::Vaults(c) => return crate::agent_cmds::vaults(&node, c, &out),
+        Command::Secrets(c) => return crate::agent_cmds::secrets(&node, c, &out),
+        Command::Audit(a) => return crate::agent_cmds::audit(&node, a, &out),
         Command::Init(args) => {
             let source = SecretSource {
                 file: args.password_file.as_deref(),
@@ -130,12 +135,25 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
 }
 
 /// Prints a result in the chosen format.
-struct Output(Format);
+pub(crate) struct Output(Format);
 
 impl Output {
+    /// The chosen format.
+    pub(crate) fn format(&self) -> Format {
+        self.0
+    }
+
+    /// Writes bytes as they are (secret contents, decrypted data).
+    pub(crate) fn raw(&self, bytes: &[u8]) -> Result<(), CliError> {
+        let mut stdout = std::io::stdout().lock();
+        std::io::Write::write_all(&mut stdout, bytes)
+            .and_then(|()| std::io::Write::flush(&mut stdout))
+            .map_err(|e| CliError::io("writing to stdout", e))
+    }
+
     /// Writes the result; a reader that went away (`pk ... | head`) is reported by the
     /// return value, never a panic.
-    fn emit(&self, json: Value, human: impl FnOnce() -> String) -> std::io::Result<()> {
+    pub(crate) fn emit(&self, json: Value, human: impl FnOnce() -> String) -> std::io::Result<()> {
         let text = match self.0 {
             Format::Json => format!("{json}\n"),
             Format::Human => human(),

@@ -1,6 +1,7 @@
 //! The CLI's error: a message for the user and a sysexits-style exit code.
 
 use hsm::UnwrapError;
+use node::api::{ApiError, ErrorCode};
 use node::keyslots::KeyslotError;
 use node::tokens::ProtectorError;
 
@@ -8,8 +9,11 @@ use node::tokens::ProtectorError;
 pub(crate) const USAGE: u8 = 64;
 const DATAERR: u8 = 65;
 const NOINPUT: u8 = 66;
-const UNAVAILABLE: u8 = 69;
+/// A token or the agent is not available.
+pub(crate) const UNAVAILABLE: u8 = 69;
+const SOFTWARE: u8 = 70;
 const CANTCREAT: u8 = 73;
+const TEMPFAIL: u8 = 75;
 const NOPERM: u8 = 77;
 const FAILURE: u8 = 1;
 
@@ -18,25 +22,67 @@ const FAILURE: u8 = 1;
 pub(crate) struct CliError {
     message: String,
     code: u8,
+    api: Option<ErrorCode>,
 }
 
 impl CliError {
-    pub(crate) fn usage(message: impl Into<String>) -> Self {
+    fn new(code: u8, message: impl Into<String>) -> Self {
         CliError {
             message: message.into(),
-            code: USAGE,
+            code,
+            api: None,
         }
     }
 
-    pub(crate) fn io(what: impl std::fmt::Display, e: std::io::Error) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(USAGE, message)
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self::new(SOFTWARE, message)
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(UNAVAILABLE, message)
+    }
+
+    pub(crate) fn denied(message: impl Into<String>) -> Self {
+        Self::new(NOPERM, message)
+    }
+
+    /// An error reported by the agent, with the exit code for its kind.
+    pub(crate) fn api(e: ApiError) -> Self {
+        let code = match e.code {
+            ErrorCode::BadInput => USAGE,
+            ErrorCode::Locked => TEMPFAIL,
+            ErrorCode::NotFound => NOINPUT,
+            ErrorCode::Exists => CANTCREAT,
+            ErrorCode::Denied => NOPERM,
+            ErrorCode::Unavailable => UNAVAILABLE,
+            ErrorCode::Corrupt => DATAERR,
+            _ => SOFTWARE,
+        };
         CliError {
-            message: format!("{what}: {e}"),
-            code: if e.kind() == std::io::ErrorKind::NotFound {
+            message: e.message,
+            code,
+            api: Some(e.code),
+        }
+    }
+
+    /// The agent's error kind, when the agent reported this error.
+    pub(crate) fn api_code(&self) -> Option<ErrorCode> {
+        self.api
+    }
+
+    pub(crate) fn io(what: impl std::fmt::Display, e: std::io::Error) -> Self {
+        Self::new(
+            if e.kind() == std::io::ErrorKind::NotFound {
                 NOINPUT
             } else {
                 FAILURE
             },
-        }
+            format!("{what}: {e}"),
+        )
     }
 
     pub(crate) fn exit_code(&self) -> u8 {
@@ -85,9 +131,16 @@ impl From<KeyslotError> for CliError {
             KeyslotError::Wrap(hsm::WrapError::Invalid(_)) => USAGE,
             _ => FAILURE,
         };
-        CliError {
-            message: e.to_string(),
-            code,
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<node::agent::AgentError> for CliError {
+    fn from(e: node::agent::AgentError) -> Self {
+        match e {
+            node::agent::AgentError::Keyslots(k) => k.into(),
+            node::agent::AgentError::AlreadyRunning(_) => Self::new(CANTCREAT, e.to_string()),
+            other => Self::new(FAILURE, other.to_string()),
         }
     }
 }
@@ -97,10 +150,7 @@ impl From<node::tokens::UnlockError> for CliError {
         match e {
             node::tokens::UnlockError::Keyslot(e) => e.into(),
             node::tokens::UnlockError::Protector(e) => e.into(),
-            other => CliError {
-                message: other.to_string(),
-                code: FAILURE,
-            },
+            other => Self::new(FAILURE, other.to_string()),
         }
     }
 }
@@ -112,9 +162,6 @@ impl From<ProtectorError> for CliError {
             ProtectorError::RecoveryCode(_) => USAGE,
             _ => FAILURE,
         };
-        CliError {
-            message: e.to_string(),
-            code,
-        }
+        Self::new(code, e.to_string())
     }
 }

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent_cmds;
 mod cli;
 mod commands;
 mod error;

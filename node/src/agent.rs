@@ -1,0 +1,551 @@
+//! The agent: the long-running process that holds the unlocked keys and serves `pk` over
+//! a Unix socket in the node directory.
+//!
+//! - The socket (`agent.sock`) is mode 0600 inside the 0700 node directory, and every
+//!   connection's peer uid is checked against the agent's own.
+//! - `agent.json` (pid, socket, start time) tells `pk` an agent is live; it is removed on
+//!   a clean stop, and a stale one is recognised because nothing answers on the socket.
+//! - Locked, the agent answers only status, unlock and stop. Unlocking goes through the
+//!   keyslots; the DEK is used to derive the store's keys and is then dropped (zeroized).
+//!   Locking drops the store and the identity, zeroizing every key.
+//! - Failed unlock attempts cannot be written to the encrypted audit log while locked;
+//!   they are kept in memory and written at the next successful unlock.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+
+use crate::NodePath;
+use crate::api::{
+    AgentStatus, ApiError, ErrorCode, Reply, Request, Response, UnlockParams, Upload, WriteKind,
+};
+use crate::audit;
+use crate::identity::{self, Identity, NodeId};
+use crate::keyslots::{KeyslotError, Keyslots};
+use crate::rpc::{CHUNK, FrameError, MAX_FRAME, read_frame, write_frame};
+use crate::store::{Store, StoreError};
+use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
+use crate::vault::{SecretPath, VaultError, Vaults};
+
+/// The largest secret accepted in one write.
+pub const MAX_SECRET: usize = 1 << 30;
+
+/// What the status file says.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusFile {
+    /// Agent process id.
+    pub pid: u32,
+    /// Its socket.
+    pub socket: std::path::PathBuf,
+    /// Unix milliseconds at start.
+    pub started_ms: u64,
+    /// pk version.
+    pub version: String,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// Another agent serves this node.
+    #[error("an agent is already running for {0}")]
+    AlreadyRunning(std::path::PathBuf),
+    /// No node here.
+    #[error(transparent)]
+    Keyslots(#[from] KeyslotError),
+    /// Socket or file trouble.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Configuration of an agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The node directory.
+    pub node: NodePath,
+    /// Where this machine's tokens are.
+    pub tokens: TokenConfig,
+}
+
+/// The unlocked state.
+struct Open {
+    store: Store,
+    identity: Identity,
+    slot: u32,
+}
+
+struct Shared {
+    config: AgentConfig,
+    started: Instant,
+    state: Mutex<Option<Arc<Open>>>,
+    failed_unlocks: Mutex<Vec<serde_json::Value>>,
+    shutdown: Notify,
+}
+
+impl Shared {
+    fn open(&self) -> Result<Arc<Open>, ApiError> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Locked,
+                    "the agent is locked: unlock it with `pk agent unlock`",
+                )
+            })
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let context = context.into();
+    move |source| AgentError::Io { context, source }
+}
+
+/// Binds the socket, writes the status file, tries the keyslots that need no secret, and
+/// serves until stopped (a `Stop` call, SIGTERM or SIGINT). `ready` is called once the
+/// socket accepts connections.
+pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentError> {
+    let node = config.node.clone();
+    Keyslots::open(&node)?;
+    let socket = node.agent_socket();
+    if UnixStream::connect(&socket).await.is_ok() {
+        return Err(AgentError::AlreadyRunning(node.dir().to_owned()));
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("restricting the socket"))?;
+    }
+    let status = StatusFile {
+        pid: std::process::id(),
+        socket: socket.clone(),
+        started_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let status_path = node.agent_status();
+    std::fs::write(
+        &status_path,
+        serde_json::to_vec(&status).expect("serialises"),
+    )
+    .map_err(io("writing the status file"))?;
+
+    let shared = Arc::new(Shared {
+        config,
+        started: Instant::now(),
+        state: Mutex::new(None),
+        failed_unlocks: Mutex::new(Vec::new()),
+        shutdown: Notify::new(),
+    });
+    // Unattended unlock: slots that need no secret (a TPM slot whose policy holds).
+    let _ = unlock(&shared, UnlockParams::default()).await;
+    ready();
+
+    let own_uid = rustix::process::getuid().as_raw();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io("installing the SIGTERM handler"))?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let peer_ok = stream.peer_cred().map(|c| c.uid() == own_uid).unwrap_or(false);
+                if !peer_ok {
+                    continue;
+                }
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve(shared, stream).await;
+                });
+            }
+            _ = shared.shutdown.notified() => break,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    lock(&shared);
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&status_path);
+    Ok(())
+}
+
+async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
+    let request: Request = match read_frame(&mut stream, MAX_FRAME).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = write_frame(
+                &mut stream,
+                &Response::Err(ApiError::new(ErrorCode::BadInput, e.to_string())),
+            )
+            .await;
+            return;
+        }
+    };
+    let response = match handle(&shared, request, &mut stream).await {
+        Ok(reply) => Response::Ok(reply),
+        Err(e) => Response::Err(e),
+    };
+    let _ = write_frame(&mut stream, &response).await;
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "the request failed inside the agent"))?
+}
+
+fn parse_path(path: &str, allow_root: bool) -> Result<SecretPath, ApiError> {
+    SecretPath::parse(path, allow_root).map_err(vault_error)
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    request: Request,
+    stream: &mut UnixStream,
+) -> Result<Reply, ApiError> {
+    match request {
+        Request::Status => {
+            let open = shared.open().ok();
+            Ok(Reply::Status(AgentStatus {
+                state: if open.is_some() { "unlocked" } else { "locked" }.into(),
+                pid: std::process::id(),
+                node_id: open.as_ref().map(|o| o.identity.node_id().to_string()),
+                unlocked_with: open.as_ref().map(|o| o.slot),
+                uptime_s: shared.started.elapsed().as_secs(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            }))
+        }
+        Request::Unlock(params) => {
+            unlock(shared, params).await?;
+            Ok(Reply::Done)
+        }
+        Request::Lock => {
+            lock(shared);
+            Ok(Reply::Done)
+        }
+        Request::Stop => {
+            shared.shutdown.notify_one();
+            Ok(Reply::Done)
+        }
+        Request::SecretsWrite { vault, path, kind } => {
+            let open = shared.open()?;
+            let path = parse_path(&path, false)?;
+            let content = receive(stream).await?;
+            let event = match kind {
+                WriteKind::Create => "secret.created",
+                WriteKind::Write => "secret.written",
+                WriteKind::Edit => "secret.edited",
+                WriteKind::Import => "secret.imported",
+            };
+            blocking(move || {
+                vaults(&open)
+                    .write(&vault, &path, &content, event)
+                    .map(Reply::Commit)
+                    .map_err(vault_error)
+            })
+            .await
+        }
+        Request::SecretsCat { vault, path } => {
+            let open = shared.open()?;
+            let path = parse_path(&path, false)?;
+            let content = blocking(move || {
+                let v = vaults(&open);
+                let content = v.read(&vault, &path).map_err(vault_error)?;
+                let mut tx = open.store.write().map_err(store_error)?;
+                audit::append(
+                    &mut tx,
+                    "secret.revealed",
+                    json!({ "vault": vault, "path": path.to_string(), "via": "cli" }),
+                )
+                .map_err(store_error)?;
+                tx.commit().map_err(store_error)?;
+                Ok(content)
+            })
+            .await?;
+            for chunk in content.chunks(CHUNK) {
+                write_frame(stream, &Response::Chunk(chunk.to_vec()))
+                    .await
+                    .map_err(frame_error)?;
+            }
+            Ok(Reply::Done)
+        }
+        other => {
+            let open = shared.open()?;
+            blocking(move || call(&open, other)).await
+        }
+    }
+}
+
+fn vaults(open: &Open) -> Vaults<'_> {
+    Vaults::new(&open.store, open.identity.node_id())
+}
+
+/// The calls that need only the unlocked state and no streaming.
+fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
+    let v = vaults(open);
+    let ve = vault_error;
+    Ok(match request {
+        Request::KeysPublic => Reply::NodeId(open.identity.node_id().to_string()),
+        Request::KeysSign(data) => Reply::Bytes(open.identity.sign(&data).to_vec()),
+        Request::KeysEncrypt { to, data } => {
+            let to: NodeId = to.parse().map_err(|e: identity::IdentityError| {
+                ApiError::new(ErrorCode::BadInput, e.to_string())
+            })?;
+            Reply::Bytes(
+                identity::encrypt_to(&to, &data)
+                    .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?,
+            )
+        }
+        Request::KeysDecrypt(data) => Reply::Bytes(
+            open.identity
+                .decrypt(&data)
+                .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?
+                .to_vec(),
+        ),
+        Request::VaultsCreate(name) => Reply::Vault(v.create(&name).map_err(ve)?),
+        Request::VaultsList => Reply::Vaults(v.list().map_err(ve)?),
+        Request::VaultsRename { from, to } => {
+            v.rename(&from, &to).map_err(ve)?;
+            Reply::Done
+        }
+        Request::VaultsDelete(name) => {
+            v.delete(&name).map_err(ve)?;
+            Reply::Done
+        }
+        Request::VaultsLog { vault, depth, from } => Reply::Commits(
+            v.log(&vault, depth.map(|d| d as usize), from.as_deref())
+                .map_err(ve)?,
+        ),
+        Request::VaultsVersion { vault, target } => {
+            Reply::Commit(v.version(&vault, &target).map_err(ve)?)
+        }
+        Request::SecretsLs { vault, path } => {
+            Reply::Entries(v.list_dir(&vault, &parse_path(&path, true)?).map_err(ve)?)
+        }
+        Request::SecretsMkdir {
+            vault,
+            path,
+            parents,
+        } => Reply::Commit(
+            v.mkdir(&vault, &parse_path(&path, false)?, parents)
+                .map_err(ve)?,
+        ),
+        Request::SecretsRm {
+            vault,
+            paths,
+            recursive,
+        } => {
+            let paths = paths
+                .iter()
+                .map(|p| parse_path(p, false))
+                .collect::<Result<Vec<_>, _>>()?;
+            Reply::Commit(v.remove(&vault, &paths, recursive).map_err(ve)?)
+        }
+        Request::SecretsRename { vault, from, to } => Reply::Commit(
+            v.rename_path(&vault, &parse_path(&from, false)?, &parse_path(&to, false)?)
+                .map_err(ve)?,
+        ),
+        Request::SecretsStat { vault, path } => {
+            Reply::Stat(v.stat(&vault, &parse_path(&path, true)?).map_err(ve)?)
+        }
+        Request::SecretsTouch { vault, path } => {
+            Reply::MaybeCommit(v.touch(&vault, &parse_path(&path, false)?).map_err(ve)?)
+        }
+        Request::Audit(query) => {
+            let tx = open.store.read().map_err(store_error)?;
+            Reply::Events(audit::query(&tx, &query).map_err(store_error)?)
+        }
+        _ => return Err(ApiError::new(ErrorCode::BadInput, "unexpected request")),
+    })
+}
+
+/// Receives an upload's chunks, up to [`MAX_SECRET`] bytes.
+async fn receive(stream: &mut UnixStream) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
+    let mut content = zeroize::Zeroizing::new(Vec::new());
+    loop {
+        let frame: Option<Upload> = read_frame(stream, MAX_FRAME + CHUNK)
+            .await
+            .map_err(frame_error)?;
+        match frame {
+            Some(Upload::Chunk(bytes)) => {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                if content.len() + bytes.len() > MAX_SECRET {
+                    return Err(ApiError::new(
+                        ErrorCode::BadInput,
+                        format!("a secret may be at most {MAX_SECRET} bytes"),
+                    ));
+                }
+                if content.capacity() < content.len() + bytes.len() {
+                    // Grow by copying into a fresh zeroizing buffer, never leaving a copy
+                    // behind in freed memory.
+                    let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(
+                        (content.len() + bytes.len()).next_power_of_two(),
+                    ));
+                    bigger.extend_from_slice(&content);
+                    content = bigger;
+                }
+                content.extend_from_slice(&bytes);
+            }
+            Some(Upload::End) => return Ok(content),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::BadInput,
+                    "the upload ended early; nothing was written",
+                ));
+            }
+        }
+    }
+}
+
+async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiError> {
+    if shared.open().is_ok() {
+        return Ok(());
+    }
+    let config = shared.config.clone();
+    let failed = shared
+        .failed_unlocks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let auto = params.slot.is_none() && params.kind.is_none() && params.secret.is_none();
+    let requested_slot = params.slot;
+    let result = blocking(move || {
+        let keyslots = Keyslots::open(&config.node).map_err(keyslot_error)?;
+        let choice = UnlockChoice {
+            slot: params.slot,
+            kind: params.kind,
+            secret: params.secret.as_ref().map(|s| hsm::Pin::new(s.0.clone())),
+        };
+        let unlocked =
+            crate::tokens::unlock(&keyslots, choice, &config.tokens).map_err(unlock_error)?;
+        let store = Store::open(&config.node, &unlocked.key).map_err(store_error)?;
+        let mut tx = store.write().map_err(store_error)?;
+        let identity = Identity::load_or_create(&mut tx).map_err(store_error)?;
+        for event in &failed {
+            audit::append(&mut tx, "agent.unlock_failed", event.clone()).map_err(store_error)?;
+        }
+        audit::append(&mut tx, "agent.unlocked", json!({ "slot": unlocked.slot }))
+            .map_err(store_error)?;
+        tx.commit().map_err(store_error)?;
+        Ok(Open {
+            store,
+            identity,
+            slot: unlocked.slot,
+        })
+    })
+    .await;
+    match result {
+        Ok(open) => {
+            shared
+                .failed_unlocks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            *shared.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(open));
+            Ok(())
+        }
+        Err(e) => {
+            if !auto {
+                let time_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                shared
+                    .failed_unlocks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(json!({ "slot": requested_slot, "reason": e.message, "at_ms": time_ms }));
+            }
+            Err(e)
+        }
+    }
+}
+
+fn lock(shared: &Shared) {
+    let open = shared
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(open) = open {
+        if let Ok(mut tx) = open.store.write()
+            && audit::append(&mut tx, "agent.locked", json!({})).is_ok()
+        {
+            let _ = tx.commit();
+        }
+        // Dropping the last reference closes the store and zeroizes its keys and the
+        // identity; requests still in flight finish first.
+        drop(open);
+    }
+}
+
+fn frame_error(e: FrameError) -> ApiError {
+    ApiError::new(ErrorCode::BadInput, e.to_string())
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    let code = match e {
+        StoreError::Corrupt { .. } | StoreError::WrongKey(_) => ErrorCode::Corrupt,
+        StoreError::InUse(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+/// Maps vault errors to API codes.
+pub fn vault_error(e: VaultError) -> ApiError {
+    let code = match &e {
+        VaultError::NoVault(_) | VaultError::NotFound(_) | VaultError::NoCommit(_) => {
+            ErrorCode::NotFound
+        }
+        VaultError::VaultExists(_) | VaultError::Exists(_) => ErrorCode::Exists,
+        VaultError::Corrupt(_) => ErrorCode::Corrupt,
+        VaultError::Store(_) => ErrorCode::Internal,
+        _ => ErrorCode::BadInput,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+fn keyslot_error(e: KeyslotError) -> ApiError {
+    use hsm::UnwrapError as U;
+    let code = match &e {
+        KeyslotError::NotInitialised(_) => ErrorCode::NotFound,
+        KeyslotError::Truncated(_)
+        | KeyslotError::Corrupt { .. }
+        | KeyslotError::UnsupportedVersion { .. }
+        | KeyslotError::ForeignKey(_) => ErrorCode::Corrupt,
+        KeyslotError::NoSuchSlot(_) | KeyslotError::NoSlotOfKind(_) => ErrorCode::BadInput,
+        KeyslotError::Unwrap { source, .. } => match source {
+            U::TokenAbsent { .. } => ErrorCode::Unavailable,
+            U::PinRequired => ErrorCode::BadInput,
+            U::Corrupt(_) => ErrorCode::Corrupt,
+            _ => ErrorCode::Denied,
+        },
+        _ => ErrorCode::Internal,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+fn unlock_error(e: UnlockError) -> ApiError {
+    match e {
+        UnlockError::Keyslot(e) => keyslot_error(e),
+        other => ApiError::new(ErrorCode::BadInput, other.to_string()),
+    }
+}

@@ -1,0 +1,1060 @@
+//! Commands served by the agent: `agent`, `keys`, `vaults`, `secrets`, `audit`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use node::NodePath;
+use node::agent::{self, AgentConfig};
+use node::api::{ErrorCode, Reply, Request, UnlockParams, WireSecret, WriteKind};
+use node::audit::AuditQuery;
+use node::client::{Client, ClientError};
+use node::keyslots::Keyslots;
+use node::tokens::TokenConfig;
+use node::vault::EntryType;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::cli::{
+    AgentCommand, AuditArgs, Cli, EnvArgs, EnvDuplicate, EnvFormat, EnvInvalid, Format,
+    KeysCommand, Order, SecretsCommand, UnlockArgs, VaultsCommand,
+};
+use crate::commands::{Output, unlock_flow};
+use crate::error::CliError;
+
+/// A tokio runtime for talking to the agent: one thread, started per command.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::io("cannot start the I/O runtime", e))
+}
+
+/// Runs one call and returns its reply.
+fn call(client: &Client, request: Request) -> Result<Reply, CliError> {
+    runtime()?
+        .block_on(client.call(&request))
+        .map_err(CliError::from)
+}
+
+/// Splits `vault:path`; `allow_bare` accepts `vault` alone (the root).
+fn split(secret_path: &str, allow_bare: bool) -> Result<(String, String), CliError> {
+    match secret_path.split_once(':') {
+        Some((vault, path)) if !vault.is_empty() => Ok((vault.to_owned(), path.to_owned())),
+        None if allow_bare && !secret_path.is_empty() => {
+            Ok((secret_path.to_owned(), String::new()))
+        }
+        _ => Err(CliError::usage(format!(
+            "{secret_path:?} is not a secret path; write it as vault:path"
+        ))),
+    }
+}
+
+fn unexpected() -> CliError {
+    CliError::internal("the agent sent an unexpected reply")
+}
+
+fn time(seconds: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64),
+    )
+    .to_string()
+}
+
+pub(crate) fn agent(
+    cli: &Cli,
+    node: &NodePath,
+    config: &TokenConfig,
+    command: &AgentCommand,
+    out: &Output,
+) -> Result<(), CliError> {
+    let client = Client::new(node);
+    match command {
+        AgentCommand::Start(args) => {
+            if args.foreground {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| CliError::io("cannot start the runtime", e))?;
+                let config = AgentConfig {
+                    node: node.clone(),
+                    tokens: config.clone(),
+                };
+                return rt
+                    .block_on(agent::run(config, || {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "pk agent: ready on {}",
+                            node.agent_socket().display()
+                        );
+                    }))
+                    .map_err(CliError::from);
+            }
+            start_background(cli, node, &client)?;
+            let status = status(&client)?;
+            if status.0 == "locked" {
+                let keyslots = Keyslots::open(node)?;
+                match unlock_via_agent(&keyslots, &args.unlock, &client) {
+                    Ok(()) => {}
+                    Err(e) if e.exit_code() == crate::error::USAGE => {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "pk: the agent is running but locked: {e}"
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            print_status(&client, out)
+        }
+        AgentCommand::Stop => {
+            let pid = std::fs::read(node.agent_status())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<agent::StatusFile>(&b).ok())
+                .map(|s| s.pid);
+            call(&client, Request::Stop)?;
+            // Wait for the socket to go away, so a following start does not race it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while node.agent_socket().exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = out.emit(json!({ "stopped": true, "pid": pid }), || {
+                "Agent stopped\n".into()
+            });
+            Ok(())
+        }
+        AgentCommand::Status => match print_status(&client, out) {
+            Err(e) if e.exit_code() == crate::error::UNAVAILABLE => {
+                let _ = out.emit(json!({ "state": "stopped" }), || {
+                    "Agent is not running\n".into()
+                });
+                Err(e)
+            }
+            other => other,
+        },
+        AgentCommand::Lock => {
+            call(&client, Request::Lock)?;
+            let _ = out.emit(json!({ "state": "locked" }), || {
+                "Agent locked; keys forgotten\n".into()
+            });
+            Ok(())
+        }
+        AgentCommand::Unlock(args) => {
+            let keyslots = Keyslots::open(node)?;
+            unlock_via_agent(&keyslots, args, &client)?;
+            print_status(&client, out)
+        }
+    }
+}
+
+fn unlock_via_agent(
+    keyslots: &Keyslots,
+    args: &UnlockArgs,
+    client: &Client,
+) -> Result<(), CliError> {
+    unlock_flow(keyslots, args, None, |choice| {
+        let params = UnlockParams {
+            slot: choice.slot,
+            kind: choice.kind,
+            secret: choice
+                .secret
+                .as_ref()
+                .map(|p| WireSecret(p.expose().to_vec())),
+        };
+        call(client, Request::Unlock(params)).map(|_| ())
+    })
+}
+
+fn status(client: &Client) -> Result<(String, Value), CliError> {
+    match call(client, Request::Status)? {
+        Reply::Status(s) => Ok((s.state.clone(), json!(s))),
+        _ => Err(unexpected()),
+    }
+}
+
+fn print_status(client: &Client, out: &Output) -> Result<(), CliError> {
+    let (_, value) = status(client)?;
+    let _ = out.emit(value.clone(), || {
+        let mut text = format!(
+            "Agent is running (pid {}), {}\n",
+            value["pid"],
+            value["state"].as_str().unwrap_or("")
+        );
+        if let Some(id) = value["node_id"].as_str() {
+            text += &format!(
+                "NodeId: {id}\nUnlocked with keyslot {}\n",
+                value["unlocked_with"]
+            );
+        }
+        text
+    });
+    Ok(())
+}
+
+fn start_background(cli: &Cli, node: &NodePath, client: &Client) -> Result<(), CliError> {
+    use std::os::unix::process::CommandExt as _;
+    node.create().map_err(|e| CliError::io(node, e))?;
+    Keyslots::open(node)?;
+    if runtime()?.block_on(client.call(&Request::Status)).is_ok() {
+        return Ok(());
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| CliError::io("cannot find the pk executable", e))?;
+    let dir = std::fs::canonicalize(node.dir()).map_err(|e| CliError::io(node, e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.agent_log())
+        .map_err(|e| CliError::io(node.agent_log().display(), e))?;
+    let mut command = std::process::Command::new(exe);
+    command.arg("--node-path").arg(&dir);
+    if let Some(tcti) = &cli.tcti {
+        command.arg("--tcti").arg(tcti);
+    }
+    if let Some(module) = &cli.pkcs11_module {
+        command.arg("--pkcs11-module").arg(module);
+    }
+    let mut child = command
+        .args(["agent", "start", "--foreground"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| CliError::io("agent log", e))?)
+        .stderr(log)
+        // Its own process group: Ctrl-C in this terminal does not reach the agent.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| CliError::io("cannot start the agent", e))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let rt = runtime()?;
+    loop {
+        if rt.block_on(client.call(&Request::Status)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(node.agent_log()).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("").to_owned();
+            return Err(CliError::internal(format!(
+                "the agent exited ({status}): {last}"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::internal(format!(
+                "the agent did not become ready within 15 s; see {}",
+                node.agent_log().display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Result<(), CliError> {
+    let client = Client::new(node);
+    let read = |file: &Path| std::fs::read(file).map_err(|e| CliError::io(file.display(), e));
+    match command {
+        KeysCommand::Public => {
+            let Reply::NodeId(id) = call(&client, Request::KeysPublic)? else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!({ "node_id": id }), || format!("{id}\n"));
+        }
+        KeysCommand::Sign { file } => {
+            let Reply::Bytes(sig) = call(&client, Request::KeysSign(read(file)?))? else {
+                return Err(unexpected());
+            };
+            let sig = STANDARD.encode(sig);
+            let _ = out.emit(json!({ "signature": sig }), || format!("{sig}\n"));
+        }
+        KeysCommand::Verify {
+            file,
+            signature,
+            node_id,
+        } => {
+            let signer = match node_id {
+                Some(id) => id.clone(),
+                None => match call(&client, Request::KeysPublic)? {
+                    Reply::NodeId(id) => id,
+                    _ => return Err(unexpected()),
+                },
+            };
+            let signer: node::identity::NodeId = signer
+                .parse()
+                .map_err(|e: node::identity::IdentityError| CliError::usage(e.to_string()))?;
+            let sig = STANDARD
+                .decode(signature.trim())
+                .map_err(|_| CliError::usage("the signature is not base64"))?;
+            let ok = node::identity::verify(&signer, &read(file)?, &sig)
+                .map_err(|e| CliError::usage(e.to_string()))?;
+            let _ = out.emit(json!({ "valid": ok, "node_id": signer }), || {
+                if ok {
+                    "Signature is valid\n".into()
+                } else {
+                    "Signature is NOT valid\n".into()
+                }
+            });
+            if !ok {
+                return Err(CliError::denied("the signature does not verify"));
+            }
+        }
+        KeysCommand::Encrypt { file, node_id } => {
+            let Reply::Bytes(c) = call(
+                &client,
+                Request::KeysEncrypt {
+                    to: node_id.clone(),
+                    data: read(file)?,
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            let c = STANDARD.encode(c);
+            let _ = out.emit(json!({ "ciphertext": c }), || format!("{c}\n"));
+        }
+        KeysCommand::Decrypt { file } => {
+            let text = read(file)?;
+            let data = STANDARD
+                .decode(String::from_utf8_lossy(&text).trim())
+                .map_err(|_| CliError::usage("the file does not hold base64 ciphertext"))?;
+            let Reply::Bytes(plain) = call(&client, Request::KeysDecrypt(data))? else {
+                return Err(unexpected());
+            };
+            let plain = Zeroizing::new(plain);
+            out.raw(&plain)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn vaults(
+    node: &NodePath,
+    command: &VaultsCommand,
+    out: &Output,
+) -> Result<(), CliError> {
+    let client = Client::new(node);
+    match command {
+        VaultsCommand::Create { name } => {
+            let Reply::Vault(v) = call(&client, Request::VaultsCreate(name.clone()))? else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(v), || {
+                format!("Vault {} created ({})\n", v.name, v.id)
+            });
+        }
+        VaultsCommand::List => {
+            let Reply::Vaults(list) = call(&client, Request::VaultsList)? else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(list), || {
+                list.iter()
+                    .map(|v| format!("{}\t{}\n", v.name, v.id))
+                    .collect()
+            });
+        }
+        VaultsCommand::Rename { name, new_name } => {
+            call(
+                &client,
+                Request::VaultsRename {
+                    from: name.clone(),
+                    to: new_name.clone(),
+                },
+            )?;
+            let _ = out.emit(json!({ "renamed": name, "to": new_name }), || {
+                format!("Vault {name} renamed to {new_name}\n")
+            });
+        }
+        VaultsCommand::Delete { name } => {
+            call(&client, Request::VaultsDelete(name.clone()))?;
+            let _ = out.emit(json!({ "deleted": name }), || {
+                format!("Vault {name} deleted\n")
+            });
+        }
+        VaultsCommand::Log {
+            name,
+            depth,
+            commit_id,
+        } => {
+            let Reply::Commits(commits) = call(
+                &client,
+                Request::VaultsLog {
+                    vault: name.clone(),
+                    depth: *depth,
+                    from: commit_id.clone(),
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(commits), || {
+                commits
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "commit {}\nAuthor: {}\nDate:   {}\n\n    {}\n\n",
+                            c.oid,
+                            c.author,
+                            time(c.time),
+                            c.message
+                        )
+                    })
+                    .collect()
+            });
+        }
+        VaultsCommand::Version { name, version } => {
+            let Reply::Commit(c) = call(
+                &client,
+                Request::VaultsVersion {
+                    vault: name.clone(),
+                    target: version.clone(),
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(c), || {
+                format!("Vault {name} is now at commit {} ({})\n", c.oid, c.message)
+            });
+        }
+        VaultsCommand::Export { name, destination } => {
+            if destination.exists() {
+                return Err(CliError::usage(format!(
+                    "{} already exists",
+                    destination.display()
+                )));
+            }
+            let count = export_dir(&client, name, "", destination)?;
+            let _ = out.emit(
+                json!({ "vault": name, "destination": destination, "secrets": count }),
+                || {
+                    format!(
+                        "Exported {count} secrets of {name} to {}\n",
+                        destination.display()
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes the vault's tree below `path` into `dest` (created 0700, files 0600).
+fn export_dir(client: &Client, vault: &str, path: &str, dest: &Path) -> Result<usize, CliError> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dest)
+        .map_err(|e| CliError::io(dest.display(), e))?;
+    let Reply::Entries(entries) = call(
+        client,
+        Request::SecretsLs {
+            vault: vault.to_owned(),
+            path: path.to_owned(),
+        },
+    )?
+    else {
+        return Err(unexpected());
+    };
+    let mut count = 0;
+    for entry in entries {
+        let child = if path.is_empty() {
+            entry.name.clone()
+        } else {
+            format!("{path}/{}", entry.name)
+        };
+        let target = dest.join(&entry.name);
+        match entry.kind {
+            EntryType::Dir => count += export_dir(client, vault, &child, &target)?,
+            EntryType::File => {
+                let file = std::fs::OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&target)
+                    .map_err(|e| CliError::io(target.display(), e))?;
+                let mut file = tokio::fs::File::from_std(file);
+                runtime()?
+                    .block_on(client.download(
+                        &Request::SecretsCat {
+                            vault: vault.to_owned(),
+                            path: child,
+                        },
+                        &mut file,
+                    ))
+                    .map_err(CliError::from)?;
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+pub(crate) fn secrets(
+    node: &NodePath,
+    command: &SecretsCommand,
+    out: &Output,
+) -> Result<(), CliError> {
+    let client = Client::new(node);
+    let commit_line = |reply: &Reply, what: String| -> (Value, String) {
+        match reply {
+            Reply::Commit(c) => (json!(c), format!("{what} (commit {})\n", &c.oid[..12])),
+            _ => (json!({}), format!("{what}\n")),
+        }
+    };
+    match command {
+        SecretsCommand::Create { file, secret_path } => {
+            let (vault, path) = split(secret_path, false)?;
+            let f = std::fs::File::open(file).map_err(|e| CliError::io(file.display(), e))?;
+            let reply = runtime()?
+                .block_on(client.upload(
+                    &Request::SecretsWrite {
+                        vault,
+                        path,
+                        kind: WriteKind::Create,
+                    },
+                    tokio::fs::File::from_std(f),
+                ))
+                .map_err(CliError::from)?;
+            let (j, h) = commit_line(&reply, format!("Created {secret_path}"));
+            let _ = out.emit(j, || h);
+        }
+        SecretsCommand::Write { secret_path } => {
+            let (vault, path) = split(secret_path, false)?;
+            let reply = runtime()?
+                .block_on(client.upload(
+                    &Request::SecretsWrite {
+                        vault,
+                        path,
+                        kind: WriteKind::Write,
+                    },
+                    tokio::io::stdin(),
+                ))
+                .map_err(CliError::from)?;
+            let (j, h) = commit_line(&reply, format!("Wrote {secret_path}"));
+            let _ = out.emit(j, || h);
+        }
+        SecretsCommand::Cat { secret_paths } => {
+            let rt = runtime()?;
+            let mut stdout = tokio::io::stdout();
+            for secret_path in secret_paths {
+                let (vault, path) = split(secret_path, false)?;
+                rt.block_on(client.download(&Request::SecretsCat { vault, path }, &mut stdout))
+                    .map_err(CliError::from)?;
+            }
+        }
+        SecretsCommand::Ls { path } => {
+            let (vault, path) = split(path, true)?;
+            let Reply::Entries(entries) = call(&client, Request::SecretsLs { vault, path })? else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(entries), || {
+                entries
+                    .iter()
+                    .map(|e| match e.kind {
+                        EntryType::Dir => format!("{}/\n", e.name),
+                        EntryType::File => format!("{}\n", e.name),
+                    })
+                    .collect()
+            });
+        }
+        SecretsCommand::Mkdir {
+            secret_paths,
+            parents,
+        } => {
+            let mut done = Vec::new();
+            for secret_path in secret_paths {
+                let (vault, path) = split(secret_path, false)?;
+                call(
+                    &client,
+                    Request::SecretsMkdir {
+                        vault,
+                        path,
+                        parents: *parents,
+                    },
+                )?;
+                done.push(secret_path.clone());
+            }
+            let _ = out.emit(json!({ "created": done }), || {
+                done.iter()
+                    .map(|d| format!("Created directory {d}\n"))
+                    .collect()
+            });
+        }
+        SecretsCommand::Rename {
+            secret_path,
+            new_name,
+        } => {
+            let (vault, from) = split(secret_path, false)?;
+            let to = match new_name.split_once(':') {
+                Some((v, p)) if v == vault => p.to_owned(),
+                Some(_) => return Err(CliError::usage("rename stays within one vault")),
+                None if new_name.contains('/') => new_name.clone(),
+                None => match from.rsplit_once('/') {
+                    Some((dir, _)) => format!("{dir}/{new_name}"),
+                    None => new_name.clone(),
+                },
+            };
+            let reply = call(
+                &client,
+                Request::SecretsRename {
+                    vault: vault.clone(),
+                    from,
+                    to: to.clone(),
+                },
+            )?;
+            let (j, h) = commit_line(&reply, format!("Renamed {secret_path} to {vault}:{to}"));
+            let _ = out.emit(j, || h);
+        }
+        SecretsCommand::Rm {
+            secret_paths,
+            recursive,
+        } => {
+            let mut vault = None;
+            let mut paths = Vec::new();
+            for secret_path in secret_paths {
+                let (v, p) = split(secret_path, false)?;
+                if vault.get_or_insert_with(|| v.clone()) != &v {
+                    return Err(CliError::usage("rm takes paths in one vault at a time"));
+                }
+                paths.push(p);
+            }
+            let vault = vault.unwrap_or_default();
+            let reply = call(
+                &client,
+                Request::SecretsRm {
+                    vault,
+                    paths,
+                    recursive: *recursive,
+                },
+            )?;
+            let (j, h) = commit_line(&reply, format!("Removed {}", secret_paths.join(" ")));
+            let _ = out.emit(j, || h);
+        }
+        SecretsCommand::Stat { secret_path } => {
+            let (vault, path) = split(secret_path, true)?;
+            let Reply::Stat(s) = call(&client, Request::SecretsStat { vault, path })? else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(s), || {
+                let (kind, unit) = match s.kind {
+                    EntryType::Dir => ("directory", "entries"),
+                    EntryType::File => ("secret", "bytes"),
+                };
+                format!(
+                    "{secret_path}: {kind}, {} {unit}\nobject: {}\ncommit: {}\n",
+                    s.size, s.oid, s.commit
+                )
+            });
+        }
+        SecretsCommand::Touch { secret_path } => {
+            let (vault, path) = split(secret_path, false)?;
+            let reply = call(&client, Request::SecretsTouch { vault, path })?;
+            let _ = match reply {
+                Reply::MaybeCommit(Some(c)) => {
+                    out.emit(json!(c), || format!("Created {secret_path}\n"))
+                }
+                _ => out.emit(json!(null), || format!("{secret_path} exists; unchanged\n")),
+            };
+        }
+        SecretsCommand::Edit { secret_path } => edit(&client, secret_path, out)?,
+        SecretsCommand::Dir {
+            directory,
+            destination,
+        } => {
+            let (vault, base) = split(destination, true)?;
+            let mut count = 0;
+            import_dir(&client, directory, &vault, &base, &mut count)?;
+            let _ = out.emit(json!({ "imported": count }), || {
+                format!("Imported {count} secrets into {destination}\n")
+            });
+        }
+        SecretsCommand::Env(args) => env(&client, args, out)?,
+    }
+    Ok(())
+}
+
+fn import_dir(
+    client: &Client,
+    dir: &Path,
+    vault: &str,
+    base: &str,
+    count: &mut usize,
+) -> Result<(), CliError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| CliError::io(dir.display(), e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| CliError::io(dir.display(), e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|n| CliError::usage(format!("{:?} is not UTF-8; rename it first", n)))?;
+        let path = if base.is_empty() {
+            name
+        } else {
+            format!("{base}/{name}")
+        };
+        let kind = entry
+            .file_type()
+            .map_err(|e| CliError::io(entry.path().display(), e))?;
+        if kind.is_dir() {
+            import_dir(client, &entry.path(), vault, &path, count)?;
+        } else if kind.is_file() {
+            let f = std::fs::File::open(entry.path())
+                .map_err(|e| CliError::io(entry.path().display(), e))?;
+            runtime()?
+                .block_on(client.upload(
+                    &Request::SecretsWrite {
+                        vault: vault.to_owned(),
+                        path,
+                        kind: WriteKind::Import,
+                    },
+                    tokio::fs::File::from_std(f),
+                ))
+                .map_err(CliError::from)?;
+            *count += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a secret fully into memory (zeroized on drop).
+fn read_secret(client: &Client, vault: &str, path: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let mut buf = Zeroizing::new(Vec::new());
+    runtime()?
+        .block_on(client.download(
+            &Request::SecretsCat {
+                vault: vault.to_owned(),
+                path: path.to_owned(),
+            },
+            &mut *buf,
+        ))
+        .map_err(CliError::from)?;
+    Ok(buf)
+}
+
+fn edit(client: &Client, secret_path: &str, out: &Output) -> Result<(), CliError> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let (vault, path) = split(secret_path, false)?;
+    let current = match read_secret(client, &vault, &path) {
+        Ok(c) => c,
+        Err(e) if e.api_code() == Some(ErrorCode::NotFound) => Zeroizing::new(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    // Prefer memory-backed storage for the plaintext copy.
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_dir())
+        .or_else(|| Some(std::path::PathBuf::from("/dev/shm")).filter(|p| p.is_dir()))
+        .unwrap_or_else(std::env::temp_dir);
+    let mut random = [0u8; 8];
+    rand_fill(&mut random);
+    let dir = base.join(format!("pk-edit-{}", hex(&random)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| CliError::io(dir.display(), e))?;
+    let file = dir.join(path.rsplit('/').next().unwrap_or("secret"));
+    let result = (|| -> Result<Option<Zeroizing<Vec<u8>>>, CliError> {
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(|e| CliError::io(file.display(), e))?;
+        f.write_all(&current)
+            .map_err(|e| CliError::io(file.display(), e))?;
+        drop(f);
+        let editor = std::env::var("VISUAL")
+            .or_else(|_| std::env::var("EDITOR"))
+            .unwrap_or_else(|_| "vi".into());
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("pk-edit")
+            .arg(&file)
+            .status()
+            .map_err(|e| CliError::io(format!("running {editor}"), e))?;
+        if !status.success() {
+            return Err(CliError::internal(format!(
+                "{editor} exited with {status}; the secret was not changed"
+            )));
+        }
+        let edited =
+            Zeroizing::new(std::fs::read(&file).map_err(|e| CliError::io(file.display(), e))?);
+        Ok((edited.as_slice() != current.as_slice()).then_some(edited))
+    })();
+    wipe(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    match result? {
+        None => {
+            let _ = out.emit(json!({ "changed": false }), || "No change\n".into());
+        }
+        Some(edited) => {
+            let reply = runtime()?
+                .block_on(client.upload(
+                    &Request::SecretsWrite {
+                        vault,
+                        path,
+                        kind: WriteKind::Edit,
+                    },
+                    &edited[..],
+                ))
+                .map_err(CliError::from)?;
+            let _ = out.emit(json!(reply_commit(&reply)), || {
+                format!("Saved {secret_path}\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn reply_commit(reply: &Reply) -> Value {
+    match reply {
+        Reply::Commit(c) => json!(c),
+        _ => Value::Null,
+    }
+}
+
+/// Overwrites a file with zeros before it is removed.
+fn wipe(file: &Path) {
+    if let Ok(meta) = std::fs::metadata(file)
+        && let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(file)
+    {
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = meta.len();
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            if f.write_all(&zeros[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        let _ = f.sync_all();
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+fn rand_fill(buf: &mut [u8]) {
+    use rand_core::RngCore as _;
+    rand_core::OsRng.fill_bytes(buf);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Collects (name, path) for a path: itself if a secret, every secret below it if a dir.
+fn env_targets(
+    client: &Client,
+    vault: &str,
+    path: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), CliError> {
+    let Reply::Stat(stat) = call(
+        client,
+        Request::SecretsStat {
+            vault: vault.to_owned(),
+            path: path.to_owned(),
+        },
+    )?
+    else {
+        return Err(unexpected());
+    };
+    match stat.kind {
+        EntryType::File => {
+            let name = path.rsplit('/').next().unwrap_or(path).to_owned();
+            out.push((name, path.to_owned()));
+        }
+        EntryType::Dir => {
+            let Reply::Entries(entries) = call(
+                client,
+                Request::SecretsLs {
+                    vault: vault.to_owned(),
+                    path: path.to_owned(),
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            for e in entries {
+                let child = if path.is_empty() {
+                    e.name
+                } else {
+                    format!("{path}/{}", e.name)
+                };
+                env_targets(client, vault, &child, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
+    let split_at = args.args.iter().position(|a| a == "--");
+    let (paths, command) = match split_at {
+        Some(i) => (&args.args[..i], &args.args[i + 1..]),
+        None => {
+            // Without `--`, everything up to the first argument that is not `vault:path` is a
+            // path; the rest is the command.
+            let i = args
+                .args
+                .iter()
+                .position(|a| !a.contains(':'))
+                .unwrap_or(args.args.len());
+            (&args.args[..i], &args.args[i..])
+        }
+    };
+    if paths.is_empty() {
+        return Err(CliError::usage("give at least one vault:path"));
+    }
+    let mut vars: BTreeMap<String, Zeroizing<String>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for spec in paths {
+        let (spec, rename) = match spec.rsplit_once('=') {
+            Some((p, n)) => (p, Some(n.to_owned())),
+            None => (spec.as_str(), None),
+        };
+        let (vault, path) = split(spec, true)?;
+        let mut targets = Vec::new();
+        env_targets(client, &vault, &path, &mut targets)?;
+        if rename.is_some() && targets.len() != 1 {
+            return Err(CliError::usage(format!(
+                "{spec}=NAME needs a single secret, not a directory"
+            )));
+        }
+        for (name, secret) in targets {
+            let name = rename.clone().unwrap_or(name);
+            if !valid_env_name(&name) {
+                match args.env_invalid {
+                    EnvInvalid::Error => {
+                        return Err(CliError::usage(format!(
+                            "{name:?} is not a valid environment variable name"
+                        )));
+                    }
+                    EnvInvalid::Warn => {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "pk: skipping {name:?}: not a valid environment variable name"
+                        );
+                        continue;
+                    }
+                    EnvInvalid::Ignore => continue,
+                }
+            }
+            if vars.contains_key(&name) {
+                match args.env_duplicate {
+                    EnvDuplicate::Keep => continue,
+                    EnvDuplicate::Overwrite => {}
+                    EnvDuplicate::Warn => {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "pk: {name} is set twice; using {vault}:{secret}"
+                        );
+                    }
+                    EnvDuplicate::Error => {
+                        return Err(CliError::usage(format!(
+                            "{name} is set by more than one secret"
+                        )));
+                    }
+                }
+            } else {
+                order.push(name.clone());
+            }
+            let value = read_secret(client, &vault, &secret)?;
+            let text = String::from_utf8(value.to_vec()).map_err(|_| {
+                CliError::usage(format!(
+                    "{vault}:{secret} is not text; it cannot be an environment variable"
+                ))
+            })?;
+            vars.insert(name, Zeroizing::new(text));
+        }
+    }
+    if !command.is_empty() {
+        use std::os::unix::process::CommandExt as _;
+        let err = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .exec();
+        return Err(CliError::io(format!("cannot run {}", command[0]), err));
+    }
+    let quote_sh = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
+    let quote_ps = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let text: Zeroizing<String> = Zeroizing::new(match (out.format(), args.env_format) {
+        (Format::Json, _) | (_, EnvFormat::Json) => {
+            let map: serde_json::Map<String, Value> = order
+                .iter()
+                .map(|k| (k.clone(), Value::String(vars[k].to_string())))
+                .collect();
+            format!("{}\n", Value::Object(map))
+        }
+        (_, EnvFormat::Unix) => order
+            .iter()
+            .map(|k| format!("export {k}={}\n", quote_sh(&vars[k])))
+            .collect(),
+        (_, EnvFormat::Cmd) => order
+            .iter()
+            .map(|k| format!("set \"{k}={}\"\n", vars[k].as_str()))
+            .collect(),
+        (_, EnvFormat::Powershell) => order
+            .iter()
+            .map(|k| format!("$env:{k} = {}\n", quote_ps(&vars[k])))
+            .collect(),
+    });
+    out.raw(text.as_bytes())
+}
+
+pub(crate) fn audit(node: &NodePath, args: &AuditArgs, out: &Output) -> Result<(), CliError> {
+    let client = Client::new(node);
+    let mut query = AuditQuery {
+        events: args.events.clone(),
+        limit: args.limit,
+        newest_first: args.order == Order::Desc && !args.follow,
+        after: None,
+    };
+    let mut printed = 0usize;
+    loop {
+        let Reply::Events(events) = call(&client, Request::Audit(query.clone()))? else {
+            return Err(unexpected());
+        };
+        for e in &events {
+            query.after = Some(query.after.unwrap_or(0).max(e.seq));
+            let line = match out.format() {
+                Format::Json => format!("{}\n", json!(e)),
+                Format::Human => {
+                    let time = humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms),
+                    );
+                    let fields: Vec<String> =
+                        e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("{:>6} {time} {:<22} {}\n", e.seq, e.event, fields.join(" "))
+                }
+            };
+            out.raw(line.as_bytes())?;
+            printed += 1;
+        }
+        if !args.follow || args.limit.is_some_and(|l| printed >= l) {
+            return Ok(());
+        }
+        query.limit = args.limit.map(|l| l - printed);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::NotRunning(_) => CliError::unavailable(e.to_string()),
+            ClientError::Api(api) => CliError::api(api),
+            ClientError::Io(io) => CliError::io("output", io),
+            other => CliError::internal(other.to_string()),
+        }
+    }
+}

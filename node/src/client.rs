@@ -1,0 +1,134 @@
+//! The client side of the agent socket, used by `pk`.
+
+use std::path::PathBuf;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::NodePath;
+use crate::api::{ApiError, Reply, Request, Response, Upload};
+use crate::rpc::{CHUNK, FrameError, MAX_FRAME, expect_frame, write_frame};
+
+/// Why a call to the agent failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No agent listens for this node.
+    #[error("no agent is running for {0}: start one with `pk agent start`")]
+    NotRunning(PathBuf),
+    /// The agent refused the call.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The conversation broke.
+    #[error("talking to the agent: {0}")]
+    Frame(#[from] FrameError),
+    /// Reading local input or writing output failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A connection factory for one node's agent.
+#[derive(Clone, Debug)]
+pub struct Client {
+    node: PathBuf,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// The client for the agent of `node`.
+    pub fn new(node: &NodePath) -> Client {
+        Client {
+            node: node.dir().to_owned(),
+            socket: node.agent_socket(),
+        }
+    }
+
+    async fn connect(&self) -> Result<UnixStream, ClientError> {
+        UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning(self.node.clone())
+                }
+                _ => ClientError::Io(e),
+            })
+    }
+
+    /// A plain call: one request, one reply.
+    pub async fn call(&self, request: &Request) -> Result<Reply, ClientError> {
+        let mut stream = self.connect().await?;
+        write_frame(&mut stream, request).await?;
+        finish(&mut stream, None::<&mut tokio::io::Sink>).await
+    }
+
+    /// A call that sends `data` after the request (a secret's content).
+    pub async fn upload(
+        &self,
+        request: &Request,
+        mut data: impl AsyncRead + Unpin,
+    ) -> Result<Reply, ClientError> {
+        let mut stream = self.connect().await?;
+        write_frame(&mut stream, request).await?;
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
+        loop {
+            let n = read_full(&mut data, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            write_frame(&mut stream, &Upload::Chunk(buf[..n].to_vec())).await?;
+            if n < buf.len() {
+                break;
+            }
+        }
+        write_frame(&mut stream, &Upload::End).await?;
+        finish(&mut stream, None::<&mut tokio::io::Sink>).await
+    }
+
+    /// A call whose reply streams content into `out` before the final reply.
+    pub async fn download(
+        &self,
+        request: &Request,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<Reply, ClientError> {
+        let mut stream = self.connect().await?;
+        write_frame(&mut stream, request).await?;
+        finish(&mut stream, Some(out)).await
+    }
+}
+
+/// Reads until `buf` is full or the input ends; the number of bytes read.
+async fn read_full(data: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = data.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+async fn finish(
+    stream: &mut UnixStream,
+    mut out: Option<&mut (impl AsyncWrite + Unpin)>,
+) -> Result<Reply, ClientError> {
+    loop {
+        match expect_frame::<_, Response>(stream, MAX_FRAME + CHUNK).await? {
+            Response::Chunk(bytes) => {
+                let bytes = zeroize::Zeroizing::new(bytes);
+                match out.as_mut() {
+                    Some(out) => out.write_all(&bytes).await?,
+                    None => return Err(FrameError::Malformed.into()),
+                }
+            }
+            Response::Ok(reply) => {
+                if let Some(out) = out.as_mut() {
+                    out.flush().await?;
+                }
+                return Ok(reply);
+            }
+            Response::Err(e) => return Err(e.into()),
+        }
+    }
+}
