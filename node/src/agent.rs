@@ -245,9 +245,13 @@ async fn handle(
             Ok(Reply::Done)
         }
         Request::SecretsWrite { vault, path, kind } => {
-            let open = shared.open()?;
-            let path = parse_path(&path, false)?;
-            let content = receive(stream).await?;
+            let checked = shared
+                .open()
+                .and_then(|open| Ok((open, parse_path(&path, false)?)));
+            // Read the whole upload even when refusing it: closing a Unix socket with
+            // unread data resets the connection, and the client would lose our answer.
+            let content = receive(stream, checked.is_ok()).await?;
+            let (open, path) = checked?;
             let event = match kind {
                 WriteKind::Create => "secret.created",
                 WriteKind::Write => "secret.written",
@@ -376,8 +380,11 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
     })
 }
 
-/// Receives an upload's chunks, up to [`MAX_SECRET`] bytes.
-async fn receive(stream: &mut UnixStream) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
+/// Receives an upload's chunks, up to [`MAX_SECRET`] bytes; discards them unless `keep`.
+async fn receive(
+    stream: &mut UnixStream,
+    keep: bool,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
     let mut content = zeroize::Zeroizing::new(Vec::new());
     loop {
         let frame: Option<Upload> = read_frame(stream, MAX_FRAME + CHUNK)
@@ -386,6 +393,9 @@ async fn receive(stream: &mut UnixStream) -> Result<zeroize::Zeroizing<Vec<u8>>,
         match frame {
             Some(Upload::Chunk(bytes)) => {
                 let bytes = zeroize::Zeroizing::new(bytes);
+                if !keep {
+                    continue;
+                }
                 if content.len() + bytes.len() > MAX_SECRET {
                     return Err(ApiError::new(
                         ErrorCode::BadInput,

@@ -68,20 +68,17 @@ impl Client {
         mut data: impl AsyncRead + Unpin,
     ) -> Result<Reply, ClientError> {
         let mut stream = self.connect().await?;
-        write_frame(&mut stream, request).await?;
-        let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
-        loop {
-            let n = read_full(&mut data, &mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            write_frame(&mut stream, &Upload::Chunk(buf[..n].to_vec())).await?;
-            if n < buf.len() {
-                break;
-            }
+        let sent = send_upload(&mut stream, request, &mut data).await;
+        // The agent may refuse the request (a bad path, locked) before reading the content
+        // and close its side; its answer is still waiting to be read.
+        let answer = finish(&mut stream, None::<&mut tokio::io::Sink>).await;
+        match (sent, answer) {
+            (Err(sent), Err(ClientError::Frame(_))) => Err(sent),
+            // The agent's refusal says more than the broken pipe it caused.
+            (_, Err(answer)) => Err(answer),
+            (Err(sent), Ok(_)) => Err(sent),
+            (Ok(()), Ok(reply)) => Ok(reply),
         }
-        write_frame(&mut stream, &Upload::End).await?;
-        finish(&mut stream, None::<&mut tokio::io::Sink>).await
     }
 
     /// A call whose reply streams content into `out` before the final reply.
@@ -94,6 +91,27 @@ impl Client {
         write_frame(&mut stream, request).await?;
         finish(&mut stream, Some(out)).await
     }
+}
+
+async fn send_upload(
+    stream: &mut UnixStream,
+    request: &Request,
+    data: &mut (impl AsyncRead + Unpin),
+) -> Result<(), ClientError> {
+    write_frame(stream, request).await?;
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
+    loop {
+        let n = read_full(data, &mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        write_frame(stream, &Upload::Chunk(buf[..n].to_vec())).await?;
+        if n < buf.len() {
+            break;
+        }
+    }
+    write_frame(stream, &Upload::End).await?;
+    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends; the number of bytes read.

@@ -104,6 +104,27 @@ impl World {
     }
 
     pub(crate) fn pk_env(&self, node: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(node, args, env);
+        Run::from(cmd.output().expect("run pk"))
+    }
+
+    /// Runs `pk` with `input` on its standard input.
+    pub(crate) fn pk_stdin(&self, node: &Path, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write as _;
+        let mut child = self
+            .command(node, args, &[])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run pk");
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(input).expect("write stdin");
+        drop(stdin);
+        Run::from(child.wait_with_output().expect("wait pk"))
+    }
+
+    fn command(&self, node: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pk"));
         cmd.arg("--node-path").arg(node).args(args);
         for var in [
@@ -123,7 +144,7 @@ impl World {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Run::from(cmd.output().expect("run pk"))
+        cmd
     }
 
     /// Runs a tpm2-tools command against `tpm`.
@@ -162,6 +183,60 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+/// An agent started for a test; stopped (or killed) when dropped.
+pub(crate) struct AgentGuard {
+    node: PathBuf,
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = agent_pid(&self.node) {
+            kill9(pid);
+        }
+    }
+}
+
+/// The pid in a node's agent status file.
+pub(crate) fn agent_pid(node: &Path) -> Option<i32> {
+    let bytes = std::fs::read(node.join("agent.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["pid"].as_i64().map(|p| p as i32)
+}
+
+/// SIGKILL, as a crash or the OOM killer would; returns once the process is gone.
+pub(crate) fn kill9(pid: i32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+    for _ in 0..1000 {
+        // Gone, or a zombie waiting for its reaper: either way it holds nothing any more.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return;
+            }
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+}
+
+impl World {
+    /// Starts the node's agent in the background with `args` (unlock options).
+    pub(crate) fn agent(&self, node: &Path, args: &[&str]) -> AgentGuard {
+        let mut all = vec!["agent", "start"];
+        all.extend_from_slice(args);
+        self.pk(node, &all).ok();
+        AgentGuard {
+            node: node.to_owned(),
         }
     }
 }

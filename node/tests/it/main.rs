@@ -1,5 +1,9 @@
 //! End-to-end tests of `pk` as a user runs it: a real binary, real swtpm and SoftHSM2
 //! processes, a node directory on disk.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
+mod crash;
 mod harness;
 mod keyslots;
+mod secrets;

@@ -401,12 +401,12 @@ pub(crate) fn vaults(
                     .collect()
             });
         }
-        VaultsCommand::Version { name, version } => {
+        VaultsCommand::Version { name, version_id } => {
             let Reply::Commit(c) = call(
                 &client,
                 Request::VaultsVersion {
                     vault: name.clone(),
-                    target: version.clone(),
+                    target: version_id.clone(),
                 },
             )?
             else {

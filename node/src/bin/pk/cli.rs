@@ -157,7 +157,8 @@ pub(crate) enum VaultsCommand {
         /// The vault.
         name: String,
         /// Commit id, prefix (4+ hex digits), or `last`.
-        version: String,
+        #[arg(value_name = "VERSION")]
+        version_id: String,
     },
     /// Export a vault's current version as a plain directory.
     Export {
@@ -428,4 +429,14 @@ pub(crate) struct UnlockArgs {
 
 fn parse_bank(s: &str) -> Result<PcrBank, String> {
     s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }
