@@ -21,7 +21,8 @@ use tokio::sync::Notify;
 
 use crate::NodePath;
 use crate::api::{
-    AgentStatus, ApiError, ErrorCode, Reply, Request, Response, UnlockParams, Upload, WriteKind,
+    AgentStatus, ApiError, ErrorCode, KeyslotEvent, Reply, Request, Response, UnlockParams, Upload,
+    WriteKind,
 };
 use crate::audit;
 use crate::identity::{self, Identity, NodeId};
@@ -87,7 +88,8 @@ struct Shared {
     config: AgentConfig,
     started: Instant,
     state: Mutex<Option<Arc<Open>>>,
-    failed_unlocks: Mutex<Vec<serde_json::Value>>,
+    /// Events that happened while locked: written to the audit log at the next unlock.
+    pending: Mutex<Vec<(String, serde_json::Value)>>,
     shutdown: Notify,
 }
 
@@ -149,7 +151,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
         config,
         started: Instant::now(),
         state: Mutex::new(None),
-        failed_unlocks: Mutex::new(Vec::new()),
+        pending: Mutex::new(Vec::new()),
         shutdown: Notify::new(),
     });
     // Unattended unlock: slots that need no secret (a TPM slot whose policy holds).
@@ -242,6 +244,29 @@ async fn handle(
         }
         Request::Stop => {
             shared.shutdown.notify_one();
+            Ok(Reply::Done)
+        }
+        Request::KeyslotChanged { event, slot, kind } => {
+            let fields = json!({ "slot": slot, "kind": kind });
+            let event = match event {
+                KeyslotEvent::Enrolled => "keyslot.enrolled",
+                KeyslotEvent::Removed => "keyslot.removed",
+            };
+            match shared.open() {
+                Ok(open) => {
+                    blocking(move || {
+                        let mut tx = open.store.write().map_err(store_error)?;
+                        audit::append(&mut tx, event, fields).map_err(store_error)?;
+                        tx.commit().map_err(store_error)
+                    })
+                    .await?
+                }
+                Err(_) => shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((event.into(), fields)),
+            }
             Ok(Reply::Done)
         }
         Request::SecretsWrite { vault, path, kind } => {
@@ -430,7 +455,7 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
     }
     let config = shared.config.clone();
     let failed = shared
-        .failed_unlocks
+        .pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
@@ -448,8 +473,8 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
         let store = Store::open(&config.node, &unlocked.key).map_err(store_error)?;
         let mut tx = store.write().map_err(store_error)?;
         let identity = Identity::load_or_create(&mut tx).map_err(store_error)?;
-        for event in &failed {
-            audit::append(&mut tx, "agent.unlock_failed", event.clone()).map_err(store_error)?;
+        for (event, fields) in &failed {
+            audit::append(&mut tx, event, fields.clone()).map_err(store_error)?;
         }
         audit::append(&mut tx, "agent.unlocked", json!({ "slot": unlocked.slot }))
             .map_err(store_error)?;
@@ -464,7 +489,7 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
     match result {
         Ok(open) => {
             shared
-                .failed_unlocks
+                .pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
@@ -478,10 +503,13 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0);
                 shared
-                    .failed_unlocks
+                    .pending
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(json!({ "slot": requested_slot, "reason": e.message, "at_ms": time_ms }));
+                    .push((
+                        "agent.unlock_failed".into(),
+                        json!({ "slot": requested_slot, "reason": e.message, "at_ms": time_ms }),
+                    ));
             }
             Err(e)
         }

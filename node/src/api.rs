@@ -30,6 +30,15 @@ pub struct UnlockParams {
     pub secret: Option<WireSecret>,
 }
 
+/// A keyslot change for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyslotEvent {
+    /// A slot was enrolled.
+    Enrolled,
+    /// A slot was removed.
+    Removed,
+}
+
 /// How a secret write is recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteKind {
@@ -54,6 +63,16 @@ pub enum Request {
     Lock,
     /// Shut down.
     Stop,
+    /// `pk keyslots` changed a slot (the CLI does that without the agent); record it in
+    /// the audit log now, or at the next unlock if locked.
+    KeyslotChanged {
+        /// What happened.
+        event: KeyslotEvent,
+        /// The slot.
+        slot: u32,
+        /// Its kind.
+        kind: hsm::Kind,
+    },
     /// This node's NodeId.
     KeysPublic,
     /// Sign bytes with the node key.

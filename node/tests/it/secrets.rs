@@ -470,6 +470,47 @@ fn audit_log_records_and_filters() {
     assert_eq!(only.lines().count(), 1);
     assert!(only.contains("\"path\":\"s\""));
 
+    // Keyslot changes made by `pk keyslots` (without the agent's help) are recorded too:
+    // through the running agent, or directly when none runs.
+    let second = n.file("second", b"a second passphrase");
+    let cheap = ["--argon2-memory-mib", "8", "--argon2-passes", "1"];
+    let mut enroll = vec![
+        "keyslots",
+        "enroll",
+        "--token",
+        "soft",
+        "--password-file",
+        s(&n.pass),
+        "--password-new-file",
+        s(&second),
+    ];
+    enroll.extend(cheap);
+    n.pk(&enroll).ok();
+    n.pk(&[
+        "keyslots",
+        "remove",
+        "2",
+        "--unlock-slot",
+        "0",
+        "--password-file",
+        s(&n.pass),
+    ])
+    .ok();
+    n.pk(&["agent", "stop"]).ok();
+    n.pk(&enroll).ok();
+    n.pk(&["agent", "start", "--password-file", s(&n.pass)])
+        .ok();
+    let keyslot_events = n.pk(&["audit", "-e", "keyslot"]).ok();
+    let lines: Vec<&str> = keyslot_events.lines().collect();
+    assert_eq!(
+        lines.len(),
+        5,
+        "2 at init, enrolled, removed, enrolled:\n{keyslot_events}"
+    );
+    assert!(lines[2].contains("keyslot.enrolled") && lines[2].contains("slot=2"));
+    assert!(lines[3].contains("keyslot.removed") && lines[3].contains("slot=2"));
+    assert!(lines[4].contains("keyslot.enrolled") && lines[4].contains("slot=3"));
+
     // --follow prints new events as they happen.
     let follow = std::process::Command::new(env!("CARGO_BIN_EXE_pk"))
         .args([

@@ -8,6 +8,8 @@ use hsm::soft::{Argon2Params, SoftProtector};
 use hsm::tpm::{PcrBank, PcrPolicy, TpmProtector};
 use hsm::{Kind, Protector, Sealed};
 use node::NodePath;
+use node::api::{KeyslotEvent, Request};
+use node::client::{Client, ClientError};
 use node::keyslots::KeyslotError;
 use node::keyslots::{Keyslot, Keyslots, Unlocked};
 use node::tokens::{TokenConfig, UnlockChoice, secret_name};
@@ -46,12 +48,13 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
             let protector = new_protector(&args.token, &config, &source)?;
             let label = default_label(&args.token);
             let init = Keyslots::init(&node, protector.as_ref(), &label)?;
+            let node_id = create_store(&node, &init)?;
             let words = init.recovery_code.to_words();
             let slots: Vec<Value> = init.keyslots.slots().iter().map(slot_json).collect();
             out.emit(
-                json!({ "node_path": node.dir(), "keyslots": slots, "recovery_code": words.as_str() }),
+                json!({ "node_path": node.dir(), "node_id": node_id, "keyslots": slots, "recovery_code": words.as_str() }),
                 || {
-                    let mut text = format!("Initialised a node at {node}\n");
+                    let mut text = format!("Initialised a node at {node}\nNodeId: {node_id}\n");
                     for slot in init.keyslots.slots() {
                         text += &format!("  keyslot {}\n", slot_line(slot));
                     }
@@ -91,6 +94,13 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
             };
             let protector = new_protector(&args.token, &config, &source)?;
             let id = keyslots.enroll(&unlocked, protector.as_ref(), &default_label(&args.token))?;
+            record_keyslot(
+                &node,
+                &unlocked,
+                KeyslotEvent::Enrolled,
+                id,
+                protector.kind(),
+            );
             let slot = keyslots.slot(id).map(slot_json).unwrap_or(Value::Null);
             let _ = out.emit(json!({ "enrolled": slot }), || {
                 format!(
@@ -119,7 +129,11 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
                 return Err(node::keyslots::KeyslotError::NoSuchSlot(args.slot).into());
             }
             let unlocked = unlock(&keyslots, &args.unlock, None, &config)?;
+            let kind = keyslots.slot(args.slot).map(|s| s.header.kind);
             keyslots.remove(&unlocked, args.slot)?;
+            if let Some(kind) = kind {
+                record_keyslot(&node, &unlocked, KeyslotEvent::Removed, args.slot, kind);
+            }
             let _ = out.emit(
                 json!({ "removed": args.slot, "unlocked_with": unlocked.slot }),
                 || {
@@ -132,6 +146,75 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Creates the node's encrypted store and identity right after `init`, and records the
+/// first events. Returns the NodeId.
+fn create_store(node: &NodePath, init: &node::keyslots::Initialised) -> Result<String, CliError> {
+    let store_err = |e: node::store::StoreError| CliError::internal(e.to_string());
+    let store = node::store::Store::open(node, &init.unlocked.key).map_err(store_err)?;
+    let mut tx = store.write().map_err(store_err)?;
+    let identity = node::identity::Identity::load_or_create(&mut tx).map_err(store_err)?;
+    node::audit::append(
+        &mut tx,
+        "node.initialised",
+        json!({ "node_id": identity.node_id() }),
+    )
+    .map_err(store_err)?;
+    for slot in init.keyslots.slots() {
+        node::audit::append(
+            &mut tx,
+            "keyslot.enrolled",
+            json!({ "slot": slot.header.id, "kind": slot.header.kind }),
+        )
+        .map_err(store_err)?;
+    }
+    tx.commit().map_err(store_err)?;
+    Ok(identity.node_id().to_string())
+}
+
+/// Records a keyslot change in the audit log: through the agent when one runs (it holds
+/// the store), else directly with the DEK this command unlocked. A failure to record is
+/// reported but does not undo the change, which is already on disk.
+fn record_keyslot(
+    node: &NodePath,
+    unlocked: &Unlocked,
+    event: KeyslotEvent,
+    slot: u32,
+    kind: Kind,
+) {
+    let request = Request::KeyslotChanged { event, slot, kind };
+    let via_agent = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(Client::new(node).call(&request))
+                .map_err(|e| match e {
+                    ClientError::NotRunning(_) => String::new(),
+                    other => other.to_string(),
+                })
+        });
+    let result = match via_agent {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_empty() => node::store::Store::open(node, &unlocked.key)
+            .and_then(|store| {
+                let mut tx = store.write()?;
+                let name = match event {
+                    KeyslotEvent::Enrolled => "keyslot.enrolled",
+                    KeyslotEvent::Removed => "keyslot.removed",
+                };
+                node::audit::append(&mut tx, name, json!({ "slot": slot, "kind": kind }))?;
+                tx.commit()
+            })
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        eprintln!(
+            "pk: warning: the change is made but could not be recorded in the audit log: {e}"
+        );
+    }
 }
 
 /// Prints a result in the chosen format.
