@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
+use zeroize::Zeroizing;
 
 use crate::NodePath;
 use crate::api::{
@@ -32,8 +33,9 @@ use crate::store::{Store, StoreError};
 use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
 use crate::vault::{SecretPath, VaultError, Vaults};
 
-/// The largest secret accepted in one write.
-pub const MAX_SECRET: usize = 1 << 30;
+/// How long an upload may stall between chunks before it is abandoned (it holds the
+/// store's single write transaction meanwhile).
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the status file says.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -273,46 +275,73 @@ async fn handle(
             let checked = shared
                 .open()
                 .and_then(|open| Ok((open, parse_path(&path, false)?)));
-            // Read the whole upload even when refusing it: closing a Unix socket with
-            // unread data resets the connection, and the client would lose our answer.
-            let content = receive(stream, checked.is_ok()).await?;
-            let (open, path) = checked?;
+            let (open, path) = match checked {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // Read the whole upload even when refusing it: closing a Unix socket
+                    // with unread data resets the connection, and the client would lose
+                    // our answer.
+                    drain(stream).await?;
+                    return Err(e);
+                }
+            };
             let event = match kind {
                 WriteKind::Create => "secret.created",
                 WriteKind::Write => "secret.written",
                 WriteKind::Edit => "secret.edited",
                 WriteKind::Import => "secret.imported",
             };
-            blocking(move || {
-                vaults(&open)
-                    .write(&vault, &path, &content, event)
-                    .map(Reply::Commit)
-                    .map_err(vault_error)
-            })
-            .await
+            // The content flows through a small channel into the blocking writer, which
+            // stores it chunk by chunk inside one transaction.
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<Result<Zeroizing<Vec<u8>>, VaultError>>(4);
+            let writer = tokio::task::spawn_blocking(move || {
+                let mut pieces = std::iter::from_fn(|| rx.blocking_recv());
+                vaults(&open).write_stream(&vault, &path, &mut pieces, event)
+            });
+            let received = forward_upload(stream, &tx).await;
+            if received.is_err() {
+                // Tell the writer to abandon its transaction.
+                let _ = tx.send(Err(VaultError::Interrupted)).await;
+            }
+            drop(tx);
+            let written = writer.await.map_err(|_| {
+                ApiError::new(ErrorCode::Internal, "the write failed inside the agent")
+            })?;
+            received?;
+            written.map(Reply::Commit).map_err(vault_error)
         }
         Request::SecretsCat { vault, path } => {
             let open = shared.open()?;
             let path = parse_path(&path, false)?;
-            let content = blocking(move || {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Zeroizing<Vec<u8>>>(4);
+            let reader = tokio::task::spawn_blocking(move || {
                 let v = vaults(&open);
-                let content = v.read(&vault, &path).map_err(vault_error)?;
-                let mut tx = open.store.write().map_err(store_error)?;
+                v.read_stream(&vault, &path, &mut |piece| {
+                    for part in piece.chunks(CHUNK) {
+                        tx.blocking_send(Zeroizing::new(part.to_vec()))
+                            .map_err(|_| VaultError::Interrupted)?;
+                    }
+                    Ok(())
+                })
+                .map_err(vault_error)?;
+                let mut wtx = open.store.write().map_err(store_error)?;
                 audit::append(
-                    &mut tx,
+                    &mut wtx,
                     "secret.revealed",
                     json!({ "vault": vault, "path": path.to_string(), "via": "cli" }),
                 )
                 .map_err(store_error)?;
-                tx.commit().map_err(store_error)?;
-                Ok(content)
-            })
-            .await?;
-            for chunk in content.chunks(CHUNK) {
-                write_frame(stream, &Response::Chunk(chunk.to_vec()))
+                wtx.commit().map_err(store_error)
+            });
+            while let Some(piece) = rx.recv().await {
+                write_frame(stream, &Response::Chunk(piece.to_vec()))
                     .await
                     .map_err(frame_error)?;
             }
+            reader.await.map_err(|_| {
+                ApiError::new(ErrorCode::Internal, "the read failed inside the agent")
+            })??;
             Ok(Reply::Done)
         }
         other => {
@@ -405,40 +434,45 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
     })
 }
 
-/// Receives an upload's chunks, up to [`MAX_SECRET`] bytes; discards them unless `keep`.
-async fn receive(
-    stream: &mut UnixStream,
-    keep: bool,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, ApiError> {
-    let mut content = zeroize::Zeroizing::new(Vec::new());
+/// Reads and discards an upload.
+async fn drain(stream: &mut UnixStream) -> Result<(), ApiError> {
     loop {
-        let frame: Option<Upload> = read_frame(stream, MAX_FRAME + CHUNK)
+        match read_frame::<_, Upload>(stream, MAX_FRAME + CHUNK)
             .await
-            .map_err(frame_error)?;
+            .map_err(frame_error)?
+        {
+            Some(Upload::Chunk(bytes)) => drop(Zeroizing::new(bytes)),
+            Some(Upload::End) | None => return Ok(()),
+        }
+    }
+}
+
+/// Passes an upload's chunks to the writer, until `End`; an error if the client stops
+/// early or the upload is too large.
+async fn forward_upload(
+    stream: &mut UnixStream,
+    tx: &tokio::sync::mpsc::Sender<Result<Zeroizing<Vec<u8>>, VaultError>>,
+) -> Result<(), ApiError> {
+    loop {
+        let frame: Option<Upload> =
+            tokio::time::timeout(UPLOAD_IDLE, read_frame(stream, MAX_FRAME + CHUNK))
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::BadInput,
+                        "the upload stalled; nothing was written",
+                    )
+                })?
+                .map_err(frame_error)?;
         match frame {
             Some(Upload::Chunk(bytes)) => {
-                let bytes = zeroize::Zeroizing::new(bytes);
-                if !keep {
-                    continue;
+                if tx.send(Ok(Zeroizing::new(bytes))).await.is_err() {
+                    // The writer stopped (too large, or another error): it will say why.
+                    drain(stream).await?;
+                    return Ok(());
                 }
-                if content.len() + bytes.len() > MAX_SECRET {
-                    return Err(ApiError::new(
-                        ErrorCode::BadInput,
-                        format!("a secret may be at most {MAX_SECRET} bytes"),
-                    ));
-                }
-                if content.capacity() < content.len() + bytes.len() {
-                    // Grow by copying into a fresh zeroizing buffer, never leaving a copy
-                    // behind in freed memory.
-                    let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(
-                        (content.len() + bytes.len()).next_power_of_two(),
-                    ));
-                    bigger.extend_from_slice(&content);
-                    content = bigger;
-                }
-                content.extend_from_slice(&bytes);
             }
-            Some(Upload::End) => return Ok(content),
+            Some(Upload::End) => return Ok(()),
             None => {
                 return Err(ApiError::new(
                     ErrorCode::BadInput,

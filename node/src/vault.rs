@@ -201,6 +201,12 @@ pub enum VaultError {
     /// A malformed vault id.
     #[error("not a vault id")]
     BadVaultId,
+    /// A secret over the size limit.
+    #[error("a secret may be at most {0} bytes")]
+    TooLarge(u64),
+    /// The writer gave up midway; nothing was written.
+    #[error("the upload was interrupted; nothing was written")]
+    Interrupted,
     /// A stored object is damaged.
     #[error("damaged object {0} in the vault")]
     Corrupt(String),
@@ -300,7 +306,14 @@ fn now() -> u64 {
 /// A tree, decoded: name -> (mode, oid).
 type TreeMap = BTreeMap<BString, (EntryMode, ObjectId)>;
 
+/// Object row formats: the object's bytes inline, or a header for a chunked blob.
 const FORMAT_INLINE: u8 = 0;
+const FORMAT_CHUNKED: u8 = 1;
+/// Blobs larger than this are stored as chunks of this size, each its own sealed row, so
+/// that large secrets are written and read in bounded memory.
+pub const CHUNK_SIZE: usize = 1 << 20;
+/// The largest secret accepted.
+pub const MAX_SECRET: u64 = 4 << 30;
 
 /// Vault operations on the node's store, authored by one node.
 pub struct Vaults<'s> {
@@ -316,6 +329,76 @@ struct Tx<'a, 's, R> {
 }
 
 impl<'s> Tx<'_, 's, WriteTx<'s>> {
+    /// Stores a blob arriving in pieces; small blobs stay inline, large ones are chunked.
+    /// The git object id needs the size first, so chunks are hashed in a second pass.
+    fn put_blob_stream(
+        &mut self,
+        pieces: &mut dyn Iterator<Item = Result<Zeroizing<Vec<u8>>, VaultError>>,
+    ) -> Result<ObjectId, VaultError> {
+        let mut blob_id = [0u8; 16];
+        OsRng.fill_bytes(&mut blob_id);
+        let mut buffer = Zeroizing::new(Vec::with_capacity(CHUNK_SIZE));
+        let mut chunks = 0u32;
+        let mut total = 0u64;
+        for piece in pieces {
+            let piece = piece?;
+            total += piece.len() as u64;
+            if total > MAX_SECRET {
+                return Err(VaultError::TooLarge(MAX_SECRET));
+            }
+            let mut rest: &[u8] = &piece;
+            while !rest.is_empty() {
+                if buffer.len() == CHUNK_SIZE {
+                    // More is coming: this one goes out as a chunk.
+                    self.tx
+                        .put(Table::Objects, &self.chunk_key(&blob_id, chunks), &buffer)?;
+                    chunks += 1;
+                    buffer.clear();
+                }
+                let take = (CHUNK_SIZE - buffer.len()).min(rest.len());
+                buffer.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+            }
+        }
+        if chunks == 0 {
+            // Small enough to keep inline (at most one chunk's worth).
+            return self.put(ObjectKind::Blob, &buffer);
+        }
+        if !buffer.is_empty() {
+            self.tx
+                .put(Table::Objects, &self.chunk_key(&blob_id, chunks), &buffer)?;
+            chunks += 1;
+        }
+        drop(buffer);
+        let mut hasher = gix_hash::hasher(HASH);
+        hasher.update(&gix_object::encode::loose_header(ObjectKind::Blob, total));
+        for index in 0..chunks {
+            let chunk = self
+                .tx
+                .get(Table::Objects, &self.chunk_key(&blob_id, index))?
+                .ok_or_else(|| VaultError::Corrupt("chunk".into()))?;
+            hasher.update(&chunk);
+        }
+        let oid = hasher
+            .try_finalize()
+            .map_err(|_| VaultError::Corrupt("hash".into()))?;
+        let key = self.key(&oid);
+        if self.tx.contains(Table::Objects, &key)? {
+            // The same content is stored already: drop this copy.
+            for index in 0..chunks {
+                self.tx
+                    .delete(Table::Objects, &self.chunk_key(&blob_id, index))?;
+            }
+        } else {
+            let mut header = vec![FORMAT_CHUNKED, kind_byte(ObjectKind::Blob)];
+            header.extend_from_slice(&total.to_be_bytes());
+            header.extend_from_slice(&blob_id);
+            header.extend_from_slice(&chunks.to_be_bytes());
+            self.tx.put(Table::Objects, &key, &header)?;
+        }
+        Ok(oid)
+    }
+
     fn put(&mut self, kind: ObjectKind, data: &[u8]) -> Result<ObjectId, VaultError> {
         let oid = gix_object::compute_hash(HASH, kind, data)
             .map_err(|_| VaultError::Corrupt("hash".into()))?;
@@ -359,18 +442,75 @@ impl<R: Read> Tx<'_, '_, R> {
         key
     }
 
-    fn get(&self, oid: &ObjectId) -> Result<(ObjectKind, Zeroizing<Vec<u8>>), VaultError> {
+    fn chunk_key(&self, blob_id: &[u8; 16], index: u32) -> Vec<u8> {
+        let mut key = self.vault.0.to_vec();
+        key.extend_from_slice(
+            &self
+                .store
+                .name_hash("chunk", &[&self.vault.0, blob_id, &index.to_be_bytes()]),
+        );
+        key
+    }
+
+    /// An object's row, decoded: kind, size, and where its bytes are.
+    fn object(&self, oid: &ObjectId) -> Result<Object, VaultError> {
+        let corrupt = || VaultError::Corrupt(oid.to_string());
         let value = self
             .tx
             .get(Table::Objects, &self.key(oid))?
-            .ok_or_else(|| VaultError::Corrupt(oid.to_string()))?;
+            .ok_or_else(corrupt)?;
         match value.as_slice() {
-            [FORMAT_INLINE, kind, data @ ..] => Ok((
-                byte_kind(*kind).ok_or_else(|| VaultError::Corrupt(oid.to_string()))?,
-                Zeroizing::new(data.to_vec()),
-            )),
-            _ => Err(VaultError::Corrupt(oid.to_string())),
+            [FORMAT_INLINE, kind, data @ ..] => Ok(Object {
+                kind: byte_kind(*kind).ok_or_else(corrupt)?,
+                size: data.len() as u64,
+                body: Body::Inline(Zeroizing::new(data.to_vec())),
+            }),
+            [FORMAT_CHUNKED, kind, rest @ ..] if rest.len() == 8 + 16 + 4 => Ok(Object {
+                kind: byte_kind(*kind).ok_or_else(corrupt)?,
+                size: u64::from_be_bytes(rest[..8].try_into().map_err(|_| corrupt())?),
+                body: Body::Chunked {
+                    blob_id: rest[8..24].try_into().map_err(|_| corrupt())?,
+                    chunks: u32::from_be_bytes(rest[24..28].try_into().map_err(|_| corrupt())?),
+                },
+            }),
+            _ => Err(corrupt()),
         }
+    }
+
+    /// Hands an object's bytes to `sink` piece by piece (at most one chunk in memory).
+    fn stream(
+        &self,
+        oid: &ObjectId,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), VaultError>,
+    ) -> Result<ObjectKind, VaultError> {
+        let object = self.object(oid)?;
+        match &object.body {
+            Body::Inline(data) => sink(data)?,
+            Body::Chunked { blob_id, chunks } => {
+                let mut seen = 0u64;
+                for index in 0..*chunks {
+                    let chunk = self
+                        .tx
+                        .get(Table::Objects, &self.chunk_key(blob_id, index))?
+                        .ok_or_else(|| VaultError::Corrupt(oid.to_string()))?;
+                    seen += chunk.len() as u64;
+                    sink(&chunk)?;
+                }
+                if seen != object.size {
+                    return Err(VaultError::Corrupt(oid.to_string()));
+                }
+            }
+        }
+        Ok(object.kind)
+    }
+
+    fn get(&self, oid: &ObjectId) -> Result<(ObjectKind, Zeroizing<Vec<u8>>), VaultError> {
+        let mut data = Zeroizing::new(Vec::new());
+        let kind = self.stream(oid, &mut |piece| {
+            data.extend_from_slice(piece);
+            Ok(())
+        })?;
+        Ok((kind, data))
     }
 
     fn tree(&self, oid: &ObjectId) -> Result<TreeMap, VaultError> {
@@ -435,6 +575,18 @@ impl<R: Read> Tx<'_, '_, R> {
         }
         Ok(Some(current))
     }
+}
+
+/// A decoded object row.
+struct Object {
+    kind: ObjectKind,
+    size: u64,
+    body: Body,
+}
+
+enum Body {
+    Inline(Zeroizing<Vec<u8>>),
+    Chunked { blob_id: [u8; 16], chunks: u32 },
 }
 
 fn kind_byte(kind: ObjectKind) -> u8 {
@@ -702,8 +854,23 @@ impl<'s> Vaults<'s> {
         Ok(info)
     }
 
-    /// Reads a secret at the head.
+    /// Reads a secret at the head into memory.
     pub fn read(&self, name: &str, path: &SecretPath) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let mut data = Zeroizing::new(Vec::new());
+        self.read_stream(name, path, &mut |piece| {
+            data.extend_from_slice(piece);
+            Ok(())
+        })?;
+        Ok(data)
+    }
+
+    /// Reads a secret at the head, handing it to `sink` piece by piece.
+    pub fn read_stream(
+        &self,
+        name: &str,
+        path: &SecretPath,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
         let mut tx = self.store.read()?;
         let record = self.record(&tx, name)?;
         let t = Tx {
@@ -715,7 +882,7 @@ impl<'s> Vaults<'s> {
         match t.lookup(&root, path)? {
             None => Err(VaultError::NotFound(format!("{name}:{path}"))),
             Some((mode, _)) if mode.is_tree() => Err(VaultError::IsDir(format!("{name}:{path}"))),
-            Some((_, oid)) => Ok(t.get(&oid)?.1),
+            Some((_, oid)) => t.stream(&oid, sink).map(|_| ()),
         }
     }
 
@@ -763,7 +930,7 @@ impl<'s> Vaults<'s> {
         let (kind, size) = if mode.is_tree() {
             (EntryType::Dir, t.tree(&oid)?.len() as u64)
         } else {
-            (EntryType::File, t.get(&oid)?.1.len() as u64)
+            (EntryType::File, t.object(&oid)?.size)
         };
         Ok(Stat {
             kind,
@@ -781,6 +948,19 @@ impl<'s> Vaults<'s> {
         content: &[u8],
         event: &str,
     ) -> Result<CommitInfo, VaultError> {
+        let piece = Zeroizing::new(content.to_vec());
+        self.write_stream(name, path, &mut std::iter::once(Ok(piece)), event)
+    }
+
+    /// Writes a secret arriving in pieces, in bounded memory; one commit. An `Err` piece
+    /// aborts the write and nothing is stored.
+    pub fn write_stream(
+        &self,
+        name: &str,
+        path: &SecretPath,
+        pieces: &mut dyn Iterator<Item = Result<Zeroizing<Vec<u8>>, VaultError>>,
+        event: &str,
+    ) -> Result<CommitInfo, VaultError> {
         let verb = match event {
             "secret.created" => "create",
             "secret.edited" => "edit",
@@ -792,7 +972,10 @@ impl<'s> Vaults<'s> {
             event,
             &format!("{verb} {path}"),
             |t, root| {
-                let blob = t.put(ObjectKind::Blob, content)?;
+                if t.lookup(&root, path)?.is_some_and(|(m, _)| m.is_tree()) {
+                    return Err(VaultError::IsDir(format!("{name}:{path}")));
+                }
+                let blob = t.put_blob_stream(pieces)?;
                 apply(t, root, path.parts(), Change::Write(blob), name, path)
             },
             json!({ "path": path.to_string() }),
@@ -1068,6 +1251,58 @@ mod tests {
 
     fn path(p: &str) -> SecretPath {
         SecretPath::parse(p, true).unwrap()
+    }
+
+    #[test]
+    fn large_secrets_are_chunked_and_hash_like_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&NodePath::new(dir.path()), &DataKey::generate()).unwrap();
+        let v = Vaults::new(&store, Identity::generate().node_id());
+        v.create("big").unwrap();
+        for size in [
+            0,
+            10,
+            CHUNK_SIZE - 1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + 1,
+            3 * CHUNK_SIZE + 12345,
+        ] {
+            let content: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            // Pieces of an awkward size, as a socket delivers them.
+            let mut pieces = content
+                .chunks(300_001)
+                .map(|c| Ok(Zeroizing::new(c.to_vec())))
+                .collect::<Vec<_>>()
+                .into_iter();
+            let p = path(&format!("s{size}"));
+            v.write_stream("big", &p, &mut pieces, "secret.written")
+                .unwrap();
+            assert_eq!(
+                v.read("big", &p).unwrap().as_slice(),
+                content.as_slice(),
+                "size {size}"
+            );
+            let stat = v.stat("big", &p).unwrap();
+            assert_eq!(stat.size, size as u64);
+            let git = gix_object::compute_hash(HASH, ObjectKind::Blob, &content).unwrap();
+            assert_eq!(stat.oid, git.to_string(), "object id as git computes it");
+        }
+        // An interrupted upload stores nothing.
+        let before = v.log("big", None, None).unwrap().len();
+        let mut broken = vec![
+            Ok(Zeroizing::new(vec![1u8; 2 * CHUNK_SIZE])),
+            Err(VaultError::Interrupted),
+        ]
+        .into_iter();
+        assert!(
+            v.write_stream("big", &path("broken"), &mut broken, "secret.written")
+                .is_err()
+        );
+        assert_eq!(v.log("big", None, None).unwrap().len(), before);
+        assert!(matches!(
+            v.read("big", &path("broken")),
+            Err(VaultError::NotFound(_))
+        ));
     }
 
     #[test]
