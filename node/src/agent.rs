@@ -314,17 +314,12 @@ async fn handle(
         Request::SecretsCat { vault, path } => {
             let open = shared.open()?;
             let path = parse_path(&path, false)?;
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Zeroizing<Vec<u8>>>(4);
-            let reader = tokio::task::spawn_blocking(move || {
-                let v = vaults(&open);
-                v.read_stream(&vault, &path, &mut |piece| {
-                    for part in piece.chunks(CHUNK) {
-                        tx.blocking_send(Zeroizing::new(part.to_vec()))
-                            .map_err(|_| VaultError::Interrupted)?;
-                    }
-                    Ok(())
-                })
-                .map_err(vault_error)?;
+            stream_out(stream, move |out| {
+                vaults(&open)
+                    .read_stream(&vault, &path, &mut |piece| {
+                        std::io::Write::write_all(out, piece).map_err(|_| VaultError::Interrupted)
+                    })
+                    .map_err(vault_error)?;
                 let mut wtx = open.store.write().map_err(store_error)?;
                 audit::append(
                     &mut wtx,
@@ -333,15 +328,22 @@ async fn handle(
                 )
                 .map_err(store_error)?;
                 wtx.commit().map_err(store_error)
-            });
-            while let Some(piece) = rx.recv().await {
-                write_frame(stream, &Response::Chunk(piece.to_vec()))
-                    .await
-                    .map_err(frame_error)?;
-            }
-            reader.await.map_err(|_| {
-                ApiError::new(ErrorCode::Internal, "the read failed inside the agent")
-            })??;
+            })
+            .await?;
+            Ok(Reply::Done)
+        }
+        Request::VaultsExportBundle(vault) => {
+            let open = shared.open()?;
+            stream_out(stream, move |out| {
+                vaults(&open)
+                    .export_bundle(&vault, out)
+                    .map_err(vault_error)?;
+                let mut wtx = open.store.write().map_err(store_error)?;
+                audit::append(&mut wtx, "vault.exported", json!({ "vault": vault }))
+                    .map_err(store_error)?;
+                wtx.commit().map_err(store_error)
+            })
+            .await?;
             Ok(Reply::Done)
         }
         other => {
@@ -432,6 +434,60 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
         }
         _ => return Err(ApiError::new(ErrorCode::BadInput, "unexpected request")),
     })
+}
+
+/// Bytes written by a blocking job, sent on as bounded, zeroized chunks.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Zeroizing<Vec<u8>>>,
+    buf: Zeroizing<Vec<u8>>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let take = (CHUNK - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        if self.buf.len() == CHUNK {
+            self.flush()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Zeroizing::new(Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(full)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+/// Runs `job` on a blocking thread and streams what it writes to the client as
+/// [`Response::Chunk`] frames; at most a few chunks are in memory at once.
+async fn stream_out(
+    stream: &mut UnixStream,
+    job: impl FnOnce(&mut ChannelWriter) -> Result<(), ApiError> + Send + 'static,
+) -> Result<(), ApiError> {
+    use std::io::Write as _;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Zeroizing<Vec<u8>>>(4);
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buf: Zeroizing::new(Vec::with_capacity(CHUNK)),
+        };
+        job(&mut out)?;
+        out.flush()
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the client went away"))
+    });
+    while let Some(piece) = rx.recv().await {
+        write_frame(stream, &Response::Chunk(piece.to_vec()))
+            .await
+            .map_err(frame_error)?;
+    }
+    worker
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "the request failed inside the agent"))?
 }
 
 /// Reads and discards an upload.

@@ -100,6 +100,9 @@ pub enum Request {
     },
     /// Delete a vault.
     VaultsDelete(String),
+    /// The vault's whole history as a git bundle; the bytes come back as
+    /// [`Response::Chunk`] frames.
+    VaultsExportBundle(String),
     /// A vault's history.
     VaultsLog {
         /// Vault name.

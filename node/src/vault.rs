@@ -1099,6 +1099,88 @@ impl<'s> Vaults<'s> {
         )
     }
 
+    /// Writes the vault's whole history as a git bundle (v2): `git clone` and
+    /// `git bundle verify` read it. Refs: `main` (newest commit), `HEAD` (the checked-out
+    /// version) and `kept/N` for older tips kept reachable. Returns the object count.
+    pub fn export_bundle(
+        &self,
+        name: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, VaultError> {
+        use std::io::Write as _;
+        let mut tx = self.store.read()?;
+        let record = self.record(&tx, name)?;
+        let t = Tx {
+            store: self.store,
+            tx: &mut tx,
+            vault: record.id,
+        };
+        // Everything reachable from the tips: commits, their trees, and what those hold.
+        let mut objects: Vec<ObjectId> = Vec::new();
+        let mut seen = HashSet::new();
+        let tips: Vec<ObjectId> = std::iter::once(&record.latest)
+            .chain(&record.kept)
+            .chain(std::iter::once(&record.head))
+            .map(|h| parse_oid(h))
+            .collect::<Result<_, _>>()?;
+        let mut queue: VecDeque<ObjectId> = tips.iter().copied().collect();
+        while let Some(oid) = queue.pop_front() {
+            if !seen.insert(oid) {
+                continue;
+            }
+            objects.push(oid);
+            let object = t.object(&oid)?;
+            match object.kind {
+                ObjectKind::Commit => {
+                    queue.push_back(t.commit_tree(&oid)?);
+                    for parent in t.commit_info(&oid)?.parents {
+                        queue.push_back(parse_oid(&parent)?);
+                    }
+                }
+                ObjectKind::Tree => {
+                    for (_, (_, child)) in t.tree(&oid)? {
+                        queue.push_back(child);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let io = |_: std::io::Error| VaultError::Interrupted;
+        let mut header = String::from("# v2 git bundle\n");
+        header += &format!("{} HEAD\n", record.head);
+        header += &format!("{} refs/heads/main\n", record.latest);
+        for (i, kept) in record.kept.iter().enumerate() {
+            header += &format!("{kept} refs/heads/kept/{}\n", i + 1);
+        }
+        header += "\n";
+        out.write_all(header.as_bytes()).map_err(io)?;
+
+        let mut pack = HashingWriter {
+            out,
+            hasher: gix_hash::hasher(HASH),
+            written: 0,
+        };
+        pack.write_all(b"PACK").map_err(io)?;
+        pack.write_all(&2u32.to_be_bytes()).map_err(io)?;
+        pack.write_all(&(objects.len() as u32).to_be_bytes())
+            .map_err(io)?;
+        for oid in &objects {
+            let object = t.object(oid)?;
+            pack.write_all(&pack_entry_header(object.kind, object.size))
+                .map_err(io)?;
+            let mut z = flate2::write::ZlibEncoder::new(&mut pack, flate2::Compression::fast());
+            t.stream(oid, &mut |piece| z.write_all(piece).map_err(io))?;
+            z.finish().map_err(io)?;
+        }
+        let HashingWriter { out, hasher, .. } = pack;
+        let digest = hasher
+            .try_finalize()
+            .map_err(|_| VaultError::Corrupt("pack checksum".into()))?;
+        out.write_all(digest.as_bytes()).map_err(io)?;
+        out.flush().map_err(io)?;
+        Ok(objects.len() as u64)
+    }
+
     /// Runs `change` on the head's tree and commits the result, all in one transaction.
     fn mutate(
         &self,
@@ -1205,6 +1287,46 @@ fn apply<'s>(
         tree.insert(key, (dir_mode(), new_child));
     }
     t.put_tree(&tree)
+}
+
+/// A writer that hashes what passes through it (the pack's trailing checksum).
+struct HashingWriter<'w> {
+    out: &'w mut dyn std::io::Write,
+    hasher: gix_hash::Hasher,
+    written: u64,
+}
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The pack entry header: type and size, little-endian base-128 after the first nibble.
+fn pack_entry_header(kind: ObjectKind, size: u64) -> Vec<u8> {
+    let type_bits: u8 = match kind {
+        ObjectKind::Commit => 1,
+        ObjectKind::Tree => 2,
+        ObjectKind::Blob => 3,
+        ObjectKind::Tag => 4,
+    };
+    let mut out = Vec::with_capacity(10);
+    let mut byte = (type_bits << 4) | (size & 0x0f) as u8;
+    let mut rest = size >> 4;
+    while rest > 0 {
+        out.push(byte | 0x80);
+        byte = (rest & 0x7f) as u8;
+        rest >>= 7;
+    }
+    out.push(byte);
+    out
 }
 
 /// Finds the commit `prefix` names among everything reachable from the vault's tips.

@@ -416,7 +416,38 @@ pub(crate) fn vaults(
                 format!("Vault {name} is now at commit {} ({})\n", c.oid, c.message)
             });
         }
-        VaultsCommand::Export { name, destination } => {
+        VaultsCommand::Export {
+            name,
+            destination,
+            bundle: true,
+        } => {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let file = std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(destination)
+                .map_err(|e| CliError::io(destination.display(), e))?;
+            let mut file = tokio::fs::File::from_std(file);
+            let result = runtime()?
+                .block_on(client.download(&Request::VaultsExportBundle(name.clone()), &mut file));
+            if let Err(e) = result {
+                drop(file);
+                let _ = std::fs::remove_file(destination);
+                return Err(e.into());
+            }
+            let _ = out.emit(json!({ "vault": name, "bundle": destination }), || {
+                format!(
+                    "Exported the history of {name} as a git bundle: {}\n",
+                    destination.display()
+                )
+            });
+        }
+        VaultsCommand::Export {
+            name,
+            destination,
+            bundle: false,
+        } => {
             if destination.exists() {
                 return Err(CliError::usage(format!(
                     "{} already exists",

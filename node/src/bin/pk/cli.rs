@@ -160,12 +160,16 @@ pub(crate) enum VaultsCommand {
         #[arg(value_name = "VERSION")]
         version_id: String,
     },
-    /// Export a vault's current version as a plain directory.
+    /// Export a vault for your own backup: its current version as a plain directory, or
+    /// (--bundle) its whole history as a git bundle that `git clone` reads.
     Export {
         /// The vault.
         name: String,
-        /// A directory to create (must not exist).
+        /// A directory (or, with --bundle, a file) to create; it must not exist.
         destination: PathBuf,
+        /// Write a git bundle with the whole history instead of a directory.
+        #[arg(long)]
+        bundle: bool,
     },
 }
 
