@@ -6,15 +6,59 @@ use crate::harness::{World, recovery_code};
 
 const PASS: &str = "correct horse battery staple";
 
-/// A node with a soft keyslot (cheap Argon2id), and a running, unlocked agent.
+/// A node with a running, unlocked agent: a soft keyslot (cheap Argon2id), or a PIN-less
+/// TPM keyslot on its own swtpm.
 struct Node {
     w: World,
     node: PathBuf,
     pass: PathBuf,
     _agent: crate::harness::AgentGuard,
+    _tpm: Option<hsm::sim::Swtpm>,
 }
 
+/// Runs a test body once with each kind of node.
+macro_rules! with_soft_and_tpm {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn soft() {
+                super::$name(super::Node::soft());
+            }
+
+            #[test]
+            fn tpm() {
+                super::$name(super::Node::tpm());
+            }
+        }
+    )*};
+}
+
+with_soft_and_tpm!(
+    vaults_history_and_versions,
+    secrets_commands,
+    secrets_env,
+    raw_database_holds_no_plaintext
+);
+
 impl Node {
+    fn tpm() -> Node {
+        let w = World::new();
+        let tpm = w.swtpm("tpm");
+        let node = w.path("node");
+        let pass = w.secret_file("pass", PASS);
+        let tcti = tpm.tcti();
+        w.pk(&node, &["--tcti", &tcti, "init", "--token", "tpm"])
+            .ok();
+        let agent = w.agent(&node, &["--tcti", &tcti]);
+        Node {
+            w,
+            node,
+            pass,
+            _agent: agent,
+            _tpm: Some(tpm),
+        }
+    }
+
     fn soft() -> Node {
         let w = World::new();
         let node = w.path("node");
@@ -40,6 +84,7 @@ impl Node {
             node,
             pass,
             _agent: agent,
+            _tpm: None,
         }
     }
 
@@ -154,9 +199,7 @@ fn agent_lifecycle_and_keys() {
     assert!(!audit.contains("wrong passphrase!"));
 }
 
-#[test]
-fn vaults_history_and_versions() {
-    let n = Node::soft();
+fn vaults_history_and_versions(n: Node) {
     n.pk(&["vaults", "create", "work"]).ok();
     n.pk(&["vaults", "create", "work"])
         .fails(73, "already exists");
@@ -221,9 +264,7 @@ fn vaults_history_and_versions() {
     assert_eq!(n.json(&["vaults", "list"]), serde_json::json!([]));
 }
 
-#[test]
-fn secrets_commands() {
-    let n = Node::soft();
+fn secrets_commands(n: Node) {
     n.pk(&["vaults", "create", "v"]).ok();
     let file = n.file("in", b"from a file");
     n.pk(&["secrets", "create", s(&file), "v:a/b/c"]).ok();
@@ -329,9 +370,7 @@ fn secrets_commands() {
         .fails(66, "no vault named");
 }
 
-#[test]
-fn secrets_env() {
-    let n = Node::soft();
+fn secrets_env(n: Node) {
     n.pk(&["vaults", "create", "v"]).ok();
     n.stdin(&["secrets", "write", "v:env/DB_PASSWORD"], b"it's secret")
         .ok();
@@ -534,9 +573,7 @@ fn audit_log_records_and_filters() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("vault.deleted"));
 }
 
-#[test]
-fn raw_database_holds_no_plaintext() {
-    let n = Node::soft();
+fn raw_database_holds_no_plaintext(n: Node) {
     n.pk(&["vaults", "create", "planted-vault-name"]).ok();
     n.stdin(
         &[
