@@ -5,17 +5,17 @@
 //! passphrase kept in a file next to the node (development only, and it says so). The
 //! first run initialises the node and prints its recovery code once; later runs unlock
 //! the same node. On a terminal it stays up, with the TPM running, until Ctrl-C, so `pk`
-//! can be pointed at it; otherwise it exits after unlocking.
+//! can be pointed at it; otherwise it exits after unlocking. The node's agent runs in this
+//! process, so `pk` commands work against the development node while it is up.
 //!
 //! The appliance's admin console does not exist yet; when it does, this command will
 //! start it and print its address.
 
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use hsm::sim::Swtpm;
 use hsm::soft::{Argon2Params, SoftProtector};
@@ -66,41 +66,31 @@ fn run() -> Result<(), String> {
             None
         }
     };
-    let protector: Box<dyn Protector> = match &swtpm {
-        Some(tpm) => Box::new(TpmProtector::new(tpm.tcti(), None)),
-        None => Box::new(SoftProtector::new(
-            dev_passphrase(&base)?,
+    let dev_secret = match &swtpm {
+        Some(_) => None,
+        None => Some(dev_passphrase(&base)?),
+    };
+    let protector: Box<dyn Protector> = match (&swtpm, &dev_secret) {
+        (Some(tpm), _) => Box::new(TpmProtector::new(tpm.tcti(), None)),
+        (None, secret) => Box::new(SoftProtector::new(
+            secret.clone().unwrap_or_else(|| Pin::from("")),
             Argon2Params::DEFAULT,
         )),
     };
 
-    let start = Instant::now();
-    let (keyslots, slot) = if node.keyslots().exists() {
-        let keyslots = Keyslots::open(&node).map_err(|e| e.to_string())?;
-        let unlocked = keyslots.unlock(protector.as_ref(), None).map_err(|e| {
-            format!(
-                "{e}\n  This node was made with another token. Remove {} to start over.",
-                base.display()
-            )
-        })?;
-        say!(
-            "  unlocked the data key through keyslot {} in {:.0?}",
-            unlocked.slot,
-            start.elapsed()
-        );
-        (keyslots, unlocked.slot)
+    // An existing node is unlocked by its agent below; a new one is made here.
+    let keyslots = if node.keyslots().exists() {
+        Keyslots::open(&node).map_err(|e| e.to_string())?
     } else {
         let init =
             Keyslots::init(&node, protector.as_ref(), "pk-dev").map_err(|e| e.to_string())?;
         say!("  initialised a new node; recovery code (shown once, development only):");
         say!("    {}", init.recovery_code.to_words().as_str());
-        let slot = init.unlocked.slot;
-        (init.keyslots, slot)
+        init.keyslots
     };
     for s in keyslots.slots() {
-        let mark = if s.header.id == slot { "*" } else { " " };
         say!(
-            "  {mark} keyslot {}: {} ({}) {:?}",
+            "    keyslot {}: {} ({}) {:?}",
             s.header.id,
             s.header.kind,
             if s.is_hardware() {
@@ -111,19 +101,81 @@ fn run() -> Result<(), String> {
             s.header.label
         );
     }
-    say!("  admin console: not available yet (the appliance daemon will serve it)");
-    let tcti = swtpm.as_ref().map(|t| t.tcti()).unwrap_or_default();
-    say!(
-        "  try: PK_NODE_PATH={node} PK_TPM_TCTI={tcti} cargo run -q -p node --bin pk -- keyslots list"
-    );
-
-    if !once && std::io::stdin().is_terminal() {
-        say!("pk-dev: running; press Ctrl-C (or Enter) to stop");
-        let mut byte = [0u8; 1];
-        let _ = std::io::stdin().read(&mut byte);
-    }
+    let tcti = swtpm.as_ref().map(|t| t.tcti());
+    serve(&node, tcti.clone(), dev_secret.as_ref(), once)?;
     drop(swtpm);
     Ok(())
+}
+
+/// Runs the node's agent in this process (unlocked through the TPM, or with the
+/// development passphrase), prints where it is, and serves until Ctrl-C; with `--once`
+/// (or without a terminal) it stops again right away.
+fn serve(
+    node: &NodePath,
+    tcti: Option<String>,
+    secret: Option<&Pin>,
+    once: bool,
+) -> Result<(), String> {
+    use node::api::{Reply, Request, UnlockParams, WireSecret};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let config = node::agent::AgentConfig {
+        node: node.clone(),
+        tokens: node::tokens::TokenConfig {
+            tcti: tcti.clone(),
+            pkcs11_module: None,
+        },
+    };
+    rt.block_on(async move {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let agent = tokio::spawn(node::agent::run(config, move || {
+            let _ = ready_tx.send(());
+        }));
+        if ready_rx.await.is_err() {
+            return match agent.await {
+                Ok(Err(e)) => Err(e.to_string()),
+                _ => Err("the agent did not start".into()),
+            };
+        }
+        let client = node::client::Client::new(node);
+        if let Some(secret) = secret {
+            let unlock = UnlockParams {
+                slot: None,
+                kind: Some(hsm::Kind::Soft),
+                secret: Some(WireSecret(secret.expose().to_vec())),
+            };
+            client.call(&Request::Unlock(unlock)).await.map_err(|e| e.to_string())?;
+        }
+        match client.call(&Request::Status).await.map_err(|e| e.to_string())? {
+            Reply::Status(status) => {
+                say!("  agent: {} (pid {}) on {}", status.state, status.pid, node.agent_socket().display());
+                if let Some(slot) = status.unlocked_with {
+                    say!("  unlocked through keyslot {slot}");
+                } else {
+                    say!("  the agent could not unlock this node; if it was made with another token, remove {} to start over", node.dir().display());
+                }
+                if let Some(id) = status.node_id {
+                    say!("  NodeId: {id}");
+                }
+            }
+            _ => return Err("unexpected reply".into()),
+        }
+        say!("  admin console: not available yet (the appliance daemon will serve it)");
+        let tcti_env = tcti.map(|t| format!(" PK_TPM_TCTI={t}")).unwrap_or_default();
+        say!("  try: PK_NODE_PATH={node}{tcti_env} cargo run -q -p node --bin pk -- vaults list");
+        if once || !std::io::stdin().is_terminal() {
+            client.call(&Request::Stop).await.map_err(|e| e.to_string())?;
+        } else {
+            say!("pk-dev: running; press Ctrl-C to stop");
+        }
+        match agent.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the agent stopped unexpectedly".into()),
+        }
+    })
 }
 
 /// The development node's passphrase when no TPM simulator is available: generated once
