@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ReadTx, StoreError, Table, WriteTx};
+use crate::store::{Read as _, ReadTx, StoreError, Table, WriteTx};
 
 /// One audit event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

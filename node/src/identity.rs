@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::store::{StoreError, Table, WriteTx};
+use crate::store::{Read as _, StoreError, Table, WriteTx};
 
 const ENCRYPT_INFO: &[u8] = b"pk keys encrypt v1";
 const ENCRYPT_VERSION: u8 = 1;

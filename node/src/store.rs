@@ -200,7 +200,8 @@ fn get_from(
     }
 }
 
-type Rows = Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>;
+/// Decrypted rows: key and value.
+pub type Rows = Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>;
 type Row<'a> = (
     redb::AccessGuard<'a, &'static [u8]>,
     redb::AccessGuard<'a, &'static [u8]>,
@@ -236,44 +237,51 @@ fn range_from(
 pub trait Read {
     /// The value at `key`, decrypted.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
-}
-
-impl Read for ReadTx<'_> {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        ReadTx::get(self, table, key)
-    }
-}
-
-impl Read for WriteTx<'_> {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        WriteTx::get(self, table, key)
-    }
-}
-
-/// A read-only snapshot.
-pub struct ReadTx<'s> {
-    tx: redb::ReadTransaction,
-    store: &'s Store,
-}
-
-impl ReadTx<'_> {
-    /// The value at `key`, decrypted.
-    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let t = self.tx.open_table(table.definition()).map_err(db)?;
-        get_from(self.store, table, &t, key)
-    }
 
     /// Up to `limit` rows from `from` onwards (or backwards from `from` when `reverse`).
-    pub fn range(
+    fn range(
         &self,
         table: Table,
         from: &[u8],
         limit: usize,
         reverse: bool,
-    ) -> Result<Rows, StoreError> {
-        let t = self.tx.open_table(table.definition()).map_err(db)?;
-        range_from(self.store, table, &t, from, limit, reverse)
-    }
+    ) -> Result<Rows, StoreError>;
+}
+
+/// Both transaction kinds read the same way; only the table type differs.
+macro_rules! impl_read {
+    ($tx:ident) => {
+        impl Read for $tx<'_> {
+            fn get(
+                &self,
+                table: Table,
+                key: &[u8],
+            ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+                let t = self.tx.open_table(table.definition()).map_err(db)?;
+                get_from(self.store, table, &t, key)
+            }
+
+            fn range(
+                &self,
+                table: Table,
+                from: &[u8],
+                limit: usize,
+                reverse: bool,
+            ) -> Result<Rows, StoreError> {
+                let t = self.tx.open_table(table.definition()).map_err(db)?;
+                range_from(self.store, table, &t, from, limit, reverse)
+            }
+        }
+    };
+}
+
+impl_read!(ReadTx);
+impl_read!(WriteTx);
+
+/// A read-only snapshot.
+pub struct ReadTx<'s> {
+    tx: redb::ReadTransaction,
+    store: &'s Store,
 }
 
 /// The write transaction: all of one mutation, or none of it.
@@ -283,24 +291,6 @@ pub struct WriteTx<'s> {
 }
 
 impl WriteTx<'_> {
-    /// The value at `key`, decrypted, as this transaction sees it.
-    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let t = self.tx.open_table(table.definition()).map_err(db)?;
-        get_from(self.store, table, &t, key)
-    }
-
-    /// Up to `limit` rows from `from` onwards (or backwards when `reverse`).
-    pub fn range(
-        &self,
-        table: Table,
-        from: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Rows, StoreError> {
-        let t = self.tx.open_table(table.definition()).map_err(db)?;
-        range_from(self.store, table, &t, from, limit, reverse)
-    }
-
     /// Seals and stores `value` at `key`.
     pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         let sealed = self.store.key(table).seal(&table.aad(key), value);

@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 
 use crate::audit;
 use crate::identity::NodeId;
-use crate::store::{Read, Store, StoreError, Table, WriteTx};
+use crate::store::{Read, ReadTx, Store, StoreError, Table, WriteTx};
 
 const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
 const MAX_NAME: usize = 255;
@@ -871,35 +871,17 @@ impl<'s> Vaults<'s> {
         path: &SecretPath,
         sink: &mut dyn FnMut(&[u8]) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
-        let mut tx = self.store.read()?;
-        let record = self.record(&tx, name)?;
-        let t = Tx {
-            store: self.store,
-            tx: &mut tx,
-            vault: record.id,
-        };
-        let root = t.commit_tree(&parse_oid(&record.head)?)?;
-        match t.lookup(&root, path)? {
-            None => Err(VaultError::NotFound(format!("{name}:{path}"))),
-            Some((mode, _)) if mode.is_tree() => Err(VaultError::IsDir(format!("{name}:{path}"))),
-            Some((_, oid)) => t.stream(&oid, sink).map(|_| ()),
-        }
+        self.at_head(name, path, |t, _, found| match found {
+            (mode, _) if mode.is_tree() => Err(VaultError::IsDir(format!("{name}:{path}"))),
+            (_, oid) => t.stream(&oid, sink).map(|_| ()),
+        })
     }
 
     /// Lists a directory at the head (the root when `path` is empty).
     pub fn list_dir(&self, name: &str, path: &SecretPath) -> Result<Vec<Entry>, VaultError> {
-        let mut tx = self.store.read()?;
-        let record = self.record(&tx, name)?;
-        let t = Tx {
-            store: self.store,
-            tx: &mut tx,
-            vault: record.id,
-        };
-        let root = t.commit_tree(&parse_oid(&record.head)?)?;
-        match t.lookup(&root, path)? {
-            None => Err(VaultError::NotFound(format!("{name}:{path}"))),
-            Some((mode, _)) if !mode.is_tree() => Err(VaultError::NotDir(format!("{name}:{path}"))),
-            Some((_, oid)) => Ok(t
+        self.at_head(name, path, |t, _, found| match found {
+            (mode, _) if !mode.is_tree() => Err(VaultError::NotDir(format!("{name}:{path}"))),
+            (_, oid) => Ok(t
                 .tree(&oid)?
                 .into_iter()
                 .map(|(n, (mode, _))| Entry {
@@ -911,11 +893,21 @@ impl<'s> Vaults<'s> {
                     },
                 })
                 .collect()),
-        }
+        })
     }
 
-    /// Describes a secret or directory at the head.
-    pub fn stat(&self, name: &str, path: &SecretPath) -> Result<Stat, VaultError> {
+    /// Looks `path` up at the vault's head in one snapshot and hands what is there to
+    /// `f`; a missing path is `NotFound`.
+    fn at_head<T>(
+        &self,
+        name: &str,
+        path: &SecretPath,
+        f: impl FnOnce(
+            &Tx<'_, '_, ReadTx<'_>>,
+            &VaultRecord,
+            (EntryMode, ObjectId),
+        ) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
         let mut tx = self.store.read()?;
         let record = self.record(&tx, name)?;
         let t = Tx {
@@ -924,19 +916,26 @@ impl<'s> Vaults<'s> {
             vault: record.id,
         };
         let root = t.commit_tree(&parse_oid(&record.head)?)?;
-        let (mode, oid) = t
+        let found = t
             .lookup(&root, path)?
             .ok_or_else(|| VaultError::NotFound(format!("{name}:{path}")))?;
-        let (kind, size) = if mode.is_tree() {
-            (EntryType::Dir, t.tree(&oid)?.len() as u64)
-        } else {
-            (EntryType::File, t.object(&oid)?.size)
-        };
-        Ok(Stat {
-            kind,
-            size,
-            oid: oid.to_string(),
-            commit: record.head,
+        f(&t, &record, found)
+    }
+
+    /// Describes a secret or directory at the head.
+    pub fn stat(&self, name: &str, path: &SecretPath) -> Result<Stat, VaultError> {
+        self.at_head(name, path, |t, record, (mode, oid)| {
+            let (kind, size) = if mode.is_tree() {
+                (EntryType::Dir, t.tree(&oid)?.len() as u64)
+            } else {
+                (EntryType::File, t.object(&oid)?.size)
+            };
+            Ok(Stat {
+                kind,
+                size,
+                oid: oid.to_string(),
+                commit: record.head.clone(),
+            })
         })
     }
 

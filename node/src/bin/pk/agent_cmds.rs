@@ -469,6 +469,20 @@ pub(crate) fn vaults(
     Ok(())
 }
 
+/// The entries of a directory.
+fn ls(client: &Client, vault: &str, path: &str) -> Result<Vec<node::vault::Entry>, CliError> {
+    match call(
+        client,
+        Request::SecretsLs {
+            vault: vault.to_owned(),
+            path: path.to_owned(),
+        },
+    )? {
+        Reply::Entries(entries) => Ok(entries),
+        _ => Err(unexpected()),
+    }
+}
+
 /// Writes the vault's tree below `path` into `dest` (created 0700, files 0600).
 fn export_dir(client: &Client, vault: &str, path: &str, dest: &Path) -> Result<usize, CliError> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -476,16 +490,7 @@ fn export_dir(client: &Client, vault: &str, path: &str, dest: &Path) -> Result<u
         .mode(0o700)
         .create(dest)
         .map_err(|e| CliError::io(dest.display(), e))?;
-    let Reply::Entries(entries) = call(
-        client,
-        Request::SecretsLs {
-            vault: vault.to_owned(),
-            path: path.to_owned(),
-        },
-    )?
-    else {
-        return Err(unexpected());
-    };
+    let entries = ls(client, vault, path)?;
     let mut count = 0;
     for entry in entries {
         let child = if path.is_empty() {
@@ -575,9 +580,7 @@ pub(crate) fn secrets(
         }
         SecretsCommand::Ls { path } => {
             let (vault, path) = split(path, true)?;
-            let Reply::Entries(entries) = call(&client, Request::SecretsLs { vault, path })? else {
-                return Err(unexpected());
-            };
+            let entries = ls(&client, &vault, &path)?;
             let _ = out.emit(json!(entries), || {
                 entries
                     .iter()
@@ -905,16 +908,7 @@ fn env_targets(
             out.push((name, path.to_owned()));
         }
         EntryType::Dir => {
-            let Reply::Entries(entries) = call(
-                client,
-                Request::SecretsLs {
-                    vault: vault.to_owned(),
-                    path: path.to_owned(),
-                },
-            )?
-            else {
-                return Err(unexpected());
-            };
+            let entries = ls(client, vault, path)?;
             for e in entries {
                 let child = if path.is_empty() {
                     e.name
