@@ -281,6 +281,17 @@ fn secrets_commands(n: Node) {
         .output()
         .unwrap();
     assert_eq!(out.stdout, binary);
+    // In JSON, text stays text and binary becomes base64.
+    let lines = n
+        .pk(&["--format", "json", "secrets", "cat", "v:top", "v:bin"])
+        .ok();
+    let lines: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["content"], "from stdin");
+    assert_eq!(lines[0]["secret_path"], "v:top");
+    assert!(lines[1]["content_base64"].is_string());
 
     assert_eq!(n.pk(&["secrets", "ls", "v"]).ok(), "a/\nbin\ntop\n");
     assert_eq!(n.pk(&["secrets", "ls", "v:a/b"]).ok(), "c\n");

@@ -321,7 +321,16 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
                 return Err(unexpected());
             };
             let plain = Zeroizing::new(plain);
-            out.raw(&plain)?;
+            if out.format() == Format::Json {
+                let line = Zeroizing::new(match std::str::from_utf8(&plain) {
+                    Ok(text) => json!({ "plaintext": text }).to_string(),
+                    Err(_) => json!({ "plaintext_base64": STANDARD.encode(&*plain) }).to_string(),
+                });
+                out.raw(line.as_bytes())?;
+                out.raw(b"\n")?;
+            } else {
+                out.raw(&plain)?;
+            }
         }
     }
     Ok(())
@@ -568,6 +577,20 @@ pub(crate) fn secrets(
                 .map_err(CliError::from)?;
             let (j, h) = commit_line(&reply, format!("Wrote {secret_path}"));
             let _ = out.emit(j, || h);
+        }
+        SecretsCommand::Cat { secret_paths } if out.format() == Format::Json => {
+            // One JSON object per secret; contents that are not UTF-8 come as base64.
+            for secret_path in secret_paths {
+                let (vault, path) = split(secret_path, false)?;
+                let content = read_secret(&client, &vault, &path)?;
+                let line = Zeroizing::new(match std::str::from_utf8(&content) {
+                    Ok(text) => json!({ "secret_path": secret_path, "content": text }).to_string(),
+                    Err(_) => json!({ "secret_path": secret_path, "content_base64": STANDARD.encode(&content) })
+                        .to_string(),
+                });
+                out.raw(line.as_bytes())?;
+                out.raw(b"\n")?;
+            }
         }
         SecretsCommand::Cat { secret_paths } => {
             let rt = runtime()?;
