@@ -161,6 +161,12 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
     ready();
 
     let own_uid = rustix::process::getuid().as_raw();
+    // An agent whose socket was removed (its node directory deleted or replaced) can no
+    // longer be reached: it stops instead of lingering.
+    let socket_inode = std::fs::metadata(&socket)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok();
+    let mut watch = tokio::time::interval(std::time::Duration::from_secs(2));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("installing the SIGTERM handler"))?;
     loop {
@@ -177,13 +183,25 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
                 });
             }
             _ = shared.shutdown.notified() => break,
+            _ = watch.tick() => {
+                let now = std::fs::metadata(&socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+                if now.is_none() || now != socket_inode {
+                    break;
+                }
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     lock(&shared);
-    let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(&status_path);
+    // Remove the socket and status file only if they are still ours.
+    let ours = std::fs::metadata(&socket)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok();
+    if ours.is_some() && ours == socket_inode {
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&status_path);
+    }
     Ok(())
 }
 

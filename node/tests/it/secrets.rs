@@ -9,11 +9,12 @@ const PASS: &str = "correct horse battery staple";
 /// A node with a running, unlocked agent: a soft keyslot (cheap Argon2id), or a PIN-less
 /// TPM keyslot on its own swtpm.
 struct Node {
+    // Fields drop in order: the agent must go before its directory and its TPM.
+    _agent: crate::harness::AgentGuard,
+    _tpm: Option<hsm::sim::Swtpm>,
     w: World,
     node: PathBuf,
     pass: PathBuf,
-    _agent: crate::harness::AgentGuard,
-    _tpm: Option<hsm::sim::Swtpm>,
 }
 
 /// Runs a test body once with each kind of node.
