@@ -175,6 +175,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
                 let Ok((stream, _)) = accepted else { continue };
                 let peer_ok = stream.peer_cred().map(|c| c.uid() == own_uid).unwrap_or(false);
                 if !peer_ok {
+                    tokio::spawn(refuse(stream));
                     continue;
                 }
                 let shared = shared.clone();
@@ -203,6 +204,22 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
         let _ = std::fs::remove_file(&status_path);
     }
     Ok(())
+}
+
+/// Answers a connection from another user with a refusal, and nothing else.
+async fn refuse(mut stream: UnixStream) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = read_frame::<_, Request>(&mut stream, MAX_FRAME).await;
+        let _ = write_frame(
+            &mut stream,
+            &Response::Err(ApiError::new(
+                ErrorCode::Denied,
+                "this agent belongs to another user",
+            )),
+        )
+        .await;
+    })
+    .await;
 }
 
 async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
@@ -289,10 +306,15 @@ async fn handle(
             }
             Ok(Reply::Done)
         }
-        Request::SecretsWrite { vault, path, kind } => {
+        Request::SecretsWrite {
+            vault,
+            path,
+            kind,
+            size,
+        } => {
             let checked = shared
                 .open()
-                .and_then(|open| Ok((open, parse_path(&path, false)?)));
+                .and_then(|open| Ok((open, SecretPath::parse_file(&path).map_err(vault_error)?)));
             let (open, path) = match checked {
                 Ok(ok) => ok,
                 Err(e) => {
@@ -315,7 +337,7 @@ async fn handle(
                 tokio::sync::mpsc::channel::<Result<Zeroizing<Vec<u8>>, VaultError>>(4);
             let writer = tokio::task::spawn_blocking(move || {
                 let mut pieces = std::iter::from_fn(|| rx.blocking_recv());
-                vaults(&open).write_stream(&vault, &path, &mut pieces, event)
+                vaults(&open).write_stream(&vault, &path, &mut pieces, size, event)
             });
             let received = forward_upload(stream, &tx).await;
             if received.is_err() {
@@ -331,13 +353,12 @@ async fn handle(
         }
         Request::SecretsCat { vault, path } => {
             let open = shared.open()?;
-            let path = parse_path(&path, false)?;
+            let path = SecretPath::parse_file(&path).map_err(vault_error)?;
             stream_out(stream, move |out| {
-                vaults(&open)
-                    .read_stream(&vault, &path, &mut |piece| {
-                        std::io::Write::write_all(out, piece).map_err(|_| VaultError::Interrupted)
-                    })
-                    .map_err(vault_error)?;
+                let v = vaults(&open);
+                // Record the reveal before the first byte leaves, so a reader that stops
+                // midway is on record too; a path that does not exist reveals nothing.
+                v.stat(&vault, &path).map_err(vault_error)?;
                 let mut wtx = open.store.write().map_err(store_error)?;
                 audit::append(
                     &mut wtx,
@@ -345,7 +366,11 @@ async fn handle(
                     json!({ "vault": vault, "path": path.to_string(), "via": "cli" }),
                 )
                 .map_err(store_error)?;
-                wtx.commit().map_err(store_error)
+                wtx.commit().map_err(store_error)?;
+                v.read_stream(&vault, &path, &mut |piece| {
+                    std::io::Write::write_all(out, piece).map_err(|_| VaultError::Interrupted)
+                })
+                .map_err(vault_error)
             })
             .await?;
             Ok(Reply::Done)
@@ -371,6 +396,13 @@ async fn handle(
     }
 }
 
+/// Appends one audit event in its own transaction.
+fn record(open: &Open, event: &str, fields: serde_json::Value) -> Result<(), ApiError> {
+    let mut tx = open.store.write().map_err(store_error)?;
+    audit::append(&mut tx, event, fields).map_err(store_error)?;
+    tx.commit().map_err(store_error)
+}
+
 fn vaults(open: &Open) -> Vaults<'_> {
     Vaults::new(&open.store, open.identity.node_id())
 }
@@ -381,7 +413,10 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
     let ve = vault_error;
     Ok(match request {
         Request::KeysPublic => Reply::NodeId(open.identity.node_id().to_string()),
-        Request::KeysSign(data) => Reply::Bytes(open.identity.sign(&data).to_vec()),
+        Request::KeysSign(data) => {
+            record(open, "keys.signed", json!({ "bytes": data.len() }))?;
+            Reply::Bytes(open.identity.sign(&data).to_vec())
+        }
         Request::KeysEncrypt { to, data } => {
             let to: NodeId = to.parse().map_err(|e: identity::IdentityError| {
                 ApiError::new(ErrorCode::BadInput, e.to_string())
@@ -391,12 +426,13 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
                     .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?,
             )
         }
-        Request::KeysDecrypt(data) => Reply::Bytes(
+        Request::KeysDecrypt(data) => Reply::Bytes({
+            record(open, "keys.decrypted", json!({ "bytes": data.len() }))?;
             open.identity
                 .decrypt(&data)
                 .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?
-                .to_vec(),
-        ),
+                .to_vec()
+        }),
         Request::VaultsCreate(name) => Reply::Vault(v.create(&name).map_err(ve)?),
         Request::VaultsList => Reply::Vaults(v.list().map_err(ve)?),
         Request::VaultsRename { from, to } => {
@@ -663,7 +699,12 @@ pub fn vault_error(e: VaultError) -> ApiError {
         }
         VaultError::VaultExists(_) | VaultError::Exists(_) => ErrorCode::Exists,
         VaultError::Corrupt(_) => ErrorCode::Corrupt,
-        VaultError::Store(_) => ErrorCode::Internal,
+        VaultError::Store(_) => {
+            if let VaultError::Store(inner) = e {
+                return store_error(inner);
+            }
+            ErrorCode::Internal
+        }
         _ => ErrorCode::BadInput,
     };
     ApiError::new(code, e.to_string())

@@ -127,6 +127,9 @@ pub enum Request {
         path: String,
         /// How it is recorded.
         kind: WriteKind,
+        /// The content's length, when known in advance (a file): lets the agent hash it
+        /// in one pass.
+        size: Option<u64>,
     },
     /// Read a secret; the content comes back as [`Response::Chunk`] frames.
     SecretsCat {

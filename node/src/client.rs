@@ -16,6 +16,14 @@ pub enum ClientError {
     /// No agent listens for this node.
     #[error("no agent is running for {0}: start one with `pk agent start`")]
     NotRunning(PathBuf),
+    /// The socket is there but cannot be used (permissions, another user's agent).
+    #[error("cannot reach the agent at {}: {source}", socket.display())]
+    Connect {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The agent refused the call.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -50,7 +58,10 @@ impl Client {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                     ClientError::NotRunning(self.node.clone())
                 }
-                _ => ClientError::Io(e),
+                _ => ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source: e,
+                },
             })
     }
 

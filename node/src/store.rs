@@ -100,6 +100,8 @@ fn db<E: Into<redb::Error>>(e: E) -> StoreError {
 }
 
 const CHECK_KEY: &[u8] = b"key-check";
+/// redb's page cache for the node's database.
+const CACHE_BYTES: usize = 16 << 20;
 const CHECK_VALUE: &[u8] = b"pk store v1";
 
 /// The node's encrypted database.
@@ -119,7 +121,12 @@ impl Store {
     /// Opens (or creates) the node's database with the DEK.
     pub fn open(node: &NodePath, dek: &DataKey) -> Result<Store, StoreError> {
         let path = node.dir().join(DB_FILE);
-        let database = match Database::create(&path) {
+        // redb caches up to 1 GiB by default; the agent is meant to idle in a few MiB, and
+        // its pages are ciphertext that the OS page cache keeps anyway.
+        let database = match Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse(path)),
             Err(e) => return Err(db(e)),

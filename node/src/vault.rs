@@ -162,7 +162,7 @@ pub enum VaultError {
     #[error("a vault named {0:?} already exists")]
     VaultExists(String),
     /// A vault name that cannot be used.
-    #[error("invalid vault name {name:?}: {reason}")]
+    #[error("invalid vault name \"{name}\": {reason}")]
     BadVaultName {
         /// The name.
         name: String,
@@ -170,7 +170,7 @@ pub enum VaultError {
         reason: &'static str,
     },
     /// A secret path that cannot be used.
-    #[error("invalid secret path {path:?}: {reason}")]
+    #[error("invalid secret path \"{path}\": {reason}")]
     BadPath {
         /// The path.
         path: String,
@@ -195,6 +195,9 @@ pub enum VaultError {
     /// No commit matches.
     #[error("no commit {0:?} in this vault's history")]
     NoCommit(String),
+    /// Not a commit id: 4 to 40 hex digits.
+    #[error("{0:?} is not a commit id: give 4 to 40 hex digits, or `last`")]
+    BadCommitId(String),
     /// Several commits match a short id.
     #[error("commit id {0:?} is ambiguous; give more characters")]
     AmbiguousCommit(String),
@@ -207,6 +210,9 @@ pub enum VaultError {
     /// The writer gave up midway; nothing was written.
     #[error("the upload was interrupted; nothing was written")]
     Interrupted,
+    /// The upload's length differs from the size announced.
+    #[error("the secret's size changed while it was being read; nothing was written")]
+    SizeMismatch,
     /// A stored object is damaged.
     #[error("damaged object {0} in the vault")]
     Corrupt(String),
@@ -220,8 +226,8 @@ pub enum VaultError {
 pub struct SecretPath(Vec<String>);
 
 impl SecretPath {
-    /// Parses a path inside a vault. One trailing `/` is allowed; the empty path (and
-    /// `/` on its own) is the vault root when `allow_root`.
+    /// Parses a path inside a vault. One trailing `/` is allowed (it names a directory;
+    /// see [`SecretPath::parse_file`]); the empty path is the vault root when `allow_root`.
     pub fn parse(path: &str, allow_root: bool) -> Result<SecretPath, VaultError> {
         let bad = |reason| VaultError::BadPath {
             path: path.escape_debug().to_string(),
@@ -259,6 +265,17 @@ impl SecretPath {
             }
         }
         Ok(SecretPath(parts))
+    }
+
+    /// Parses the path of a secret (a file): no trailing `/`, not the root.
+    pub fn parse_file(path: &str) -> Result<SecretPath, VaultError> {
+        if path.ends_with('/') {
+            return Err(VaultError::BadPath {
+                path: path.escape_debug().to_string(),
+                reason: "a secret's path cannot end in '/'",
+            });
+        }
+        Self::parse(path, false)
     }
 
     /// The components.
@@ -334,7 +351,15 @@ impl<'s> Tx<'_, 's, WriteTx<'s>> {
     fn put_blob_stream(
         &mut self,
         pieces: &mut dyn Iterator<Item = Result<Zeroizing<Vec<u8>>, VaultError>>,
+        size: Option<u64>,
     ) -> Result<ObjectId, VaultError> {
+        // With the size announced, the object id is hashed as the bytes arrive; without
+        // it, in a second pass over the stored chunks.
+        let mut early = size.map(|size| {
+            let mut hasher = gix_hash::hasher(HASH);
+            hasher.update(&gix_object::encode::loose_header(ObjectKind::Blob, size));
+            hasher
+        });
         let mut blob_id = [0u8; 16];
         OsRng.fill_bytes(&mut blob_id);
         let mut buffer = Zeroizing::new(Vec::with_capacity(CHUNK_SIZE));
@@ -342,6 +367,9 @@ impl<'s> Tx<'_, 's, WriteTx<'s>> {
         let mut total = 0u64;
         for piece in pieces {
             let piece = piece?;
+            if let Some(hasher) = early.as_mut() {
+                hasher.update(&piece);
+            }
             total += piece.len() as u64;
             if total > MAX_SECRET {
                 return Err(VaultError::TooLarge(MAX_SECRET));
@@ -360,6 +388,9 @@ impl<'s> Tx<'_, 's, WriteTx<'s>> {
                 rest = &rest[take..];
             }
         }
+        if size.is_some_and(|size| size != total) {
+            return Err(VaultError::SizeMismatch);
+        }
         if chunks == 0 {
             // Small enough to keep inline (at most one chunk's worth).
             return self.put(ObjectKind::Blob, &buffer);
@@ -370,15 +401,21 @@ impl<'s> Tx<'_, 's, WriteTx<'s>> {
             chunks += 1;
         }
         drop(buffer);
-        let mut hasher = gix_hash::hasher(HASH);
-        hasher.update(&gix_object::encode::loose_header(ObjectKind::Blob, total));
-        for index in 0..chunks {
-            let chunk = self
-                .tx
-                .get(Table::Objects, &self.chunk_key(&blob_id, index))?
-                .ok_or_else(|| VaultError::Corrupt("chunk".into()))?;
-            hasher.update(&chunk);
-        }
+        let hasher = match early {
+            Some(hasher) => hasher,
+            None => {
+                let mut hasher = gix_hash::hasher(HASH);
+                hasher.update(&gix_object::encode::loose_header(ObjectKind::Blob, total));
+                for index in 0..chunks {
+                    let chunk = self
+                        .tx
+                        .get(Table::Objects, &self.chunk_key(&blob_id, index))?
+                        .ok_or_else(|| VaultError::Corrupt("chunk".into()))?;
+                    hasher.update(&chunk);
+                }
+                hasher
+            }
+        };
         let oid = hasher
             .try_finalize()
             .map_err(|_| VaultError::Corrupt("hash".into()))?;
@@ -948,7 +985,8 @@ impl<'s> Vaults<'s> {
         event: &str,
     ) -> Result<CommitInfo, VaultError> {
         let piece = Zeroizing::new(content.to_vec());
-        self.write_stream(name, path, &mut std::iter::once(Ok(piece)), event)
+        let size = Some(content.len() as u64);
+        self.write_stream(name, path, &mut std::iter::once(Ok(piece)), size, event)
     }
 
     /// Writes a secret arriving in pieces, in bounded memory; one commit. An `Err` piece
@@ -958,6 +996,7 @@ impl<'s> Vaults<'s> {
         name: &str,
         path: &SecretPath,
         pieces: &mut dyn Iterator<Item = Result<Zeroizing<Vec<u8>>, VaultError>>,
+        size: Option<u64>,
         event: &str,
     ) -> Result<CommitInfo, VaultError> {
         let verb = match event {
@@ -974,7 +1013,7 @@ impl<'s> Vaults<'s> {
                 if t.lookup(&root, path)?.is_some_and(|(m, _)| m.is_tree()) {
                     return Err(VaultError::IsDir(format!("{name}:{path}")));
                 }
-                let blob = t.put_blob_stream(pieces)?;
+                let blob = t.put_blob_stream(pieces, size)?;
                 apply(t, root, path.parts(), Change::Write(blob), name, path)
             },
             json!({ "path": path.to_string() }),
@@ -1065,6 +1104,12 @@ impl<'s> Vaults<'s> {
             return Err(VaultError::BadPath {
                 path: String::new(),
                 reason: "cannot rename the vault root",
+            });
+        }
+        if to == from {
+            return Err(VaultError::BadPath {
+                path: to.to_string(),
+                reason: "it is already called that",
             });
         }
         if to.parts().starts_with(from.parts()) {
@@ -1199,6 +1244,10 @@ impl<'s> Vaults<'s> {
         let head = parse_oid(&record.head)?;
         let root = t.commit_tree(&head)?;
         let new_root = change(&mut t, root)?;
+        if new_root == root {
+            // Nothing changed (mkdir -p of an existing directory): no commit, no event.
+            return t.commit_info(&head);
+        }
         let commit = self.make_commit(&mut t, new_root, Some(head), message)?;
         let info = t.commit_info(&commit)?;
         if record.head != record.latest && !record.kept.contains(&record.latest) {
@@ -1335,8 +1384,18 @@ fn resolve<R: Read>(
     prefix: &str,
 ) -> Result<ObjectId, VaultError> {
     let prefix = prefix.to_ascii_lowercase();
-    if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(VaultError::NoCommit(prefix));
+    if prefix.len() < 4 || prefix.len() > 40 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(VaultError::BadCommitId(prefix));
+    }
+    if prefix.len() == 40 {
+        // A full id needs no search: the vault's objects are its own, so a commit object
+        // stored under this vault is one of its versions. Constant time at any history
+        // length; a prefix below walks the history.
+        let oid = parse_oid(&prefix)?;
+        return match t.object(&oid) {
+            Ok(object) if object.kind == ObjectKind::Commit => Ok(oid),
+            _ => Err(VaultError::NoCommit(prefix)),
+        };
     }
     let mut seen = HashSet::new();
     let mut queue: VecDeque<ObjectId> = std::iter::once(&record.latest)
@@ -1396,7 +1455,9 @@ mod tests {
                 .collect::<Vec<_>>()
                 .into_iter();
             let p = path(&format!("s{size}"));
-            v.write_stream("big", &p, &mut pieces, "secret.written")
+            // Half the sizes announced up front (hashed in one pass), half not (two passes).
+            let announced = (size % 2 == 0).then_some(size as u64);
+            v.write_stream("big", &p, &mut pieces, announced, "secret.written")
                 .unwrap();
             assert_eq!(
                 v.read("big", &p).unwrap().as_slice(),
@@ -1416,9 +1477,21 @@ mod tests {
         ]
         .into_iter();
         assert!(
-            v.write_stream("big", &path("broken"), &mut broken, "secret.written")
+            v.write_stream("big", &path("broken"), &mut broken, None, "secret.written")
                 .is_err()
         );
+        // So does one whose length differs from the size it announced.
+        let mut short = vec![Ok(Zeroizing::new(vec![1u8; 10]))].into_iter();
+        assert!(matches!(
+            v.write_stream(
+                "big",
+                &path("short"),
+                &mut short,
+                Some(11),
+                "secret.written"
+            ),
+            Err(VaultError::SizeMismatch)
+        ));
         assert_eq!(v.log("big", None, None).unwrap().len(), before);
         assert!(matches!(
             v.read("big", &path("broken")),

@@ -32,6 +32,7 @@ macro_rules! say {
 }
 
 fn main() -> ExitCode {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

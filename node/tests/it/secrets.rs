@@ -153,6 +153,29 @@ fn agent_lifecycle_and_keys() {
     n.pk(&["keys", "encrypt", s(&doc), "vnotanodeid"])
         .fails(64, "not a NodeId");
 
+    // Files over what one message carries are refused up front, clearly.
+    let big = n.file("big", &vec![7u8; 2 << 20]);
+    n.pk(&["keys", "sign", s(&big)])
+        .fails(64, "keys commands take files up to");
+
+    // The node's files are this user's alone.
+    for file in [
+        "db.redb",
+        "agent.json",
+        "agent.log",
+        "agent.sock",
+        "keyslots",
+    ] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(n.node.join(file)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{file} is mode {mode:o}");
+    }
+
+    // Unlocking an unlocked agent says so and checks nothing.
+    let r = n.pk_env(&["agent", "unlock"], &[("PK_PASSWORD", "anything at all")]);
+    assert!(r.stderr.contains("already unlocked"), "{}", r.stderr);
+
     // Lock: keys gone, commands refused with the locked exit code; unlock restores.
     n.pk(&["agent", "lock"]).ok();
     assert_eq!(n.json(&["agent", "status"])["state"], "locked");
@@ -190,9 +213,15 @@ fn agent_lifecycle_and_keys() {
     n.pk(&["agent", "stop"]).ok();
     assert!(fg.wait().unwrap().success());
 
-    // The audit log recorded unlocks, the lock and the failed attempt.
-    n.pk(&["agent", "start", "--password-file", s(&n.pass)])
-        .ok();
+    // The audit log recorded unlocks, the lock and the failed attempt. Started with the
+    // passphrase in the environment, the agent does not keep it in its own.
+    n.pk_env(&["agent", "start"], &[("PK_PASSWORD", PASS)]).ok();
+    let pid = crate::harness::agent_pid(&n.node).unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !environ.windows(PASS.len()).any(|w| w == PASS.as_bytes()),
+        "the agent's environment holds the passphrase"
+    );
     let audit = n.pk(&["audit", "--event", "agent"]).ok();
     for event in ["agent.unlocked", "agent.locked", "agent.unlock_failed"] {
         assert!(audit.contains(event), "{event} missing from:\n{audit}");
@@ -243,7 +272,7 @@ fn vaults_history_and_versions(n: Node) {
     n.pk(&["vaults", "version", "work", "deadbeef"])
         .fails(66, "no commit");
     n.pk(&["vaults", "version", "work", "zz"])
-        .fails(66, "no commit");
+        .fails(64, "not a commit id");
 
     n.pk(&["vaults", "rename", "work", "job"]).ok();
     n.pk(&["secrets", "cat", "work:other"])
@@ -257,7 +286,9 @@ fn vaults_history_and_versions(n: Node) {
     assert_eq!(std::fs::read(out.join("db/password")).unwrap(), b"one");
     assert_eq!(std::fs::read(out.join("other")).unwrap(), b"three");
     n.pk(&["vaults", "export", "job", s(&out)])
-        .fails(64, "already exists");
+        .fails(73, "already exists");
+    n.pk(&["vaults", "export", "job", s(&out.join("other")), "--bundle"])
+        .fails(73, "already exists");
 
     n.pk(&["vaults", "delete", "job"]).ok();
     n.pk(&["vaults", "delete", "job"])
@@ -304,7 +335,13 @@ fn secrets_commands(n: Node) {
     n.pk(&["secrets", "mkdir", "-p", "v:x/y", "v:z"]).ok();
     n.pk(&["secrets", "mkdir", "v:z"])
         .fails(73, "already exists");
+    let commits = n.json(&["vaults", "log", "v"]).as_array().unwrap().len();
     n.pk(&["secrets", "mkdir", "-p", "v:z"]).ok();
+    assert_eq!(
+        n.json(&["vaults", "log", "v"]).as_array().unwrap().len(),
+        commits,
+        "mkdir -p of an existing directory changes nothing"
+    );
     assert_eq!(n.pk(&["secrets", "ls", "v:x"]).ok(), "y/\n");
 
     let stat = n.json(&["secrets", "stat", "v:a/b/c"]);
@@ -397,7 +434,7 @@ fn secrets_env(n: Node) {
         "export API_KEY='k1'\nexport DB_PASSWORD='it'\\''s secret'\n"
     );
     let json = n
-        .pk(&["secrets", "env", "--env-format", "json", "v:env"])
+        .pk(&["secrets", "env", "v:env", "--env-format", "json"])
         .ok();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["DB_PASSWORD"], "it's secret");
@@ -421,6 +458,14 @@ fn secrets_env(n: Node) {
         n.pk(&["secrets", "env", "v:env/API_KEY=TOKEN"]).ok(),
         "export TOKEN='k1'\n"
     );
+
+    // A bare vault name means the whole vault.
+    n.pk(&["secrets", "env", "--env-invalid", "ignore", "v"])
+        .ok();
+    // cmd cannot carry quotes; % is doubled.
+    n.stdin(&["secrets", "write", "v:q/QUOTED"], b"a\"b").ok();
+    n.pk(&["secrets", "env", "--env-format", "cmd", "v:q"])
+        .fails(64, "cmd cannot take");
 
     // Invalid names: error by default, warn or ignore on request.
     n.pk(&["secrets", "env", "v:bad-name"])
@@ -515,6 +560,7 @@ fn audit_log_records_and_filters() {
         .ok();
     let newest: serde_json::Value = serde_json::from_str(newest.trim()).unwrap();
     assert_eq!(newest["event"], "vault.renamed");
+    assert_eq!(n.pk(&["audit", "--limit", "0"]).ok(), "");
     let only = n
         .pk(&["--format", "json", "audit", "-e", "secret.revealed"])
         .ok();

@@ -25,6 +25,9 @@ use crate::cli::{
 use crate::commands::{Output, unlock_flow};
 use crate::error::CliError;
 
+/// The largest file `pk keys` sends to the agent (one frame, with room for the envelope).
+const KEYS_MAX_FILE: u64 = (node::rpc::MAX_FRAME as u64 * 3 / 4) - 1024;
+
 /// A tokio runtime for talking to the agent: one thread, started per command.
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
@@ -95,8 +98,7 @@ pub(crate) fn agent(
                     .map_err(CliError::from);
             }
             start_background(cli, node, &client)?;
-            let status = status(&client)?;
-            if status.0 == "locked" {
+            if status(&client)?.0 == "locked" {
                 let keyslots = Keyslots::open(node)?;
                 match unlock_via_agent(&keyslots, &args.unlock, &client) {
                     Ok(()) => {}
@@ -106,7 +108,7 @@ pub(crate) fn agent(
                             "pk: the agent is running but locked: {e}"
                         );
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.context("the agent is running but stays locked")),
                 }
             }
             print_status(&client, out)
@@ -145,7 +147,12 @@ pub(crate) fn agent(
         }
         AgentCommand::Unlock(args) => {
             let keyslots = Keyslots::open(node)?;
-            unlock_via_agent(&keyslots, args, &client)?;
+            if status(&client)?.0 == "unlocked" {
+                // Say so rather than pretend a secret was checked.
+                let _ = writeln!(std::io::stderr(), "pk: the agent is already unlocked");
+            } else {
+                unlock_via_agent(&keyslots, args, &client)?;
+            }
             print_status(&client, out)
         }
     }
@@ -197,7 +204,6 @@ fn print_status(client: &Client, out: &Output) -> Result<(), CliError> {
 
 fn start_background(cli: &Cli, node: &NodePath, client: &Client) -> Result<(), CliError> {
     use std::os::unix::process::CommandExt as _;
-    node.create().map_err(|e| CliError::io(node, e))?;
     Keyslots::open(node)?;
     if runtime()?.block_on(client.call(&Request::Status)).is_ok() {
         return Ok(());
@@ -220,6 +226,11 @@ fn start_background(cli: &Cli, node: &NodePath, client: &Client) -> Result<(), C
     }
     let mut child = command
         .args(["agent", "start", "--foreground"])
+        // The agent must not carry the user's secrets in its environment for its whole
+        // life (readable in /proc/<pid>/environ); pk unlocks it over the socket instead.
+        .env_remove("PK_PASSWORD")
+        .env_remove("PK_PASSWORD_NEW")
+        .env_remove("PK_RECOVERY_CODE")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().map_err(|e| CliError::io("agent log", e))?)
         .stderr(log)
@@ -252,7 +263,19 @@ fn start_background(cli: &Cli, node: &NodePath, client: &Client) -> Result<(), C
 
 pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Result<(), CliError> {
     let client = Client::new(node);
-    let read = |file: &Path| std::fs::read(file).map_err(|e| CliError::io(file.display(), e));
+    // Keys operations carry their data in one message; files are limited to what fits.
+    let read = |file: &Path| {
+        let len = std::fs::metadata(file)
+            .map_err(|e| CliError::io(file.display(), e))?
+            .len();
+        if len > KEYS_MAX_FILE {
+            return Err(CliError::usage(format!(
+                "{} is {len} bytes; keys commands take files up to {KEYS_MAX_FILE} bytes (sign a hash of a larger file)",
+                file.display()
+            )));
+        }
+        std::fs::read(file).map_err(|e| CliError::io(file.display(), e))
+    };
     match command {
         KeysCommand::Public => {
             let Reply::NodeId(id) = call(&client, Request::KeysPublic)? else {
@@ -436,7 +459,12 @@ pub(crate) fn vaults(
                 .write(true)
                 .mode(0o600)
                 .open(destination)
-                .map_err(|e| CliError::io(destination.display(), e))?;
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => {
+                        CliError::exists(format!("{} already exists", destination.display()))
+                    }
+                    _ => CliError::io(destination.display(), e),
+                })?;
             let mut file = tokio::fs::File::from_std(file);
             let result = runtime()?
                 .block_on(client.download(&Request::VaultsExportBundle(name.clone()), &mut file));
@@ -458,7 +486,7 @@ pub(crate) fn vaults(
             bundle: false,
         } => {
             if destination.exists() {
-                return Err(CliError::usage(format!(
+                return Err(CliError::exists(format!(
                     "{} already exists",
                     destination.display()
                 )));
@@ -468,7 +496,8 @@ pub(crate) fn vaults(
                 json!({ "vault": name, "destination": destination, "secrets": count }),
                 || {
                     format!(
-                        "Exported {count} secrets of {name} to {}\n",
+                        "Exported {count} secret{} of {name} to {}\n",
+                        if count == 1 { "" } else { "s" },
                         destination.display()
                     )
                 },
@@ -540,12 +569,6 @@ pub(crate) fn secrets(
     out: &Output,
 ) -> Result<(), CliError> {
     let client = Client::new(node);
-    let commit_line = |reply: &Reply, what: String| -> (Value, String) {
-        match reply {
-            Reply::Commit(c) => (json!(c), format!("{what} (commit {})\n", &c.oid[..12])),
-            _ => (json!({}), format!("{what}\n")),
-        }
-    };
     match command {
         SecretsCommand::Create { file, secret_path } => {
             let (vault, path) = split(secret_path, false)?;
@@ -556,26 +579,35 @@ pub(crate) fn secrets(
                         vault,
                         path,
                         kind: WriteKind::Create,
+                        size: f.metadata().ok().map(|m| m.len()),
                     },
                     tokio::fs::File::from_std(f),
                 ))
                 .map_err(CliError::from)?;
-            let (j, h) = commit_line(&reply, format!("Created {secret_path}"));
+            let (j, h) = commit_text(&reply, format!("Created {secret_path}"));
             let _ = out.emit(j, || h);
         }
         SecretsCommand::Write { secret_path } => {
             let (vault, path) = split(secret_path, false)?;
-            let reply = runtime()?
-                .block_on(client.upload(
-                    &Request::SecretsWrite {
-                        vault,
-                        path,
-                        kind: WriteKind::Write,
-                    },
-                    tokio::io::stdin(),
-                ))
-                .map_err(CliError::from)?;
-            let (j, h) = commit_line(&reply, format!("Wrote {secret_path}"));
+            let request = Request::SecretsWrite {
+                vault,
+                path,
+                kind: WriteKind::Write,
+                size: None,
+            };
+            let rt = runtime()?;
+            let reply = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                // Typed by hand: take it all (up to Ctrl-D) before talking to the agent,
+                // so a slow typist does not hold the store's write transaction.
+                let mut typed = Zeroizing::new(Vec::new());
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut typed)
+                    .map_err(|e| CliError::io("reading the secret from the terminal", e))?;
+                rt.block_on(client.upload(&request, &typed[..]))
+            } else {
+                rt.block_on(client.upload(&request, tokio::io::stdin()))
+            }
+            .map_err(CliError::from)?;
+            let (j, h) = commit_text(&reply, format!("Wrote {secret_path}"));
             let _ = out.emit(j, || h);
         }
         SecretsCommand::Cat { secret_paths } if out.format() == Format::Json => {
@@ -659,7 +691,7 @@ pub(crate) fn secrets(
                     to: to.clone(),
                 },
             )?;
-            let (j, h) = commit_line(&reply, format!("Renamed {secret_path} to {vault}:{to}"));
+            let (j, h) = commit_text(&reply, format!("Renamed {secret_path} to {vault}:{to}"));
             let _ = out.emit(j, || h);
         }
         SecretsCommand::Rm {
@@ -684,7 +716,7 @@ pub(crate) fn secrets(
                     recursive: *recursive,
                 },
             )?;
-            let (j, h) = commit_line(&reply, format!("Removed {}", secret_paths.join(" ")));
+            let (j, h) = commit_text(&reply, format!("Removed {}", secret_paths.join(" ")));
             let _ = out.emit(j, || h);
         }
         SecretsCommand::Stat { secret_path } => {
@@ -722,7 +754,10 @@ pub(crate) fn secrets(
             let mut count = 0;
             import_dir(&client, directory, &vault, &base, &mut count)?;
             let _ = out.emit(json!({ "imported": count }), || {
-                format!("Imported {count} secrets into {destination}\n")
+                format!(
+                    "Imported {count} secret{} into {destination}\n",
+                    if count == 1 { "" } else { "s" }
+                )
             });
         }
         SecretsCommand::Env(args) => env(&client, args, out)?,
@@ -766,6 +801,7 @@ fn import_dir(
                         vault: vault.to_owned(),
                         path,
                         kind: WriteKind::Import,
+                        size: f.metadata().ok().map(|m| m.len()),
                     },
                     tokio::fs::File::from_std(f),
                 ))
@@ -855,22 +891,23 @@ fn edit(client: &Client, secret_path: &str, out: &Output) -> Result<(), CliError
                         vault,
                         path,
                         kind: WriteKind::Edit,
+                        size: Some(edited.len() as u64),
                     },
                     &edited[..],
                 ))
                 .map_err(CliError::from)?;
-            let _ = out.emit(json!(reply_commit(&reply)), || {
-                format!("Saved {secret_path}\n")
-            });
+            let (j, h) = commit_text(&reply, format!("Saved {secret_path}"));
+            let _ = out.emit(j, || h);
         }
     }
     Ok(())
 }
 
-fn reply_commit(reply: &Reply) -> Value {
+/// A write's result: the commit as JSON, and a line naming it.
+fn commit_text(reply: &Reply, what: String) -> (Value, String) {
     match reply {
-        Reply::Commit(c) => json!(c),
-        _ => Value::Null,
+        Reply::Commit(c) => (json!(c), format!("{what} (commit {})\n", &c.oid[..12])),
+        _ => (json!({}), format!("{what}\n")),
     }
 }
 
@@ -946,29 +983,14 @@ fn env_targets(
 }
 
 fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
-    let split_at = args.args.iter().position(|a| a == "--");
-    let (paths, command) = match split_at {
-        Some(i) => (&args.args[..i], &args.args[i + 1..]),
-        None => {
-            // Without `--`, everything up to the first argument that is not `vault:path` is a
-            // path; the rest is the command.
-            let i = args
-                .args
-                .iter()
-                .position(|a| !a.contains(':'))
-                .unwrap_or(args.args.len());
-            (&args.args[..i], &args.args[i..])
-        }
-    };
-    if paths.is_empty() {
-        return Err(CliError::usage("give at least one vault:path"));
-    }
-    let mut vars: BTreeMap<String, Zeroizing<String>> = BTreeMap::new();
+    // First decide every variable (names checked, duplicates resolved), then read only
+    // the secrets that will be used: a refusal reveals nothing.
+    let mut chosen: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
-    for spec in paths {
+    for spec in &args.paths {
         let (spec, rename) = match spec.rsplit_once('=') {
-            Some((p, n)) => (p, Some(n.to_owned())),
-            None => (spec.as_str(), None),
+            Some((p, n)) if valid_env_name(n) => (p, Some(n.to_owned())),
+            _ => (spec.as_str(), None),
         };
         let (vault, path) = split(spec, true)?;
         let mut targets = Vec::new();
@@ -984,20 +1006,20 @@ fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
                 match args.env_invalid {
                     EnvInvalid::Error => {
                         return Err(CliError::usage(format!(
-                            "{name:?} is not a valid environment variable name"
+                            "{name:?} ({vault}:{secret}) is not a valid environment variable name"
                         )));
                     }
                     EnvInvalid::Warn => {
                         let _ = writeln!(
                             std::io::stderr(),
-                            "pk: skipping {name:?}: not a valid environment variable name"
+                            "pk: skipping {vault}:{secret}: {name:?} is not a valid environment variable name"
                         );
                         continue;
                     }
                     EnvInvalid::Ignore => continue,
                 }
             }
-            if vars.contains_key(&name) {
+            if chosen.contains_key(&name) {
                 match args.env_duplicate {
                     EnvDuplicate::Keep => continue,
                     EnvDuplicate::Overwrite => {}
@@ -1016,25 +1038,39 @@ fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
             } else {
                 order.push(name.clone());
             }
-            let value = read_secret(client, &vault, &secret)?;
-            let text = String::from_utf8(value.to_vec()).map_err(|_| {
-                CliError::usage(format!(
-                    "{vault}:{secret} is not text; it cannot be an environment variable"
-                ))
-            })?;
-            vars.insert(name, Zeroizing::new(text));
+            chosen.insert(name, (vault.clone(), secret));
         }
     }
-    if !command.is_empty() {
+    let mut vars: BTreeMap<String, Zeroizing<String>> = BTreeMap::new();
+    for (name, (vault, secret)) in &chosen {
+        let value = read_secret(client, vault, secret)?;
+        let text = String::from_utf8(value.to_vec()).map_err(|_| {
+            CliError::usage(format!(
+                "{vault}:{secret} is not text; it cannot be an environment variable"
+            ))
+        })?;
+        vars.insert(name.clone(), Zeroizing::new(text));
+    }
+    if let Some((program, rest)) = args.command.split_first() {
         use std::os::unix::process::CommandExt as _;
-        let err = std::process::Command::new(&command[0])
-            .args(&command[1..])
+        let err = std::process::Command::new(program)
+            .args(rest)
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .exec();
-        return Err(CliError::io(format!("cannot run {}", command[0]), err));
+        return Err(CliError::io(format!("cannot run {program}"), err));
     }
     let quote_sh = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
     let quote_ps = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let quote_cmd = |k: &str, v: &str| -> Result<String, CliError> {
+        // Inside `set "NAME=value"` only `%` expands; a quote or a line break cannot be
+        // written safely at all.
+        if v.contains(['"', '\n', '\r']) {
+            return Err(CliError::usage(format!(
+                "{k} holds a quote or a line break, which cmd cannot take; use another --env-format"
+            )));
+        }
+        Ok(format!("set \"{k}={}\"\n", v.replace('%', "%%")))
+    };
     let text: Zeroizing<String> = Zeroizing::new(match (out.format(), args.env_format) {
         (Format::Json, _) | (_, EnvFormat::Json) => {
             let map: serde_json::Map<String, Value> = order
@@ -1049,8 +1085,8 @@ fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
             .collect(),
         (_, EnvFormat::Cmd) => order
             .iter()
-            .map(|k| format!("set \"{k}={}\"\n", vars[k].as_str()))
-            .collect(),
+            .map(|k| quote_cmd(k, &vars[k]))
+            .collect::<Result<String, _>>()?,
         (_, EnvFormat::Powershell) => order
             .iter()
             .map(|k| format!("$env:{k} = {}\n", quote_ps(&vars[k])))
@@ -1068,6 +1104,9 @@ pub(crate) fn audit(node: &NodePath, args: &AuditArgs, out: &Output) -> Result<(
         after: None,
     };
     let mut printed = 0usize;
+    if args.limit == Some(0) {
+        return Ok(());
+    }
     loop {
         let Reply::Events(events) = call(&client, Request::Audit(query.clone()))? else {
             return Err(unexpected());
@@ -1100,6 +1139,12 @@ impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::NotRunning(_) => CliError::unavailable(e.to_string()),
+            ClientError::Connect { ref source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                CliError::denied(e.to_string())
+            }
+            ClientError::Connect { .. } => CliError::unavailable(e.to_string()),
             ClientError::Api(api) => CliError::api(api),
             ClientError::Io(io) => CliError::io("output", io),
             other => CliError::internal(other.to_string()),

@@ -251,10 +251,13 @@ pub(crate) enum SecretsCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct EnvArgs {
-    /// `vault:path[=NAME]` (a directory includes every secret below it), then optionally
-    /// `-- command args...` to run with those variables.
-    #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
-    pub(crate) args: Vec<String>,
+    /// `vault`, `vault:path` or `vault:path=NAME` (a directory includes every secret
+    /// below it).
+    #[arg(required = true)]
+    pub(crate) paths: Vec<String>,
+    /// After `--`: a command to run with the variables set, instead of printing them.
+    #[arg(last = true)]
+    pub(crate) command: Vec<String>,
     /// Output format.
     #[arg(long = "env-format", value_enum, default_value_t = EnvFormat::Unix)]
     pub(crate) env_format: EnvFormat,

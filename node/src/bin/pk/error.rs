@@ -50,6 +50,16 @@ impl CliError {
         Self::new(NOPERM, message)
     }
 
+    pub(crate) fn exists(message: impl Into<String>) -> Self {
+        Self::new(CANTCREAT, message)
+    }
+
+    /// The same error, its message prefixed with what it meant for the command.
+    pub(crate) fn context(mut self, what: &str) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
     /// An error reported by the agent, with the exit code for its kind.
     pub(crate) fn api(e: ApiError) -> Self {
         let code = match e.code {

@@ -21,6 +21,9 @@ use clap::Parser as _;
 use crate::cli::Cli;
 
 fn main() -> ExitCode {
+    // Everything pk and its agent create (database, status file, log, exports) is for
+    // this user only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
