@@ -6,8 +6,9 @@ PK_BUILD_PACKAGES=(pkg-config libtss2-dev)
 # Running a node with a software TPM (the dev command, and the TPM tests).
 PK_TPM_PACKAGES=(swtpm swtpm-tools)
 # Tests: tpm2-tools to change PCRs, SoftHSM2 as the PKCS#11 token, opensc's pkcs11-tool
-# to ask the token about our key independently of our own code.
-PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc)
+# to ask the token about our key independently of our own code, git to read exported
+# bundles, openssl for the benchmark's AEAD reference figure.
+PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl)
 
 pk_install_packages() {
   local missing=() p
