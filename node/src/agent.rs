@@ -9,7 +9,10 @@
 //!   keyslots; the DEK is used to derive the store's keys and is then dropped (zeroized).
 //!   Locking drops the store and the identity, zeroizing every key.
 //! - Failed unlock attempts cannot be written to the encrypted audit log while locked;
-//!   they are kept in memory and written at the next successful unlock.
+//!   they are kept in memory and in `agent-pending.jsonl`, and written at the next
+//!   successful unlock.
+//! - Every call starts with the protocol version; a `pk` of another version is told to
+//!   restart the agent instead of being misunderstood.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,8 +25,8 @@ use zeroize::Zeroizing;
 
 use crate::NodePath;
 use crate::api::{
-    AgentStatus, ApiError, ErrorCode, KeyslotEvent, Reply, Request, Response, UnlockParams, Upload,
-    WriteKind,
+    AgentStatus, ApiError, Call, ErrorCode, KeyslotEvent, PROTOCOL, Reply, Request, Response,
+    SecretBytes, UnlockParams, Upload, WriteKind,
 };
 use crate::audit;
 use crate::identity::{self, Identity, NodeId};
@@ -96,6 +99,25 @@ struct Shared {
 }
 
 impl Shared {
+    /// Keeps an event that cannot be written while locked: in memory and in
+    /// `agent-pending.jsonl`, so that a stop before the next unlock does not lose it.
+    fn remember(&self, event: &str, fields: serde_json::Value) {
+        use std::io::Write as _;
+        let line = json!({ "event": event, "fields": fields });
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.config.node.agent_pending())
+        {
+            let _ = writeln!(file, "{line}");
+            let _ = file.sync_all();
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((event.to_owned(), fields));
+    }
+
     fn open(&self) -> Result<Arc<Open>, ApiError> {
         self.state
             .lock()
@@ -153,7 +175,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
         config,
         started: Instant::now(),
         state: Mutex::new(None),
-        pending: Mutex::new(Vec::new()),
+        pending: Mutex::new(load_pending(&node)),
         shutdown: Notify::new(),
     });
     // Unattended unlock: slots that need no secret (a TPM slot whose policy holds).
@@ -209,7 +231,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
 /// Answers a connection from another user with a refusal, and nothing else.
 async fn refuse(mut stream: UnixStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let _ = read_frame::<_, Request>(&mut stream, MAX_FRAME).await;
+        let _ = read_frame::<_, Call>(&mut stream, MAX_FRAME).await;
         let _ = write_frame(
             &mut stream,
             &Response::Err(ApiError::new(
@@ -223,8 +245,22 @@ async fn refuse(mut stream: UnixStream) {
 }
 
 async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
-    let request: Request = match read_frame(&mut stream, MAX_FRAME).await {
-        Ok(Some(r)) => r,
+    let request: Request = match read_frame::<_, Call>(&mut stream, MAX_FRAME).await {
+        Ok(Some(call)) if call.protocol == PROTOCOL => call.request,
+        Ok(Some(call)) => {
+            let _ = write_frame(
+                &mut stream,
+                &Response::Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "this agent speaks protocol {PROTOCOL}, pk speaks {}: restart the agent with this pk (pk agent stop; pk agent start)",
+                        call.protocol
+                    ),
+                )),
+            )
+            .await;
+            return;
+        }
         Ok(None) => return,
         Err(e) => {
             let _ = write_frame(
@@ -298,11 +334,7 @@ async fn handle(
                     })
                     .await?
                 }
-                Err(_) => shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((event.into(), fields)),
+                Err(_) => shared.remember(event, fields),
             }
             Ok(Reply::Done)
         }
@@ -414,24 +446,26 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
     Ok(match request {
         Request::KeysPublic => Reply::NodeId(open.identity.node_id().to_string()),
         Request::KeysSign(data) => {
-            record(open, "keys.signed", json!({ "bytes": data.len() }))?;
-            Reply::Bytes(open.identity.sign(&data).to_vec())
+            record(open, "keys.signed", json!({ "bytes": data.0.len() }))?;
+            Reply::Bytes(SecretBytes(open.identity.sign(&data.0).to_vec()))
         }
         Request::KeysEncrypt { to, data } => {
             let to: NodeId = to.parse().map_err(|e: identity::IdentityError| {
                 ApiError::new(ErrorCode::BadInput, e.to_string())
             })?;
-            Reply::Bytes(
-                identity::encrypt_to(&to, &data)
+            Reply::Bytes(SecretBytes(
+                identity::encrypt_to(&to, &data.0)
                     .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?,
-            )
+            ))
         }
         Request::KeysDecrypt(data) => Reply::Bytes({
-            record(open, "keys.decrypted", json!({ "bytes": data.len() }))?;
-            open.identity
-                .decrypt(&data)
-                .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?
-                .to_vec()
+            record(open, "keys.decrypted", json!({ "bytes": data.0.len() }))?;
+            SecretBytes(
+                open.identity
+                    .decrypt(&data.0)
+                    .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?
+                    .to_vec(),
+            )
         }),
         Request::VaultsCreate(name) => Reply::Vault(v.create(&name).map_err(ve)?),
         Request::VaultsList => Reply::Vaults(v.list().map_err(ve)?),
@@ -480,7 +514,8 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
             Reply::Stat(v.stat(&vault, &parse_path(&path, true)?).map_err(ve)?)
         }
         Request::SecretsTouch { vault, path } => {
-            Reply::MaybeCommit(v.touch(&vault, &parse_path(&path, false)?).map_err(ve)?)
+            let path = SecretPath::parse_file(&path).map_err(ve)?;
+            Reply::MaybeCommit(v.touch(&vault, &path).map_err(ve)?)
         }
         Request::Audit(query) => {
             let tx = open.store.read().map_err(store_error)?;
@@ -535,7 +570,7 @@ async fn stream_out(
             .map_err(|_| ApiError::new(ErrorCode::Internal, "the client went away"))
     });
     while let Some(piece) = rx.recv().await {
-        write_frame(stream, &Response::Chunk(piece.to_vec()))
+        write_frame(stream, &Response::Chunk(SecretBytes(piece.to_vec())))
             .await
             .map_err(frame_error)?;
     }
@@ -551,7 +586,7 @@ async fn drain(stream: &mut UnixStream) -> Result<(), ApiError> {
             .await
             .map_err(frame_error)?
         {
-            Some(Upload::Chunk(bytes)) => drop(Zeroizing::new(bytes)),
+            Some(Upload::Chunk(bytes)) => drop(bytes),
             Some(Upload::End) | None => return Ok(()),
         }
     }
@@ -576,7 +611,7 @@ async fn forward_upload(
                 .map_err(frame_error)?;
         match frame {
             Some(Upload::Chunk(bytes)) => {
-                if tx.send(Ok(Zeroizing::new(bytes))).await.is_err() {
+                if tx.send(Ok(bytes.take())).await.is_err() {
                     // The writer stopped (too large, or another error): it will say why.
                     drain(stream).await?;
                     return Ok(());
@@ -637,6 +672,7 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
+            let _ = std::fs::remove_file(shared.config.node.agent_pending());
             *shared.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(open));
             Ok(())
         }
@@ -646,18 +682,24 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0);
-                shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((
-                        "agent.unlock_failed".into(),
-                        json!({ "slot": requested_slot, "reason": e.message, "at_ms": time_ms }),
-                    ));
+                shared.remember(
+                    "agent.unlock_failed",
+                    json!({ "slot": requested_slot, "reason": e.message, "at_ms": time_ms }),
+                );
             }
             Err(e)
         }
     }
+}
+
+/// Events a previous run kept while locked (see [`Shared::remember`]).
+fn load_pending(node: &NodePath) -> Vec<(String, serde_json::Value)> {
+    std::fs::read_to_string(node.agent_pending())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|v| Some((v["event"].as_str()?.to_owned(), v["fields"].clone())))
+        .collect()
 }
 
 fn lock(shared: &Shared) {

@@ -9,13 +9,34 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::vault::{CommitInfo, Entry, Stat, VaultRecord};
 
-/// A secret in transit to the agent (PIN, passphrase, recovery code). Redacted in `Debug`.
-#[derive(Clone, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
-pub struct WireSecret(#[serde(with = "serde_bytes")] pub Vec<u8>);
+/// The protocol version: the first field of every call. `pk` and an agent of another
+/// version refuse each other with a clear error instead of misreading messages.
+pub const PROTOCOL: u32 = 1;
 
-impl std::fmt::Debug for WireSecret {
+/// What a client sends first on a connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Call {
+    /// [`PROTOCOL`] of the sender.
+    pub protocol: u32,
+    /// The request.
+    pub request: Request,
+}
+
+/// Bytes that may be secret in transit (PINs, passphrases, secret contents, plaintexts):
+/// zeroized on drop, redacted in `Debug`.
+#[derive(Clone, Default, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct SecretBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl SecretBytes {
+    /// Moves the bytes out into a zeroizing buffer.
+    pub fn take(mut self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(std::mem::take(&mut self.0))
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WireSecret(..)")
+        write!(f, "SecretBytes({} bytes)", self.0.len())
     }
 }
 
@@ -27,7 +48,7 @@ pub struct UnlockParams {
     /// Every slot of this kind (when no slot is named).
     pub kind: Option<hsm::Kind>,
     /// The PIN, passphrase or recovery code.
-    pub secret: Option<WireSecret>,
+    pub secret: Option<SecretBytes>,
 }
 
 /// A keyslot change for the audit log.
@@ -76,17 +97,16 @@ pub enum Request {
     /// This node's NodeId.
     KeysPublic,
     /// Sign bytes with the node key.
-    KeysSign(#[serde(with = "serde_bytes")] Vec<u8>),
+    KeysSign(SecretBytes),
     /// Encrypt bytes to a NodeId.
     KeysEncrypt {
         /// Recipient NodeId.
         to: String,
         /// Plaintext.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        data: SecretBytes,
     },
     /// Decrypt bytes encrypted to this node.
-    KeysDecrypt(#[serde(with = "serde_bytes")] Vec<u8>),
+    KeysDecrypt(SecretBytes),
     /// Create a vault.
     VaultsCreate(String),
     /// List vaults.
@@ -194,7 +214,7 @@ pub enum Request {
 #[derive(Clone, Serialize, Deserialize)]
 pub enum Upload {
     /// A piece of the content.
-    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    Chunk(SecretBytes),
     /// The end: commit what was sent.
     End,
 }
@@ -226,7 +246,7 @@ pub enum Reply {
     /// A NodeId.
     NodeId(String),
     /// Bytes (signature, ciphertext, plaintext).
-    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    Bytes(SecretBytes),
     /// Vault records.
     Vaults(Vec<VaultRecord>),
     /// One vault record.
@@ -290,7 +310,7 @@ impl ApiError {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
     /// A piece of a secret's content.
-    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    Chunk(SecretBytes),
     /// The call succeeded.
     Ok(Reply),
     /// The call failed.

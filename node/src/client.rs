@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::NodePath;
-use crate::api::{ApiError, Reply, Request, Response, Upload};
+use crate::api::{ApiError, Call, PROTOCOL, Reply, Request, Response, SecretBytes, Upload};
 use crate::rpc::{CHUNK, FrameError, MAX_FRAME, expect_frame, write_frame};
 
 /// Why a call to the agent failed.
@@ -68,7 +68,7 @@ impl Client {
     /// A plain call: one request, one reply.
     pub async fn call(&self, request: &Request) -> Result<Reply, ClientError> {
         let mut stream = self.connect().await?;
-        write_frame(&mut stream, request).await?;
+        write_frame(&mut stream, &call(request)).await?;
         finish(&mut stream, None::<&mut tokio::io::Sink>).await
     }
 
@@ -99,7 +99,7 @@ impl Client {
         out: &mut (impl AsyncWrite + Unpin),
     ) -> Result<Reply, ClientError> {
         let mut stream = self.connect().await?;
-        write_frame(&mut stream, request).await?;
+        write_frame(&mut stream, &call(request)).await?;
         finish(&mut stream, Some(out)).await
     }
 }
@@ -109,20 +109,28 @@ async fn send_upload(
     request: &Request,
     data: &mut (impl AsyncRead + Unpin),
 ) -> Result<(), ClientError> {
-    write_frame(stream, request).await?;
+    write_frame(stream, &call(request)).await?;
     let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
     loop {
         let n = read_full(data, &mut buf).await?;
         if n == 0 {
             break;
         }
-        write_frame(stream, &Upload::Chunk(buf[..n].to_vec())).await?;
+        write_frame(stream, &Upload::Chunk(SecretBytes(buf[..n].to_vec()))).await?;
         if n < buf.len() {
             break;
         }
     }
     write_frame(stream, &Upload::End).await?;
     Ok(())
+}
+
+/// The request, with this client's protocol version.
+fn call(request: &Request) -> Call {
+    Call {
+        protocol: PROTOCOL,
+        request: request.clone(),
+    }
 }
 
 /// Reads until `buf` is full or the input ends; the number of bytes read.
@@ -144,13 +152,10 @@ async fn finish(
 ) -> Result<Reply, ClientError> {
     loop {
         match expect_frame::<_, Response>(stream, MAX_FRAME + CHUNK).await? {
-            Response::Chunk(bytes) => {
-                let bytes = zeroize::Zeroizing::new(bytes);
-                match out.as_mut() {
-                    Some(out) => out.write_all(&bytes).await?,
-                    None => return Err(FrameError::Malformed.into()),
-                }
-            }
+            Response::Chunk(bytes) => match out.as_mut() {
+                Some(out) => out.write_all(&bytes.0).await?,
+                None => return Err(FrameError::Malformed.into()),
+            },
             Response::Ok(reply) => {
                 if let Some(out) = out.as_mut() {
                     out.flush().await?;

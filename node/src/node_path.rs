@@ -49,6 +49,11 @@ impl NodePath {
         self.0.join("agent.json")
     }
 
+    /// Audit events kept while the agent was locked, written at the next unlock.
+    pub fn agent_pending(&self) -> PathBuf {
+        self.0.join("agent-pending.jsonl")
+    }
+
     /// The log of an agent started in the background.
     pub fn agent_log(&self) -> PathBuf {
         self.0.join("agent.log")

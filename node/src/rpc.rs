@@ -44,7 +44,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     message: &T,
 ) -> Result<(), FrameError> {
-    let body = postcard::to_stdvec(message).map_err(|_| FrameError::Malformed)?;
+    // The body may carry a secret (a passphrase, a secret's content): wiped after sending.
+    let body =
+        zeroize::Zeroizing::new(postcard::to_stdvec(message).map_err(|_| FrameError::Malformed)?);
     let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
         len: body.len(),
         max: u32::MAX as usize,

@@ -848,6 +848,7 @@ impl<'s> Vaults<'s> {
             vault: record.id,
         };
         let start = match from {
+            Some("last" | "latest") => parse_oid(&record.latest)?,
             Some(prefix) => resolve(&t, &record, prefix)?,
             None => parse_oid(&record.head)?,
         };

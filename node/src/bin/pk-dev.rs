@@ -117,7 +117,7 @@ fn serve(
     secret: Option<&Pin>,
     once: bool,
 ) -> Result<(), String> {
-    use node::api::{Reply, Request, UnlockParams, WireSecret};
+    use node::api::{Reply, Request, SecretBytes, UnlockParams};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -146,7 +146,7 @@ fn serve(
             let unlock = UnlockParams {
                 slot: None,
                 kind: Some(hsm::Kind::Soft),
-                secret: Some(WireSecret(secret.expose().to_vec())),
+                secret: Some(SecretBytes(secret.expose().to_vec())),
             };
             client.call(&Request::Unlock(unlock)).await.map_err(|e| e.to_string())?;
         }

@@ -305,6 +305,17 @@ fn secrets_commands(n: Node) {
         n.pk(&["secrets", "cat", "v:a/b/c", "v:top"]).ok(),
         "from a filefrom stdin"
     );
+    // A pipe has no size until it ends: created from one, the secret is whole.
+    let piped = n.stdin(
+        &["secrets", "create", "/dev/stdin", "v:piped"],
+        b"through a pipe",
+    );
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert_eq!(n.pk(&["secrets", "cat", "v:piped"]).ok(), "through a pipe");
+    n.pk(&["secrets", "rm", "v:piped"]).ok();
+    n.pk(&["secrets", "touch", "v:t/"])
+        .fails(64, "cannot end in '/'");
+
     // Binary content survives byte for byte.
     let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     n.stdin(&["secrets", "write", "v:bin"], &binary).ok();
@@ -711,4 +722,33 @@ fn tpm_agent_unlocks_unattended() {
         "sealed by the TPM"
     );
     w.pk(&node, &["agent", "stop"]).ok();
+}
+
+#[test]
+fn failed_unlock_is_audited_even_across_a_stop() {
+    let n = Node::soft();
+    n.pk(&["agent", "lock"]).ok();
+    n.pk_env(
+        &["agent", "unlock"],
+        &[("PK_PASSWORD", "not the passphrase")],
+    )
+    .fails(77, "wrong passphrase");
+    // Stopped while still locked: the event cannot be in the encrypted log yet...
+    n.pk(&["agent", "stop"]).ok();
+    n.pk(&["agent", "start", "--password-file", s(&n.pass)])
+        .ok();
+    // ...and is written at the next unlock, once.
+    let failed = n.pk(&["audit", "-e", "agent.unlock_failed"]).ok();
+    assert_eq!(failed.lines().count(), 1, "{failed}");
+    assert!(!failed.contains("not the passphrase"));
+    n.pk(&["agent", "lock"]).ok();
+    n.pk(&["agent", "unlock", "--password-file", s(&n.pass)])
+        .ok();
+    assert_eq!(
+        n.pk(&["audit", "-e", "agent.unlock_failed"])
+            .ok()
+            .lines()
+            .count(),
+        1
+    );
 }

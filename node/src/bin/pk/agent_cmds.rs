@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use node::NodePath;
 use node::agent::{self, AgentConfig};
-use node::api::{ErrorCode, Reply, Request, UnlockParams, WireSecret, WriteKind};
+use node::api::{ErrorCode, Reply, Request, SecretBytes, UnlockParams, WriteKind};
 use node::audit::AuditQuery;
 use node::client::{Client, ClientError};
 use node::keyslots::Keyslots;
@@ -170,7 +170,7 @@ fn unlock_via_agent(
             secret: choice
                 .secret
                 .as_ref()
-                .map(|p| WireSecret(p.expose().to_vec())),
+                .map(|p| SecretBytes(p.expose().to_vec())),
         };
         call(client, Request::Unlock(params)).map(|_| ())
     })
@@ -284,10 +284,11 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
             let _ = out.emit(json!({ "node_id": id }), || format!("{id}\n"));
         }
         KeysCommand::Sign { file } => {
-            let Reply::Bytes(sig) = call(&client, Request::KeysSign(read(file)?))? else {
+            let Reply::Bytes(sig) = call(&client, Request::KeysSign(SecretBytes(read(file)?)))?
+            else {
                 return Err(unexpected());
             };
-            let sig = STANDARD.encode(sig);
+            let sig = STANDARD.encode(&sig.0);
             let _ = out.emit(json!({ "signature": sig }), || format!("{sig}\n"));
         }
         KeysCommand::Verify {
@@ -326,13 +327,13 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
                 &client,
                 Request::KeysEncrypt {
                     to: node_id.clone(),
-                    data: read(file)?,
+                    data: SecretBytes(read(file)?),
                 },
             )?
             else {
                 return Err(unexpected());
             };
-            let c = STANDARD.encode(c);
+            let c = STANDARD.encode(&c.0);
             let _ = out.emit(json!({ "ciphertext": c }), || format!("{c}\n"));
         }
         KeysCommand::Decrypt { file } => {
@@ -340,10 +341,11 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
             let data = STANDARD
                 .decode(String::from_utf8_lossy(&text).trim())
                 .map_err(|_| CliError::usage("the file does not hold base64 ciphertext"))?;
-            let Reply::Bytes(plain) = call(&client, Request::KeysDecrypt(data))? else {
+            let Reply::Bytes(plain) = call(&client, Request::KeysDecrypt(SecretBytes(data)))?
+            else {
                 return Err(unexpected());
             };
-            let plain = Zeroizing::new(plain);
+            let plain = plain.take();
             if out.format() == Format::Json {
                 let line = Zeroizing::new(match std::str::from_utf8(&plain) {
                     Ok(text) => json!({ "plaintext": text }).to_string(),
@@ -579,7 +581,7 @@ pub(crate) fn secrets(
                         vault,
                         path,
                         kind: WriteKind::Create,
-                        size: f.metadata().ok().map(|m| m.len()),
+                        size: known_size(&f),
                     },
                     tokio::fs::File::from_std(f),
                 ))
@@ -801,7 +803,7 @@ fn import_dir(
                         vault: vault.to_owned(),
                         path,
                         kind: WriteKind::Import,
-                        size: f.metadata().ok().map(|m| m.len()),
+                        size: known_size(&f),
                     },
                     tokio::fs::File::from_std(f),
                 ))
@@ -901,6 +903,15 @@ fn edit(client: &Client, secret_path: &str, out: &Output) -> Result<(), CliError
         }
     }
     Ok(())
+}
+
+/// The length of a regular file; nothing for pipes and devices, whose length is not
+/// known until they end.
+fn known_size(file: &std::fs::File) -> Option<u64> {
+    file.metadata()
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .map(|m| m.len())
 }
 
 /// A write's result: the commit as JSON, and a line naming it.
