@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use node::NodePath;
-use node::agent::{self, AgentConfig};
+use node::agent;
 use node::api::{ErrorCode, Reply, Request, SecretBytes, UnlockParams, WriteKind};
 use node::audit::AuditQuery;
 use node::client::{Client, ClientError};
 use node::keyslots::Keyslots;
-use node::tokens::TokenConfig;
 use node::vault::EntryType;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -70,7 +69,6 @@ fn time(seconds: i64) -> String {
 pub(crate) fn agent(
     cli: &Cli,
     node: &NodePath,
-    config: &TokenConfig,
     command: &AgentCommand,
     out: &Output,
 ) -> Result<(), CliError> {
@@ -78,24 +76,7 @@ pub(crate) fn agent(
     match command {
         AgentCommand::Start(args) => {
             if args.foreground {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .map_err(|e| CliError::io("cannot start the runtime", e))?;
-                let config = AgentConfig {
-                    node: node.clone(),
-                    tokens: config.clone(),
-                };
-                return rt
-                    .block_on(agent::run(config, || {
-                        let _ = writeln!(
-                            std::io::stderr(),
-                            "pk agent: ready on {}",
-                            node.agent_socket().display()
-                        );
-                    }))
-                    .map_err(CliError::from);
+                return Err(CliError::internal("the agent runs in pk-node"));
             }
             start_background(cli, node, &client)?;
             if status(&client)?.0 == "locked" {
@@ -208,8 +189,7 @@ fn start_background(cli: &Cli, node: &NodePath, client: &Client) -> Result<(), C
     if runtime()?.block_on(client.call(&Request::Status)).is_ok() {
         return Ok(());
     }
-    let exe =
-        std::env::current_exe().map_err(|e| CliError::io("cannot find the pk executable", e))?;
+    let exe = pk_node()?;
     let dir = std::fs::canonicalize(node.dir()).map_err(|e| CliError::io(node, e))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -258,6 +238,21 @@ fn start_background(cli: &Cli, node: &NodePath, client: &Client) -> Result<(), C
             )));
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The `pk-node` binary, installed next to `pk`.
+pub(crate) fn pk_node() -> Result<std::path::PathBuf, CliError> {
+    let exe =
+        std::env::current_exe().map_err(|e| CliError::io("cannot find the pk executable", e))?;
+    let node = exe.with_file_name("pk-node");
+    if node.is_file() {
+        Ok(node)
+    } else {
+        Err(CliError::unavailable(format!(
+            "{} is missing: pk-node is installed next to pk and runs init, keyslots and the agent",
+            node.display()
+        )))
     }
 }
 

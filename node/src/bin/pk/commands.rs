@@ -15,14 +15,17 @@ use node::keyslots::{Keyslot, Keyslots, Unlocked};
 use node::tokens::{TokenConfig, UnlockChoice, secret_name};
 use serde_json::{Value, json};
 
-use crate::cli::{Cli, Command, Format, KeyslotsCommand, TokenArgs, TokenKind, UnlockArgs};
+use crate::cli::{
+    AgentCommand, Cli, Command, Format, KeyslotsCommand, TokenArgs, TokenKind, UnlockArgs,
+};
 use crate::error::CliError;
 use crate::secrets::SecretSource;
 
 /// The shortest passphrase accepted for a `soft` slot.
 const MIN_PASSPHRASE: usize = 8;
 
-pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
+/// The node path, token configuration and output format the command line gives.
+fn context(cli: &Cli) -> Result<(NodePath, TokenConfig, Output), CliError> {
     let node = match &cli.node_path {
         Some(path) => NodePath::new(path),
         None => NodePath::default_location()
@@ -32,13 +35,36 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
         tcti: cli.tcti.clone(),
         pkcs11_module: cli.pkcs11_module.clone(),
     };
-    let out = Output(cli.format);
+    Ok((node, config, Output(cli.format)))
+}
+
+/// The commands served by the agent (everything `pk` runs itself).
+pub(crate) fn run_client(cli: &Cli) -> Result<(), CliError> {
+    let (node, _, out) = context(cli)?;
     match &cli.command {
-        Command::Agent(c) => return crate::agent_cmds::agent(cli, &node, &config, c, &out),
-        Command::Keys(c) => return crate::agent_cmds::keys(&node, c, &out),
-        Command::Vaults(c) => return crate::agent_cmds::vaults(&node, c, &out),
-        Command::Secrets(c) => return crate::agent_cmds::secrets(&node, c, &out),
-        Command::Audit(a) => return crate::agent_cmds::audit(&node, a, &out),
+        Command::Agent(c) => crate::agent_cmds::agent(cli, &node, c, &out),
+        Command::Keys(c) => crate::agent_cmds::keys(&node, c, &out),
+        Command::Vaults(c) => crate::agent_cmds::vaults(&node, c, &out),
+        Command::Secrets(c) => crate::agent_cmds::secrets(&node, c, &out),
+        Command::Audit(a) => crate::agent_cmds::audit(&node, a, &out),
+        Command::Init(_) | Command::Keyslots(_) => {
+            Err(CliError::internal("this command runs in pk-node"))
+        }
+    }
+}
+
+/// Every command, including those that use tokens (what `pk-node` runs).
+pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
+    let (node, config, out) = context(cli)?;
+    match &cli.command {
+        Command::Agent(AgentCommand::Start(args)) if args.foreground => {
+            return run_agent(&node, &config);
+        }
+        Command::Agent(_)
+        | Command::Keys(_)
+        | Command::Vaults(_)
+        | Command::Secrets(_)
+        | Command::Audit(_) => return run_client(cli),
         Command::Init(args) => {
             let source = SecretSource {
                 file: args.password_file.as_deref(),
@@ -146,6 +172,23 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Runs the agent in this process until it is stopped.
+fn run_agent(node: &NodePath, config: &TokenConfig) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::io("cannot start the runtime", e))?;
+    let config = node::agent::AgentConfig {
+        node: node.clone(),
+        tokens: config.clone(),
+    };
+    rt.block_on(node::agent::run(config, || {
+        eprintln!("pk agent: ready on {}", node.agent_socket().display());
+    }))
+    .map_err(CliError::from)
 }
 
 /// Creates the node's encrypted store and identity right after `init`, and records the
