@@ -37,7 +37,8 @@ const ENCRYPT_INFO: &[u8] = b"pk keys encrypt v1";
 const ENCRYPT_VERSION: u8 = 1;
 const NODE_KEY: &[u8] = b"node-key";
 
-fn base32hex() -> Encoding {
+/// Multibase base32hex, lowercase and unpadded (the `v` alphabet), as Polykey writes ids.
+pub(crate) fn base32hex() -> Encoding {
     let mut spec = Specification::new();
     spec.symbols.push_str("0123456789abcdefghijklmnopqrstuv");
     spec.encoding().expect("a valid base32hex specification")

@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 
-use data_encoding::{Encoding, Specification};
 use gix_hash::ObjectId;
 use gix_object::bstr::{BString, ByteSlice};
 use gix_object::tree::{EntryKind, EntryMode};
@@ -30,7 +29,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::audit;
-use crate::identity::NodeId;
+use crate::identity::{NodeId, base32hex};
 use crate::store::{Read, ReadTx, Store, StoreError, Table, WriteTx};
 
 const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
@@ -38,12 +37,6 @@ const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
 /// The most commits `vaults log` returns without a depth.
 pub const DEFAULT_LOG_DEPTH: usize = 1000;
-
-fn base32hex() -> Encoding {
-    let mut spec = Specification::new();
-    spec.symbols.push_str("0123456789abcdefghijklmnopqrstuv");
-    spec.encoding().expect("a valid base32hex specification")
-}
 
 /// A vault's permanent, random identifier (names can change).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -550,11 +543,16 @@ impl<R: Read> Tx<'_, '_, R> {
         Ok((kind, data))
     }
 
-    fn tree(&self, oid: &ObjectId) -> Result<TreeMap, VaultError> {
-        let (kind, data) = self.get(oid)?;
-        if kind != ObjectKind::Tree {
-            return Err(VaultError::Corrupt(oid.to_string()));
+    /// An object's bytes, which must be of `kind`.
+    fn get_as(&self, oid: &ObjectId, kind: ObjectKind) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        match self.get(oid)? {
+            (found, data) if found == kind => Ok(data),
+            _ => Err(VaultError::Corrupt(oid.to_string())),
         }
+    }
+
+    fn tree(&self, oid: &ObjectId) -> Result<TreeMap, VaultError> {
+        let data = self.get_as(oid, ObjectKind::Tree)?;
         let tree =
             TreeRef::from_bytes(&data, HASH).map_err(|_| VaultError::Corrupt(oid.to_string()))?;
         Ok(tree
@@ -565,20 +563,14 @@ impl<R: Read> Tx<'_, '_, R> {
     }
 
     fn commit_tree(&self, commit: &ObjectId) -> Result<ObjectId, VaultError> {
-        let (kind, data) = self.get(commit)?;
-        if kind != ObjectKind::Commit {
-            return Err(VaultError::Corrupt(commit.to_string()));
-        }
+        let data = self.get_as(commit, ObjectKind::Commit)?;
         let c = CommitRef::from_bytes(&data, HASH)
             .map_err(|_| VaultError::Corrupt(commit.to_string()))?;
         Ok(c.tree())
     }
 
     fn commit_info(&self, oid: &ObjectId) -> Result<CommitInfo, VaultError> {
-        let (kind, data) = self.get(oid)?;
-        if kind != ObjectKind::Commit {
-            return Err(VaultError::Corrupt(oid.to_string()));
-        }
+        let data = self.get_as(oid, ObjectKind::Commit)?;
         let c =
             CommitRef::from_bytes(&data, HASH).map_err(|_| VaultError::Corrupt(oid.to_string()))?;
         let author = c

@@ -20,24 +20,8 @@ fn kill_9_keeps_every_acknowledged_write() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(50);
     let w = Arc::new(World::new());
-    let node = w.path("node");
-    let pass = w.secret_file("pass", "correct horse battery staple");
+    let (node, pass) = w.soft_node("correct horse battery staple");
     let pass = pass.to_str().unwrap().to_owned();
-    w.pk(
-        &node,
-        &[
-            "init",
-            "--token",
-            "soft",
-            "--argon2-memory-mib",
-            "8",
-            "--argon2-passes",
-            "1",
-            "--password-file",
-            &pass,
-        ],
-    )
-    .ok();
     let _guard = w.agent(&node, &["--password-file", &pass]);
     w.pk(&node, &["vaults", "create", "v"]).ok();
 

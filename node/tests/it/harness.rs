@@ -233,6 +233,30 @@ pub(crate) fn kill9(pid: i32) {
 }
 
 impl World {
+    /// Initialises a node with a `soft` keyslot at cheap Argon2id cost (8 MiB, one pass);
+    /// returns the node's path and its passphrase file.
+    pub(crate) fn soft_node(&self, passphrase: &str) -> (PathBuf, PathBuf) {
+        let node = self.path("node");
+        let pass = self.secret_file("pass", passphrase);
+        let pass_arg = pass.to_str().expect("UTF-8 temporary path");
+        self.pk(
+            &node,
+            &[
+                "init",
+                "--token",
+                "soft",
+                "--argon2-memory-mib",
+                "8",
+                "--argon2-passes",
+                "1",
+                "--password-file",
+                pass_arg,
+            ],
+        )
+        .ok();
+        (node, pass)
+    }
+
     /// Starts the node's agent in the background with `args` (unlock options).
     pub(crate) fn agent(&self, node: &Path, args: &[&str]) -> AgentGuard {
         let mut all = vec!["agent", "start"];

@@ -62,23 +62,7 @@ impl Node {
 
     fn soft() -> Node {
         let w = World::new();
-        let node = w.path("node");
-        let pass = w.secret_file("pass", PASS);
-        w.pk(
-            &node,
-            &[
-                "init",
-                "--token",
-                "soft",
-                "--argon2-memory-mib",
-                "8",
-                "--argon2-passes",
-                "1",
-                "--password-file",
-                pass.to_str().unwrap(),
-            ],
-        )
-        .ok();
+        let (node, pass) = w.soft_node(PASS);
         let agent = w.agent(&node, &["--password-file", pass.to_str().unwrap()]);
         Node {
             w,
