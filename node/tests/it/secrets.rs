@@ -35,6 +35,7 @@ macro_rules! with_soft_and_tpm {
 }
 
 with_soft_and_tpm!(
+    keys_and_audit,
     vaults_history_and_versions,
     secrets_commands,
     secrets_env,
@@ -100,6 +101,28 @@ impl Node {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// The identity and the audit log behave the same whatever token unlocked the node.
+fn keys_and_audit(n: Node) {
+    let id = n.pk(&["keys", "public"]).ok().trim().to_owned();
+    let doc = n.file("doc", b"signed text");
+    let sig = n.pk(&["keys", "sign", s(&doc)]).ok().trim().to_owned();
+    n.pk(&["keys", "verify", s(&doc), &sig, "--node-id", &id])
+        .ok();
+    let enc = n.pk(&["keys", "encrypt", s(&doc), &id]).ok();
+    let enc = n.file("enc", enc.as_bytes());
+    assert_eq!(n.pk(&["keys", "decrypt", s(&enc)]).ok(), "signed text");
+    let events = n.pk(&["audit", "--event", "keys"]).ok();
+    assert!(
+        events.contains("keys.signed") && events.contains("keys.decrypted"),
+        "{events}"
+    );
+    assert!(
+        n.pk(&["audit", "--event", "agent.unlocked"])
+            .ok()
+            .contains("slot=0")
+    );
 }
 
 #[test]
