@@ -1,10 +1,12 @@
 //! Backend test suite: one set of tests, instantiated once per protector, against real
-//! simulators (swtpm, SoftHSM2), plus the tests only one backend can have.
+//! simulators (swtpm, SoftHSM2), plus the tests only one backend can have, and the
+//! emulated PIV card behind a private pcscd.
 //!
 //! Custom harness (libtest-mimic) so that `SOFTHSM2_CONF` is set before any thread
 //! exists: SoftHSM2 reads it once per process, at `C_Initialize`.
 
 mod fixtures;
+mod piv;
 mod pkcs11;
 mod suite;
 mod tpm;
@@ -21,6 +23,7 @@ fn main() {
     suite::trials(&mut trials);
     tpm::trials(&mut trials);
     pkcs11::trials(&mut trials);
+    piv::trials(&mut trials);
     libtest_mimic::run(&args, trials).exit();
 }
 

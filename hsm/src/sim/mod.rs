@@ -1,4 +1,5 @@
-//! Software stand-ins for hardware tokens: swtpm and SoftHSM2.
+//! Software stand-ins for hardware tokens: swtpm, SoftHSM2 and (with the `testing`
+//! feature) an emulated PIV card behind a private pcscd.
 //!
 //! Tests start one of each per test, in a temporary directory, and the local development
 //! command starts a swtpm for its node. Processes are killed when their handle drops. A
@@ -11,6 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::pkcs11::SOFTHSM2_MODULE;
+
+#[cfg(feature = "testing")]
+pub mod pcsc;
+#[cfg(feature = "testing")]
+pub mod piv;
 
 /// Why a simulator could not be started.
 #[derive(Debug, thiserror::Error)]

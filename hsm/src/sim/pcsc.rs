@@ -1,0 +1,210 @@
+//! A private pcscd with one vsmartcard `vpcd` reader, for the emulated PIV card.
+//!
+//! pcscd's client socket is global (`/run/pcscd/pcscd.comm`), so only one pcscd can run
+//! on the machine at a time: no system pcscd may be running (starting fails with a clear
+//! error when one is), and [`Pcscd::start`] waits for a machine-wide lock file so that
+//! test processes running at the same time take turns. Within one process, hold a mutex
+//! around each test as well, so that a test never sees another test's card.
+
+use std::fs::{File, TryLockError};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{SimError, io_err, require_program};
+
+/// The vpcd reader driver as Debian's `vsmartcard-vpcd` installs it.
+pub const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
+/// The TCP port vpcd listens on for the card (its channel id).
+pub const VPCD_PORT: u16 = 0x8C7B;
+/// The reader's name as PC/SC clients see it (they match "Yubico" or "YubiKey").
+pub const READER_NAME: &str = "Yubico YubiKey Virtual";
+/// pcscd's client socket.
+const PCSCD_SOCKET: &str = "/run/pcscd/pcscd.comm";
+/// How long [`Pcscd::start`] waits for another process's pcscd to go away.
+const LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// A pcscd running in the foreground with only the vpcd reader, stopped on drop.
+pub struct Pcscd {
+    child: Child,
+    log: PathBuf,
+    /// The machine-wide lock, released (closed) after the child is gone.
+    _lock: File,
+}
+
+impl Pcscd {
+    /// Writes the reader configuration into `dir` and starts pcscd with it; returns once
+    /// vpcd listens for the card on [`Pcscd::card_addr`].
+    pub fn start(dir: &Path) -> Result<Pcscd, SimError> {
+        let program = require_program("pcscd", "pcscd")?;
+        if !Path::new(VPCD_DRIVER).is_file() {
+            return Err(SimError::Missing {
+                what: format!("vpcd reader driver {VPCD_DRIVER}"),
+                package: "vsmartcard-vpcd",
+            });
+        }
+        let lock = machine_lock()?;
+        kill_stale();
+        let addr = Self::card_addr();
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Err(SimError::Start(format!(
+                "port {VPCD_PORT} is already taken: another pcscd with vpcd is running; stop it first"
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let conf = dir.join("reader.conf");
+        let text = format!(
+            "FRIENDLYNAME \"{READER_NAME}\"\nDEVICENAME /dev/null:0x{VPCD_PORT:04X}\nLIBPATH {VPCD_DRIVER}\nCHANNELID 0x{VPCD_PORT:04X}\n"
+        );
+        std::fs::write(&conf, text).map_err(io_err(format!("writing {}", conf.display())))?;
+        let log = dir.join("pcscd.log");
+        let out =
+            std::fs::File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(io_err(format!("opening {}", log.display())))?;
+        let child = Command::new(&program)
+            .arg("--foreground")
+            .arg("--config")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io_err("starting pcscd"))?;
+        let mut pcscd = Pcscd {
+            child,
+            log,
+            _lock: lock,
+        };
+        let _ = std::fs::write(pid_file(), pcscd.child.id().to_string());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = pcscd.child.try_wait() {
+                return Err(SimError::Start(format!(
+                    "pcscd exited with {status} (is another pcscd running?): {}",
+                    pcscd.log_text()
+                )));
+            }
+            let listening = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
+            if listening && Path::new(PCSCD_SOCKET).exists() {
+                return Ok(pcscd);
+            }
+            if Instant::now() > deadline {
+                return Err(SimError::Start(format!(
+                    "pcscd did not bring up the vpcd reader in 10 s: {}",
+                    pcscd.log_text()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where the card connects (vpcd on loopback).
+    pub fn card_addr() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, VPCD_PORT))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What pcscd logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+}
+
+/// Where the running test pcscd's process id is kept, next to the lock file.
+fn pid_file() -> PathBuf {
+    std::env::temp_dir().join("pk-sim-pcscd.pid")
+}
+
+/// Stops a pcscd that a test process started and left behind when it died (it holds no
+/// lock any more, since we hold it). Checks the command line, so that a reused process
+/// id never hits another program.
+fn kill_stale() {
+    let Ok(pid) = std::fs::read_to_string(pid_file()) else {
+        return;
+    };
+    let _ = std::fs::remove_file(pid_file());
+    let pid = pid.trim();
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    if !(cmdline.contains("pcscd")
+        && cmdline.contains("--config")
+        && cmdline.contains("reader.conf"))
+    {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", pid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Takes the lock file that one process at a time holds while its pcscd runs.
+fn machine_lock() -> Result<File, SimError> {
+    let path = std::env::temp_dir().join("pk-sim-pcscd.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(SimError::Start(format!(
+                    "another process held {} for {} s (a test pcscd is running)",
+                    path.display(),
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(io_err(format!("locking {}", path.display()))(e));
+            }
+        }
+    }
+}
+
+impl Drop for Pcscd {
+    fn drop(&mut self) {
+        // SIGTERM first, so that pcscd removes its socket and pid file.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_file(pid_file());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(pid_file());
+    }
+}
