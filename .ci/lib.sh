@@ -1,16 +1,16 @@
 # Shared by .ci/dev and .ci/test: the Debian packages the project needs, and installing
 # whichever of them are missing. Sourced, not run.
 
-# Building: tss-esapi links libtss2 through pkg-config.
-PK_BUILD_PACKAGES=(pkg-config libtss2-dev)
+# Building: tss-esapi links libtss2, and the yubikey crate libpcsclite, through pkg-config.
+PK_BUILD_PACKAGES=(pkg-config libtss2-dev libpcsclite-dev)
 # Running a node with a software TPM (the dev command, and the TPM tests).
 PK_TPM_PACKAGES=(swtpm swtpm-tools)
 # Tests: tpm2-tools to change PCRs, SoftHSM2 as the PKCS#11 token, opensc's pkcs11-tool
 # to ask the token about our key independently of our own code, git to read exported
 # bundles, openssl for the benchmark's AEAD reference figure; for the emulated YubiKey,
-# pcscd with the vpcd reader driver (and libpcsclite-dev to build against it), and
-# Yubico's own yubico-piv-tool and ykcs11 to cross-check the emulated card.
-PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd libpcsclite-dev vsmartcard-vpcd yubico-piv-tool ykcs11)
+# pcscd with the vpcd reader driver, and Yubico's own yubico-piv-tool and ykcs11 to
+# cross-check the emulated card.
+PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11)
 
 pk_install_packages() {
   local missing=() p

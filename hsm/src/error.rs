@@ -82,6 +82,21 @@ pub enum UnwrapError {
     /// The stored record is damaged or was altered; nothing was unwrapped.
     #[error("keyslot record is corrupt: {0}")]
     Corrupt(&'static str),
+    /// No smart-card reader at all (pcscd not running, no reader plugged in).
+    #[error("no smart-card reader found: plug in the YubiKey (and check that pcscd runs)")]
+    NoReader,
+    /// A YubiKey is there, but not the one this slot was enrolled with.
+    #[error("this keyslot belongs to the YubiKey with serial {expected_serial}; insert that one")]
+    WrongCard {
+        /// The serial of the enrolled card.
+        expected_serial: u32,
+    },
+    /// The card waited for a touch that did not come.
+    #[error("no touch: the YubiKey timed out waiting for it")]
+    TouchTimeout,
+    /// The card refused the operation when a touch was asked for.
+    #[error("the YubiKey refused the operation (touch not confirmed)")]
+    TouchDenied,
     /// The record belongs to another kind of protector.
     #[error("keyslot is of kind {found}, not {expected}")]
     WrongKind {

@@ -31,6 +31,7 @@ mod secret;
 pub mod sim;
 pub mod soft;
 pub mod tpm;
+pub mod yubikey;
 
 pub use error::{UnwrapError, WrapError};
 pub use secret::{DataKey, Pin};
@@ -50,6 +51,9 @@ pub enum Kind {
     Soft,
     /// 24-word recovery code; software only.
     Recovery,
+    /// YubiKey PIV (P-256 ECDH on the card).
+    #[serde(rename = "yubikey")]
+    YubiKey,
 }
 
 impl Kind {
@@ -58,7 +62,7 @@ impl Kind {
     /// The `soft` and `recovery` kinds are always reported as not hardware, so that a user
     /// never mistakes a passphrase for a token.
     pub fn is_hardware(self) -> bool {
-        matches!(self, Kind::Tpm | Kind::Pkcs11)
+        matches!(self, Kind::Tpm | Kind::Pkcs11 | Kind::YubiKey)
     }
 
     /// The lowercase name used on the command line and in stored records.
@@ -68,6 +72,7 @@ impl Kind {
             Kind::Pkcs11 => "pkcs11",
             Kind::Soft => "soft",
             Kind::Recovery => "recovery",
+            Kind::YubiKey => "yubikey",
         }
     }
 }
@@ -93,6 +98,9 @@ pub enum Sealed {
     Soft(soft::SoftSealed),
     /// Wrapped under a recovery code.
     Recovery(recovery::RecoverySealed),
+    /// Wrapped to a YubiKey's PIV key.
+    #[serde(rename = "yubikey")]
+    YubiKey(yubikey::YubiKeySealed),
 }
 
 impl Sealed {
@@ -103,6 +111,7 @@ impl Sealed {
             Sealed::Pkcs11(_) => Kind::Pkcs11,
             Sealed::Soft(_) => Kind::Soft,
             Sealed::Recovery(_) => Kind::Recovery,
+            Sealed::YubiKey(_) => Kind::YubiKey,
         }
     }
 
@@ -110,6 +119,7 @@ impl Sealed {
     pub fn needs_secret(&self) -> bool {
         match self {
             Sealed::Tpm(t) => t.pin,
+            Sealed::YubiKey(y) => y.pin_policy != yubikey::PinRule::Never,
             Sealed::Pkcs11(_) | Sealed::Soft(_) | Sealed::Recovery(_) => true,
         }
     }

@@ -762,7 +762,7 @@ fn keyslot_error(e: KeyslotError) -> ApiError {
         | KeyslotError::ForeignKey(_) => ErrorCode::Corrupt,
         KeyslotError::NoSuchSlot(_) | KeyslotError::NoSlotOfKind(_) => ErrorCode::BadInput,
         KeyslotError::Unwrap { source, .. } => match source {
-            U::TokenAbsent { .. } => ErrorCode::Unavailable,
+            U::TokenAbsent { .. } | U::NoReader => ErrorCode::Unavailable,
             U::PinRequired => ErrorCode::BadInput,
             U::Corrupt(_) => ErrorCode::Corrupt,
             _ => ErrorCode::Denied,

@@ -10,18 +10,30 @@ use hsm::pkcs11::Pkcs11Protector;
 use hsm::recovery::{RecoveryCode, RecoveryCodeError, RecoveryProtector};
 use hsm::soft::{Argon2Params, SoftProtector};
 use hsm::tpm::{DEFAULT_TCTI, TpmProtector};
+use hsm::yubikey::{EventSink, YubiKeyProtector};
 use hsm::{Kind, Pin, Protector, Sealed};
 
 use crate::keyslots::{KeyslotError, Keyslots, Unlocked};
 use zeroize::Zeroizing;
 
 /// Where this machine's tokens are. Overrides what slots recorded at enrolment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TokenConfig {
     /// TPM TCTI; [`DEFAULT_TCTI`] when `None`.
     pub tcti: Option<String>,
     /// PKCS#11 module to use instead of the one recorded in the slot.
     pub pkcs11_module: Option<PathBuf>,
+    /// Where YubiKey touch prompts go (a CLI prints them; the agent records them).
+    pub yubikey_events: Option<EventSink>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("tcti", &self.tcti)
+            .field("pkcs11_module", &self.pkcs11_module)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenConfig {
@@ -54,6 +66,8 @@ pub fn secret_name(sealed: &Sealed) -> Option<&'static str> {
         Sealed::Pkcs11(_) => Some("PKCS#11 token PIN"),
         Sealed::Soft(_) => Some("passphrase"),
         Sealed::Recovery(_) => Some("recovery code"),
+        Sealed::YubiKey(y) if y.pin_policy == hsm::yubikey::PinRule::Never => None,
+        Sealed::YubiKey(_) => Some("YubiKey PIN"),
         _ => Some("secret"),
     }
 }
@@ -87,6 +101,13 @@ pub fn protector_for(
             let secret = secret.ok_or(ProtectorError::SecretNeeded("recovery code"))?;
             let text = Zeroizing::new(String::from_utf8_lossy(secret.expose()).into_owned());
             Box::new(RecoveryProtector::new(RecoveryCode::parse(&text)?))
+        }
+        Sealed::YubiKey(y) => {
+            let mut p = YubiKeyProtector::new(Some(y.serial), secret);
+            if let Some(events) = &config.yubikey_events {
+                p = p.with_events(events.clone());
+            }
+            Box::new(p)
         }
         other => return Err(ProtectorError::Unsupported(other.kind())),
     })

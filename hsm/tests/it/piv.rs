@@ -53,6 +53,18 @@ pub(crate) fn trials(trials: &mut Vec<Trial>) {
             "piv::ykcs11_generates_and_signs",
             ykcs11_generates_and_signs,
         ),
+        trial(
+            "yubikey::round_trip_touch_and_pin",
+            backend_round_trip_touch_and_pin,
+        ),
+        trial(
+            "yubikey::wrong_card_and_no_reader",
+            backend_wrong_card_and_no_reader,
+        ),
+        // Real hardware only when named, as age-plugin-yubikey does; reported as ignored
+        // otherwise. Run it alone: it uses the system's pcscd.
+        trial("yubikey::real_yubikey", real_yubikey)
+            .with_ignored_flag(std::env::var_os("PK_TEST_YUBIKEY_SERIAL").is_none()),
     ]);
 }
 
@@ -402,5 +414,134 @@ fn ykcs11_generates_and_signs() -> TestResult {
         objects.contains("X.509 Certificate for Key Management"),
         "{objects}"
     );
+    Ok(())
+}
+
+/// The `yubikey` keyslot backend against the emulated card: PIN, touch (given, refused,
+/// never given), the touch prompt as an event, retries and blocking.
+fn backend_round_trip_touch_and_pin() -> TestResult {
+    use hsm::yubikey::{YubiKeyEvent, YubiKeyProtector};
+    use hsm::{DataKey, Pin, Protector as _, UnwrapError};
+    use std::sync::Arc;
+
+    let rig = Rig::start()?;
+    drop(rig.open()?); // wait until pcscd shows the card
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let good = YubiKeyProtector::new(Some(SERIAL), Some(Pin::new(PIN.to_vec()))).with_events(
+        Arc::new(move |e| sink.lock().unwrap_or_else(PoisonError::into_inner).push(e)),
+    );
+    let key = DataKey::generate();
+    let sealed = good.wrap(&key, b"aad")?;
+    let json = serde_json::to_string(&sealed)?;
+    assert!(json.contains("\"kind\":\"yubikey\""), "{json}");
+
+    // PIN and touch: the key comes back, and the touch was announced first.
+    assert_eq!(good.unwrap(&sealed, b"aad")?.expose(), key.expose());
+    assert_eq!(
+        events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first(),
+        Some(&YubiKeyEvent::TouchNeeded { serial: SERIAL })
+    );
+    assert!(good.unwrap(&sealed, b"other aad").is_err());
+
+    // Refused touch, and a touch that never comes.
+    let touch = rig.touch()?;
+    touch.set_mode(TouchMode::Deny);
+    match good.unwrap(&sealed, b"aad") {
+        Err(UnwrapError::TouchDenied) => {}
+        other => return Err(format!("expected TouchDenied, got {:?}", other.map(|_| ())).into()),
+    }
+    touch.set_mode(TouchMode::Never);
+    touch.set_timeout(Duration::from_secs(6));
+    match good.unwrap(&sealed, b"aad") {
+        Err(UnwrapError::TouchTimeout) => {}
+        other => return Err(format!("expected TouchTimeout, got {:?}", other.map(|_| ())).into()),
+    }
+    touch.set_mode(TouchMode::Approve);
+
+    // No PIN given; wrong PINs count down and block; then even the right one fails.
+    let no_pin = YubiKeyProtector::new(Some(SERIAL), None);
+    assert!(matches!(
+        no_pin.unwrap(&sealed, b"aad"),
+        Err(UnwrapError::PinRequired)
+    ));
+    let wrong = YubiKeyProtector::new(Some(SERIAL), Some(Pin::from("000000")));
+    match wrong.unwrap(&sealed, b"aad") {
+        Err(UnwrapError::WrongPin {
+            retries_left: Some(2),
+        }) => {}
+        other => {
+            return Err(format!("expected 2 retries left, got {:?}", other.map(|_| ())).into());
+        }
+    }
+    assert!(matches!(
+        wrong.unwrap(&sealed, b"aad"),
+        Err(UnwrapError::WrongPin {
+            retries_left: Some(1)
+        })
+    ));
+    assert!(matches!(
+        wrong.unwrap(&sealed, b"aad"),
+        Err(UnwrapError::PinBlocked)
+    ));
+    assert!(matches!(
+        good.unwrap(&sealed, b"aad"),
+        Err(UnwrapError::PinBlocked)
+    ));
+    Ok(())
+}
+
+/// The enrolled card missing: another card in the reader, then no reader at all.
+fn backend_wrong_card_and_no_reader() -> TestResult {
+    use hsm::yubikey::YubiKeyProtector;
+    use hsm::{DataKey, Pin, Protector as _, UnwrapError};
+
+    let mut rig = Rig::start()?;
+    drop(rig.open()?);
+    let protector = YubiKeyProtector::new(None, Some(Pin::new(PIN.to_vec())));
+    let sealed = protector.wrap(&DataKey::generate(), b"aad")?;
+    // Another YubiKey (another serial) in the reader.
+    if let Some(card) = rig.card.take() {
+        card.stop().map_err(|e| e.to_string())?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    rig.card = Some(
+        PivCard::create(&rig.dir.path().join("other.json"), SERIAL + 1)
+            .and_then(|card| card.connect(Pcscd::card_addr()))
+            .map_err(|e| e.to_string())?,
+    );
+    drop(rig.open()?);
+    match protector.unwrap(&sealed, b"aad") {
+        Err(UnwrapError::WrongCard { expected_serial }) => assert_eq!(expected_serial, SERIAL),
+        other => return Err(format!("expected WrongCard, got {:?}", other.map(|_| ())).into()),
+    }
+    // No pcscd, no reader.
+    drop(rig);
+    match protector.unwrap(&sealed, b"aad") {
+        Err(UnwrapError::NoReader) => Ok(()),
+        other => Err(format!("expected NoReader, got {:?}", other.map(|_| ())).into()),
+    }
+}
+
+/// Against a real YubiKey named by `PK_TEST_YUBIKEY_SERIAL` (PIN from
+/// `PK_TEST_YUBIKEY_PIN`, default `123456`): generates a key in retired slot 95 with the
+/// factory management key, wraps and unwraps (touch the key when asked).
+fn real_yubikey() -> TestResult {
+    use hsm::yubikey::{PinRule, TouchRule, YubiKeyProtector};
+    use hsm::{DataKey, Pin, Protector as _};
+
+    let serial: u32 = std::env::var("PK_TEST_YUBIKEY_SERIAL")?.parse()?;
+    let pin = std::env::var("PK_TEST_YUBIKEY_PIN").unwrap_or_else(|_| "123456".into());
+    let protector = YubiKeyProtector::new(Some(serial), Some(Pin::from(pin.as_str())))
+        .with_key(0x95, PinRule::Once, TouchRule::Always)
+        .with_events(std::sync::Arc::new(|event| {
+            eprintln!("{event:?}: touch the YubiKey")
+        }));
+    let key = DataKey::generate();
+    let sealed = protector.wrap(&key, b"aad")?;
+    assert_eq!(protector.unwrap(&sealed, b"aad")?.expose(), key.expose());
     Ok(())
 }

@@ -128,6 +128,7 @@ fn serve(
         tokens: node::tokens::TokenConfig {
             tcti: tcti.clone(),
             pkcs11_module: None,
+            yubikey_events: None,
         },
     };
     rt.block_on(async move {

@@ -7,3 +7,4 @@ mod crash;
 mod harness;
 mod keyslots;
 mod secrets;
+mod yubikey;

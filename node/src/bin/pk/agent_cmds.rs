@@ -145,6 +145,19 @@ fn unlock_via_agent(
     client: &Client,
 ) -> Result<(), CliError> {
     unlock_flow(keyslots, args, None, |choice| {
+        // The agent cannot reach this terminal: say here that the card waits for a touch.
+        if let Some(hsm::Sealed::YubiKey(y)) = choice
+            .slot
+            .and_then(|id| keyslots.slot(id))
+            .map(|s| &s.sealed)
+            && y.touch_policy != hsm::yubikey::TouchRule::Never
+        {
+            let _ = writeln!(
+                std::io::stderr(),
+                "Touch your YubiKey (serial {}) now",
+                y.serial
+            );
+        }
         let params = UnlockParams {
             slot: choice.slot,
             kind: choice.kind,

@@ -389,6 +389,8 @@ pub(crate) enum TokenKind {
     Pkcs11,
     /// A passphrase (Argon2id). Not hardware.
     Soft,
+    /// A YubiKey (PIV: a P-256 key generated on the card; PIN and touch).
+    Yubikey,
 }
 
 #[derive(Debug, Args)]
@@ -412,6 +414,24 @@ pub(crate) struct TokenArgs {
     /// pkcs11: the label of the token to keep the key in.
     #[arg(long = "pkcs11-token-label")]
     pub(crate) pkcs11_token_label: Option<String>,
+    /// yubikey: the card's serial number [default: the only card present].
+    #[arg(long = "yubikey-serial")]
+    pub(crate) yubikey_serial: Option<u32>,
+    /// yubikey: the PIV slot, `9d` or a retired slot `82`-`95` [default: 9d].
+    #[arg(long = "yubikey-slot", value_parser = parse_slot)]
+    pub(crate) yubikey_slot: Option<u8>,
+    /// yubikey: when the card asks for the PIN: never, once (per session), always
+    /// [default: once].
+    #[arg(long = "yubikey-pin-policy", value_parser = ["never", "once", "always"])]
+    pub(crate) yubikey_pin_policy: Option<String>,
+    /// yubikey: when the card asks for a touch: never, always, cached (15 s)
+    /// [default: always].
+    #[arg(long = "yubikey-touch-policy", value_parser = ["never", "always", "cached"])]
+    pub(crate) yubikey_touch_policy: Option<String>,
+    /// yubikey: a file holding the card's 3DES management key in hex (48 digits)
+    /// [default: the factory default key].
+    #[arg(long = "yubikey-management-key-file")]
+    pub(crate) yubikey_management_key_file: Option<PathBuf>,
     /// soft: Argon2id memory in MiB [default: 64].
     #[arg(long = "argon2-memory-mib")]
     pub(crate) argon2_memory_mib: Option<u32>,
@@ -436,6 +456,18 @@ pub(crate) struct UnlockArgs {
 
 fn parse_bank(s: &str) -> Result<PcrBank, String> {
     s.parse()
+}
+
+fn parse_slot(s: &str) -> Result<u8, String> {
+    let slot = u8::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("{s:?} is not a PIV slot (hex, e.g. 9d)"))?;
+    if slot == 0x9d || (0x82..=0x95).contains(&slot) {
+        Ok(slot)
+    } else {
+        Err(format!(
+            "slot {s} cannot hold a keyslot: use 9d or a retired slot 82-95"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use node::keyslots::KeyslotError;
 use node::keyslots::{Keyslot, Keyslots, Unlocked};
 use node::tokens::{TokenConfig, UnlockChoice, secret_name};
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use crate::cli::{
     AgentCommand, Cli, Command, Format, KeyslotsCommand, TokenArgs, TokenKind, UnlockArgs,
@@ -34,6 +35,12 @@ fn context(cli: &Cli) -> Result<(NodePath, TokenConfig, Output), CliError> {
     let config = TokenConfig {
         tcti: cli.tcti.clone(),
         pkcs11_module: cli.pkcs11_module.clone(),
+        // On the command line the touch prompt goes to the terminal.
+        yubikey_events: Some(std::sync::Arc::new(|event| {
+            if let hsm::yubikey::YubiKeyEvent::TouchNeeded { serial } = event {
+                eprintln!("Touch your YubiKey (serial {serial}) now");
+            }
+        })),
     };
     Ok((node, config, Output(cli.format)))
 }
@@ -301,6 +308,7 @@ fn default_label(token: &TokenArgs) -> String {
             token.pkcs11_token_label.as_deref().unwrap_or_default()
         ),
         TokenKind::Soft => "passphrase".into(),
+        TokenKind::Yubikey => "YubiKey".into(),
     }
 }
 
@@ -325,7 +333,53 @@ fn new_protector(
     {
         return Err(misplaced("--argon2-*", "soft"));
     }
+    if args.token != TokenKind::Yubikey
+        && (args.yubikey_serial.is_some()
+            || args.yubikey_slot.is_some()
+            || args.yubikey_pin_policy.is_some()
+            || args.yubikey_touch_policy.is_some()
+            || args.yubikey_management_key_file.is_some())
+    {
+        return Err(misplaced("--yubikey-*", "yubikey"));
+    }
     Ok(match args.token {
+        TokenKind::Yubikey => {
+            use hsm::yubikey::{PinRule, TouchRule, YubiKeyProtector};
+            let pin_rule = match args.yubikey_pin_policy.as_deref() {
+                Some("never") => PinRule::Never,
+                Some("always") => PinRule::Always,
+                _ => PinRule::Once,
+            };
+            let touch_rule = match args.yubikey_touch_policy.as_deref() {
+                Some("never") => TouchRule::Never,
+                Some("cached") => TouchRule::Cached,
+                _ => TouchRule::Always,
+            };
+            // The PIN authorises key generation now, and unlocking later (per policy).
+            let pin = source.require("YubiKey PIN", false)?;
+            let mut yk = YubiKeyProtector::new(args.yubikey_serial, Some(pin)).with_key(
+                args.yubikey_slot.unwrap_or(0x9d),
+                pin_rule,
+                touch_rule,
+            );
+            if let Some(file) = &args.yubikey_management_key_file {
+                let text = Zeroizing::new(
+                    std::fs::read_to_string(file).map_err(|e| CliError::io(file.display(), e))?,
+                );
+                let bytes = Zeroizing::new(
+                    data_encoding::HEXLOWER_PERMISSIVE
+                        .decode(text.trim().as_bytes())
+                        .map_err(|_| {
+                            CliError::usage("the management key file must hold 48 hex digits")
+                        })?,
+                );
+                let key: [u8; 24] = bytes.as_slice().try_into().map_err(|_| {
+                    CliError::usage("the management key file must hold 48 hex digits")
+                })?;
+                yk = yk.with_management_key(key);
+            }
+            Box::new(yk)
+        }
         TokenKind::Tpm => {
             let pin = if args.tpm_pin {
                 let pin = source.require("new TPM PIN", true)?;
@@ -533,6 +587,12 @@ fn details(sealed: &Sealed) -> Value {
         }),
         Sealed::Pkcs11(p) => json!({ "token_label": p.token_label, "module": p.module }),
         Sealed::Soft(s) => json!({ "argon2id": s.argon2 }),
+        Sealed::YubiKey(y) => json!({
+            "serial": y.serial,
+            "slot": format!("{:02x}", y.slot),
+            "pin_policy": y.pin_policy,
+            "touch_policy": y.touch_policy,
+        }),
         _ => json!({}),
     }
 }
@@ -571,6 +631,13 @@ fn slot_line(slot: &Keyslot) -> String {
             s.argon2.m_kib / 1024,
             s.argon2.t,
             s.argon2.p
+        ),
+        Sealed::YubiKey(y) => format!(
+            "serial {}, slot {:02x}, PIN {}, touch {}",
+            y.serial,
+            y.slot,
+            json!(y.pin_policy).as_str().unwrap_or(""),
+            json!(y.touch_policy).as_str().unwrap_or("")
         ),
         _ => String::new(),
     };

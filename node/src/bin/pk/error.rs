@@ -108,7 +108,7 @@ impl std::fmt::Display for CliError {
 
 fn unwrap_code(e: &UnwrapError) -> u8 {
     match e {
-        UnwrapError::TokenAbsent { .. } => UNAVAILABLE,
+        UnwrapError::TokenAbsent { .. } | UnwrapError::NoReader => UNAVAILABLE,
         UnwrapError::PinRequired => USAGE,
         UnwrapError::Corrupt(_) => DATAERR,
         UnwrapError::WrongPin { .. }
@@ -116,7 +116,10 @@ fn unwrap_code(e: &UnwrapError) -> u8 {
         | UnwrapError::PolicyMismatch
         | UnwrapError::KeyNotOnToken(_)
         | UnwrapError::WrongPassphrase
-        | UnwrapError::WrongRecoveryCode => NOPERM,
+        | UnwrapError::WrongRecoveryCode
+        | UnwrapError::WrongCard { .. }
+        | UnwrapError::TouchDenied
+        | UnwrapError::TouchTimeout => NOPERM,
         _ => FAILURE,
     }
 }
