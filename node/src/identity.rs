@@ -172,6 +172,32 @@ impl Identity {
         NodeId(self.signing.verifying_key().to_bytes())
     }
 
+    /// A self-signed X.509 certificate for this key (for QUIC's TLS), and the key in
+    /// PKCS#8. Made on demand, never stored.
+    pub fn tls_certificate(
+        &self,
+    ) -> Result<
+        (
+            rustls::pki_types::CertificateDer<'static>,
+            Zeroizing<Vec<u8>>,
+        ),
+        rcgen::Error,
+    > {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let pkcs8 = Zeroizing::new(
+            self.signing
+                .to_pkcs8_der()
+                .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?
+                .as_bytes()
+                .to_vec(),
+        );
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice());
+        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)?;
+        let params = rcgen::CertificateParams::new(vec![self.node_id().to_string()])?;
+        let cert = params.self_signed(&key_pair)?;
+        Ok((cert.der().clone(), pkcs8))
+    }
+
     /// Signs `data` (Ed25519).
     pub fn sign(&self, data: &[u8]) -> [u8; 64] {
         self.signing.sign(data).to_bytes()

@@ -17,6 +17,7 @@ pub mod client;
 pub mod crypto;
 pub mod identity;
 pub mod keyslots;
+pub mod net;
 mod node_path;
 pub mod rpc;
 pub mod store;

@@ -1,0 +1,386 @@
+//! The peer endpoint: QUIC (quinn) with mutual TLS 1.3 (rustls), one UDP port.
+//!
+//! Each node presents a self-signed certificate for its own Ed25519 node key (made with
+//! rcgen from the identity, never stored). There is no CA: the dialler pins the NodeId it
+//! meant to reach and accepts exactly that key; the listener requires a client
+//! certificate and learns the caller's NodeId from it. The TLS handshake signatures prove
+//! possession of the keys. ALPN carries the protocol version (`pk/1`); a peer speaking
+//! another version fails the handshake.
+//!
+//! Calls use the framed RPC of [`crate::rpc`], one bidirectional stream per call.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use x509_cert::der::Decode as _;
+
+use crate::identity::{Identity, NodeId};
+
+/// The ALPN protocol id: the peer protocol's version.
+pub const ALPN: &[u8] = b"pk/1";
+
+/// The Ed25519 algorithm identifier in a certificate's key info.
+const ED25519_OID: &str = "1.3.101.112";
+
+/// Why the endpoint or a connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The node's certificate could not be made.
+    #[error("cannot make the node's TLS certificate: {0}")]
+    Certificate(String),
+    /// TLS or QUIC configuration failed.
+    #[error("cannot configure QUIC: {0}")]
+    Config(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Connecting failed (unreachable, refused, or not the node that was meant).
+    #[error("cannot connect to {node} at {addr}: {reason}")]
+    Connect {
+        /// The node meant.
+        node: NodeId,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// An incoming connection failed its handshake.
+    #[error("incoming connection failed: {0}")]
+    Incoming(String),
+}
+
+/// The NodeId a certificate's Ed25519 key stands for.
+pub fn cert_node_id(cert: &CertificateDer<'_>) -> Option<NodeId> {
+    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    if spki.algorithm.oid.to_string() != ED25519_OID {
+        return None;
+    }
+    let key: [u8; 32] = spki.subject_public_key.raw_bytes().try_into().ok()?;
+    NodeId::from_bytes(key).ok()
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts the server's certificate only if its key is the pinned NodeId.
+#[derive(Debug)]
+struct PinnedServer {
+    expected: NodeId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match cert_node_id(end_entity) {
+            Some(found) if found == self.expected => Ok(ServerCertVerified::assertion()),
+            Some(_) => Err(rustls::Error::General(
+                "the peer is another node than the one asked for".into(),
+            )),
+            None => Err(rustls::Error::General(
+                "the peer's certificate is not an Ed25519 node key".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// Requires a client certificate with an Ed25519 node key; who may do what is decided
+/// later, per call, from the NodeId.
+#[derive(Debug)]
+struct AnyNode {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyNode {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        cert_node_id(end_entity)
+            .map(|_| ClientCertVerified::assertion())
+            .ok_or_else(|| {
+                rustls::Error::General("the client's certificate is not an Ed25519 node key".into())
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// A node's QUIC endpoint: listens, and dials other nodes by NodeId.
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+    cert: CertificateDer<'static>,
+    key: Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("local_addr", &self.inner.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(60)) {
+        transport.max_idle_timeout(Some(idle));
+    }
+    Arc::new(transport)
+}
+
+impl Endpoint {
+    /// Binds a UDP socket at `addr` and serves QUIC with the node's identity.
+    pub fn bind(addr: SocketAddr, identity: &Identity) -> Result<Endpoint, NetError> {
+        let (cert, key) = identity
+            .tls_certificate()
+            .map_err(|e| NetError::Certificate(e.to_string()))?;
+        let algorithms = provider().signature_verification_algorithms;
+        let config = |e: rustls::Error| NetError::Config(e.to_string());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config)?
+            .with_client_cert_verifier(Arc::new(AnyNode { algorithms }))
+            .with_single_cert(
+                vec![cert.clone()],
+                PrivateKeyDer::Pkcs8(key.as_slice().to_vec().into()),
+            )
+            .map_err(config)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| NetError::Config(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server.transport_config(transport());
+        let inner = quinn::Endpoint::server(server, addr)
+            .map_err(|source| NetError::Bind { addr, source })?;
+        Ok(Endpoint {
+            inner,
+            cert,
+            key: Arc::new(key.to_vec()),
+        })
+    }
+
+    /// The address the endpoint listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// Connects to the node `node` at `addr`; fails unless the peer proves it holds that
+    /// node's key.
+    pub async fn connect(&self, addr: SocketAddr, node: NodeId) -> Result<Connection, NetError> {
+        let fail = |reason: String| NetError::Connect { node, addr, reason };
+        let algorithms = provider().signature_verification_algorithms;
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| fail(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                expected: node,
+                algorithms,
+            }))
+            .with_client_auth_cert(
+                vec![self.cert.clone()],
+                PrivateKeyDer::Pkcs8(self.key.as_slice().to_vec().into()),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        client.transport_config(transport());
+        // The server name is not checked (the key is pinned); the NodeId is a valid one.
+        let connecting = self
+            .inner
+            .connect_with(client, addr, &node.to_string())
+            .map_err(|e| fail(e.to_string()))?;
+        let connection = connecting.await.map_err(|e| fail(e.to_string()))?;
+        Ok(Connection {
+            inner: connection,
+            peer: node,
+        })
+    }
+
+    /// The next incoming connection, with the caller's NodeId; `None` once closed.
+    pub async fn accept(&self) -> Option<Result<Connection, NetError>> {
+        let incoming = self.inner.accept().await?;
+        Some(
+            async {
+                let connection = incoming
+                    .await
+                    .map_err(|e| NetError::Incoming(e.to_string()))?;
+                let peer = connection
+                    .peer_identity()
+                    .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+                    .and_then(|certs| certs.first().and_then(cert_node_id))
+                    .ok_or_else(|| NetError::Incoming("no node certificate".into()))?;
+                Ok(Connection {
+                    inner: connection,
+                    peer,
+                })
+            }
+            .await,
+        )
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn close(&self) {
+        self.inner.close(0u32.into(), b"closing");
+    }
+}
+
+/// A connection to a known node.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    inner: quinn::Connection,
+    peer: NodeId,
+}
+
+impl Connection {
+    /// The node at the other end, proven by the handshake.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// Opens a stream for one call.
+    pub async fn open(
+        &self,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError> {
+        self.inner.open_bi().await
+    }
+
+    /// Accepts the next call's stream.
+    pub async fn accept(
+        &self,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError> {
+        self.inner.accept_bi().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::{MAX_FRAME, expect_frame, write_frame};
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn nodes_meet_by_node_id_and_call_over_a_stream() {
+        let alice = Identity::generate();
+        let bob = Identity::generate();
+        let a = Endpoint::bind(loopback(), &alice).unwrap();
+        let b = Endpoint::bind(loopback(), &bob).unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let bob_id = bob.node_id();
+        let server = tokio::spawn(async move {
+            let conn = b.accept().await.unwrap().unwrap();
+            let peer = conn.peer();
+            let (mut send, mut recv) = conn.accept().await.unwrap();
+            let ask: String = expect_frame(&mut recv, MAX_FRAME).await.unwrap();
+            write_frame(&mut send, &format!("{ask} back"))
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            let _ = send.stopped().await;
+            peer
+        });
+        let conn = a.connect(b_addr, bob_id).await.unwrap();
+        assert_eq!(conn.peer(), bob_id);
+        let (mut send, mut recv) = conn.open().await.unwrap();
+        write_frame(&mut send, &"ping".to_string()).await.unwrap();
+        let answer: String = expect_frame(&mut recv, MAX_FRAME).await.unwrap();
+        assert_eq!(answer, "ping back");
+        assert_eq!(
+            server.await.unwrap(),
+            alice.node_id(),
+            "the listener learns the caller"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_is_refused_unless_it_is_the_one_pinned() {
+        let alice = Identity::generate();
+        let bob = Identity::generate();
+        let mallory = Identity::generate();
+        let a = Endpoint::bind(loopback(), &alice).unwrap();
+        let m = Endpoint::bind(loopback(), &mallory).unwrap();
+        let m_addr = m.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = m.accept().await {
+                let _ = incoming;
+            }
+        });
+        // Alice dials Bob's NodeId, but Mallory answers at that address.
+        let err = a.connect(m_addr, bob.node_id()).await.unwrap_err();
+        assert!(err.to_string().contains("another node"), "{err}");
+    }
+}
