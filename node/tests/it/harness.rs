@@ -236,25 +236,34 @@ impl World {
     /// Initialises a node with a `soft` keyslot at cheap Argon2id cost (8 MiB, one pass);
     /// returns the node's path and its passphrase file.
     pub(crate) fn soft_node(&self, passphrase: &str) -> (PathBuf, PathBuf) {
+        let (node, pass, _) = self.soft_node_with_code(passphrase);
+        (node, pass)
+    }
+
+    /// [`World::soft_node`], also returning the recovery code `init` printed.
+    pub(crate) fn soft_node_with_code(&self, passphrase: &str) -> (PathBuf, PathBuf, String) {
         let node = self.path("node");
         let pass = self.secret_file("pass", passphrase);
         let pass_arg = pass.to_str().expect("UTF-8 temporary path");
-        self.pk(
-            &node,
-            &[
-                "init",
-                "--token",
-                "soft",
-                "--argon2-memory-mib",
-                "8",
-                "--argon2-passes",
-                "1",
-                "--password-file",
-                pass_arg,
-            ],
-        )
-        .ok();
-        (node, pass)
+        let init = self
+            .pk(
+                &node,
+                &[
+                    "--format",
+                    "json",
+                    "init",
+                    "--token",
+                    "soft",
+                    "--argon2-memory-mib",
+                    "8",
+                    "--argon2-passes",
+                    "1",
+                    "--password-file",
+                    pass_arg,
+                ],
+            )
+            .ok();
+        (node, pass, recovery_code(&init))
     }
 
     /// Starts the node's agent in the background with `args` (unlock options).

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use hsm::sim::pcsc::Pcscd;
 use hsm::sim::piv::{PivCard, TouchMode};
 
-use crate::harness::{World, recovery_code};
+use crate::harness::World;
 
 const SERIAL: u32 = 27_182_818;
 const PIN: &str = "123456";
@@ -19,30 +19,11 @@ fn yubikey_slot_unlocks_with_pin_and_touch_only() {
         .unwrap_or_else(|e| panic!("{e}"));
     let touch = card.touch();
 
-    let node = w.path("node");
-    let pass = w.secret_file("pass", "correct horse battery staple");
+    let (node, pass, code) = w.soft_node_with_code("correct horse battery staple");
     let pass = pass.to_str().unwrap();
     let pin = w.secret_file("pin", PIN);
     let pin = pin.to_str().unwrap();
-    let init = w
-        .pk(
-            &node,
-            &[
-                "--format",
-                "json",
-                "init",
-                "--token",
-                "soft",
-                "--argon2-memory-mib",
-                "8",
-                "--argon2-passes",
-                "1",
-                "--password-file",
-                pass,
-            ],
-        )
-        .ok();
-    let code = w.secret_file("code", &recovery_code(&init));
+    let code = w.secret_file("code", &code);
 
     // Enrol: the card generates the key. Right after pcscd starts the reader may not show
     // the card yet; give it a moment.
