@@ -7,7 +7,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEvent, AuditQuery};
-use crate::vault::{CommitInfo, Entry, Stat, VaultRecord};
+use crate::lan::Found;
+use crate::nodes::{NodePermission, NodeRecord, Share, VaultPermission};
+use crate::notifications::{Mailbox, Notification};
+use crate::peer::SharedVault;
+use crate::vault::{CommitInfo, Entry, FetchOutcome, Stat, VaultRecord};
 
 /// The protocol version: the first field of every call. `pk` and an agent of another
 /// version refuse each other with a clear error instead of misreading messages.
@@ -208,6 +212,142 @@ pub enum Request {
     },
     /// Read the audit log.
     Audit(AuditQuery),
+    /// Add a node to the graph, or give a known one a new address.
+    NodesAdd {
+        /// Its NodeId.
+        node: String,
+        /// `host:port`.
+        addr: String,
+        /// Do not let it send notifications.
+        no_notify: bool,
+        /// Add it without checking that it answers.
+        no_ping: bool,
+    },
+    /// Remove a node and its shares.
+    NodesRemove(String),
+    /// Check that a node answers.
+    NodesPing(String),
+    /// Find a node's addresses: the graph, then the nodes connected to.
+    NodesFind(String),
+    /// The node graph.
+    NodesGetAll,
+    /// Open connections.
+    NodesConnections,
+    /// Grant or revoke node-wide permissions.
+    NodesPermit {
+        /// The node.
+        node: String,
+        /// Which.
+        permissions: Vec<NodePermission>,
+        /// Grant (else revoke).
+        allow: bool,
+    },
+    /// Browse the LAN for nodes (mDNS).
+    NodesDiscover {
+        /// How long to listen, in milliseconds.
+        wait_ms: u32,
+    },
+    /// Grant or revoke vault permissions of a node.
+    VaultsShare {
+        /// Vault name.
+        vault: String,
+        /// The node.
+        node: String,
+        /// Which.
+        permissions: Vec<VaultPermission>,
+        /// Grant (else revoke).
+        grant: bool,
+    },
+    /// Who may do what with a vault.
+    VaultsPermissions(String),
+    /// The vaults a node shares with this one.
+    VaultsScan(String),
+    /// Clone a vault from a node.
+    VaultsClone {
+        /// Its name (or id) on that node.
+        vault: String,
+        /// The node.
+        node: String,
+        /// The local name [default: its name there].
+        name: Option<String>,
+    },
+    /// Pull a vault's changes from its origin or a named node.
+    VaultsPull {
+        /// The local vault.
+        vault: String,
+        /// The node [default: the vault's origin].
+        node: Option<String>,
+    },
+    /// Schedule pulls of a vault from a node (a backup).
+    BackupsAdd {
+        /// Its name (or id) on that node.
+        vault: String,
+        /// The node.
+        node: String,
+        /// Seconds between pulls.
+        every_s: u64,
+        /// The local name [default: its name there].
+        name: Option<String>,
+    },
+    /// The scheduled pulls.
+    BackupsList,
+    /// Stop scheduled pulls of a local vault.
+    BackupsRemove(String),
+    /// Send a text notification.
+    NotificationsSend {
+        /// The node.
+        node: String,
+        /// The text.
+        text: String,
+    },
+    /// Read a mailbox.
+    NotificationsList {
+        /// Which.
+        mailbox: Mailbox,
+        /// Inbox: unread only.
+        unread: bool,
+    },
+    /// Mark inbox entries read (one, or all).
+    NotificationsRead(Option<u64>),
+    /// Remove entries (one, or all) of a mailbox.
+    NotificationsRemove {
+        /// Which.
+        mailbox: Mailbox,
+        /// The entry [default: all].
+        id: Option<u64>,
+    },
+}
+
+/// An open connection to a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// The peer.
+    pub node: String,
+    /// Its address.
+    pub addr: String,
+    /// `outgoing` or `incoming`.
+    pub direction: String,
+    /// Seconds since it opened.
+    pub age_s: u64,
+    /// Round-trip time, milliseconds.
+    pub rtt_ms: u64,
+}
+
+/// A scheduled pull.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// The vault's name (or id) on the node.
+    pub vault: String,
+    /// The node pulled from.
+    pub node: String,
+    /// The local name.
+    pub name: String,
+    /// Seconds between pulls.
+    pub every_s: u64,
+    /// Unix milliseconds of the next pull.
+    pub next_ms: u64,
+    /// The last result.
+    pub last: Option<crate::vault::PullOutcome>,
 }
 
 /// Secret content sent to the agent after a [`Request::SecretsWrite`].
@@ -234,6 +374,8 @@ pub struct AgentStatus {
     pub uptime_s: u64,
     /// pk version.
     pub version: String,
+    /// Where other nodes reach this one (the QUIC endpoint's UDP address), if it listens.
+    pub peer_addr: Option<String>,
 }
 
 /// A successful reply.
@@ -250,7 +392,7 @@ pub enum Reply {
     /// Vault records.
     Vaults(Vec<VaultRecord>),
     /// One vault record.
-    Vault(VaultRecord),
+    Vault(Box<VaultRecord>),
     /// Commits.
     Commits(Vec<CommitInfo>),
     /// One commit.
@@ -263,6 +405,44 @@ pub enum Reply {
     Stat(Stat),
     /// Audit events.
     Events(Vec<AuditEvent>),
+    /// Nodes in the graph.
+    Nodes(Vec<NodeRecord>),
+    /// One node.
+    Node(NodeRecord),
+    /// A ping's answer.
+    Pong {
+        /// The node.
+        node: String,
+        /// Where it answered.
+        addr: String,
+        /// Round trip, milliseconds.
+        rtt_ms: u64,
+    },
+    /// Addresses.
+    Addresses(Vec<String>),
+    /// Connections.
+    Connections(Vec<ConnectionInfo>),
+    /// A vault's shares.
+    Shares(Vec<Share>),
+    /// Vaults shared by a node.
+    SharedVaults(Vec<SharedVault>),
+    /// A clone's or pull's result.
+    Fetch(Box<FetchOutcome>),
+    /// Notifications.
+    Notifications(Vec<Notification>),
+    /// A notification queued (and whether it was delivered at once).
+    Queued {
+        /// The outbox entry.
+        notification: Box<Notification>,
+        /// Delivered now (else it is retried).
+        delivered: bool,
+    },
+    /// How many entries changed.
+    Count(u64),
+    /// Nodes found on the LAN.
+    Found(Vec<Found>),
+    /// Scheduled pulls.
+    Backups(Vec<Backup>),
 }
 
 /// Kinds of failure, each with its own exit code in `pk`.

@@ -172,6 +172,19 @@ impl Identity {
         NodeId(self.signing.verifying_key().to_bytes())
     }
 
+    /// A key for `purpose` derived from the node key (HKDF-SHA256): stable across restarts,
+    /// secret, and useless for anything but that purpose.
+    pub fn derive_key(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(
+            Some(b"pk node key derivation"),
+            self.signing.as_bytes(),
+        );
+        let mut out = Zeroizing::new([0u8; 32]);
+        hk.expand(purpose.as_bytes(), out.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        out
+    }
+
     /// A self-signed X.509 certificate for this key (for QUIC's TLS), and the key in
     /// PKCS#8. Made on demand, never stored.
     pub fn tls_certificate(

@@ -177,8 +177,8 @@ impl std::fmt::Debug for Endpoint {
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(60)) {
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30)) {
         transport.max_idle_timeout(Some(idle));
     }
     Arc::new(transport)
@@ -187,6 +187,20 @@ fn transport() -> Arc<quinn::TransportConfig> {
 impl Endpoint {
     /// Binds a UDP socket at `addr` and serves QUIC with the node's identity.
     pub fn bind(addr: SocketAddr, identity: &Identity) -> Result<Endpoint, NetError> {
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+        Endpoint::from_socket(socket, identity)
+    }
+
+    /// Serves QUIC with the node's identity on a bound UDP socket (the agent binds its
+    /// port once at start, and makes an endpoint on it at each unlock).
+    pub fn from_socket(
+        socket: std::net::UdpSocket,
+        identity: &Identity,
+    ) -> Result<Endpoint, NetError> {
+        let addr = socket
+            .local_addr()
+            .map_err(|e| NetError::Config(e.to_string()))?;
         let (cert, key) = identity
             .tls_certificate()
             .map_err(|e| NetError::Certificate(e.to_string()))?;
@@ -206,7 +220,21 @@ impl Endpoint {
             .map_err(|e| NetError::Config(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport());
-        let inner = quinn::Endpoint::server(server, addr)
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| NetError::Config("no async runtime to run QUIC on".into()))?;
+        // The stateless-reset key is derived from the node key, so that after a crash and
+        // restart this node can tell peers at once that their old connection is gone.
+        // Connection ids are checked with a key derived the same way: a restarted node
+        // recognises its own earlier ids, which a reset needs.
+        let reset_key = identity.derive_key("quic stateless reset");
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key.as_ref());
+        let cid_key = identity.derive_key("quic connection ids");
+        let cid_key = u64::from_be_bytes(cid_key[..8].try_into().unwrap_or_default());
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let inner = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
             .map_err(|source| NetError::Bind { addr, source })?;
         Ok(Endpoint {
             inner,
@@ -294,6 +322,37 @@ impl Connection {
     /// The node at the other end, proven by the handshake.
     pub fn peer(&self) -> NodeId {
         self.peer
+    }
+
+    /// The address of the other end.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.inner.remote_address()
+    }
+
+    /// The current round-trip estimate.
+    pub fn rtt(&self) -> std::time::Duration {
+        self.inner.rtt()
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.close_reason().is_some()
+    }
+
+    /// Closes the connection (idle, or the node is going away).
+    pub fn close(&self, reason: &str) {
+        self.inner.close(0u32.into(), reason.as_bytes());
+    }
+
+    /// Waits until the connection ends.
+    pub async fn closed(&self) {
+        self.inner.closed().await;
+    }
+
+    /// Bytes sent and received on the wire so far (UDP payloads, all streams).
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        let stats = self.inner.stats();
+        (stats.udp_tx.bytes, stats.udp_rx.bytes)
     }
 
     /// Opens a stream for one call.

@@ -36,16 +36,28 @@ pub enum Table {
     Objects,
     /// The audit log by sequence number.
     Audit,
+    /// The node graph: other nodes by keyed hash of their NodeId.
+    Nodes,
+    /// Vault permissions granted to other nodes, by vault id and keyed hash of the NodeId.
+    Shares,
+    /// Notifications: the inbox and the outbox, by direction and sequence number.
+    Notifications,
+    /// Transfers in progress and scheduled pulls, by kind and vault id.
+    Sync,
 }
 
 impl Table {
-    const ALL: [Table; 6] = [
+    const ALL: [Table; 10] = [
         Table::Meta,
         Table::Identity,
         Table::Vaults,
         Table::VaultNames,
         Table::Objects,
         Table::Audit,
+        Table::Nodes,
+        Table::Shares,
+        Table::Notifications,
+        Table::Sync,
     ];
 
     fn name(self) -> &'static str {
@@ -56,6 +68,10 @@ impl Table {
             Table::VaultNames => "vault_names",
             Table::Objects => "objects",
             Table::Audit => "audit",
+            Table::Nodes => "nodes",
+            Table::Shares => "shares",
+            Table::Notifications => "notifications",
+            Table::Sync => "sync",
         }
     }
 
@@ -245,6 +261,9 @@ pub trait Read {
     /// The value at `key`, decrypted.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
 
+    /// Whether a row exists at `key` (without decrypting it).
+    fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError>;
+
     /// Up to `limit` rows from `from` onwards (or backwards from `from` when `reverse`).
     fn range(
         &self,
@@ -266,6 +285,11 @@ macro_rules! impl_read {
             ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
                 let t = self.tx.open_table(table.definition()).map_err(db)?;
                 get_from(self.store, table, &t, key)
+            }
+
+            fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
+                let t = self.tx.open_table(table.definition()).map_err(db)?;
+                Ok(t.get(key).map_err(db)?.is_some())
             }
 
             fn range(
@@ -304,12 +328,6 @@ impl WriteTx<'_> {
         let mut t = self.tx.open_table(table.definition()).map_err(db)?;
         t.insert(key, sealed.as_slice()).map_err(db)?;
         Ok(())
-    }
-
-    /// Whether a row exists at `key` (without decrypting it).
-    pub fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
-        let t = self.tx.open_table(table.definition()).map_err(db)?;
-        Ok(t.get(key).map_err(db)?.is_some())
     }
 
     /// Removes the row at `key`; whether it existed.

@@ -130,6 +130,9 @@ fn serve(
             pkcs11_module: None,
             yubikey_events: None,
         },
+        // Loopback only: the development node talks to nothing beyond this machine.
+        peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        lan: None,
     };
     rt.block_on(async move {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

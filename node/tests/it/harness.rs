@@ -141,6 +141,8 @@ impl World {
             cmd.env_remove(var);
         }
         cmd.env("TSS2_LOG", "all+NONE");
+        // Agents listen for peers on loopback only, on a port of the kernel's choosing.
+        cmd.env("PK_PEER_LISTEN", "127.0.0.1:0");
         if let Some(softhsm) = &self.softhsm {
             cmd.env("SOFTHSM2_CONF", softhsm.conf());
         }
@@ -195,6 +197,15 @@ pub(crate) struct AgentGuard {
     node: PathBuf,
 }
 
+impl AgentGuard {
+    /// Guards the agent of `node` (started by the caller).
+    pub(crate) fn new(node: &Path) -> AgentGuard {
+        AgentGuard {
+            node: node.to_owned(),
+        }
+    }
+}
+
 impl Drop for AgentGuard {
     fn drop(&mut self) {
         if let Some(pid) = agent_pid(&self.node) {
@@ -242,8 +253,17 @@ impl World {
 
     /// [`World::soft_node`], also returning the recovery code `init` printed.
     pub(crate) fn soft_node_with_code(&self, passphrase: &str) -> (PathBuf, PathBuf, String) {
-        let node = self.path("node");
-        let pass = self.secret_file("pass", passphrase);
+        self.soft_node_named("node", passphrase)
+    }
+
+    /// [`World::soft_node_with_code`] with the node in directory `name` of this world.
+    pub(crate) fn soft_node_named(
+        &self,
+        name: &str,
+        passphrase: &str,
+    ) -> (PathBuf, PathBuf, String) {
+        let node = self.path(name);
+        let pass = self.secret_file(&format!("{name}-pass"), passphrase);
         let pass_arg = pass.to_str().expect("UTF-8 temporary path");
         let init = self
             .pk(

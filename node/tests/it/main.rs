@@ -6,5 +6,7 @@
 mod crash;
 mod harness;
 mod keyslots;
+mod peers;
+mod relay;
 mod secrets;
 mod yubikey;

@@ -17,6 +17,8 @@ mod commands;
 mod entry;
 #[path = "../pk/error.rs"]
 mod error;
+#[path = "../pk/peer_cmds.rs"]
+mod peer_cmds;
 #[path = "../pk/secrets.rs"]
 mod secrets;
 

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::cli::{
-    AgentCommand, AuditArgs, Cli, EnvArgs, EnvDuplicate, EnvFormat, EnvInvalid, Format,
-    KeysCommand, Order, SecretsCommand, UnlockArgs, VaultsCommand,
+    AgentCommand, AgentStartArgs, AuditArgs, Cli, EnvArgs, EnvDuplicate, EnvFormat, EnvInvalid,
+    Format, KeysCommand, LanMode, Order, SecretsCommand, UnlockArgs, VaultsCommand,
 };
 use crate::commands::{Output, unlock_flow};
 use crate::error::CliError;
@@ -36,7 +36,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// Runs one call and returns its reply.
-fn call(client: &Client, request: Request) -> Result<Reply, CliError> {
+pub(crate) fn call(client: &Client, request: Request) -> Result<Reply, CliError> {
     runtime()?
         .block_on(client.call(&request))
         .map_err(CliError::from)
@@ -55,11 +55,11 @@ fn split(secret_path: &str, allow_bare: bool) -> Result<(String, String), CliErr
     }
 }
 
-fn unexpected() -> CliError {
+pub(crate) fn unexpected() -> CliError {
     CliError::internal("the agent sent an unexpected reply")
 }
 
-fn time(seconds: i64) -> String {
+pub(crate) fn time(seconds: i64) -> String {
     humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64),
     )
@@ -78,7 +78,7 @@ pub(crate) fn agent(
             if args.foreground {
                 return Err(CliError::internal("the agent runs in pk-node"));
             }
-            start_background(cli, node, &client)?;
+            start_background(cli, node, &client, args)?;
             if status(&client)?.0 == "locked" {
                 let keyslots = Keyslots::open(node)?;
                 match unlock_via_agent(&keyslots, &args.unlock, &client) {
@@ -196,7 +196,12 @@ fn print_status(client: &Client, out: &Output) -> Result<(), CliError> {
     Ok(())
 }
 
-fn start_background(cli: &Cli, node: &NodePath, client: &Client) -> Result<(), CliError> {
+fn start_background(
+    cli: &Cli,
+    node: &NodePath,
+    client: &Client,
+    args: &AgentStartArgs,
+) -> Result<(), CliError> {
     use std::os::unix::process::CommandExt as _;
     Keyslots::open(node)?;
     if runtime()?.block_on(client.call(&Request::Status)).is_ok() {
@@ -217,8 +222,15 @@ fn start_background(cli: &Cli, node: &NodePath, client: &Client) -> Result<(), C
     if let Some(module) = &cli.pkcs11_module {
         command.arg("--pkcs11-module").arg(module);
     }
+    command.arg("agent").arg("start").arg("--foreground");
+    command.arg("--peer-listen").arg(&args.peer_listen);
+    if let Some(lan) = args.lan {
+        command.arg("--lan").arg(match lan {
+            LanMode::Lan => "lan",
+            LanMode::Loopback => "loopback",
+        });
+    }
     let mut child = command
-        .args(["agent", "start", "--foreground"])
         // The agent must not carry the user's secrets in its environment for its whole
         // life (readable in /proc/<pid>/environ); pk unlocks it over the socket instead.
         .env_remove("PK_PASSWORD")
@@ -374,6 +386,9 @@ pub(crate) fn vaults(
     command: &VaultsCommand,
     out: &Output,
 ) -> Result<(), CliError> {
+    if let Some(done) = crate::peer_cmds::vaults(node, command, out) {
+        return done;
+    }
     let client = Client::new(node);
     match command {
         VaultsCommand::Create { name } => {
@@ -390,7 +405,18 @@ pub(crate) fn vaults(
             };
             let _ = out.emit(json!(list), || {
                 list.iter()
-                    .map(|v| format!("{}\t{}\n", v.name, v.id))
+                    .map(|v| {
+                        let pulled = match &v.sync.last_pull {
+                            Some(p) => format!(
+                                "\tlast pull {} at {}: {}",
+                                if p.ok { "ok" } else { "FAILED" },
+                                time(p.time as i64),
+                                p.message
+                            ),
+                            None => String::new(),
+                        };
+                        format!("{}\t{}{pulled}\n", v.name, v.id)
+                    })
                     .collect()
             });
         }
@@ -512,6 +538,11 @@ pub(crate) fn vaults(
                     )
                 },
             );
+        }
+        _ => {
+            return Err(CliError::internal(
+                "a sharing command reached the local vault commands",
+            ));
         }
     }
     Ok(())

@@ -61,6 +61,168 @@ pub(crate) enum Command {
     Secrets(SecretsCommand),
     /// Show the agent's audit log.
     Audit(AuditArgs),
+    /// Other nodes: the node graph, connections, LAN discovery.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// Notifications between nodes (vault shares, messages).
+    #[command(subcommand)]
+    Notifications(NotificationsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodesCommand {
+    /// Add a node to the graph (it must answer as that NodeId), or give a known node a new
+    /// address. A node added may send notifications unless --no-notify.
+    Add {
+        /// Its NodeId.
+        node_id: String,
+        /// Host name or IP address.
+        host: String,
+        /// UDP port of its peer endpoint.
+        port: u16,
+        /// Add it without checking that it answers.
+        #[arg(long)]
+        no_ping: bool,
+        /// Do not take notifications from it.
+        #[arg(long)]
+        no_notify: bool,
+    },
+    /// Remove a node from the graph, with every vault permission it held.
+    Remove {
+        /// Its NodeId.
+        node_id: String,
+    },
+    /// Check that a node answers (and is who it says).
+    Ping {
+        /// Its NodeId.
+        node_id: String,
+    },
+    /// Find a node's addresses: in the graph, else by asking the nodes this one knows.
+    Find {
+        /// Its NodeId.
+        node_id: String,
+    },
+    /// List the node graph.
+    Getall,
+    /// List open connections.
+    Connections,
+    /// Let a node send notifications or list the vaults shared with it.
+    Allow {
+        /// Its NodeId.
+        node_id: String,
+        /// What it may do.
+        #[arg(required = true, value_enum)]
+        permissions: Vec<NodePermissionArg>,
+    },
+    /// Revoke what `allow` granted.
+    Disallow {
+        /// Its NodeId.
+        node_id: String,
+        /// What it may no longer do.
+        #[arg(required = true, value_enum)]
+        permissions: Vec<NodePermissionArg>,
+    },
+    /// List nodes advertising themselves on the local network (mDNS).
+    Discover {
+        /// Browse the LAN (the only discovery there is today; required so that nothing is
+        /// sent on the network unasked).
+        #[arg(long, required = true)]
+        lan: bool,
+        /// How long to listen.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+}
+
+/// Node-wide permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum NodePermissionArg {
+    /// Send notifications.
+    Notify,
+    /// List the vaults shared with it.
+    Scan,
+}
+
+/// Vault permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum VaultPermissionArg {
+    /// Make a first copy.
+    Clone,
+    /// Fetch new versions.
+    Pull,
+    /// Send changes (reserved).
+    Push,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NotificationsCommand {
+    /// Send a text message to a node.
+    Send {
+        /// Its NodeId.
+        node_id: String,
+        /// The message.
+        message: String,
+    },
+    /// Received notifications.
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+    /// Sent notifications and their delivery.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum InboxCommand {
+    /// Show received notifications (and mark them read).
+    Read {
+        /// Only those not read before.
+        #[arg(long)]
+        unread: bool,
+    },
+    /// Remove one notification.
+    Remove {
+        /// Its number.
+        id: u64,
+    },
+    /// Remove every notification.
+    Clear,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OutboxCommand {
+    /// Show sent notifications and whether they were delivered.
+    Read,
+    /// Remove one (a pending one is no longer retried).
+    Remove {
+        /// Its number.
+        id: u64,
+    },
+    /// Remove every notification.
+    Clear,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackupCommand {
+    /// Pull a vault from a node on a schedule (cloning it first if it is not here).
+    Add {
+        /// Its name (or id) on that node.
+        vault: String,
+        /// The node.
+        node_id: String,
+        /// Time between pulls, e.g. `15m`, `1h` (at least 10s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
+        /// The local name [default: its name there].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List scheduled pulls and their last result.
+    List,
+    /// Stop pulling into a local vault.
+    Remove {
+        /// The local vault name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,8 +244,28 @@ pub(crate) struct AgentStartArgs {
     /// Run in this process instead of the background; stop with Ctrl-C or SIGTERM.
     #[arg(long)]
     pub(crate) foreground: bool,
+    /// UDP address of the peer endpoint other nodes dial (QUIC), or `off`.
+    #[arg(
+        long = "peer-listen",
+        env = "PK_PEER_LISTEN",
+        default_value = "0.0.0.0:1314"
+    )]
+    pub(crate) peer_listen: String,
+    /// Advertise this node over mDNS: `lan` (every interface but loopback) or `loopback`
+    /// (tests, inside a network namespace). Off unless given.
+    #[arg(long, value_enum)]
+    pub(crate) lan: Option<LanMode>,
     #[command(flatten)]
     pub(crate) unlock: UnlockArgs,
+}
+
+/// Where to advertise the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LanMode {
+    /// Every interface except loopback.
+    Lan,
+    /// Loopback only.
+    Loopback,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +353,59 @@ pub(crate) enum VaultsCommand {
         #[arg(long)]
         bundle: bool,
     },
+    /// Let a node clone and pull a vault (it is sent a notification).
+    Share {
+        /// The vault.
+        name: String,
+        /// The node.
+        node_id: String,
+        /// What it may do [default: clone and pull].
+        #[arg(long = "permission", short = 'p', value_enum, value_delimiter = ',')]
+        permissions: Vec<VaultPermissionArg>,
+    },
+    /// Revoke what `share` granted.
+    Unshare {
+        /// The vault.
+        name: String,
+        /// The node.
+        node_id: String,
+        /// What to revoke [default: everything].
+        #[arg(long = "permission", short = 'p', value_enum, value_delimiter = ',')]
+        permissions: Vec<VaultPermissionArg>,
+    },
+    /// Which nodes may do what with a vault.
+    Permissions {
+        /// The vault.
+        name: String,
+    },
+    /// List the vaults a node shares with this one.
+    Scan {
+        /// The node.
+        node_id: String,
+    },
+    /// Copy a vault from a node (with its whole history). An interrupted clone resumes
+    /// when run again.
+    Clone {
+        /// Its name (or id) on that node.
+        vault: String,
+        /// The node.
+        node_id: String,
+        /// The local name [default: its name there].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Fetch a vault's changes from the node it was cloned from (or another one) and merge
+    /// them with the changes made here. When both sides changed the same secret, both
+    /// versions are kept: the incoming one as `<name>.conflict-<node>`.
+    Pull {
+        /// The local vault.
+        name: String,
+        /// The node [default: the one it was cloned from].
+        node_id: Option<String>,
+    },
+    /// Scheduled pulls from another node (a backup node's job).
+    #[command(subcommand)]
+    Backup(BackupCommand),
 }
 
 #[derive(Debug, Subcommand)]

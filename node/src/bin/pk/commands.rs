@@ -54,6 +54,8 @@ pub(crate) fn run_client(cli: &Cli) -> Result<(), CliError> {
         Command::Vaults(c) => crate::agent_cmds::vaults(&node, c, &out),
         Command::Secrets(c) => crate::agent_cmds::secrets(&node, c, &out),
         Command::Audit(a) => crate::agent_cmds::audit(&node, a, &out),
+        Command::Nodes(c) => crate::peer_cmds::nodes(&node, c, &out),
+        Command::Notifications(c) => crate::peer_cmds::notifications(&node, c, &out),
         Command::Init(_) | Command::Keyslots(_) => {
             Err(CliError::internal("this command runs in pk-node"))
         }
@@ -65,9 +67,11 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
     let (node, config, out) = context(cli)?;
     match &cli.command {
         Command::Agent(AgentCommand::Start(args)) if args.foreground => {
-            return run_agent(&node, &config);
+            return run_agent(&node, &config, args);
         }
         Command::Agent(_)
+        | Command::Nodes(_)
+        | Command::Notifications(_)
         | Command::Keys(_)
         | Command::Vaults(_)
         | Command::Secrets(_)
@@ -182,7 +186,23 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
 }
 
 /// Runs the agent in this process until it is stopped.
-fn run_agent(node: &NodePath, config: &TokenConfig) -> Result<(), CliError> {
+fn run_agent(
+    node: &NodePath,
+    config: &TokenConfig,
+    args: &crate::cli::AgentStartArgs,
+) -> Result<(), CliError> {
+    let peer_listen = match args.peer_listen.as_str() {
+        "off" | "" => None,
+        text => Some(text.parse::<std::net::SocketAddr>().map_err(|_| {
+            CliError::usage(format!(
+                "--peer-listen {text:?} is not an address such as 0.0.0.0:1314 or 127.0.0.1:0, or `off`"
+            ))
+        })?),
+    };
+    let lan = args.lan.map(|mode| match mode {
+        crate::cli::LanMode::Lan => node::lan::Interfaces::Lan,
+        crate::cli::LanMode::Loopback => node::lan::Interfaces::LoopbackOnly,
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -191,6 +211,8 @@ fn run_agent(node: &NodePath, config: &TokenConfig) -> Result<(), CliError> {
     let config = node::agent::AgentConfig {
         node: node.clone(),
         tokens: config.clone(),
+        peer_listen,
+        lan,
     };
     rt.block_on(node::agent::run(config, || {
         eprintln!("pk agent: ready on {}", node.agent_socket().display());

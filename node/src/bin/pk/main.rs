@@ -21,6 +21,7 @@ mod cli;
 mod commands;
 mod entry;
 mod error;
+mod peer_cmds;
 mod secrets;
 
 use std::process::ExitCode;

@@ -36,6 +36,8 @@ use crate::store::{Store, StoreError};
 use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
 use crate::vault::{SecretPath, VaultError, Vaults};
 
+mod peers;
+
 /// How long an upload may stall between chunks before it is abandoned (it holds the
 /// store's single write transaction meanwhile).
 const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -51,6 +53,9 @@ pub struct StatusFile {
     pub started_ms: u64,
     /// pk version.
     pub version: String,
+    /// The peer endpoint's UDP address, if it listens.
+    #[serde(default)]
+    pub peer_addr: Option<String>,
 }
 
 /// Why the agent could not run.
@@ -80,6 +85,10 @@ pub struct AgentConfig {
     pub node: NodePath,
     /// Where this machine's tokens are.
     pub tokens: TokenConfig,
+    /// The UDP address of the peer endpoint (`None`: no peer endpoint).
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// Advertise the node over mDNS on these interfaces (off by default).
+    pub lan: Option<crate::lan::Interfaces>,
 }
 
 /// The unlocked state.
@@ -87,6 +96,8 @@ struct Open {
     store: Store,
     identity: Identity,
     slot: u32,
+    /// The peer endpoint, made after the unlock.
+    net: std::sync::OnceLock<Arc<peers::PeerNet>>,
 }
 
 struct Shared {
@@ -96,6 +107,8 @@ struct Shared {
     /// Events that happened while locked: written to the audit log at the next unlock.
     pending: Mutex<Vec<(String, serde_json::Value)>>,
     shutdown: Notify,
+    /// The peer endpoint's UDP socket, bound once at start.
+    udp: Option<std::net::UdpSocket>,
 }
 
 impl Shared {
@@ -155,7 +168,19 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(io("restricting the socket"))?;
     }
+    let udp = match config.peer_listen {
+        Some(addr) => Some(
+            std::net::UdpSocket::bind(addr)
+                .map_err(io(format!("binding the peer endpoint to UDP {addr}")))?,
+        ),
+        None => None,
+    };
+    let peer_addr = udp
+        .as_ref()
+        .and_then(|u| u.local_addr().ok())
+        .map(|a| a.to_string());
     let status = StatusFile {
+        peer_addr: peer_addr.clone(),
         pid: std::process::id(),
         socket: socket.clone(),
         started_ms: std::time::SystemTime::now()
@@ -177,6 +202,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
         state: Mutex::new(None),
         pending: Mutex::new(load_pending(&node)),
         shutdown: Notify::new(),
+        udp,
     });
     // Unattended unlock: slots that need no secret (a TPM slot whose policy holds).
     let _ = unlock(&shared, UnlockParams::default()).await;
@@ -305,6 +331,11 @@ async fn handle(
                 unlocked_with: open.as_ref().map(|o| o.slot),
                 uptime_s: shared.started.elapsed().as_secs(),
                 version: env!("CARGO_PKG_VERSION").into(),
+                peer_addr: shared
+                    .udp
+                    .as_ref()
+                    .and_then(|u| u.local_addr().ok())
+                    .map(|a| a.to_string()),
             }))
         }
         Request::Unlock(params) => {
@@ -423,7 +454,10 @@ async fn handle(
         }
         other => {
             let open = shared.open()?;
-            blocking(move || call(&open, other)).await
+            match peers::handle(&open, other).await {
+                Ok(answer) => answer,
+                Err(other) => blocking(move || call(&open, other)).await,
+            }
         }
     }
 }
@@ -467,7 +501,7 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
                     .to_vec(),
             )
         }),
-        Request::VaultsCreate(name) => Reply::Vault(v.create(&name).map_err(ve)?),
+        Request::VaultsCreate(name) => Reply::Vault(Box::new(v.create(&name).map_err(ve)?)),
         Request::VaultsList => Reply::Vaults(v.list().map_err(ve)?),
         Request::VaultsRename { from, to } => {
             v.rename(&from, &to).map_err(ve)?;
@@ -662,6 +696,7 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
             store,
             identity,
             slot: unlocked.slot,
+            net: std::sync::OnceLock::new(),
         })
     })
     .await;
@@ -673,7 +708,12 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
             let _ = std::fs::remove_file(shared.config.node.agent_pending());
-            *shared.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(open));
+            let open = Arc::new(open);
+            if let Some(udp) = &shared.udp {
+                let net = peers::start(&open, udp, shared.config.lan)?;
+                let _ = open.net.set(net);
+            }
+            *shared.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
             Ok(())
         }
         Err(e) => {
@@ -709,6 +749,9 @@ fn lock(shared: &Shared) {
         .unwrap_or_else(|p| p.into_inner())
         .take();
     if let Some(open) = open {
+        if let Some(net) = open.net.get() {
+            net.shutdown();
+        }
         if let Ok(mut tx) = open.store.write()
             && audit::append(&mut tx, "agent.locked", json!({})).is_ok()
         {
@@ -739,8 +782,10 @@ pub fn vault_error(e: VaultError) -> ApiError {
         VaultError::NoVault(_) | VaultError::NotFound(_) | VaultError::NoCommit(_) => {
             ErrorCode::NotFound
         }
-        VaultError::VaultExists(_) | VaultError::Exists(_) => ErrorCode::Exists,
-        VaultError::Corrupt(_) => ErrorCode::Corrupt,
+        VaultError::VaultExists(_) | VaultError::Exists(_) | VaultError::AlreadyCloned(_) => {
+            ErrorCode::Exists
+        }
+        VaultError::Corrupt(_) | VaultError::Refused(_) => ErrorCode::Corrupt,
         VaultError::Store(_) => {
             if let VaultError::Store(inner) = e {
                 return store_error(inner);

@@ -32,6 +32,12 @@ use crate::audit;
 use crate::identity::{NodeId, base32hex};
 use crate::store::{Read, ReadTx, Store, StoreError, Table, WriteTx};
 
+mod sync;
+pub use sync::{
+    FetchOutcome, Fetched, ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState,
+    WireEntry, WireObject, merge_conflict_name,
+};
+
 const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
 const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
@@ -41,6 +47,13 @@ pub const DEFAULT_LOG_DEPTH: usize = 1000;
 /// A vault's permanent, random identifier (names can change).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VaultId([u8; 16]);
+
+impl VaultId {
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
 
 impl fmt::Display for VaultId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -95,6 +108,9 @@ pub struct VaultRecord {
     pub latest: String,
     /// Older tips kept reachable after writes at an earlier version.
     pub kept: Vec<String>,
+    /// Where the vault came from and how its pulls went.
+    #[serde(default)]
+    pub sync: SyncState,
 }
 
 /// One commit, as `vaults log` shows it.
@@ -209,6 +225,12 @@ pub enum VaultError {
     /// A stored object is damaged.
     #[error("damaged object {0} in the vault")]
     Corrupt(String),
+    /// A clone of a vault this node has already.
+    #[error("this node has that vault already, as {0:?}: pull it instead")]
+    AlreadyCloned(String),
+    /// Objects from a peer failed verification; nothing became visible.
+    #[error("refused what the peer sent: {0}; nothing was changed")]
+    Refused(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -707,9 +729,20 @@ impl<'s> Vaults<'s> {
         parent: Option<ObjectId>,
         message: &str,
     ) -> Result<ObjectId, VaultError> {
+        let parents: Vec<ObjectId> = parent.into_iter().collect();
+        self.make_merge_commit(t, tree, &parents, message)
+    }
+
+    fn make_merge_commit(
+        &self,
+        t: &mut Tx<'_, 's, WriteTx<'s>>,
+        tree: ObjectId,
+        parents: &[ObjectId],
+        message: &str,
+    ) -> Result<ObjectId, VaultError> {
         let commit = gix_object::Commit {
             tree,
-            parents: parent.into_iter().collect(),
+            parents: parents.iter().copied().collect(),
             author: self.signature(),
             committer: self.signature(),
             encoding: None,
@@ -748,6 +781,7 @@ impl<'s> Vaults<'s> {
             head: commit.to_string(),
             latest: commit.to_string(),
             kept: Vec::new(),
+            sync: SyncState::default(),
         };
         tx.put(Table::VaultNames, &name_key, &id.0)?;
         Self::save_record(&mut tx, &record)?;
@@ -801,6 +835,7 @@ impl<'s> Vaults<'s> {
         let record = self.record(&tx, name)?;
         tx.delete(Table::VaultNames, &self.name_key(name))?;
         tx.delete(Table::Vaults, &record.id.0)?;
+        crate::nodes::Nodes::new(self.store).forget_vault(&mut tx, &record.id)?;
         loop {
             let rows = tx.range(Table::Objects, &record.id.0, 512, false)?;
             let ours: Vec<Vec<u8>> = rows

@@ -1,0 +1,1309 @@
+//! The agent's peer side: the QUIC endpoint while unlocked, the calls it serves to other
+//! nodes, the calls `pk` asks it to make, and the background work (notification
+//! delivery, scheduled pulls, idle connections, LAN advertisement).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{Open, blocking, record, store_error, vault_error, vaults};
+use crate::api::{ApiError, Backup, ConnectionInfo, ErrorCode, Reply, Request, SecretBytes};
+use crate::identity::NodeId;
+use crate::lan::{self, Interfaces};
+use crate::net::{Connection, Endpoint};
+use crate::nodes::{NodePermission, Nodes, VaultPermission};
+use crate::notifications::{Body, Delivery, Mailbox, Notifications};
+use crate::peer::{
+    CallStream, FetchRequest, IDLE_DEADLINE, MAX_RECEIVED, PeerError, PeerReply, PeerRequest,
+    PeerResponse, SharedVault, read_call, respond, unary,
+};
+use crate::store::{Read as _, Table};
+use crate::vault::{FetchOutcome, Outgoing, PullOutcome, VaultError, VaultId, WireObject};
+
+/// Outgoing connections unused this long are closed.
+const IDLE_CLOSE: Duration = Duration::from_secs(120);
+/// How long a dial may take.
+const DIAL_DEADLINE: Duration = Duration::from_secs(30);
+/// Key prefix of scheduled pulls in the `sync` table.
+const BACKUP: &[u8] = b"bk:";
+
+/// The endpoint and its connections, while the agent is unlocked.
+pub(super) struct PeerNet {
+    endpoint: Endpoint,
+    pool: Mutex<HashMap<NodeId, Pooled>>,
+    incoming: Mutex<HashMap<usize, (NodeId, SocketAddr, Instant, Connection)>>,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    advertiser: Mutex<Option<lan::Advertiser>>,
+    lan: Option<Interfaces>,
+    dialing: tokio::sync::Mutex<()>,
+}
+
+struct Pooled {
+    conn: Connection,
+    since: Instant,
+    last_used: Instant,
+}
+
+impl PeerNet {
+    /// The local address peers dial.
+    pub(super) fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    /// Stops the background work and closes every connection.
+    pub(super) fn shutdown(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        self.advertiser
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.endpoint.close();
+    }
+}
+
+fn lost(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+fn node_id(s: &str) -> Result<NodeId, ApiError> {
+    s.parse().map_err(|e: crate::identity::IdentityError| {
+        ApiError::new(ErrorCode::BadInput, e.to_string())
+    })
+}
+
+fn now_ms() -> u64 {
+    crate::notifications::now_ms()
+}
+
+/// Makes the endpoint on the agent's UDP socket and starts the background work.
+pub(super) fn start(
+    open: &Arc<Open>,
+    socket: &std::net::UdpSocket,
+    lan: Option<Interfaces>,
+) -> Result<Arc<PeerNet>, ApiError> {
+    let socket = socket
+        .try_clone()
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("peer socket: {e}")))?;
+    let endpoint = Endpoint::from_socket(socket, &open.identity)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let net = Arc::new(PeerNet {
+        endpoint,
+        pool: Mutex::new(HashMap::new()),
+        incoming: Mutex::new(HashMap::new()),
+        tasks: Mutex::new(Vec::new()),
+        advertiser: Mutex::new(None),
+        lan,
+        dialing: tokio::sync::Mutex::new(()),
+    });
+    if let (Some(interfaces), Some(addr)) = (lan, net.local_addr()) {
+        match lan::Advertiser::start(
+            &open.identity.node_id().to_string(),
+            addr.port(),
+            interfaces,
+        ) {
+            Ok(advertiser) => {
+                *net.advertiser.lock().unwrap_or_else(|p| p.into_inner()) = Some(advertiser)
+            }
+            Err(e) => eprintln!("pk agent: LAN advertisement is off: {e}"),
+        }
+    }
+    let tasks = vec![
+        tokio::spawn(accept_loop(open.clone(), net.clone())).abort_handle(),
+        tokio::spawn(background(open.clone(), net.clone())).abort_handle(),
+    ];
+    *net.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+    Ok(net)
+}
+
+fn net_of(open: &Open) -> Result<Arc<PeerNet>, ApiError> {
+    open.net.get().cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "this agent has no peer endpoint (it was started with --peer-listen off)",
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Serving other nodes
+
+async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
+    while let Some(incoming) = net.endpoint.accept().await {
+        let open = open.clone();
+        let net = net.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming else { return };
+            let peer = conn.peer();
+            let addr = conn.remote_address();
+            let id = rand_id();
+            net.incoming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, (peer, addr, Instant::now(), conn.clone()));
+            {
+                let open = open.clone();
+                let _ = blocking(move || {
+                    Nodes::new(&open.store)
+                        .seen(&peer, None)
+                        .map_err(store_error)
+                })
+                .await;
+            }
+            while let Ok((send, recv)) = conn.accept().await {
+                let open = open.clone();
+                tokio::spawn(serve_call(open, peer, send, recv));
+            }
+            net.incoming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+    }
+}
+
+fn rand_id() -> usize {
+    use rand_core::RngCore as _;
+    rand_core::OsRng.next_u64() as usize
+}
+
+/// Refusal for a call the caller may not make; recorded in the audit log.
+fn denied(open: &Open, peer: &NodeId, call: &str, vault: Option<&str>, message: &str) -> ApiError {
+    let _ = record(
+        open,
+        "peer.denied",
+        json!({ "node": peer, "call": call, "vault": vault }),
+    );
+    ApiError::new(ErrorCode::Denied, message)
+}
+
+async fn serve_call(
+    open: Arc<Open>,
+    peer: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let request = match read_call(&mut recv).await {
+        Ok(request) => request,
+        Err(e) => {
+            let _ = respond(&mut send, &PeerResponse::Err(e)).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let answer = match request {
+        PeerRequest::Fetch(fetch) => serve_fetch(open, peer, fetch, &mut send).await,
+        other => {
+            let open = open.clone();
+            blocking(move || serve_unary(&open, peer, other)).await
+        }
+    };
+    let last = match answer {
+        Ok(reply) => PeerResponse::Ok(reply),
+        Err(e) => PeerResponse::Err(e),
+    };
+    let _ = respond(&mut send, &last).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+}
+
+fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerReply, ApiError> {
+    let nodes = Nodes::new(&open.store);
+    let tx = open.store.read().map_err(store_error)?;
+    match request {
+        PeerRequest::Ping => Ok(PeerReply::Pong),
+        PeerRequest::FindNode(target) => {
+            if nodes.get(&tx, &peer).map_err(store_error)?.is_none() {
+                return Err(denied(
+                    open,
+                    &peer,
+                    "find",
+                    None,
+                    "this node does not know you",
+                ));
+            }
+            Ok(PeerReply::Addresses(
+                nodes
+                    .get(&tx, &target)
+                    .map_err(store_error)?
+                    .map(|r| r.addrs)
+                    .unwrap_or_default(),
+            ))
+        }
+        PeerRequest::Scan => {
+            if !nodes
+                .node_may(&tx, &peer, NodePermission::Scan)
+                .map_err(store_error)?
+            {
+                return Err(denied(
+                    open,
+                    &peer,
+                    "scan",
+                    None,
+                    "you may not list this node's vaults (no scan permission)",
+                ));
+            }
+            let v = vaults(open);
+            let mut out = Vec::new();
+            for share in nodes.shares_for(&tx, &peer).map_err(store_error)? {
+                if let Ok(record) = v.find(Some(&share.vault), "") {
+                    out.push(SharedVault {
+                        id: share.vault,
+                        name: record.name,
+                        permissions: share.permissions.into_iter().collect(),
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(PeerReply::Vaults(out))
+        }
+        PeerRequest::Notify(body) => {
+            if !nodes
+                .node_may(&tx, &peer, NodePermission::Notify)
+                .map_err(store_error)?
+            {
+                return Err(denied(
+                    open,
+                    &peer,
+                    "notify",
+                    None,
+                    "this node does not take notifications from you (no notify permission)",
+                ));
+            }
+            body.check()
+                .map_err(|e| ApiError::new(ErrorCode::BadInput, e))?;
+            drop(tx);
+            Notifications::new(&open.store)
+                .receive(peer, body)
+                .map_err(store_error)?;
+            Ok(PeerReply::Done)
+        }
+        PeerRequest::Fetch(_) => Err(ApiError::new(ErrorCode::BadInput, "unexpected call")),
+    }
+}
+
+/// Checks a fetch's permission; the vault's id and name.
+fn fetch_allowed(open: &Open, peer: &NodeId, fetch: &FetchRequest) -> Result<VaultId, ApiError> {
+    let wanted = fetch
+        .vault
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| fetch.name.clone());
+    let permission = if fetch.clone {
+        VaultPermission::Clone
+    } else {
+        VaultPermission::Pull
+    };
+    let refuse = || {
+        denied(
+            open,
+            peer,
+            permission.name(),
+            Some(&wanted),
+            &format!(
+                "vault {wanted:?} is not shared with you for {} (or there is no such vault)",
+                permission.name()
+            ),
+        )
+    };
+    let record = match vaults(open).find(fetch.vault.as_ref(), &fetch.name) {
+        Ok(record) => record,
+        Err(_) => return Err(refuse()),
+    };
+    let tx = open.store.read().map_err(store_error)?;
+    let nodes = Nodes::new(&open.store);
+    if nodes.get(&tx, peer).map_err(store_error)?.is_none() {
+        return Err(denied(
+            open,
+            peer,
+            permission.name(),
+            Some(&wanted),
+            "this node does not know you: its owner must add your NodeId first",
+        ));
+    }
+    if !nodes
+        .vault_may(&tx, &record.id, peer, permission)
+        .map_err(store_error)?
+    {
+        return Err(refuse());
+    }
+    Ok(record.id)
+}
+
+enum Sent {
+    Frame(PeerResponse),
+}
+
+async fn serve_fetch(
+    open: Arc<Open>,
+    peer: NodeId,
+    fetch: FetchRequest,
+    send: &mut quinn::SendStream,
+) -> Result<PeerReply, ApiError> {
+    let vault = {
+        let open = open.clone();
+        let fetch = fetch.clone();
+        blocking(move || fetch_allowed(&open, &peer, &fetch)).await?
+    };
+    if fetch.received.len() > MAX_RECEIVED {
+        return Err(ApiError::new(ErrorCode::BadInput, "too many object ids"));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Sent>(8);
+    let worker = {
+        let open = open.clone();
+        tokio::task::spawn_blocking(move || {
+            let v = vaults(&open);
+            let mut out = |item: Outgoing<'_>| {
+                let frame = match item {
+                    Outgoing::Begin(b) => PeerResponse::Begin(b),
+                    Outgoing::Object(o) => PeerResponse::Object(o),
+                    Outgoing::Chunk(c) => PeerResponse::Chunk(SecretBytes(c.to_vec())),
+                };
+                tx.blocking_send(Sent::Frame(frame))
+                    .map_err(|_| VaultError::Interrupted)
+            };
+            let sent = v.send(&vault, &fetch.haves, &fetch.received, &mut out);
+            if sent.is_ok() {
+                let _ = record(
+                    &open,
+                    "vault.served",
+                    json!({ "id": vault, "node": peer, "clone": fetch.clone }),
+                );
+            }
+            sent
+        })
+    };
+    let mut write_failed = None;
+    while let Some(Sent::Frame(frame)) = rx.recv().await {
+        if let Err(e) = respond(send, &frame).await {
+            // The caller went away or cancelled: stop the worker.
+            write_failed = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let result = worker.await.map_err(lost)?;
+    if let Some(e) = write_failed {
+        return Err(ApiError::new(ErrorCode::Unavailable, e.to_string()));
+    }
+    result.map_err(vault_error)?;
+    Ok(PeerReply::Done)
+}
+
+// ---------------------------------------------------------------------------------------
+// Calling other nodes
+
+/// A connection to `node`: the pooled one, or a new one to an address from the graph (or
+/// `addr`). Fails unless the peer proves it is `node`.
+async fn dial(open: &Arc<Open>, node: NodeId, addr: Option<&str>) -> Result<Connection, ApiError> {
+    let net = net_of(open)?;
+    let _dialing = net.dialing.lock().await;
+    if addr.is_none()
+        && let Some(pooled) = net
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&node)
+        && !pooled.conn.is_closed()
+    {
+        pooled.last_used = Instant::now();
+        return Ok(pooled.conn.clone());
+    }
+    let addrs: Vec<String> = match addr {
+        Some(addr) => vec![addr.to_owned()],
+        None => {
+            let open = open.clone();
+            let record = blocking(move || {
+                let tx = open.store.read().map_err(store_error)?;
+                Nodes::new(&open.store).get(&tx, &node).map_err(store_error)
+            })
+            .await?;
+            match record {
+                Some(r) if !r.addrs.is_empty() => r.addrs,
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "no address known for {node}: add it with `pk nodes add {node} <host> <port>`"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    let mut errors = Vec::new();
+    for text in &addrs {
+        let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(text.as_str()).await {
+            Ok(found) => found.collect(),
+            Err(e) => {
+                errors.push(format!("{text}: {e}"));
+                continue;
+            }
+        };
+        for sock in resolved {
+            match tokio::time::timeout(DIAL_DEADLINE, net.endpoint.connect(sock, node)).await {
+                Ok(Ok(conn)) => {
+                    net.pool.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        node,
+                        Pooled {
+                            conn: conn.clone(),
+                            since: Instant::now(),
+                            last_used: Instant::now(),
+                        },
+                    );
+                    let open = open.clone();
+                    let text = text.clone();
+                    let _ = blocking(move || {
+                        Nodes::new(&open.store)
+                            .seen(&node, Some(&text))
+                            .map_err(store_error)
+                    })
+                    .await;
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => errors.push(e.to_string()),
+                Err(_) => errors.push(format!(
+                    "{node} at {sock}: no answer within {} s",
+                    DIAL_DEADLINE.as_secs()
+                )),
+            }
+        }
+    }
+    let denied = errors.iter().any(|e| e.contains("another node"));
+    Err(ApiError::new(
+        if denied {
+            ErrorCode::Denied
+        } else {
+            ErrorCode::Unavailable
+        },
+        errors.join("; "),
+    ))
+}
+
+/// The error for `pk`; a connection that broke or went silent leaves the pool, so the
+/// next call dials afresh instead of waiting on a dead peer.
+fn failed(open: &Open, e: PeerError) -> ApiError {
+    if let PeerError::Connection { node, .. } | PeerError::Timeout { node, .. } = &e
+        && let Some(net) = open.net.get()
+        && let Some(pooled) = net
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node)
+    {
+        pooled.conn.close("broken");
+    }
+    e.to_api()
+}
+
+/// Handles the `pk` requests about peers; gives back the requests that are not.
+pub(super) async fn handle(
+    open: &Arc<Open>,
+    request: Request,
+) -> Result<Result<Reply, ApiError>, Request> {
+    Ok(match request {
+        Request::NodesAdd {
+            node,
+            addr,
+            no_notify,
+            no_ping,
+        } => nodes_add(open, &node, addr, no_notify, no_ping).await,
+        Request::NodesRemove(node) => {
+            async {
+                let node = node_id(&node)?;
+                if let Some(net) = open.net.get()
+                    && let Some(p) = net
+                        .pool
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&node)
+                {
+                    p.conn.close("removed");
+                }
+                let open = open.clone();
+                blocking(move || {
+                    if Nodes::new(&open.store).remove(&node).map_err(store_error)? {
+                        Ok(Reply::Done)
+                    } else {
+                        Err(ApiError::new(
+                            ErrorCode::NotFound,
+                            format!("{node} is not in the node graph"),
+                        ))
+                    }
+                })
+                .await
+            }
+            .await
+        }
+        Request::NodesPing(node) => ping(open, &node).await,
+        Request::NodesFind(node) => find(open, &node).await,
+        Request::NodesGetAll => {
+            let open = open.clone();
+            blocking(move || {
+                let tx = open.store.read().map_err(store_error)?;
+                Ok(Reply::Nodes(
+                    Nodes::new(&open.store).all(&tx).map_err(store_error)?,
+                ))
+            })
+            .await
+        }
+        Request::NodesConnections => connections(open),
+        Request::NodesPermit {
+            node,
+            permissions,
+            allow,
+        } => {
+            async {
+                let node = node_id(&node)?;
+                let open = open.clone();
+                blocking(move || {
+                    Nodes::new(&open.store)
+                        .set_permissions(&node, &permissions, allow)
+                        .map_err(store_error)?
+                        .map(Reply::Node)
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                ErrorCode::NotFound,
+                                format!("{node} is not in the node graph"),
+                            )
+                        })
+                })
+                .await
+            }
+            .await
+        }
+        Request::NodesDiscover { wait_ms } => {
+            let interfaces = open
+                .net
+                .get()
+                .and_then(|n| n.lan)
+                .unwrap_or(Interfaces::Lan);
+            let me = open.identity.node_id().to_string();
+            blocking(move || {
+                lan::browse(
+                    Duration::from_millis(u64::from(wait_ms)),
+                    interfaces,
+                    Some(&me),
+                )
+                .map(Reply::Found)
+                .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))
+            })
+            .await
+        }
+        Request::VaultsShare {
+            vault,
+            node,
+            permissions,
+            grant,
+        } => share(open, vault, &node, permissions, grant).await,
+        Request::VaultsPermissions(vault) => {
+            let open = open.clone();
+            blocking(move || {
+                let record = vaults(&open).find(None, &vault).map_err(vault_error)?;
+                let tx = open.store.read().map_err(store_error)?;
+                Ok(Reply::Shares(
+                    Nodes::new(&open.store)
+                        .shares_of(&tx, &record.id)
+                        .map_err(store_error)?,
+                ))
+            })
+            .await
+        }
+        Request::VaultsScan(node) => {
+            async {
+                let node = node_id(&node)?;
+                let conn = dial(open, node, None).await?;
+                match unary(&conn, PeerRequest::Scan)
+                    .await
+                    .map_err(|e| failed(open, e))?
+                {
+                    PeerReply::Vaults(list) => Ok(Reply::SharedVaults(list)),
+                    _ => Err(lost("an unexpected answer")),
+                }
+            }
+            .await
+        }
+        Request::VaultsClone { vault, node, name } => {
+            async {
+                let node = node_id(&node)?;
+                clone(open, node, &vault, name)
+                    .await
+                    .map(|o| Reply::Fetch(Box::new(o)))
+            }
+            .await
+        }
+        Request::VaultsPull { vault, node } => {
+            async {
+                let node = match node {
+                    Some(n) => Some(node_id(&n)?),
+                    None => None,
+                };
+                pull(open, &vault, node)
+                    .await
+                    .map(|o| Reply::Fetch(Box::new(o)))
+            }
+            .await
+        }
+        Request::BackupsAdd {
+            vault,
+            node,
+            every_s,
+            name,
+        } => {
+            async {
+                let node = node_id(&node)?;
+                if every_s < 10 {
+                    return Err(ApiError::new(
+                        ErrorCode::BadInput,
+                        "pull at most every 10 seconds",
+                    ));
+                }
+                let backup = Backup {
+                    name: name.unwrap_or_else(|| vault.clone()),
+                    vault,
+                    node: node.to_string(),
+                    every_s,
+                    next_ms: 0,
+                    last: None,
+                };
+                let open = open.clone();
+                blocking(move || {
+                    save_backup(&open, &backup, "backup.added")?;
+                    Ok(Reply::Backups(vec![backup]))
+                })
+                .await
+            }
+            .await
+        }
+        Request::BackupsList => {
+            let open = open.clone();
+            blocking(move || Ok(Reply::Backups(backups(&open)?))).await
+        }
+        Request::BackupsRemove(name) => {
+            let open = open.clone();
+            blocking(move || {
+                let mut tx = open.store.write().map_err(store_error)?;
+                let removed = tx
+                    .delete(Table::Sync, &backup_key(&open, &name))
+                    .map_err(store_error)?;
+                if !removed {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("no scheduled pull into {name:?}"),
+                    ));
+                }
+                crate::audit::append(&mut tx, "backup.removed", json!({ "vault": name }))
+                    .map_err(store_error)?;
+                tx.commit().map_err(store_error)?;
+                Ok(Reply::Done)
+            })
+            .await
+        }
+        Request::NotificationsSend { node, text } => {
+            async {
+                let node = node_id(&node)?;
+                let body = Body::Message { text };
+                body.check()
+                    .map_err(|e| ApiError::new(ErrorCode::BadInput, e))?;
+                send_notification(open, node, body).await
+            }
+            .await
+        }
+        Request::NotificationsList { mailbox, unread } => {
+            let open = open.clone();
+            blocking(move || {
+                let mut list = Notifications::new(&open.store)
+                    .list(mailbox)
+                    .map_err(store_error)?;
+                if unread {
+                    list.retain(|n| !n.read);
+                }
+                Ok(Reply::Notifications(list))
+            })
+            .await
+        }
+        Request::NotificationsRead(id) => {
+            let open = open.clone();
+            blocking(move || {
+                Ok(Reply::Count(
+                    Notifications::new(&open.store)
+                        .mark_read(id)
+                        .map_err(store_error)? as u64,
+                ))
+            })
+            .await
+        }
+        Request::NotificationsRemove { mailbox, id } => {
+            let open = open.clone();
+            blocking(move || {
+                let n = Notifications::new(&open.store)
+                    .remove(mailbox, id)
+                    .map_err(store_error)?;
+                if n == 0 && id.is_some() {
+                    return Err(ApiError::new(ErrorCode::NotFound, "no such notification"));
+                }
+                Ok(Reply::Count(n as u64))
+            })
+            .await
+        }
+        other => return Err(other),
+    })
+}
+
+async fn nodes_add(
+    open: &Arc<Open>,
+    node: &str,
+    addr: String,
+    no_notify: bool,
+    no_ping: bool,
+) -> Result<Reply, ApiError> {
+    let node = node_id(node)?;
+    if node == open.identity.node_id() {
+        return Err(ApiError::new(
+            ErrorCode::BadInput,
+            "that is this node's own NodeId",
+        ));
+    }
+    if addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none_or(|p| p == 0)
+    {
+        return Err(ApiError::new(
+            ErrorCode::BadInput,
+            format!("{addr:?} is not host:port with a port from 1 to 65535"),
+        ));
+    }
+    if !no_ping {
+        // Proves the node is there and is the node named, before anything is saved.
+        let conn = dial(open, node, Some(&addr)).await?;
+        unary(&conn, PeerRequest::Ping)
+            .await
+            .map_err(|e| failed(open, e))?;
+    }
+    let permissions: BTreeSet<NodePermission> = if no_notify {
+        BTreeSet::new()
+    } else {
+        BTreeSet::from([NodePermission::Notify])
+    };
+    let open = open.clone();
+    blocking(move || {
+        let (record, _) = Nodes::new(&open.store)
+            .add(node, &addr, permissions)
+            .map_err(store_error)?;
+        Ok(Reply::Node(record))
+    })
+    .await
+}
+
+async fn ping(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
+    let node = node_id(node)?;
+    let started = Instant::now();
+    let conn = dial(open, node, None).await?;
+    unary(&conn, PeerRequest::Ping)
+        .await
+        .map_err(|e| failed(open, e))?;
+    Ok(Reply::Pong {
+        node: node.to_string(),
+        addr: conn.remote_address().to_string(),
+        rtt_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+async fn find(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
+    let target = node_id(node)?;
+    let known = {
+        let open = open.clone();
+        blocking(move || {
+            let tx = open.store.read().map_err(store_error)?;
+            Nodes::new(&open.store).all(&tx).map_err(store_error)
+        })
+        .await?
+    };
+    if let Some(record) = known.iter().find(|r| r.node_id == target)
+        && !record.addrs.is_empty()
+    {
+        return Ok(Reply::Addresses(record.addrs.clone()));
+    }
+    // Ask the nodes this one knows.
+    let mut found: Vec<String> = Vec::new();
+    for record in known.iter().filter(|r| r.node_id != target) {
+        let Ok(conn) = dial(open, record.node_id, None).await else {
+            continue;
+        };
+        if let Ok(PeerReply::Addresses(addrs)) = unary(&conn, PeerRequest::FindNode(target)).await {
+            for a in addrs {
+                if !found.contains(&a) {
+                    found.push(a);
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no node this one knows has an address for {target}"),
+        ));
+    }
+    Ok(Reply::Addresses(found))
+}
+
+fn connections(open: &Arc<Open>) -> Result<Reply, ApiError> {
+    let net = net_of(open)?;
+    let mut out = Vec::new();
+    for (node, p) in net.pool.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if p.conn.is_closed() {
+            continue;
+        }
+        out.push(ConnectionInfo {
+            node: node.to_string(),
+            addr: p.conn.remote_address().to_string(),
+            direction: "outgoing".into(),
+            age_s: p.since.elapsed().as_secs(),
+            rtt_ms: p.conn.rtt().as_millis() as u64,
+        });
+    }
+    for (node, addr, since, conn) in net
+        .incoming
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+    {
+        if conn.is_closed() {
+            continue;
+        }
+        out.push(ConnectionInfo {
+            node: node.to_string(),
+            addr: addr.to_string(),
+            direction: "incoming".into(),
+            age_s: since.elapsed().as_secs(),
+            rtt_ms: conn.rtt().as_millis() as u64,
+        });
+    }
+    out.sort_by(|a, b| (&a.node, &a.direction).cmp(&(&b.node, &b.direction)));
+    Ok(Reply::Connections(out))
+}
+
+async fn share(
+    open: &Arc<Open>,
+    vault: String,
+    node: &str,
+    permissions: Vec<VaultPermission>,
+    grant: bool,
+) -> Result<Reply, ApiError> {
+    let node = node_id(node)?;
+    let (record, share) = {
+        let open = open.clone();
+        let permissions = permissions.clone();
+        blocking(move || {
+            let record = vaults(&open).find(None, &vault).map_err(vault_error)?;
+            let nodes = Nodes::new(&open.store);
+            let tx = open.store.read().map_err(store_error)?;
+            if nodes.get(&tx, &node).map_err(store_error)?.is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("{node} is not in the node graph: add it with `pk nodes add` first"),
+                ));
+            }
+            drop(tx);
+            let share = nodes
+                .set_share(&record.id, &record.name, &node, &permissions, grant)
+                .map_err(store_error)?;
+            Ok((record, share))
+        })
+        .await?
+    };
+    if grant {
+        let body = Body::VaultShare {
+            vault: record.id,
+            name: record.name.clone(),
+            permissions: share
+                .as_ref()
+                .map(|s| s.permissions.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        // The notification goes through the outbox: delivered now or retried later.
+        let _ = send_notification(open, node, body).await;
+    }
+    Ok(Reply::Shares(share.into_iter().collect()))
+}
+
+/// Queues a notification and tries to deliver it at once.
+async fn send_notification(open: &Arc<Open>, node: NodeId, body: Body) -> Result<Reply, ApiError> {
+    let queued = {
+        let open = open.clone();
+        blocking(move || {
+            Notifications::new(&open.store)
+                .queue(node, body)
+                .map_err(store_error)
+        })
+        .await?
+    };
+    let delivered = deliver(open, queued.id, node, queued.body.clone()).await;
+    let notification = {
+        let open = open.clone();
+        let id = queued.id;
+        blocking(move || {
+            Ok(Notifications::new(&open.store)
+                .list(Mailbox::Outbox)
+                .map_err(store_error)?
+                .into_iter()
+                .find(|n| n.id == id))
+        })
+        .await?
+        .unwrap_or(queued)
+    };
+    if let Some(Delivery::Refused { reason }) = &notification.delivery {
+        return Err(ApiError::new(ErrorCode::Denied, reason.clone()));
+    }
+    Ok(Reply::Queued {
+        notification: Box::new(notification),
+        delivered,
+    })
+}
+
+/// One delivery attempt of outbox entry `id`; records the outcome.
+async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body) -> bool {
+    let outcome = match dial(open, node, None).await {
+        Ok(conn) => match unary(&conn, PeerRequest::Notify(body)).await {
+            Ok(_) => Ok(()),
+            Err(PeerError::Refused { error, .. }) if error.code == ErrorCode::Denied => {
+                Err((true, format!("{node} refused: {}", error.message)))
+            }
+            Err(e) => Err((false, failed(open, e).message)),
+        },
+        Err(e) => Err((false, e.message)),
+    };
+    let ok = outcome.is_ok();
+    let open = open.clone();
+    let _ = blocking(move || {
+        Notifications::new(&open.store)
+            .delivered(id, outcome)
+            .map_err(store_error)
+    })
+    .await;
+    ok
+}
+
+/// Receives a fetch's frames into a [`crate::vault::Receiver`] on a blocking thread.
+enum Incoming {
+    Object(WireObject),
+    Chunk(SecretBytes),
+    End,
+    Broken,
+}
+
+async fn fetch(
+    open: &Arc<Open>,
+    node: NodeId,
+    request: FetchRequest,
+    clone_as: Option<Option<String>>,
+) -> Result<FetchOutcome, ApiError> {
+    let conn = dial(open, node, None).await?;
+    let wire_before = conn.wire_bytes();
+    let mut call = CallStream::open(&conn, PeerRequest::Fetch(request))
+        .await
+        .map_err(|e| failed(open, e))?;
+    let begin = match call
+        .next(IDLE_DEADLINE)
+        .await
+        .map_err(|e| failed(open, e))?
+    {
+        PeerResponse::Begin(begin) => begin,
+        PeerResponse::Err(error) => return Err(PeerError::Refused { node, error }.to_api()),
+        _ => return Err(lost("the peer answered a fetch with something else")),
+    };
+    let clone_name = clone_as.map(|name| name.unwrap_or_else(|| begin.name.clone()));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(16);
+    let worker = {
+        let open = open.clone();
+        let begin = begin.clone();
+        tokio::task::spawn_blocking(move || {
+            let v = vaults(&open);
+            let mut receiver = v.receiver(node, &begin, clone_name.as_deref())?;
+            loop {
+                match rx.blocking_recv() {
+                    Some(Incoming::Object(object)) => {
+                        let mut chunks = std::iter::from_fn(|| match rx.blocking_recv() {
+                            Some(Incoming::Chunk(bytes)) => Some(Ok(bytes.take())),
+                            _ => Some(Err(VaultError::Interrupted)),
+                        });
+                        match receiver.object(object, &mut chunks) {
+                            Ok(()) => {}
+                            Err(VaultError::Interrupted) => {
+                                receiver.save()?;
+                                return Err(VaultError::Interrupted);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Some(Incoming::End) => return receiver.finish(&begin.tip),
+                    Some(Incoming::Chunk(_)) => {
+                        return Err(VaultError::Refused("a chunk outside an object".into()));
+                    }
+                    Some(Incoming::Broken) | None => {
+                        receiver.save()?;
+                        return Err(VaultError::Interrupted);
+                    }
+                }
+            }
+        })
+    };
+    let mut broken: Option<ApiError> = None;
+    loop {
+        let next = call.next(IDLE_DEADLINE).await;
+        let item = match next {
+            Ok(PeerResponse::Object(o)) => Incoming::Object(o),
+            Ok(PeerResponse::Chunk(c)) => Incoming::Chunk(c),
+            Ok(PeerResponse::Ok(_)) => Incoming::End,
+            Ok(PeerResponse::Err(error)) => {
+                broken = Some(PeerError::Refused { node, error }.to_api());
+                Incoming::Broken
+            }
+            Ok(PeerResponse::Begin(_)) => {
+                broken = Some(lost("the peer began twice"));
+                Incoming::Broken
+            }
+            Err(e) => {
+                broken = Some(failed(open, e));
+                Incoming::Broken
+            }
+        };
+        let last = matches!(item, Incoming::End | Incoming::Broken);
+        if tx.send(item).await.is_err() {
+            // The receiver refused something: stop the sender too.
+            call.cancel();
+            break;
+        }
+        if last {
+            break;
+        }
+    }
+    drop(tx);
+    let result = worker.await.map_err(lost)?;
+    match result {
+        Ok(mut outcome) => {
+            let after = conn.wire_bytes();
+            outcome.wire_bytes = (after.0 - wire_before.0) + (after.1 - wire_before.1);
+            Ok(outcome)
+        }
+        Err(VaultError::Interrupted) => {
+            let why = broken
+                .map(|e| e.message)
+                .unwrap_or_else(|| "it broke off".into());
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the transfer from {node} did not finish ({why}); what arrived is kept: run the same command again to resume"
+                ),
+            ))
+        }
+        Err(e) => {
+            if let Some(broken) = broken {
+                return Err(broken);
+            }
+            Err(vault_error(e))
+        }
+    }
+}
+
+async fn clone(
+    open: &Arc<Open>,
+    node: NodeId,
+    vault: &str,
+    name: Option<String>,
+) -> Result<FetchOutcome, ApiError> {
+    let resume = {
+        let open = open.clone();
+        let vault = vault.to_owned();
+        blocking(move || {
+            vaults(&open)
+                .clone_resume(&node, &vault)
+                .map_err(vault_error)
+        })
+        .await?
+    };
+    let by_id: Option<VaultId> = vault.parse().ok();
+    let request = FetchRequest {
+        vault: resume.as_ref().map(|(id, _)| *id).or(by_id),
+        name: vault.to_owned(),
+        clone: true,
+        haves: Vec::new(),
+        received: resume
+            .map(|(_, received)| received.into_iter().take(MAX_RECEIVED).collect())
+            .unwrap_or_default(),
+    };
+    fetch(open, node, request, Some(name)).await
+}
+
+async fn pull(
+    open: &Arc<Open>,
+    vault: &str,
+    node: Option<NodeId>,
+) -> Result<FetchOutcome, ApiError> {
+    let name = vault.to_owned();
+    let plan = {
+        let open = open.clone();
+        blocking(move || {
+            let record = vaults(&open).find(None, &name).map_err(vault_error)?;
+            let node = match node.or(record.sync.origin) {
+                Some(node) => node,
+                None => {
+                    return Err(ApiError::new(
+                        ErrorCode::BadInput,
+                        format!("vault {name:?} was not cloned from a node: name one to pull from"),
+                    ));
+                }
+            };
+            let plan = vaults(&open)
+                .pull_request(&name, &node)
+                .map_err(vault_error)?;
+            Ok((plan.record, node, plan.haves, plan.received))
+        })
+        .await?
+    };
+    let (record, node, haves, received) = plan;
+    let request = FetchRequest {
+        vault: Some(record.id),
+        name: record.name.clone(),
+        clone: false,
+        haves,
+        received: received.into_iter().take(MAX_RECEIVED).collect(),
+    };
+    let result = fetch(open, node, request, None).await;
+    if let Err(e) = &result {
+        let open = open.clone();
+        let message = e.message.clone();
+        let name = record.name.clone();
+        let _ = blocking(move || {
+            vaults(&open)
+                .note_pull(
+                    &name,
+                    PullOutcome {
+                        node: node.to_string(),
+                        time: now_ms() / 1000,
+                        ok: false,
+                        message,
+                    },
+                )
+                .map_err(vault_error)
+        })
+        .await;
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------
+// Scheduled pulls
+
+fn backup_key(open: &Open, name: &str) -> Vec<u8> {
+    let mut key = BACKUP.to_vec();
+    key.extend_from_slice(&open.store.name_hash("backup", &[name.as_bytes()]));
+    key
+}
+
+fn save_backup(open: &Open, backup: &Backup, event: &str) -> Result<(), ApiError> {
+    let mut tx = open.store.write().map_err(store_error)?;
+    let bytes = serde_json::to_vec(backup).expect("a backup always serialises");
+    tx.put(Table::Sync, &backup_key(open, &backup.name), &bytes)
+        .map_err(store_error)?;
+    if !event.is_empty() {
+        crate::audit::append(
+            &mut tx,
+            event,
+            json!({ "vault": backup.name, "node": backup.node, "every_s": backup.every_s }),
+        )
+        .map_err(store_error)?;
+    }
+    tx.commit().map_err(store_error)
+}
+
+fn backups(open: &Open) -> Result<Vec<Backup>, ApiError> {
+    let tx = open.store.read().map_err(store_error)?;
+    let mut out = Vec::new();
+    for (key, value) in tx
+        .range(Table::Sync, BACKUP, usize::MAX, false)
+        .map_err(store_error)?
+    {
+        if !key.starts_with(BACKUP) {
+            break;
+        }
+        if let Ok(backup) = serde_json::from_slice::<Backup>(&value) {
+            out.push(backup);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+async fn run_backup(open: &Arc<Open>, mut backup: Backup) {
+    let result = async {
+        let node = node_id(&backup.node)?;
+        let exists = {
+            let open = open.clone();
+            let name = backup.name.clone();
+            blocking(move || Ok(vaults(&open).find(None, &name).is_ok())).await?
+        };
+        if exists {
+            pull(open, &backup.name, Some(node)).await
+        } else {
+            clone(open, node, &backup.vault, Some(backup.name.clone())).await
+        }
+    }
+    .await;
+    backup.last = Some(PullOutcome {
+        node: backup.node.clone(),
+        time: now_ms() / 1000,
+        ok: result.is_ok(),
+        message: match &result {
+            Ok(outcome) => outcome.result.clone(),
+            Err(e) => e.message.clone(),
+        },
+    });
+    backup.next_ms = now_ms() + backup.every_s * 1000;
+    let open = open.clone();
+    let _ = blocking(move || save_backup(&open, &backup, "")).await;
+}
+
+/// Delivers pending notifications, runs due pulls, and closes idle connections.
+async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let due = {
+            let open = open.clone();
+            blocking(move || Notifications::new(&open.store).due().map_err(store_error)).await
+        };
+        for n in due.unwrap_or_default() {
+            deliver(&open, n.id, n.peer, n.body).await;
+        }
+        let now = now_ms();
+        let list = {
+            let open = open.clone();
+            blocking(move || backups(&open)).await
+        };
+        for backup in list.unwrap_or_default() {
+            if backup.next_ms <= now {
+                run_backup(&open, backup).await;
+            }
+        }
+        net.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, p| {
+                let keep = !p.conn.is_closed() && p.last_used.elapsed() < IDLE_CLOSE;
+                if !keep {
+                    p.conn.close("idle");
+                }
+                keep
+            });
+    }
+}

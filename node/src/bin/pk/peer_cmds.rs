@@ -1,0 +1,503 @@
+//! Commands about other nodes: `nodes`, `notifications`, and the sharing half of `vaults`
+//! (share, unshare, permissions, scan, clone, pull, backup).
+
+use node::NodePath;
+use node::api::{Reply, Request};
+use node::client::Client;
+use node::nodes::{NodePermission, VaultPermission};
+use node::notifications::{Body, Delivery, Mailbox, Notification};
+use serde_json::json;
+
+use crate::agent_cmds::{call, time, unexpected};
+use crate::cli::{
+    BackupCommand, InboxCommand, NodePermissionArg, NodesCommand, NotificationsCommand,
+    OutboxCommand, VaultPermissionArg, VaultsCommand,
+};
+use crate::commands::Output;
+use crate::error::CliError;
+
+fn node_permission(p: NodePermissionArg) -> NodePermission {
+    match p {
+        NodePermissionArg::Notify => NodePermission::Notify,
+        NodePermissionArg::Scan => NodePermission::Scan,
+    }
+}
+
+fn vault_permissions(
+    list: &[VaultPermissionArg],
+    default: &[VaultPermission],
+) -> Vec<VaultPermission> {
+    if list.is_empty() {
+        return default.to_vec();
+    }
+    list.iter()
+        .map(|p| match p {
+            VaultPermissionArg::Clone => VaultPermission::Clone,
+            VaultPermissionArg::Pull => VaultPermission::Pull,
+            VaultPermissionArg::Push => VaultPermission::Push,
+        })
+        .collect()
+}
+
+fn names<T: serde::Serialize>(list: impl IntoIterator<Item = T>) -> String {
+    let names: Vec<String> = list
+        .into_iter()
+        .filter_map(|p| serde_json::to_value(p).ok())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
+}
+
+pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Result<(), CliError> {
+    let client = Client::new(node);
+    match command {
+        NodesCommand::Add {
+            node_id,
+            host,
+            port,
+            no_ping,
+            no_notify,
+        } => {
+            // An IPv6 literal needs brackets in host:port.
+            let addr = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let Reply::Node(record) = call(
+                &client,
+                Request::NodesAdd {
+                    node: node_id.clone(),
+                    addr,
+                    no_notify: *no_notify,
+                    no_ping: *no_ping,
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(record), || {
+                format!(
+                    "Added {} at {} (may: {})\n",
+                    record.node_id,
+                    record.addrs.join(", "),
+                    names(&record.permissions)
+                )
+            });
+        }
+        NodesCommand::Remove { node_id } => {
+            call(&client, Request::NodesRemove(node_id.clone()))?;
+            let _ = out.emit(json!({ "removed": node_id }), || {
+                format!("Removed {node_id} and its vault permissions\n")
+            });
+        }
+        NodesCommand::Ping { node_id } => {
+            let Reply::Pong { node, addr, rtt_ms } =
+                call(&client, Request::NodesPing(node_id.clone()))?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(
+                json!({ "node": node, "addr": addr, "rtt_ms": rtt_ms, "success": true }),
+                || format!("{node} answered from {addr} in {rtt_ms} ms\n"),
+            );
+        }
+        NodesCommand::Find { node_id } => {
+            let Reply::Addresses(addrs) = call(&client, Request::NodesFind(node_id.clone()))?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!({ "node": node_id, "addrs": addrs }), || {
+                addrs.iter().map(|a| format!("{a}\n")).collect()
+            });
+        }
+        NodesCommand::Getall => {
+            let Reply::Nodes(list) = call(&client, Request::NodesGetAll)? else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(list), || {
+                list.iter()
+                    .map(|r| {
+                        format!(
+                            "{}\t{}\tmay: {}\tlast seen: {}\n",
+                            r.node_id,
+                            r.addrs.join(","),
+                            names(&r.permissions),
+                            r.last_seen
+                                .map(|t| time(t as i64))
+                                .unwrap_or_else(|| "never".into())
+                        )
+                    })
+                    .collect()
+            });
+        }
+        NodesCommand::Connections => {
+            let Reply::Connections(list) = call(&client, Request::NodesConnections)? else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(list), || {
+                list.iter()
+                    .map(|c| {
+                        format!(
+                            "{}\t{}\t{}\t{} s\trtt {} ms\n",
+                            c.node, c.addr, c.direction, c.age_s, c.rtt_ms
+                        )
+                    })
+                    .collect()
+            });
+        }
+        NodesCommand::Allow {
+            node_id,
+            permissions,
+        }
+        | NodesCommand::Disallow {
+            node_id,
+            permissions,
+        } => {
+            let allow = matches!(command, NodesCommand::Allow { .. });
+            let Reply::Node(record) = call(
+                &client,
+                Request::NodesPermit {
+                    node: node_id.clone(),
+                    permissions: permissions.iter().map(|p| node_permission(*p)).collect(),
+                    allow,
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(record), || {
+                format!("{} may: {}\n", record.node_id, names(&record.permissions))
+            });
+        }
+        NodesCommand::Discover { lan: _, wait } => {
+            let Reply::Found(found) = call(
+                &client,
+                Request::NodesDiscover {
+                    wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!(found), || {
+                if found.is_empty() {
+                    return "No nodes found on the LAN\n".into();
+                }
+                found
+                    .iter()
+                    .map(|f| {
+                        let addrs: Vec<String> = f.addrs.iter().map(ToString::to_string).collect();
+                        format!("{}\t{}\n", f.node_id, addrs.join(","))
+                    })
+                    .collect()
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The sharing commands of `pk vaults`; `None` for the others.
+pub(crate) fn vaults(
+    node: &NodePath,
+    command: &VaultsCommand,
+    out: &Output,
+) -> Option<Result<(), CliError>> {
+    let client = Client::new(node);
+    let run = || -> Result<(), CliError> {
+        match command {
+            VaultsCommand::Share {
+                name,
+                node_id,
+                permissions,
+            }
+            | VaultsCommand::Unshare {
+                name,
+                node_id,
+                permissions,
+            } => {
+                let grant = matches!(command, VaultsCommand::Share { .. });
+                let default: &[VaultPermission] = if grant {
+                    &[VaultPermission::Clone, VaultPermission::Pull]
+                } else {
+                    &[
+                        VaultPermission::Clone,
+                        VaultPermission::Pull,
+                        VaultPermission::Push,
+                    ]
+                };
+                let permissions = vault_permissions(permissions, default);
+                let Reply::Shares(shares) = call(
+                    &client,
+                    Request::VaultsShare {
+                        vault: name.clone(),
+                        node: node_id.clone(),
+                        permissions: permissions.clone(),
+                        grant,
+                    },
+                )?
+                else {
+                    return Err(unexpected());
+                };
+                let now = shares.first().map(|s| names(&s.permissions));
+                let _ = out.emit(
+                    json!({ "vault": name, "node": node_id, "permissions": shares.first().map(|s| &s.permissions) }),
+                    || match now {
+                        Some(now) => format!("{node_id} may now {now} vault {name}\n"),
+                        None => format!("Vault {name} is no longer shared with {node_id}\n"),
+                    },
+                );
+            }
+            VaultsCommand::Permissions { name } => {
+                let Reply::Shares(shares) =
+                    call(&client, Request::VaultsPermissions(name.clone()))?
+                else {
+                    return Err(unexpected());
+                };
+                let _ = out.emit(json!(shares), || {
+                    if shares.is_empty() {
+                        return format!("Vault {name} is not shared\n");
+                    }
+                    shares
+                        .iter()
+                        .map(|s| format!("{}\t{}\n", s.node, names(&s.permissions)))
+                        .collect()
+                });
+            }
+            VaultsCommand::Scan { node_id } => {
+                let Reply::SharedVaults(list) =
+                    call(&client, Request::VaultsScan(node_id.clone()))?
+                else {
+                    return Err(unexpected());
+                };
+                let _ = out.emit(json!(list), || {
+                    list.iter()
+                        .map(|v| format!("{}\t{}\t{}\n", v.name, v.id, names(&v.permissions)))
+                        .collect()
+                });
+            }
+            VaultsCommand::Clone {
+                vault,
+                node_id,
+                name,
+            } => {
+                let Reply::Fetch(outcome) = call(
+                    &client,
+                    Request::VaultsClone {
+                        vault: vault.clone(),
+                        node: node_id.clone(),
+                        name: name.clone(),
+                    },
+                )?
+                else {
+                    return Err(unexpected());
+                };
+                let _ = out.emit(json!(outcome), || {
+                    let mut text = format!(
+                        "Cloned {vault} from {node_id} as {} ({} objects, {} bytes",
+                        outcome.vault, outcome.objects, outcome.bytes
+                    );
+                    if outcome.resumed > 0 {
+                        text +=
+                            &format!("; resumed: {} objects were here already", outcome.resumed);
+                    }
+                    text + ")\n"
+                });
+            }
+            VaultsCommand::Pull { name, node_id } => {
+                let Reply::Fetch(outcome) = call(
+                    &client,
+                    Request::VaultsPull {
+                        vault: name.clone(),
+                        node: node_id.clone(),
+                    },
+                )?
+                else {
+                    return Err(unexpected());
+                };
+                let _ = out.emit(json!(outcome), || {
+                    let mut text = format!(
+                        "Pulled {name}: {} ({} objects, {} bytes on the wire)\n",
+                        outcome.result, outcome.objects, outcome.wire_bytes
+                    );
+                    for (path, kept) in &outcome.conflicts {
+                        text += &format!(
+                            "Conflict: {path} changed on both sides; ours stays at {path}, theirs is kept as {kept}\n"
+                        );
+                    }
+                    text
+                });
+            }
+            VaultsCommand::Backup(command) => return backup(&client, command, out),
+            _ => return Err(CliError::internal("not a sharing command")),
+        }
+        Ok(())
+    };
+    match command {
+        VaultsCommand::Share { .. }
+        | VaultsCommand::Unshare { .. }
+        | VaultsCommand::Permissions { .. }
+        | VaultsCommand::Scan { .. }
+        | VaultsCommand::Clone { .. }
+        | VaultsCommand::Pull { .. }
+        | VaultsCommand::Backup(_) => Some(run()),
+        _ => None,
+    }
+}
+
+fn backup(client: &Client, command: &BackupCommand, out: &Output) -> Result<(), CliError> {
+    let request = match command {
+        BackupCommand::Add {
+            vault,
+            node_id,
+            every,
+            name,
+        } => Request::BackupsAdd {
+            vault: vault.clone(),
+            node: node_id.clone(),
+            every_s: every.as_secs(),
+            name: name.clone(),
+        },
+        BackupCommand::List => Request::BackupsList,
+        BackupCommand::Remove { name } => {
+            call(client, Request::BackupsRemove(name.clone()))?;
+            let _ = out.emit(json!({ "removed": name }), || {
+                format!("Scheduled pulls into {name} stopped\n")
+            });
+            return Ok(());
+        }
+    };
+    let Reply::Backups(list) = call(client, request)? else {
+        return Err(unexpected());
+    };
+    let _ = out.emit(json!(list), || {
+        list.iter()
+            .map(|b| {
+                let last = match &b.last {
+                    Some(last) => format!(
+                        "{} at {}: {}",
+                        if last.ok { "ok" } else { "FAILED" },
+                        time(last.time as i64),
+                        last.message
+                    ),
+                    None => "not run yet".into(),
+                };
+                format!(
+                    "{}\tfrom {} ({})\tevery {}\t{last}\n",
+                    b.name,
+                    b.node,
+                    b.vault,
+                    humantime::format_duration(std::time::Duration::from_secs(b.every_s))
+                )
+            })
+            .collect()
+    });
+    Ok(())
+}
+
+fn show(n: &Notification) -> String {
+    let what = match &n.body {
+        Body::Message { text } => format!("message: {text}"),
+        Body::VaultShare {
+            vault,
+            name,
+            permissions,
+        } => format!(
+            "vault {name} ({vault}) shared with you: {}; clone it with `pk vaults clone {name} {}`",
+            names(permissions),
+            n.peer
+        ),
+    };
+    let state = match &n.delivery {
+        None if n.read => String::new(),
+        None => " [new]".into(),
+        Some(Delivery::Delivered { .. }) => " [delivered]".into(),
+        Some(Delivery::Refused { reason }) => format!(" [refused: {reason}]"),
+        Some(Delivery::Pending {
+            attempts,
+            last_error,
+            ..
+        }) => format!(
+            " [pending after {attempts} attempt(s){}]",
+            last_error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+    };
+    format!(
+        "{}\t{}\t{}\t{what}{state}\n",
+        n.id,
+        time((n.time_ms / 1000) as i64),
+        n.peer
+    )
+}
+
+pub(crate) fn notifications(
+    node: &NodePath,
+    command: &NotificationsCommand,
+    out: &Output,
+) -> Result<(), CliError> {
+    let client = Client::new(node);
+    let list = |mailbox: Mailbox, unread: bool| -> Result<(), CliError> {
+        let Reply::Notifications(list) =
+            call(&client, Request::NotificationsList { mailbox, unread })?
+        else {
+            return Err(unexpected());
+        };
+        let _ = out.emit(json!(list), || list.iter().map(show).collect());
+        Ok(())
+    };
+    let remove = |mailbox: Mailbox, id: Option<u64>| -> Result<(), CliError> {
+        let Reply::Count(n) = call(&client, Request::NotificationsRemove { mailbox, id })? else {
+            return Err(unexpected());
+        };
+        let _ = out.emit(json!({ "removed": n }), || format!("Removed {n}\n"));
+        Ok(())
+    };
+    match command {
+        NotificationsCommand::Send { node_id, message } => {
+            let Reply::Queued {
+                notification,
+                delivered,
+            } = call(
+                &client,
+                Request::NotificationsSend {
+                    node: node_id.clone(),
+                    text: message.clone(),
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!({ "notification": notification, "delivered": delivered }), || {
+                if delivered {
+                    format!("Delivered to {node_id}\n")
+                } else {
+                    format!(
+                        "{node_id} did not answer; the notification is queued and will be retried (pk notifications outbox read)\n"
+                    )
+                }
+            });
+            Ok(())
+        }
+        NotificationsCommand::Inbox(InboxCommand::Read { unread }) => {
+            list(Mailbox::Inbox, *unread)?;
+            call(&client, Request::NotificationsRead(None))?;
+            Ok(())
+        }
+        NotificationsCommand::Inbox(InboxCommand::Remove { id }) => {
+            remove(Mailbox::Inbox, Some(*id))
+        }
+        NotificationsCommand::Inbox(InboxCommand::Clear) => remove(Mailbox::Inbox, None),
+        NotificationsCommand::Outbox(OutboxCommand::Read) => list(Mailbox::Outbox, false),
+        NotificationsCommand::Outbox(OutboxCommand::Remove { id }) => {
+            remove(Mailbox::Outbox, Some(*id))
+        }
+        NotificationsCommand::Outbox(OutboxCommand::Clear) => remove(Mailbox::Outbox, None),
+    }
+}

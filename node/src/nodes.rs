@@ -1,0 +1,364 @@
+//! The node graph and what other nodes may do here.
+//!
+//! A node this one knows is a row of the `nodes` table: its NodeId, the addresses to dial
+//! it at, and the node-wide permissions it holds here (`notify`: may send notifications;
+//! `scan`: may list the vaults shared with it). Vault permissions (`clone`, `pull`,
+//! `push`) are rows of the `shares` table, one per vault and node. A node that is not in
+//! the graph holds no permission at all: knowing a NodeId is the user's decision, taken
+//! with `pk nodes add`, never by a peer. Every change is one transaction with its audit
+//! event.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::audit;
+use crate::identity::NodeId;
+use crate::store::{Read, Store, StoreError, Table, WriteTx};
+use crate::vault::VaultId;
+
+/// What a node may do with one vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultPermission {
+    /// Make a first copy of the vault.
+    Clone,
+    /// Fetch new versions of a copy it has.
+    Pull,
+    /// Send its changes to this node (reserved: no command uses it yet).
+    Push,
+}
+
+impl VaultPermission {
+    /// The permission's name, as the CLI writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            VaultPermission::Clone => "clone",
+            VaultPermission::Pull => "pull",
+            VaultPermission::Push => "push",
+        }
+    }
+}
+
+/// What a node may do with this node as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodePermission {
+    /// Send notifications (vault shares, messages).
+    Notify,
+    /// List the vaults shared with it.
+    Scan,
+}
+
+/// A node in the graph.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its NodeId.
+    pub node_id: NodeId,
+    /// Where to dial it (`host:port`), most recently confirmed first.
+    pub addrs: Vec<String>,
+    /// When it was added, Unix seconds.
+    pub added: u64,
+    /// When it last answered or called, Unix seconds.
+    pub last_seen: Option<u64>,
+    /// Its node-wide permissions here.
+    pub permissions: BTreeSet<NodePermission>,
+}
+
+/// One vault shared with one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The vault.
+    pub vault: VaultId,
+    /// The node.
+    pub node: NodeId,
+    /// What it may do.
+    pub permissions: BTreeSet<VaultPermission>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn corrupt(table: &'static str) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: "unreadable record",
+    }
+}
+
+/// The node graph and the shares, on one store.
+pub struct Nodes<'s> {
+    store: &'s Store,
+}
+
+impl<'s> Nodes<'s> {
+    /// The graph on `store`.
+    pub fn new(store: &'s Store) -> Self {
+        Nodes { store }
+    }
+
+    fn node_key(&self, node: &NodeId) -> [u8; 32] {
+        self.store.name_hash("node", &[node.as_bytes()])
+    }
+
+    fn share_key(&self, vault: &VaultId, node: &NodeId) -> Vec<u8> {
+        let mut key = vault.as_bytes().to_vec();
+        key.extend_from_slice(
+            &self
+                .store
+                .name_hash("share", &[vault.as_bytes(), node.as_bytes()]),
+        );
+        key
+    }
+
+    /// The node's record, if it is in the graph.
+    pub fn get(&self, tx: &impl Read, node: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        match tx.get(Table::Nodes, &self.node_key(node))? {
+            Some(value) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|_| corrupt("nodes")),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a node's record in `tx`.
+    pub fn put(&self, tx: &mut WriteTx<'_>, record: &NodeRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).expect("a record always serialises");
+        tx.put(Table::Nodes, &self.node_key(&record.node_id), &bytes)
+    }
+
+    /// Every node in the graph, by NodeId.
+    pub fn all(&self, tx: &impl Read) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut out: Vec<NodeRecord> = tx
+            .range(Table::Nodes, &[], usize::MAX, false)?
+            .iter()
+            .map(|(_, v)| serde_json::from_slice(v).map_err(|_| corrupt("nodes")))
+            .collect::<Result<_, _>>()?;
+        out.sort_by_key(|r| r.node_id);
+        Ok(out)
+    }
+
+    /// Adds a node at `addr`, or puts `addr` first among a known node's addresses. A new
+    /// node gets `permissions`; a known node keeps its own. Returns the record and whether
+    /// it was new.
+    pub fn add(
+        &self,
+        node: NodeId,
+        addr: &str,
+        permissions: BTreeSet<NodePermission>,
+    ) -> Result<(NodeRecord, bool), StoreError> {
+        let mut tx = self.store.write()?;
+        let existing = self.get(&tx, &node)?;
+        let new = existing.is_none();
+        let mut record = existing.unwrap_or(NodeRecord {
+            node_id: node,
+            addrs: Vec::new(),
+            added: now(),
+            last_seen: None,
+            permissions,
+        });
+        record.addrs.retain(|a| a != addr);
+        record.addrs.insert(0, addr.to_owned());
+        record.addrs.truncate(8);
+        self.put(&mut tx, &record)?;
+        audit::append(
+            &mut tx,
+            if new { "node.added" } else { "node.updated" },
+            json!({ "node": node, "addr": addr }),
+        )?;
+        tx.commit()?;
+        Ok((record, new))
+    }
+
+    /// Removes a node and every vault share it held. Returns whether it was known.
+    pub fn remove(&self, node: &NodeId) -> Result<bool, StoreError> {
+        let mut tx = self.store.write()?;
+        let known = tx.delete(Table::Nodes, &self.node_key(node))?;
+        for share in self.shares_for(&tx, node)? {
+            tx.delete(Table::Shares, &self.share_key(&share.vault, node))?;
+        }
+        if known {
+            audit::append(&mut tx, "node.removed", json!({ "node": node }))?;
+        }
+        tx.commit()?;
+        Ok(known)
+    }
+
+    /// Grants (`allow`) or revokes node-wide permissions of a known node.
+    pub fn set_permissions(
+        &self,
+        node: &NodeId,
+        permissions: &[NodePermission],
+        allow: bool,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        let mut tx = self.store.write()?;
+        let Some(mut record) = self.get(&tx, node)? else {
+            return Ok(None);
+        };
+        for p in permissions {
+            if allow {
+                record.permissions.insert(*p);
+            } else {
+                record.permissions.remove(p);
+            }
+        }
+        self.put(&mut tx, &record)?;
+        audit::append(
+            &mut tx,
+            if allow {
+                "node.allowed"
+            } else {
+                "node.disallowed"
+            },
+            json!({ "node": node, "permissions": permissions }),
+        )?;
+        tx.commit()?;
+        Ok(Some(record))
+    }
+
+    /// Notes that a node answered or called from `addr` (when given): a confirmed address
+    /// moves first. Only for nodes already in the graph.
+    pub fn seen(&self, node: &NodeId, addr: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.store.write()?;
+        let Some(mut record) = self.get(&tx, node)? else {
+            return Ok(());
+        };
+        record.last_seen = Some(now());
+        if let Some(addr) = addr
+            && record.addrs.iter().any(|a| a == addr)
+        {
+            record.addrs.retain(|a| a != addr);
+            record.addrs.insert(0, addr.to_owned());
+        }
+        self.put(&mut tx, &record)?;
+        tx.commit()
+    }
+
+    /// Whether `node` is in the graph and holds `permission`.
+    pub fn node_may(
+        &self,
+        tx: &impl Read,
+        node: &NodeId,
+        permission: NodePermission,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .get(tx, node)?
+            .is_some_and(|r| r.permissions.contains(&permission)))
+    }
+
+    /// The share of `vault` with `node`, if any.
+    pub fn share(
+        &self,
+        tx: &impl Read,
+        vault: &VaultId,
+        node: &NodeId,
+    ) -> Result<Option<Share>, StoreError> {
+        match tx.get(Table::Shares, &self.share_key(vault, node))? {
+            Some(value) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|_| corrupt("shares")),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `node` is in the graph and may do `permission` with `vault`.
+    pub fn vault_may(
+        &self,
+        tx: &impl Read,
+        vault: &VaultId,
+        node: &NodeId,
+        permission: VaultPermission,
+    ) -> Result<bool, StoreError> {
+        Ok(self.get(tx, node)?.is_some()
+            && self
+                .share(tx, vault, node)?
+                .is_some_and(|s| s.permissions.contains(&permission)))
+    }
+
+    /// Every share of `vault`.
+    pub fn shares_of(&self, tx: &impl Read, vault: &VaultId) -> Result<Vec<Share>, StoreError> {
+        let mut out = Vec::new();
+        for (key, value) in tx.range(Table::Shares, vault.as_bytes(), usize::MAX, false)? {
+            if !key.starts_with(vault.as_bytes()) {
+                break;
+            }
+            out.push(serde_json::from_slice(&value).map_err(|_| corrupt("shares"))?);
+        }
+        Ok(out)
+    }
+
+    /// Every vault shared with `node`.
+    pub fn shares_for(&self, tx: &impl Read, node: &NodeId) -> Result<Vec<Share>, StoreError> {
+        let mut out = Vec::new();
+        for (_, value) in tx.range(Table::Shares, &[], usize::MAX, false)? {
+            let share: Share = serde_json::from_slice(&value).map_err(|_| corrupt("shares"))?;
+            if share.node == *node {
+                out.push(share);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Grants (`grant`) or revokes vault permissions of `node` on `vault` (named `name`
+    /// in the audit log). Granting also lets the node scan. Returns the share as it is now
+    /// (`None` once nothing is left).
+    pub fn set_share(
+        &self,
+        vault: &VaultId,
+        name: &str,
+        node: &NodeId,
+        permissions: &[VaultPermission],
+        grant: bool,
+    ) -> Result<Option<Share>, StoreError> {
+        let mut tx = self.store.write()?;
+        let mut share = self.share(&tx, vault, node)?.unwrap_or(Share {
+            vault: *vault,
+            node: *node,
+            permissions: BTreeSet::new(),
+        });
+        for p in permissions {
+            if grant {
+                share.permissions.insert(*p);
+            } else {
+                share.permissions.remove(p);
+            }
+        }
+        let key = self.share_key(vault, node);
+        let result = if share.permissions.is_empty() {
+            tx.delete(Table::Shares, &key)?;
+            None
+        } else {
+            let bytes = serde_json::to_vec(&share).expect("a share always serialises");
+            tx.put(Table::Shares, &key, &bytes)?;
+            Some(share)
+        };
+        if grant && let Some(mut record) = self.get(&tx, node)? {
+            record.permissions.insert(NodePermission::Scan);
+            self.put(&mut tx, &record)?;
+        }
+        audit::append(
+            &mut tx,
+            if grant {
+                "vault.shared"
+            } else {
+                "vault.unshared"
+            },
+            json!({ "vault": name, "id": vault, "node": node, "permissions": permissions }),
+        )?;
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// Drops every share of a vault (it was deleted), in `tx`.
+    pub fn forget_vault(&self, tx: &mut WriteTx<'_>, vault: &VaultId) -> Result<(), StoreError> {
+        for share in self.shares_of(tx, vault)? {
+            tx.delete(Table::Shares, &self.share_key(vault, &share.node))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1220 @@
+//! Moving a vault between nodes: what the serving node sends, how the receiving node
+//! checks and stores it, and how a pull merges edits made on both sides.
+//!
+//! **Negotiation.** The receiver names commits it has (its tips, the tip it last fetched
+//! from that node, and a sample of older first-parent ancestors at distances 1, 2, 4, 8
+//! ...). The sender keeps those it knows: everything reachable from them is on the
+//! receiver. It sends the commits reachable from its newest commit and not from those,
+//! parents first, each preceded by the trees and blobs that changed since its first
+//! parent. A tree whose base (the same directory in the parent commit) the receiver has
+//! travels as a delta: the entries that changed.
+//!
+//! **Verification.** Every object is hashed on arrival and refused unless it matches its
+//! id; a delta tree is rebuilt from its base and hashed. Objects arrive children first,
+//! and each is refused unless everything it names is already here, so a stored object
+//! always has its whole closure: nothing a transfer brings is half there. Objects stay
+//! invisible (no vault record points at them) until the last one is in and the vault's
+//! record moves, in one transaction.
+//!
+//! **Resume.** Objects are written in batches; each batch commits with the list of ids
+//! received so far (the `sync` table). A transfer that breaks off keeps what arrived; the
+//! next clone or pull of the same vault from the same node names those ids and the
+//! sender skips them.
+//!
+//! **Merge.** A pull fast-forwards when only one side changed. Otherwise the three trees
+//! (common ancestor, ours, theirs) are merged by path: a secret changed on one side takes
+//! that side's version; a secret changed on both sides keeps ours at its path and theirs
+//! next to it under a conflict name (`name.conflict-<node>`), and the pull says so.
+//! A secret deleted on one side and changed on the other is kept. Nothing is lost.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    HASH, TreeMap, Tx, VaultError, VaultId, VaultRecord, Vaults, byte_kind, check_vault_name,
+    dir_mode, kind_byte, now, parse_oid,
+};
+use crate::api::SecretBytes;
+use crate::audit;
+use crate::identity::NodeId;
+use crate::store::{Read, Store, Table, WriteTx};
+use gix_hash::ObjectId;
+use gix_object::bstr::BString;
+use gix_object::tree::EntryMode;
+use gix_object::{CommitRef, Kind as ObjectKind};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+/// Objects up to this size travel in one frame; larger ones as a header and chunks.
+const INLINE_MAX: u64 = 192 * 1024;
+/// Bytes per chunk of a large object on the wire.
+const WIRE_CHUNK: usize = 256 * 1024;
+/// Small objects are buffered and written in batches of about this many bytes.
+const BATCH_BYTES: usize = 4 << 20;
+/// ... or this many objects.
+const BATCH_OBJECTS: usize = 2000;
+/// The largest tree or commit accepted (a blob may be up to the secret limit).
+const MAX_METADATA_OBJECT: u64 = 64 << 20;
+/// Key prefix of transfers in progress in the `sync` table.
+const INCOMING: &[u8] = b"in:";
+
+/// Where a vault came from and how its pulls went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The node it was cloned from.
+    pub origin: Option<NodeId>,
+    /// The newest commit fetched from each node (NodeId → commit id): where the next
+    /// pull's negotiation starts.
+    pub remotes: BTreeMap<String, String>,
+    /// The last pull, manual or scheduled.
+    pub last_pull: Option<PullOutcome>,
+}
+
+/// The result of one pull, kept for `vaults list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullOutcome {
+    /// The node pulled from.
+    pub node: String,
+    /// Unix seconds.
+    pub time: u64,
+    /// Whether it worked.
+    pub ok: bool,
+    /// What happened (`up to date`, `fast-forward`, `merged, 1 conflict`, or the error).
+    pub message: String,
+}
+
+/// A tree entry on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireEntry {
+    /// The name.
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// The git mode.
+    pub mode: u16,
+    /// The object id.
+    pub oid: [u8; 20],
+}
+
+/// One object on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum WireObject {
+    /// A whole object.
+    Full {
+        /// Its id.
+        oid: [u8; 20],
+        /// Its kind (1 blob, 2 tree, 3 commit).
+        kind: u8,
+        /// Its bytes.
+        data: SecretBytes,
+    },
+    /// A large object; `size` bytes follow as chunks.
+    Large {
+        /// Its id.
+        oid: [u8; 20],
+        /// Its kind.
+        kind: u8,
+        /// Its length.
+        size: u64,
+    },
+    /// A tree, as changes to a tree the receiver has.
+    TreeDelta {
+        /// Its id.
+        oid: [u8; 20],
+        /// The tree it changes.
+        base: [u8; 20],
+        /// Names gone.
+        removed: Vec<WireEntry>,
+        /// Entries new or changed.
+        changed: Vec<WireEntry>,
+    },
+}
+
+/// Object ids as they travel.
+pub type ObjectIds = Vec<[u8; 20]>;
+
+/// What a pull asks for.
+#[derive(Clone, Debug)]
+pub struct PullPlan {
+    /// The local vault.
+    pub record: VaultRecord,
+    /// Commits this node has.
+    pub haves: ObjectIds,
+    /// Objects an interrupted transfer brought.
+    pub received: ObjectIds,
+}
+
+/// What the serving node says before the objects: which vault, and its newest commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetched {
+    /// The vault's id (the same on every node).
+    pub vault: VaultId,
+    /// Its name on the serving node.
+    pub name: String,
+    /// Its newest commit there.
+    pub tip: String,
+}
+
+/// What the sender hands its transport.
+pub enum Outgoing<'a> {
+    /// The vault and tip (first).
+    Begin(Fetched),
+    /// An object (a `Large` one is followed by its chunks).
+    Object(WireObject),
+    /// A piece of a large object.
+    Chunk(&'a [u8]),
+}
+
+/// The result of a clone or pull.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchOutcome {
+    /// The local vault name.
+    pub vault: String,
+    /// Its id.
+    pub id: VaultId,
+    /// `cloned`, `up to date`, `fast-forward` or `merged`.
+    pub result: String,
+    /// Objects received in this transfer.
+    pub objects: u64,
+    /// Bytes of object data received in this transfer.
+    pub bytes: u64,
+    /// Objects that an earlier, interrupted transfer had brought already.
+    pub resumed: u64,
+    /// Paths whose incoming version was kept under a conflict name (`path -> new path`).
+    pub conflicts: Vec<(String, String)>,
+    /// The vault's newest commit after the transfer.
+    pub commit: String,
+    /// Bytes on the wire (UDP payloads both ways) while the transfer ran; set by the
+    /// transport.
+    pub wire_bytes: u64,
+}
+
+/// A transfer in progress, in the `sync` table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Incoming {
+    node: String,
+    remote_name: String,
+    #[serde(default)]
+    received: Vec<String>,
+}
+
+/// The name an incoming version takes when both sides changed `name`.
+pub fn merge_conflict_name(name: &str, node: &NodeId, n: usize) -> String {
+    let short: String = node.to_string().chars().skip(1).take(8).collect();
+    if n <= 1 {
+        format!("{name}.conflict-{short}")
+    } else {
+        format!("{name}.conflict-{short}-{n}")
+    }
+}
+
+fn oid_bytes(oid: &ObjectId) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    out.copy_from_slice(oid.as_bytes());
+    out
+}
+
+fn wire_oid(bytes: &[u8; 20]) -> ObjectId {
+    ObjectId::from_bytes_or_panic(bytes)
+}
+
+fn incoming_key(vault: &VaultId) -> Vec<u8> {
+    let mut key = INCOMING.to_vec();
+    key.extend_from_slice(vault.as_bytes());
+    key
+}
+
+fn corrupt(what: impl std::fmt::Display) -> VaultError {
+    VaultError::Corrupt(what.to_string())
+}
+
+/// A few recently parsed trees (a history's consecutive trees are each other's bases).
+#[derive(Default)]
+struct TreeCache {
+    entries: Vec<(ObjectId, TreeMap)>,
+}
+
+impl TreeCache {
+    const SIZE: usize = 8;
+
+    fn get(&self, oid: &ObjectId) -> Option<TreeMap> {
+        self.entries
+            .iter()
+            .find(|(o, _)| o == oid)
+            .map(|(_, t)| t.clone())
+    }
+
+    fn put(&mut self, oid: ObjectId, tree: TreeMap) {
+        if self.entries.len() == Self::SIZE {
+            self.entries.remove(0);
+        }
+        self.entries.push((oid, tree));
+    }
+}
+
+impl<R: Read> Tx<'_, '_, R> {
+    fn has(&self, oid: &ObjectId) -> Result<bool, VaultError> {
+        Ok(self.tx.contains(Table::Objects, &self.key(oid))?)
+    }
+
+    fn cached_tree(&self, cache: &mut TreeCache, oid: &ObjectId) -> Result<TreeMap, VaultError> {
+        if let Some(tree) = cache.get(oid) {
+            return Ok(tree);
+        }
+        let tree = self.tree(oid)?;
+        cache.put(*oid, tree.clone());
+        Ok(tree)
+    }
+
+    fn parents(&self, commit: &ObjectId) -> Result<Vec<ObjectId>, VaultError> {
+        let data = self.get_as(commit, ObjectKind::Commit)?;
+        let c = CommitRef::from_bytes(&data, HASH).map_err(|_| corrupt(commit))?;
+        Ok(c.parents().collect())
+    }
+
+    /// Every commit reachable from `starts` (inclusive).
+    fn ancestors(&self, starts: &[ObjectId]) -> Result<HashSet<ObjectId>, VaultError> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<ObjectId> = starts.to_vec();
+        while let Some(oid) = stack.pop() {
+            if seen.insert(oid) {
+                stack.extend(self.parents(&oid)?);
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Whether `ancestor` is reachable from `from`.
+    fn reaches(&self, from: &ObjectId, ancestor: &ObjectId) -> Result<bool, VaultError> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![*from];
+        while let Some(oid) = stack.pop() {
+            if oid == *ancestor {
+                return Ok(true);
+            }
+            if seen.insert(oid) {
+                stack.extend(self.parents(&oid)?);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Commits reachable from `tip` and not in `known`, parents before children.
+    fn new_commits(
+        &self,
+        tip: &ObjectId,
+        known: &HashSet<ObjectId>,
+    ) -> Result<Vec<ObjectId>, VaultError> {
+        let mut order = Vec::new();
+        let mut visited = HashSet::new();
+        // Iterative post-order: (commit, parents pushed yet?).
+        let mut stack = vec![(*tip, false)];
+        while let Some((oid, expanded)) = stack.pop() {
+            if expanded {
+                order.push(oid);
+                continue;
+            }
+            if known.contains(&oid) || !visited.insert(oid) {
+                continue;
+            }
+            stack.push((oid, true));
+            for parent in self.parents(&oid)? {
+                stack.push((parent, false));
+            }
+        }
+        Ok(order)
+    }
+}
+
+/// The sender's side of one transfer.
+struct Sender<'a, 'o, R: Read> {
+    t: &'a Tx<'a, 'a, R>,
+    sent: HashSet<ObjectId>,
+    cache: TreeCache,
+    out: &'a mut dyn FnMut(Outgoing<'_>) -> Result<(), VaultError>,
+    _o: std::marker::PhantomData<&'o ()>,
+}
+
+impl<R: Read> Sender<'_, '_, R> {
+    fn object(&mut self, oid: &ObjectId) -> Result<(), VaultError> {
+        let object = self.t.object(oid)?;
+        let kind = kind_byte(object.kind);
+        if object.size <= INLINE_MAX {
+            let (_, data) = self.t.get(oid)?;
+            (self.out)(Outgoing::Object(WireObject::Full {
+                oid: oid_bytes(oid),
+                kind,
+                data: SecretBytes(data.to_vec()),
+            }))?;
+        } else {
+            (self.out)(Outgoing::Object(WireObject::Large {
+                oid: oid_bytes(oid),
+                kind,
+                size: object.size,
+            }))?;
+            let out = &mut *self.out;
+            self.t.stream(oid, &mut |piece| {
+                for part in piece.chunks(WIRE_CHUNK) {
+                    out(Outgoing::Chunk(part))?;
+                }
+                Ok(())
+            })?;
+        }
+        self.sent.insert(*oid);
+        Ok(())
+    }
+
+    /// Sends the tree `oid` and what it holds that `base` (a tree the receiver has) does
+    /// not.
+    fn tree(&mut self, oid: &ObjectId, base: Option<&ObjectId>) -> Result<(), VaultError> {
+        if self.sent.contains(oid) || base == Some(oid) {
+            return Ok(());
+        }
+        let tree = self.t.cached_tree(&mut self.cache, oid)?;
+        let base_tree = match base {
+            Some(b) => Some(self.t.cached_tree(&mut self.cache, b)?),
+            None => None,
+        };
+        for (name, (mode, child)) in &tree {
+            let in_base = base_tree.as_ref().and_then(|b| b.get(name));
+            if in_base == Some(&(*mode, *child)) {
+                continue;
+            }
+            if mode.is_tree() {
+                let child_base = in_base.filter(|(m, _)| m.is_tree()).map(|(_, o)| *o);
+                self.tree(child, child_base.as_ref())?;
+            } else if !self.sent.contains(child) {
+                self.object(child)?;
+            }
+        }
+        match (base, base_tree) {
+            (Some(base), Some(base_tree)) => {
+                let entry = |name: &BString, (mode, oid): &(EntryMode, ObjectId)| WireEntry {
+                    name: name.to_vec(),
+                    mode: mode.value(),
+                    oid: oid_bytes(oid),
+                };
+                let removed = base_tree
+                    .iter()
+                    .filter(|(name, _)| !tree.contains_key(*name))
+                    .map(|(n, e)| entry(n, e))
+                    .collect();
+                let changed = tree
+                    .iter()
+                    .filter(|(name, e)| base_tree.get(*name) != Some(e))
+                    .map(|(n, e)| entry(n, e))
+                    .collect();
+                (self.out)(Outgoing::Object(WireObject::TreeDelta {
+                    oid: oid_bytes(oid),
+                    base: oid_bytes(base),
+                    removed,
+                    changed,
+                }))?;
+                self.sent.insert(*oid);
+            }
+            _ => self.object(oid)?,
+        }
+        Ok(())
+    }
+}
+
+impl<'s> Vaults<'s> {
+    /// The record of the vault with `id`.
+    pub(super) fn record_by_id(
+        &self,
+        tx: &impl Read,
+        id: &VaultId,
+    ) -> Result<Option<VaultRecord>, VaultError> {
+        match tx.get(Table::Vaults, id.as_bytes())? {
+            Some(value) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|_| corrupt("vault record")),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a pull's outcome (a failed one; a good one is recorded with its merge).
+    pub fn note_pull(&self, name: &str, outcome: PullOutcome) -> Result<(), VaultError> {
+        let mut tx = self.store.write()?;
+        let mut record = self.record(&tx, name)?;
+        record.sync.last_pull = Some(outcome);
+        Vaults::save_record(&mut tx, &record)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The vault a peer names: by id, or by name.
+    pub fn find(&self, id: Option<&VaultId>, name: &str) -> Result<VaultRecord, VaultError> {
+        let tx = self.store.read()?;
+        match id {
+            Some(id) => self
+                .record_by_id(&tx, id)?
+                .ok_or_else(|| VaultError::NoVault(id.to_string())),
+            None => self.record(&tx, name),
+        }
+    }
+
+    /// Serves a clone or pull of `vault`: hands `out` the vault's tip, then every object
+    /// reachable from it that the receiver lacks: neither reachable from a commit in
+    /// `haves` that this node knows, nor in `received` (from an interrupted transfer).
+    pub fn send(
+        &self,
+        vault: &VaultId,
+        haves: &[[u8; 20]],
+        received: &[[u8; 20]],
+        out: &mut dyn FnMut(Outgoing<'_>) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        let mut tx = self.store.read()?;
+        let record = self
+            .record_by_id(&tx, vault)?
+            .ok_or_else(|| VaultError::NoVault(vault.to_string()))?;
+        let t = Tx {
+            store: self.store,
+            tx: &mut tx,
+            vault: record.id,
+        };
+        let tip = parse_oid(&record.latest)?;
+        out(Outgoing::Begin(Fetched {
+            vault: record.id,
+            name: record.name.clone(),
+            tip: record.latest.clone(),
+        }))?;
+        let mut known = Vec::new();
+        for have in haves {
+            let oid = wire_oid(have);
+            if t.has(&oid)? && t.object(&oid)?.kind == ObjectKind::Commit {
+                known.push(oid);
+            }
+        }
+        let common = t.ancestors(&known)?;
+        let commits = t.new_commits(&tip, &common)?;
+        let mut sender = Sender {
+            t: &t,
+            sent: received.iter().map(wire_oid).collect(),
+            cache: TreeCache::default(),
+            out,
+            _o: std::marker::PhantomData,
+        };
+        for commit in commits {
+            if sender.sent.contains(&commit) {
+                continue;
+            }
+            let tree = t.commit_tree(&commit)?;
+            let base = match t.parents(&commit)?.first() {
+                Some(parent) => Some(t.commit_tree(parent)?),
+                None => None,
+            };
+            sender.tree(&tree, base.as_ref())?;
+            sender.object(&commit)?;
+        }
+        Ok(())
+    }
+
+    /// What to tell a node serving a pull of `name`: its id, the commits this node has
+    /// (see the module docs), and what an interrupted transfer already brought.
+    pub fn pull_request(&self, name: &str, node: &NodeId) -> Result<PullPlan, VaultError> {
+        let mut tx = self.store.read()?;
+        let record = self.record(&tx, name)?;
+        let received = self.incoming(&tx, &record.id, node)?;
+        let t = Tx {
+            store: self.store,
+            tx: &mut tx,
+            vault: record.id,
+        };
+        let mut haves: Vec<ObjectId> = Vec::new();
+        let push = |haves: &mut Vec<ObjectId>, oid: ObjectId| {
+            if !haves.contains(&oid) {
+                haves.push(oid);
+            }
+        };
+        if let Some(remote) = record.sync.remotes.get(&node.to_string()) {
+            push(&mut haves, parse_oid(remote)?);
+        }
+        for tip in std::iter::once(&record.latest)
+            .chain(&record.kept)
+            .chain(std::iter::once(&record.head))
+        {
+            push(&mut haves, parse_oid(tip)?);
+        }
+        // First-parent ancestors of the newest commit at distances 1, 2, 4, 8, ...
+        let mut current = parse_oid(&record.latest)?;
+        let mut distance = 0u64;
+        let mut next_sample = 1u64;
+        while haves.len() < 64 {
+            let Some(parent) = t.parents(&current)?.first().copied() else {
+                break;
+            };
+            current = parent;
+            distance += 1;
+            if distance == next_sample {
+                push(&mut haves, current);
+                next_sample *= 2;
+            }
+        }
+        Ok(PullPlan {
+            record,
+            haves: haves.iter().map(oid_bytes).collect(),
+            received: received.iter().map(oid_bytes).collect(),
+        })
+    }
+
+    /// What an interrupted clone of `remote_name` (a name or id) from `node` already
+    /// brought, if there was one.
+    pub fn clone_resume(
+        &self,
+        node: &NodeId,
+        remote: &str,
+    ) -> Result<Option<(VaultId, ObjectIds)>, VaultError> {
+        let tx = self.store.read()?;
+        for (key, value) in tx.range(Table::Sync, INCOMING, usize::MAX, false)? {
+            if !key.starts_with(INCOMING) {
+                break;
+            }
+            let Ok(id) = <[u8; 16]>::try_from(&key[INCOMING.len()..]) else {
+                continue;
+            };
+            let id = VaultId(id);
+            let incoming: Incoming =
+                serde_json::from_slice(&value).map_err(|_| corrupt("transfer record"))?;
+            if incoming.node == node.to_string()
+                && (incoming.remote_name == remote || id.to_string() == remote)
+                && self.record_by_id(&tx, &id)?.is_none()
+            {
+                let received = incoming
+                    .received
+                    .iter()
+                    .map(|h| parse_oid(h).map(|o| oid_bytes(&o)))
+                    .collect::<Result<_, _>>()?;
+                return Ok(Some((id, received)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn incoming(
+        &self,
+        tx: &impl Read,
+        vault: &VaultId,
+        node: &NodeId,
+    ) -> Result<Vec<ObjectId>, VaultError> {
+        match tx.get(Table::Sync, &incoming_key(vault))? {
+            Some(value) => {
+                let incoming: Incoming =
+                    serde_json::from_slice(&value).map_err(|_| corrupt("transfer record"))?;
+                if incoming.node != node.to_string() {
+                    return Ok(Vec::new());
+                }
+                incoming.received.iter().map(|h| parse_oid(h)).collect()
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Starts receiving the vault `begin` names from `node`: a clone (into `local_name`)
+    /// when `clone`, else a pull into the local vault with the same id.
+    pub fn receiver(
+        &self,
+        node: NodeId,
+        begin: &Fetched,
+        clone: Option<&str>,
+    ) -> Result<Receiver<'_, 's>, VaultError> {
+        let tx = self.store.read()?;
+        let existing = self.record_by_id(&tx, &begin.vault)?;
+        parse_oid(&begin.tip)?;
+        match (clone, &existing) {
+            (Some(_), Some(record)) => {
+                return Err(VaultError::AlreadyCloned(record.name.clone()));
+            }
+            (Some(name), None) => {
+                check_vault_name(name)?;
+                if tx.contains(Table::VaultNames, &self.name_key(name))? {
+                    return Err(VaultError::VaultExists(name.to_owned()));
+                }
+            }
+            (None, None) => return Err(VaultError::NoVault(begin.vault.to_string())),
+            (None, Some(_)) => {}
+        }
+        let previous = self.incoming(&tx, &begin.vault, &node)?;
+        let resumed = previous.len() as u64;
+        Ok(Receiver {
+            vaults: self,
+            node,
+            vault: begin.vault,
+            remote_name: begin.name.clone(),
+            clone: clone.map(str::to_owned),
+            received: previous.iter().map(ToString::to_string).collect(),
+            pending: Vec::new(),
+            pending_index: HashMap::new(),
+            pending_bytes: 0,
+            cache: TreeCache::default(),
+            objects: 0,
+            bytes: 0,
+            resumed,
+        })
+    }
+}
+
+/// The receiving side of one clone or pull; see the module docs.
+pub struct Receiver<'v, 's> {
+    vaults: &'v Vaults<'s>,
+    node: NodeId,
+    vault: VaultId,
+    remote_name: String,
+    clone: Option<String>,
+    received: Vec<String>,
+    pending: Vec<(ObjectId, ObjectKind, Zeroizing<Vec<u8>>)>,
+    pending_index: HashMap<ObjectId, usize>,
+    pending_bytes: usize,
+    cache: TreeCache,
+    objects: u64,
+    bytes: u64,
+    resumed: u64,
+}
+
+impl<'s> Receiver<'_, 's> {
+    fn store(&self) -> &'s Store {
+        self.vaults.store
+    }
+
+    /// Whether the object is here (stored, or waiting in this batch).
+    fn present(&self, oid: &ObjectId) -> Result<bool, VaultError> {
+        if self.pending_index.contains_key(oid) {
+            return Ok(true);
+        }
+        let mut tx = self.store().read()?;
+        let t = Tx {
+            store: self.store(),
+            tx: &mut tx,
+            vault: self.vault,
+        };
+        t.has(oid)
+    }
+
+    fn tree_at(&mut self, oid: &ObjectId) -> Result<TreeMap, VaultError> {
+        if let Some(tree) = self.cache.get(oid) {
+            return Ok(tree);
+        }
+        let tree = match self.pending_index.get(oid) {
+            Some(&i) => parse_tree(oid, &self.pending[i].2)?,
+            None => {
+                let mut tx = self.store().read()?;
+                let t = Tx {
+                    store: self.store(),
+                    tx: &mut tx,
+                    vault: self.vault,
+                };
+                if !t.has(oid)? {
+                    return Err(VaultError::Refused(format!(
+                        "a tree delta names a base tree {oid} that is not here"
+                    )));
+                }
+                t.tree(oid)?
+            }
+        };
+        self.cache.put(*oid, tree.clone());
+        Ok(tree)
+    }
+
+    /// Checks that everything `data` (of `kind`) names is here, except entries carried
+    /// over unchanged from `base`.
+    fn check_links(
+        &self,
+        oid: &ObjectId,
+        kind: ObjectKind,
+        data: &[u8],
+        base: Option<&TreeMap>,
+    ) -> Result<(), VaultError> {
+        let missing = |what: &ObjectId| {
+            VaultError::Refused(format!("object {oid} names {what}, which was not sent"))
+        };
+        match kind {
+            ObjectKind::Blob => {}
+            ObjectKind::Tree => {
+                for (name, (mode, child)) in parse_tree(oid, data)? {
+                    if !(mode.is_tree() || mode.is_blob()) {
+                        return Err(VaultError::Refused(format!(
+                            "tree {oid} holds an entry of a kind a vault never has"
+                        )));
+                    }
+                    if base.and_then(|b| b.get(&name)) == Some(&(mode, child)) {
+                        continue;
+                    }
+                    if !self.present(&child)? {
+                        return Err(missing(&child));
+                    }
+                }
+            }
+            ObjectKind::Commit => {
+                let c = CommitRef::from_bytes(data, HASH)
+                    .map_err(|_| VaultError::Refused(format!("commit {oid} does not parse")))?;
+                if !self.present(&c.tree())? {
+                    return Err(missing(&c.tree()));
+                }
+                for parent in c.parents() {
+                    if !self.present(&parent)? {
+                        return Err(missing(&parent));
+                    }
+                }
+            }
+            ObjectKind::Tag => {
+                return Err(VaultError::Refused(format!(
+                    "object {oid} is a tag; vaults hold none"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(
+        &mut self,
+        oid: ObjectId,
+        kind: ObjectKind,
+        data: Zeroizing<Vec<u8>>,
+        base: Option<&TreeMap>,
+    ) -> Result<(), VaultError> {
+        let actual = gix_object::compute_hash(HASH, kind, &data).map_err(|_| corrupt("hash"))?;
+        if actual != oid {
+            return Err(VaultError::Refused(format!(
+                "object {oid} does not match its id (its content hashes to {actual})"
+            )));
+        }
+        self.check_links(&oid, kind, &data, base)?;
+        self.objects += 1;
+        self.bytes += data.len() as u64;
+        if self.pending_index.contains_key(&oid) || self.present(&oid)? {
+            return Ok(());
+        }
+        if kind == ObjectKind::Tree {
+            let tree = parse_tree(&oid, &data)?;
+            self.cache.put(oid, tree);
+        }
+        self.pending_bytes += data.len();
+        self.pending_index.insert(oid, self.pending.len());
+        self.pending.push((oid, kind, data));
+        if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_OBJECTS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps what arrived so far (a transfer broke off): a later transfer resumes there.
+    pub fn save(&mut self) -> Result<(), VaultError> {
+        self.flush()
+    }
+
+    /// Writes the buffered objects, with the list of what arrived, in one transaction.
+    fn flush(&mut self) -> Result<(), VaultError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store().write()?;
+        let mut t = Tx {
+            store: self.store(),
+            tx: &mut tx,
+            vault: self.vault,
+        };
+        for (oid, kind, data) in &self.pending {
+            let stored = t.put(*kind, data)?;
+            debug_assert_eq!(stored, *oid);
+            self.received.push(oid.to_string());
+        }
+        self.save_progress(&mut tx)?;
+        tx.commit()?;
+        self.pending.clear();
+        self.pending_index.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    fn save_progress(&self, tx: &mut WriteTx<'_>) -> Result<(), VaultError> {
+        let incoming = Incoming {
+            node: self.node.to_string(),
+            remote_name: self.remote_name.clone(),
+            received: self.received.clone(),
+        };
+        let bytes = serde_json::to_vec(&incoming).expect("a record always serialises");
+        tx.put(Table::Sync, &incoming_key(&self.vault), &bytes)?;
+        Ok(())
+    }
+
+    /// Takes one object; a `Large` one reads its content from `chunks`.
+    pub fn object(
+        &mut self,
+        object: WireObject,
+        chunks: &mut dyn Iterator<Item = Result<Zeroizing<Vec<u8>>, VaultError>>,
+    ) -> Result<(), VaultError> {
+        let kind_of = |k: u8| {
+            byte_kind(k).ok_or_else(|| VaultError::Refused("an object of unknown kind".into()))
+        };
+        match object {
+            WireObject::Full { oid, kind, data } => {
+                self.accept(wire_oid(&oid), kind_of(kind)?, data.take(), None)
+            }
+            WireObject::TreeDelta {
+                oid,
+                base,
+                removed,
+                changed,
+            } => {
+                let oid = wire_oid(&oid);
+                let base_tree = self.tree_at(&wire_oid(&base))?;
+                let mut tree = base_tree.clone();
+                for entry in removed {
+                    tree.remove(&BString::from(entry.name));
+                }
+                for entry in changed {
+                    let mode = EntryMode::try_from(u32::from(entry.mode)).map_err(|_| {
+                        VaultError::Refused(format!("tree {oid} has an invalid entry mode"))
+                    })?;
+                    tree.insert(BString::from(entry.name), (mode, wire_oid(&entry.oid)));
+                }
+                let data = Zeroizing::new(encode_tree(&tree)?);
+                self.accept(oid, ObjectKind::Tree, data, Some(&base_tree))
+            }
+            WireObject::Large { oid, kind, size } => {
+                let oid = wire_oid(&oid);
+                let kind = kind_of(kind)?;
+                if kind != ObjectKind::Blob {
+                    if size > MAX_METADATA_OBJECT {
+                        return Err(VaultError::Refused(format!(
+                            "object {oid} is {size} bytes, over the limit for its kind"
+                        )));
+                    }
+                    let mut data = Zeroizing::new(Vec::new());
+                    while (data.len() as u64) < size {
+                        let piece = chunks.next().ok_or(VaultError::Interrupted)??;
+                        data.extend_from_slice(&piece);
+                    }
+                    if data.len() as u64 != size {
+                        return Err(VaultError::SizeMismatch);
+                    }
+                    return self.accept(oid, kind, data, None);
+                }
+                // A large blob streams into its own transaction (after the batch so far).
+                self.flush()?;
+                let mut tx = self.store().write()?;
+                let mut t = Tx {
+                    store: self.store(),
+                    tx: &mut tx,
+                    vault: self.vault,
+                };
+                let mut remaining = size;
+                let mut pieces = std::iter::from_fn(|| {
+                    if remaining == 0 {
+                        return None;
+                    }
+                    let piece = chunks.next().unwrap_or(Err(VaultError::Interrupted));
+                    if let Ok(p) = &piece {
+                        remaining = remaining.saturating_sub(p.len() as u64);
+                    }
+                    Some(piece)
+                });
+                let stored = t.put_blob_stream(&mut pieces, Some(size))?;
+                if stored != oid {
+                    return Err(VaultError::Refused(format!(
+                        "object {oid} does not match its id (its content hashes to {stored})"
+                    )));
+                }
+                self.received.push(oid.to_string());
+                self.save_progress(&mut tx)?;
+                tx.commit()?;
+                self.objects += 1;
+                self.bytes += size;
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the transfer: checks the tip arrived, then (one transaction) creates the
+    /// cloned vault or merges the pull, and forgets the transfer record.
+    pub fn finish(mut self, tip: &str) -> Result<FetchOutcome, VaultError> {
+        self.flush()?;
+        let tip = parse_oid(tip)?;
+        let store = self.store();
+        let mut tx = store.write()?;
+        let mut t = Tx {
+            store,
+            tx: &mut tx,
+            vault: self.vault,
+        };
+        if !t.has(&tip)? || t.object(&tip)?.kind != ObjectKind::Commit {
+            return Err(VaultError::Refused(format!(
+                "the newest commit {tip} did not arrive"
+            )));
+        }
+        let node = self.node.to_string();
+        let mut outcome = FetchOutcome {
+            vault: String::new(),
+            id: self.vault,
+            result: String::new(),
+            objects: self.objects,
+            bytes: self.bytes,
+            resumed: self.resumed,
+            conflicts: Vec::new(),
+            commit: tip.to_string(),
+            wire_bytes: 0,
+        };
+        let record = match &self.clone {
+            Some(name) => {
+                let record = VaultRecord {
+                    id: self.vault,
+                    name: name.clone(),
+                    created: now(),
+                    head: tip.to_string(),
+                    latest: tip.to_string(),
+                    kept: Vec::new(),
+                    sync: SyncState {
+                        origin: Some(self.node),
+                        remotes: BTreeMap::from([(node.clone(), tip.to_string())]),
+                        last_pull: None,
+                    },
+                };
+                tx.put(
+                    Table::VaultNames,
+                    &self.vaults.name_key(name),
+                    self.vault.as_bytes(),
+                )?;
+                outcome.result = "cloned".into();
+                record
+            }
+            None => {
+                let mut record = self
+                    .vaults
+                    .record_by_id(t.tx, &self.vault)?
+                    .ok_or_else(|| VaultError::NoVault(self.vault.to_string()))?;
+                let ours = parse_oid(&record.latest)?;
+                let follow_head = record.head == record.latest;
+                let new_latest = if ours == tip || t.reaches(&ours, &tip)? {
+                    outcome.result = "up to date".into();
+                    ours
+                } else if t.reaches(&tip, &ours)? {
+                    outcome.result = "fast-forward".into();
+                    tip
+                } else {
+                    let (commit, conflicts) = self.merge(&mut t, ours, tip)?;
+                    outcome.result = match conflicts.len() {
+                        0 => "merged".into(),
+                        1 => "merged, 1 conflict kept".into(),
+                        n => format!("merged, {n} conflicts kept"),
+                    };
+                    outcome.conflicts = conflicts;
+                    commit
+                };
+                record.latest = new_latest.to_string();
+                if follow_head {
+                    record.head = new_latest.to_string();
+                }
+                record.sync.remotes.insert(node.clone(), tip.to_string());
+                record.sync.last_pull = Some(PullOutcome {
+                    node: node.clone(),
+                    time: now(),
+                    ok: true,
+                    message: outcome.result.clone(),
+                });
+                record
+            }
+        };
+        outcome.vault = record.name.clone();
+        outcome.commit = record.latest.clone();
+        Vaults::save_record(&mut tx, &record)?;
+        tx.delete(Table::Sync, &incoming_key(&self.vault))?;
+        audit::append(
+            &mut tx,
+            if self.clone.is_some() {
+                "vault.cloned"
+            } else {
+                "vault.pulled"
+            },
+            json!({
+                "vault": record.name,
+                "id": record.id,
+                "node": node,
+                "result": outcome.result,
+                "conflicts": outcome.conflicts.len(),
+                "objects": outcome.objects,
+            }),
+        )?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Merges `theirs` into `ours` by path; returns the merge commit and the conflicts.
+    fn merge<'t>(
+        &self,
+        t: &mut Tx<'t, 's, WriteTx<'s>>,
+        ours: ObjectId,
+        theirs: ObjectId,
+    ) -> Result<(ObjectId, Vec<(String, String)>), VaultError> {
+        let mine = t.ancestors(&[ours])?;
+        let mut base = None;
+        let mut queue = std::collections::VecDeque::from([theirs]);
+        let mut seen = HashSet::new();
+        while let Some(oid) = queue.pop_front() {
+            if mine.contains(&oid) {
+                base = Some(oid);
+                break;
+            }
+            if seen.insert(oid) {
+                queue.extend(t.parents(&oid)?);
+            }
+        }
+        let flat = |t: &Tx<'_, '_, WriteTx<'s>>, commit: Option<ObjectId>| match commit {
+            Some(c) => flatten(t, &t.commit_tree(&c)?),
+            None => Ok(BTreeMap::new()),
+        };
+        let b = flat(t, base)?;
+        let l = flat(t, Some(ours))?;
+        let r = flat(t, Some(theirs))?;
+        let mut merged: Flat = BTreeMap::new();
+        let mut incoming_copies: Vec<(Vec<BString>, (EntryMode, ObjectId))> = Vec::new();
+        let paths: std::collections::BTreeSet<&Vec<BString>> =
+            b.keys().chain(l.keys()).chain(r.keys()).collect();
+        for path in paths {
+            let (bv, lv, rv) = (b.get(path), l.get(path), r.get(path));
+            let take = if lv == rv || rv == bv {
+                lv
+            } else if lv == bv {
+                rv
+            } else {
+                match (lv, rv) {
+                    (Some(_), Some(theirs)) => {
+                        incoming_copies.push((path.clone(), *theirs));
+                        lv
+                    }
+                    // Deleted on one side, changed on the other: the change stays.
+                    (None, changed) | (changed, None) => changed,
+                }
+            };
+            if let Some(entry) = take {
+                merged.insert(path.clone(), *entry);
+            }
+        }
+        // A file on one side where the other has a directory: the incoming file moves.
+        let leaves: Vec<Vec<BString>> = merged.keys().cloned().collect();
+        for path in &leaves {
+            let is_prefix = merged
+                .range(path.clone()..)
+                .nth(1)
+                .is_some_and(|(next, _)| next.len() > path.len() && next.starts_with(path));
+            if is_prefix && let Some(entry) = merged.remove(path) {
+                incoming_copies.push((path.clone(), entry));
+            }
+        }
+        let mut conflicts = Vec::new();
+        for (path, entry) in incoming_copies {
+            let (last, parent) = path.split_last().ok_or_else(|| corrupt("empty path"))?;
+            let mut n = 1;
+            let renamed = loop {
+                let name = merge_conflict_name(&last.to_string(), &self.node, n);
+                let mut candidate = parent.to_vec();
+                candidate.push(BString::from(name));
+                if !merged.contains_key(&candidate) {
+                    break candidate;
+                }
+                n += 1;
+            };
+            let show = |p: &[BString]| {
+                p.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            conflicts.push((show(&path), show(&renamed)));
+            merged.insert(renamed, entry);
+        }
+        let entries: Vec<(Vec<BString>, (EntryMode, ObjectId))> = merged.into_iter().collect();
+        let tree = build(t, &entries, 0)?;
+        let message = if conflicts.is_empty() {
+            format!("merge from {}", self.node)
+        } else {
+            format!(
+                "merge from {}: {} conflict(s) kept under .conflict names",
+                self.node,
+                conflicts.len()
+            )
+        };
+        let commit = self
+            .vaults
+            .make_merge_commit(t, tree, &[ours, theirs], &message)?;
+        Ok((commit, conflicts))
+    }
+}
+
+/// A tree flattened to its leaves: secrets, and directories with nothing in them.
+type Flat = BTreeMap<Vec<BString>, (EntryMode, ObjectId)>;
+
+fn flatten<R: Read>(t: &Tx<'_, '_, R>, root: &ObjectId) -> Result<Flat, VaultError> {
+    let mut out = Flat::new();
+    let mut stack = vec![(Vec::new(), *root)];
+    while let Some((prefix, oid)) = stack.pop() {
+        let tree = t.tree(&oid)?;
+        for (name, (mode, child)) in tree {
+            let mut path: Vec<BString> = prefix.clone();
+            path.push(name);
+            if mode.is_tree() && !t.tree(&child)?.is_empty() {
+                stack.push((path, child));
+            } else {
+                out.insert(path, (mode, child));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the trees for sorted leaf entries, from `depth` down; returns the root's id.
+fn build<'s>(
+    t: &mut Tx<'_, 's, WriteTx<'s>>,
+    entries: &[(Vec<BString>, (EntryMode, ObjectId))],
+    depth: usize,
+) -> Result<ObjectId, VaultError> {
+    let mut map = TreeMap::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let name = &entries[i].0[depth];
+        let mut j = i + 1;
+        while j < entries.len() && entries[j].0[depth] == *name {
+            j += 1;
+        }
+        if j == i + 1 && entries[i].0.len() == depth + 1 {
+            map.insert(name.clone(), entries[i].1);
+        } else {
+            let group: Vec<_> = entries[i..j]
+                .iter()
+                .filter(|(p, _)| p.len() > depth + 1)
+                .cloned()
+                .collect();
+            let child = build(t, &group, depth + 1)?;
+            map.insert(name.clone(), (dir_mode(), child));
+        }
+        i = j;
+    }
+    t.put_tree(&map)
+}
+
+fn parse_tree(oid: &ObjectId, data: &[u8]) -> Result<TreeMap, VaultError> {
+    let tree = gix_object::TreeRef::from_bytes(data, HASH)
+        .map_err(|_| VaultError::Refused(format!("tree {oid} does not parse")))?;
+    Ok(tree
+        .entries
+        .iter()
+        .map(|e| (e.filename.to_owned(), (e.mode, e.oid.to_owned())))
+        .collect())
+}
+
+fn encode_tree(map: &TreeMap) -> Result<Vec<u8>, VaultError> {
+    use gix_object::WriteTo as _;
+    let mut entries: Vec<gix_object::tree::Entry> = map
+        .iter()
+        .map(|(name, (mode, oid))| gix_object::tree::Entry {
+            mode: *mode,
+            filename: name.clone(),
+            oid: *oid,
+        })
+        .collect();
+    entries.sort();
+    let mut data = Vec::new();
+    gix_object::Tree { entries }
+        .write_to(&mut data)
+        .map_err(|_| VaultError::Refused("a tree cannot be encoded".into()))?;
+    Ok(data)
+}

@@ -1,0 +1,527 @@
+//! The peer network end to end: nodes as separate agent processes with their own data
+//! directories, talking QUIC over loopback (through a lossy relay where a test says so).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{AgentGuard, Run, World, agent_pid, kill9};
+use crate::relay::Relay;
+
+const PASS: &str = "peer-test-passphrase";
+
+/// One node: its directory, agent, NodeId and peer address.
+struct Peer<'w> {
+    w: &'w World,
+    name: String,
+    path: PathBuf,
+    pass: PathBuf,
+    id: String,
+    addr: String,
+    agent: Option<AgentGuard>,
+}
+
+impl<'w> Peer<'w> {
+    fn new(w: &'w World, name: &str) -> Peer<'w> {
+        let (path, pass, _) = w.soft_node_named(name, PASS);
+        let mut peer = Peer {
+            w,
+            name: name.to_owned(),
+            path,
+            pass,
+            id: String::new(),
+            addr: String::new(),
+            agent: None,
+        };
+        peer.start(None);
+        peer
+    }
+
+    /// Starts the agent (on `port`, else one the kernel picks) and reads who and where it is.
+    fn start(&mut self, port: Option<u16>) {
+        let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let pass = self.pass.to_str().unwrap().to_owned();
+        self.w
+            .pk_env(
+                &self.path,
+                &["agent", "start", "--password-file", &pass],
+                &[("PK_PEER_LISTEN", &listen)],
+            )
+            .ok();
+        self.agent = Some(AgentGuard::new(&self.path));
+        let status = self.json(&["agent", "status"]);
+        self.id = status["node_id"].as_str().unwrap().to_owned();
+        self.addr = status["peer_addr"].as_str().unwrap().to_owned();
+    }
+
+    /// kill -9 of the agent.
+    fn crash(&mut self) {
+        if let Some(pid) = agent_pid(&self.path) {
+            kill9(pid);
+        }
+        self.agent = None;
+        let _ = std::fs::remove_file(self.path.join("agent.sock"));
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+
+    fn pk(&self, args: &[&str]) -> Run {
+        self.w.pk(&self.path, args)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let out = self.pk(&all).ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// Adds `other` to this node's graph at its own address.
+    fn add(&self, other: &Peer<'_>) {
+        self.add_at(other, &other.addr);
+    }
+
+    fn add_at(&self, other: &Peer<'_>, addr: &str) {
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        self.pk(&["nodes", "add", &other.id, host, port]).ok();
+    }
+
+    fn write(&self, secret: &str, value: &str) {
+        let file = self.w.path(&format!("{}-input", self.name));
+        std::fs::write(&file, value).unwrap();
+        self.pk(&["secrets", "create", file.to_str().unwrap(), secret])
+            .ok();
+    }
+
+    fn cat(&self, secret: &str) -> String {
+        self.pk(&["secrets", "cat", secret]).ok()
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn share_clone_edit_both_sides_pull_both_ways_and_keep_conflicts() {
+    let w = World::new();
+    let office = Peer::new(&w, "office");
+    let laptop = Peer::new(&w, "laptop");
+    let other = Peer::new(&w, "other");
+    for (a, b) in [(&office, &laptop), (&laptop, &office), (&office, &other)] {
+        a.add(b);
+    }
+    other.add(&office);
+    other.add(&laptop);
+    laptop.add(&other);
+
+    office.pk(&["vaults", "create", "team"]).ok();
+    office.write("team:db/password", "hunter2");
+    office.write("team:api-token", "tok-1");
+    office.write("team:shared", "base");
+
+    // Sharing notifies the laptop, which can then clone.
+    let shared = office.pk(&["vaults", "share", "team", &laptop.id]).ok();
+    assert!(shared.contains("clone,pull"), "{shared}");
+    let inbox = laptop.pk(&["notifications", "inbox", "read"]).ok();
+    assert!(
+        inbox.contains("vault team") && inbox.contains("shared with you"),
+        "{inbox}"
+    );
+    let permissions = office.pk(&["vaults", "permissions", "team"]).ok();
+    assert!(permissions.contains(&laptop.id), "{permissions}");
+    let scan = laptop.pk(&["vaults", "scan", &office.id]).ok();
+    assert!(scan.starts_with("team\t"), "{scan}");
+
+    let cloned = laptop.json(&["vaults", "clone", "team", &office.id]);
+    assert_eq!(cloned["result"], "cloned");
+    assert_eq!(laptop.cat("team:db/password"), "hunter2");
+    assert_eq!(laptop.cat("team:api-token"), "tok-1");
+    let log = laptop.pk(&["vaults", "log", "team"]).ok();
+    assert!(
+        log.contains("create db/password"),
+        "history came along: {log}"
+    );
+
+    // A clone is a full vault: the laptop edits it.
+    office.write("team:api-token", "tok-2");
+    laptop.write("team:db/password", "correct horse");
+    laptop.write("team:laptop-only", "l");
+    let pulled = laptop.json(&["vaults", "pull", "team"]);
+    assert_eq!(pulled["result"], "merged", "{pulled}");
+    assert_eq!(laptop.cat("team:api-token"), "tok-2");
+    assert_eq!(laptop.cat("team:db/password"), "correct horse");
+    assert_eq!(laptop.cat("team:laptop-only"), "l");
+
+    // The other way: the office pulls the laptop's edits from the laptop.
+    laptop.pk(&["vaults", "share", "team", &office.id]).ok();
+    let back = office.json(&["vaults", "pull", "team", &laptop.id]);
+    assert_eq!(back["result"], "fast-forward", "{back}");
+    assert_eq!(office.cat("team:db/password"), "correct horse");
+    assert_eq!(office.cat("team:laptop-only"), "l");
+    let nothing = office.json(&["vaults", "pull", "team", &laptop.id]);
+    assert_eq!(nothing["result"], "up to date");
+
+    // The same secret changed on both sides: both versions kept, and said so.
+    office.write("team:shared", "office version");
+    laptop.write("team:shared", "laptop version");
+    let conflict = laptop.pk(&["vaults", "pull", "team"]).ok();
+    assert!(
+        conflict.contains("Conflict: shared changed on both sides"),
+        "{conflict}"
+    );
+    let short: String = office.id.chars().skip(1).take(8).collect();
+    let kept = format!("team:shared.conflict-{short}");
+    assert_eq!(laptop.cat("team:shared"), "laptop version");
+    assert_eq!(laptop.cat(&kept), "office version");
+
+    // A third node clones from the office and pulls from the laptop.
+    office.pk(&["vaults", "share", "team", &other.id]).ok();
+    other.json(&["vaults", "clone", "team", &office.id]);
+    laptop.pk(&["vaults", "share", "team", &other.id]).ok();
+    let from_laptop = other.json(&["vaults", "pull", "team", &laptop.id]);
+    assert_eq!(from_laptop["result"], "fast-forward", "{from_laptop}");
+    assert_eq!(other.cat(&kept), "office version");
+    let listed = other.pk(&["vaults", "list"]).ok();
+    assert!(listed.contains("last pull ok"), "{listed}");
+
+    // Connections were reused and are listed.
+    let connections = other.pk(&["nodes", "connections"]).ok();
+    assert!(
+        connections.contains(&office.id) && connections.contains("outgoing"),
+        "{connections}"
+    );
+    let ping = laptop.pk(&["nodes", "ping", &office.id]).ok();
+    assert!(ping.contains("answered"), "{ping}");
+    let all = laptop.json(&["nodes", "getall"]);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    // `find` asks the nodes this one knows: the laptop does not know... itself; other does.
+    let found = other.pk(&["nodes", "find", &laptop.id]).ok();
+    assert!(found.contains(&laptop.addr), "{found}");
+}
+
+#[test]
+fn permission_matrix_refuses_with_clear_errors() {
+    let w = World::new();
+    let owner = Peer::new(&w, "owner");
+    let friend = Peer::new(&w, "friend");
+    let stranger = Peer::new(&w, "stranger");
+    owner.pk(&["vaults", "create", "private"]).ok();
+    owner.write("private:key", "v");
+    friend.add(&owner);
+    stranger.add(&owner);
+
+    // Unknown node: the owner never added the stranger.
+    stranger
+        .pk(&["vaults", "clone", "private", &owner.id])
+        .fails(77, "does not know you");
+    stranger
+        .pk(&["vaults", "scan", &owner.id])
+        .fails(77, "no scan permission");
+    stranger
+        .pk(&["notifications", "send", &owner.id, "hello"])
+        .fails(77, "no notify permission");
+
+    // Known, but the vault is not shared.
+    owner.add(&friend);
+    friend
+        .pk(&["vaults", "clone", "private", &owner.id])
+        .fails(77, "not shared with you");
+
+    // Shared for clone only: a later pull is refused.
+    owner
+        .pk(&[
+            "vaults",
+            "share",
+            "private",
+            &friend.id,
+            "--permission",
+            "clone",
+        ])
+        .ok();
+    friend.pk(&["vaults", "clone", "private", &owner.id]).ok();
+    friend
+        .pk(&["vaults", "pull", "private"])
+        .fails(77, "not shared with you for pull");
+
+    // Permission revoked.
+    owner
+        .pk(&[
+            "vaults",
+            "share",
+            "private",
+            &friend.id,
+            "--permission",
+            "pull",
+        ])
+        .ok();
+    friend.pk(&["vaults", "pull", "private"]).ok();
+    owner.pk(&["vaults", "unshare", "private", &friend.id]).ok();
+    friend
+        .pk(&["vaults", "pull", "private"])
+        .fails(77, "not shared with you for pull");
+    let listed = friend.pk(&["vaults", "list"]).ok();
+    assert!(listed.contains("last pull FAILED"), "{listed}");
+
+    // Wrong pinned NodeId: the friend's id at the stranger's address.
+    let (host, port) = stranger.addr.rsplit_once(':').unwrap();
+    owner
+        .pk(&["nodes", "add", &friend.id, host, port])
+        .fails(77, "another node");
+    let graph = owner.json(&["nodes", "getall"]);
+    let friend_addrs = graph
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == friend.id.as_str())
+        .unwrap()["addrs"]
+        .clone();
+    assert_eq!(
+        friend_addrs,
+        serde_json::json!([friend.addr]),
+        "nothing was saved"
+    );
+
+    // Every refusal is on the owner's record.
+    let audit = owner.pk(&["audit", "--event", "peer.denied"]).ok();
+    assert!(audit.lines().count() >= 4, "{audit}");
+    // Bad input from the command line changes nothing.
+    owner
+        .pk(&["nodes", "add", "not-a-node-id", "127.0.0.1", "1"])
+        .fails(64, "not a NodeId");
+}
+
+/// A node that answers with a tampered object: the clone is refused, nothing appears.
+#[test]
+fn a_tampered_object_is_refused() {
+    use node::api::SecretBytes;
+    use node::identity::Identity;
+    use node::net::Endpoint;
+    use node::peer::{PeerReply, PeerRequest, PeerResponse, read_call, respond};
+    use node::vault::{Fetched, WireObject};
+
+    let w = World::new();
+    let victim = Peer::new(&w, "victim");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let evil = Identity::generate();
+    let evil_id = evil.node_id().to_string();
+    let endpoint = rt
+        .block_on(async { Endpoint::bind("127.0.0.1:0".parse().unwrap(), &evil) })
+        .unwrap();
+    let evil_addr = endpoint.local_addr().unwrap();
+    // A blob whose bytes do not hash to the id it is sent under.
+    let blob_id =
+        gix_object::compute_hash(gix_hash::Kind::Sha1, gix_object::Kind::Blob, b"real").unwrap();
+    let mut oid = [0u8; 20];
+    oid.copy_from_slice(blob_id.as_bytes());
+    rt.spawn(async move {
+        while let Some(Ok(conn)) = endpoint.accept().await {
+            while let Ok((mut send, mut recv)) = conn.accept().await {
+                let answer = match read_call(&mut recv).await {
+                    Ok(PeerRequest::Fetch(_)) => {
+                        let begin = Fetched {
+                            vault: format!("v{}", "0".repeat(26)).parse().unwrap(),
+                            name: "evil".into(),
+                            tip: "1111111111111111111111111111111111111111".into(),
+                        };
+                        respond(&mut send, &PeerResponse::Begin(begin))
+                            .await
+                            .unwrap();
+                        let object = WireObject::Full {
+                            oid,
+                            kind: 1,
+                            data: SecretBytes(b"forged".to_vec()),
+                        };
+                        respond(&mut send, &PeerResponse::Object(object))
+                            .await
+                            .unwrap();
+                        PeerResponse::Ok(PeerReply::Done)
+                    }
+                    _ => PeerResponse::Ok(PeerReply::Pong),
+                };
+                let _ = respond(&mut send, &answer).await;
+                let _ = send.finish();
+            }
+        }
+    });
+    let (host, port) = (evil_addr.ip().to_string(), evil_addr.port().to_string());
+    victim.pk(&["nodes", "add", &evil_id, &host, &port]).ok();
+    victim
+        .pk(&["vaults", "clone", "evil", &evil_id])
+        .fails(65, "does not match its id");
+    let listed = victim.json(&["vaults", "list"]);
+    assert_eq!(listed, serde_json::json!([]), "nothing became visible");
+}
+
+/// Fills `vault` on `peer` with `count` secrets of `size` bytes.
+fn fill(peer: &Peer<'_>, vault: &str, count: usize, size: usize) {
+    let dir = peer.w.path(&format!("{}-fill", peer.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..count {
+        let content: Vec<u8> = (0..size).map(|j| ((i * 31 + j * 7) % 251) as u8).collect();
+        std::fs::write(dir.join(format!("s{i:04}")), content).unwrap();
+    }
+    peer.pk(&["vaults", "create", vault]).ok();
+    peer.pk(&["secrets", "dir", dir.to_str().unwrap(), vault])
+        .ok();
+}
+
+#[test]
+fn a_clone_interrupted_by_killing_the_server_resumes() {
+    let w = World::new();
+    let mut server = Peer::new(&w, "server");
+    let client = Peer::new(&w, "client");
+    fill(&server, "big", 32, 1 << 20);
+    let relay = Relay::start(server.addr.parse().unwrap());
+    client.add_at(&server, &relay.addr().to_string());
+    server.add(&client);
+    server.pk(&["vaults", "share", "big", &client.id]).ok();
+
+    let clone = w_command(&w, &client, &["vaults", "clone", "big", &server.id]);
+    wait_for("part of the transfer", Duration::from_secs(60), || {
+        relay.stats().to_client_bytes > 8 << 20
+    });
+    server.crash();
+    let port = server.port();
+    server.start(Some(port));
+    relay.retarget(server.addr.parse().unwrap());
+    let first = clone.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("run the same command again to resume"),
+        "{stderr}"
+    );
+    assert_eq!(client.json(&["vaults", "list"]), serde_json::json!([]));
+
+    let before = relay.stats().to_client_bytes;
+    let resumed = client.json(&["vaults", "clone", "big", &server.id]);
+    let sent_again = relay.stats().to_client_bytes - before;
+    assert_eq!(resumed["result"], "cloned");
+    assert!(resumed["resumed"].as_u64().unwrap() > 0, "{resumed}");
+    assert!(
+        sent_again < 28 << 20,
+        "the resumed clone re-sent what had arrived: {sent_again} bytes"
+    );
+    for i in [0usize, 15, 31] {
+        let name = format!("big:s{i:04}");
+        let got = client.pk(&["secrets", "stat", &name]).ok();
+        assert!(got.contains("1048576"), "{name}: {got}");
+    }
+    let a = server.pk(&["secrets", "cat", "big:s0031"]).ok();
+    assert_eq!(client.pk(&["secrets", "cat", "big:s0031"]).ok(), a);
+}
+
+fn w_command(w: &World, peer: &Peer<'_>, args: &[&str]) -> std::process::Child {
+    let _ = w;
+    std::process::Command::new(env!("CARGO_BIN_EXE_pk"))
+        .arg("--node-path")
+        .arg(&peer.path)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_clone_completes_under_30_percent_loss_and_200_ms_rtt() {
+    let w = World::new();
+    let server = Peer::new(&w, "server");
+    let client = Peer::new(&w, "client");
+    fill(&server, "lossy", 20, 2048);
+    let relay = Relay::start(server.addr.parse().unwrap());
+    relay.set_loss(0.3);
+    relay.set_delay(Duration::from_millis(100));
+    client.add_at(&server, &relay.addr().to_string());
+    server.add(&client);
+    server.pk(&["vaults", "share", "lossy", &client.id]).ok();
+    let cloned = client.json(&["vaults", "clone", "lossy", &server.id]);
+    assert_eq!(cloned["result"], "cloned");
+    assert!(relay.stats().dropped > 0, "the relay dropped nothing");
+    assert_eq!(
+        client.pk(&["secrets", "cat", "lossy:s0019"]).ok(),
+        server.pk(&["secrets", "cat", "lossy:s0019"]).ok()
+    );
+}
+
+#[test]
+fn undelivered_notifications_are_retried_until_the_peer_is_back() {
+    let w = World::new();
+    let sender = Peer::new(&w, "sender");
+    let mut receiver = Peer::new(&w, "receiver");
+    sender.add(&receiver);
+    receiver.add(&sender);
+    let port = receiver.port();
+    receiver.pk(&["agent", "stop"]).ok();
+    receiver.agent = None;
+
+    let queued = sender
+        .pk(&[
+            "notifications",
+            "send",
+            &receiver.id,
+            "the backup disk is full",
+        ])
+        .ok();
+    assert!(queued.contains("will be retried"), "{queued}");
+    let outbox = sender.pk(&["notifications", "outbox", "read"]).ok();
+    assert!(outbox.contains("pending after 1 attempt"), "{outbox}");
+
+    receiver.start(Some(port));
+    wait_for("the retry", Duration::from_secs(40), || {
+        sender
+            .pk(&["notifications", "outbox", "read"])
+            .ok()
+            .contains("[delivered]")
+    });
+    let inbox = receiver
+        .pk(&["notifications", "inbox", "read", "--unread"])
+        .ok();
+    assert!(inbox.contains("the backup disk is full"), "{inbox}");
+    let again = receiver
+        .pk(&["notifications", "inbox", "read", "--unread"])
+        .ok();
+    assert_eq!(again, "", "read marks them read");
+    receiver.pk(&["notifications", "inbox", "clear"]).ok();
+    assert_eq!(receiver.pk(&["notifications", "inbox", "read"]).ok(), "");
+}
+
+#[test]
+fn a_backup_node_pulls_on_schedule() {
+    let w = World::new();
+    let laptop = Peer::new(&w, "laptop");
+    let backup = Peer::new(&w, "backup");
+    laptop.add(&backup);
+    backup.add(&laptop);
+    laptop.pk(&["vaults", "create", "home"]).ok();
+    laptop.write("home:wifi", "pa55");
+    laptop.pk(&["vaults", "share", "home", &backup.id]).ok();
+
+    backup
+        .pk(&[
+            "vaults", "backup", "add", "home", &laptop.id, "--every", "10s",
+        ])
+        .ok();
+    wait_for("the first scheduled pull", Duration::from_secs(20), || {
+        backup.pk(&["secrets", "cat", "home:wifi"]).code == 0
+    });
+    laptop.write("home:alarm", "1234");
+    wait_for("the next scheduled pull", Duration::from_secs(30), || {
+        backup.pk(&["secrets", "cat", "home:alarm"]).code == 0
+    });
+    let list = backup.pk(&["vaults", "backup", "list"]).ok();
+    assert!(list.contains("ok at"), "{list}");
+    let vaults = backup.pk(&["vaults", "list"]).ok();
+    assert!(vaults.contains("last pull ok"), "{vaults}");
+}
