@@ -20,10 +20,16 @@ struct Peer<'w> {
     id: String,
     addr: String,
     agent: Option<AgentGuard>,
+    /// Extra `agent start` arguments.
+    agent_args: Vec<&'static str>,
 }
 
 impl<'w> Peer<'w> {
     fn new(w: &'w World, name: &str) -> Peer<'w> {
+        Peer::with_agent_args(w, name, &[])
+    }
+
+    fn with_agent_args(w: &'w World, name: &str, agent_args: &[&'static str]) -> Peer<'w> {
         let (path, pass, _) = w.soft_node_named(name, PASS);
         let mut peer = Peer {
             w,
@@ -33,6 +39,7 @@ impl<'w> Peer<'w> {
             id: String::new(),
             addr: String::new(),
             agent: None,
+            agent_args: agent_args.to_vec(),
         };
         peer.start(None);
         peer
@@ -42,12 +49,10 @@ impl<'w> Peer<'w> {
     fn start(&mut self, port: Option<u16>) {
         let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
         let pass = self.pass.to_str().unwrap().to_owned();
+        let mut args = vec!["agent", "start", "--password-file", &pass];
+        args.extend_from_slice(&self.agent_args);
         self.w
-            .pk_env(
-                &self.path,
-                &["agent", "start", "--password-file", &pass],
-                &[("PK_PEER_LISTEN", &listen)],
-            )
+            .pk_env(&self.path, &args, &[("PK_PEER_LISTEN", &listen)])
             .ok();
         self.agent = Some(AgentGuard::new(&self.path));
         let status = self.json(&["agent", "status"]);
@@ -524,4 +529,81 @@ fn a_backup_node_pulls_on_schedule() {
     assert!(list.contains("ok at"), "{list}");
     let vaults = backup.pk(&["vaults", "list"]).ok();
     assert!(vaults.contains("last pull ok"), "{vaults}");
+}
+
+/// Whether this process runs in a network namespace that holds only loopback.
+fn in_loopback_namespace() -> bool {
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    interfaces == ["lo"]
+}
+
+/// mDNS runs only inside a network namespace of our own that holds just loopback: this
+/// test re-executes itself there (`unshare -n`), so nothing is multicast on a real
+/// interface.
+#[test]
+fn nodes_advertised_on_the_lan_are_discovered() {
+    const NAME: &str = "peers::nodes_advertised_on_the_lan_are_discovered";
+    if std::env::var_os("PK_LAN_NETNS").is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("unshare")
+            .args([
+                "-n",
+                "sh",
+                "-c",
+                "ip link set lo up && ip link set lo multicast on && exec \"$0\" \"$@\"",
+            ])
+            .arg(&exe)
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("PK_LAN_NETNS", "1")
+            .output()
+            .expect("run unshare (util-linux)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the test inside `unshare -n` failed (it needs root for a network namespace):\n{stdout}\n{stderr}"
+        );
+        return;
+    }
+    assert!(
+        in_loopback_namespace(),
+        "PK_LAN_NETNS is set but this is not a loopback-only network namespace"
+    );
+    let w = World::new();
+    let seen = Peer::with_agent_args(&w, "seen", &["--lan", "loopback"]);
+    let looking = Peer::with_agent_args(&w, "looking", &["--lan", "loopback"]);
+    let hidden = Peer::new(&w, "hidden");
+    let found = looking.json(&["nodes", "discover", "--lan", "--wait", "3s"]);
+    let list = found.as_array().unwrap();
+    let entry = list
+        .iter()
+        .find(|f| f["node_id"] == seen.id.as_str())
+        .unwrap_or_else(|| panic!("{} not found: {found}", seen.id));
+    let port = seen.port().to_string();
+    assert!(
+        entry["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().ends_with(&format!(":{port}"))),
+        "{entry}"
+    );
+    assert!(
+        list.iter().all(|f| f["node_id"] != hidden.id.as_str()),
+        "a node without --lan is not advertised: {found}"
+    );
+    assert!(
+        list.iter().all(|f| f["node_id"] != looking.id.as_str()),
+        "a node does not list itself: {found}"
+    );
+    // Discovery is a hint: adding the node still proves its NodeId.
+    let addr = entry["addrs"][0].as_str().unwrap();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    looking.pk(&["nodes", "add", &seen.id, host, port]).ok();
 }
