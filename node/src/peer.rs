@@ -38,7 +38,7 @@ pub const MAX_RECEIVED: usize = 40_000;
 /// The largest frame a callee accepts.
 const MAX_REQUEST: usize = MAX_FRAME;
 /// The largest frame a caller accepts (a chunk with its envelope).
-const MAX_RESPONSE: usize = MAX_FRAME + CHUNK;
+pub const MAX_RESPONSE: usize = MAX_FRAME + CHUNK;
 
 /// What a caller sends first on a stream.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -219,6 +219,24 @@ impl CallStream {
                 reason: e.to_string(),
             }),
             Ok(Err(e)) => Err(PeerError::Protocol {
+                node,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The next bytes of the answer as they arrive (for a fetch, decoded with a
+    /// [`crate::rpc::FrameBuffer`] by the caller), waiting at most `deadline`; `None` at
+    /// the end of the stream.
+    pub async fn read_raw(&mut self, deadline: Duration) -> Result<Option<Vec<u8>>, PeerError> {
+        let node = self.node;
+        match tokio::time::timeout(deadline, self.recv.read_chunk(256 * 1024, true)).await {
+            Err(_) => Err(PeerError::Timeout {
+                node,
+                seconds: deadline.as_secs(),
+            }),
+            Ok(Ok(chunk)) => Ok(chunk.map(|c| c.bytes.to_vec())),
+            Ok(Err(e)) => Err(PeerError::Connection {
                 node,
                 reason: e.to_string(),
             }),

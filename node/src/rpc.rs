@@ -56,6 +56,65 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
+/// Appends one message as a frame to `out` (for senders that batch frames into one
+/// write).
+pub fn encode_frame<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let body =
+        zeroize::Zeroizing::new(postcard::to_stdvec(message).map_err(|_| FrameError::Malformed)?);
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+        len: body.len(),
+        max: u32::MAX as usize,
+    })?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// Frames out of bytes that arrive in pieces of any size (for receivers that read a stream
+/// in large reads and decode elsewhere). The buffer is wiped as it is consumed and dropped.
+#[derive(Default)]
+pub struct FrameBuffer {
+    buf: zeroize::Zeroizing<Vec<u8>>,
+    start: usize,
+}
+
+impl FrameBuffer {
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            // Drop (and wipe) what has been consumed before growing.
+            let rest = self.buf[self.start..].to_vec();
+            zeroize::Zeroize::zeroize(&mut *self.buf);
+            self.buf = zeroize::Zeroizing::new(rest);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame of at most `max` bytes, if one has arrived.
+    pub fn next<T: DeserializeOwned>(&mut self, max: usize) -> Result<Option<T>, FrameError> {
+        let rest = &self.buf[self.start..];
+        let Some(len) = rest.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
+        }
+        let Some(body) = rest.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let message = postcard::from_bytes(body).map_err(|_| FrameError::Malformed)?;
+        self.start += 4 + len;
+        Ok(Some(message))
+    }
+
+    /// Whether bytes of an unfinished frame are waiting.
+    pub fn is_partial(&self) -> bool {
+        self.start < self.buf.len()
+    }
+}
+
 /// Reads one frame of at most `max` bytes; `None` on a clean end of stream before it.
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
@@ -117,6 +176,23 @@ mod tests {
             read_frame::<_, String>(&mut b, MAX_FRAME).await,
             Err(FrameError::Malformed)
         ));
+        let mut batch = Vec::new();
+        encode_frame(&"one".to_string(), &mut batch).unwrap();
+        encode_frame(&"two".to_string(), &mut batch).unwrap();
+        let mut frames = FrameBuffer::default();
+        for byte in &batch {
+            frames.push(std::slice::from_ref(byte));
+        }
+        assert_eq!(frames.next::<String>(64).unwrap().as_deref(), Some("one"));
+        assert_eq!(frames.next::<String>(64).unwrap().as_deref(), Some("two"));
+        assert_eq!(frames.next::<String>(64).unwrap(), None);
+        assert!(!frames.is_partial());
+        frames.push(&[0, 0, 1, 0]);
+        assert!(matches!(
+            frames.next::<String>(64),
+            Err(FrameError::TooLarge { len: 256, max: 64 })
+        ));
+
         a.write_all(&[0, 0, 0, 9, 1]).await.unwrap();
         drop(a);
         assert!(matches!(

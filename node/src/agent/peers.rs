@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use super::{Open, blocking, record, store_error, vault_error, vaults};
 use crate::api::{ApiError, Backup, ConnectionInfo, ErrorCode, Reply, Request, SecretBytes};
@@ -17,16 +18,19 @@ use crate::net::{Connection, Endpoint};
 use crate::nodes::{NodePermission, Nodes, VaultPermission};
 use crate::notifications::{Body, Delivery, Mailbox, Notifications};
 use crate::peer::{
-    CallStream, FetchRequest, IDLE_DEADLINE, MAX_RECEIVED, PeerError, PeerReply, PeerRequest,
-    PeerResponse, SharedVault, read_call, respond, unary,
+    CallStream, FetchRequest, IDLE_DEADLINE, MAX_RECEIVED, MAX_RESPONSE, PeerError, PeerReply,
+    PeerRequest, PeerResponse, SharedVault, read_call, respond, unary,
 };
+use crate::rpc::{FrameBuffer, encode_frame};
 use crate::store::{Read as _, Table};
-use crate::vault::{FetchOutcome, Outgoing, PullOutcome, VaultError, VaultId, WireObject};
+use crate::vault::{FetchOutcome, Outgoing, PullOutcome, VaultError, VaultId};
 
 /// Outgoing connections unused this long are closed.
 const IDLE_CLOSE: Duration = Duration::from_secs(120);
 /// How long a dial may take.
 const DIAL_DEADLINE: Duration = Duration::from_secs(30);
+/// A fetch's frames go out in writes of about this many bytes.
+const SEND_BATCH: usize = 64 * 1024;
 /// Key prefix of scheduled pulls in the `sync` table.
 const BACKUP: &[u8] = b"bk:";
 
@@ -338,10 +342,6 @@ fn fetch_allowed(open: &Open, peer: &NodeId, fetch: &FetchRequest) -> Result<Vau
     Ok(record.id)
 }
 
-enum Sent {
-    Frame(PeerResponse),
-}
-
 async fn serve_fetch(
     open: Arc<Open>,
     peer: NodeId,
@@ -356,21 +356,35 @@ async fn serve_fetch(
     if fetch.received.len() > MAX_RECEIVED {
         return Err(ApiError::new(ErrorCode::BadInput, "too many object ids"));
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Sent>(8);
+    // Frames are encoded on the blocking thread in batches of about 64 KiB; this task
+    // only writes bytes.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Zeroizing<Vec<u8>>>(8);
     let worker = {
         let open = open.clone();
         tokio::task::spawn_blocking(move || {
             let v = vaults(&open);
+            let mut batch = Zeroizing::new(Vec::with_capacity(SEND_BATCH + 1024));
             let mut out = |item: Outgoing<'_>| {
                 let frame = match item {
                     Outgoing::Begin(b) => PeerResponse::Begin(b),
                     Outgoing::Object(o) => PeerResponse::Object(o),
                     Outgoing::Chunk(c) => PeerResponse::Chunk(SecretBytes(c.to_vec())),
                 };
-                tx.blocking_send(Sent::Frame(frame))
-                    .map_err(|_| VaultError::Interrupted)
+                encode_frame(&frame, &mut batch).map_err(|_| VaultError::Interrupted)?;
+                if batch.len() >= SEND_BATCH {
+                    let full = std::mem::replace(
+                        &mut batch,
+                        Zeroizing::new(Vec::with_capacity(SEND_BATCH + 1024)),
+                    );
+                    tx.blocking_send(full)
+                        .map_err(|_| VaultError::Interrupted)?;
+                }
+                Ok(())
             };
             let sent = v.send(&vault, &fetch.haves, &fetch.received, &mut out);
+            if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+                return Err(VaultError::Interrupted);
+            }
             if sent.is_ok() {
                 let _ = record(
                     &open,
@@ -382,8 +396,8 @@ async fn serve_fetch(
         })
     };
     let mut write_failed = None;
-    while let Some(Sent::Frame(frame)) = rx.recv().await {
-        if let Err(e) = respond(send, &frame).await {
+    while let Some(bytes) = rx.recv().await {
+        if let Err(e) = send.write_all(&bytes).await {
             // The caller went away or cancelled: stop the worker.
             write_failed = Some(e);
             break;
@@ -993,14 +1007,24 @@ async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body) -> bool {
     ok
 }
 
-/// Receives a fetch's frames into a [`crate::vault::Receiver`] on a blocking thread.
-enum Incoming {
-    Object(WireObject),
-    Chunk(SecretBytes),
-    End,
-    Broken,
+/// How a fetch's receiving side ended, short of success.
+enum FetchFailed {
+    /// Our checks refused what arrived.
+    Vault(VaultError),
+    /// The peer answered with an error.
+    Peer(ApiError),
+    /// The stream ended early; what arrived was kept.
+    Interrupted,
 }
 
+impl From<VaultError> for FetchFailed {
+    fn from(e: VaultError) -> Self {
+        FetchFailed::Vault(e)
+    }
+}
+
+/// Fetches a vault from `node`: the QUIC stream's bytes go, in large reads, to a blocking
+/// thread that decodes the frames and hands the objects to a [`crate::vault::Receiver`].
 async fn fetch(
     open: &Arc<Open>,
     node: NodeId,
@@ -1022,36 +1046,59 @@ async fn fetch(
         _ => return Err(lost("the peer answered a fetch with something else")),
     };
     let clone_name = clone_as.map(|name| name.unwrap_or_else(|| begin.name.clone()));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(16);
+    // `Some(bytes)` as read; `None` once the stream has ended cleanly.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(64);
     let worker = {
         let open = open.clone();
         let begin = begin.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || -> Result<FetchOutcome, FetchFailed> {
             let v = vaults(&open);
             let mut receiver = v.receiver(node, &begin, clone_name.as_deref())?;
+            let mut frames = FrameBuffer::default();
+            let mut next = || -> Result<Option<PeerResponse>, VaultError> {
+                loop {
+                    if let Some(frame) = frames
+                        .next(MAX_RESPONSE)
+                        .map_err(|e| VaultError::Refused(e.to_string()))?
+                    {
+                        return Ok(Some(frame));
+                    }
+                    match rx.blocking_recv() {
+                        Some(Some(bytes)) => frames.push(&bytes),
+                        Some(None) | None => return Ok(None),
+                    }
+                }
+            };
             loop {
-                match rx.blocking_recv() {
-                    Some(Incoming::Object(object)) => {
-                        let mut chunks = std::iter::from_fn(|| match rx.blocking_recv() {
-                            Some(Incoming::Chunk(bytes)) => Some(Ok(bytes.take())),
-                            _ => Some(Err(VaultError::Interrupted)),
+                match next()? {
+                    Some(PeerResponse::Object(object)) => {
+                        let mut chunks = std::iter::from_fn(|| match next() {
+                            Ok(Some(PeerResponse::Chunk(bytes))) => Some(Ok(bytes.take())),
+                            Ok(_) => Some(Err(VaultError::Interrupted)),
+                            Err(e) => Some(Err(e)),
                         });
                         match receiver.object(object, &mut chunks) {
                             Ok(()) => {}
                             Err(VaultError::Interrupted) => {
                                 receiver.save()?;
-                                return Err(VaultError::Interrupted);
+                                return Err(FetchFailed::Interrupted);
                             }
-                            Err(e) => return Err(e),
+                            Err(e) => return Err(e.into()),
                         }
                     }
-                    Some(Incoming::End) => return receiver.finish(&begin.tip),
-                    Some(Incoming::Chunk(_)) => {
-                        return Err(VaultError::Refused("a chunk outside an object".into()));
-                    }
-                    Some(Incoming::Broken) | None => {
+                    Some(PeerResponse::Ok(_)) => return Ok(receiver.finish(&begin.tip)?),
+                    Some(PeerResponse::Err(error)) => {
                         receiver.save()?;
-                        return Err(VaultError::Interrupted);
+                        return Err(FetchFailed::Peer(error));
+                    }
+                    Some(_) => {
+                        return Err(
+                            VaultError::Refused("an unexpected message in a fetch".into()).into(),
+                        );
+                    }
+                    None => {
+                        receiver.save()?;
+                        return Err(FetchFailed::Interrupted);
                     }
                 }
             }
@@ -1059,46 +1106,35 @@ async fn fetch(
     };
     let mut broken: Option<ApiError> = None;
     loop {
-        let next = call.next(IDLE_DEADLINE).await;
-        let item = match next {
-            Ok(PeerResponse::Object(o)) => Incoming::Object(o),
-            Ok(PeerResponse::Chunk(c)) => Incoming::Chunk(c),
-            Ok(PeerResponse::Ok(_)) => Incoming::End,
-            Ok(PeerResponse::Err(error)) => {
-                broken = Some(PeerError::Refused { node, error }.to_api());
-                Incoming::Broken
+        match call.read_raw(IDLE_DEADLINE).await {
+            Ok(Some(bytes)) => {
+                if tx.send(Some(bytes)).await.is_err() {
+                    // The receiver refused something: stop the sender too.
+                    call.cancel();
+                    break;
+                }
             }
-            Ok(PeerResponse::Begin(_)) => {
-                broken = Some(lost("the peer began twice"));
-                Incoming::Broken
+            Ok(None) => {
+                let _ = tx.send(None).await;
+                break;
             }
             Err(e) => {
                 broken = Some(failed(open, e));
-                Incoming::Broken
+                break;
             }
-        };
-        let last = matches!(item, Incoming::End | Incoming::Broken);
-        if tx.send(item).await.is_err() {
-            // The receiver refused something: stop the sender too.
-            call.cancel();
-            break;
-        }
-        if last {
-            break;
         }
     }
     drop(tx);
-    let result = worker.await.map_err(lost)?;
-    match result {
+    match worker.await.map_err(lost)? {
         Ok(mut outcome) => {
             let after = conn.wire_bytes();
             outcome.wire_bytes = (after.0 - wire_before.0) + (after.1 - wire_before.1);
             Ok(outcome)
         }
-        Err(VaultError::Interrupted) => {
+        Err(FetchFailed::Interrupted) => {
             let why = broken
                 .map(|e| e.message)
-                .unwrap_or_else(|| "it broke off".into());
+                .unwrap_or_else(|| "the peer ended the transfer early".into());
             Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!(
@@ -1106,12 +1142,8 @@ async fn fetch(
                 ),
             ))
         }
-        Err(e) => {
-            if let Some(broken) = broken {
-                return Err(broken);
-            }
-            Err(vault_error(e))
-        }
+        Err(FetchFailed::Peer(error)) => Err(PeerError::Refused { node, error }.to_api()),
+        Err(FetchFailed::Vault(e)) => Err(vault_error(e)),
     }
 }
 

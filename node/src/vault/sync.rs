@@ -28,6 +28,7 @@
 //! A secret deleted on one side and changed on the other is kept. Nothing is lost.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +39,7 @@ use super::{
 use crate::api::SecretBytes;
 use crate::audit;
 use crate::identity::NodeId;
-use crate::store::{Read, Store, Table, WriteTx};
+use crate::store::{Read, ReadTx, Store, Table, WriteTx};
 use gix_hash::ObjectId;
 use gix_object::bstr::BString;
 use gix_object::tree::EntryMode;
@@ -56,6 +57,8 @@ const BATCH_BYTES: usize = 4 << 20;
 const BATCH_OBJECTS: usize = 2000;
 /// The largest tree or commit accepted (a blob may be up to the secret limit).
 const MAX_METADATA_OBJECT: u64 = 64 << 20;
+/// How many generations below the receiver's haves the sender treats as shared.
+const COMMON_WINDOW: usize = 64;
 /// Key prefix of transfers in progress in the `sync` table.
 const INCOMING: &[u8] = b"in:";
 
@@ -228,27 +231,30 @@ fn corrupt(what: impl std::fmt::Display) -> VaultError {
     VaultError::Corrupt(what.to_string())
 }
 
-/// A few recently parsed trees (a history's consecutive trees are each other's bases).
+/// Recently parsed trees: a history's consecutive trees are each other's bases, and a
+/// directory's previous version was usually seen a few hundred commits ago at most.
 #[derive(Default)]
 struct TreeCache {
-    entries: Vec<(ObjectId, TreeMap)>,
+    trees: HashMap<ObjectId, Arc<TreeMap>>,
+    order: std::collections::VecDeque<ObjectId>,
 }
 
 impl TreeCache {
-    const SIZE: usize = 8;
+    const SIZE: usize = 1024;
 
-    fn get(&self, oid: &ObjectId) -> Option<TreeMap> {
-        self.entries
-            .iter()
-            .find(|(o, _)| o == oid)
-            .map(|(_, t)| t.clone())
+    fn get(&self, oid: &ObjectId) -> Option<Arc<TreeMap>> {
+        self.trees.get(oid).cloned()
     }
 
-    fn put(&mut self, oid: ObjectId, tree: TreeMap) {
-        if self.entries.len() == Self::SIZE {
-            self.entries.remove(0);
+    fn put(&mut self, oid: ObjectId, tree: Arc<TreeMap>) {
+        if self.trees.insert(oid, tree).is_none() {
+            self.order.push_back(oid);
+            if self.order.len() > Self::SIZE
+                && let Some(old) = self.order.pop_front()
+            {
+                self.trees.remove(&old);
+            }
         }
-        self.entries.push((oid, tree));
     }
 }
 
@@ -257,11 +263,15 @@ impl<R: Read> Tx<'_, '_, R> {
         Ok(self.tx.contains(Table::Objects, &self.key(oid))?)
     }
 
-    fn cached_tree(&self, cache: &mut TreeCache, oid: &ObjectId) -> Result<TreeMap, VaultError> {
+    fn cached_tree(
+        &self,
+        cache: &mut TreeCache,
+        oid: &ObjectId,
+    ) -> Result<Arc<TreeMap>, VaultError> {
         if let Some(tree) = cache.get(oid) {
             return Ok(tree);
         }
-        let tree = self.tree(oid)?;
+        let tree = Arc::new(self.tree(oid)?);
         cache.put(*oid, tree.clone());
         Ok(tree)
     }
@@ -280,6 +290,31 @@ impl<R: Read> Tx<'_, '_, R> {
             if seen.insert(oid) {
                 stack.extend(self.parents(&oid)?);
             }
+        }
+        Ok(seen)
+    }
+
+    /// Commits reachable from `starts` in at most `depth` steps (inclusive).
+    fn ancestors_within(
+        &self,
+        starts: &[ObjectId],
+        depth: usize,
+    ) -> Result<HashSet<ObjectId>, VaultError> {
+        let mut seen: HashSet<ObjectId> = starts.iter().copied().collect();
+        let mut level: Vec<ObjectId> = starts.to_vec();
+        for _ in 0..depth {
+            let mut next = Vec::new();
+            for oid in &level {
+                for parent in self.parents(oid)? {
+                    if seen.insert(parent) {
+                        next.push(parent);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
         }
         Ok(seen)
     }
@@ -339,8 +374,7 @@ impl<R: Read> Sender<'_, '_, R> {
     fn object(&mut self, oid: &ObjectId) -> Result<(), VaultError> {
         let object = self.t.object(oid)?;
         let kind = kind_byte(object.kind);
-        if object.size <= INLINE_MAX {
-            let (_, data) = self.t.get(oid)?;
+        if let (true, super::Body::Inline(data)) = (object.size <= INLINE_MAX, &object.body) {
             (self.out)(Outgoing::Object(WireObject::Full {
                 oid: oid_bytes(oid),
                 kind,
@@ -375,7 +409,7 @@ impl<R: Read> Sender<'_, '_, R> {
             Some(b) => Some(self.t.cached_tree(&mut self.cache, b)?),
             None => None,
         };
-        for (name, (mode, child)) in &tree {
+        for (name, (mode, child)) in tree.iter() {
             let in_base = base_tree.as_ref().and_then(|b| b.get(name));
             if in_base == Some(&(*mode, *child)) {
                 continue;
@@ -486,7 +520,10 @@ impl<'s> Vaults<'s> {
                 known.push(oid);
             }
         }
-        let common = t.ancestors(&known)?;
+        // Everything below a have is on the receiver. The walk from our tip stops at the
+        // haves and a window of their ancestors; a side branch that joins below that
+        // window only costs commits the receiver skips as already present.
+        let common = t.ancestors_within(&known, COMMON_WINDOW)?;
         let commits = t.new_commits(&tip, &common)?;
         let mut sender = Sender {
             t: &t,
@@ -646,6 +683,7 @@ impl<'s> Vaults<'s> {
             pending: Vec::new(),
             pending_index: HashMap::new(),
             pending_bytes: 0,
+            snapshot: std::cell::RefCell::new(None),
             cache: TreeCache::default(),
             objects: 0,
             bytes: 0,
@@ -665,6 +703,8 @@ pub struct Receiver<'v, 's> {
     pending: Vec<(ObjectId, ObjectKind, Zeroizing<Vec<u8>>)>,
     pending_index: HashMap<ObjectId, usize>,
     pending_bytes: usize,
+    /// A read snapshot for existence checks, renewed after each batch is written.
+    snapshot: std::cell::RefCell<Option<ReadTx<'s>>>,
     cache: TreeCache,
     objects: u64,
     bytes: u64,
@@ -681,16 +721,22 @@ impl<'s> Receiver<'_, 's> {
         if self.pending_index.contains_key(oid) {
             return Ok(true);
         }
-        let mut tx = self.store().read()?;
+        let mut snapshot = self.snapshot.borrow_mut();
+        if snapshot.is_none() {
+            *snapshot = Some(self.store().read()?);
+        }
+        let Some(tx) = snapshot.as_mut() else {
+            return Err(corrupt("snapshot"));
+        };
         let t = Tx {
             store: self.store(),
-            tx: &mut tx,
+            tx,
             vault: self.vault,
         };
         t.has(oid)
     }
 
-    fn tree_at(&mut self, oid: &ObjectId) -> Result<TreeMap, VaultError> {
+    fn tree_at(&mut self, oid: &ObjectId) -> Result<Arc<TreeMap>, VaultError> {
         if let Some(tree) = self.cache.get(oid) {
             return Ok(tree);
         }
@@ -711,17 +757,19 @@ impl<'s> Receiver<'_, 's> {
                 t.tree(oid)?
             }
         };
+        let tree = Arc::new(tree);
         self.cache.put(*oid, tree.clone());
         Ok(tree)
     }
 
-    /// Checks that everything `data` (of `kind`) names is here, except entries carried
+    /// Checks that everything `data` (of `kind`; `tree` when it is a tree) names is here, except entries carried
     /// over unchanged from `base`.
     fn check_links(
         &self,
         oid: &ObjectId,
         kind: ObjectKind,
         data: &[u8],
+        tree: Option<&TreeMap>,
         base: Option<&TreeMap>,
     ) -> Result<(), VaultError> {
         let missing = |what: &ObjectId| {
@@ -730,17 +778,17 @@ impl<'s> Receiver<'_, 's> {
         match kind {
             ObjectKind::Blob => {}
             ObjectKind::Tree => {
-                for (name, (mode, child)) in parse_tree(oid, data)? {
+                for (name, (mode, child)) in tree.ok_or_else(|| corrupt(oid))? {
                     if !(mode.is_tree() || mode.is_blob()) {
                         return Err(VaultError::Refused(format!(
                             "tree {oid} holds an entry of a kind a vault never has"
                         )));
                     }
-                    if base.and_then(|b| b.get(&name)) == Some(&(mode, child)) {
+                    if base.and_then(|b| b.get(name)) == Some(&(*mode, *child)) {
                         continue;
                     }
-                    if !self.present(&child)? {
-                        return Err(missing(&child));
+                    if !self.present(child)? {
+                        return Err(missing(child));
                     }
                 }
             }
@@ -770,6 +818,7 @@ impl<'s> Receiver<'_, 's> {
         oid: ObjectId,
         kind: ObjectKind,
         data: Zeroizing<Vec<u8>>,
+        tree: Option<TreeMap>,
         base: Option<&TreeMap>,
     ) -> Result<(), VaultError> {
         let actual = gix_object::compute_hash(HASH, kind, &data).map_err(|_| corrupt("hash"))?;
@@ -778,15 +827,18 @@ impl<'s> Receiver<'_, 's> {
                 "object {oid} does not match its id (its content hashes to {actual})"
             )));
         }
-        self.check_links(&oid, kind, &data, base)?;
+        let tree = match (kind, tree) {
+            (ObjectKind::Tree, None) => Some(parse_tree(&oid, &data)?),
+            (_, tree) => tree,
+        };
+        self.check_links(&oid, kind, &data, tree.as_ref(), base)?;
         self.objects += 1;
         self.bytes += data.len() as u64;
         if self.pending_index.contains_key(&oid) || self.present(&oid)? {
             return Ok(());
         }
-        if kind == ObjectKind::Tree {
-            let tree = parse_tree(&oid, &data)?;
-            self.cache.put(oid, tree);
+        if let Some(tree) = tree {
+            self.cache.put(oid, Arc::new(tree));
         }
         self.pending_bytes += data.len();
         self.pending_index.insert(oid, self.pending.len());
@@ -820,6 +872,7 @@ impl<'s> Receiver<'_, 's> {
         }
         self.save_progress(&mut tx)?;
         tx.commit()?;
+        self.snapshot.replace(None);
         self.pending.clear();
         self.pending_index.clear();
         self.pending_bytes = 0;
@@ -848,7 +901,7 @@ impl<'s> Receiver<'_, 's> {
         };
         match object {
             WireObject::Full { oid, kind, data } => {
-                self.accept(wire_oid(&oid), kind_of(kind)?, data.take(), None)
+                self.accept(wire_oid(&oid), kind_of(kind)?, data.take(), None, None)
             }
             WireObject::TreeDelta {
                 oid,
@@ -858,7 +911,7 @@ impl<'s> Receiver<'_, 's> {
             } => {
                 let oid = wire_oid(&oid);
                 let base_tree = self.tree_at(&wire_oid(&base))?;
-                let mut tree = base_tree.clone();
+                let mut tree = TreeMap::clone(&base_tree);
                 for entry in removed {
                     tree.remove(&BString::from(entry.name));
                 }
@@ -869,7 +922,7 @@ impl<'s> Receiver<'_, 's> {
                     tree.insert(BString::from(entry.name), (mode, wire_oid(&entry.oid)));
                 }
                 let data = Zeroizing::new(encode_tree(&tree)?);
-                self.accept(oid, ObjectKind::Tree, data, Some(&base_tree))
+                self.accept(oid, ObjectKind::Tree, data, Some(tree), Some(&base_tree))
             }
             WireObject::Large { oid, kind, size } => {
                 let oid = wire_oid(&oid);
@@ -888,7 +941,7 @@ impl<'s> Receiver<'_, 's> {
                     if data.len() as u64 != size {
                         return Err(VaultError::SizeMismatch);
                     }
-                    return self.accept(oid, kind, data, None);
+                    return self.accept(oid, kind, data, None, None);
                 }
                 // A large blob streams into its own transaction (after the batch so far).
                 self.flush()?;
@@ -918,6 +971,7 @@ impl<'s> Receiver<'_, 's> {
                 self.received.push(oid.to_string());
                 self.save_progress(&mut tx)?;
                 tx.commit()?;
+                self.snapshot.replace(None);
                 self.objects += 1;
                 self.bytes += size;
                 Ok(())
@@ -984,12 +1038,16 @@ impl<'s> Receiver<'_, 's> {
                     .ok_or_else(|| VaultError::NoVault(self.vault.to_string()))?;
                 let ours = parse_oid(&record.latest)?;
                 let follow_head = record.head == record.latest;
-                let new_latest = if ours == tip || t.reaches(&ours, &tip)? {
+                // The usual cases first: nothing new, then only their side changed.
+                let new_latest = if ours == tip {
                     outcome.result = "up to date".into();
                     ours
                 } else if t.reaches(&tip, &ours)? {
                     outcome.result = "fast-forward".into();
                     tip
+                } else if t.reaches(&ours, &tip)? {
+                    outcome.result = "up to date".into();
+                    ours
                 } else {
                     let (commit, conflicts) = self.merge(&mut t, ours, tip)?;
                     outcome.result = match conflicts.len() {
