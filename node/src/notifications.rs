@@ -168,8 +168,16 @@ impl<'s> Notifications<'s> {
 
     fn add(&self, mailbox: Mailbox, mut n: Notification) -> Result<Notification, StoreError> {
         let mut tx = self.store.write()?;
-        let last = list_in(&tx, mailbox)?.last().map(|n| n.id).unwrap_or(0);
-        n.id = last + 1;
+        // Numbers are never reused, even after the newest entry is removed.
+        let counter = [b'#', mailbox.prefix()];
+        let listed = list_in(&tx, mailbox)?.last().map(|n| n.id).unwrap_or(0);
+        let counted = tx
+            .get(Table::Notifications, &counter)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        n.id = listed.max(counted) + 1;
+        tx.put(Table::Notifications, &counter, &n.id.to_be_bytes())?;
         let bytes = serde_json::to_vec(&n).expect("a notification always serialises");
         tx.put(Table::Notifications, &key(mailbox, n.id), &bytes)?;
         let event = match mailbox {

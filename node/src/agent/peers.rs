@@ -28,7 +28,7 @@ use crate::vault::{FetchOutcome, Outgoing, PullOutcome, VaultError, VaultId};
 /// Outgoing connections unused this long are closed.
 const IDLE_CLOSE: Duration = Duration::from_secs(120);
 /// How long a dial may take.
-const DIAL_DEADLINE: Duration = Duration::from_secs(30);
+const DIAL_DEADLINE: Duration = Duration::from_secs(15);
 /// A fetch's frames go out in writes of about this many bytes.
 const SEND_BATCH: usize = 64 * 1024;
 /// Key prefix of scheduled pulls in the `sync` table.
@@ -42,7 +42,11 @@ pub(super) struct PeerNet {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     advertiser: Mutex<Option<lan::Advertiser>>,
     lan: Option<Interfaces>,
-    dialing: tokio::sync::Mutex<()>,
+    /// One dial at a time per node (a second caller then reuses the first's connection);
+    /// dials to different nodes do not wait for each other.
+    dialing: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Outbox entries being delivered now (the background loop skips them).
+    delivering: Mutex<BTreeSet<u64>>,
 }
 
 struct Pooled {
@@ -107,7 +111,8 @@ pub(super) fn start(
         tasks: Mutex::new(Vec::new()),
         advertiser: Mutex::new(None),
         lan,
-        dialing: tokio::sync::Mutex::new(()),
+        dialing: Mutex::new(HashMap::new()),
+        delivering: Mutex::new(BTreeSet::new()),
     });
     if let (Some(interfaces), Some(addr)) = (lan, net.local_addr()) {
         match lan::Advertiser::start(
@@ -297,31 +302,19 @@ fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerRe
 
 /// Checks a fetch's permission; the vault's id and name.
 fn fetch_allowed(open: &Open, peer: &NodeId, fetch: &FetchRequest) -> Result<VaultId, ApiError> {
-    let wanted = fetch
-        .vault
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| fetch.name.clone());
+    // As the caller names it: the name it knows, and the id when it has one.
+    let wanted = match fetch.vault {
+        Some(id) if !fetch.name.is_empty() => format!("{:?} ({id})", fetch.name),
+        Some(id) => id.to_string(),
+        None => format!("{:?}", fetch.name),
+    };
     let permission = if fetch.clone {
         VaultPermission::Clone
     } else {
         VaultPermission::Pull
     };
-    let refuse = || {
-        denied(
-            open,
-            peer,
-            permission.name(),
-            Some(&wanted),
-            &format!(
-                "vault {wanted:?} is not shared with you for {} (or there is no such vault)",
-                permission.name()
-            ),
-        )
-    };
-    let record = match vaults(open).find(fetch.vault.as_ref(), &fetch.name) {
-        Ok(record) => record,
-        Err(_) => return Err(refuse()),
-    };
+    // Who is asking comes first: a node this one does not know learns nothing, not even
+    // whether a vault exists.
     let tx = open.store.read().map_err(store_error)?;
     let nodes = Nodes::new(&open.store);
     if nodes.get(&tx, peer).map_err(store_error)?.is_none() {
@@ -333,6 +326,22 @@ fn fetch_allowed(open: &Open, peer: &NodeId, fetch: &FetchRequest) -> Result<Vau
             "this node does not know you: its owner must add your NodeId first",
         ));
     }
+    let refuse = || {
+        denied(
+            open,
+            peer,
+            permission.name(),
+            Some(&wanted),
+            &format!(
+                "vault {wanted} is not shared with you for {} (or there is no such vault)",
+                permission.name()
+            ),
+        )
+    };
+    let record = match vaults(open).find(fetch.vault.as_ref(), &fetch.name) {
+        Ok(record) => record,
+        Err(_) => return Err(refuse()),
+    };
     if !nodes
         .vault_may(&tx, &record.id, peer, permission)
         .map_err(store_error)?
@@ -419,7 +428,14 @@ async fn serve_fetch(
 /// `addr`). Fails unless the peer proves it is `node`.
 async fn dial(open: &Arc<Open>, node: NodeId, addr: Option<&str>) -> Result<Connection, ApiError> {
     let net = net_of(open)?;
-    let _dialing = net.dialing.lock().await;
+    let gate = net
+        .dialing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(node)
+        .or_default()
+        .clone();
+    let _dialing = gate.lock().await;
     if addr.is_none()
         && let Some(pooled) = net
             .pool
@@ -634,11 +650,7 @@ pub(super) async fn handle(
         Request::VaultsScan(node) => {
             async {
                 let node = node_id(&node)?;
-                let conn = dial(open, node, None).await?;
-                match unary(&conn, PeerRequest::Scan)
-                    .await
-                    .map_err(|e| failed(open, e))?
-                {
+                match call_peer(open, node, PeerRequest::Scan).await?.1 {
                     PeerReply::Vaults(list) => Ok(Reply::SharedVaults(list)),
                     _ => Err(lost("an unexpected answer")),
                 }
@@ -677,7 +689,7 @@ pub(super) async fn handle(
                 if every_s < 10 {
                     return Err(ApiError::new(
                         ErrorCode::BadInput,
-                        "pull at most every 10 seconds",
+                        "the time between scheduled pulls must be at least 10 seconds",
                     ));
                 }
                 let backup = Backup {
@@ -810,25 +822,59 @@ async fn nodes_add(
     };
     let open = open.clone();
     blocking(move || {
-        let (record, _) = Nodes::new(&open.store)
-            .add(node, &addr, permissions)
-            .map_err(store_error)?;
+        let nodes = Nodes::new(&open.store);
+        nodes.add(node, &addr, permissions).map_err(store_error)?;
+        if !no_ping {
+            nodes.seen(&node, Some(&addr)).map_err(store_error)?;
+        }
+        let tx = open.store.read().map_err(store_error)?;
+        let record = nodes
+            .get(&tx, &node)
+            .map_err(store_error)?
+            .ok_or_else(|| lost("the node vanished from the graph"))?;
         Ok(Reply::Node(record))
     })
     .await
 }
 
+/// One unary call to `node` over the pooled connection; when that connection turns out
+/// to be dead (the peer restarted), a fresh one is dialled and the call made once more.
+async fn call_peer(
+    open: &Arc<Open>,
+    node: NodeId,
+    request: PeerRequest,
+) -> Result<(Connection, PeerReply), ApiError> {
+    let conn = dial(open, node, None).await?;
+    match unary(&conn, request.clone()).await {
+        Ok(reply) => Ok((conn, reply)),
+        Err(e @ PeerError::Connection { .. }) => {
+            failed(open, e);
+            let conn = dial(open, node, None).await?;
+            let reply = unary(&conn, request).await.map_err(|e| failed(open, e))?;
+            Ok((conn, reply))
+        }
+        Err(e) => Err(failed(open, e)),
+    }
+}
+
 async fn ping(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
     let node = node_id(node)?;
     let started = Instant::now();
-    let conn = dial(open, node, None).await?;
-    unary(&conn, PeerRequest::Ping)
-        .await
-        .map_err(|e| failed(open, e))?;
+    let (conn, _) = call_peer(open, node, PeerRequest::Ping).await?;
+    let rtt = started.elapsed();
+    {
+        let open = open.clone();
+        let _ = blocking(move || {
+            Nodes::new(&open.store)
+                .seen(&node, None)
+                .map_err(store_error)
+        })
+        .await;
+    }
     Ok(Reply::Pong {
         node: node.to_string(),
         addr: conn.remote_address().to_string(),
-        rtt_ms: started.elapsed().as_millis() as u64,
+        rtt_ms: rtt.as_millis() as u64,
     })
 }
 
@@ -850,10 +896,9 @@ async fn find(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
     // Ask the nodes this one knows.
     let mut found: Vec<String> = Vec::new();
     for record in known.iter().filter(|r| r.node_id != target) {
-        let Ok(conn) = dial(open, record.node_id, None).await else {
-            continue;
-        };
-        if let Ok(PeerReply::Addresses(addrs)) = unary(&conn, PeerRequest::FindNode(target)).await {
+        if let Ok((_, PeerReply::Addresses(addrs))) =
+            call_peer(open, record.node_id, PeerRequest::FindNode(target)).await
+        {
             for a in addrs {
                 if !found.contains(&a) {
                     found.push(a);
@@ -955,6 +1000,18 @@ async fn send_notification(open: &Arc<Open>, node: NodeId, body: Body) -> Result
     let queued = {
         let open = open.clone();
         blocking(move || {
+            let tx = open.store.read().map_err(store_error)?;
+            if Nodes::new(&open.store)
+                .get(&tx, &node)
+                .map_err(store_error)?
+                .is_none()
+            {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("{node} is not in the node graph: add it with `pk nodes add` first"),
+                ));
+            }
+            drop(tx);
             Notifications::new(&open.store)
                 .queue(node, body)
                 .map_err(store_error)
@@ -986,16 +1043,29 @@ async fn send_notification(open: &Arc<Open>, node: NodeId, body: Body) -> Result
 
 /// One delivery attempt of outbox entry `id`; records the outcome.
 async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body) -> bool {
-    let outcome = match dial(open, node, None).await {
-        Ok(conn) => match unary(&conn, PeerRequest::Notify(body)).await {
-            Ok(_) => Ok(()),
-            Err(PeerError::Refused { error, .. }) if error.code == ErrorCode::Denied => {
-                Err((true, format!("{node} refused: {}", error.message)))
-            }
-            Err(e) => Err((false, failed(open, e).message)),
-        },
+    if let Some(net) = open.net.get()
+        && !net
+            .delivering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    {
+        return false;
+    }
+    let outcome = match call_peer(open, node, PeerRequest::Notify(body)).await {
+        Ok(_) => Ok(()),
+        // Refused by the peer, or a node no longer in the graph: retrying cannot help.
+        Err(e) if e.code == ErrorCode::Denied || e.code == ErrorCode::NotFound => {
+            Err((true, e.message))
+        }
         Err(e) => Err((false, e.message)),
     };
+    if let Some(net) = open.net.get() {
+        net.delivering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
     let ok = outcome.is_ok();
     let open = open.clone();
     let _ = blocking(move || {
@@ -1023,6 +1093,31 @@ impl From<VaultError> for FetchFailed {
     }
 }
 
+/// An open fetch: the connection, its byte counts before, the call, and `Begin`.
+type OpenFetch = (Connection, (u64, u64), CallStream, crate::vault::Fetched);
+
+/// Opens a fetch: dials (or reuses the connection), sends the request, reads `Begin`.
+/// Errors are ours (`Ok`) or the peer's and the connection's (`Err`).
+async fn open_fetch(
+    open: &Arc<Open>,
+    node: NodeId,
+    request: &FetchRequest,
+) -> Result<OpenFetch, Result<ApiError, PeerError>> {
+    let conn = dial(open, node, None).await.map_err(Ok)?;
+    let wire_before = conn.wire_bytes();
+    let mut call = CallStream::open(&conn, PeerRequest::Fetch(request.clone()))
+        .await
+        .map_err(Err)?;
+    match call.next(IDLE_DEADLINE).await.map_err(Err)? {
+        PeerResponse::Begin(begin) => Ok((conn, wire_before, call, begin)),
+        PeerResponse::Err(error) => Err(Err(PeerError::Refused { node, error })),
+        _ => Err(Err(PeerError::Protocol {
+            node,
+            reason: "the peer answered a fetch with something else".into(),
+        })),
+    }
+}
+
 /// Fetches a vault from `node`: the QUIC stream's bytes go, in large reads, to a blocking
 /// thread that decodes the frames and hands the objects to a [`crate::vault::Receiver`].
 async fn fetch(
@@ -1031,20 +1126,18 @@ async fn fetch(
     request: FetchRequest,
     clone_as: Option<Option<String>>,
 ) -> Result<FetchOutcome, ApiError> {
-    let conn = dial(open, node, None).await?;
-    let wire_before = conn.wire_bytes();
-    let mut call = CallStream::open(&conn, PeerRequest::Fetch(request))
-        .await
-        .map_err(|e| failed(open, e))?;
-    let begin = match call
-        .next(IDLE_DEADLINE)
-        .await
-        .map_err(|e| failed(open, e))?
-    {
-        PeerResponse::Begin(begin) => begin,
-        PeerResponse::Err(error) => return Err(PeerError::Refused { node, error }.to_api()),
-        _ => return Err(lost("the peer answered a fetch with something else")),
-    };
+    let (conn, wire_before, mut call, begin) = match open_fetch(open, node, &request).await {
+        // A pooled connection the peer no longer knows (it restarted): once more, afresh.
+        Err(Err(e @ PeerError::Connection { .. })) => {
+            failed(open, e);
+            open_fetch(open, node, &request).await
+        }
+        other => other,
+    }
+    .map_err(|e| match e {
+        Ok(local) => local,
+        Err(e) => failed(open, e),
+    })?;
     let clone_name = clone_as.map(|name| name.unwrap_or_else(|| begin.name.clone()));
     // `Some(bytes)` as read; `None` once the stream has ended cleanly.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(64);
@@ -1308,6 +1401,7 @@ async fn run_backup(open: &Arc<Open>, mut backup: Backup) {
 /// Delivers pending notifications, runs due pulls, and closes idle connections.
 async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut deliveries = tokio::task::JoinSet::new();
     loop {
         tick.tick().await;
         let due = {
@@ -1315,8 +1409,12 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
             blocking(move || Notifications::new(&open.store).due().map_err(store_error)).await
         };
         for n in due.unwrap_or_default() {
-            deliver(&open, n.id, n.peer, n.body).await;
+            // Each in its own task: one unreachable node does not hold up the others.
+            // They live in this task's set, so locking the agent stops them too.
+            let open = open.clone();
+            deliveries.spawn(async move { deliver(&open, n.id, n.peer, n.body).await });
         }
+        while deliveries.try_join_next().is_some() {}
         let now = now_ms();
         let list = {
             let open = open.clone();

@@ -471,6 +471,13 @@ impl<'s> Vaults<'s> {
     pub fn note_pull(&self, name: &str, outcome: PullOutcome) -> Result<(), VaultError> {
         let mut tx = self.store.write()?;
         let mut record = self.record(&tx, name)?;
+        if !outcome.ok {
+            audit::append(
+                &mut tx,
+                "vault.pull_failed",
+                json!({ "vault": name, "id": record.id, "node": outcome.node, "reason": outcome.message }),
+            )?;
+        }
         record.sync.last_pull = Some(outcome);
         Vaults::save_record(&mut tx, &record)?;
         tx.commit()?;

@@ -237,6 +237,11 @@ fn permission_matrix_refuses_with_clear_errors() {
         .pk(&["notifications", "send", &owner.id, "hello"])
         .fails(77, "no notify permission");
 
+    // ... and learns nothing, not even whether a vault exists.
+    stranger
+        .pk(&["vaults", "clone", "no-such-vault", &owner.id])
+        .fails(77, "does not know you");
+
     // Known, but the vault is not shared.
     owner.add(&friend);
     friend
@@ -296,6 +301,11 @@ fn permission_matrix_refuses_with_clear_errors() {
         serde_json::json!([friend.addr]),
         "nothing was saved"
     );
+
+    // A notification to a node not in the graph is refused at once, not queued.
+    owner
+        .pk(&["notifications", "send", &stranger.id, "hi"])
+        .fails(66, "not in the node graph");
 
     // Every refusal is on the owner's record.
     let audit = owner.pk(&["audit", "--event", "peer.denied"]).ok();
@@ -576,8 +586,8 @@ fn nodes_advertised_on_the_lan_are_discovered() {
         "PK_LAN_NETNS is set but this is not a loopback-only network namespace"
     );
     let w = World::new();
-    let seen = Peer::with_agent_args(&w, "seen", &["--lan", "loopback"]);
-    let looking = Peer::with_agent_args(&w, "looking", &["--lan", "loopback"]);
+    let seen = Peer::with_agent_args(&w, "seen", &["--lan=loopback"]);
+    let looking = Peer::with_agent_args(&w, "looking", &["--lan=loopback"]);
     let hidden = Peer::new(&w, "hidden");
     let found = looking.json(&["nodes", "discover", "--lan", "--wait", "3s"]);
     let list = found.as_array().unwrap();
@@ -606,4 +616,20 @@ fn nodes_advertised_on_the_lan_are_discovered() {
     let addr = entry["addrs"][0].as_str().unwrap();
     let (host, port) = addr.rsplit_once(':').unwrap();
     looking.pk(&["nodes", "add", &seen.id, host, port]).ok();
+}
+
+#[test]
+fn a_peer_restarted_after_a_crash_is_reached_on_the_first_try() {
+    let w = World::new();
+    let caller = Peer::new(&w, "caller");
+    let mut callee = Peer::new(&w, "callee");
+    caller.add(&callee);
+    caller.pk(&["nodes", "ping", &callee.id]).ok();
+    let port = callee.port();
+    callee.crash();
+    callee.start(Some(port));
+    // The pooled connection is dead; the call dials afresh instead of failing.
+    caller.pk(&["nodes", "ping", &callee.id]).ok();
+    let seen = caller.json(&["nodes", "getall"]);
+    assert!(seen[0]["last_seen"].is_u64(), "{seen}");
 }

@@ -191,6 +191,9 @@ fn print_status(client: &Client, out: &Output) -> Result<(), CliError> {
                 value["unlocked_with"]
             );
         }
+        if let Some(addr) = value["peer_addr"].as_str() {
+            text += &format!("Peer endpoint: UDP {addr}\n");
+        }
         text
     });
     Ok(())
@@ -222,12 +225,18 @@ fn start_background(
     if let Some(module) = &cli.pkcs11_module {
         command.arg("--pkcs11-module").arg(module);
     }
+    if args.peer_listen != "off" && args.peer_listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(CliError::usage(format!(
+            "--peer-listen {:?} is not an address such as 0.0.0.0:1314 or 127.0.0.1:0, or `off`",
+            args.peer_listen
+        )));
+    }
     command.arg("agent").arg("start").arg("--foreground");
     command.arg("--peer-listen").arg(&args.peer_listen);
     if let Some(lan) = args.lan {
-        command.arg("--lan").arg(match lan {
-            LanMode::Lan => "lan",
-            LanMode::Loopback => "loopback",
+        command.arg(match lan {
+            LanMode::Lan => "--lan=lan",
+            LanMode::Loopback => "--lan=loopback",
         });
     }
     let mut child = command

@@ -251,9 +251,10 @@ pub(crate) struct AgentStartArgs {
         default_value = "0.0.0.0:1314"
     )]
     pub(crate) peer_listen: String,
-    /// Advertise this node over mDNS: `lan` (every interface but loopback) or `loopback`
-    /// (tests, inside a network namespace). Off unless given.
-    #[arg(long, value_enum)]
+    /// Advertise this node over mDNS: on every interface but loopback (`--lan`, the same
+    /// as `--lan=lan`), or on loopback only (`--lan=loopback`, for tests inside a network
+    /// namespace). Off unless given.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "lan")]
     pub(crate) lan: Option<LanMode>,
     #[command(flatten)]
     pub(crate) unlock: UnlockArgs,

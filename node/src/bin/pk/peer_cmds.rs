@@ -399,18 +399,38 @@ fn backup(client: &Client, command: &BackupCommand, out: &Output) -> Result<(), 
     Ok(())
 }
 
-fn show(n: &Notification) -> String {
-    let what = match &n.body {
-        Body::Message { text } => format!("message: {text}"),
-        Body::VaultShare {
-            vault,
-            name,
-            permissions,
-        } => format!(
-            "vault {name} ({vault}) shared with you: {}; clone it with `pk vaults clone {name} {}`",
-            names(permissions),
-            n.peer
-        ),
+fn show(n: &Notification, mailbox: Mailbox) -> String {
+    let what = match (&n.body, mailbox) {
+        (Body::Message { text }, _) => format!("message: {text}"),
+        (
+            Body::VaultShare {
+                vault,
+                name,
+                permissions,
+            },
+            Mailbox::Inbox,
+        ) => {
+            let hint = if permissions.contains(&VaultPermission::Clone) {
+                format!("; clone it with `pk vaults clone {name} {}`", n.peer)
+            } else if permissions.contains(&VaultPermission::Pull) {
+                format!(
+                    "; pull it into your copy with `pk vaults pull <your name for it> {}`",
+                    n.peer
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "vault {name} ({vault}) shared with you: {}{hint}",
+                names(permissions)
+            )
+        }
+        (
+            Body::VaultShare {
+                name, permissions, ..
+            },
+            Mailbox::Outbox,
+        ) => format!("shared vault {name}: {}", names(permissions)),
     };
     let state = match &n.delivery {
         None if n.read => String::new(),
@@ -449,7 +469,9 @@ pub(crate) fn notifications(
         else {
             return Err(unexpected());
         };
-        let _ = out.emit(json!(list), || list.iter().map(show).collect());
+        let _ = out.emit(json!(list), || {
+            list.iter().map(|n| show(n, mailbox)).collect()
+        });
         Ok(())
     };
     let remove = |mailbox: Mailbox, id: Option<u64>| -> Result<(), CliError> {
