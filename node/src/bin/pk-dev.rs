@@ -165,6 +165,9 @@ fn serve(
                 if let Some(id) = status.node_id {
                     say!("  NodeId: {id}");
                 }
+                if let Some(addr) = status.peer_addr {
+                    say!("  peer endpoint (QUIC, loopback only): UDP {addr}");
+                }
             }
             _ => return Err("unexpected reply".into()),
         }
