@@ -316,6 +316,56 @@ pub enum Request {
         /// The entry [default: all].
         id: Option<u64>,
     },
+    /// Link this node with another into one gestalt (or invite it first).
+    NodesClaim(String),
+    /// Every gestalt this node knows.
+    IdentitiesList,
+    /// One gestalt, by any of its vertices.
+    IdentitiesGet(String),
+    /// Trust (grant `notify`) or stop trusting a gestalt.
+    IdentitiesTrust {
+        /// A NodeId or `provider:identity`.
+        gestalt: String,
+        /// Trust (else untrust).
+        trust: bool,
+    },
+    /// Grant or revoke permissions of a gestalt vertex.
+    IdentitiesPermit {
+        /// A NodeId or `provider:identity`.
+        gestalt: String,
+        /// Which.
+        permissions: Vec<NodePermission>,
+        /// Grant (else revoke).
+        allow: bool,
+    },
+    /// What a gestalt may do.
+    IdentitiesPermissions(String),
+    /// Invite a node to this node's gestalt.
+    IdentitiesInvite(String),
+    /// Discover a gestalt now.
+    IdentitiesDiscover(String),
+    /// The discovery queue.
+    IdentitiesQueue,
+}
+
+/// One vertex of a gestalt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GestaltMember {
+    /// A NodeId or `provider:identity`.
+    pub vertex: String,
+    /// Its own permissions here (`None`: no record of it, it is here through a link).
+    pub permissions: Option<Vec<NodePermission>>,
+}
+
+/// A gestalt: its vertices, the links that join them, and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GestaltInfo {
+    /// The vertices.
+    pub members: Vec<GestaltMember>,
+    /// The verified links, as pairs of vertices.
+    pub links: Vec<(String, String)>,
+    /// What every vertex of it may do (the union).
+    pub permissions: Vec<NodePermission>,
 }
 
 /// An open connection to a peer.
@@ -443,6 +493,19 @@ pub enum Reply {
     Found(Vec<Found>),
     /// Scheduled pulls.
     Backups(Vec<Backup>),
+    /// A claim made, or an invitation sent instead.
+    Claimed {
+        /// The other node.
+        node: String,
+        /// An invitation was sent (the nodes are not linked yet).
+        invited: bool,
+        /// The claim's place in this node's sigchain.
+        seq: Option<u64>,
+    },
+    /// Gestalts.
+    Gestalts(Vec<GestaltInfo>),
+    /// The discovery queue.
+    Queue(Vec<crate::gestalt::Queued>),
 }
 
 /// Kinds of failure, each with its own exit code in `pk`.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit;
+use crate::gestalt::{Gestalts, Vertex};
 use crate::identity::NodeId;
 use crate::store::{Read, Store, StoreError, Table, WriteTx};
 use crate::vault::VaultId;
@@ -66,13 +67,13 @@ pub struct NodeRecord {
     pub permissions: BTreeSet<NodePermission>,
 }
 
-/// One vault shared with one node.
+/// One vault shared with one node, or with an identity (and so its whole gestalt).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Share {
     /// The vault.
     pub vault: VaultId,
-    /// The node.
-    pub node: NodeId,
+    /// The node or identity.
+    pub node: Vertex,
     /// What it may do.
     pub permissions: BTreeSet<VaultPermission>,
 }
@@ -106,13 +107,13 @@ impl<'s> Nodes<'s> {
         self.store.name_hash("node", &[node.as_bytes()])
     }
 
-    fn share_key(&self, vault: &VaultId, node: &NodeId) -> Vec<u8> {
+    fn share_key(&self, vault: &VaultId, vertex: &Vertex) -> Vec<u8> {
         let mut key = vault.as_bytes().to_vec();
-        key.extend_from_slice(
-            &self
-                .store
-                .name_hash("share", &[vault.as_bytes(), node.as_bytes()]),
-        );
+        let who = match vertex {
+            Vertex::Node(node) => node.as_bytes().to_vec(),
+            other => other.to_string().into_bytes(),
+        };
+        key.extend_from_slice(&self.store.name_hash("share", &[vault.as_bytes(), &who]));
         key
     }
 
@@ -179,9 +180,11 @@ impl<'s> Nodes<'s> {
     pub fn remove(&self, node: &NodeId) -> Result<bool, StoreError> {
         let mut tx = self.store.write()?;
         let known = tx.delete(Table::Nodes, &self.node_key(node))?;
-        for share in self.shares_for(&tx, node)? {
-            tx.delete(Table::Shares, &self.share_key(&share.vault, node))?;
+        let vertex = Vertex::Node(*node);
+        for share in self.shares_for(&tx, &vertex)? {
+            tx.delete(Table::Shares, &self.share_key(&share.vault, &vertex))?;
         }
+        Gestalts::new(self.store).unlink(&mut tx, &vertex)?;
         if known {
             audit::append(&mut tx, "node.removed", json!({ "node": node }))?;
         }
@@ -239,7 +242,46 @@ impl<'s> Nodes<'s> {
         tx.commit()
     }
 
-    /// Whether `node` is in the graph and holds `permission`.
+    /// The node-wide permissions of `vertex` itself (its node record, or its identity
+    /// record); `None` when this node has no record of it.
+    fn own_permissions(
+        &self,
+        tx: &impl Read,
+        vertex: &Vertex,
+    ) -> Result<Option<BTreeSet<NodePermission>>, StoreError> {
+        Ok(match vertex {
+            Vertex::Node(node) => self.get(tx, node)?.map(|r| r.permissions),
+            identity => Gestalts::new(self.store)
+                .identity(tx, identity)?
+                .map(|r| r.permissions),
+        })
+    }
+
+    /// Whether `node` is known here: in the graph, or in a gestalt with a vertex that is.
+    pub fn known(&self, tx: &impl Read, node: &NodeId) -> Result<bool, StoreError> {
+        for vertex in Gestalts::new(self.store).component(tx, &Vertex::Node(*node))? {
+            if self.own_permissions(tx, &vertex)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// What `node` may do here: its own permissions and those of every vertex of its
+    /// gestalt.
+    pub fn permissions_of(
+        &self,
+        tx: &impl Read,
+        vertex: &Vertex,
+    ) -> Result<BTreeSet<NodePermission>, StoreError> {
+        let mut all = BTreeSet::new();
+        for v in Gestalts::new(self.store).component(tx, vertex)? {
+            all.extend(self.own_permissions(tx, &v)?.unwrap_or_default());
+        }
+        Ok(all)
+    }
+
+    /// Whether `node` holds `permission`, itself or through its gestalt.
     pub fn node_may(
         &self,
         tx: &impl Read,
@@ -247,18 +289,18 @@ impl<'s> Nodes<'s> {
         permission: NodePermission,
     ) -> Result<bool, StoreError> {
         Ok(self
-            .get(tx, node)?
-            .is_some_and(|r| r.permissions.contains(&permission)))
+            .permissions_of(tx, &Vertex::Node(*node))?
+            .contains(&permission))
     }
 
-    /// The share of `vault` with `node`, if any.
+    /// The share of `vault` with `vertex`, if any.
     pub fn share(
         &self,
         tx: &impl Read,
         vault: &VaultId,
-        node: &NodeId,
+        vertex: &Vertex,
     ) -> Result<Option<Share>, StoreError> {
-        match tx.get(Table::Shares, &self.share_key(vault, node))? {
+        match tx.get(Table::Shares, &self.share_key(vault, vertex))? {
             Some(value) => serde_json::from_slice(&value)
                 .map(Some)
                 .map_err(|_| corrupt("shares")),
@@ -266,7 +308,8 @@ impl<'s> Nodes<'s> {
         }
     }
 
-    /// Whether `node` is in the graph and may do `permission` with `vault`.
+    /// Whether `node` may do `permission` with `vault`: shared with it, or with any
+    /// vertex of its gestalt.
     pub fn vault_may(
         &self,
         tx: &impl Read,
@@ -274,10 +317,15 @@ impl<'s> Nodes<'s> {
         node: &NodeId,
         permission: VaultPermission,
     ) -> Result<bool, StoreError> {
-        Ok(self.get(tx, node)?.is_some()
-            && self
-                .share(tx, vault, node)?
-                .is_some_and(|s| s.permissions.contains(&permission)))
+        for vertex in Gestalts::new(self.store).component(tx, &Vertex::Node(*node))? {
+            if self
+                .share(tx, vault, &vertex)?
+                .is_some_and(|s| s.permissions.contains(&permission))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Every share of `vault`.
@@ -292,16 +340,30 @@ impl<'s> Nodes<'s> {
         Ok(out)
     }
 
-    /// Every vault shared with `node`.
-    pub fn shares_for(&self, tx: &impl Read, node: &NodeId) -> Result<Vec<Share>, StoreError> {
+    /// Every vault shared with `vertex` itself.
+    pub fn shares_for(&self, tx: &impl Read, vertex: &Vertex) -> Result<Vec<Share>, StoreError> {
         let mut out = Vec::new();
         for (_, value) in tx.range(Table::Shares, &[], usize::MAX, false)? {
             let share: Share = serde_json::from_slice(&value).map_err(|_| corrupt("shares"))?;
-            if share.node == *node {
+            if share.node == *vertex {
                 out.push(share);
             }
         }
         Ok(out)
+    }
+
+    /// Every vault shared with `node` or with its gestalt, permissions merged.
+    pub fn shares_reaching(&self, tx: &impl Read, node: &NodeId) -> Result<Vec<Share>, StoreError> {
+        let mut merged: std::collections::BTreeMap<VaultId, Share> = Default::default();
+        for vertex in Gestalts::new(self.store).component(tx, &Vertex::Node(*node))? {
+            for share in self.shares_for(tx, &vertex)? {
+                merged
+                    .entry(share.vault)
+                    .and_modify(|s| s.permissions.extend(share.permissions.iter().copied()))
+                    .or_insert(share);
+            }
+        }
+        Ok(merged.into_values().collect())
     }
 
     /// Grants (`grant`) or revokes vault permissions of `node` on `vault` (named `name`
@@ -311,14 +373,14 @@ impl<'s> Nodes<'s> {
         &self,
         vault: &VaultId,
         name: &str,
-        node: &NodeId,
+        node: &Vertex,
         permissions: &[VaultPermission],
         grant: bool,
     ) -> Result<Option<Share>, StoreError> {
         let mut tx = self.store.write()?;
         let mut share = self.share(&tx, vault, node)?.unwrap_or(Share {
             vault: *vault,
-            node: *node,
+            node: node.clone(),
             permissions: BTreeSet::new(),
         });
         for p in permissions {
@@ -337,9 +399,21 @@ impl<'s> Nodes<'s> {
             tx.put(Table::Shares, &key, &bytes)?;
             Some(share)
         };
-        if grant && let Some(mut record) = self.get(&tx, node)? {
-            record.permissions.insert(NodePermission::Scan);
-            self.put(&mut tx, &record)?;
+        if grant {
+            match node {
+                Vertex::Node(id) => {
+                    if let Some(mut record) = self.get(&tx, id)? {
+                        record.permissions.insert(NodePermission::Scan);
+                        self.put(&mut tx, &record)?;
+                    }
+                }
+                identity => {
+                    let gestalts = Gestalts::new(self.store);
+                    let mut record = gestalts.identity_or_new(&tx, identity)?;
+                    record.permissions.insert(NodePermission::Scan);
+                    gestalts.put_identity(&mut tx, &record)?;
+                }
+            }
         }
         audit::append(
             &mut tx,

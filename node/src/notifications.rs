@@ -41,6 +41,9 @@ pub enum Body {
         /// What the receiver may do.
         permissions: Vec<VaultPermission>,
     },
+    /// The sender invites the receiver to join its gestalt: `pk nodes claim <sender>` on
+    /// the receiver links the two nodes.
+    GestaltInvite,
 }
 
 impl Body {
@@ -312,6 +315,7 @@ fn kind(body: &Body) -> &'static str {
     match body {
         Body::Message { .. } => "message",
         Body::VaultShare { .. } => "vault_share",
+        Body::GestaltInvite => "gestalt_invite",
     }
 }
 

@@ -24,6 +24,7 @@ use crate::net::Connection;
 use crate::nodes::VaultPermission;
 use crate::notifications::Body;
 use crate::rpc::{CHUNK, FrameError, MAX_FRAME, read_frame, write_frame};
+use crate::sigchain::ClaimToken;
 use crate::vault::{Fetched, VaultId, WireObject};
 
 /// The version of the calls below; a peer of another version is refused with a clear
@@ -77,6 +78,12 @@ pub enum PeerRequest {
     Notify(Body),
     /// Send me a vault's objects.
     Fetch(FetchRequest),
+    /// Send me your sigchain.
+    Sigchain,
+    /// Countersign this node-link claim (you invited me to your gestalt).
+    ClaimNode(ClaimToken),
+    /// Your own claim of the same link, now signed by me too: append it to your chain.
+    ClaimNodeFinish(ClaimToken),
 }
 
 /// A vault shared with the caller.
@@ -101,6 +108,16 @@ pub enum PeerReply {
     Vaults(Vec<SharedVault>),
     /// Done (a notification taken, a fetch complete).
     Done,
+    /// To `Sigchain`: the chain, oldest first.
+    Claims(Vec<ClaimToken>),
+    /// To `ClaimNode`: the caller's claim with the callee's signature added, and the
+    /// callee's own claim of the same link for the caller to sign.
+    ClaimPair {
+        /// The caller's claim, countersigned.
+        countersigned: ClaimToken,
+        /// The callee's claim, signed by the callee.
+        theirs: ClaimToken,
+    },
 }
 
 /// What a callee sends.

@@ -44,10 +44,14 @@ pub enum Table {
     Notifications,
     /// Transfers in progress and scheduled pulls, by kind and vault id.
     Sync,
+    /// This node's sigchain: signed claims by sequence number.
+    Sigchain,
+    /// The gestalt graph: identities, verified links, the discovery queue, provider tokens.
+    Gestalts,
 }
 
 impl Table {
-    const ALL: [Table; 10] = [
+    const ALL: [Table; 12] = [
         Table::Meta,
         Table::Identity,
         Table::Vaults,
@@ -58,6 +62,8 @@ impl Table {
         Table::Shares,
         Table::Notifications,
         Table::Sync,
+        Table::Sigchain,
+        Table::Gestalts,
     ];
 
     fn name(self) -> &'static str {
@@ -72,6 +78,8 @@ impl Table {
             Table::Shares => "shares",
             Table::Notifications => "notifications",
             Table::Sync => "sync",
+            Table::Sigchain => "sigchain",
+            Table::Gestalts => "gestalts",
         }
     }
 

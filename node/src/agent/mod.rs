@@ -37,6 +37,7 @@ use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
 use crate::vault::{SecretPath, VaultError, Vaults};
 
 mod peers;
+mod trust;
 
 /// How long an upload may stall between chunks before it is abandoned (it holds the
 /// store's single write transaction meanwhile).
@@ -456,7 +457,10 @@ async fn handle(
             let open = shared.open()?;
             match peers::handle(&open, other).await {
                 Ok(answer) => answer,
-                Err(other) => blocking(move || call(&open, other)).await,
+                Err(other) => match trust::handle(&open, other).await {
+                    Ok(answer) => answer,
+                    Err(other) => blocking(move || call(&open, other)).await,
+                },
             }
         }
     }

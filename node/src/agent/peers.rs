@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use super::{Open, blocking, record, store_error, vault_error, vaults};
 use crate::api::{ApiError, Backup, ConnectionInfo, ErrorCode, Reply, Request, SecretBytes};
+use crate::gestalt::{Gestalts, Vertex};
 use crate::identity::NodeId;
 use crate::lan::{self, Interfaces};
 use crate::net::{Connection, Endpoint};
@@ -79,11 +80,11 @@ impl PeerNet {
     }
 }
 
-fn lost(e: impl std::fmt::Display) -> ApiError {
+pub(super) fn lost(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, e.to_string())
 }
 
-fn node_id(s: &str) -> Result<NodeId, ApiError> {
+pub(super) fn node_id(s: &str) -> Result<NodeId, ApiError> {
     s.parse().map_err(|e: crate::identity::IdentityError| {
         ApiError::new(ErrorCode::BadInput, e.to_string())
     })
@@ -186,7 +187,13 @@ fn rand_id() -> usize {
 }
 
 /// Refusal for a call the caller may not make; recorded in the audit log.
-fn denied(open: &Open, peer: &NodeId, call: &str, vault: Option<&str>, message: &str) -> ApiError {
+pub(super) fn denied(
+    open: &Open,
+    peer: &NodeId,
+    call: &str,
+    vault: Option<&str>,
+    message: &str,
+) -> ApiError {
     let _ = record(
         open,
         "peer.denied",
@@ -231,7 +238,7 @@ fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerRe
     match request {
         PeerRequest::Ping => Ok(PeerReply::Pong),
         PeerRequest::FindNode(target) => {
-            if nodes.get(&tx, &peer).map_err(store_error)?.is_none() {
+            if !nodes.known(&tx, &peer).map_err(store_error)? {
                 return Err(denied(
                     open,
                     &peer,
@@ -263,7 +270,7 @@ fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerRe
             }
             let v = vaults(open);
             let mut out = Vec::new();
-            for share in nodes.shares_for(&tx, &peer).map_err(store_error)? {
+            for share in nodes.shares_reaching(&tx, &peer).map_err(store_error)? {
                 if let Ok(record) = v.find(Some(&share.vault), "") {
                     out.push(SharedVault {
                         id: share.vault,
@@ -296,6 +303,22 @@ fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerRe
                 .map_err(store_error)?;
             Ok(PeerReply::Done)
         }
+        PeerRequest::Sigchain => Ok(PeerReply::Claims(
+            crate::sigchain::all(&tx).map_err(store_error)?,
+        )),
+        PeerRequest::ClaimNode(token) => {
+            drop(tx);
+            super::trust::countersign(open, peer, token).map(|(countersigned, theirs)| {
+                PeerReply::ClaimPair {
+                    countersigned,
+                    theirs,
+                }
+            })
+        }
+        PeerRequest::ClaimNodeFinish(token) => {
+            drop(tx);
+            super::trust::finish_claim(open, peer, token).map(|()| PeerReply::Done)
+        }
         PeerRequest::Fetch(_) => Err(ApiError::new(ErrorCode::BadInput, "unexpected call")),
     }
 }
@@ -317,7 +340,7 @@ fn fetch_allowed(open: &Open, peer: &NodeId, fetch: &FetchRequest) -> Result<Vau
     // whether a vault exists.
     let tx = open.store.read().map_err(store_error)?;
     let nodes = Nodes::new(&open.store);
-    if nodes.get(&tx, peer).map_err(store_error)?.is_none() {
+    if !nodes.known(&tx, peer).map_err(store_error)? {
         return Err(denied(
             open,
             peer,
@@ -839,7 +862,7 @@ async fn nodes_add(
 
 /// One unary call to `node` over the pooled connection; when that connection turns out
 /// to be dead (the peer restarted), a fresh one is dialled and the call made once more.
-async fn call_peer(
+pub(super) async fn call_peer(
     open: &Arc<Open>,
     node: NodeId,
     request: PeerRequest,
@@ -954,29 +977,56 @@ fn connections(open: &Arc<Open>) -> Result<Reply, ApiError> {
 async fn share(
     open: &Arc<Open>,
     vault: String,
-    node: &str,
+    who: &str,
     permissions: Vec<VaultPermission>,
     grant: bool,
 ) -> Result<Reply, ApiError> {
-    let node = node_id(node)?;
-    let (record, share) = {
+    let vertex: Vertex = who.parse().map_err(|e: crate::gestalt::BadVertex| {
+        ApiError::new(ErrorCode::BadInput, e.to_string())
+    })?;
+    let (record, share, notify) = {
         let open = open.clone();
         let permissions = permissions.clone();
         blocking(move || {
             let record = vaults(&open).find(None, &vault).map_err(vault_error)?;
             let nodes = Nodes::new(&open.store);
+            let gestalts = Gestalts::new(&open.store);
             let tx = open.store.read().map_err(store_error)?;
-            if nodes.get(&tx, &node).map_err(store_error)?.is_none() {
+            let known = match &vertex {
+                Vertex::Node(node) => nodes.get(&tx, node).map_err(store_error)?.is_some(),
+                identity => {
+                    gestalts.identity(&tx, identity).map_err(store_error)?.is_some()
+                        || gestalts.component(&tx, identity).map_err(store_error)?.len() > 1
+                }
+            };
+            if !known {
                 return Err(ApiError::new(
                     ErrorCode::NotFound,
-                    format!("{node} is not in the node graph: add it with `pk nodes add` first"),
+                    match &vertex {
+                        Vertex::Node(node) => format!(
+                            "{node} is not in the node graph: add it with `pk nodes add` first"
+                        ),
+                        identity => format!(
+                            "{identity} is not known here: trust or discover it first (pk identities trust {identity})"
+                        ),
+                    },
                 ));
+            }
+            // Every node of the gestalt this node can reach hears of the share.
+            let mut notify = Vec::new();
+            for v in gestalts.component(&tx, &vertex).map_err(store_error)? {
+                if let Vertex::Node(node) = v
+                    && nodes.get(&tx, &node).map_err(store_error)?.is_some()
+                    && node != open.identity.node_id()
+                {
+                    notify.push(node);
+                }
             }
             drop(tx);
             let share = nodes
-                .set_share(&record.id, &record.name, &node, &permissions, grant)
+                .set_share(&record.id, &record.name, &vertex, &permissions, grant)
                 .map_err(store_error)?;
-            Ok((record, share))
+            Ok((record, share, notify))
         })
         .await?
     };
@@ -989,14 +1039,20 @@ async fn share(
                 .map(|s| s.permissions.iter().copied().collect())
                 .unwrap_or_default(),
         };
-        // The notification goes through the outbox: delivered now or retried later.
-        let _ = send_notification(open, node, body).await;
+        // The notifications go through the outbox: delivered now or retried later.
+        for node in notify {
+            let _ = send_notification(open, node, body.clone()).await;
+        }
     }
     Ok(Reply::Shares(share.into_iter().collect()))
 }
 
 /// Queues a notification and tries to deliver it at once.
-async fn send_notification(open: &Arc<Open>, node: NodeId, body: Body) -> Result<Reply, ApiError> {
+pub(super) async fn send_notification(
+    open: &Arc<Open>,
+    node: NodeId,
+    body: Body,
+) -> Result<Reply, ApiError> {
     let queued = {
         let open = open.clone();
         blocking(move || {

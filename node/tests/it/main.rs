@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
 mod crash;
+mod gestalts;
 mod harness;
 mod keyslots;
 mod peers;

@@ -12,24 +12,28 @@ use crate::relay::Relay;
 const PASS: &str = "peer-test-passphrase";
 
 /// One node: its directory, agent, NodeId and peer address.
-struct Peer<'w> {
-    w: &'w World,
-    name: String,
-    path: PathBuf,
-    pass: PathBuf,
-    id: String,
-    addr: String,
-    agent: Option<AgentGuard>,
+pub(crate) struct Peer<'w> {
+    pub(crate) w: &'w World,
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) pass: PathBuf,
+    pub(crate) id: String,
+    pub(crate) addr: String,
+    pub(crate) agent: Option<AgentGuard>,
     /// Extra `agent start` arguments.
-    agent_args: Vec<&'static str>,
+    pub(crate) agent_args: Vec<&'static str>,
 }
 
 impl<'w> Peer<'w> {
-    fn new(w: &'w World, name: &str) -> Peer<'w> {
+    pub(crate) fn new(w: &'w World, name: &str) -> Peer<'w> {
         Peer::with_agent_args(w, name, &[])
     }
 
-    fn with_agent_args(w: &'w World, name: &str, agent_args: &[&'static str]) -> Peer<'w> {
+    pub(crate) fn with_agent_args(
+        w: &'w World,
+        name: &str,
+        agent_args: &[&'static str],
+    ) -> Peer<'w> {
         let (path, pass, _) = w.soft_node_named(name, PASS);
         let mut peer = Peer {
             w,
@@ -46,7 +50,7 @@ impl<'w> Peer<'w> {
     }
 
     /// Starts the agent (on `port`, else one the kernel picks) and reads who and where it is.
-    fn start(&mut self, port: Option<u16>) {
+    pub(crate) fn start(&mut self, port: Option<u16>) {
         let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
         let pass = self.pass.to_str().unwrap().to_owned();
         let mut args = vec!["agent", "start", "--password-file", &pass];
@@ -61,7 +65,7 @@ impl<'w> Peer<'w> {
     }
 
     /// kill -9 of the agent.
-    fn crash(&mut self) {
+    pub(crate) fn crash(&mut self) {
         if let Some(pid) = agent_pid(&self.path) {
             kill9(pid);
         }
@@ -69,15 +73,15 @@ impl<'w> Peer<'w> {
         let _ = std::fs::remove_file(self.path.join("agent.sock"));
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
     }
 
-    fn pk(&self, args: &[&str]) -> Run {
+    pub(crate) fn pk(&self, args: &[&str]) -> Run {
         self.w.pk(&self.path, args)
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--format", "json"];
         all.extend_from_slice(args);
         let out = self.pk(&all).ok();
@@ -85,28 +89,28 @@ impl<'w> Peer<'w> {
     }
 
     /// Adds `other` to this node's graph at its own address.
-    fn add(&self, other: &Peer<'_>) {
+    pub(crate) fn add(&self, other: &Peer<'_>) {
         self.add_at(other, &other.addr);
     }
 
-    fn add_at(&self, other: &Peer<'_>, addr: &str) {
+    pub(crate) fn add_at(&self, other: &Peer<'_>, addr: &str) {
         let (host, port) = addr.rsplit_once(':').unwrap();
         self.pk(&["nodes", "add", &other.id, host, port]).ok();
     }
 
-    fn write(&self, secret: &str, value: &str) {
+    pub(crate) fn write(&self, secret: &str, value: &str) {
         let file = self.w.path(&format!("{}-input", self.name));
         std::fs::write(&file, value).unwrap();
         self.pk(&["secrets", "create", file.to_str().unwrap(), secret])
             .ok();
     }
 
-    fn cat(&self, secret: &str) -> String {
+    pub(crate) fn cat(&self, secret: &str) -> String {
         self.pk(&["secrets", "cat", secret]).ok()
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if check() {

@@ -21,6 +21,8 @@ mod error;
 mod peer_cmds;
 #[path = "../pk/secrets.rs"]
 mod secrets;
+#[path = "../pk/trust_cmds.rs"]
+mod trust_cmds;
 
 fn main() -> std::process::ExitCode {
     entry::main_with(commands::run)

@@ -67,6 +67,63 @@ pub(crate) enum Command {
     /// Notifications between nodes (vault shares, messages).
     #[command(subcommand)]
     Notifications(NotificationsCommand),
+    /// Gestalts: the nodes and identities that stand for one person or team.
+    #[command(subcommand)]
+    Identities(IdentitiesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum IdentitiesCommand {
+    /// List every gestalt this node knows, with its members and permissions.
+    List,
+    /// Show one gestalt (by any of its NodeIds or identities).
+    Get {
+        /// A NodeId or `provider:identity`.
+        gestalt_id: String,
+    },
+    /// Trust a gestalt: it may send notifications here; its links are discovered.
+    Trust {
+        /// A NodeId or `provider:identity`.
+        gestalt_id: String,
+    },
+    /// Stop trusting a gestalt: no vertex of it may send notifications any more.
+    Untrust {
+        /// A NodeId or `provider:identity`.
+        gestalt_id: String,
+    },
+    /// Grant a gestalt a permission (every vertex of it gets it).
+    Allow {
+        /// A NodeId or `provider:identity`.
+        gestalt_id: String,
+        /// What it may do.
+        #[arg(value_enum)]
+        permission: NodePermissionArg,
+    },
+    /// Revoke a permission from one vertex of a gestalt.
+    Disallow {
+        /// A NodeId or `provider:identity`.
+        gestalt_id: String,
+        /// What it may no longer do.
+        #[arg(value_enum)]
+        permission: NodePermissionArg,
+    },
+    /// What a gestalt may do here.
+    Permissions {
+        /// A NodeId or `provider:identity`.
+        gestalt_id: String,
+    },
+    /// Invite a node to this node's gestalt (it accepts with `pk nodes claim`).
+    Invite {
+        /// The NodeId.
+        node_id: String,
+    },
+    /// Discover a gestalt now: fetch and verify its sigchains and claims.
+    Discover {
+        /// A NodeId or `provider:identity`.
+        gestalt_id: String,
+    },
+    /// Show the discovery queue.
+    Queue,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +178,12 @@ pub(crate) enum NodesCommand {
         /// What it may no longer do.
         #[arg(required = true, value_enum)]
         permissions: Vec<NodePermissionArg>,
+    },
+    /// Link this node and another into one gestalt: both sign the claim. Without an
+    /// invitation from that node, this sends it one instead.
+    Claim {
+        /// Its NodeId.
+        node_id: String,
     },
     /// List nodes advertising themselves on the local network (mDNS).
     Discover {

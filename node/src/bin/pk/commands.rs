@@ -56,6 +56,7 @@ pub(crate) fn run_client(cli: &Cli) -> Result<(), CliError> {
         Command::Audit(a) => crate::agent_cmds::audit(&node, a, &out),
         Command::Nodes(c) => crate::peer_cmds::nodes(&node, c, &out),
         Command::Notifications(c) => crate::peer_cmds::notifications(&node, c, &out),
+        Command::Identities(c) => crate::trust_cmds::identities(&node, c, &out),
         Command::Init(_) | Command::Keyslots(_) => {
             Err(CliError::internal("this command runs in pk-node"))
         }
@@ -72,6 +73,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Agent(_)
         | Command::Nodes(_)
         | Command::Notifications(_)
+        | Command::Identities(_)
         | Command::Keys(_)
         | Command::Vaults(_)
         | Command::Secrets(_)

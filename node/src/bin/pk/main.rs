@@ -23,6 +23,7 @@ mod entry;
 mod error;
 mod peer_cmds;
 mod secrets;
+mod trust_cmds;
 
 use std::process::ExitCode;
 

@@ -174,6 +174,7 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
                 format!("{} may: {}\n", record.node_id, names(&record.permissions))
             });
         }
+        NodesCommand::Claim { node_id } => return crate::trust_cmds::claim(node, node_id, out),
         NodesCommand::Discover { lan: _, wait } => {
             let Reply::Found(found) = call(
                 &client,
@@ -431,6 +432,11 @@ fn show(n: &Notification, mailbox: Mailbox) -> String {
             },
             Mailbox::Outbox,
         ) => format!("shared vault {name}: {}", names(permissions)),
+        (Body::GestaltInvite, Mailbox::Inbox) => format!(
+            "invites you to its gestalt; accept with `pk nodes claim {}`",
+            n.peer
+        ),
+        (Body::GestaltInvite, Mailbox::Outbox) => "gestalt invitation".into(),
     };
     let state = match &n.delivery {
         None if n.read => String::new(),

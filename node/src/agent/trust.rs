@@ -1,0 +1,604 @@
+//! The agent's trust side: node claims (cross-signed, after an invitation), the gestalt
+//! commands, and discovery (walking sigchains and adding what verifies to the graph).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::peers::{call_peer, denied, lost, node_id, send_notification};
+use super::{Open, blocking, store_error};
+use crate::api::{ApiError, ErrorCode, GestaltInfo, GestaltMember, Reply, Request};
+use crate::audit;
+use crate::gestalt::{BadVertex, Gestalts, Link, Vertex};
+use crate::identity::NodeId;
+use crate::nodes::{NodePermission, Nodes};
+use crate::notifications::{Body, Mailbox, Notifications};
+use crate::peer::{PeerReply, PeerRequest};
+use crate::sigchain::{self, ClaimToken, ClaimType};
+
+/// How old (or how far in the future) a claim presented for countersigning may be.
+const CLAIM_FRESHNESS: Duration = Duration::from_secs(600);
+/// The most vertices one discovery walks.
+const DISCOVERY_LIMIT: usize = 64;
+
+fn vertex(s: &str) -> Result<Vertex, ApiError> {
+    s.parse()
+        .map_err(|e: BadVertex| ApiError::new(ErrorCode::BadInput, e.to_string()))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Serves `ClaimNode`: countersigns `token` from `peer` if this node invited it, records
+/// the link, and returns this node's own claim of the link for `peer` to sign. Refuses
+/// forged, replayed and stale claims.
+pub(super) fn countersign(
+    open: &Open,
+    peer: NodeId,
+    token: ClaimToken,
+) -> Result<(ClaimToken, ClaimToken), ApiError> {
+    let me = open.identity.node_id();
+    let refuse = |why: &str| denied(open, &peer, "claim", None, why);
+    let claim = token
+        .claim()
+        .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?;
+    if claim.typ != ClaimType::ClaimLinkNode
+        || claim.iss != peer.to_string()
+        || claim.sub != me.to_string()
+    {
+        return Err(refuse(
+            "the claim must be a node link issued by the caller for this node",
+        ));
+    }
+    if !token.valid_signers().contains(&peer) {
+        return Err(refuse("the claim is not signed by the caller"));
+    }
+    if claim.iat.abs_diff(now()) > CLAIM_FRESHNESS.as_secs() {
+        return Err(refuse("the claim is stale or from the future"));
+    }
+    let invited = Notifications::new(&open.store)
+        .list(Mailbox::Outbox)
+        .map_err(store_error)?
+        .iter()
+        .any(|n| n.peer == peer && n.body == Body::GestaltInvite);
+    if !invited {
+        return Err(refuse(
+            "this node has not invited you to its gestalt (it must run `pk identities invite <you>` first)",
+        ));
+    }
+    let gestalts = Gestalts::new(&open.store);
+    let mut tx = open.store.write().map_err(store_error)?;
+    if gestalts
+        .links(&tx)
+        .map_err(store_error)?
+        .iter()
+        .any(|l| l.claim.claim().is_ok_and(|c| c.nonce == claim.nonce))
+    {
+        // The refusal is audited in a transaction of its own.
+        drop(tx);
+        return Err(refuse("this claim was countersigned before (a replay)"));
+    }
+    let mut signed = token;
+    signed.add_signature(&open.identity);
+    gestalts
+        .add_link(
+            &mut tx,
+            &Link {
+                a: Vertex::Node(peer),
+                b: Vertex::Node(me),
+                claim: signed.clone(),
+                url: None,
+            },
+        )
+        .map_err(store_error)?;
+    audit::append(
+        &mut tx,
+        "gestalt.linked",
+        json!({ "node": peer, "by": "countersign" }),
+    )
+    .map_err(store_error)?;
+    let ours = sigchain::next_claim(&tx, &me, ClaimType::ClaimLinkNode, &peer.to_string())
+        .map_err(store_error)?;
+    tx.commit().map_err(store_error)?;
+    Ok((signed, ClaimToken::sign(&ours, &open.identity)))
+}
+
+/// Serves `ClaimNodeFinish`: appends this node's own link claim, now signed by `peer`
+/// too, to this node's sigchain.
+pub(super) fn finish_claim(open: &Open, peer: NodeId, token: ClaimToken) -> Result<(), ApiError> {
+    let me = open.identity.node_id();
+    let refuse = |why: &str| denied(open, &peer, "claim", None, why);
+    let claim = token
+        .verify_signatures()
+        .map_err(|e| refuse(&e.to_string()))?;
+    if claim.typ != ClaimType::ClaimLinkNode
+        || claim.iss != me.to_string()
+        || claim.sub != peer.to_string()
+    {
+        return Err(refuse("not this node's claim of a link with the caller"));
+    }
+    let gestalts = Gestalts::new(&open.store);
+    let mut tx = open.store.write().map_err(store_error)?;
+    let linked = gestalts
+        .has_link(&tx, &Vertex::Node(me), &Vertex::Node(peer))
+        .map_err(store_error)?;
+    let appended = if linked {
+        sigchain::append(&mut tx, &token).ok()
+    } else {
+        None
+    };
+    let Some(seq) = appended else {
+        // The refusal is audited in a transaction of its own.
+        drop(tx);
+        return Err(refuse(if linked {
+            "the claim does not fit this node's sigchain (stale or replayed)"
+        } else {
+            "no link with the caller was countersigned here"
+        }));
+    };
+    audit::append(
+        &mut tx,
+        "sigchain.appended",
+        json!({ "seq": seq, "type": "ClaimLinkNode", "node": peer }),
+    )
+    .map_err(store_error)?;
+    tx.commit().map_err(store_error)
+}
+
+/// Handles the `pk` requests about trust; gives back the requests that are not.
+pub(super) async fn handle(
+    open: &Arc<Open>,
+    request: Request,
+) -> Result<Result<Reply, ApiError>, Request> {
+    Ok(match request {
+        Request::NodesClaim(node) => claim_node(open, &node).await,
+        Request::IdentitiesInvite(node) => {
+            async {
+                let node = node_id(&node)?;
+                send_notification(open, node, Body::GestaltInvite).await?;
+                Ok(Reply::Claimed {
+                    node: node.to_string(),
+                    invited: true,
+                    seq: None,
+                })
+            }
+            .await
+        }
+        Request::IdentitiesList => {
+            let open = open.clone();
+            blocking(move || list(&open).map(Reply::Gestalts)).await
+        }
+        Request::IdentitiesGet(gestalt) | Request::IdentitiesPermissions(gestalt) => {
+            async {
+                let v = vertex(&gestalt)?;
+                let open = open.clone();
+                blocking(move || {
+                    let info = info(&open, &v)?;
+                    Ok(Reply::Gestalts(vec![info]))
+                })
+                .await
+            }
+            .await
+        }
+        Request::IdentitiesTrust { gestalt, trust } => {
+            async {
+                let v = vertex(&gestalt)?;
+                let open2 = open.clone();
+                let reply = blocking(move || set_trust(&open2, &v, trust)).await?;
+                Ok(reply)
+            }
+            .await
+        }
+        Request::IdentitiesPermit {
+            gestalt,
+            permissions,
+            allow,
+        } => {
+            async {
+                let v = vertex(&gestalt)?;
+                let open = open.clone();
+                blocking(move || permit(&open, &v, &permissions, allow)).await
+            }
+            .await
+        }
+        Request::IdentitiesDiscover(gestalt) => {
+            async {
+                let v = vertex(&gestalt)?;
+                discover(open, v.clone()).await?;
+                let open = open.clone();
+                blocking(move || Ok(Reply::Gestalts(vec![info(&open, &v)?]))).await
+            }
+            .await
+        }
+        Request::IdentitiesQueue => {
+            let open = open.clone();
+            blocking(move || {
+                let tx = open.store.read().map_err(store_error)?;
+                Ok(Reply::Queue(
+                    Gestalts::new(&open.store).queue(&tx).map_err(store_error)?,
+                ))
+            })
+            .await
+        }
+        other => return Err(other),
+    })
+}
+
+/// `pk nodes claim`: links with `node` if it invited this node, else invites it.
+async fn claim_node(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
+    let node = node_id(node)?;
+    let me = open.identity.node_id();
+    if node == me {
+        return Err(ApiError::new(
+            ErrorCode::BadInput,
+            "that is this node's own NodeId",
+        ));
+    }
+    let invited_by = {
+        let open = open.clone();
+        blocking(move || {
+            Ok(Notifications::new(&open.store)
+                .list(Mailbox::Inbox)
+                .map_err(store_error)?
+                .iter()
+                .any(|n| n.peer == node && n.body == Body::GestaltInvite))
+        })
+        .await?
+    };
+    if !invited_by {
+        send_notification(open, node, Body::GestaltInvite).await?;
+        return Ok(Reply::Claimed {
+            node: node.to_string(),
+            invited: true,
+            seq: None,
+        });
+    }
+    let token = {
+        let open = open.clone();
+        blocking(move || {
+            let tx = open.store.read().map_err(store_error)?;
+            let claim = sigchain::next_claim(&tx, &me, ClaimType::ClaimLinkNode, &node.to_string())
+                .map_err(store_error)?;
+            Ok(ClaimToken::sign(&claim, &open.identity))
+        })
+        .await?
+    };
+    let (signed, mut theirs) = match call_peer(open, node, PeerRequest::ClaimNode(token.clone()))
+        .await?
+        .1
+    {
+        PeerReply::ClaimPair {
+            countersigned,
+            theirs,
+        } => (countersigned, theirs),
+        _ => return Err(lost("an unexpected answer to a claim")),
+    };
+    // Their claim of the same link, for their chain: check it, then sign it too.
+    let their_claim = theirs
+        .claim()
+        .map_err(|e| ApiError::new(ErrorCode::Corrupt, format!("{node} sent a bad claim: {e}")))?;
+    if their_claim.typ != ClaimType::ClaimLinkNode
+        || their_claim.iss != node.to_string()
+        || their_claim.sub != me.to_string()
+        || !theirs.valid_signers().contains(&node)
+    {
+        return Err(ApiError::new(
+            ErrorCode::Corrupt,
+            format!("{node} sent a claim that is not its own claim of this link"),
+        ));
+    }
+    theirs.add_signature(&open.identity);
+    if signed.payload != token.payload {
+        return Err(ApiError::new(
+            ErrorCode::Corrupt,
+            format!("{node} changed the claim it was asked to sign"),
+        ));
+    }
+    signed.verify_signatures().map_err(|e| {
+        ApiError::new(
+            ErrorCode::Corrupt,
+            format!("{node} answered with a claim that does not verify: {e}"),
+        )
+    })?;
+    let open2 = open.clone();
+    let open = open.clone();
+    let seq = blocking(move || {
+        let mut tx = open.store.write().map_err(store_error)?;
+        let seq = sigchain::append(&mut tx, &signed).map_err(|_| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "this node's sigchain moved on while the claim was signed: claim again",
+            )
+        })?;
+        Gestalts::new(&open.store)
+            .add_link(
+                &mut tx,
+                &Link {
+                    a: Vertex::Node(me),
+                    b: Vertex::Node(node),
+                    claim: signed,
+                    url: None,
+                },
+            )
+            .map_err(store_error)?;
+        audit::append(
+            &mut tx,
+            "gestalt.linked",
+            json!({ "node": node, "by": "claim", "seq": seq }),
+        )
+        .map_err(store_error)?;
+        tx.commit().map_err(store_error)?;
+        Ok(seq)
+    })
+    .await?;
+    // Their chain records the link too, with both signatures.
+    call_peer(&open2, node, PeerRequest::ClaimNodeFinish(theirs)).await?;
+    Ok(Reply::Claimed {
+        node: node.to_string(),
+        invited: false,
+        seq: Some(seq),
+    })
+}
+
+/// The gestalt of `v`, as `pk identities get` shows it.
+fn info(open: &Open, v: &Vertex) -> Result<GestaltInfo, ApiError> {
+    let tx = open.store.read().map_err(store_error)?;
+    let nodes = Nodes::new(&open.store);
+    let gestalts = Gestalts::new(&open.store);
+    let component = gestalts.component(&tx, v).map_err(store_error)?;
+    let mut members = Vec::new();
+    for member in &component {
+        let own = match member {
+            Vertex::Node(node) => nodes
+                .get(&tx, node)
+                .map_err(store_error)?
+                .map(|r| r.permissions.into_iter().collect()),
+            identity => gestalts
+                .identity(&tx, identity)
+                .map_err(store_error)?
+                .map(|r| r.permissions.into_iter().collect()),
+        };
+        members.push(GestaltMember {
+            vertex: member.to_string(),
+            permissions: own,
+        });
+    }
+    let links = gestalts
+        .links(&tx)
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|l| component.contains(&l.a))
+        .map(|l| (l.a.to_string(), l.b.to_string()))
+        .collect();
+    Ok(GestaltInfo {
+        members,
+        links,
+        permissions: nodes
+            .permissions_of(&tx, v)
+            .map_err(store_error)?
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// Every gestalt: one per connected group of the known vertices.
+fn list(open: &Open) -> Result<Vec<GestaltInfo>, ApiError> {
+    let mut vertices: BTreeSet<Vertex> = BTreeSet::new();
+    {
+        let tx = open.store.read().map_err(store_error)?;
+        let gestalts = Gestalts::new(&open.store);
+        for record in Nodes::new(&open.store).all(&tx).map_err(store_error)? {
+            vertices.insert(Vertex::Node(record.node_id));
+        }
+        for record in gestalts.identities(&tx).map_err(store_error)? {
+            vertices.insert(record.identity);
+        }
+        for link in gestalts.links(&tx).map_err(store_error)? {
+            vertices.insert(link.a);
+            vertices.insert(link.b);
+        }
+    }
+    let mut seen: BTreeSet<Vertex> = BTreeSet::new();
+    let mut out = Vec::new();
+    for v in vertices {
+        if seen.contains(&v) {
+            continue;
+        }
+        let gestalt = info(open, &v)?;
+        for m in &gestalt.members {
+            if let Ok(member) = m.vertex.parse() {
+                seen.insert(member);
+            }
+        }
+        out.push(gestalt);
+    }
+    Ok(out)
+}
+
+/// `trust` grants `notify` to the vertex (and queues its discovery); `untrust` removes
+/// `notify` from every vertex of its gestalt.
+fn set_trust(open: &Open, v: &Vertex, trust: bool) -> Result<Reply, ApiError> {
+    let nodes = Nodes::new(&open.store);
+    let gestalts = Gestalts::new(&open.store);
+    let targets = if trust {
+        vec![v.clone()]
+    } else {
+        let tx = open.store.read().map_err(store_error)?;
+        gestalts.component(&tx, v).map_err(store_error)?
+    };
+    for target in &targets {
+        grant(open, target, &[NodePermission::Notify], trust, !trust)?;
+    }
+    if trust {
+        let mut tx = open.store.write().map_err(store_error)?;
+        gestalts.enqueue(&mut tx, v).map_err(store_error)?;
+        tx.commit().map_err(store_error)?;
+    }
+    let _ = nodes;
+    Ok(Reply::Gestalts(vec![info(open, v)?]))
+}
+
+/// Sets permissions on one vertex's own record (a node in the graph, or an identity).
+fn grant(
+    open: &Open,
+    v: &Vertex,
+    permissions: &[NodePermission],
+    allow: bool,
+    quiet_if_unknown: bool,
+) -> Result<(), ApiError> {
+    match v {
+        Vertex::Node(node) => {
+            let changed = Nodes::new(&open.store)
+                .set_permissions(node, permissions, allow)
+                .map_err(store_error)?;
+            if changed.is_none() && !quiet_if_unknown {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("{node} is not in the node graph: add it with `pk nodes add` first"),
+                ));
+            }
+        }
+        identity => {
+            let gestalts = Gestalts::new(&open.store);
+            let mut tx = open.store.write().map_err(store_error)?;
+            let mut record = gestalts
+                .identity_or_new(&tx, identity)
+                .map_err(store_error)?;
+            for p in permissions {
+                if allow {
+                    record.permissions.insert(*p);
+                } else {
+                    record.permissions.remove(p);
+                }
+            }
+            gestalts
+                .put_identity(&mut tx, &record)
+                .map_err(store_error)?;
+            audit::append(
+                &mut tx,
+                if allow {
+                    "identity.allowed"
+                } else {
+                    "identity.disallowed"
+                },
+                json!({ "identity": identity, "permissions": permissions }),
+            )
+            .map_err(store_error)?;
+            tx.commit().map_err(store_error)?;
+        }
+    }
+    Ok(())
+}
+
+fn permit(
+    open: &Open,
+    v: &Vertex,
+    permissions: &[NodePermission],
+    allow: bool,
+) -> Result<Reply, ApiError> {
+    grant(open, v, permissions, allow, false)?;
+    Ok(Reply::Gestalts(vec![info(open, v)?]))
+}
+
+/// Walks the gestalt of `start`: fetches and verifies the sigchains of its nodes, and
+/// adds every link that verifies. A vertex that cannot be reached stays queued.
+pub(super) async fn discover(open: &Arc<Open>, start: Vertex) -> Result<(), ApiError> {
+    let mut queue = VecDeque::from([start]);
+    let mut visited: BTreeSet<Vertex> = BTreeSet::new();
+    let me = Vertex::Node(open.identity.node_id());
+    let mut first_error = None;
+    while let Some(v) = queue.pop_front() {
+        if visited.len() >= DISCOVERY_LIMIT || !visited.insert(v.clone()) || v == me {
+            continue;
+        }
+        let result = match &v {
+            Vertex::Node(node) => discover_node(open, *node).await,
+            // Identities are discovered through their provider (not configured here).
+            Vertex::Identity { .. } => Ok(Vec::new()),
+        };
+        let error = match result {
+            Ok(found) => {
+                queue.extend(found);
+                None
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.clone());
+                Some(e.message)
+            }
+        };
+        let open = open.clone();
+        let v = v.clone();
+        blocking(move || {
+            let mut tx = open.store.write().map_err(store_error)?;
+            Gestalts::new(&open.store)
+                .dequeue(&mut tx, &v, error)
+                .map_err(store_error)?;
+            tx.commit().map_err(store_error)
+        })
+        .await?;
+    }
+    match first_error {
+        // The start itself could not be walked: say why.
+        Some(e) if visited.len() <= 1 => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Fetches and verifies `node`'s sigchain; records its node links; returns the vertices
+/// they lead to.
+async fn discover_node(open: &Arc<Open>, node: NodeId) -> Result<Vec<Vertex>, ApiError> {
+    let tokens = match call_peer(open, node, PeerRequest::Sigchain).await?.1 {
+        PeerReply::Claims(tokens) => tokens,
+        _ => return Err(lost("an unexpected answer to a sigchain request")),
+    };
+    let claims = sigchain::verify_chain(&node, &tokens).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Corrupt,
+            format!("the sigchain of {node} does not verify: {e}"),
+        )
+    })?;
+    let open = open.clone();
+    blocking(move || {
+        let gestalts = Gestalts::new(&open.store);
+        let mut tx = open.store.write().map_err(store_error)?;
+        let mut found = Vec::new();
+        for (claim, token) in claims.iter().zip(tokens) {
+            if claim.typ != ClaimType::ClaimLinkNode {
+                continue;
+            }
+            let Ok(other) = claim.sub.parse::<NodeId>() else {
+                continue;
+            };
+            let (a, b) = (Vertex::Node(node), Vertex::Node(other));
+            if !gestalts.has_link(&tx, &a, &b).map_err(store_error)? {
+                gestalts
+                    .add_link(
+                        &mut tx,
+                        &Link {
+                            a,
+                            b: b.clone(),
+                            claim: token,
+                            url: None,
+                        },
+                    )
+                    .map_err(store_error)?;
+                audit::append(
+                    &mut tx,
+                    "gestalt.discovered",
+                    json!({ "node": node, "linked": other }),
+                )
+                .map_err(store_error)?;
+            }
+            found.push(b);
+        }
+        tx.commit().map_err(store_error)?;
+        Ok(found)
+    })
+    .await
+}

@@ -1,0 +1,270 @@
+//! Gestalts end to end: nodes cross-claim, a serving node discovers the gestalt and
+//! shares with all of it; forged, replayed and tampered claims are refused.
+
+use crate::harness::World;
+use crate::peers::Peer;
+
+#[test]
+fn claimed_nodes_form_a_gestalt_that_shares_trust_and_vaults() {
+    let w = World::new();
+    let server = Peer::new(&w, "server");
+    let a = Peer::new(&w, "laptop-a");
+    let b = Peer::new(&w, "laptop-b");
+    let stranger = Peer::new(&w, "stranger");
+    a.add(&b);
+    b.add(&a);
+    for p in [&a, &b, &stranger] {
+        p.add(&server);
+    }
+    server.add(&a);
+
+    // A claim without an invitation sends one; the invited node's claim links them.
+    let first = a.pk(&["nodes", "claim", &b.id]).ok();
+    assert!(first.contains("Invited"), "{first}");
+    let inbox = b.pk(&["notifications", "inbox", "read"]).ok();
+    assert!(inbox.contains("invites you to its gestalt"), "{inbox}");
+    let linked = b.pk(&["nodes", "claim", &a.id]).ok();
+    assert!(linked.contains("signed by both nodes"), "{linked}");
+    for p in [&a, &b] {
+        let gestalt = p.pk(&["identities", "get", &p.id]).ok();
+        assert!(
+            gestalt.contains(&a.id) && gestalt.contains(&b.id) && gestalt.contains("link"),
+            "{gestalt}"
+        );
+    }
+
+    server.pk(&["vaults", "create", "team"]).ok();
+    server.write("team:db", "hunter2");
+    server.pk(&["vaults", "share", "team", &a.id]).ok();
+    // The server knows A only; until it discovers A's gestalt, B is a stranger to it.
+    b.pk(&["vaults", "clone", "team", &server.id])
+        .fails(77, "does not know you");
+    let discovered = server.pk(&["identities", "discover", &a.id]).ok();
+    assert!(discovered.contains(&b.id), "{discovered}");
+
+    // Shared with the gestalt: clonable by each of its nodes, by nobody else.
+    for p in [&a, &b] {
+        let cloned = p.json(&["vaults", "clone", "team", &server.id]);
+        assert_eq!(cloned["result"], "cloned");
+        assert_eq!(p.cat("team:db"), "hunter2");
+    }
+    stranger
+        .pk(&["vaults", "clone", "team", &server.id])
+        .fails(77, "does not know you");
+
+    // `nodes add` let A notify; through the gestalt, B may too. Untrust removes notify
+    // from the whole gestalt; trust gives it back.
+    b.pk(&["notifications", "send", &server.id, "from b"]).ok();
+    server.pk(&["identities", "untrust", &b.id]).ok();
+    for p in [&a, &b] {
+        p.pk(&["notifications", "send", &server.id, "refused"])
+            .fails(77, "no notify permission");
+    }
+    let permissions = server.json(&["identities", "permissions", &a.id]);
+    assert_eq!(permissions[0]["permissions"], serde_json::json!(["scan"]));
+    server.pk(&["identities", "trust", &a.id]).ok();
+    b.pk(&["notifications", "send", &server.id, "trusted again"])
+        .ok();
+
+    let list = server.json(&["identities", "list"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["members"].as_array().unwrap().len() == 2),
+        "{list}"
+    );
+    let audit = server.pk(&["audit", "--event", "gestalt"]).ok();
+    assert!(audit.contains("gestalt.discovered"), "{audit}");
+}
+
+/// A node of our own making, built from the library, that misbehaves on purpose.
+mod rogue {
+    use node::api::ErrorCode;
+    use node::identity::Identity;
+    use node::net::{Connection, Endpoint};
+    use node::peer::{PeerReply, PeerRequest, PeerResponse, read_call, respond, unary};
+    use node::sigchain::{self, Claim, ClaimToken, ClaimType};
+
+    pub(super) struct Rogue {
+        pub(super) rt: tokio::runtime::Runtime,
+        pub(super) identity: std::sync::Arc<Identity>,
+        pub(super) endpoint: std::sync::Arc<Endpoint>,
+        /// The sigchain it serves (tampered with at will).
+        pub(super) chain: std::sync::Arc<std::sync::Mutex<Vec<ClaimToken>>>,
+    }
+
+    impl Rogue {
+        pub(super) fn start() -> Rogue {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let identity = std::sync::Arc::new(Identity::generate());
+            let endpoint = std::sync::Arc::new(
+                rt.block_on(async { Endpoint::bind("127.0.0.1:0".parse().unwrap(), &identity) })
+                    .unwrap(),
+            );
+            let chain = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (ep, served) = (endpoint.clone(), chain.clone());
+            rt.spawn(async move {
+                while let Some(Ok(conn)) = ep.accept().await {
+                    let served = served.clone();
+                    tokio::spawn(async move {
+                        while let Ok((mut send, mut recv)) = conn.accept().await {
+                            let answer = match read_call(&mut recv).await {
+                                Ok(PeerRequest::Sigchain) => PeerResponse::Ok(PeerReply::Claims(
+                                    served.lock().unwrap().clone(),
+                                )),
+                                Ok(PeerRequest::Ping) => PeerResponse::Ok(PeerReply::Pong),
+                                _ => PeerResponse::Ok(PeerReply::Done),
+                            };
+                            let _ = respond(&mut send, &answer).await;
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+            Rogue {
+                rt,
+                identity,
+                endpoint,
+                chain,
+            }
+        }
+
+        pub(super) fn id(&self) -> String {
+            self.identity.node_id().to_string()
+        }
+
+        pub(super) fn addr(&self) -> std::net::SocketAddr {
+            self.endpoint.local_addr().unwrap()
+        }
+
+        pub(super) fn connect(&self, addr: &str, node: &str) -> Connection {
+            let (addr, node) = (addr.parse().unwrap(), node.parse().unwrap());
+            self.rt.block_on(self.endpoint.connect(addr, node)).unwrap()
+        }
+
+        /// A node-link claim for the first place of `iss`'s chain, about `sub`.
+        pub(super) fn claim(&self, iss: &str, sub: &str, nonce: &str) -> Claim {
+            Claim {
+                typ: ClaimType::ClaimLinkNode,
+                iss: iss.into(),
+                sub: sub.into(),
+                seq: 1,
+                prev_digest: None,
+                iat: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+                nonce: nonce.into(),
+            }
+        }
+
+        /// Calls the node at `conn`; the refusal message, or the answer.
+        pub(super) fn call(
+            &self,
+            conn: &Connection,
+            request: PeerRequest,
+        ) -> Result<PeerReply, String> {
+            match self.rt.block_on(unary(conn, request)) {
+                Ok(reply) => Ok(reply),
+                Err(node::peer::PeerError::Refused { error, .. }) => {
+                    assert_eq!(error.code, ErrorCode::Denied, "{error}");
+                    Err(error.message)
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+
+        pub(super) fn verify(&self, owner: &str, chain: &[ClaimToken]) -> bool {
+            sigchain::verify_chain(&owner.parse().unwrap(), chain).is_ok()
+        }
+    }
+}
+
+#[test]
+fn forged_replayed_and_tampered_claims_are_refused() {
+    use node::identity::Identity;
+    use node::peer::{PeerReply, PeerRequest};
+    use node::sigchain::ClaimToken;
+
+    let w = World::new();
+    let target = Peer::new(&w, "target");
+    let other = Peer::new(&w, "other");
+    let rogue = rogue::Rogue::start();
+    let (host, port) = (
+        rogue.addr().ip().to_string(),
+        rogue.addr().port().to_string(),
+    );
+    target.pk(&["nodes", "add", &rogue.id(), &host, &port]).ok();
+    let conn = rogue.connect(&target.addr, &target.id);
+
+    // Not invited yet: no countersignature.
+    let honest = ClaimToken::sign(&rogue.claim(&rogue.id(), &target.id, "n1"), &rogue.identity);
+    let refused = rogue
+        .call(&conn, PeerRequest::ClaimNode(honest.clone()))
+        .unwrap_err();
+    assert!(refused.contains("has not invited you"), "{refused}");
+    target.pk(&["identities", "invite", &rogue.id()]).ok();
+
+    // Forged: a claim in another node's name, signed with the rogue's key.
+    let forged = ClaimToken::sign(&rogue.claim(&other.id, &target.id, "n2"), &rogue.identity);
+    let refused = rogue
+        .call(&conn, PeerRequest::ClaimNode(forged))
+        .unwrap_err();
+    assert!(refused.contains("issued by the caller"), "{refused}");
+    // Forged: the rogue's own claim with a signature by a key that is not the rogue's.
+    let mallory = Identity::generate();
+    let mut bad_signature = ClaimToken::sign(&rogue.claim(&rogue.id(), &target.id, "n3"), &mallory);
+    bad_signature.signatures[0].protected = honest.signatures[0].protected.clone();
+    let refused = rogue
+        .call(&conn, PeerRequest::ClaimNode(bad_signature))
+        .unwrap_err();
+    assert!(refused.contains("not signed by the caller"), "{refused}");
+
+    // The honest claim is countersigned once; the same claim again is a replay.
+    let PeerReply::ClaimPair {
+        countersigned,
+        mut theirs,
+    } = rogue
+        .call(&conn, PeerRequest::ClaimNode(honest.clone()))
+        .unwrap()
+    else {
+        panic!("expected a claim pair");
+    };
+    assert!(rogue.verify(&rogue.id(), std::slice::from_ref(&countersigned)));
+    let refused = rogue
+        .call(&conn, PeerRequest::ClaimNode(honest))
+        .unwrap_err();
+    assert!(refused.contains("replay"), "{refused}");
+    theirs.add_signature(&rogue.identity);
+    rogue
+        .call(&conn, PeerRequest::ClaimNodeFinish(theirs.clone()))
+        .unwrap();
+    let refused = rogue
+        .call(&conn, PeerRequest::ClaimNodeFinish(theirs))
+        .unwrap_err();
+    assert!(refused.contains("does not fit"), "{refused}");
+
+    // A tampered sigchain: the rogue serves its link claim with the subject changed.
+    let mut tampered = countersigned.clone();
+    let mut claim = tampered.claim().unwrap();
+    claim.sub = other.id.clone();
+    tampered.payload = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claim).unwrap())
+    };
+    *rogue.chain.lock().unwrap() = vec![tampered];
+    target
+        .pk(&["identities", "discover", &rogue.id()])
+        .fails(65, "does not verify");
+    let gestalt = target.pk(&["identities", "get", &rogue.id()]).ok();
+    assert!(
+        !gestalt.contains(&other.id),
+        "nothing forged was added: {gestalt}"
+    );
+    // The honest chain verifies and changes nothing new.
+    *rogue.chain.lock().unwrap() = vec![countersigned];
+    target.pk(&["identities", "discover", &rogue.id()]).ok();
+    let audit = target.pk(&["audit", "--event", "peer.denied"]).ok();
+    assert!(audit.lines().count() >= 5, "{audit}");
+}
