@@ -346,6 +346,26 @@ pub enum Request {
     IdentitiesDiscover(String),
     /// The discovery queue.
     IdentitiesQueue,
+    /// Start authenticating with an identity provider (device flow).
+    IdentitiesAuthStart(String),
+    /// Wait for the user to finish the device flow started under `handle`.
+    IdentitiesAuthFinish {
+        /// The provider.
+        provider: String,
+        /// From `IdentitiesAuthStart`.
+        handle: u64,
+    },
+    /// The identities this node is authenticated as.
+    IdentitiesAuthenticated,
+    /// Claim an identity (`provider:identity`): publish a claim signed by this node.
+    IdentitiesClaim(String),
+    /// Search a provider for identities.
+    IdentitiesSearch {
+        /// The provider.
+        provider: String,
+        /// What to look for.
+        term: String,
+    },
 }
 
 /// One vertex of a gestalt.
@@ -506,6 +526,24 @@ pub enum Reply {
     Gestalts(Vec<GestaltInfo>),
     /// The discovery queue.
     Queue(Vec<crate::gestalt::Queued>),
+    /// A device authorisation started: what the user must do.
+    DeviceAuth {
+        /// Pass back to finish.
+        handle: u64,
+        /// The code and where to enter it.
+        auth: crate::provider::DeviceAuth,
+    },
+    /// Identities (`provider:identity`).
+    Identities(Vec<String>),
+    /// An identity claimed.
+    IdentityClaimed {
+        /// `provider:identity`.
+        identity: String,
+        /// Where the claim was published.
+        url: String,
+        /// Its place in this node's sigchain.
+        seq: u64,
+    },
 }
 
 /// Kinds of failure, each with its own exit code in `pk`.

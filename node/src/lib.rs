@@ -24,6 +24,7 @@ mod node_path;
 pub mod nodes;
 pub mod notifications;
 pub mod peer;
+pub mod provider;
 pub mod rpc;
 pub mod sigchain;
 pub mod store;

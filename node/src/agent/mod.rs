@@ -90,6 +90,8 @@ pub struct AgentConfig {
     pub peer_listen: Option<std::net::SocketAddr>,
     /// Advertise the node over mDNS on these interfaces (off by default).
     pub lan: Option<crate::lan::Interfaces>,
+    /// Where GitHub is (configurable so that tests can run a local stand-in).
+    pub github: crate::provider::GitHubConfig,
 }
 
 /// The unlocked state.
@@ -99,6 +101,10 @@ struct Open {
     slot: u32,
     /// The peer endpoint, made after the unlock.
     net: std::sync::OnceLock<Arc<peers::PeerNet>>,
+    /// The GitHub identity provider.
+    github: crate::provider::GitHub,
+    /// Device authorisations in progress, by the handle given to `pk`.
+    device_auths: Mutex<std::collections::HashMap<u64, zeroize::Zeroizing<String>>>,
 }
 
 struct Shared {
@@ -701,6 +707,8 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
             identity,
             slot: unlocked.slot,
             net: std::sync::OnceLock::new(),
+            github: crate::provider::GitHub::new(config.github.clone()),
+            device_auths: Mutex::new(std::collections::HashMap::new()),
         })
     })
     .await;

@@ -1458,8 +1458,30 @@ async fn run_backup(open: &Arc<Open>, mut backup: Backup) {
 async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut deliveries = tokio::task::JoinSet::new();
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(10) {
+            // Discovery in the background: one queued vertex at a time, a few attempts.
+            let queued = {
+                let open = open.clone();
+                blocking(move || {
+                    let tx = open.store.read().map_err(store_error)?;
+                    crate::gestalt::Gestalts::new(&open.store)
+                        .queue(&tx)
+                        .map_err(store_error)
+                })
+                .await
+            };
+            if let Some(q) = queued
+                .unwrap_or_default()
+                .into_iter()
+                .find(|q| q.attempts < 10)
+            {
+                let _ = super::trust::discover(&open, q.vertex).await;
+            }
+        }
         let due = {
             let open = open.clone();
             blocking(move || Notifications::new(&open.store).due().map_err(store_error)).await

@@ -16,6 +16,7 @@ use crate::identity::NodeId;
 use crate::nodes::{NodePermission, Nodes};
 use crate::notifications::{Body, Mailbox, Notifications};
 use crate::peer::{PeerReply, PeerRequest};
+use crate::provider::{GitHub, ProviderError};
 use crate::sigchain::{self, ClaimToken, ClaimType};
 
 /// How old (or how far in the future) a claim presented for countersigning may be.
@@ -226,7 +227,209 @@ pub(super) async fn handle(
             })
             .await
         }
+        Request::IdentitiesAuthStart(provider) => {
+            async {
+                github_only(&provider)?;
+                let open = open.clone();
+                blocking(move || {
+                    let (auth, device_code) = open.github.start_auth().map_err(provider_error)?;
+                    let handle = {
+                        use rand_core::RngCore as _;
+                        rand_core::OsRng.next_u64()
+                    };
+                    open.device_auths
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(handle, zeroize::Zeroizing::new(device_code));
+                    Ok(Reply::DeviceAuth { handle, auth })
+                })
+                .await
+            }
+            .await
+        }
+        Request::IdentitiesAuthFinish { provider, handle } => {
+            async {
+                github_only(&provider)?;
+                auth_finish(open, handle).await
+            }
+            .await
+        }
+        Request::IdentitiesAuthenticated => {
+            let open = open.clone();
+            blocking(move || {
+                let tx = open.store.read().map_err(store_error)?;
+                Ok(Reply::Identities(
+                    Gestalts::new(&open.store)
+                        .provider_tokens(&tx)
+                        .map_err(store_error)?
+                        .iter()
+                        .map(|t| format!("{}:{}", t.provider, t.identity))
+                        .collect(),
+                ))
+            })
+            .await
+        }
+        Request::IdentitiesClaim(identity) => {
+            async {
+                let v = vertex(&identity)?;
+                let open = open.clone();
+                blocking(move || claim_identity(&open, &v)).await
+            }
+            .await
+        }
+        Request::IdentitiesSearch { provider, term } => {
+            async {
+                github_only(&provider)?;
+                let open = open.clone();
+                blocking(move || {
+                    Ok(Reply::Identities(
+                        open.github
+                            .search(&term)
+                            .map_err(provider_error)?
+                            .into_iter()
+                            .map(|login| format!("{}:{login}", GitHub::ID))
+                            .collect(),
+                    ))
+                })
+                .await
+            }
+            .await
+        }
         other => return Err(other),
+    })
+}
+
+fn github_only(provider: &str) -> Result<(), ApiError> {
+    if provider == GitHub::ID || provider == "github" {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::BadInput,
+            format!("unknown identity provider {provider:?}: the providers are: github.com"),
+        ))
+    }
+}
+
+fn provider_error(e: ProviderError) -> ApiError {
+    let code = match e {
+        ProviderError::Refused { .. } => ErrorCode::Denied,
+        ProviderError::Expired(_) => ErrorCode::BadInput,
+        _ => ErrorCode::Unavailable,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+/// Polls the device flow under `handle` until the user approves, refuses or the code
+/// expires; stores the token.
+async fn auth_finish(open: &Arc<Open>, handle: u64) -> Result<Reply, ApiError> {
+    let device_code = open
+        .device_auths
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&handle)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such authorisation in progress"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15 * 60);
+    let mut interval = Duration::from_secs(1);
+    loop {
+        let polled = {
+            let open = open.clone();
+            let code = device_code.clone();
+            blocking(move || open.github.poll_auth(&code).map_err(provider_error)).await?
+        };
+        if let Some(token) = polled {
+            let identity = format!("{}:{}", token.provider, token.identity);
+            let open = open.clone();
+            return blocking(move || {
+                let mut tx = open.store.write().map_err(store_error)?;
+                Gestalts::new(&open.store)
+                    .put_provider_token(&mut tx, &token)
+                    .map_err(store_error)?;
+                audit::append(
+                    &mut tx,
+                    "identity.authenticated",
+                    json!({ "identity": identity }),
+                )
+                .map_err(store_error)?;
+                tx.commit().map_err(store_error)?;
+                Ok(Reply::Identities(vec![identity]))
+            })
+            .await;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(ApiError::new(
+                ErrorCode::BadInput,
+                "the authorisation was not approved in time; start again",
+            ));
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `pk identities claim`: a claim in this node's sigchain, published on the provider.
+fn claim_identity(open: &Open, identity: &Vertex) -> Result<Reply, ApiError> {
+    let Vertex::Identity { provider, id } = identity else {
+        return Err(ApiError::new(
+            ErrorCode::BadInput,
+            "claim an identity (provider:identity); nodes are linked with `pk nodes claim`",
+        ));
+    };
+    github_only(provider)?;
+    let gestalts = Gestalts::new(&open.store);
+    let token = {
+        let tx = open.store.read().map_err(store_error)?;
+        gestalts
+            .provider_token(&tx, GitHub::ID)
+            .map_err(store_error)?
+            .filter(|t| t.identity == *id)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Denied,
+                    format!(
+                        "this node is not authenticated as {identity}: run `pk identities authenticate github.com` first"
+                    ),
+                )
+            })?
+    };
+    let me = open.identity.node_id();
+    let mut tx = open.store.write().map_err(store_error)?;
+    let claim = sigchain::next_claim(
+        &tx,
+        &me,
+        ClaimType::ClaimLinkIdentity,
+        &identity.to_string(),
+    )
+    .map_err(store_error)?;
+    let signed = ClaimToken::sign(&claim, &open.identity);
+    // Published first: a claim in the chain that the provider never got would prove
+    // nothing; a published claim whose append failed is only an orphan gist.
+    let url = open
+        .github
+        .publish(&token, &signed)
+        .map_err(provider_error)?;
+    let seq = sigchain::append(&mut tx, &signed).map_err(store_error)?;
+    gestalts
+        .add_link(
+            &mut tx,
+            &Link {
+                a: Vertex::Node(me),
+                b: identity.clone(),
+                claim: signed,
+                url: Some(url.clone()),
+            },
+        )
+        .map_err(store_error)?;
+    audit::append(
+        &mut tx,
+        "identity.claimed",
+        json!({ "identity": identity, "url": url, "seq": seq }),
+    )
+    .map_err(store_error)?;
+    tx.commit().map_err(store_error)?;
+    Ok(Reply::IdentityClaimed {
+        identity: identity.to_string(),
+        url,
+        seq,
     })
 }
 
@@ -519,8 +722,7 @@ pub(super) async fn discover(open: &Arc<Open>, start: Vertex) -> Result<(), ApiE
         }
         let result = match &v {
             Vertex::Node(node) => discover_node(open, *node).await,
-            // Identities are discovered through their provider (not configured here).
-            Vertex::Identity { .. } => Ok(Vec::new()),
+            Vertex::Identity { provider, id } => discover_identity(open, provider, id).await,
         };
         let error = match result {
             Ok(found) => {
@@ -569,7 +771,11 @@ async fn discover_node(open: &Arc<Open>, node: NodeId) -> Result<Vec<Vertex>, Ap
         let mut tx = open.store.write().map_err(store_error)?;
         let mut found = Vec::new();
         for (claim, token) in claims.iter().zip(tokens) {
-            if claim.typ != ClaimType::ClaimLinkNode {
+            if claim.typ == ClaimType::ClaimLinkIdentity {
+                // Checked on the provider by the identity's own discovery.
+                if let Ok(identity) = claim.sub.parse::<Vertex>() {
+                    found.push(identity);
+                }
                 continue;
             }
             let Ok(other) = claim.sub.parse::<NodeId>() else {
@@ -596,6 +802,64 @@ async fn discover_node(open: &Arc<Open>, node: NodeId) -> Result<Vec<Vertex>, Ap
                 .map_err(store_error)?;
             }
             found.push(b);
+        }
+        tx.commit().map_err(store_error)?;
+        Ok(found)
+    })
+    .await
+}
+
+/// Finds the claims `provider:id` published, keeps those a node signed for this identity,
+/// and returns those nodes.
+async fn discover_identity(
+    open: &Arc<Open>,
+    provider: &str,
+    id: &str,
+) -> Result<Vec<Vertex>, ApiError> {
+    github_only(provider)?;
+    let identity = Vertex::Identity {
+        provider: provider.to_owned(),
+        id: id.to_owned(),
+    };
+    let open = open.clone();
+    let id = id.to_owned();
+    blocking(move || {
+        let published = open.github.claims(&id).map_err(provider_error)?;
+        let gestalts = Gestalts::new(&open.store);
+        let mut tx = open.store.write().map_err(store_error)?;
+        let mut found = Vec::new();
+        for (token, url) in published {
+            // Only a claim this identity published, signed by the node it names.
+            let Ok(claim) = token.verify_signatures() else {
+                continue;
+            };
+            if claim.typ != ClaimType::ClaimLinkIdentity || claim.sub != identity.to_string() {
+                continue;
+            }
+            let Ok(node) = claim.iss.parse::<NodeId>() else {
+                continue;
+            };
+            let a = Vertex::Node(node);
+            if !gestalts.has_link(&tx, &a, &identity).map_err(store_error)? {
+                gestalts
+                    .add_link(
+                        &mut tx,
+                        &Link {
+                            a: a.clone(),
+                            b: identity.clone(),
+                            claim: token,
+                            url: Some(url),
+                        },
+                    )
+                    .map_err(store_error)?;
+                audit::append(
+                    &mut tx,
+                    "gestalt.discovered",
+                    json!({ "identity": identity, "linked": node }),
+                )
+                .map_err(store_error)?;
+            }
+            found.push(a);
         }
         tx.commit().map_err(store_error)?;
         Ok(found)

@@ -133,6 +133,7 @@ fn serve(
         // Loopback only: the development node talks to nothing beyond this machine.
         peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         lan: None,
+        github: node::provider::GitHubConfig::default(),
     };
     rt.block_on(async move {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -1,8 +1,117 @@
 //! Gestalts end to end: nodes cross-claim, a serving node discovers the gestalt and
 //! shares with all of it; forged, replayed and tampered claims are refused.
 
+use crate::github::FakeGitHub;
 use crate::harness::World;
 use crate::peers::Peer;
+
+/// Links two nodes into one gestalt: `a` invites, `b` claims.
+fn cross_claim(a: &Peer<'_>, b: &Peer<'_>) {
+    let first = a.pk(&["nodes", "claim", &b.id]).ok();
+    assert!(first.contains("Invited"), "{first}");
+    let linked = b.pk(&["nodes", "claim", &a.id]).ok();
+    assert!(linked.contains("signed by both nodes"), "{linked}");
+}
+
+#[test]
+fn a_gestalt_of_two_nodes_and_a_github_identity() {
+    let w = World::new();
+    let github = FakeGitHub::start();
+    let urls = [
+        format!("--github-url={}", github.url()),
+        format!("--github-api-url={}", github.url()),
+    ];
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let server = Peer::with_agent_args(&w, "server", &args);
+    let a = Peer::with_agent_args(&w, "laptop-a", &args);
+    let b = Peer::new(&w, "laptop-b");
+    let stranger = Peer::new(&w, "stranger");
+    a.add(&b);
+    b.add(&a);
+    for p in [&a, &b, &stranger] {
+        p.add(&server);
+    }
+    cross_claim(&a, &b);
+
+    // A authenticates as alice through the device flow and claims the identity.
+    github.approve_as("alice");
+    let run = a.pk(&["identities", "authenticate", "github.com"]);
+    assert!(
+        run.stderr.contains("WDJB-MJHT"),
+        "the code to enter: {}",
+        run.stderr
+    );
+    assert!(run.ok().contains("Authenticated as github.com:alice"));
+    assert_eq!(
+        a.pk(&["identities", "authenticated"]).ok(),
+        "github.com:alice\n"
+    );
+    a.pk(&["identities", "claim", "github.com:bob"])
+        .fails(77, "not authenticated as github.com:bob");
+    let claimed = a.pk(&["identities", "claim", "github.com:alice"]).ok();
+    assert!(claimed.contains("published at"), "{claimed}");
+    assert_eq!(github.gists_of("alice").len(), 1);
+    // A claim in alice's gists that a node did not sign is ignored by discovery.
+    let mut forged: serde_json::Value = serde_json::from_str(&github.gists_of("alice")[0]).unwrap();
+    let mut claim: serde_json::Value = {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(forged["payload"].as_str().unwrap())
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    claim["iss"] = serde_json::json!(stranger.id);
+    let payload = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claim.to_string())
+    };
+    forged["payload"] = serde_json::json!(payload);
+    github.publish_as("alice", &forged.to_string());
+
+    // The server knows the identity; it finds the nodes through the provider and the
+    // sigchains. It can dial A (added without notify), not B: B comes through A's chain.
+    let (host, port) = a.addr.rsplit_once(':').unwrap();
+    server
+        .pk(&["nodes", "add", &a.id, host, port, "--no-notify"])
+        .ok();
+    let found = server
+        .pk(&["identities", "search", "github.com", "ali"])
+        .ok();
+    assert_eq!(found, "github.com:alice\n");
+    server.pk(&["identities", "trust", "github.com:alice"]).ok();
+    server.pk(&["vaults", "create", "family"]).ok();
+    server.write("family:wifi", "pa55");
+    server
+        .pk(&["vaults", "share", "family", "github.com:alice"])
+        .ok();
+    let gestalt = server.json(&["identities", "discover", "github.com:alice"]);
+    let members: Vec<String> = gestalt[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["vertex"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        members.contains(&a.id) && members.contains(&b.id),
+        "{gestalt}"
+    );
+    assert!(
+        !members.contains(&stranger.id),
+        "a forged claim was believed: {gestalt}"
+    );
+    assert_eq!(members.len(), 3, "{gestalt}");
+
+    for p in [&a, &b] {
+        p.json(&["vaults", "clone", "family", &server.id]);
+        assert_eq!(p.cat("family:wifi"), "pa55");
+    }
+    stranger
+        .pk(&["vaults", "clone", "family", &server.id])
+        .fails(77, "does not know you");
+    // Trusting the identity lets every node of its gestalt notify.
+    b.pk(&["notifications", "send", &server.id, "hello from b"])
+        .ok();
+}
 
 #[test]
 fn claimed_nodes_form_a_gestalt_that_shares_trust_and_vaults() {

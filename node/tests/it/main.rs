@@ -5,6 +5,7 @@
 
 mod crash;
 mod gestalts;
+mod github;
 mod harness;
 mod keyslots;
 mod peers;

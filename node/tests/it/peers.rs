@@ -21,7 +21,7 @@ pub(crate) struct Peer<'w> {
     pub(crate) addr: String,
     pub(crate) agent: Option<AgentGuard>,
     /// Extra `agent start` arguments.
-    pub(crate) agent_args: Vec<&'static str>,
+    pub(crate) agent_args: Vec<String>,
 }
 
 impl<'w> Peer<'w> {
@@ -29,11 +29,7 @@ impl<'w> Peer<'w> {
         Peer::with_agent_args(w, name, &[])
     }
 
-    pub(crate) fn with_agent_args(
-        w: &'w World,
-        name: &str,
-        agent_args: &[&'static str],
-    ) -> Peer<'w> {
+    pub(crate) fn with_agent_args(w: &'w World, name: &str, agent_args: &[&str]) -> Peer<'w> {
         let (path, pass, _) = w.soft_node_named(name, PASS);
         let mut peer = Peer {
             w,
@@ -43,7 +39,7 @@ impl<'w> Peer<'w> {
             id: String::new(),
             addr: String::new(),
             agent: None,
-            agent_args: agent_args.to_vec(),
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         peer.start(None);
         peer
@@ -54,7 +50,7 @@ impl<'w> Peer<'w> {
         let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
         let pass = self.pass.to_str().unwrap().to_owned();
         let mut args = vec!["agent", "start", "--password-file", &pass];
-        args.extend_from_slice(&self.agent_args);
+        args.extend(self.agent_args.iter().map(String::as_str));
         self.w
             .pk_env(&self.path, &args, &[("PK_PEER_LISTEN", &listen)])
             .ok();

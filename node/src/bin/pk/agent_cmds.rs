@@ -233,6 +233,11 @@ fn start_background(
     }
     command.arg("agent").arg("start").arg("--foreground");
     command.arg("--peer-listen").arg(&args.peer_listen);
+    command.arg("--github-url").arg(&args.github_url);
+    command.arg("--github-api-url").arg(&args.github_api_url);
+    command
+        .arg("--github-client-id")
+        .arg(&args.github_client_id);
     if let Some(lan) = args.lan {
         command.arg(match lan {
             LanMode::Lan => "--lan=lan",

@@ -124,6 +124,27 @@ pub(crate) enum IdentitiesCommand {
     },
     /// Show the discovery queue.
     Queue,
+    /// Authenticate this node with an identity provider (OAuth device flow): prints a
+    /// code to enter on the provider's site, then waits for your approval.
+    Authenticate {
+        /// The provider: `github.com`.
+        provider_id: String,
+    },
+    /// The identities this node is authenticated as.
+    Authenticated,
+    /// Claim an identity you are authenticated as: a claim signed by this node goes into
+    /// its sigchain and is published on the provider (a public gist on GitHub).
+    Claim {
+        /// `provider:identity`, e.g. `github.com:alice`.
+        identity: String,
+    },
+    /// Search a provider for identities.
+    Search {
+        /// The provider: `github.com`.
+        provider_id: String,
+        /// What to look for.
+        term: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +340,27 @@ pub(crate) struct AgentStartArgs {
     /// namespace). Off unless given.
     #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "lan")]
     pub(crate) lan: Option<LanMode>,
+    /// GitHub's web address (the device authorisation).
+    #[arg(
+        long = "github-url",
+        env = "PK_GITHUB_URL",
+        default_value = "https://github.com"
+    )]
+    pub(crate) github_url: String,
+    /// GitHub's API address.
+    #[arg(
+        long = "github-api-url",
+        env = "PK_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    pub(crate) github_api_url: String,
+    /// The client id of the OAuth app pk authenticates as on GitHub.
+    #[arg(
+        long = "github-client-id",
+        env = "PK_GITHUB_CLIENT_ID",
+        default_value = "Iv1.pk-secrets-manager"
+    )]
+    pub(crate) github_client_id: String,
     #[command(flatten)]
     pub(crate) unlock: UnlockArgs,
 }

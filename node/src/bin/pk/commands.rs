@@ -215,6 +215,11 @@ fn run_agent(
         tokens: config.clone(),
         peer_listen,
         lan,
+        github: node::provider::GitHubConfig {
+            web_url: args.github_url.trim_end_matches('/').to_owned(),
+            api_url: args.github_api_url.trim_end_matches('/').to_owned(),
+            client_id: args.github_client_id.clone(),
+        },
     };
     rt.block_on(node::agent::run(config, || {
         eprintln!("pk agent: ready on {}", node.agent_socket().display());

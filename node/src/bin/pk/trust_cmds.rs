@@ -111,6 +111,50 @@ pub(crate) fn identities(
             });
             return Ok(());
         }
+        IdentitiesCommand::Authenticate { provider_id } => {
+            let Reply::DeviceAuth { handle, auth } =
+                call(&client, Request::IdentitiesAuthStart(provider_id.clone()))?
+            else {
+                return Err(unexpected());
+            };
+            // The instructions go to stderr, so that --format json keeps stdout to the result.
+            eprintln!(
+                "Open {} and enter the code {} (it expires in {} minutes); waiting for your approval...",
+                auth.verification_uri,
+                auth.user_code,
+                auth.expires_in / 60
+            );
+            let Reply::Identities(ids) = call(
+                &client,
+                Request::IdentitiesAuthFinish {
+                    provider: provider_id.clone(),
+                    handle,
+                },
+            )?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!({ "authenticated": ids }), || {
+                format!("Authenticated as {}\n", ids.join(", "))
+            });
+            return Ok(());
+        }
+        IdentitiesCommand::Authenticated => Request::IdentitiesAuthenticated,
+        IdentitiesCommand::Search { provider_id, term } => Request::IdentitiesSearch {
+            provider: provider_id.clone(),
+            term: term.clone(),
+        },
+        IdentitiesCommand::Claim { identity } => {
+            let Reply::IdentityClaimed { identity, url, seq } =
+                call(&client, Request::IdentitiesClaim(identity.clone()))?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!({ "identity": identity, "url": url, "seq": seq }), || {
+                format!("Claimed {identity}: claim {seq} of this node's sigchain, published at {url}\n")
+            });
+            return Ok(());
+        }
         IdentitiesCommand::Discover { gestalt_id } => {
             Request::IdentitiesDiscover(gestalt_id.clone())
         }
@@ -140,8 +184,15 @@ pub(crate) fn identities(
             return Ok(());
         }
     };
-    let Reply::Gestalts(list) = call(&client, request)? else {
-        return Err(unexpected());
+    let list = match call(&client, request)? {
+        Reply::Gestalts(list) => list,
+        Reply::Identities(ids) => {
+            let _ = out.emit(json!(ids), || {
+                ids.iter().map(|i| format!("{i}\n")).collect()
+            });
+            return Ok(());
+        }
+        _ => return Err(unexpected()),
     };
     let _ = out.emit(json!(list), || {
         if list.is_empty() {
