@@ -111,6 +111,15 @@ pub enum Request {
     },
     /// Decrypt bytes encrypted to this node.
     KeysDecrypt(SecretBytes),
+    /// A new node key certified by the current one.
+    KeysRenew,
+    /// A new node key with no link to the current one.
+    KeysReset,
+    /// The node's certificate (PEM), and with `chain` its renewal certificates.
+    KeysCert {
+        /// Include the renewal certificates.
+        chain: bool,
+    },
     /// Create a vault.
     VaultsCreate(String),
     /// List vaults.
@@ -535,6 +544,17 @@ pub enum Reply {
     },
     /// Identities (`provider:identity`).
     Identities(Vec<String>),
+    /// PEM certificates, the node's own first.
+    Certificates(Vec<String>),
+    /// A key renewed or reset.
+    KeyChanged {
+        /// The NodeId before.
+        was: String,
+        /// The NodeId now.
+        now: String,
+        /// Whether peers can follow the change (a renewal) or not (a reset).
+        certified: bool,
+    },
     /// An identity claimed.
     IdentityClaimed {
         /// `provider:identity`.

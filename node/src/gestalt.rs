@@ -272,6 +272,31 @@ impl<'s> Gestalts<'s> {
         Ok(removed)
     }
 
+    /// Moves every link of `from` to `to` (a node that renewed its key).
+    pub fn rename_vertex(
+        &self,
+        tx: &mut WriteTx<'_>,
+        from: &Vertex,
+        to: &Vertex,
+    ) -> Result<(), StoreError> {
+        let moved: Vec<Link> = self
+            .links(tx)?
+            .into_iter()
+            .filter(|l| l.a == *from || l.b == *from)
+            .collect();
+        self.unlink(tx, from)?;
+        for mut link in moved {
+            if link.a == *from {
+                link.a = to.clone();
+            }
+            if link.b == *from {
+                link.b = to.clone();
+            }
+            self.add_link(tx, &link)?;
+        }
+        Ok(())
+    }
+
     /// The gestalt of `vertex`: every vertex linked to it, directly or not (itself
     /// included), sorted.
     pub fn component(&self, tx: &impl Read, vertex: &Vertex) -> Result<Vec<Vertex>, StoreError> {

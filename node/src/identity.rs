@@ -36,6 +36,8 @@ use crate::store::{Read as _, StoreError, Table, WriteTx};
 const ENCRYPT_INFO: &[u8] = b"pk keys encrypt v1";
 const ENCRYPT_VERSION: u8 = 1;
 const NODE_KEY: &[u8] = b"node-key";
+/// The certificates of earlier renewals, newest first (DER, base64 in a JSON list).
+const RENEWALS: &[u8] = b"renewals";
 
 /// Multibase base32hex, lowercase and unpadded (the `v` alphabet), as Polykey writes ids.
 pub(crate) fn base32hex() -> Encoding {
@@ -167,6 +169,45 @@ impl Identity {
         Ok(identity)
     }
 
+    /// Makes this key the node's key, in `tx` (after `pk keys renew` or `reset`).
+    pub fn store_as_node_key(&self, tx: &mut WriteTx<'_>) -> Result<(), StoreError> {
+        tx.put(Table::Identity, NODE_KEY, self.signing.as_bytes())
+    }
+
+    fn rcgen_key_pair(&self) -> Result<rcgen::KeyPair, rcgen::Error> {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let pkcs8 = Zeroizing::new(
+            self.signing
+                .to_pkcs8_der()
+                .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?
+                .as_bytes()
+                .to_vec(),
+        );
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice());
+        rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+    }
+
+    fn cert_params(node: &NodeId) -> Result<rcgen::CertificateParams, rcgen::Error> {
+        let mut params = rcgen::CertificateParams::new(vec![node.to_string()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, node.to_string());
+        Ok(params)
+    }
+
+    /// A certificate for `new`'s key signed by this key (issuer CN: this NodeId): the
+    /// link by which peers that knew this node follow it to its new key.
+    pub fn certify(
+        &self,
+        new: &Identity,
+    ) -> Result<rustls::pki_types::CertificateDer<'static>, rcgen::Error> {
+        let issuer_key = self.rcgen_key_pair()?;
+        let issuer = rcgen::Issuer::new(Self::cert_params(&self.node_id())?, &issuer_key);
+        let subject_key = new.rcgen_key_pair()?;
+        let cert = Self::cert_params(&new.node_id())?.signed_by(&subject_key, &issuer)?;
+        Ok(cert.der().clone())
+    }
+
     /// This node's NodeId.
     pub fn node_id(&self) -> NodeId {
         NodeId(self.signing.verifying_key().to_bytes())
@@ -204,10 +245,8 @@ impl Identity {
                 .as_bytes()
                 .to_vec(),
         );
-        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice());
-        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)?;
-        let params = rcgen::CertificateParams::new(vec![self.node_id().to_string()])?;
-        let cert = params.self_signed(&key_pair)?;
+        let key_pair = self.rcgen_key_pair()?;
+        let cert = Self::cert_params(&self.node_id())?.self_signed(&key_pair)?;
         Ok((cert.der().clone(), pkcs8))
     }
 
@@ -291,6 +330,56 @@ fn message_key(
     hk.expand(ENCRYPT_INFO, key.as_mut())
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     Ok(key)
+}
+
+/// The certificates linking this node's current key back to its earlier keys, newest
+/// first (each signed by the key before it).
+pub fn renewals(
+    tx: &impl crate::store::Read,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, StoreError> {
+    use base64::Engine as _;
+    let Some(bytes) = tx.get(Table::Identity, RENEWALS)? else {
+        return Ok(Vec::new());
+    };
+    let corrupt = || StoreError::Corrupt {
+        table: "identity",
+        reason: "unreadable renewal certificates",
+    };
+    let list: Vec<String> = serde_json::from_slice(&bytes).map_err(|_| corrupt())?;
+    list.iter()
+        .map(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map(rustls::pki_types::CertificateDer::from)
+                .map_err(|_| corrupt())
+        })
+        .collect()
+}
+
+/// Records a renewal certificate (newest first), in `tx`; `None` clears the list (a reset).
+pub fn record_renewal(
+    tx: &mut WriteTx<'_>,
+    cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+) -> Result<(), StoreError> {
+    use base64::Engine as _;
+    let mut list: Vec<String> = match cert {
+        Some(_) => renewals(tx)?
+            .iter()
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c.as_ref()))
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(cert) = cert {
+        list.insert(
+            0,
+            base64::engine::general_purpose::STANDARD.encode(cert.as_ref()),
+        );
+    }
+    tx.put(
+        Table::Identity,
+        RENEWALS,
+        &serde_json::to_vec(&list).expect("a list always serialises"),
+    )
 }
 
 #[cfg(test)]

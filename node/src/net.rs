@@ -71,6 +71,47 @@ pub fn cert_node_id(cert: &CertificateDer<'_>) -> Option<NodeId> {
     NodeId::from_bytes(key).ok()
 }
 
+/// A renewal certificate: (subject, issuer) when the certificate's Ed25519 key is the
+/// subject and its signature verifies under the issuer NodeId its CN names.
+fn renewal_link(cert: &CertificateDer<'_>) -> Option<(NodeId, NodeId)> {
+    use x509_cert::der::Encode as _;
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    if parsed.signature_algorithm.oid.to_string() != ED25519_OID {
+        return None;
+    }
+    let subject = cert_node_id(cert)?;
+    let issuer_name = parsed.tbs_certificate.issuer.to_string();
+    let issuer: NodeId = issuer_name.strip_prefix("CN=")?.parse().ok()?;
+    if issuer == subject {
+        return None;
+    }
+    let tbs = parsed.tbs_certificate.to_der().ok()?;
+    let signature = parsed.signature.raw_bytes();
+    match crate::identity::verify(&issuer, &tbs, signature) {
+        Ok(true) => Some((subject, issuer)),
+        _ => None,
+    }
+}
+
+/// The earlier NodeIds of `leaf`, newest first, as proven by the renewal certificates
+/// among `certs` (each signed by the key before).
+pub fn earlier_ids(leaf: NodeId, certs: &[CertificateDer<'_>]) -> Vec<NodeId> {
+    let links: Vec<(NodeId, NodeId)> = certs.iter().filter_map(renewal_link).collect();
+    let mut out = Vec::new();
+    let mut current = leaf;
+    while out.len() < 16 {
+        let Some((_, issuer)) = links.iter().find(|(subject, _)| *subject == current) else {
+            break;
+        };
+        if *issuer == leaf || out.contains(issuer) {
+            break;
+        }
+        out.push(*issuer);
+        current = *issuer;
+    }
+    out
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -113,13 +154,17 @@ impl ServerCertVerifier for PinnedServer {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match cert_node_id(end_entity) {
             Some(found) if found == self.expected => Ok(ServerCertVerified::assertion()),
+            // The node renewed its key: its chain leads back to the NodeId asked for.
+            Some(found) if earlier_ids(found, intermediates).contains(&self.expected) => {
+                Ok(ServerCertVerified::assertion())
+            }
             Some(_) => Err(rustls::Error::General(
                 "the peer is another node than the one asked for".into(),
             )),
@@ -163,8 +208,42 @@ impl ClientCertVerifier for AnyNode {
 /// A node's QUIC endpoint: listens, and dials other nodes by NodeId.
 pub struct Endpoint {
     inner: quinn::Endpoint,
-    cert: CertificateDer<'static>,
-    key: Arc<Vec<u8>>,
+    /// The node's certificate then its renewal certificates, and its key (PKCS#8).
+    credentials: std::sync::Mutex<Credentials>,
+}
+
+/// The node's certificate then its renewal certificates, and its key (PKCS#8).
+type Credentials = (
+    Vec<CertificateDer<'static>>,
+    Arc<zeroize::Zeroizing<Vec<u8>>>,
+);
+
+/// The server side of the node's TLS, and the credentials it presents.
+fn server_config(
+    identity: &Identity,
+    renewals: Vec<CertificateDer<'static>>,
+) -> Result<(quinn::ServerConfig, Credentials), NetError> {
+    let (cert, key) = identity
+        .tls_certificate()
+        .map_err(|e| NetError::Certificate(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = std::iter::once(cert).chain(renewals).collect();
+    let algorithms = provider().signature_verification_algorithms;
+    let config = |e: rustls::Error| NetError::Config(e.to_string());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config)?
+        .with_client_cert_verifier(Arc::new(AnyNode { algorithms }))
+        .with_single_cert(
+            chain.clone(),
+            PrivateKeyDer::Pkcs8(key.as_slice().to_vec().into()),
+        )
+        .map_err(config)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| NetError::Config(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport());
+    Ok((server, (chain, Arc::new(key))))
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -189,7 +268,7 @@ impl Endpoint {
     pub fn bind(addr: SocketAddr, identity: &Identity) -> Result<Endpoint, NetError> {
         let socket =
             std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
-        Endpoint::from_socket(socket, identity)
+        Endpoint::from_socket(socket, identity, Vec::new())
     }
 
     /// Serves QUIC with the node's identity on a bound UDP socket (the agent binds its
@@ -197,29 +276,12 @@ impl Endpoint {
     pub fn from_socket(
         socket: std::net::UdpSocket,
         identity: &Identity,
+        renewals: Vec<CertificateDer<'static>>,
     ) -> Result<Endpoint, NetError> {
         let addr = socket
             .local_addr()
             .map_err(|e| NetError::Config(e.to_string()))?;
-        let (cert, key) = identity
-            .tls_certificate()
-            .map_err(|e| NetError::Certificate(e.to_string()))?;
-        let algorithms = provider().signature_verification_algorithms;
-        let config = |e: rustls::Error| NetError::Config(e.to_string());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(config)?
-            .with_client_cert_verifier(Arc::new(AnyNode { algorithms }))
-            .with_single_cert(
-                vec![cert.clone()],
-                PrivateKeyDer::Pkcs8(key.as_slice().to_vec().into()),
-            )
-            .map_err(config)?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .map_err(|e| NetError::Config(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        server.transport_config(transport());
+        let (server, credentials) = server_config(identity, renewals)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| NetError::Config("no async runtime to run QUIC on".into()))?;
         // The stateless-reset key is derived from the node key, so that after a crash and
@@ -238,9 +300,21 @@ impl Endpoint {
             .map_err(|source| NetError::Bind { addr, source })?;
         Ok(Endpoint {
             inner,
-            cert,
-            key: Arc::new(key.to_vec()),
+            credentials: std::sync::Mutex::new(credentials),
         })
+    }
+
+    /// Presents a new node key from now on (after `pk keys renew`): new connections, in
+    /// and out, use it; existing ones keep the old until they close.
+    pub fn set_identity(
+        &self,
+        identity: &Identity,
+        renewals: Vec<CertificateDer<'static>>,
+    ) -> Result<(), NetError> {
+        let (server, credentials) = server_config(identity, renewals)?;
+        self.inner.set_server_config(Some(server));
+        *self.credentials.lock().unwrap_or_else(|p| p.into_inner()) = credentials;
+        Ok(())
     }
 
     /// The address the endpoint listens on.
@@ -252,6 +326,11 @@ impl Endpoint {
     /// node's key.
     pub async fn connect(&self, addr: SocketAddr, node: NodeId) -> Result<Connection, NetError> {
         let fail = |reason: String| NetError::Connect { node, addr, reason };
+        let (chain, key) = self
+            .credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let algorithms = provider().signature_verification_algorithms;
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -261,10 +340,7 @@ impl Endpoint {
                 expected: node,
                 algorithms,
             }))
-            .with_client_auth_cert(
-                vec![self.cert.clone()],
-                PrivateKeyDer::Pkcs8(self.key.as_slice().to_vec().into()),
-            )
+            .with_client_auth_cert(chain, PrivateKeyDer::Pkcs8(key.as_slice().to_vec().into()))
             .map_err(|e| fail(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -277,9 +353,12 @@ impl Endpoint {
             .connect_with(client, addr, &node.to_string())
             .map_err(|e| fail(e.to_string()))?;
         let connection = connecting.await.map_err(|e| fail(e.to_string()))?;
+        let (peer, earlier) = peer_ids(&connection)
+            .ok_or_else(|| fail("the peer presented no node certificate".into()))?;
         Ok(Connection {
             inner: connection,
-            peer: node,
+            peer,
+            earlier,
         })
     }
 
@@ -291,14 +370,12 @@ impl Endpoint {
                 let connection = incoming
                     .await
                     .map_err(|e| NetError::Incoming(e.to_string()))?;
-                let peer = connection
-                    .peer_identity()
-                    .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-                    .and_then(|certs| certs.first().and_then(cert_node_id))
+                let (peer, earlier) = peer_ids(&connection)
                     .ok_or_else(|| NetError::Incoming("no node certificate".into()))?;
                 Ok(Connection {
                     inner: connection,
                     peer,
+                    earlier,
                 })
             }
             .await,
@@ -311,17 +388,36 @@ impl Endpoint {
     }
 }
 
+/// The NodeId the peer's certificate holds, and its earlier NodeIds its renewal
+/// certificates prove.
+fn peer_ids(connection: &quinn::Connection) -> Option<(NodeId, Vec<NodeId>)> {
+    let certs = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let (leaf, rest) = certs.split_first()?;
+    let peer = cert_node_id(leaf)?;
+    Some((peer, earlier_ids(peer, rest)))
+}
+
 /// A connection to a known node.
 #[derive(Clone, Debug)]
 pub struct Connection {
     inner: quinn::Connection,
     peer: NodeId,
+    earlier: Vec<NodeId>,
 }
 
 impl Connection {
-    /// The node at the other end, proven by the handshake.
+    /// The node at the other end, proven by the handshake (its current key).
     pub fn peer(&self) -> NodeId {
         self.peer
+    }
+
+    /// The peer's earlier NodeIds (it renewed its key), newest first, each proven by a
+    /// certificate signed with the key before.
+    pub fn earlier_ids(&self) -> &[NodeId] {
+        &self.earlier
     }
 
     /// The address of the other end.

@@ -65,6 +65,9 @@ pub struct NodeRecord {
     pub last_seen: Option<u64>,
     /// Its node-wide permissions here.
     pub permissions: BTreeSet<NodePermission>,
+    /// NodeIds it had before it renewed its key, newest first.
+    #[serde(default)]
+    pub earlier: Vec<NodeId>,
 }
 
 /// One vault shared with one node, or with an identity (and so its whole gestalt).
@@ -117,14 +120,56 @@ impl<'s> Nodes<'s> {
         key
     }
 
-    /// The node's record, if it is in the graph.
+    /// The node's record, if it is in the graph (also under a NodeId it had before it
+    /// renewed its key).
     pub fn get(&self, tx: &impl Read, node: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
         match tx.get(Table::Nodes, &self.node_key(node))? {
             Some(value) => serde_json::from_slice(&value)
                 .map(Some)
                 .map_err(|_| corrupt("nodes")),
-            None => Ok(None),
+            None => Ok(self.all(tx)?.into_iter().find(|r| r.earlier.contains(node))),
         }
+    }
+
+    /// `node` renewed its key from `earlier` (newest first, proven by its certificates):
+    /// its record, its vault shares and its gestalt links move to the new NodeId. Nothing
+    /// happens when no earlier NodeId is known here or the new one is known already.
+    pub fn renamed(&self, node: NodeId, earlier: &[NodeId]) -> Result<(), StoreError> {
+        let mut tx = self.store.write()?;
+        if tx.contains(Table::Nodes, &self.node_key(&node))? {
+            return Ok(());
+        }
+        let Some(old) = earlier
+            .iter()
+            .find(|e| {
+                tx.contains(Table::Nodes, &self.node_key(e))
+                    .unwrap_or(false)
+            })
+            .copied()
+        else {
+            return Ok(());
+        };
+        let Some(mut record) = self.get(&tx, &old)? else {
+            return Ok(());
+        };
+        tx.delete(Table::Nodes, &self.node_key(&old))?;
+        record.node_id = node;
+        for e in earlier {
+            if !record.earlier.contains(e) {
+                record.earlier.push(*e);
+            }
+        }
+        self.put(&mut tx, &record)?;
+        let (from, to) = (Vertex::Node(old), Vertex::Node(node));
+        for mut share in self.shares_for(&tx, &from)? {
+            tx.delete(Table::Shares, &self.share_key(&share.vault, &from))?;
+            share.node = to.clone();
+            let bytes = serde_json::to_vec(&share).expect("a share always serialises");
+            tx.put(Table::Shares, &self.share_key(&share.vault, &to), &bytes)?;
+        }
+        Gestalts::new(self.store).rename_vertex(&mut tx, &from, &to)?;
+        audit::append(&mut tx, "node.renewed", json!({ "node": node, "was": old }))?;
+        tx.commit()
     }
 
     /// Writes a node's record in `tx`.
@@ -162,6 +207,7 @@ impl<'s> Nodes<'s> {
             added: now(),
             last_seen: None,
             permissions,
+            earlier: Vec::new(),
         });
         record.addrs.retain(|a| a != addr);
         record.addrs.insert(0, addr.to_owned());

@@ -13,6 +13,8 @@
 //! - `ClaimLinkIdentity`: signed by the issuer; the same token published on the identity
 //!   provider under that identity proves the identity's owner holds the node key, or was
 //!   handed a claim by it and chose to publish it.
+//! - `ClaimKeyRenew`: signed by the old and the new key of a node that renewed its key;
+//!   the chain continues under the new NodeId.
 //!
 //! Verification of a chain checks every link: sequence numbers without gaps, each
 //! previous digest, the issuer, and every signature a claim type requires. A chain with a
@@ -34,6 +36,9 @@ pub enum ClaimType {
     ClaimLinkNode,
     /// The issuer node and the subject identity (`provider:id`) are one gestalt.
     ClaimLinkIdentity,
+    /// The node renewed its key: the issuer (old key) hands its chain to the subject (new
+    /// key). Signed by both; later claims are issued by the new key.
+    ClaimKeyRenew,
 }
 
 /// What a claim says.
@@ -218,7 +223,10 @@ impl ClaimToken {
                 reason: format!("no valid signature by its issuer {iss}"),
             });
         }
-        if claim.typ == ClaimType::ClaimLinkNode {
+        if matches!(
+            claim.typ,
+            ClaimType::ClaimLinkNode | ClaimType::ClaimKeyRenew
+        ) {
             let sub: NodeId = claim.sub.parse().map_err(|_| ClaimError::Malformed {
                 seq,
                 reason: "the subject is not a NodeId",
@@ -295,6 +303,19 @@ pub fn append(tx: &mut WriteTx<'_>, token: &ClaimToken) -> Result<u64, StoreErro
     Ok(claim.seq)
 }
 
+/// Empties this node's chain (a key reset starts a fresh identity), in `tx`.
+pub fn clear(tx: &mut WriteTx<'_>) -> Result<(), StoreError> {
+    let keys: Vec<Vec<u8>> = tx
+        .range(Table::Sigchain, &0u64.to_be_bytes(), usize::MAX, false)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for key in keys {
+        tx.delete(Table::Sigchain, &key)?;
+    }
+    Ok(())
+}
+
 /// This node's whole chain, oldest first.
 pub fn all(tx: &impl Read) -> Result<Vec<ClaimToken>, StoreError> {
     tx.range(Table::Sigchain, &0u64.to_be_bytes(), usize::MAX, false)?
@@ -303,10 +324,14 @@ pub fn all(tx: &impl Read) -> Result<Vec<ClaimToken>, StoreError> {
         .collect()
 }
 
-/// Verifies `owner`'s chain: every link and every required signature. Returns the claims.
+/// Verifies `owner`'s chain: every link and every required signature. A chain that
+/// passed through key renewals belongs to each of its keys. Returns the claims.
 pub fn verify_chain(owner: &NodeId, tokens: &[ClaimToken]) -> Result<Vec<Claim>, ClaimError> {
     let mut out = Vec::with_capacity(tokens.len());
     let mut prev: Option<String> = None;
+    // The issuer so far: the first claim's, then each renewal's new key.
+    let mut issuer: Option<String> = None;
+    let mut keys: Vec<String> = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
         let position = i as u64 + 1;
         let claim = token.verify_signatures().map_err(|e| match e {
@@ -330,14 +355,29 @@ pub fn verify_chain(owner: &NodeId, tokens: &[ClaimToken]) -> Result<Vec<Claim>,
                 claim.seq
             )));
         }
-        if claim.iss != owner.to_string() {
-            return Err(broken(format!("issued by {}, not by {owner}", claim.iss)));
+        let expected = issuer.get_or_insert_with(|| claim.iss.clone());
+        if claim.iss != *expected {
+            return Err(broken(format!(
+                "issued by {}, not by {expected}",
+                claim.iss
+            )));
         }
         if claim.prev_digest != prev {
             return Err(broken("it does not follow the claim before it".into()));
         }
+        keys.push(claim.iss.clone());
+        if claim.typ == ClaimType::ClaimKeyRenew {
+            issuer = Some(claim.sub.clone());
+            keys.push(claim.sub.clone());
+        }
         prev = Some(token.digest());
         out.push(claim);
+    }
+    if !out.is_empty() && !keys.contains(&owner.to_string()) {
+        return Err(ClaimError::BrokenChain {
+            seq: 1,
+            reason: format!("the chain is not {owner}'s"),
+        });
     }
     Ok(out)
 }

@@ -97,7 +97,8 @@ pub struct AgentConfig {
 /// The unlocked state.
 struct Open {
     store: Store,
-    identity: Identity,
+    /// The node key; replaced by `pk keys renew` and `pk keys reset`.
+    identity: Mutex<Arc<Identity>>,
     slot: u32,
     /// The peer endpoint, made after the unlock.
     net: std::sync::OnceLock<Arc<peers::PeerNet>>,
@@ -116,6 +117,16 @@ struct Shared {
     shutdown: Notify,
     /// The peer endpoint's UDP socket, bound once at start.
     udp: Option<std::net::UdpSocket>,
+}
+
+impl Open {
+    /// The current node key.
+    fn identity(&self) -> Arc<Identity> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Shared {
@@ -334,7 +345,7 @@ async fn handle(
             Ok(Reply::Status(AgentStatus {
                 state: if open.is_some() { "unlocked" } else { "locked" }.into(),
                 pid: std::process::id(),
-                node_id: open.as_ref().map(|o| o.identity.node_id().to_string()),
+                node_id: open.as_ref().map(|o| o.identity().node_id().to_string()),
                 unlocked_with: open.as_ref().map(|o| o.slot),
                 uptime_s: shared.started.elapsed().as_secs(),
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -480,7 +491,7 @@ fn record(open: &Open, event: &str, fields: serde_json::Value) -> Result<(), Api
 }
 
 fn vaults(open: &Open) -> Vaults<'_> {
-    Vaults::new(&open.store, open.identity.node_id())
+    Vaults::new(&open.store, open.identity().node_id())
 }
 
 /// The calls that need only the unlocked state and no streaming.
@@ -488,10 +499,10 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
     let v = vaults(open);
     let ve = vault_error;
     Ok(match request {
-        Request::KeysPublic => Reply::NodeId(open.identity.node_id().to_string()),
+        Request::KeysPublic => Reply::NodeId(open.identity().node_id().to_string()),
         Request::KeysSign(data) => {
             record(open, "keys.signed", json!({ "bytes": data.0.len() }))?;
-            Reply::Bytes(SecretBytes(open.identity.sign(&data.0).to_vec()))
+            Reply::Bytes(SecretBytes(open.identity().sign(&data.0).to_vec()))
         }
         Request::KeysEncrypt { to, data } => {
             let to: NodeId = to.parse().map_err(|e: identity::IdentityError| {
@@ -505,7 +516,7 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
         Request::KeysDecrypt(data) => Reply::Bytes({
             record(open, "keys.decrypted", json!({ "bytes": data.0.len() }))?;
             SecretBytes(
-                open.identity
+                open.identity()
                     .decrypt(&data.0)
                     .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?
                     .to_vec(),
@@ -704,7 +715,7 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
         tx.commit().map_err(store_error)?;
         Ok(Open {
             store,
-            identity,
+            identity: Mutex::new(Arc::new(identity)),
             slot: unlocked.slot,
             net: std::sync::OnceLock::new(),
             github: crate::provider::GitHub::new(config.github.clone()),

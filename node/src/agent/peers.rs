@@ -62,6 +62,30 @@ impl PeerNet {
         self.endpoint.local_addr().ok()
     }
 
+    /// Presents a new node key: new connections use it; the open ones are closed so that
+    /// peers reconnect and see it.
+    pub(super) fn set_identity(
+        &self,
+        identity: &crate::identity::Identity,
+        renewals: Vec<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Result<(), ApiError> {
+        self.endpoint
+            .set_identity(identity, renewals)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        for (_, pooled) in self.pool.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            pooled.conn.close("key renewed");
+        }
+        for (_, (_, _, _, conn)) in self
+            .incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            conn.close("key renewed");
+        }
+        Ok(())
+    }
+
     /// Stops the background work and closes every connection.
     pub(super) fn shutdown(&self) {
         for task in self
@@ -103,7 +127,11 @@ pub(super) fn start(
     let socket = socket
         .try_clone()
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("peer socket: {e}")))?;
-    let endpoint = Endpoint::from_socket(socket, &open.identity)
+    let renewals = {
+        let tx = open.store.read().map_err(store_error)?;
+        crate::identity::renewals(&tx).map_err(store_error)?
+    };
+    let endpoint = Endpoint::from_socket(socket, &open.identity(), renewals)
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     let net = Arc::new(PeerNet {
         endpoint,
@@ -117,7 +145,7 @@ pub(super) fn start(
     });
     if let (Some(interfaces), Some(addr)) = (lan, net.local_addr()) {
         match lan::Advertiser::start(
-            &open.identity.node_id().to_string(),
+            &open.identity().node_id().to_string(),
             addr.port(),
             interfaces,
         ) {
@@ -154,6 +182,17 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
         tokio::spawn(async move {
             let Ok(conn) = incoming else { return };
             let peer = conn.peer();
+            if !conn.earlier_ids().is_empty() {
+                // A node that renewed its key: what it held under its old NodeId is its.
+                let open = open.clone();
+                let earlier = conn.earlier_ids().to_vec();
+                let _ = blocking(move || {
+                    Nodes::new(&open.store)
+                        .renamed(peer, &earlier)
+                        .map_err(store_error)
+                })
+                .await;
+            }
             let addr = conn.remote_address();
             let id = rand_id();
             net.incoming
@@ -504,6 +543,17 @@ async fn dial(open: &Arc<Open>, node: NodeId, addr: Option<&str>) -> Result<Conn
         for sock in resolved {
             match tokio::time::timeout(DIAL_DEADLINE, net.endpoint.connect(sock, node)).await {
                 Ok(Ok(conn)) => {
+                    if conn.peer() != node {
+                        // It renewed its key; the handshake proved the chain to `node`.
+                        let open = open.clone();
+                        let (peer, earlier) = (conn.peer(), conn.earlier_ids().to_vec());
+                        blocking(move || {
+                            Nodes::new(&open.store)
+                                .renamed(peer, &earlier)
+                                .map_err(store_error)
+                        })
+                        .await?;
+                    }
                     net.pool.lock().unwrap_or_else(|p| p.into_inner()).insert(
                         node,
                         Pooled {
@@ -639,7 +689,7 @@ pub(super) async fn handle(
                 .get()
                 .and_then(|n| n.lan)
                 .unwrap_or(Interfaces::Lan);
-            let me = open.identity.node_id().to_string();
+            let me = open.identity().node_id().to_string();
             blocking(move || {
                 lan::browse(
                     Duration::from_millis(u64::from(wait_ms)),
@@ -815,7 +865,7 @@ async fn nodes_add(
     no_ping: bool,
 ) -> Result<Reply, ApiError> {
     let node = node_id(node)?;
-    if node == open.identity.node_id() {
+    if node == open.identity().node_id() {
         return Err(ApiError::new(
             ErrorCode::BadInput,
             "that is this node's own NodeId",
@@ -1017,7 +1067,7 @@ async fn share(
             for v in gestalts.component(&tx, &vertex).map_err(store_error)? {
                 if let Vertex::Node(node) = v
                     && nodes.get(&tx, &node).map_err(store_error)?.is_some()
-                    && node != open.identity.node_id()
+                    && node != open.identity().node_id()
                 {
                     notify.push(node);
                 }

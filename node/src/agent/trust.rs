@@ -44,7 +44,7 @@ pub(super) fn countersign(
     peer: NodeId,
     token: ClaimToken,
 ) -> Result<(ClaimToken, ClaimToken), ApiError> {
-    let me = open.identity.node_id();
+    let me = open.identity().node_id();
     let refuse = |why: &str| denied(open, &peer, "claim", None, why);
     let claim = token
         .claim()
@@ -86,7 +86,7 @@ pub(super) fn countersign(
         return Err(refuse("this claim was countersigned before (a replay)"));
     }
     let mut signed = token;
-    signed.add_signature(&open.identity);
+    signed.add_signature(&open.identity());
     gestalts
         .add_link(
             &mut tx,
@@ -107,13 +107,13 @@ pub(super) fn countersign(
     let ours = sigchain::next_claim(&tx, &me, ClaimType::ClaimLinkNode, &peer.to_string())
         .map_err(store_error)?;
     tx.commit().map_err(store_error)?;
-    Ok((signed, ClaimToken::sign(&ours, &open.identity)))
+    Ok((signed, ClaimToken::sign(&ours, &open.identity())))
 }
 
 /// Serves `ClaimNodeFinish`: appends this node's own link claim, now signed by `peer`
 /// too, to this node's sigchain.
 pub(super) fn finish_claim(open: &Open, peer: NodeId, token: ClaimToken) -> Result<(), ApiError> {
-    let me = open.identity.node_id();
+    let me = open.identity().node_id();
     let refuse = |why: &str| denied(open, &peer, "claim", None, why);
     let claim = token
         .verify_signatures()
@@ -295,7 +295,102 @@ pub(super) async fn handle(
             }
             .await
         }
+        Request::KeysRenew => rotate(open, false).await,
+        Request::KeysReset => rotate(open, true).await,
+        Request::KeysCert { chain } => {
+            let open = open.clone();
+            blocking(move || {
+                let (leaf, _) = open
+                    .identity()
+                    .tls_certificate()
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                let mut certs = vec![pem(&leaf)];
+                if chain {
+                    let tx = open.store.read().map_err(store_error)?;
+                    certs.extend(
+                        crate::identity::renewals(&tx)
+                            .map_err(store_error)?
+                            .iter()
+                            .map(|c| pem(c)),
+                    );
+                }
+                Ok(Reply::Certificates(certs))
+            })
+            .await
+        }
         other => return Err(other),
+    })
+}
+
+/// A certificate in PEM.
+fn pem(cert: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(cert);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// `pk keys renew` (`reset` false) and `pk keys reset`: a new node key. A renewal is
+/// certified by the old key (a certificate peers follow, and a claim signed by both keys
+/// in the sigchain), so the node's links and everything shared with it carry over. A
+/// reset starts a fresh identity: a new, empty sigchain and no links.
+async fn rotate(open: &Arc<Open>, reset: bool) -> Result<Reply, ApiError> {
+    let old = open.identity();
+    let new = Arc::new(crate::identity::Identity::generate());
+    let renewals = {
+        let (open, old, new) = (open.clone(), old.clone(), new.clone());
+        blocking(move || {
+            let internal = |e: rcgen::Error| ApiError::new(ErrorCode::Internal, e.to_string());
+            let mut tx = open.store.write().map_err(store_error)?;
+            new.store_as_node_key(&mut tx).map_err(store_error)?;
+            let (from, to) = (Vertex::Node(old.node_id()), Vertex::Node(new.node_id()));
+            let gestalts = Gestalts::new(&open.store);
+            if reset {
+                crate::identity::record_renewal(&mut tx, None).map_err(store_error)?;
+                sigchain::clear(&mut tx).map_err(store_error)?;
+                gestalts.unlink(&mut tx, &from).map_err(store_error)?;
+            } else {
+                let cert = old.certify(&new).map_err(internal)?;
+                crate::identity::record_renewal(&mut tx, Some(&cert)).map_err(store_error)?;
+                let claim = sigchain::next_claim(
+                    &tx,
+                    &old.node_id(),
+                    ClaimType::ClaimKeyRenew,
+                    &new.node_id().to_string(),
+                )
+                .map_err(store_error)?;
+                let mut token = ClaimToken::sign(&claim, &old);
+                token.add_signature(&new);
+                sigchain::append(&mut tx, &token).map_err(store_error)?;
+                gestalts
+                    .rename_vertex(&mut tx, &from, &to)
+                    .map_err(store_error)?;
+            }
+            audit::append(
+                &mut tx,
+                if reset { "keys.reset" } else { "keys.renewed" },
+                json!({ "was": old.node_id(), "now": new.node_id() }),
+            )
+            .map_err(store_error)?;
+            tx.commit().map_err(store_error)?;
+            let tx = open.store.read().map_err(store_error)?;
+            crate::identity::renewals(&tx).map_err(store_error)
+        })
+        .await?
+    };
+    *open.identity.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
+    if let Some(net) = open.net.get() {
+        net.set_identity(&new, renewals)?;
+    }
+    Ok(Reply::KeyChanged {
+        was: old.node_id().to_string(),
+        now: new.node_id().to_string(),
+        certified: !reset,
     })
 }
 
@@ -391,7 +486,7 @@ fn claim_identity(open: &Open, identity: &Vertex) -> Result<Reply, ApiError> {
                 )
             })?
     };
-    let me = open.identity.node_id();
+    let me = open.identity().node_id();
     let mut tx = open.store.write().map_err(store_error)?;
     let claim = sigchain::next_claim(
         &tx,
@@ -400,7 +495,7 @@ fn claim_identity(open: &Open, identity: &Vertex) -> Result<Reply, ApiError> {
         &identity.to_string(),
     )
     .map_err(store_error)?;
-    let signed = ClaimToken::sign(&claim, &open.identity);
+    let signed = ClaimToken::sign(&claim, &open.identity());
     // Published first: a claim in the chain that the provider never got would prove
     // nothing; a published claim whose append failed is only an orphan gist.
     let url = open
@@ -436,7 +531,7 @@ fn claim_identity(open: &Open, identity: &Vertex) -> Result<Reply, ApiError> {
 /// `pk nodes claim`: links with `node` if it invited this node, else invites it.
 async fn claim_node(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
     let node = node_id(node)?;
-    let me = open.identity.node_id();
+    let me = open.identity().node_id();
     if node == me {
         return Err(ApiError::new(
             ErrorCode::BadInput,
@@ -468,7 +563,7 @@ async fn claim_node(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
             let tx = open.store.read().map_err(store_error)?;
             let claim = sigchain::next_claim(&tx, &me, ClaimType::ClaimLinkNode, &node.to_string())
                 .map_err(store_error)?;
-            Ok(ClaimToken::sign(&claim, &open.identity))
+            Ok(ClaimToken::sign(&claim, &open.identity()))
         })
         .await?
     };
@@ -496,7 +591,7 @@ async fn claim_node(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
             format!("{node} sent a claim that is not its own claim of this link"),
         ));
     }
-    theirs.add_signature(&open.identity);
+    theirs.add_signature(&open.identity());
     if signed.payload != token.payload {
         return Err(ApiError::new(
             ErrorCode::Corrupt,
@@ -714,7 +809,7 @@ fn permit(
 pub(super) async fn discover(open: &Arc<Open>, start: Vertex) -> Result<(), ApiError> {
     let mut queue = VecDeque::from([start]);
     let mut visited: BTreeSet<Vertex> = BTreeSet::new();
-    let me = Vertex::Node(open.identity.node_id());
+    let me = Vertex::Node(open.identity().node_id());
     let mut first_error = None;
     while let Some(v) = queue.pop_front() {
         if visited.len() >= DISCOVERY_LIMIT || !visited.insert(v.clone()) || v == me {

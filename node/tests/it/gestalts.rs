@@ -377,3 +377,69 @@ fn forged_replayed_and_tampered_claims_are_refused() {
     let audit = target.pk(&["audit", "--event", "peer.denied"]).ok();
     assert!(audit.lines().count() >= 5, "{audit}");
 }
+
+#[test]
+fn after_a_key_renewal_peers_still_reach_the_node_and_its_shares_work() {
+    let w = World::new();
+    let server = Peer::new(&w, "server");
+    let mut laptop = Peer::new(&w, "laptop");
+    let friend = Peer::new(&w, "friend");
+    for (a, b) in [
+        (&laptop, &server),
+        (&server, &laptop),
+        (&friend, &laptop),
+        (&laptop, &friend),
+    ] {
+        a.add(b);
+    }
+    server.pk(&["vaults", "create", "team"]).ok();
+    server.write("team:k1", "v1");
+    server.pk(&["vaults", "share", "team", &laptop.id]).ok();
+    laptop.json(&["vaults", "clone", "team", &server.id]);
+    friend.pk(&["vaults", "create", "notes"]).ok();
+    friend.write("notes:n", "from friend");
+    friend.pk(&["vaults", "share", "notes", &laptop.id]).ok();
+
+    let old = laptop.id.clone();
+    let renewed = laptop.json(&["keys", "renew"]);
+    assert_eq!(renewed["was"], old.as_str());
+    assert_eq!(renewed["certified"], true);
+    laptop.id = renewed["node_id"].as_str().unwrap().to_owned();
+    assert_ne!(laptop.id, old);
+    let status = laptop.json(&["agent", "status"]);
+    assert_eq!(status["node_id"], laptop.id.as_str());
+    let chain = laptop.pk(&["keys", "certchain"]).ok();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
+
+    // The laptop calls the server with its new key and the certificate from the old one:
+    // the server's share, made to the old NodeId, still holds.
+    server.write("team:k2", "v2");
+    let pulled = laptop.json(&["vaults", "pull", "team"]);
+    assert_eq!(pulled["result"], "fast-forward", "{pulled}");
+    assert_eq!(laptop.cat("team:k2"), "v2");
+    // The friend still dials the old NodeId and follows the chain.
+    friend.pk(&["nodes", "ping", &old]).ok();
+    let graph = friend.json(&["nodes", "getall"]);
+    let record = &graph.as_array().unwrap()[0];
+    assert_eq!(record["node_id"], laptop.id.as_str(), "{graph}");
+    assert_eq!(record["earlier"], serde_json::json!([old]), "{graph}");
+    laptop.json(&["vaults", "clone", "notes", &friend.id]);
+    assert_eq!(laptop.cat("notes:n"), "from friend");
+    // Its sigchain, with the renewal signed by both keys, verifies.
+    server.pk(&["identities", "discover", &laptop.id]).ok();
+
+    // A reset is a fresh identity: nobody follows it.
+    let reset = laptop.json(&["keys", "reset"]);
+    assert_eq!(reset["certified"], false);
+    friend
+        .pk(&["nodes", "ping", &laptop.id])
+        .fails(77, "another node");
+    assert_eq!(
+        laptop
+            .pk(&["keys", "certchain"])
+            .ok()
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        1
+    );
+}

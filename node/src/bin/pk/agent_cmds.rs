@@ -391,6 +391,42 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
                 out.raw(&plain)?;
             }
         }
+        KeysCommand::Renew | KeysCommand::Reset => {
+            let request = if matches!(command, KeysCommand::Renew) {
+                Request::KeysRenew
+            } else {
+                Request::KeysReset
+            };
+            let Reply::KeyChanged {
+                was,
+                now,
+                certified,
+            } = call(&client, request)?
+            else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(
+                json!({ "was": was, "node_id": now, "certified": certified }),
+                || {
+                    if certified {
+                        format!(
+                            "New NodeId: {now}\nCertified by the old key ({was}): peers that knew it follow the certificate to the new NodeId\n"
+                        )
+                    } else {
+                        format!(
+                            "New NodeId: {now}\nA fresh identity: peers must add the new NodeId; the sigchain and gestalt links start over\n"
+                        )
+                    }
+                },
+            );
+        }
+        KeysCommand::Cert | KeysCommand::Certchain => {
+            let chain = matches!(command, KeysCommand::Certchain);
+            let Reply::Certificates(certs) = call(&client, Request::KeysCert { chain })? else {
+                return Err(unexpected());
+            };
+            let _ = out.emit(json!({ "certificates": certs }), || certs.concat());
+        }
     }
     Ok(())
 }

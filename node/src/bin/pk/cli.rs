@@ -405,6 +405,16 @@ pub(crate) enum KeysCommand {
         /// The file holding the base64 ciphertext.
         file: PathBuf,
     },
+    /// Make a new node key certified by the current one: peers that knew the old NodeId
+    /// follow the certificate to the new one, and nothing shared with the node is lost.
+    Renew,
+    /// Make a new node key with no link to the current one: a fresh identity (peers must
+    /// add the new NodeId; links and the sigchain start over).
+    Reset,
+    /// Print the node's certificate (PEM).
+    Cert,
+    /// Print the node's certificate and the renewal certificates back to its first key.
+    Certchain,
 }
 
 #[derive(Debug, Subcommand)]
