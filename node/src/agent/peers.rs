@@ -72,6 +72,14 @@ impl PeerNet {
         self.endpoint
             .set_identity(identity, renewals)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        if let (Some(interfaces), Some(addr)) = (self.lan, self.local_addr()) {
+            // Advertise the new NodeId (the old advertisement is withdrawn first).
+            let mut advertiser = self.advertiser.lock().unwrap_or_else(|p| p.into_inner());
+            advertiser.take();
+            *advertiser =
+                lan::Advertiser::start(&identity.node_id().to_string(), addr.port(), interfaces)
+                    .ok();
+        }
         for (_, pooled) in self.pool.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             pooled.conn.close("key renewed");
         }
