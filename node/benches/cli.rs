@@ -215,19 +215,7 @@ fn main() -> Result<()> {
         "pk CLI benchmark: {arch}, {cpus} CPUs (nproc), mode: {}, whole-process timings of an optimised build",
         if plan.quick { "quick" } else { "full" }
     );
-    println!();
-    println!("| Measurement | Runs | Median | Min | Max | Target | Met | Polykey |");
-    println!("|---|---:|---:|---:|---:|---:|:---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.what, r.runs, r.median, r.min, r.max, r.target, r.met, r.polykey
-        );
-    }
-    println!();
-    for n in &notes {
-        println!("- {n}");
-    }
+    print_table(&rows, &notes);
     println!(
         "- Agent start \"to ready\" (foreground): the bench spawns `pk agent start --foreground` and polls the agent socket with a status request every 0.5 ms; the time is from spawn to the first answer. The agent is locked then (a passphrase slot needs the passphrase), so no key derivation is included."
     );

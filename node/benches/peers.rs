@@ -86,7 +86,7 @@ fn main() -> Result<()> {
         Plan {
             quick,
             pings: 5,
-            clones: 2,
+            clones: 3,
             pulls: 3,
             big: 1,
         }
@@ -249,19 +249,7 @@ fn main() -> Result<()> {
         cpus,
         if plan.quick { "quick" } else { "full" }
     );
-    println!();
-    println!("| Measurement | Runs | Median | Min | Max | Target | Met | Polykey |");
-    println!("|---|---:|---:|---:|---:|---:|:---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.what, r.runs, r.median, r.min, r.max, r.target, r.met, r.polykey
-        );
-    }
-    println!();
-    for n in &notes {
-        println!("- {n}");
-    }
+    print_table(&rows, &notes);
     println!(
         "- Polykey figures: measured for Polykey's CLI on this kind of machine (issue 5): `nodes ping` 547 ms per call; clone of a 50-secret vault 5.5 s; a 129-secret vault fails to clone (a pack over 64 KiB loses its last chunk) and takes 12.4 s once patched; pull of one new secret 2.0-3.7 s; pull with nothing new 1.1-1.4 s."
     );

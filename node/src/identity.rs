@@ -174,15 +174,20 @@ impl Identity {
         tx.put(Table::Identity, NODE_KEY, self.signing.as_bytes())
     }
 
-    fn rcgen_key_pair(&self) -> Result<rcgen::KeyPair, rcgen::Error> {
+    /// The key in PKCS#8 (wiped when dropped).
+    fn pkcs8(&self) -> Result<Zeroizing<Vec<u8>>, rcgen::Error> {
         use ed25519_dalek::pkcs8::EncodePrivateKey as _;
-        let pkcs8 = Zeroizing::new(
+        Ok(Zeroizing::new(
             self.signing
                 .to_pkcs8_der()
                 .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?
                 .as_bytes()
                 .to_vec(),
-        );
+        ))
+    }
+
+    fn rcgen_key_pair(&self) -> Result<rcgen::KeyPair, rcgen::Error> {
+        let pkcs8 = self.pkcs8()?;
         let der = rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_slice());
         rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
     }
@@ -237,14 +242,7 @@ impl Identity {
         ),
         rcgen::Error,
     > {
-        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
-        let pkcs8 = Zeroizing::new(
-            self.signing
-                .to_pkcs8_der()
-                .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?
-                .as_bytes()
-                .to_vec(),
-        );
+        let pkcs8 = self.pkcs8()?;
         let key_pair = self.rcgen_key_pair()?;
         let cert = Self::cert_params(&self.node_id())?.self_signed(&key_pair)?;
         Ok((cert.der().clone(), pkcs8))

@@ -44,15 +44,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     message: &T,
 ) -> Result<(), FrameError> {
-    // The body may carry a secret (a passphrase, a secret's content): wiped after sending.
-    let body =
-        zeroize::Zeroizing::new(postcard::to_stdvec(message).map_err(|_| FrameError::Malformed)?);
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
-        len: body.len(),
-        max: u32::MAX as usize,
-    })?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(&body).await?;
+    // The frame may carry a secret (a passphrase, a secret's content): wiped after sending.
+    let mut frame = zeroize::Zeroizing::new(Vec::new());
+    encode_frame(message, &mut frame)?;
+    w.write_all(&frame).await?;
     Ok(())
 }
 

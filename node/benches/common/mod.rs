@@ -359,3 +359,20 @@ pub(crate) fn populate(
     drop(store);
     Ok(start.elapsed())
 }
+
+/// Prints the Markdown table of `rows` (after the caller's title line) and the notes.
+pub(crate) fn print_table(rows: &[Row], notes: &[String]) {
+    println!();
+    println!("| Measurement | Runs | Median | Min | Max | Target | Met | Polykey |");
+    println!("|---|---:|---:|---:|---:|---:|:---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.what, r.runs, r.median, r.min, r.max, r.target, r.met, r.polykey
+        );
+    }
+    println!();
+    for n in notes {
+        println!("- {n}");
+    }
+}

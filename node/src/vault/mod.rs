@@ -466,19 +466,7 @@ impl<'s> Tx<'_, 's, WriteTx<'s>> {
     }
 
     fn put_tree(&mut self, map: &TreeMap) -> Result<ObjectId, VaultError> {
-        let mut entries: Vec<gix_object::tree::Entry> = map
-            .iter()
-            .map(|(name, (mode, oid))| gix_object::tree::Entry {
-                mode: *mode,
-                filename: name.clone(),
-                oid: *oid,
-            })
-            .collect();
-        entries.sort();
-        let mut data = Vec::new();
-        gix_object::Tree { entries }
-            .write_to(&mut data)
-            .map_err(|_| VaultError::Corrupt("tree".into()))?;
+        let data = encode_tree(map)?;
         self.put(ObjectKind::Tree, &data)
     }
 }
@@ -638,6 +626,24 @@ struct Object {
 enum Body {
     Inline(Zeroizing<Vec<u8>>),
     Chunked { blob_id: [u8; 16], chunks: u32 },
+}
+
+/// A tree's git encoding (entries in git's order).
+fn encode_tree(map: &TreeMap) -> Result<Vec<u8>, VaultError> {
+    let mut entries: Vec<gix_object::tree::Entry> = map
+        .iter()
+        .map(|(name, (mode, oid))| gix_object::tree::Entry {
+            mode: *mode,
+            filename: name.clone(),
+            oid: *oid,
+        })
+        .collect();
+    entries.sort();
+    let mut data = Vec::new();
+    gix_object::Tree { entries }
+        .write_to(&mut data)
+        .map_err(|_| VaultError::Corrupt("tree".into()))?;
+    Ok(data)
 }
 
 fn kind_byte(kind: ObjectKind) -> u8 {

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     HASH, TreeMap, Tx, VaultError, VaultId, VaultRecord, Vaults, byte_kind, check_vault_name,
-    dir_mode, kind_byte, now, parse_oid,
+    dir_mode, encode_tree, kind_byte, now, parse_oid,
 };
 use crate::api::SecretBytes;
 use crate::audit;
@@ -1264,22 +1264,4 @@ fn parse_tree(oid: &ObjectId, data: &[u8]) -> Result<TreeMap, VaultError> {
         .iter()
         .map(|e| (e.filename.to_owned(), (e.mode, e.oid.to_owned())))
         .collect())
-}
-
-fn encode_tree(map: &TreeMap) -> Result<Vec<u8>, VaultError> {
-    use gix_object::WriteTo as _;
-    let mut entries: Vec<gix_object::tree::Entry> = map
-        .iter()
-        .map(|(name, (mode, oid))| gix_object::tree::Entry {
-            mode: *mode,
-            filename: name.clone(),
-            oid: *oid,
-        })
-        .collect();
-    entries.sort();
-    let mut data = Vec::new();
-    gix_object::Tree { entries }
-        .write_to(&mut data)
-        .map_err(|_| VaultError::Refused("a tree cannot be encoded".into()))?;
-    Ok(data)
 }
