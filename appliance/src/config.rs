@@ -1,0 +1,145 @@
+//! The daemon's configuration: `/etc/pk-appliance/config.toml` (the path can be given
+//! with `--config`). Every key has a secure default; an unknown key, or a value of the
+//! wrong kind, is an error that names the key and its line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the configuration is read from unless `--config` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/pk-appliance/config.toml";
+
+/// The configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the node and the console keep their state.
+    pub state_dir: PathBuf,
+    /// The admin console's HTTPS address.
+    pub console_listen: SocketAddr,
+    /// The peer endpoint's UDP address (QUIC), or none.
+    pub peer_listen: Option<SocketAddr>,
+    /// Advertise the node on the LAN over mDNS.
+    pub lan: bool,
+    /// The TPM (TCTI), e.g. `device:/dev/tpmrm0`; none: no TPM.
+    pub tpm_tcti: Option<String>,
+    /// Idle time after which a console session ends, in seconds.
+    pub session_idle_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/pk-appliance"),
+            console_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            peer_listen: Some(SocketAddr::from(([0, 0, 0, 0], 1314))),
+            lan: false,
+            tpm_tcti: None,
+            session_idle_s: 15 * 60,
+        }
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the key and the line.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads the configuration at `path`; a missing file at the default path means the
+    /// defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text).map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            }),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PATH) =>
+            {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses configuration text; the error names the key and the line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let message = e.message().trim().to_owned();
+            match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            }
+        })?;
+        if config.session_idle_s < 60 {
+            return Err("session_idle_s: at least 60 seconds".into());
+        }
+        Ok(config)
+    }
+
+    /// The node's data directory.
+    pub fn node_dir(&self) -> PathBuf {
+        self.state_dir.join("node")
+    }
+
+    /// The console's own state directory (its TLS key, the admin account).
+    pub fn console_dir(&self) -> PathBuf {
+        self.state_dir.join("console")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_hold_and_mistakes_name_the_key_and_line() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        let config = Config::parse(
+            "state_dir = \"/tmp/x\"\nconsole_listen = \"127.0.0.1:9443\"\nlan = true\n",
+        )
+        .unwrap();
+        assert_eq!(config.console_listen.port(), 9443);
+        assert!(config.lan);
+
+        let err = Config::parse("lan = true\nconsole_port = 1\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("console_port"),
+            "{err}"
+        );
+        let err = Config::parse("state_dir = \"/x\"\nlan = \"yes\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::parse("console_listen = \"not an address\"\n").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(
+            Config::parse("session_idle_s = 5\n")
+                .unwrap_err()
+                .contains("session_idle_s")
+        );
+    }
+}
