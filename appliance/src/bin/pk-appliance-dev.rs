@@ -1,0 +1,142 @@
+//! `pk-appliance-dev`: quick-start command 1. Brings up a local appliance in
+//! `target/pk-dev-appliance`: the `pk-appliance` daemon in this process, with embedded
+//! redb storage, a software TPM (swtpm) when one is installed (the `soft` passphrase
+//! token otherwise, and it says so), its peer endpoint on loopback only, and the admin
+//! console on `https://127.0.0.1:8443/` (`PK_DEV_CONSOLE_PORT` to change). It prints the
+//! console's address, its certificate fingerprint, and the one-time setup code while the
+//! appliance is unclaimed. On a terminal it serves until Ctrl-C; with `--once` (or without
+//! a terminal) it stops once it has started and said where it is.
+
+#![forbid(unsafe_code)]
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use appliance::config::Config;
+use hsm::sim::Swtpm;
+
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+fn main() -> ExitCode {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pk-appliance-dev: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let once = std::env::args().any(|a| a == "--once") || !std::io::stdin().is_terminal();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    let base = std::env::var_os("PK_DEV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            manifest
+                .parent()
+                .unwrap_or(manifest)
+                .join("target/pk-dev-appliance")
+        });
+    std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+    say!("pk-appliance-dev: local appliance in {}", base.display());
+    let swtpm = match Swtpm::start(&base.join("swtpm")) {
+        Ok(tpm) => {
+            say!("  token: software TPM (swtpm, pid {}) at {}", tpm.pid(), tpm.tcti());
+            Some(tpm)
+        }
+        Err(e) => {
+            say!("  token: soft passphrase, chosen at setup (no TPM simulator: {e})");
+            None
+        }
+    };
+    let port: u16 = std::env::var("PK_DEV_CONSOLE_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8443);
+    let config = Config {
+        state_dir: base.join("state"),
+        console_listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        // Loopback only: the development appliance talks to nothing beyond this machine.
+        peer_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        lan: false,
+        tpm_tcti: swtpm.as_ref().map(|t| t.tcti()),
+        ..Config::default()
+    };
+    let node = node::NodePath::new(config.node_dir());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            let _ = ready_rx.await;
+            if !once {
+                std::future::pending::<()>().await;
+            }
+            // Let the agent finish its unattended unlock before reporting and stopping.
+            report(&node).await;
+        };
+        appliance::daemon::run_until(
+            config,
+            |started| {
+                say!(
+                    "  console: {} (self-signed; SHA-256 fingerprint {})",
+                    started.console_url,
+                    started.fingerprint
+                );
+                match &started.setup_code {
+                    Some(code) => say!(
+                        "  setup code: {code} (claim the appliance in the console with it; a new code at each start until then)"
+                    ),
+                    None => say!("  claimed already: log in with the admin password"),
+                }
+                if !once {
+                    say!("pk-appliance-dev: running; press Ctrl-C to stop");
+                }
+                let _ = ready_tx.send(());
+            },
+            stop,
+        )
+        .await
+    })?;
+    drop(swtpm);
+    Ok(())
+}
+
+/// Says whether the node is unlocked (after a moment for the agent's unattended unlock).
+async fn report(node: &node::NodePath) {
+    if !node.keyslots().exists() {
+        say!("  node: not created yet (setup creates it)");
+        return;
+    }
+    let client = node::client::Client::new(node);
+    for _ in 0..50 {
+        if let Ok(node::api::Reply::Status(s)) = client.call(&node::api::Request::Status).await {
+            if s.state == "unlocked" {
+                say!(
+                    "  node: unlocked through keyslot {} (NodeId {})",
+                    s.unlocked_with.unwrap_or(0),
+                    s.node_id.unwrap_or_default()
+                );
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    say!("  node: locked (unlock it in the console)");
+}
