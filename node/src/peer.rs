@@ -29,7 +29,7 @@ use crate::vault::{Fetched, VaultId, WireObject};
 
 /// The version of the calls below; a peer of another version is refused with a clear
 /// error. (The ALPN id carries the transport's version.)
-pub const PEER_PROTOCOL: u32 = 1;
+pub const PEER_PROTOCOL: u32 = 2;
 /// The deadline of a unary call.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
 /// The longest silence inside a streamed call.

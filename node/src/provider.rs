@@ -64,6 +64,17 @@ pub struct DeviceAuth {
     pub expires_in: u64,
 }
 
+/// The answer to one poll of the device flow.
+#[derive(Debug)]
+pub enum Poll {
+    /// The user has not approved yet.
+    Pending,
+    /// Polling too fast: wait 5 seconds more between polls from now on.
+    SlowDown,
+    /// Approved: the access token.
+    Approved(ProviderToken),
+}
+
 /// Where a provider lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GitHubConfig {
@@ -218,8 +229,8 @@ impl GitHub {
         ))
     }
 
-    /// One poll of the device flow: `None` while the user has not approved yet.
-    pub fn poll_auth(&self, device_code: &str) -> Result<Option<ProviderToken>, ProviderError> {
+    /// One poll of the device flow.
+    pub fn poll_auth(&self, device_code: &str) -> Result<Poll, ProviderError> {
         let response = self
             .agent
             .post(format!("{}/login/oauth/access_token", self.config.web_url))
@@ -238,9 +249,10 @@ impl GitHub {
                     access_token,
                 };
                 token.identity = self.user(&token)?;
-                Ok(Some(token))
+                Ok(Poll::Approved(token))
             }
-            (None, Some("authorization_pending" | "slow_down")) => Ok(None),
+            (None, Some("authorization_pending")) => Ok(Poll::Pending),
+            (None, Some("slow_down")) => Ok(Poll::SlowDown),
             (None, Some("expired_token")) => Err(ProviderError::Expired(Self::ID.into())),
             (None, Some(other)) => Err(self.refused(other)),
             (None, None) => Err(self.unavailable("an empty answer to the device authorisation")),

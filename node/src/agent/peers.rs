@@ -350,9 +350,22 @@ fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerRe
                 .map_err(store_error)?;
             Ok(PeerReply::Done)
         }
-        PeerRequest::Sigchain => Ok(PeerReply::Claims(
-            crate::sigchain::all(&tx).map_err(store_error)?,
-        )),
+        PeerRequest::Sigchain => {
+            // A sigchain names linked nodes and claimed identities: only for nodes this
+            // one knows (directly or through their gestalt).
+            if !nodes.known(&tx, &peer).map_err(store_error)? {
+                return Err(denied(
+                    open,
+                    &peer,
+                    "sigchain",
+                    None,
+                    "this node does not know you",
+                ));
+            }
+            Ok(PeerReply::Claims(
+                crate::sigchain::all(&tx).map_err(store_error)?,
+            ))
+        }
         PeerRequest::ClaimNode(token) => {
             drop(tx);
             super::trust::countersign(open, peer, token).map(|(countersigned, theirs)| {
@@ -1537,7 +1550,13 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
                 .into_iter()
                 .find(|q| q.attempts < 10)
             {
-                let _ = super::trust::discover(&open, q.vertex).await;
+                // In its own task (stopped with the others by a lock): an unreachable
+                // node does not hold up deliveries and scheduled pulls.
+                let open = open.clone();
+                deliveries.spawn(async move {
+                    let _ = super::trust::discover(&open, q.vertex).await;
+                    false
+                });
             }
         }
         let due = {

@@ -16,7 +16,7 @@ use crate::identity::NodeId;
 use crate::nodes::{NodePermission, Nodes};
 use crate::notifications::{Body, Mailbox, Notifications};
 use crate::peer::{PeerReply, PeerRequest};
-use crate::provider::{GitHub, ProviderError};
+use crate::provider::{GitHub, Poll, ProviderError};
 use crate::sigchain::{self, ClaimToken, ClaimType};
 
 /// How old (or how far in the future) a claim presented for countersigning may be.
@@ -27,6 +27,20 @@ const DISCOVERY_LIMIT: usize = 64;
 fn vertex(s: &str) -> Result<Vertex, ApiError> {
     s.parse()
         .map_err(|e: BadVertex| ApiError::new(ErrorCode::BadInput, e.to_string()))
+}
+
+/// `v`, with a NodeId that renewed its key replaced by its current one.
+fn current(open: &Open, v: Vertex) -> Result<Vertex, ApiError> {
+    if let Vertex::Node(node) = &v {
+        let tx = open.store.read().map_err(store_error)?;
+        if let Some(record) = Nodes::new(&open.store)
+            .get(&tx, node)
+            .map_err(store_error)?
+        {
+            return Ok(Vertex::Node(record.node_id));
+        }
+    }
+    Ok(v)
 }
 
 fn now() -> u64 {
@@ -180,6 +194,7 @@ pub(super) async fn handle(
                 let v = vertex(&gestalt)?;
                 let open = open.clone();
                 blocking(move || {
+                    let v = current(&open, v)?;
                     let info = info(&open, &v)?;
                     Ok(Reply::Gestalts(vec![info]))
                 })
@@ -191,7 +206,8 @@ pub(super) async fn handle(
             async {
                 let v = vertex(&gestalt)?;
                 let open2 = open.clone();
-                let reply = blocking(move || set_trust(&open2, &v, trust)).await?;
+                let reply =
+                    blocking(move || set_trust(&open2, &current(&open2, v)?, trust)).await?;
                 Ok(reply)
             }
             .await
@@ -204,13 +220,17 @@ pub(super) async fn handle(
             async {
                 let v = vertex(&gestalt)?;
                 let open = open.clone();
-                blocking(move || permit(&open, &v, &permissions, allow)).await
+                blocking(move || permit(&open, &current(&open, v)?, &permissions, allow)).await
             }
             .await
         }
         Request::IdentitiesDiscover(gestalt) => {
             async {
                 let v = vertex(&gestalt)?;
+                let v = {
+                    let open = open.clone();
+                    blocking(move || current(&open, v)).await?
+                };
                 discover(open, v.clone()).await?;
                 let open = open.clone();
                 blocking(move || Ok(Reply::Gestalts(vec![info(&open, &v)?]))).await
@@ -233,6 +253,7 @@ pub(super) async fn handle(
                 let open = open.clone();
                 blocking(move || {
                     let (auth, device_code) = open.github.start_auth().map_err(provider_error)?;
+                    let device_code = format!("{}:{device_code}", auth.interval);
                     let handle = {
                         use rand_core::RngCore as _;
                         rand_core::OsRng.next_u64()
@@ -423,15 +444,30 @@ async fn auth_finish(open: &Arc<Open>, handle: u64) -> Result<Reply, ApiError> {
         .unwrap_or_else(|p| p.into_inner())
         .remove(&handle)
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such authorisation in progress"))?;
+    // Stored as "interval:device code": the provider's interval is respected, and each
+    // `slow_down` adds 5 seconds to it, as the device flow asks.
+    let (interval, device_code) = device_code
+        .split_once(':')
+        .map(|(i, c)| {
+            (
+                i.parse().unwrap_or(5),
+                zeroize::Zeroizing::new(c.to_owned()),
+            )
+        })
+        .unwrap_or((5, device_code.clone()));
     let deadline = std::time::Instant::now() + Duration::from_secs(15 * 60);
-    let mut interval = Duration::from_secs(1);
+    let mut interval = Duration::from_secs(interval);
     loop {
+        tokio::time::sleep(interval).await;
         let polled = {
             let open = open.clone();
             let code = device_code.clone();
             blocking(move || open.github.poll_auth(&code).map_err(provider_error)).await?
         };
-        if let Some(token) = polled {
+        if let Poll::SlowDown = polled {
+            interval += Duration::from_secs(5);
+        }
+        if let Poll::Approved(token) = polled {
             let identity = format!("{}:{}", token.provider, token.identity);
             let open = open.clone();
             return blocking(move || {
@@ -456,8 +492,6 @@ async fn auth_finish(open: &Arc<Open>, handle: u64) -> Result<Reply, ApiError> {
                 "the authorisation was not approved in time; start again",
             ));
         }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -866,16 +900,18 @@ async fn discover_node(open: &Arc<Open>, node: NodeId) -> Result<Vec<Vertex>, Ap
         let mut tx = open.store.write().map_err(store_error)?;
         let mut found = Vec::new();
         for (claim, token) in claims.iter().zip(tokens) {
-            if claim.typ == ClaimType::ClaimLinkIdentity {
-                // Checked on the provider by the identity's own discovery.
-                if let Ok(identity) = claim.sub.parse::<Vertex>() {
-                    found.push(identity);
-                }
+            // Identity claims are checked on the provider only when the user asks for
+            // that identity (discover or trust it): walking a chain never contacts a
+            // provider unasked. Key renewals are the node's own history, not links.
+            if claim.typ != ClaimType::ClaimLinkNode {
                 continue;
             }
             let Ok(other) = claim.sub.parse::<NodeId>() else {
                 continue;
             };
+            if other == node {
+                continue;
+            }
             let (a, b) = (Vertex::Node(node), Vertex::Node(other));
             if !gestalts.has_link(&tx, &a, &b).map_err(store_error)? {
                 gestalts

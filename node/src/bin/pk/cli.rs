@@ -469,11 +469,12 @@ pub(crate) enum VaultsCommand {
         #[arg(long)]
         bundle: bool,
     },
-    /// Let a node clone and pull a vault (it is sent a notification).
+    /// Let a node, or every node of a gestalt, clone and pull a vault (the nodes are sent
+    /// a notification).
     Share {
         /// The vault.
         name: String,
-        /// The node.
+        /// A NodeId, or a gestalt by one of its identities (`github.com:alice`).
         node_id: String,
         /// What it may do [default: clone and pull].
         #[arg(long = "permission", short = 'p', value_enum, value_delimiter = ',')]
@@ -483,7 +484,7 @@ pub(crate) enum VaultsCommand {
     Unshare {
         /// The vault.
         name: String,
-        /// The node.
+        /// A NodeId or `provider:identity`, as it was shared with.
         node_id: String,
         /// What to revoke [default: everything].
         #[arg(long = "permission", short = 'p', value_enum, value_delimiter = ',')]
