@@ -83,7 +83,11 @@ fn init_logging() {
 
 async fn run(config: Config) -> Result<(), String> {
     appliance::daemon::run(config, |started| {
-        tracing::info!(event = "appliance.ready", "ready: console at {}", started.console_url);
+        tracing::info!(
+            event = "appliance.ready",
+            "ready: console at {}",
+            started.console_url
+        );
     })
     .await
 }

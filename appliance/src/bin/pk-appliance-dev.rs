@@ -4,8 +4,9 @@
 //! token otherwise, and it says so), its peer endpoint on loopback only, and the admin
 //! console on `https://127.0.0.1:8443/` (`PK_DEV_CONSOLE_PORT` to change). It prints the
 //! console's address, its certificate fingerprint, and the one-time setup code while the
-//! appliance is unclaimed. On a terminal it serves until Ctrl-C; with `--once` (or without
-//! a terminal) it stops once it has started and said where it is.
+//! appliance is unclaimed. On a terminal (or with `--serve`) it serves until Ctrl-C or
+//! SIGTERM; with `--once` (or without a terminal) it stops once it has started and said
+//! where it is.
 
 #![forbid(unsafe_code)]
 
@@ -34,7 +35,9 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let once = std::env::args().any(|a| a == "--once") || !std::io::stdin().is_terminal();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let serve = args.iter().any(|a| a == "--serve");
+    let once = args.iter().any(|a| a == "--once") || (!serve && !std::io::stdin().is_terminal());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -54,7 +57,11 @@ fn run() -> Result<(), String> {
     say!("pk-appliance-dev: local appliance in {}", base.display());
     let swtpm = match Swtpm::start(&base.join("swtpm")) {
         Ok(tpm) => {
-            say!("  token: software TPM (swtpm, pid {}) at {}", tpm.pid(), tpm.tcti());
+            say!(
+                "  token: software TPM (swtpm, pid {}) at {}",
+                tpm.pid(),
+                tpm.tcti()
+            );
             Some(tpm)
         }
         Err(e) => {
@@ -126,15 +133,15 @@ async fn report(node: &node::NodePath) {
     }
     let client = node::client::Client::new(node);
     for _ in 0..50 {
-        if let Ok(node::api::Reply::Status(s)) = client.call(&node::api::Request::Status).await {
-            if s.state == "unlocked" {
-                say!(
-                    "  node: unlocked through keyslot {} (NodeId {})",
-                    s.unlocked_with.unwrap_or(0),
-                    s.node_id.unwrap_or_default()
-                );
-                return;
-            }
+        if let Ok(node::api::Reply::Status(s)) = client.call(&node::api::Request::Status).await
+            && s.state == "unlocked"
+        {
+            say!(
+                "  node: unlocked through keyslot {} (NodeId {})",
+                s.unlocked_with.unwrap_or(0),
+                s.node_id.unwrap_or_default()
+            );
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
