@@ -104,7 +104,15 @@ async fn setup_login_sessions_and_csrf() {
         ("POST", "/unlock"),
         ("POST", "/logout"),
     ] {
-        let answer = send(&c, method, path, None, Some("csrf=x&method=tpm"), here).await;
+        let answer = send(
+            &c,
+            method,
+            path,
+            None,
+            Some("csrf=x&method=tpm&who=x&action=grant&name=x&path=x&value=x&node_id=x&addr=x"),
+            here,
+        )
+        .await;
         assert_eq!(answer.status, StatusCode::SEE_OTHER, "{method} {path}");
         assert_eq!(
             answer.headers[header::LOCATION],

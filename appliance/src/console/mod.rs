@@ -254,6 +254,12 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/lock", post(lock))
         .route("/unlock", post(unlock))
         .route("/api/status", get(api_status))
+        .route("/vaults", get(vaults_page).post(vault_create))
+        .route("/vaults/{name}", get(vault_page))
+        .route("/vaults/{name}/share", post(vault_share))
+        .route("/vaults/{name}/secrets", post(secret_write))
+        .route("/peers", get(peers_page).post(peer_add))
+        .route("/audit", get(audit_page))
         .with_state(console)
         .layer(middleware::from_fn(security_headers))
 }
@@ -722,4 +728,281 @@ async fn unlock(
     };
     let csrf = c.session(&headers).unwrap_or_default();
     Html(pages::status(&status_view(&c).await, &csrf, Some(&message))).into_response()
+}
+
+/// Runs `request` against the agent; a locked agent shows the "unlock first" page.
+async fn agent(c: &Console, request: AgentRequest) -> Result<Reply, Box<Response>> {
+    c.client.call(&request).await.map_err(|e| {
+        Box::new(match e {
+            node::client::ClientError::Api(api) if api.code == node::api::ErrorCode::Locked => {
+                Html(pages::locked()).into_response()
+            }
+            other => (StatusCode::SERVICE_UNAVAILABLE, other.to_string()).into_response(),
+        })
+    })
+}
+
+async fn vaults_view(c: &Console, csrf: &str, note: Option<&str>) -> Response {
+    match agent(c, AgentRequest::VaultsList).await {
+        Ok(Reply::Vaults(list)) => Html(pages::vaults(&list, csrf, note)).into_response(),
+        Ok(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unexpected reply").into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn vaults_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some(csrf) = c.session(&headers) else {
+        return Redirect::to("/login").into_response();
+    };
+    vaults_view(&c, &csrf, None).await
+}
+
+/// The new-vault form.
+#[derive(Deserialize)]
+pub struct NameForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+}
+
+async fn vault_create(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<NameForm>,
+) -> Response {
+    if let Err(r) = authorised(&c, &headers, &form.csrf) {
+        return *r;
+    }
+    let note = match c
+        .client
+        .call(&AgentRequest::VaultsCreate(form.name.trim().to_owned()))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(event = "console.vault_created", vault = %form.name.trim(), "vault created from the console");
+            format!("Vault {} created.", form.name.trim())
+        }
+        Err(e) => format!("Not created: {e}"),
+    };
+    let csrf = c.session(&headers).unwrap_or_default();
+    vaults_view(&c, &csrf, Some(&note)).await
+}
+
+/// The new-secret form.
+#[derive(Deserialize)]
+pub struct SecretForm {
+    #[serde(default)]
+    csrf: String,
+    path: String,
+    value: String,
+}
+
+impl zeroize::Zeroize for SecretForm {
+    fn zeroize(&mut self) {
+        self.value.zeroize();
+    }
+}
+
+async fn secret_write(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Form(form): Form<SecretForm>,
+) -> Response {
+    let form = Zeroizing::new(form);
+    if let Err(r) = authorised(&c, &headers, &form.csrf) {
+        return *r;
+    }
+    let value = Zeroizing::new(form.value.as_bytes().to_vec());
+    let request = AgentRequest::SecretsWrite {
+        vault: name.clone(),
+        path: form.path.trim().to_owned(),
+        kind: node::api::WriteKind::Write,
+        size: Some(value.len() as u64),
+    };
+    let note = match c.client.upload(&request, &value[..]).await {
+        Ok(_) => {
+            tracing::info!(event = "console.secret_written", vault = %name, path = %form.path.trim(), "secret written from the console");
+            format!("Saved {}:{}.", name, form.path.trim())
+        }
+        Err(e) => format!("Not saved: {e}"),
+    };
+    let csrf = c.session(&headers).unwrap_or_default();
+    vault_view(&c, &name, &csrf, Some(&note)).await
+}
+
+async fn vault_view(c: &Console, name: &str, csrf: &str, note: Option<&str>) -> Response {
+    let entries = match agent(
+        c,
+        AgentRequest::SecretsLs {
+            vault: name.to_owned(),
+            path: String::new(),
+        },
+    )
+    .await
+    {
+        Ok(Reply::Entries(e)) => e,
+        Ok(_) => Vec::new(),
+        Err(r) => return *r,
+    };
+    let commits = match agent(
+        c,
+        AgentRequest::VaultsLog {
+            vault: name.to_owned(),
+            depth: Some(20),
+            from: None,
+        },
+    )
+    .await
+    {
+        Ok(Reply::Commits(list)) => list,
+        _ => Vec::new(),
+    };
+    let shares = match agent(c, AgentRequest::VaultsPermissions(name.to_owned())).await {
+        Ok(Reply::Shares(list)) => list,
+        _ => Vec::new(),
+    };
+    Html(pages::vault(
+        &pages::VaultView {
+            name,
+            entries: &entries,
+            commits: &commits,
+            shares: &shares,
+        },
+        csrf,
+        note,
+    ))
+    .into_response()
+}
+
+async fn vault_page(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let Some(csrf) = c.session(&headers) else {
+        return Redirect::to("/login").into_response();
+    };
+    vault_view(&c, &name, &csrf, None).await
+}
+
+/// The share form of a vault page.
+#[derive(Deserialize)]
+pub struct ShareForm {
+    #[serde(default)]
+    csrf: String,
+    who: String,
+    action: String,
+}
+
+async fn vault_share(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Form(form): Form<ShareForm>,
+) -> Response {
+    if let Err(r) = authorised(&c, &headers, &form.csrf) {
+        return *r;
+    }
+    let grant = form.action == "grant";
+    let request = AgentRequest::VaultsShare {
+        vault: name.clone(),
+        node: form.who.trim().to_owned(),
+        permissions: if grant {
+            vec![
+                node::nodes::VaultPermission::Clone,
+                node::nodes::VaultPermission::Pull,
+            ]
+        } else {
+            vec![
+                node::nodes::VaultPermission::Clone,
+                node::nodes::VaultPermission::Pull,
+                node::nodes::VaultPermission::Push,
+            ]
+        },
+        grant,
+    };
+    let note = match c.client.call(&request).await {
+        Ok(_) => {
+            tracing::info!(event = "console.share", vault = %name, peer = %form.who.trim(), grant, "sharing changed from the console");
+            if grant {
+                format!("Shared {name} with {}.", form.who.trim())
+            } else {
+                format!("{name} is no longer shared with {}.", form.who.trim())
+            }
+        }
+        Err(e) => format!("Not changed: {e}"),
+    };
+    let csrf = c.session(&headers).unwrap_or_default();
+    vault_view(&c, &name, &csrf, Some(&note)).await
+}
+
+/// The add-node form.
+#[derive(Deserialize)]
+pub struct PeerForm {
+    #[serde(default)]
+    csrf: String,
+    node_id: String,
+    addr: String,
+}
+
+async fn peer_add(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<PeerForm>,
+) -> Response {
+    if let Err(r) = authorised(&c, &headers, &form.csrf) {
+        return *r;
+    }
+    let request = AgentRequest::NodesAdd {
+        node: form.node_id.trim().to_owned(),
+        addr: form.addr.trim().to_owned(),
+        no_notify: false,
+        no_ping: false,
+    };
+    let note = match c.client.call(&request).await {
+        Ok(_) => {
+            tracing::info!(event = "console.node_added", peer = %form.node_id.trim(), "node added from the console");
+            format!("Added {}.", form.node_id.trim())
+        }
+        Err(e) => format!("Not added: {e}"),
+    };
+    let csrf = c.session(&headers).unwrap_or_default();
+    peers_view(&c, &csrf, Some(&note)).await
+}
+
+async fn peers_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let Some(csrf) = c.session(&headers) else {
+        return Redirect::to("/login").into_response();
+    };
+    peers_view(&c, &csrf, None).await
+}
+
+async fn peers_view(c: &Console, csrf: &str, note: Option<&str>) -> Response {
+    let nodes = match agent(c, AgentRequest::NodesGetAll).await {
+        Ok(Reply::Nodes(list)) => list,
+        Ok(_) => Vec::new(),
+        Err(r) => return *r,
+    };
+    let connections = match agent(c, AgentRequest::NodesConnections).await {
+        Ok(Reply::Connections(list)) => list,
+        _ => Vec::new(),
+    };
+    Html(pages::peers(&nodes, &connections, csrf, note)).into_response()
+}
+
+async fn audit_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if c.session(&headers).is_none() {
+        return Redirect::to("/login").into_response();
+    }
+    let query = node::audit::AuditQuery {
+        limit: Some(200),
+        newest_first: true,
+        ..Default::default()
+    };
+    match agent(&c, AgentRequest::Audit(query)).await {
+        Ok(Reply::Events(events)) => Html(pages::audit(&events)).into_response(),
+        Ok(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unexpected reply").into_response(),
+        Err(r) => *r,
+    }
 }

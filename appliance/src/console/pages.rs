@@ -106,6 +106,7 @@ pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&str>) -> Strin
     layout(
         "Status",
         html! {
+            (nav())
             (message(note, "note"))
             table {
                 tr { th { "State" } td id="state" { (view.state) } }
@@ -146,6 +147,172 @@ pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&str>) -> Strin
                 input type="hidden" name="csrf" value=(csrf);
                 button type="submit" { "Log out" }
             }
+        },
+    )
+}
+
+/// The navigation every signed-in page carries.
+fn nav() -> Markup {
+    html! {
+        nav {
+            a href="/status" { "Status" } " · "
+            a href="/vaults" { "Vaults" } " · "
+            a href="/peers" { "Peers" } " · "
+            a href="/audit" { "Audit log" }
+        }
+    }
+}
+
+pub(super) fn vaults(list: &[node::vault::VaultRecord], csrf: &str, note: Option<&str>) -> String {
+    layout(
+        "Vaults",
+        html! {
+            (nav())
+            (message(note, "note"))
+            form method="post" action="/vaults" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="name" { "New vault" }
+                input id="name" name="name" required;
+                button type="submit" { "Create" }
+            }
+            @if list.is_empty() {
+                p { "No vaults yet." }
+            }
+            ul {
+                @for v in list {
+                    li {
+                        a href={ "/vaults/" (v.name) } { (v.name) }
+                        " "
+                        code { (v.id.to_string()) }
+                        @if let Some(pull) = &v.sync.last_pull {
+                            " · last pull " (if pull.ok { "ok" } else { "FAILED" }) ": " (pull.message)
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(super) struct VaultView<'a> {
+    pub(super) name: &'a str,
+    pub(super) entries: &'a [node::vault::Entry],
+    pub(super) commits: &'a [node::vault::CommitInfo],
+    pub(super) shares: &'a [node::nodes::Share],
+}
+
+pub(super) fn vault(view: &VaultView<'_>, csrf: &str, note: Option<&str>) -> String {
+    layout(
+        &format!("Vault {}", view.name),
+        html! {
+            (nav())
+            (message(note, "note"))
+            h2 { "Secrets (top level; values are not shown)" }
+            ul {
+                @for e in view.entries {
+                    li { (e.name) @if e.kind == node::vault::EntryType::Dir { "/" } }
+                }
+            }
+            form method="post" action={ "/vaults/" (view.name) "/secrets" } {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="path" { "New secret: path" }
+                input id="path" name="path" required;
+                label for="value" { "Value" }
+                input id="value" name="value" type="password" autocomplete="off" required;
+                button type="submit" { "Save secret" }
+            }
+            h2 { "Shared with" }
+            ul {
+                @for s in view.shares {
+                    li {
+                        code { (s.node.to_string()) } ": "
+                        (s.permissions.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "))
+                    }
+                }
+            }
+            form method="post" action={ "/vaults/" (view.name) "/share" } {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="who" { "Share with (NodeId or provider:identity)" }
+                input id="who" name="who" required;
+                label for="action" { "Action" }
+                select id="action" name="action" {
+                    option value="grant" { "Grant clone and pull" }
+                    option value="revoke" { "Revoke everything" }
+                }
+                button type="submit" { "Apply" }
+            }
+            h2 { "History" }
+            table {
+                @for c in view.commits {
+                    tr { td { code { (&c.oid[..12.min(c.oid.len())]) } } td { (c.message) } }
+                }
+            }
+        },
+    )
+}
+
+pub(super) fn peers(
+    nodes: &[node::nodes::NodeRecord],
+    connections: &[node::api::ConnectionInfo],
+    csrf: &str,
+    note: Option<&str>,
+) -> String {
+    layout(
+        "Peers",
+        html! {
+            (nav())
+            (message(note, "note"))
+            form method="post" action="/peers" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="node_id" { "Add a node: NodeId" }
+                input id="node_id" name="node_id" required;
+                label for="addr" { "Address (host:port)" }
+                input id="addr" name="addr" required;
+                button type="submit" { "Add node" }
+            }
+            h2 { "Known nodes" }
+            ul {
+                @for n in nodes {
+                    li {
+                        code { (n.node_id.to_string()) } " at " (n.addrs.join(", "))
+                    }
+                }
+            }
+            h2 { "Open connections" }
+            ul {
+                @for c in connections {
+                    li { code { (c.node) } " " (c.addr) " (" (c.direction) ", rtt " (c.rtt_ms) " ms)" }
+                }
+            }
+        },
+    )
+}
+
+pub(super) fn audit(events: &[node::audit::AuditEvent]) -> String {
+    layout(
+        "Audit log",
+        html! {
+            (nav())
+            table {
+                tr { th { "#" } th { "Event" } th { "Details" } }
+                @for e in events {
+                    tr {
+                        td { (e.seq) }
+                        td { (e.event) }
+                        td { code { (serde_json::Value::Object(e.fields.clone()).to_string()) } }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(super) fn locked() -> String {
+    layout(
+        "Locked",
+        html! {
+            (nav())
+            p { "The node is locked: unlock it on the " a href="/status" { "status page" } " first." }
         },
     )
 }
