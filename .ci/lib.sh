@@ -11,8 +11,9 @@ PK_TPM_PACKAGES=(swtpm swtpm-tools)
 # pcscd with the vpcd reader driver, and Yubico's own yubico-piv-tool and ykcs11 to
 # cross-check the emulated card; iproute2 to bring up loopback in the network namespace
 # the mDNS test runs in; systemd for `systemd-analyze security` on the appliance's unit;
-# curl to claim the development appliance through its console.
-PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl)
+# curl to claim the development appliance through its console; Chromium and its
+# WebDriver for the console's browser tests.
+PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl chromium chromium-driver)
 
 pk_install_packages() {
   local missing=() p

@@ -1,0 +1,449 @@
+//! The console in a real browser: headless Chromium driven through chromedriver
+//! (WebDriver, with thirtyfour). The appliance runs in this process with a software TPM;
+//! a second node runs beside it. A user claims the box with the setup code, sees the
+//! recovery code, watches the node unlock through the TPM, locks and unlocks it, creates a
+//! vault and a secret, adds the second node and shares the vault with it, and finds all
+//! of it in the audit log. Screenshots of each page go to
+//! `target/console-screenshots/`. Afterwards the daemon's log must hold none of the
+//! passwords, recovery words or secret values typed in.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use appliance::config::Config;
+use thirtyfour::prelude::*;
+
+const ADMIN_PASSWORD: &str = "browser-admin-password-7";
+const SECRET_VALUE: &str = "planted-secret-value-42";
+const NODE2_PASSPHRASE: &str = "second node passphrase";
+
+/// Everything the daemon logs, kept for the check at the end.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// chromedriver on a loopback port; killed when dropped.
+struct Driver(std::process::Child, u16);
+
+impl Driver {
+    fn start() -> Driver {
+        hsm::sim::require_program("chromedriver", "chromium-driver").unwrap();
+        hsm::sim::require_program("chromium", "chromium").unwrap();
+        let port = free_port();
+        let child = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver(child, port)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A second node beside the appliance (the library's agent, a passphrase keyslot).
+async fn second_node(dir: &std::path::Path) -> (String, String, node::client::Client) {
+    use hsm::soft::{Argon2Params, SoftProtector};
+    let path = node::NodePath::new(dir.join("second"));
+    let cheap = Argon2Params {
+        m_kib: 8 * 1024,
+        t: 1,
+        p: 1,
+    };
+    node::keyslots::Keyslots::init(
+        &path,
+        &SoftProtector::new(hsm::Pin::from(NODE2_PASSPHRASE), cheap),
+        "second",
+    )
+    .unwrap();
+    let config = node::agent::AgentConfig {
+        node: path.clone(),
+        tokens: node::tokens::TokenConfig::default(),
+        peer_listen: Some("127.0.0.1:0".parse().unwrap()),
+        lan: None,
+        github: node::provider::GitHubConfig::default(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(node::agent::run(config, move || {
+        let _ = tx.send(());
+    }));
+    rx.await.unwrap();
+    let client = node::client::Client::new(&path);
+    client
+        .call(&node::api::Request::Unlock(node::api::UnlockParams {
+            slot: None,
+            kind: Some(hsm::Kind::Soft),
+            secret: Some(node::api::SecretBytes(NODE2_PASSPHRASE.as_bytes().to_vec())),
+        }))
+        .await
+        .unwrap();
+    let node::api::Reply::Status(status) = client.call(&node::api::Request::Status).await.unwrap()
+    else {
+        panic!("no status");
+    };
+    (status.node_id.unwrap(), status.peer_addr.unwrap(), client)
+}
+
+async fn shot(driver: &WebDriver, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    driver
+        .screenshot(&dir.join(format!("{name}.png")))
+        .await
+        .unwrap();
+}
+
+async fn fill(driver: &WebDriver, id: &str, text: &str) {
+    driver
+        .find(By::Id(id))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+async fn submit(driver: &WebDriver, form_action: &str) {
+    driver
+        .find(By::Css(format!(
+            "form[action='{form_action}'] button[type='submit']"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn body(driver: &WebDriver) -> String {
+    driver
+        .find(By::Tag("body"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+    let config = Config {
+        state_dir: dir.path().join("state"),
+        console_listen: "127.0.0.1:0".parse().unwrap(),
+        peer_listen: Some("127.0.0.1:0".parse().unwrap()),
+        lan: false,
+        tpm_tcti: Some(tpm.tcti()),
+        ..Config::default()
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(appliance::daemon::run_until(
+        config,
+        move |started| {
+            let _ = ready_tx.send(started.clone());
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let started = ready_rx.await.unwrap();
+    let code = started.setup_code.clone().unwrap();
+    let (node2, node2_addr, node2_client) = second_node(dir.path()).await;
+
+    let chromedriver = Driver::start();
+    let mut caps = DesiredCapabilities::chrome();
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1000,900",
+    ] {
+        caps.add_arg(arg).unwrap();
+    }
+    let profile = dir.path().join("chromium-profile");
+    caps.add_arg(&format!("--user-data-dir={}", profile.display()))
+        .unwrap();
+    // The console's certificate is self-signed; the test compares its fingerprint with
+    // the one the daemon logged instead.
+    caps.accept_insecure_certs(true).unwrap();
+    let driver = WebDriver::new(format!("http://127.0.0.1:{}", chromedriver.1), caps)
+        .await
+        .unwrap();
+    let console = started.console_url.trim_end_matches('/').to_owned();
+
+    // Setup: the fingerprint shown is the one logged; the setup code claims the box.
+    driver.goto(&console).await.unwrap();
+    assert!(
+        driver
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with("/setup")
+    );
+    assert!(body(&driver).await.contains(&started.fingerprint));
+    shot(&driver, "setup").await;
+    fill(&driver, "setup_code", "WRONG-CODE-0000").await;
+    fill(&driver, "password", ADMIN_PASSWORD).await;
+    fill(&driver, "confirm", ADMIN_PASSWORD).await;
+    submit(&driver, "/setup").await;
+    assert!(body(&driver).await.contains("That is not the setup code."));
+    fill(&driver, "setup_code", &code).await;
+    fill(&driver, "password", ADMIN_PASSWORD).await;
+    fill(&driver, "confirm", ADMIN_PASSWORD).await;
+    submit(&driver, "/setup").await;
+    let words = driver
+        .find(By::Id("recovery-code"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(words.split_whitespace().count(), 24);
+    shot(&driver, "recovery-code").await;
+
+    // The node was sealed by the TPM: it unlocks by itself.
+    driver.goto(format!("{console}/status")).await.unwrap();
+    for _ in 0..50 {
+        if driver
+            .find(By::Id("state"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            == "unlocked"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        driver.refresh().await.unwrap();
+    }
+    assert_eq!(
+        driver
+            .find(By::Id("state"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "unlocked"
+    );
+    assert!(
+        body(&driver).await.contains("tpm"),
+        "the TPM keyslot is listed"
+    );
+    shot(&driver, "status").await;
+    submit(&driver, "/lock").await;
+    assert_eq!(
+        driver
+            .find(By::Id("state"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "locked"
+    );
+    shot(&driver, "locked").await;
+    driver
+        .find(By::Css("select#method option[value='tpm']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    submit(&driver, "/unlock").await;
+    assert_eq!(
+        driver
+            .find(By::Id("state"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "unlocked"
+    );
+
+    // A vault and a secret.
+    driver.goto(format!("{console}/vaults")).await.unwrap();
+    fill(&driver, "name", "family").await;
+    submit(&driver, "/vaults").await;
+    assert!(body(&driver).await.contains("Vault family created."));
+    shot(&driver, "vaults").await;
+    driver
+        .goto(format!("{console}/vaults/family"))
+        .await
+        .unwrap();
+    fill(&driver, "path", "wifi").await;
+    fill(&driver, "value", SECRET_VALUE).await;
+    submit(&driver, "/vaults/family/secrets").await;
+    let page = body(&driver).await;
+    assert!(
+        page.contains("Saved family:wifi.") && page.contains("wifi"),
+        "{page}"
+    );
+    assert!(!page.contains(SECRET_VALUE), "values are never shown");
+
+    // The second node, and the vault shared with it. The second node knows the appliance
+    // too (so it takes the share's notification).
+    let appliance = node::client::Client::new(&node::NodePath::new(dir.path().join("state/node")));
+    let node::api::Reply::Status(me) = appliance.call(&node::api::Request::Status).await.unwrap()
+    else {
+        panic!("no status");
+    };
+    node2_client
+        .call(&node::api::Request::NodesAdd {
+            node: me.node_id.clone().unwrap(),
+            addr: me.peer_addr.clone().unwrap(),
+            no_notify: false,
+            no_ping: false,
+        })
+        .await
+        .unwrap();
+    driver.goto(format!("{console}/peers")).await.unwrap();
+    fill(&driver, "node_id", &node2).await;
+    fill(&driver, "addr", &node2_addr).await;
+    submit(&driver, "/peers").await;
+    assert!(body(&driver).await.contains(&format!("Added {node2}.")));
+    shot(&driver, "peers").await;
+    driver
+        .goto(format!("{console}/vaults/family"))
+        .await
+        .unwrap();
+    fill(&driver, "who", &node2).await;
+    submit(&driver, "/vaults/family/share").await;
+    let page = body(&driver).await;
+    assert!(
+        page.contains(&format!("Shared family with {node2}.")),
+        "{page}"
+    );
+    shot(&driver, "vault").await;
+
+    // All of it is in the audit log.
+    driver.goto(format!("{console}/audit")).await.unwrap();
+    let audit = body(&driver).await;
+    for event in [
+        "agent.locked",
+        "agent.unlocked",
+        "vault.created",
+        "secret.written",
+        "node.added",
+        "vault.shared",
+    ] {
+        assert!(
+            audit.contains(event),
+            "{event} missing from the audit page: {audit}"
+        );
+    }
+    shot(&driver, "audit").await;
+
+    // Log out; a wrong password is refused; the right one logs in.
+    driver.goto(format!("{console}/status")).await.unwrap();
+    submit(&driver, "/logout").await;
+    fill(&driver, "password", "not the password").await;
+    submit(&driver, "/login").await;
+    assert!(body(&driver).await.contains("Wrong password."));
+    shot(&driver, "login").await;
+    fill(&driver, "password", ADMIN_PASSWORD).await;
+    submit(&driver, "/login").await;
+    assert!(
+        driver
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with("/status")
+    );
+
+    // The second node received the share's notification.
+    let node::api::Reply::Notifications(inbox) = node2_client
+        .call(&node::api::Request::NotificationsList {
+            mailbox: node::notifications::Mailbox::Inbox,
+            unread: false,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("no inbox");
+    };
+    assert!(
+        inbox
+            .iter()
+            .any(|n| matches!(&n.body, node::notifications::Body::VaultShare { name, .. } if name == "family")),
+        "{inbox:?}"
+    );
+
+    driver.quit().await.unwrap();
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), daemon).await;
+    let _ = node2_client.call(&node::api::Request::Stop).await;
+
+    let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("console.login"),
+        "the log was captured: {logged}"
+    );
+    for planted in [
+        ADMIN_PASSWORD,
+        SECRET_VALUE,
+        NODE2_PASSPHRASE,
+        words.as_str(),
+    ] {
+        assert!(!logged.contains(planted), "the daemon logged a secret");
+    }
+    let first_words: Vec<&str> = words.split_whitespace().take(3).collect();
+    assert!(
+        !logged.contains(&first_words.join(" ")),
+        "the daemon logged recovery words"
+    );
+    let _ = std::io::stderr().flush();
+}
