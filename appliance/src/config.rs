@@ -18,7 +18,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The admin console's HTTPS address.
     pub console_listen: SocketAddr,
-    /// The peer endpoint's UDP address (QUIC), or none.
+    /// The peer endpoint's UDP address (QUIC), or `"off"`.
+    #[serde(deserialize_with = "address_or_off")]
     pub peer_listen: Option<SocketAddr>,
     /// Advertise the node on the LAN over mDNS.
     pub lan: bool,
@@ -39,6 +40,18 @@ impl Default for Config {
             session_idle_s: 15 * 60,
         }
     }
+}
+
+fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address such as \"0.0.0.0:1314\", or \"off\""
+        ))
+    })
 }
 
 /// Why the configuration could not be used.

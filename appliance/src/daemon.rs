@@ -49,7 +49,13 @@ pub async fn run_until(
     let fingerprint = identity.fingerprint();
     tracing::info!(event = "console.certificate", fingerprint = %fingerprint, "console certificate SHA-256 {fingerprint}");
 
-    let first_token = match &config.tpm_tcti {
+    // Without a TCTI configured, the kernel's TPM resource manager is used if there is one.
+    let tpm_tcti = config.tpm_tcti.clone().or_else(|| {
+        std::path::Path::new("/dev/tpmrm0")
+            .exists()
+            .then(|| "device:/dev/tpmrm0".to_owned())
+    });
+    let first_token = match &tpm_tcti {
         Some(tcti) => FirstToken::Tpm(tcti.clone()),
         None => FirstToken::Passphrase,
     };
@@ -78,7 +84,7 @@ pub async fn run_until(
     let agent_config = node::agent::AgentConfig {
         node: node.clone(),
         tokens: node::tokens::TokenConfig {
-            tcti: config.tpm_tcti.clone(),
+            tcti: tpm_tcti.clone(),
             pkcs11_module: None,
             yubikey_events: None,
         },
@@ -111,6 +117,8 @@ pub async fn run_until(
         .local_addr()
         .map_err(|e| format!("the console's address: {e}"))?;
     tracing::info!(event = "console.listening", address = %address, "console at https://{address}/");
+    // The serial console (stderr under the unit) sees where to go and what to check.
+    eprintln!("pk-appliance: console at https://{address}/ (certificate SHA-256 {fingerprint})");
     let app = console::router(console.clone());
     let server = tokio::spawn(async move { tls::serve(listener, &identity, app).await });
 
@@ -147,6 +155,10 @@ pub async fn run_until(
     }
     let client = node::client::Client::new(&node);
     let _ = client.call(&node::api::Request::Stop).await;
+    if !node.keyslots().exists() {
+        // Never claimed: the agent is still waiting for setup.
+        agent.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
     Ok(())
 }

@@ -129,36 +129,73 @@ async fn shot(driver: &WebDriver, name: &str) {
         .unwrap();
 }
 
+/// The element `by` finds, waiting (up to 10 s) while a page is still loading.
+async fn el(driver: &WebDriver, by: By) -> WebElement {
+    for _ in 0..100 {
+        if let Ok(found) = driver.find(by.clone()).await {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    driver.find(by).await.unwrap()
+}
+
 async fn fill(driver: &WebDriver, id: &str, text: &str) {
-    driver
-        .find(By::Id(id))
-        .await
-        .unwrap()
-        .send_keys(text)
-        .await
-        .unwrap();
+    el(driver, By::Id(id)).await.send_keys(text).await.unwrap();
 }
 
 async fn submit(driver: &WebDriver, form_action: &str) {
-    driver
-        .find(By::Css(format!(
+    el(
+        driver,
+        By::Css(format!(
             "form[action='{form_action}'] button[type='submit']"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        )),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
 }
 
 async fn body(driver: &WebDriver) -> String {
-    driver
-        .find(By::Tag("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    for _ in 0..50 {
+        if let Ok(found) = driver.find(By::Tag("body")).await
+            && let Ok(text) = found.text().await
+        {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no page body");
+}
+
+/// The page's text once it contains `needle` (waiting up to 10 s for the page to load).
+async fn page_with(driver: &WebDriver, needle: &str) -> String {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = body(driver).await;
+        if text.contains(needle) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the page never showed {needle:?}: {text}");
+}
+
+/// Waits (reloading the page) until the status page's state is `want`.
+async fn state_is(driver: &WebDriver, want: &str, reload: bool) {
+    for _ in 0..60 {
+        if let Ok(found) = driver.find(By::Id("state")).await
+            && found.text().await.is_ok_and(|t| t == want)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if reload {
+            let _ = driver.refresh().await;
+        }
+    }
+    panic!("the state never became {want}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +258,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
 
     // Setup: the fingerprint shown is the one logged; the setup code claims the box.
     driver.goto(&console).await.unwrap();
+    page_with(&driver, &started.fingerprint).await;
     assert!(
         driver
             .current_url()
@@ -229,21 +267,18 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
             .as_str()
             .ends_with("/setup")
     );
-    assert!(body(&driver).await.contains(&started.fingerprint));
     shot(&driver, "setup").await;
     fill(&driver, "setup_code", "WRONG-CODE-0000").await;
     fill(&driver, "password", ADMIN_PASSWORD).await;
     fill(&driver, "confirm", ADMIN_PASSWORD).await;
     submit(&driver, "/setup").await;
-    assert!(body(&driver).await.contains("That is not the setup code."));
+    page_with(&driver, "That is not the setup code.").await;
     fill(&driver, "setup_code", &code).await;
     fill(&driver, "password", ADMIN_PASSWORD).await;
     fill(&driver, "confirm", ADMIN_PASSWORD).await;
     submit(&driver, "/setup").await;
-    let words = driver
-        .find(By::Id("recovery-code"))
+    let words = el(&driver, By::Id("recovery-code"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -252,72 +287,30 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
 
     // The node was sealed by the TPM: it unlocks by itself.
     driver.goto(format!("{console}/status")).await.unwrap();
-    for _ in 0..50 {
-        if driver
-            .find(By::Id("state"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            == "unlocked"
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        driver.refresh().await.unwrap();
-    }
-    assert_eq!(
-        driver
-            .find(By::Id("state"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "unlocked"
-    );
+    state_is(&driver, "unlocked", true).await;
     assert!(
         body(&driver).await.contains("tpm"),
         "the TPM keyslot is listed"
     );
     shot(&driver, "status").await;
     submit(&driver, "/lock").await;
-    assert_eq!(
-        driver
-            .find(By::Id("state"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "locked"
-    );
+    page_with(&driver, "Locked: the keys are gone from memory.").await;
+    state_is(&driver, "locked", false).await;
     shot(&driver, "locked").await;
-    driver
-        .find(By::Css("select#method option[value='tpm']"))
+    el(&driver, By::Css("select#method option[value='tpm']"))
         .await
-        .unwrap()
         .click()
         .await
         .unwrap();
     submit(&driver, "/unlock").await;
-    assert_eq!(
-        driver
-            .find(By::Id("state"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "unlocked"
-    );
+    page_with(&driver, "Unlocked.").await;
+    state_is(&driver, "unlocked", false).await;
 
     // A vault and a secret.
     driver.goto(format!("{console}/vaults")).await.unwrap();
     fill(&driver, "name", "family").await;
     submit(&driver, "/vaults").await;
-    assert!(body(&driver).await.contains("Vault family created."));
+    page_with(&driver, "Vault family created.").await;
     shot(&driver, "vaults").await;
     driver
         .goto(format!("{console}/vaults/family"))
@@ -326,11 +319,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     fill(&driver, "path", "wifi").await;
     fill(&driver, "value", SECRET_VALUE).await;
     submit(&driver, "/vaults/family/secrets").await;
-    let page = body(&driver).await;
-    assert!(
-        page.contains("Saved family:wifi.") && page.contains("wifi"),
-        "{page}"
-    );
+    let page = page_with(&driver, "Saved family:wifi.").await;
     assert!(!page.contains(SECRET_VALUE), "values are never shown");
 
     // The second node, and the vault shared with it. The second node knows the appliance
@@ -353,7 +342,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     fill(&driver, "node_id", &node2).await;
     fill(&driver, "addr", &node2_addr).await;
     submit(&driver, "/peers").await;
-    assert!(body(&driver).await.contains(&format!("Added {node2}.")));
+    page_with(&driver, &format!("Added {node2}.")).await;
     shot(&driver, "peers").await;
     driver
         .goto(format!("{console}/vaults/family"))
@@ -361,16 +350,12 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         .unwrap();
     fill(&driver, "who", &node2).await;
     submit(&driver, "/vaults/family/share").await;
-    let page = body(&driver).await;
-    assert!(
-        page.contains(&format!("Shared family with {node2}.")),
-        "{page}"
-    );
+    page_with(&driver, &format!("Shared family with {node2}.")).await;
     shot(&driver, "vault").await;
 
     // All of it is in the audit log.
     driver.goto(format!("{console}/audit")).await.unwrap();
-    let audit = body(&driver).await;
+    let audit = page_with(&driver, "vault.shared").await;
     for event in [
         "agent.locked",
         "agent.unlocked",
@@ -391,10 +376,11 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     submit(&driver, "/logout").await;
     fill(&driver, "password", "not the password").await;
     submit(&driver, "/login").await;
-    assert!(body(&driver).await.contains("Wrong password."));
+    page_with(&driver, "Wrong password.").await;
     shot(&driver, "login").await;
     fill(&driver, "password", ADMIN_PASSWORD).await;
     submit(&driver, "/login").await;
+    page_with(&driver, "Keyslots").await;
     assert!(
         driver
             .current_url()

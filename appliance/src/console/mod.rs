@@ -218,9 +218,11 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn session_cookie(token: &str, max_age: Duration) -> HeaderValue {
+    // No Max-Age: the cookie lasts as long as the browser; the session itself ends on the
+    // server after `max_age` without use (every page view renews it).
+    let _ = max_age;
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
-        max_age.as_secs()
+        "{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("pk_session=; Max-Age=0"))
 }
@@ -736,6 +738,9 @@ async fn agent(c: &Console, request: AgentRequest) -> Result<Reply, Box<Response
         Box::new(match e {
             node::client::ClientError::Api(api) if api.code == node::api::ErrorCode::Locked => {
                 Html(pages::locked()).into_response()
+            }
+            node::client::ClientError::Api(api) if api.code == node::api::ErrorCode::NotFound => {
+                (StatusCode::NOT_FOUND, api.message).into_response()
             }
             other => (StatusCode::SERVICE_UNAVAILABLE, other.to_string()).into_response(),
         })

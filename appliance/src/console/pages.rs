@@ -151,6 +151,18 @@ pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&str>) -> Strin
     )
 }
 
+/// `name` as one URL path segment (percent-encoded but for unreserved characters).
+fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 /// The navigation every signed-in page carries.
 fn nav() -> Markup {
     html! {
@@ -181,7 +193,7 @@ pub(super) fn vaults(list: &[node::vault::VaultRecord], csrf: &str, note: Option
             ul {
                 @for v in list {
                     li {
-                        a href={ "/vaults/" (v.name) } { (v.name) }
+                        a href={ "/vaults/" (segment(&v.name)) } { (v.name) }
                         " "
                         code { (v.id.to_string()) }
                         @if let Some(pull) = &v.sync.last_pull {
@@ -213,7 +225,7 @@ pub(super) fn vault(view: &VaultView<'_>, csrf: &str, note: Option<&str>) -> Str
                     li { (e.name) @if e.kind == node::vault::EntryType::Dir { "/" } }
                 }
             }
-            form method="post" action={ "/vaults/" (view.name) "/secrets" } {
+            form method="post" action={ "/vaults/" (segment(view.name)) "/secrets" } {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="path" { "New secret: path" }
                 input id="path" name="path" required;
@@ -230,7 +242,7 @@ pub(super) fn vault(view: &VaultView<'_>, csrf: &str, note: Option<&str>) -> Str
                     }
                 }
             }
-            form method="post" action={ "/vaults/" (view.name) "/share" } {
+            form method="post" action={ "/vaults/" (segment(view.name)) "/share" } {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="who" { "Share with (NodeId or provider:identity)" }
                 input id="who" name="who" required;

@@ -8,8 +8,8 @@
 //! can be pointed at it; otherwise it exits after unlocking. The node's agent runs in this
 //! process, so `pk` commands work against the development node while it is up.
 //!
-//! The appliance's admin console does not exist yet; when it does, this command will
-//! start it and print its address.
+//! The appliance with its admin console is brought up by `pk-appliance-dev` (quick-start
+//! command 1); this command is the bare node, for working with the `pk` CLI.
 
 #![forbid(unsafe_code)]
 
@@ -172,7 +172,7 @@ fn serve(
             }
             _ => return Err("unexpected reply".into()),
         }
-        say!("  admin console: not available yet (the appliance daemon will serve it)");
+        say!("  admin console: run the appliance instead (bash .ci/dev) for it");
         let tcti_env = tcti.map(|t| format!(" PK_TPM_TCTI={t}")).unwrap_or_default();
         say!("  try: PK_NODE_PATH={node}{tcti_env} cargo run -q -p node --bin pk -- vaults list");
         if once || !std::io::stdin().is_terminal() {
