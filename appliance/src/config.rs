@@ -25,6 +25,9 @@ pub struct Config {
     pub lan: bool,
     /// The TPM (TCTI), e.g. `device:/dev/tpmrm0`; none: no TPM.
     pub tpm_tcti: Option<String>,
+    /// The PKCS#11 module for PKCS#11 keyslots, e.g. `/usr/lib/softhsm/libsofthsm2.so`;
+    /// none: PKCS#11 keyslots cannot be enrolled or opened.
+    pub pkcs11_module: Option<PathBuf>,
     /// Idle time after which a console session ends, in seconds.
     pub session_idle_s: u64,
 }
@@ -37,6 +40,7 @@ impl Default for Config {
             peer_listen: Some(SocketAddr::from(([0, 0, 0, 0], 1314))),
             lan: false,
             tpm_tcti: None,
+            pkcs11_module: None,
             session_idle_s: 15 * 60,
         }
     }

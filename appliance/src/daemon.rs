@@ -72,7 +72,14 @@ pub async fn run_until(
         );
         eprintln!("pk-appliance: setup code {}", code.as_str());
     }
+    let tokens = node::tokens::TokenConfig {
+        tcti: tpm_tcti.clone(),
+        pkcs11_module: config.pkcs11_module.clone(),
+        yubikey_events: None,
+    };
     let console = Console::new(ConsoleConfig {
+        tokens: tokens.clone(),
+        lan: config.lan,
         node: node.clone(),
         dir: config.console_dir(),
         first_token,
@@ -84,9 +91,9 @@ pub async fn run_until(
     let agent_config = node::agent::AgentConfig {
         node: node.clone(),
         tokens: node::tokens::TokenConfig {
-            tcti: tpm_tcti.clone(),
-            pkcs11_module: None,
-            yubikey_events: None,
+            // YubiKey touch prompts reach the console's unlock page.
+            yubikey_events: Some(console.yubikey_events()),
+            ..tokens
         },
         peer_listen: config.peer_listen,
         lan: config.lan.then_some(node::lan::Interfaces::Lan),

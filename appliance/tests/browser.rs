@@ -19,6 +19,9 @@ use thirtyfour::prelude::*;
 const ADMIN_PASSWORD: &str = "browser-admin-password-7";
 const SECRET_VALUE: &str = "planted-secret-value-42";
 const NODE2_PASSPHRASE: &str = "second node passphrase";
+const SPARE_PASSPHRASE: &str = "a spare unlock passphrase";
+const YUBIKEY_PIN: &str = "73915846";
+const LAPTOP_SECRET: &str = "laptop-secret-value-19";
 
 /// Everything the daemon logs, kept for the check at the end.
 #[derive(Clone, Default)]
@@ -153,6 +156,31 @@ async fn submit(driver: &WebDriver, form_action: &str) {
     )
     .await
     .click()
+    .await
+    .unwrap();
+}
+
+/// Types into the first element the CSS selector finds, after clearing it.
+async fn fill_css(driver: &WebDriver, css: &str, text: &str) {
+    let found = el(driver, By::Css(css)).await;
+    found.clear().await.unwrap();
+    found.send_keys(text).await.unwrap();
+}
+
+/// Sets the emulated card's PIN, as its owner would before enrolling it.
+async fn change_pin(old: &str, new: &str) {
+    let (old, new) = (old.to_owned(), new.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut last = None;
+        for _ in 0..150 {
+            match yubikey::YubiKey::open() {
+                Ok(mut key) => return key.change_pin(old.as_bytes(), new.as_bytes()).unwrap(),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the emulated YubiKey never showed up: {last:?}");
+    })
     .await
     .unwrap();
 }
@@ -321,6 +349,16 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     submit(&driver, "/vaults/family/secrets").await;
     let page = page_with(&driver, "Saved family:wifi.").await;
     assert!(!page.contains(SECRET_VALUE), "values are never shown");
+    // ...until the admin reveals one, which the audit log records.
+    el(&driver, By::Id("reveal-wifi"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    page_with(&driver, "the reveal is in the audit log").await;
+    let revealed = el(&driver, By::Id("revealed")).await.text().await.unwrap();
+    assert_eq!(revealed, SECRET_VALUE);
+    shot(&driver, "reveal").await;
 
     // The second node, and the vault shared with it. The second node knows the appliance
     // too (so it takes the share's notification).
@@ -343,7 +381,36 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     fill(&driver, "addr", &node2_addr).await;
     submit(&driver, "/peers").await;
     page_with(&driver, &format!("Added {node2}.")).await;
+    // The pairing code carries this node's NodeId and the address the browser used.
+    let pairing = el(&driver, By::Id("pairing")).await.text().await.unwrap();
+    let my_id = me.node_id.clone().unwrap();
+    let my_port = me
+        .peer_addr
+        .clone()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(pairing, format!("pk://{my_id}@127.0.0.1:{my_port}"));
+    el(
+        &driver,
+        By::Css(format!(
+            "form[action='/peers/ping'] input[value='{node2}'] ~ button"
+        )),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    page_with(&driver, &format!("{node2} answered from")).await;
     shot(&driver, "peers").await;
+    driver
+        .goto(format!("{console}/peers/pair.svg"))
+        .await
+        .unwrap();
+    let svg = driver.source().await.unwrap();
+    assert!(svg.contains("<svg"), "the QR code is an SVG image: {svg}");
     driver
         .goto(format!("{console}/vaults/family"))
         .await
@@ -352,6 +419,170 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     submit(&driver, "/vaults/family/share").await;
     page_with(&driver, &format!("Shared family with {node2}.")).await;
     shot(&driver, "vault").await;
+
+    // A scheduled pull of the second node's vault: the backups page shows its result,
+    // and so does the status page.
+    node2_client
+        .call(&node::api::Request::VaultsCreate("laptop".into()))
+        .await
+        .unwrap();
+    node2_client
+        .upload(
+            &node::api::Request::SecretsWrite {
+                vault: "laptop".into(),
+                path: "ssh-key".into(),
+                kind: node::api::WriteKind::Write,
+                size: Some(LAPTOP_SECRET.len() as u64),
+            },
+            LAPTOP_SECRET.as_bytes(),
+        )
+        .await
+        .unwrap();
+    node2_client
+        .call(&node::api::Request::VaultsShare {
+            vault: "laptop".into(),
+            node: my_id.clone(),
+            permissions: vec![
+                node::nodes::VaultPermission::Clone,
+                node::nodes::VaultPermission::Pull,
+            ],
+            grant: true,
+        })
+        .await
+        .unwrap();
+    driver.goto(format!("{console}/backups")).await.unwrap();
+    fill(&driver, "vault", "laptop").await;
+    fill(&driver, "node_id", &node2).await;
+    el(&driver, By::Id("every_min"))
+        .await
+        .clear()
+        .await
+        .unwrap();
+    fill(&driver, "every_min", "1").await;
+    submit(&driver, "/backups").await;
+    page_with(&driver, "laptop from").await;
+    let mut result = String::new();
+    for _ in 0..100 {
+        driver.goto(format!("{console}/backups")).await.unwrap();
+        result = el(&driver, By::Css("td.result"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        if result.starts_with("ok") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(result.starts_with("ok"), "the scheduled pull ran: {result}");
+    shot(&driver, "backups").await;
+    driver.goto(format!("{console}/status")).await.unwrap();
+    page_with(&driver, "laptop from").await;
+
+    // Keyslots: a spare passphrase, enrolled with the TPM's say-so, tested, removed.
+    driver.goto(format!("{console}/keyslots")).await.unwrap();
+    el(&driver, By::Css("select#kind option[value='passphrase']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    fill(&driver, "secret", SPARE_PASSPHRASE).await;
+    fill(&driver, "label", "spare").await;
+    el(
+        &driver,
+        By::Css("select#enrol-auth_method option[value='tpm']"),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    submit(&driver, "/keyslots").await;
+    page_with(&driver, "Enrolled keyslot 2 (soft).").await;
+    fill_css(
+        &driver,
+        "input[placeholder='passphrase']",
+        "not the spare passphrase",
+    )
+    .await;
+    el(&driver, By::Id("test-2")).await.click().await.unwrap();
+    page_with(&driver, "Keyslot 2 did not open").await;
+    fill_css(&driver, "input[placeholder='passphrase']", SPARE_PASSPHRASE).await;
+    el(&driver, By::Id("test-2")).await.click().await.unwrap();
+    page_with(&driver, "Keyslot 2 opens this node's data key.").await;
+    el(&driver, By::Css("select#slot option[value='2']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    el(
+        &driver,
+        By::Css("select#remove-auth_method option[value='tpm']"),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    submit(&driver, "/keyslots/remove").await;
+    page_with(&driver, "Removed keyslot 2 (soft).").await;
+
+    // A YubiKey (the emulated PIV card behind pcscd): enrolled, then it unlocks the node
+    // with its PIN and a touch; the console says "touch your key now", then the outcome.
+    let pcsc_dir = dir.path().join("pcscd");
+    let pcscd = hsm::sim::pcsc::Pcscd::start(&pcsc_dir).unwrap();
+    let card = hsm::sim::piv::PivCard::create(&dir.path().join("card.json"), 4242)
+        .unwrap()
+        .connect(hsm::sim::pcsc::Pcscd::card_addr())
+        .unwrap();
+    let touch = card.touch();
+    change_pin(hsm::sim::piv::DEFAULT_PIN, YUBIKEY_PIN).await;
+    el(&driver, By::Css("select#kind option[value='yubikey']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    fill(&driver, "secret", YUBIKEY_PIN).await;
+    el(
+        &driver,
+        By::Css("select#enrol-auth_method option[value='tpm']"),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    submit(&driver, "/keyslots").await;
+    page_with(&driver, "Enrolled keyslot 3 (yubikey).").await;
+    shot(&driver, "keyslots").await;
+    driver.goto(format!("{console}/status")).await.unwrap();
+    submit(&driver, "/lock").await;
+    state_is(&driver, "locked", false).await;
+    // Nobody touches the key: the prompt shows, then the unlock fails.
+    touch.set_mode(hsm::sim::piv::TouchMode::Never);
+    touch.set_timeout(Duration::from_secs(4));
+    el(&driver, By::Css("select#method option[value='yubikey']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    fill(&driver, "secret", YUBIKEY_PIN).await;
+    submit(&driver, "/unlock").await;
+    let prompt = el(&driver, By::Id("touch")).await.text().await.unwrap();
+    assert!(prompt.contains("Touch your key now."), "{prompt}");
+    shot(&driver, "touch-your-key").await;
+    page_with(&driver, "Not unlocked").await;
+    state_is(&driver, "locked", false).await;
+    // Now the key is touched.
+    touch.set_mode(hsm::sim::piv::TouchMode::Approve);
+    el(&driver, By::Css("select#method option[value='yubikey']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    fill(&driver, "secret", YUBIKEY_PIN).await;
+    submit(&driver, "/unlock").await;
+    page_with(&driver, "Unlocked.").await;
+    state_is(&driver, "unlocked", false).await;
+    let _ = card.stop();
+    drop(pcscd);
 
     // All of it is in the audit log.
     driver.goto(format!("{console}/audit")).await.unwrap();
@@ -363,6 +594,10 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         "secret.written",
         "node.added",
         "vault.shared",
+        "secret.revealed",
+        "backup.added",
+        "keyslot.enrolled",
+        "keyslot.removed",
     ] {
         assert!(
             audit.contains(event),
@@ -380,7 +615,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     shot(&driver, "login").await;
     fill(&driver, "password", ADMIN_PASSWORD).await;
     submit(&driver, "/login").await;
-    page_with(&driver, "Keyslots").await;
+    page_with(&driver, "Last backups").await;
     assert!(
         driver
             .current_url()
@@ -389,6 +624,19 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
             .as_str()
             .ends_with("/status")
     );
+
+    driver.goto(format!("{console}/audit")).await.unwrap();
+    let audit = page_with(&driver, "console.login").await;
+    for event in [
+        "console.login_failed",
+        "console.logout",
+        "\"via\":\"console\"",
+    ] {
+        assert!(
+            audit.contains(event),
+            "{event} missing from the audit page: {audit}"
+        );
+    }
 
     // The second node received the share's notification.
     let node::api::Reply::Notifications(inbox) = node2_client
@@ -422,6 +670,9 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         ADMIN_PASSWORD,
         SECRET_VALUE,
         NODE2_PASSPHRASE,
+        SPARE_PASSPHRASE,
+        YUBIKEY_PIN,
+        LAPTOP_SECRET,
         words.as_str(),
     ] {
         assert!(!logged.contains(planted), "the daemon logged a secret");

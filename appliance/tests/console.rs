@@ -14,6 +14,33 @@ use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
 const CODE: &str = "ABCD-EFGH-JKLM";
+
+/// Every page and form but setup, login and the stylesheet.
+const PAGES: &[(&str, &str)] = &[
+    ("GET", "/status"),
+    ("POST", "/lock"),
+    ("POST", "/unlock"),
+    ("GET", "/unlock/wait"),
+    ("POST", "/logout"),
+    ("GET", "/vaults"),
+    ("POST", "/vaults"),
+    ("GET", "/vaults/x"),
+    ("POST", "/vaults/x/secrets"),
+    ("POST", "/vaults/x/reveal"),
+    ("POST", "/vaults/x/share"),
+    ("GET", "/peers"),
+    ("POST", "/peers"),
+    ("POST", "/peers/ping"),
+    ("GET", "/peers/pair.svg"),
+    ("GET", "/backups"),
+    ("POST", "/backups"),
+    ("POST", "/backups/remove"),
+    ("GET", "/keyslots"),
+    ("POST", "/keyslots"),
+    ("POST", "/keyslots/test"),
+    ("POST", "/keyslots/remove"),
+    ("GET", "/audit"),
+];
 const PASSWORD: &str = "a long admin password";
 
 struct Answer {
@@ -30,6 +57,8 @@ fn console(dir: &std::path::Path) -> Arc<Console> {
         session_idle: Duration::from_secs(600),
         fingerprint: "AA:BB".into(),
         setup_code: Some(zeroize::Zeroizing::new(CODE.into())),
+        tokens: node::tokens::TokenConfig::default(),
+        lan: false,
     })
 }
 
@@ -98,18 +127,16 @@ async fn setup_login_sessions_and_csrf() {
     // Before setup everything leads to setup, and nothing works without a session.
     let home = send(&c, "GET", "/", None, None, here).await;
     assert_eq!(home.headers[header::LOCATION], "/setup");
-    for (method, path) in [
-        ("GET", "/status"),
-        ("POST", "/lock"),
-        ("POST", "/unlock"),
-        ("POST", "/logout"),
-    ] {
+    for (method, path) in PAGES {
         let answer = send(
             &c,
             method,
             path,
             None,
-            Some("csrf=x&method=tpm&who=x&action=grant&name=x&path=x&value=x&node_id=x&addr=x"),
+            Some(
+                "csrf=x&method=tpm&who=x&action=grant&name=x&path=x&value=x&node_id=x&addr=x\
+                 &kind=tpm&auth_method=tpm&slot=0",
+            ),
             here,
         )
         .await;
@@ -214,6 +241,18 @@ async fn setup_login_sessions_and_csrf() {
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
     let missing = send(&c, "POST", "/lock", Some(&cookie), Some(""), here).await;
     assert_eq!(missing.status, StatusCode::FORBIDDEN);
+    for (method, path) in PAGES.iter().filter(|(m, _)| *m == "POST") {
+        let forged = send(
+            &c,
+            method,
+            path,
+            Some(&cookie),
+            Some("csrf=wrong&method=tpm&name=x&path=x&value=x&node_id=x&kind=tpm&auth_method=tpm&slot=0&who=x&action=grant"),
+            here,
+        )
+        .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN, "{method} {path}");
+    }
     let api = send(&c, "GET", "/api/status", Some(&cookie), None, here).await;
     assert_eq!(api.status, StatusCode::OK);
     assert!(
@@ -276,4 +315,330 @@ async fn setup_login_sessions_and_csrf() {
             .status,
         StatusCode::OK
     );
+}
+
+/// Sends a JSON API call; `csrf` goes in the `X-CSRF-Token` header.
+async fn api(
+    console: &Arc<Console>,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    csrf: Option<&str>,
+    body: serde_json::Value,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    if let Some(csrf) = csrf {
+        request = request.header(console::api::CSRF_HEADER, csrf);
+    }
+    let mut request = request.body(Body::from(body.to_string())).unwrap();
+    request
+        .extensions_mut()
+        .insert(ClientAddr(SocketAddr::from(([127, 0, 0, 1], 50000))));
+    let response = console::router(console.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, value)
+}
+
+/// Every route the OpenAPI document lists, with its method, `{...}` filled in.
+fn documented_routes() -> Vec<(String, String)> {
+    let doc: serde_json::Value = serde_json::from_str(console::api::OPENAPI).unwrap();
+    assert_eq!(
+        doc["openapi"].as_str().unwrap().split('.').next(),
+        Some("3")
+    );
+    let mut routes = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post"].contains(&method.as_str()) {
+                let path = path.replace("{name}", "x").replace("{id}", "0");
+                routes.push((method.to_uppercase(), path));
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn the_json_api_needs_a_session_and_its_csrf_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = console(dir.path());
+    let routes = documented_routes();
+    assert!(routes.len() >= 20, "the document lists the API: {routes:?}");
+
+    // Without a session, every route but setup and login refuses.
+    for (method, path) in &routes {
+        if path == "/api/setup" || path == "/api/login" {
+            continue;
+        }
+        let (status, headers, body) =
+            api(&c, method, path, None, None, serde_json::json!({})).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+        assert!(body["error"].is_string(), "{method} {path}: {body}");
+        assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
+    }
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/login",
+        None,
+        None,
+        serde_json::json!({ "password": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "not set up yet: {body}");
+
+    // Setup through the API (as the QEMU suite does): the recovery code, a cookie, a token.
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/setup",
+        None,
+        None,
+        serde_json::json!({ "setup_code": "WRONG-CODE", "password": PASSWORD, "confirm": PASSWORD, "passphrase": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, headers, body) = api(
+        &c,
+        "POST",
+        "/api/setup",
+        None,
+        None,
+        serde_json::json!({ "setup_code": CODE.to_lowercase(), "password": PASSWORD, "confirm": PASSWORD, "passphrase": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["recovery_code"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count(),
+        24
+    );
+    let cookie = headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = body["csrf"].as_str().unwrap().to_owned();
+
+    // With the session, a POST without the header (or with a wrong one) is refused.
+    for (method, path) in routes
+        .iter()
+        .filter(|(m, p)| m == "POST" && !p.ends_with("/setup") && !p.ends_with("/login"))
+    {
+        let (status, _, body) =
+            api(&c, method, path, Some(&cookie), None, serde_json::json!({})).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        let (status, _, _) = api(
+            &c,
+            method,
+            path,
+            Some(&cookie),
+            Some("wrong"),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+    }
+    let (status, _, doc) = api(
+        &c,
+        "GET",
+        "/api/openapi.json",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/api/keyslots"].is_object());
+
+    // Keyslots through the API: a second passphrase slot, authorised by the first;
+    // tested with the right and a wrong passphrase; removed; the last words are kept.
+    let (status, _, slots) = api(
+        &c,
+        "GET",
+        "/api/keyslots",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<&str> = slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["soft", "recovery"]);
+    let second = "the second unlock passphrase";
+    let enrol = |auth: &str| serde_json::json!({ "kind": "passphrase", "secret": second, "label": "spare", "auth_method": "passphrase", "auth_secret": auth });
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/keyslots",
+        Some(&cookie),
+        Some(&token),
+        enrol("not the passphrase"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a wrong authorisation enrols nothing: {body}"
+    );
+    assert!(
+        !body.to_string().contains("not the passphrase"),
+        "no secret in an error: {body}"
+    );
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/keyslots",
+        Some(&cookie),
+        Some(&token),
+        enrol(PASSWORD),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, slots) = api(
+        &c,
+        "GET",
+        "/api/keyslots",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    let spare = slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["label"] == "spare")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        &format!("/api/keyslots/{spare}/test"),
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({ "secret": second }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        &format!("/api/keyslots/{spare}/test"),
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({ "secret": "a wrong passphrase here" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        &format!("/api/keyslots/{spare}/remove"),
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({ "auth_method": "passphrase", "auth_secret": second }),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the slot that authorises cannot be removed: {body}"
+    );
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        &format!("/api/keyslots/{spare}/remove"),
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({ "auth_method": "passphrase", "auth_secret": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, slots) = api(
+        &c,
+        "GET",
+        "/api/keyslots",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(slots.as_array().unwrap().len(), 2);
+
+    // Views need the agent, which this test does not run: a clear error, no panic.
+    let (status, _, body) = api(
+        &c,
+        "GET",
+        "/api/vaults",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    // Logging in through the API, and out.
+    let (status, headers, body) = api(
+        &c,
+        "POST",
+        "/api/login",
+        None,
+        None,
+        serde_json::json!({ "password": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cookie = headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = body["csrf"].as_str().unwrap().to_owned();
+    let (status, _, _) = api(
+        &c,
+        "POST",
+        "/api/logout",
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = api(
+        &c,
+        "GET",
+        "/api/status",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -64,6 +64,53 @@ pub enum KeyslotEvent {
     Removed,
 }
 
+/// Where a reveal came from, for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Via {
+    /// The `pk` CLI (or another client of the agent socket).
+    Cli,
+    /// The appliance's admin console.
+    Console,
+}
+
+impl Via {
+    /// The name in the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Cli => "cli",
+            Via::Console => "console",
+        }
+    }
+}
+
+/// Something that happened in the appliance's admin console, for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleEvent {
+    /// The box was claimed with the setup code.
+    SetupDone,
+    /// The admin logged in.
+    Login,
+    /// A wrong admin password.
+    LoginFailed,
+    /// A login refused because of too many wrong passwords.
+    LoginThrottled,
+    /// The admin logged out.
+    Logout,
+}
+
+impl ConsoleEvent {
+    /// The event's name in the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsoleEvent::SetupDone => "console.setup",
+            ConsoleEvent::Login => "console.login",
+            ConsoleEvent::LoginFailed => "console.login_failed",
+            ConsoleEvent::LoginThrottled => "console.login_throttled",
+            ConsoleEvent::Logout => "console.logout",
+        }
+    }
+}
+
 /// How a secret write is recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteKind {
@@ -97,6 +144,14 @@ pub enum Request {
         slot: u32,
         /// Its kind.
         kind: hsm::Kind,
+    },
+    /// The admin console records one of its events in the audit log (now, or at the next
+    /// unlock if locked).
+    ConsoleEvent {
+        /// What happened.
+        event: ConsoleEvent,
+        /// The browser's address.
+        client: String,
     },
     /// This node's NodeId.
     KeysPublic,
@@ -170,6 +225,8 @@ pub enum Request {
         vault: String,
         /// Path in the vault.
         path: String,
+        /// Who asked, for the audit log.
+        via: Via,
     },
     /// List a directory.
     SecretsLs {

@@ -14,17 +14,20 @@
 //! Nothing secret (passwords, PINs, recovery words, the setup code once used, session
 //! tokens) reaches a log line.
 
+mod actions;
+pub mod api;
 mod pages;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Form, FromRequestParts, State};
+use axum::extract::{Form, FromRequestParts, Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Request, StatusCode};
@@ -32,10 +35,13 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use node::NodePath;
-use node::api::{Reply, Request as AgentRequest, SecretBytes, UnlockParams};
+use node::api::{ConsoleEvent, Request as AgentRequest};
 use node::client::Client;
 use serde::Deserialize;
 use zeroize::Zeroizing;
+
+pub use actions::{Enrolment, SlotView, StatusView};
+use actions::{Outcome, ViewError};
 
 /// Wrong passwords from one address allowed per minute before it is throttled.
 pub const LOGIN_ATTEMPTS_PER_MINUTE: usize = 5;
@@ -73,11 +79,23 @@ pub struct ConsoleConfig {
     pub fingerprint: String,
     /// The setup code (only before setup).
     pub setup_code: Option<Zeroizing<String>>,
+    /// Where this machine's tokens are (TPM TCTI, PKCS#11 module).
+    pub tokens: node::tokens::TokenConfig,
+    /// Whether the peers page may listen for nodes on the LAN (mDNS).
+    pub lan: bool,
 }
 
 struct Session {
     csrf: String,
     last_used: Instant,
+    /// A YubiKey unlock this session started and follows.
+    job: Option<Arc<Job>>,
+}
+
+/// An operation running in the background while its page refreshes itself.
+#[derive(Default)]
+struct Job {
+    outcome: Mutex<Option<Outcome>>,
 }
 
 /// The console's state.
@@ -88,6 +106,8 @@ pub struct Console {
     sessions: Mutex<HashMap<String, Session>>,
     failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
     started: Instant,
+    /// A YubiKey waits for a touch.
+    touch: Arc<AtomicBool>,
     /// Told once setup has made the node (the daemon then starts its agent).
     pub node_created: tokio::sync::Notify,
 }
@@ -141,6 +161,7 @@ impl Console {
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            touch: Arc::new(AtomicBool::new(false)),
             node_created: tokio::sync::Notify::new(),
         })
     }
@@ -169,6 +190,7 @@ impl Console {
                 Session {
                     csrf: csrf.clone(),
                     last_used: Instant::now(),
+                    job: None,
                 },
             );
         (token, csrf)
@@ -183,6 +205,54 @@ impl Console {
         let session = sessions.get_mut(&token)?;
         session.last_used = Instant::now();
         Some(session.csrf.clone())
+    }
+
+    fn job(&self, headers: &HeaderMap) -> Option<Arc<Job>> {
+        let token = cookie(headers, SESSION_COOKIE)?;
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get(&token)?.job.clone()
+    }
+
+    fn set_job(&self, headers: &HeaderMap, job: Option<Arc<Job>>) {
+        if let Some(token) = cookie(headers, SESSION_COOKIE) {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(session) = sessions.get_mut(&token) {
+                session.job = job;
+            }
+        }
+    }
+
+    /// Where YubiKey touch prompts go: the agent's and the console's own token
+    /// operations report them here, and the unlock page shows "touch your key now".
+    pub fn yubikey_events(&self) -> hsm::yubikey::EventSink {
+        let touch = self.touch.clone();
+        Arc::new(move |event| {
+            let waiting = matches!(event, hsm::yubikey::YubiKeyEvent::TouchNeeded { .. });
+            touch.store(waiting, Ordering::SeqCst);
+        })
+    }
+
+    fn touch_needed(&self) -> bool {
+        self.touch.load(Ordering::SeqCst)
+    }
+
+    /// This machine's tokens, with touch prompts going to the console.
+    fn tokens(&self) -> node::tokens::TokenConfig {
+        let mut tokens = self.config.tokens.clone();
+        tokens.yubikey_events = Some(self.yubikey_events());
+        tokens
+    }
+
+    /// Records a console event in the node's audit log (kept for the next unlock while
+    /// locked; lost only if the agent is not running at all, as before setup).
+    async fn record(&self, event: ConsoleEvent, client: IpAddr) {
+        let request = AgentRequest::ConsoleEvent {
+            event,
+            client: client.to_string(),
+        };
+        if let Err(e) = self.client.call(&request).await {
+            tracing::warn!(event = "console.audit_failed", error = %e, "a console event could not reach the audit log");
+        }
     }
 
     fn end_session(&self, headers: &HeaderMap) {
@@ -217,10 +287,9 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-fn session_cookie(token: &str, max_age: Duration) -> HeaderValue {
+fn session_cookie(token: &str) -> HeaderValue {
     // No Max-Age: the cookie lasts as long as the browser; the session itself ends on the
-    // server after `max_age` without use (every page view renews it).
-    let _ = max_age;
+    // server after the idle time without use (every page view renews it).
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/"
     ))
@@ -244,7 +313,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-/// The console's routes.
+/// The console's routes: the pages, and the JSON admin API under `/api/`.
 pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/", get(home))
@@ -255,13 +324,22 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/status", get(status_page))
         .route("/lock", post(lock))
         .route("/unlock", post(unlock))
-        .route("/api/status", get(api_status))
+        .route("/unlock/wait", get(unlock_wait))
         .route("/vaults", get(vaults_page).post(vault_create))
         .route("/vaults/{name}", get(vault_page))
         .route("/vaults/{name}/share", post(vault_share))
         .route("/vaults/{name}/secrets", post(secret_write))
+        .route("/vaults/{name}/reveal", post(secret_reveal))
         .route("/peers", get(peers_page).post(peer_add))
+        .route("/peers/ping", post(peer_ping))
+        .route("/peers/pair.svg", get(pairing_qr))
+        .route("/backups", get(backups_page).post(backup_add))
+        .route("/backups/remove", post(backup_remove))
+        .route("/keyslots", get(keyslots_page).post(keyslot_enroll))
+        .route("/keyslots/test", post(keyslot_test))
+        .route("/keyslots/remove", post(keyslot_remove))
         .route("/audit", get(audit_page))
+        .merge(api::routes(console.clone()))
         .with_state(console)
         .layer(middleware::from_fn(security_headers))
 }
@@ -327,20 +405,41 @@ pub struct SetupForm {
 
 async fn setup(State(c): State<Arc<Console>>, Form(form): Form<SetupForm>) -> Response {
     let form = Zeroizing::new(form);
-    if c.is_set_up() {
-        return (StatusCode::FORBIDDEN, "this box is set up already").into_response();
-    }
-    let refuse = |status: StatusCode, message: &str| {
-        (
+    match claim(&c, &form).await {
+        Ok(claimed) => {
+            let mut response =
+                Html(pages::recovery(&claimed.recovery, &claimed.csrf)).into_response();
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, session_cookie(&claimed.token));
+            response
+        }
+        Err((status, message)) => (
             status,
             Html(pages::setup(
                 &c.config.fingerprint,
                 &c.config.first_token,
-                Some(message),
+                Some(&message),
             )),
         )
-            .into_response()
-    };
+            .into_response(),
+    }
+}
+
+/// A claimed box: the recovery code to show once, and the admin's first session.
+struct Claimed {
+    recovery: Zeroizing<String>,
+    token: String,
+    csrf: String,
+}
+
+/// Claims the box: checks the setup code, makes the node with its first keyslot and the
+/// recovery code, and stores the admin password.
+async fn claim(c: &Console, form: &SetupForm) -> Result<Claimed, (StatusCode, String)> {
+    if c.is_set_up() {
+        return Err((StatusCode::FORBIDDEN, "This box is set up already.".into()));
+    }
+    let refuse = |status: StatusCode, message: &str| Err((status, message.to_owned()));
     let expected = c
         .setup_code
         .lock()
@@ -404,12 +503,9 @@ async fn setup(State(c): State<Arc<Console>>, Form(form): Form<SetupForm>) -> Re
             );
         }
     };
-    let hash = match hash_password(&form.password) {
-        Ok(hash) => hash,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    };
     let account = Account {
-        password_hash: hash,
+        password_hash: hash_password(&form.password)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?,
     };
     if let Err(e) = write_private(
         &c.account_path(),
@@ -430,12 +526,11 @@ async fn setup(State(c): State<Arc<Console>>, Form(form): Form<SetupForm>) -> Re
         "the box was claimed; node created"
     );
     let (token, csrf) = c.new_session();
-    let mut response = Html(pages::recovery(&recovery, &csrf)).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        session_cookie(&token, c.config.session_idle),
-    );
-    response
+    Ok(Claimed {
+        recovery: Zeroizing::new(recovery.as_str().to_owned()),
+        token,
+        csrf,
+    })
 }
 
 fn hash_password(password: &str) -> Result<String, String> {
@@ -509,49 +604,63 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let form = Zeroizing::new(form);
+    match sign_in(&c, ip, &form.password).await {
+        Ok((token, _)) => {
+            let mut response = Redirect::to("/status").into_response();
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, session_cookie(&token));
+            response
+        }
+        Err((status, message)) if status == StatusCode::CONFLICT => {
+            let _ = message;
+            Redirect::to("/setup").into_response()
+        }
+        Err((status, message)) => (
+            status,
+            Html(pages::login(&c.config.fingerprint, Some(&message))),
+        )
+            .into_response(),
+    }
+}
+
+/// Checks the admin password (throttled per address); a new session's token and CSRF
+/// token. `CONFLICT` means the box is not set up yet.
+async fn sign_in(
+    c: &Console,
+    ip: IpAddr,
+    password: &str,
+) -> Result<(String, String), (StatusCode, String)> {
     if c.throttled(ip, false) {
         tracing::warn!(event = "console.login_throttled", client = %ip, "login throttled");
-        return (
+        c.record(ConsoleEvent::LoginThrottled, ip).await;
+        return Err((
             StatusCode::TOO_MANY_REQUESTS,
-            Html(pages::login(
-                &c.config.fingerprint,
-                Some("Too many wrong passwords: wait a minute."),
-            )),
-        )
-            .into_response();
+            "Too many wrong passwords: wait a minute.".into(),
+        ));
     }
     let Some(account) = c.account() else {
-        return Redirect::to("/setup").into_response();
+        return Err((StatusCode::CONFLICT, "This box is not set up yet.".into()));
     };
-    let password = form.password.clone();
-    let hash = account.password_hash.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        let password = Zeroizing::new(password);
-        verify_password(&hash, &password)
-    })
-    .await
-    .unwrap_or(false);
+    let password = Zeroizing::new(password.to_owned());
+    let hash = account.password_hash;
+    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
     if !ok {
         let throttled = c.throttled(ip, true);
         tracing::warn!(event = "console.login_failed", client = %ip, "failed login");
-        return (
-            if throttled {
-                StatusCode::TOO_MANY_REQUESTS
-            } else {
-                StatusCode::UNAUTHORIZED
-            },
-            Html(pages::login(&c.config.fingerprint, Some("Wrong password."))),
-        )
-            .into_response();
+        c.record(ConsoleEvent::LoginFailed, ip).await;
+        let status = if throttled {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        return Err((status, "Wrong password.".into()));
     }
     tracing::info!(event = "console.login", client = %ip, "admin logged in");
-    let (token, _) = c.new_session();
-    let mut response = Redirect::to("/status").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        session_cookie(&token, c.config.session_idle),
-    );
-    response
+    c.record(ConsoleEvent::Login, ip).await;
+    Ok(c.new_session())
 }
 
 /// A form that only carries the CSRF token.
@@ -561,25 +670,40 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-/// Checks the session and the CSRF token of a state-changing request.
-fn authorised(c: &Console, headers: &HeaderMap, csrf: &str) -> Result<(), Box<Response>> {
-    match c.session(headers) {
-        None => Err(Box::new(Redirect::to("/login").into_response())),
-        Some(expected) if constant_time_eq(expected.as_bytes(), csrf.as_bytes()) => Ok(()),
-        Some(_) => {
-            tracing::warn!(
-                event = "console.csrf_refused",
-                "a form without its CSRF token"
-            );
-            Err(Box::new(
-                (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response(),
-            ))
-        }
+/// The session's CSRF token for a signed-in page, or the way to the login page.
+fn signed_in(c: &Console, headers: &HeaderMap) -> Result<String, Box<Response>> {
+    c.session(headers)
+        .ok_or_else(|| Box::new(Redirect::to("/login").into_response()))
+}
+
+/// Checks the session and the CSRF token of a state-changing request; hands back the
+/// token for the page that answers.
+fn authorised(c: &Console, headers: &HeaderMap, csrf: &str) -> Result<String, Box<Response>> {
+    let expected = signed_in(c, headers)?;
+    if constant_time_eq(expected.as_bytes(), csrf.as_bytes()) {
+        return Ok(expected);
+    }
+    tracing::warn!(
+        event = "console.csrf_refused",
+        "a form without its CSRF token"
+    );
+    Err(Box::new(
+        (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response(),
+    ))
+}
+
+/// A view that could not be read, as a page.
+fn view_failed(e: ViewError) -> Response {
+    match e {
+        ViewError::Locked => Html(pages::locked()).into_response(),
+        ViewError::NotFound(m) => (StatusCode::NOT_FOUND, m).into_response(),
+        ViewError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m).into_response(),
     }
 }
 
 async fn logout(
     State(c): State<Arc<Console>>,
+    Peer(ip): Peer,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
@@ -587,6 +711,7 @@ async fn logout(
         return *r;
     }
     c.end_session(&headers);
+    c.record(ConsoleEvent::Logout, ip).await;
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -597,68 +722,15 @@ async fn logout(
     response
 }
 
-/// What the status page and `/api/status` show.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct StatusView {
-    /// `locked`, `unlocked`, or `starting`.
-    pub state: String,
-    /// The NodeId when unlocked.
-    pub node_id: Option<String>,
-    /// The peer endpoint.
-    pub peer_addr: Option<String>,
-    /// Seconds since the console started.
-    pub uptime_s: u64,
-    /// pk version.
-    pub version: String,
-    /// The console certificate's SHA-256 fingerprint.
-    pub fingerprint: String,
-    /// The keyslots: id, kind, label.
-    pub keyslots: Vec<(u32, String, String)>,
-}
-
-async fn status_view(c: &Console) -> StatusView {
-    let agent = c.client.call(&AgentRequest::Status).await;
-    let (state, node_id, peer_addr) = match agent {
-        Ok(Reply::Status(s)) => (s.state, s.node_id, s.peer_addr),
-        _ => ("starting".to_owned(), None, None),
-    };
-    let keyslots = node::keyslots::Keyslots::open(&c.config.node)
-        .map(|k| {
-            k.slots()
-                .iter()
-                .map(|s| {
-                    (
-                        s.header.id,
-                        s.header.kind.to_string(),
-                        s.header.label.clone(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    StatusView {
-        state,
-        node_id,
-        peer_addr,
-        uptime_s: c.started.elapsed().as_secs(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        fingerprint: c.config.fingerprint.clone(),
-        keyslots,
-    }
-}
-
 async fn status_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let Some(csrf) = c.session(&headers) else {
-        return Redirect::to("/login").into_response();
-    };
-    Html(pages::status(&status_view(&c).await, &csrf, None)).into_response()
+    match signed_in(&c, &headers) {
+        Ok(csrf) => status_view(&c, &csrf, None).await,
+        Err(r) => *r,
+    }
 }
 
-async fn api_status(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if c.session(&headers).is_none() {
-        return (StatusCode::UNAUTHORIZED, "log in first").into_response();
-    }
-    axum::Json(status_view(&c).await).into_response()
+async fn status_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
+    Html(pages::status(&actions::status(c).await, csrf, note)).into_response()
 }
 
 async fn lock(
@@ -666,18 +738,12 @@ async fn lock(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = authorised(&c, &headers, &form.csrf) {
-        return *r;
-    }
-    let message = match c.client.call(&AgentRequest::Lock).await {
-        Ok(_) => {
-            tracing::info!(event = "console.lock", "locked from the console");
-            "Locked: the keys are gone from memory.".to_owned()
-        }
-        Err(e) => format!("Could not lock: {e}"),
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
     };
-    let csrf = c.session(&headers).unwrap_or_default();
-    Html(pages::status(&status_view(&c).await, &csrf, Some(&message))).into_response()
+    let outcome = actions::lock(&c).await;
+    status_view(&c, &csrf, Some(&outcome)).await
 }
 
 /// The unlock form.
@@ -702,64 +768,61 @@ async fn unlock(
     Form(form): Form<UnlockForm>,
 ) -> Response {
     let form = Zeroizing::new(form);
-    if let Err(r) = authorised(&c, &headers, &form.csrf) {
-        return *r;
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
+    };
+    if form.method == "yubikey" {
+        // The card waits for a touch: unlock in the background and show a page that
+        // follows it ("touch your key now", then the outcome), refreshing itself.
+        let job = Arc::new(Job::default());
+        c.set_job(&headers, Some(job.clone()));
+        let secret = Zeroizing::new(form.secret.clone());
+        let console = c.clone();
+        tokio::spawn(async move {
+            let outcome = actions::unlock(&console, "yubikey", &secret).await;
+            *job.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        });
+        return Redirect::to("/unlock/wait").into_response();
     }
-    let kind = match form.method.as_str() {
-        "tpm" => Some(hsm::Kind::Tpm),
-        "passphrase" => Some(hsm::Kind::Soft),
-        "recovery" => Some(hsm::Kind::Recovery),
-        "pkcs11" => Some(hsm::Kind::Pkcs11),
-        "yubikey" => Some(hsm::Kind::YubiKey),
-        _ => None,
-    };
-    let params = UnlockParams {
-        slot: None,
-        kind,
-        secret: (!form.secret.is_empty()).then(|| SecretBytes(form.secret.as_bytes().to_vec())),
-    };
-    let message = match c.client.call(&AgentRequest::Unlock(params)).await {
-        Ok(_) => {
-            tracing::info!(event = "console.unlock", method = %form.method, "unlocked from the console");
-            "Unlocked.".to_owned()
-        }
-        Err(e) => {
-            tracing::warn!(event = "console.unlock_failed", method = %form.method, "unlock failed");
-            format!("Not unlocked: {e}")
-        }
-    };
-    let csrf = c.session(&headers).unwrap_or_default();
-    Html(pages::status(&status_view(&c).await, &csrf, Some(&message))).into_response()
+    let outcome = actions::unlock(&c, &form.method, &form.secret).await;
+    status_view(&c, &csrf, Some(&outcome)).await
 }
 
-/// Runs `request` against the agent; a locked agent shows the "unlock first" page.
-async fn agent(c: &Console, request: AgentRequest) -> Result<Reply, Box<Response>> {
-    c.client.call(&request).await.map_err(|e| {
-        Box::new(match e {
-            node::client::ClientError::Api(api) if api.code == node::api::ErrorCode::Locked => {
-                Html(pages::locked()).into_response()
-            }
-            node::client::ClientError::Api(api) if api.code == node::api::ErrorCode::NotFound => {
-                (StatusCode::NOT_FOUND, api.message).into_response()
-            }
-            other => (StatusCode::SERVICE_UNAVAILABLE, other.to_string()).into_response(),
-        })
-    })
-}
-
-async fn vaults_view(c: &Console, csrf: &str, note: Option<&str>) -> Response {
-    match agent(c, AgentRequest::VaultsList).await {
-        Ok(Reply::Vaults(list)) => Html(pages::vaults(&list, csrf, note)).into_response(),
-        Ok(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unexpected reply").into_response(),
-        Err(r) => *r,
+async fn unlock_wait(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let csrf = match signed_in(&c, &headers) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
+    };
+    let Some(job) = c.job(&headers) else {
+        return Redirect::to("/status").into_response();
+    };
+    let outcome = job
+        .outcome
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match outcome {
+        None => Html(pages::unlock_wait(c.touch_needed())).into_response(),
+        Some(outcome) => {
+            c.set_job(&headers, None);
+            status_view(&c, &csrf, Some(&outcome)).await
+        }
     }
 }
 
 async fn vaults_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let Some(csrf) = c.session(&headers) else {
-        return Redirect::to("/login").into_response();
-    };
-    vaults_view(&c, &csrf, None).await
+    match signed_in(&c, &headers) {
+        Ok(csrf) => vaults_view(&c, &csrf, None).await,
+        Err(r) => *r,
+    }
+}
+
+async fn vaults_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
+    match actions::vaults(c).await {
+        Ok(list) => Html(pages::vaults(&list, csrf, note)).into_response(),
+        Err(e) => view_failed(e),
+    }
 }
 
 /// The new-vault form.
@@ -775,22 +838,36 @@ async fn vault_create(
     headers: HeaderMap,
     Form(form): Form<NameForm>,
 ) -> Response {
-    if let Err(r) = authorised(&c, &headers, &form.csrf) {
-        return *r;
-    }
-    let note = match c
-        .client
-        .call(&AgentRequest::VaultsCreate(form.name.trim().to_owned()))
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(event = "console.vault_created", vault = %form.name.trim(), "vault created from the console");
-            format!("Vault {} created.", form.name.trim())
-        }
-        Err(e) => format!("Not created: {e}"),
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
     };
-    let csrf = c.session(&headers).unwrap_or_default();
-    vaults_view(&c, &csrf, Some(&note)).await
+    let outcome = actions::vault_create(&c, &form.name).await;
+    vaults_view(&c, &csrf, Some(&outcome)).await
+}
+
+async fn vault_page(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    match signed_in(&c, &headers) {
+        Ok(csrf) => vault_view(&c, &name, &csrf, None, None).await,
+        Err(r) => *r,
+    }
+}
+
+async fn vault_view(
+    c: &Console,
+    name: &str,
+    csrf: &str,
+    note: Option<&Outcome>,
+    revealed: Option<(&str, &[u8])>,
+) -> Response {
+    match actions::vault(c, name).await {
+        Ok(detail) => Html(pages::vault(&detail, csrf, note, revealed)).into_response(),
+        Err(e) => view_failed(e),
+    }
 }
 
 /// The new-secret form.
@@ -811,84 +888,53 @@ impl zeroize::Zeroize for SecretForm {
 async fn secret_write(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Path(name): Path<String>,
     Form(form): Form<SecretForm>,
 ) -> Response {
     let form = Zeroizing::new(form);
-    if let Err(r) = authorised(&c, &headers, &form.csrf) {
-        return *r;
-    }
-    let value = Zeroizing::new(form.value.as_bytes().to_vec());
-    let request = AgentRequest::SecretsWrite {
-        vault: name.clone(),
-        path: form.path.trim().to_owned(),
-        kind: node::api::WriteKind::Write,
-        size: Some(value.len() as u64),
-    };
-    let note = match c.client.upload(&request, &value[..]).await {
-        Ok(_) => {
-            tracing::info!(event = "console.secret_written", vault = %name, path = %form.path.trim(), "secret written from the console");
-            format!("Saved {}:{}.", name, form.path.trim())
-        }
-        Err(e) => format!("Not saved: {e}"),
-    };
-    let csrf = c.session(&headers).unwrap_or_default();
-    vault_view(&c, &name, &csrf, Some(&note)).await
-}
-
-async fn vault_view(c: &Console, name: &str, csrf: &str, note: Option<&str>) -> Response {
-    let entries = match agent(
-        c,
-        AgentRequest::SecretsLs {
-            vault: name.to_owned(),
-            path: String::new(),
-        },
-    )
-    .await
-    {
-        Ok(Reply::Entries(e)) => e,
-        Ok(_) => Vec::new(),
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
         Err(r) => return *r,
     };
-    let commits = match agent(
-        c,
-        AgentRequest::VaultsLog {
-            vault: name.to_owned(),
-            depth: Some(20),
-            from: None,
-        },
-    )
-    .await
-    {
-        Ok(Reply::Commits(list)) => list,
-        _ => Vec::new(),
-    };
-    let shares = match agent(c, AgentRequest::VaultsPermissions(name.to_owned())).await {
-        Ok(Reply::Shares(list)) => list,
-        _ => Vec::new(),
-    };
-    Html(pages::vault(
-        &pages::VaultView {
-            name,
-            entries: &entries,
-            commits: &commits,
-            shares: &shares,
-        },
-        csrf,
-        note,
-    ))
-    .into_response()
+    let outcome = actions::secret_write(&c, &name, &form.path, form.value.as_bytes()).await;
+    vault_view(&c, &name, &csrf, Some(&outcome), None).await
 }
 
-async fn vault_page(
+/// The reveal button of a secret.
+#[derive(Deserialize)]
+pub struct RevealForm {
+    #[serde(default)]
+    csrf: String,
+    path: String,
+}
+
+async fn secret_reveal(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Path(name): Path<String>,
+    Form(form): Form<RevealForm>,
 ) -> Response {
-    let Some(csrf) = c.session(&headers) else {
-        return Redirect::to("/login").into_response();
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
     };
-    vault_view(&c, &name, &csrf, None).await
+    match actions::reveal(&c, &name, &form.path).await {
+        Ok(value) => {
+            let note = Ok(format!(
+                "Revealed {name}:{}; the reveal is in the audit log.",
+                form.path.trim()
+            ));
+            vault_view(
+                &c,
+                &name,
+                &csrf,
+                Some(&note),
+                Some((form.path.trim(), &value)),
+            )
+            .await
+        }
+        Err(e) => vault_view(&c, &name, &csrf, Some(&Err(e)), None).await,
+    }
 }
 
 /// The share form of a vault page.
@@ -903,43 +949,15 @@ pub struct ShareForm {
 async fn vault_share(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    Path(name): Path<String>,
     Form(form): Form<ShareForm>,
 ) -> Response {
-    if let Err(r) = authorised(&c, &headers, &form.csrf) {
-        return *r;
-    }
-    let grant = form.action == "grant";
-    let request = AgentRequest::VaultsShare {
-        vault: name.clone(),
-        node: form.who.trim().to_owned(),
-        permissions: if grant {
-            vec![
-                node::nodes::VaultPermission::Clone,
-                node::nodes::VaultPermission::Pull,
-            ]
-        } else {
-            vec![
-                node::nodes::VaultPermission::Clone,
-                node::nodes::VaultPermission::Pull,
-                node::nodes::VaultPermission::Push,
-            ]
-        },
-        grant,
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
     };
-    let note = match c.client.call(&request).await {
-        Ok(_) => {
-            tracing::info!(event = "console.share", vault = %name, peer = %form.who.trim(), grant, "sharing changed from the console");
-            if grant {
-                format!("Shared {name} with {}.", form.who.trim())
-            } else {
-                format!("{name} is no longer shared with {}.", form.who.trim())
-            }
-        }
-        Err(e) => format!("Not changed: {e}"),
-    };
-    let csrf = c.session(&headers).unwrap_or_default();
-    vault_view(&c, &name, &csrf, Some(&note)).await
+    let outcome = actions::share(&c, &name, &form.who, form.action == "grant").await;
+    vault_view(&c, &name, &csrf, Some(&outcome), None).await
 }
 
 /// The add-node form.
@@ -948,66 +966,308 @@ pub struct PeerForm {
     #[serde(default)]
     csrf: String,
     node_id: String,
+    #[serde(default)]
     addr: String,
 }
 
 async fn peer_add(
     State(c): State<Arc<Console>>,
+    ConsoleHost(host): ConsoleHost,
     headers: HeaderMap,
     Form(form): Form<PeerForm>,
 ) -> Response {
-    if let Err(r) = authorised(&c, &headers, &form.csrf) {
-        return *r;
-    }
-    let request = AgentRequest::NodesAdd {
-        node: form.node_id.trim().to_owned(),
-        addr: form.addr.trim().to_owned(),
-        no_notify: false,
-        no_ping: false,
-    };
-    let note = match c.client.call(&request).await {
-        Ok(_) => {
-            tracing::info!(event = "console.node_added", peer = %form.node_id.trim(), "node added from the console");
-            format!("Added {}.", form.node_id.trim())
-        }
-        Err(e) => format!("Not added: {e}"),
-    };
-    let csrf = c.session(&headers).unwrap_or_default();
-    peers_view(&c, &csrf, Some(&note)).await
-}
-
-async fn peers_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let Some(csrf) = c.session(&headers) else {
-        return Redirect::to("/login").into_response();
-    };
-    peers_view(&c, &csrf, None).await
-}
-
-async fn peers_view(c: &Console, csrf: &str, note: Option<&str>) -> Response {
-    let nodes = match agent(c, AgentRequest::NodesGetAll).await {
-        Ok(Reply::Nodes(list)) => list,
-        Ok(_) => Vec::new(),
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
         Err(r) => return *r,
     };
-    let connections = match agent(c, AgentRequest::NodesConnections).await {
-        Ok(Reply::Connections(list)) => list,
-        _ => Vec::new(),
+    let outcome = actions::peer_add(&c, &form.node_id, &form.addr).await;
+    peers_view(&c, host.as_deref(), &csrf, Some(&outcome), None).await
+}
+
+async fn peer_ping(
+    State(c): State<Arc<Console>>,
+    ConsoleHost(host): ConsoleHost,
+    headers: HeaderMap,
+    Form(form): Form<PeerForm>,
+) -> Response {
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
     };
-    Html(pages::peers(&nodes, &connections, csrf, note)).into_response()
+    let outcome = actions::peer_ping(&c, &form.node_id).await;
+    peers_view(&c, host.as_deref(), &csrf, Some(&outcome), None).await
+}
+
+/// `?discover=1` on the peers page listens for nodes on the LAN.
+#[derive(Deserialize)]
+pub struct PeersQuery {
+    #[serde(default)]
+    discover: Option<String>,
+}
+
+async fn peers_page(
+    State(c): State<Arc<Console>>,
+    ConsoleHost(host): ConsoleHost,
+    headers: HeaderMap,
+    Query(query): Query<PeersQuery>,
+) -> Response {
+    let csrf = match signed_in(&c, &headers) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
+    };
+    let lan = match query.discover {
+        Some(_) if !c.config.lan => Some(Err(
+            "LAN discovery is off: set lan = true in config.toml.".to_owned(),
+        )),
+        Some(_) => Some(actions::lan_nodes(&c).await.map_err(|e| e.to_string())),
+        None => None,
+    };
+    peers_view(&c, host.as_deref(), &csrf, None, lan.as_ref()).await
+}
+
+/// How a laptop reaches this node: the console's host name as the browser typed it,
+/// with the peer endpoint's port.
+fn pairing(host: Option<&str>, status: &actions::StatusView) -> Option<String> {
+    let node_id = status.node_id.as_deref()?;
+    let port = status
+        .peer_addr
+        .as_deref()?
+        .parse::<SocketAddr>()
+        .ok()?
+        .port();
+    Some(format!("pk://{node_id}@{}:{port}", host?))
+}
+
+/// The console's host as the browser addressed it: the request's authority (HTTP/2) or
+/// its `Host` header (HTTP/1.1), without the port.
+struct ConsoleHost(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConsoleHost {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let authority = parts.uri.authority().cloned().or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        });
+        Ok(ConsoleHost(authority.map(|a| a.host().to_owned())))
+    }
+}
+
+async fn peers_view(
+    c: &Console,
+    host: Option<&str>,
+    csrf: &str,
+    note: Option<&Outcome>,
+    lan: Option<&Result<Vec<node::lan::Found>, String>>,
+) -> Response {
+    let view = match actions::peers(c).await {
+        Ok(view) => view,
+        Err(e) => return view_failed(e),
+    };
+    let status = actions::status(c).await;
+    let pair = pairing(host, &status);
+    Html(pages::peers(
+        &view,
+        &pages::PeersExtra {
+            pairing: pair.as_deref(),
+            lan,
+            lan_enabled: c.config.lan,
+        },
+        csrf,
+        note,
+    ))
+    .into_response()
+}
+
+/// The pairing QR code (NodeId and address) as SVG.
+async fn pairing_qr(
+    State(c): State<Arc<Console>>,
+    ConsoleHost(host): ConsoleHost,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = signed_in(&c, &headers) {
+        return *r;
+    }
+    let status = actions::status(&c).await;
+    let Some(text) = pairing(host.as_deref(), &status) else {
+        return (StatusCode::NOT_FOUND, "unlock the node first").into_response();
+    };
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => (
+            [(header::CONTENT_TYPE, "image/svg+xml")],
+            code.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(240, 240)
+                .build(),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "no QR code").into_response(),
+    }
+}
+
+async fn backups_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    match signed_in(&c, &headers) {
+        Ok(csrf) => backups_view(&c, &csrf, None).await,
+        Err(r) => *r,
+    }
+}
+
+async fn backups_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
+    match actions::backups(c).await {
+        Ok(list) => Html(pages::backups(&list, csrf, note)).into_response(),
+        Err(e) => view_failed(e),
+    }
+}
+
+/// The new scheduled pull form.
+#[derive(Deserialize)]
+pub struct BackupForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    vault: String,
+    #[serde(default)]
+    node_id: String,
+    #[serde(default)]
+    every_min: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn backup_add(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<BackupForm>,
+) -> Response {
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
+    };
+    let outcome = match form.every_min.trim().parse::<u64>() {
+        Ok(minutes) if minutes > 0 => {
+            actions::backup_add(&c, &form.vault, &form.node_id, minutes * 60, &form.name).await
+        }
+        _ => Err("The interval is a whole number of minutes, 1 or more.".to_owned()),
+    };
+    backups_view(&c, &csrf, Some(&outcome)).await
+}
+
+async fn backup_remove(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<BackupForm>,
+) -> Response {
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
+    };
+    let outcome = actions::backup_remove(&c, &form.name).await;
+    backups_view(&c, &csrf, Some(&outcome)).await
+}
+
+async fn keyslots_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    match signed_in(&c, &headers) {
+        Ok(csrf) => keyslots_view(&c, &csrf, None),
+        Err(r) => *r,
+    }
+}
+
+fn keyslots_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
+    Html(pages::keyslots(
+        &actions::keyslots(c),
+        c.config.tokens.pkcs11_module.is_some(),
+        csrf,
+        note,
+    ))
+    .into_response()
+}
+
+/// The enrol form: [`actions::Enrolment`] and the CSRF token.
+#[derive(Deserialize)]
+pub struct EnrolForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    enrolment: actions::Enrolment,
+}
+
+async fn keyslot_enroll(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<EnrolForm>,
+) -> Response {
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
+    };
+    let outcome = actions::keyslot_enroll(&c, form.enrolment).await;
+    keyslots_view(&c, &csrf, Some(&outcome))
+}
+
+/// The test and remove forms of a keyslot.
+#[derive(Deserialize)]
+pub struct SlotForm {
+    #[serde(default)]
+    csrf: String,
+    slot: u32,
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    auth_method: String,
+    #[serde(default)]
+    auth_secret: String,
+}
+
+impl zeroize::Zeroize for SlotForm {
+    fn zeroize(&mut self) {
+        self.secret.zeroize();
+        self.auth_secret.zeroize();
+    }
+}
+
+async fn keyslot_test(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<SlotForm>,
+) -> Response {
+    let form = Zeroizing::new(form);
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
+    };
+    let outcome = actions::keyslot_test(&c, form.slot, form.secret.clone()).await;
+    keyslots_view(&c, &csrf, Some(&outcome))
+}
+
+async fn keyslot_remove(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<SlotForm>,
+) -> Response {
+    let form = Zeroizing::new(form);
+    let csrf = match authorised(&c, &headers, &form.csrf) {
+        Ok(csrf) => csrf,
+        Err(r) => return *r,
+    };
+    let outcome = actions::keyslot_remove(
+        &c,
+        form.slot,
+        form.auth_method.clone(),
+        form.auth_secret.clone(),
+    )
+    .await;
+    keyslots_view(&c, &csrf, Some(&outcome))
 }
 
 async fn audit_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if c.session(&headers).is_none() {
-        return Redirect::to("/login").into_response();
+    if let Err(r) = signed_in(&c, &headers) {
+        return *r;
     }
-    let query = node::audit::AuditQuery {
-        limit: Some(200),
-        newest_first: true,
-        ..Default::default()
-    };
-    match agent(&c, AgentRequest::Audit(query)).await {
-        Ok(Reply::Events(events)) => Html(pages::audit(&events)).into_response(),
-        Ok(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unexpected reply").into_response(),
-        Err(r) => *r,
+    match actions::audit(&c).await {
+        Ok(events) => Html(pages::audit(&events)).into_response(),
+        Err(e) => view_failed(e),
     }
 }

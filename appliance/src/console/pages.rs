@@ -2,7 +2,8 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::{FirstToken, StatusView};
+use super::FirstToken;
+use super::actions::{Outcome, PeersView, SlotView, StatusView, VaultDetail};
 
 /// The one stylesheet (served from the console itself: the CSP allows nothing else).
 pub(super) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#1d2125}\
@@ -11,12 +12,21 @@ button{margin-top:.8rem;font-size:1rem;padding:.4rem 1rem}.note{background:#eef3
 .error{background:#fbeaea;padding:.6rem;border-radius:4px}code{word-break:break-all}table{border-collapse:collapse}td,th{padding:.2rem .6rem;text-align:left}";
 
 fn layout(title: &str, body: Markup) -> String {
+    page(title, None, body)
+}
+
+/// A page; with `refresh`, the browser reloads it after that many seconds (a meta tag:
+/// no script needed).
+fn page(title: &str, refresh: Option<u32>, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(seconds) = refresh {
+                    meta http-equiv="refresh" content=(seconds);
+                }
                 title { (title) " · pk appliance" }
                 link rel="stylesheet" href="/style.css";
             }
@@ -27,6 +37,15 @@ fn layout(title: &str, body: Markup) -> String {
         }
     }
     .into_string()
+}
+
+/// What an action did, or why it did nothing.
+fn outcome(note: Option<&Outcome>) -> Markup {
+    match note {
+        Some(Ok(text)) => message(Some(text), "note"),
+        Some(Err(text)) => message(Some(text), "error"),
+        None => html! {},
+    }
 }
 
 fn message(text: Option<&str>, class: &str) -> Markup {
@@ -102,24 +121,70 @@ pub(super) fn login(fingerprint: &str, error: Option<&str>) -> String {
     )
 }
 
-pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&str>) -> String {
+/// `bytes` in the largest unit that keeps a number of 1 or more.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn pull_result(last: Option<&node::vault::PullOutcome>) -> Markup {
+    html! {
+        @match last {
+            Some(pull) => {
+                (if pull.ok { "ok" } else { "FAILED" }) ": " (pull.message) " (at " (pull.time) ")"
+            }
+            None => "not pulled yet",
+        }
+    }
+}
+
+/// The unlock methods a form offers.
+fn method_options() -> Markup {
+    html! {
+        option value="passphrase" { "Passphrase" }
+        option value="tpm" { "TPM" }
+        option value="pkcs11" { "PKCS#11 token PIN" }
+        option value="yubikey" { "YubiKey PIN (then touch the key)" }
+        option value="recovery" { "Recovery code" }
+    }
+}
+
+pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&Outcome>) -> String {
     layout(
         "Status",
         html! {
             (nav())
-            (message(note, "note"))
+            (outcome(note))
             table {
                 tr { th { "State" } td id="state" { (view.state) } }
                 tr { th { "NodeId" } td { code { (view.node_id.as_deref().unwrap_or("(locked)")) } } }
                 tr { th { "Peer endpoint" } td { (view.peer_addr.as_deref().unwrap_or("-")) } }
+                tr { th { "Peers" } td id="peers" { (view.peers_known) " known, " (view.peers_connected) " connected" } }
+                tr { th { "Disk" } td id="disk" { (size(view.disk_free_bytes)) " free of " (size(view.disk_total_bytes)) } }
                 tr { th { "Uptime" } td { (view.uptime_s) " s" } }
                 tr { th { "Version" } td { (view.version) } }
                 tr { th { "Certificate" } td { code { (view.fingerprint) } } }
             }
             h2 { "Keyslots" }
             ul {
-                @for (id, kind, label) in &view.keyslots {
-                    li { (id) ": " (kind) " " (label) }
+                @for slot in &view.keyslots {
+                    li { (slot.id) ": " (slot.kind) " " (slot.label) }
+                }
+            }
+            p { a href="/keyslots" { "Enrol, test or remove keyslots" } }
+            h2 { "Last backups" }
+            @if view.backups.is_empty() {
+                p { "No scheduled pulls." }
+            }
+            ul {
+                @for b in &view.backups {
+                    li { (b.name) " from " code { (b.node) } ": " (pull_result(b.last.as_ref())) }
                 }
             }
             @if view.state == "unlocked" {
@@ -131,13 +196,7 @@ pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&str>) -> Strin
                 form method="post" action="/unlock" {
                     input type="hidden" name="csrf" value=(csrf);
                     label for="method" { "Unlock with" }
-                    select id="method" name="method" {
-                        option value="passphrase" { "Passphrase" }
-                        option value="tpm" { "TPM" }
-                        option value="pkcs11" { "PKCS#11 token PIN" }
-                        option value="yubikey" { "YubiKey PIN (then touch the key)" }
-                        option value="recovery" { "Recovery code" }
-                    }
+                    select id="method" name="method" { (method_options()) }
                     label for="secret" { "PIN, passphrase or recovery code" }
                     input id="secret" name="secret" type="password" autocomplete="off";
                     button type="submit" { "Unlock" }
@@ -147,6 +206,22 @@ pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&str>) -> Strin
                 input type="hidden" name="csrf" value=(csrf);
                 button type="submit" { "Log out" }
             }
+        },
+    )
+}
+
+/// A YubiKey unlock in progress: the page reloads itself every second until it is over.
+pub(super) fn unlock_wait(touch: bool) -> String {
+    page(
+        "Unlocking with the YubiKey",
+        Some(1),
+        html! {
+            @if touch {
+                p class="note" id="touch" { strong { "Touch your key now." } " The YubiKey is blinking: touch its contact." }
+            } @else {
+                p id="waiting" { "Talking to the YubiKey..." }
+            }
+            p { "This page follows the unlock and shows its outcome." }
         },
     )
 }
@@ -170,17 +245,23 @@ fn nav() -> Markup {
             a href="/status" { "Status" } " · "
             a href="/vaults" { "Vaults" } " · "
             a href="/peers" { "Peers" } " · "
+            a href="/backups" { "Backups" } " · "
+            a href="/keyslots" { "Keyslots" } " · "
             a href="/audit" { "Audit log" }
         }
     }
 }
 
-pub(super) fn vaults(list: &[node::vault::VaultRecord], csrf: &str, note: Option<&str>) -> String {
+pub(super) fn vaults(
+    list: &[node::vault::VaultRecord],
+    csrf: &str,
+    note: Option<&Outcome>,
+) -> String {
     layout(
         "Vaults",
         html! {
             (nav())
-            (message(note, "note"))
+            (outcome(note))
             form method="post" action="/vaults" {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="name" { "New vault" }
@@ -206,26 +287,40 @@ pub(super) fn vaults(list: &[node::vault::VaultRecord], csrf: &str, note: Option
     )
 }
 
-pub(super) struct VaultView<'a> {
-    pub(super) name: &'a str,
-    pub(super) entries: &'a [node::vault::Entry],
-    pub(super) commits: &'a [node::vault::CommitInfo],
-    pub(super) shares: &'a [node::nodes::Share],
-}
-
-pub(super) fn vault(view: &VaultView<'_>, csrf: &str, note: Option<&str>) -> String {
+pub(super) fn vault(
+    view: &VaultDetail,
+    csrf: &str,
+    note: Option<&Outcome>,
+    revealed: Option<(&str, &[u8])>,
+) -> String {
+    let action = |what: &str| format!("/vaults/{}/{what}", segment(&view.name));
     layout(
         &format!("Vault {}", view.name),
         html! {
             (nav())
-            (message(note, "note"))
-            h2 { "Secrets (top level; values are not shown)" }
-            ul {
-                @for e in view.entries {
-                    li { (e.name) @if e.kind == node::vault::EntryType::Dir { "/" } }
+            (outcome(note))
+            @if let Some((path, value)) = revealed {
+                h2 { "Value of " (path) }
+                pre id="revealed" { (String::from_utf8_lossy(value)) }
+            }
+            h2 { "Secrets (top level; a value is shown only when you reveal it)" }
+            table {
+                @for e in &view.entries {
+                    tr {
+                        td { (e.name) @if e.kind == node::vault::EntryType::Dir { "/" } }
+                        td {
+                            @if e.kind != node::vault::EntryType::Dir {
+                                form method="post" action=(action("reveal")) {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="path" value=(e.name);
+                                    button type="submit" id={ "reveal-" (e.name) } { "Reveal" }
+                                }
+                            }
+                        }
+                    }
                 }
             }
-            form method="post" action={ "/vaults/" (segment(view.name)) "/secrets" } {
+            form method="post" action=(action("secrets")) {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="path" { "New secret: path" }
                 input id="path" name="path" required;
@@ -235,14 +330,14 @@ pub(super) fn vault(view: &VaultView<'_>, csrf: &str, note: Option<&str>) -> Str
             }
             h2 { "Shared with" }
             ul {
-                @for s in view.shares {
+                @for s in &view.shares {
                     li {
                         code { (s.node.to_string()) } ": "
                         (s.permissions.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "))
                     }
                 }
             }
-            form method="post" action={ "/vaults/" (segment(view.name)) "/share" } {
+            form method="post" action=(action("share")) {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="who" { "Share with (NodeId or provider:identity)" }
                 input id="who" name="who" required;
@@ -255,7 +350,7 @@ pub(super) fn vault(view: &VaultView<'_>, csrf: &str, note: Option<&str>) -> Str
             }
             h2 { "History" }
             table {
-                @for c in view.commits {
+                @for c in &view.commits {
                     tr { td { code { (&c.oid[..12.min(c.oid.len())]) } } td { (c.message) } }
                 }
             }
@@ -263,17 +358,33 @@ pub(super) fn vault(view: &VaultView<'_>, csrf: &str, note: Option<&str>) -> Str
     )
 }
 
+/// The peers page's pairing code and LAN listing.
+pub(super) struct PeersExtra<'a> {
+    /// `pk://NodeId@host:port`, when unlocked.
+    pub(super) pairing: Option<&'a str>,
+    /// Nodes found on the LAN, when asked for.
+    pub(super) lan: Option<&'a Result<Vec<node::lan::Found>, String>>,
+    /// Whether LAN discovery is on.
+    pub(super) lan_enabled: bool,
+}
+
 pub(super) fn peers(
-    nodes: &[node::nodes::NodeRecord],
-    connections: &[node::api::ConnectionInfo],
+    view: &PeersView,
+    extra: &PeersExtra<'_>,
     csrf: &str,
-    note: Option<&str>,
+    note: Option<&Outcome>,
 ) -> String {
     layout(
         "Peers",
         html! {
             (nav())
-            (message(note, "note"))
+            (outcome(note))
+            @if let Some(pairing) = extra.pairing {
+                h2 { "Pair a laptop" }
+                p { "Scan this code, or run " code { "pk nodes add" } " with the NodeId and address in it:" }
+                img id="pairing-qr" src="/peers/pair.svg" alt=(pairing) width="240" height="240";
+                p { code id="pairing" { (pairing) } }
+            }
             form method="post" action="/peers" {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="node_id" { "Add a node: NodeId" }
@@ -283,18 +394,190 @@ pub(super) fn peers(
                 button type="submit" { "Add node" }
             }
             h2 { "Known nodes" }
-            ul {
-                @for n in nodes {
-                    li {
-                        code { (n.node_id.to_string()) } " at " (n.addrs.join(", "))
+            table {
+                @for n in &view.nodes {
+                    tr {
+                        td { code { (n.node_id.to_string()) } }
+                        td { (n.addrs.join(", ")) }
+                        td {
+                            form method="post" action="/peers/ping" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="node_id" value=(n.node_id.to_string());
+                                button type="submit" { "Ping" }
+                            }
+                        }
                     }
                 }
             }
             h2 { "Open connections" }
             ul {
-                @for c in connections {
+                @for c in &view.connections {
                     li { code { (c.node) } " " (c.addr) " (" (c.direction) ", rtt " (c.rtt_ms) " ms)" }
                 }
+            }
+            h2 { "On the LAN" }
+            @match extra.lan {
+                None => {
+                    @if extra.lan_enabled {
+                        p { a href="/peers?discover=1" id="discover" { "Look for nodes on the LAN" } " (listens for a moment)" }
+                    } @else {
+                        p { "LAN discovery is off (lan = true in config.toml turns it on)." }
+                    }
+                }
+                Some(Err(e)) => p class="error" { (e) },
+                Some(Ok(found)) => {
+                    @if found.is_empty() {
+                        p { "No node answered on the LAN." }
+                    }
+                    table {
+                        @for f in found {
+                            @let addr = f.addrs.first().map(ToString::to_string).unwrap_or_default();
+                            tr {
+                                td { code { (f.node_id) } }
+                                td { (addr) }
+                                td {
+                                    form method="post" action="/peers" {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input type="hidden" name="node_id" value=(f.node_id);
+                                        input type="hidden" name="addr" value=(addr);
+                                        button type="submit" { "Add" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(super) fn backups(list: &[node::api::Backup], csrf: &str, note: Option<&Outcome>) -> String {
+    layout(
+        "Backups",
+        html! {
+            (nav())
+            (outcome(note))
+            p { "A scheduled pull keeps a local copy of another node's vault: it is cloned now and pulled again on the schedule." }
+            form method="post" action="/backups" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="vault" { "Vault (its name on the other node)" }
+                input id="vault" name="vault" required;
+                label for="node_id" { "From node (NodeId)" }
+                input id="node_id" name="node_id" required;
+                label for="every_min" { "Every (minutes)" }
+                input id="every_min" name="every_min" value="60" required;
+                label for="name" { "Local name (optional)" }
+                input id="name" name="name";
+                button type="submit" { "Schedule" }
+            }
+            h2 { "Scheduled pulls" }
+            @if list.is_empty() {
+                p { "None yet." }
+            }
+            table {
+                tr { th { "Local vault" } th { "From" } th { "Every" } th { "Last result" } th {} }
+                @for b in list {
+                    tr {
+                        td { (b.name) }
+                        td { code { (b.node) } " " (b.vault) }
+                        td { (b.every_s / 60) " min" }
+                        td class="result" { (pull_result(b.last.as_ref())) }
+                        td {
+                            form method="post" action="/backups/remove" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="name" value=(b.name);
+                                button type="submit" { "Stop" }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The fields that say which existing token authorises a keyslot change.
+fn authorisation(form: &str) -> Markup {
+    let method = format!("{form}-auth_method");
+    let secret = format!("{form}-auth_secret");
+    html! {
+        label for=(method) { "Authorise with" }
+        select id=(method) name="auth_method" { (method_options()) }
+        label for=(secret) { "Its PIN, passphrase or recovery code" }
+        input id=(secret) name="auth_secret" type="password" autocomplete="off";
+    }
+}
+
+pub(super) fn keyslots(
+    slots: &[SlotView],
+    pkcs11_configured: bool,
+    csrf: &str,
+    note: Option<&Outcome>,
+) -> String {
+    layout(
+        "Keyslots",
+        html! {
+            (nav())
+            (outcome(note))
+            p { "Each keyslot opens the node's data key with one token. Adding or removing one needs a token that opens it now." }
+            table {
+                tr { th { "#" } th { "Kind" } th { "Label" } th { "Needs" } th {} }
+                @for slot in slots {
+                    tr {
+                        td { (slot.id) }
+                        td { (slot.kind) @if !slot.hardware { " (not hardware)" } }
+                        td { (slot.label) }
+                        td { (slot.needs.unwrap_or("nothing")) }
+                        td {
+                            form method="post" action="/keyslots/test" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="slot" value=(slot.id);
+                                @if let Some(needs) = slot.needs {
+                                    input name="secret" type="password" autocomplete="off" placeholder=(needs) aria-label=(needs);
+                                }
+                                button type="submit" id={ "test-" (slot.id) } { "Test" }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Enrol a keyslot" }
+            form method="post" action="/keyslots" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="kind" { "Token" }
+                select id="kind" name="kind" {
+                    option value="tpm" { "TPM" }
+                    option value="yubikey" { "YubiKey (PIV slot 9D, touch to unlock)" }
+                    @if pkcs11_configured {
+                        option value="pkcs11" { "PKCS#11 token" }
+                    }
+                    option value="passphrase" { "Passphrase (not hardware)" }
+                }
+                label for="secret" { "The token's PIN, or the new passphrase" }
+                input id="secret" name="secret" type="password" autocomplete="off";
+                label for="pcrs" { "TPM: bind to these PCRs (e.g. 7 or 0,4,7,11; empty for none)" }
+                input id="pcrs" name="pcrs";
+                @if pkcs11_configured {
+                    label for="token_label" { "PKCS#11: token label" }
+                    input id="token_label" name="token_label";
+                }
+                label for="label" { "Label (optional)" }
+                input id="label" name="label";
+                (authorisation("enrol"))
+                button type="submit" { "Enrol" }
+            }
+            h2 { "Remove a keyslot" }
+            form method="post" action="/keyslots/remove" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="slot" { "Keyslot #" }
+                select id="slot" name="slot" {
+                    @for slot in slots {
+                        option value=(slot.id) { (slot.id) ": " (slot.kind) " " (slot.label) }
+                    }
+                }
+                (authorisation("remove"))
+                button type="submit" { "Remove" }
             }
         },
     )

@@ -368,23 +368,17 @@ async fn handle(
             shared.shutdown.notify_one();
             Ok(Reply::Done)
         }
+        Request::ConsoleEvent { event, client } => {
+            record_or_remember(shared, event.name(), json!({ "client": client })).await?;
+            Ok(Reply::Done)
+        }
         Request::KeyslotChanged { event, slot, kind } => {
             let fields = json!({ "slot": slot, "kind": kind });
             let event = match event {
                 KeyslotEvent::Enrolled => "keyslot.enrolled",
                 KeyslotEvent::Removed => "keyslot.removed",
             };
-            match shared.open() {
-                Ok(open) => {
-                    blocking(move || {
-                        let mut tx = open.store.write().map_err(store_error)?;
-                        audit::append(&mut tx, event, fields).map_err(store_error)?;
-                        tx.commit().map_err(store_error)
-                    })
-                    .await?
-                }
-                Err(_) => shared.remember(event, fields),
-            }
+            record_or_remember(shared, event, fields).await?;
             Ok(Reply::Done)
         }
         Request::SecretsWrite {
@@ -432,7 +426,7 @@ async fn handle(
             received?;
             written.map(Reply::Commit).map_err(vault_error)
         }
-        Request::SecretsCat { vault, path } => {
+        Request::SecretsCat { vault, path, via } => {
             let open = shared.open()?;
             let path = SecretPath::parse_file(&path).map_err(vault_error)?;
             stream_out(stream, move |out| {
@@ -444,7 +438,7 @@ async fn handle(
                 audit::append(
                     &mut wtx,
                     "secret.revealed",
-                    json!({ "vault": vault, "path": path.to_string(), "via": "cli" }),
+                    json!({ "vault": vault, "path": path.to_string(), "via": via.name() }),
                 )
                 .map_err(store_error)?;
                 wtx.commit().map_err(store_error)?;
@@ -679,6 +673,28 @@ async fn forward_upload(
                     "the upload ended early; nothing was written",
                 ));
             }
+        }
+    }
+}
+
+/// Appends an audit event now, or keeps it for the next unlock while locked.
+async fn record_or_remember(
+    shared: &Shared,
+    event: &'static str,
+    fields: serde_json::Value,
+) -> Result<(), ApiError> {
+    match shared.open() {
+        Ok(open) => {
+            blocking(move || {
+                let mut tx = open.store.write().map_err(store_error)?;
+                audit::append(&mut tx, event, fields).map_err(store_error)?;
+                tx.commit().map_err(store_error)
+            })
+            .await
+        }
+        Err(_) => {
+            shared.remember(event, fields);
+            Ok(())
         }
     }
 }

@@ -643,6 +643,7 @@ fn export_dir(client: &Client, vault: &str, path: &str, dest: &Path) -> Result<u
                         &Request::SecretsCat {
                             vault: vault.to_owned(),
                             path: child,
+                            via: node::api::Via::Cli,
                         },
                         &mut file,
                     ))
@@ -720,8 +721,15 @@ pub(crate) fn secrets(
             let mut stdout = tokio::io::stdout();
             for secret_path in secret_paths {
                 let (vault, path) = split(secret_path, false)?;
-                rt.block_on(client.download(&Request::SecretsCat { vault, path }, &mut stdout))
-                    .map_err(CliError::from)?;
+                rt.block_on(client.download(
+                    &Request::SecretsCat {
+                        vault,
+                        path,
+                        via: node::api::Via::Cli,
+                    },
+                    &mut stdout,
+                ))
+                .map_err(CliError::from)?;
             }
         }
         SecretsCommand::Ls { path } => {
@@ -911,6 +919,7 @@ fn read_secret(client: &Client, vault: &str, path: &str) -> Result<Zeroizing<Vec
             &Request::SecretsCat {
                 vault: vault.to_owned(),
                 path: path.to_owned(),
+                via: node::api::Via::Cli,
             },
             &mut *buf,
         ))

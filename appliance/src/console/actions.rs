@@ -1,0 +1,697 @@
+//! What the console does, shared by its pages and its JSON API. Each action calls the
+//! node's agent (or, for keyslots, the keyslot file with a token) and says what happened
+//! in words for the admin; each view reads what a page or an API route shows.
+//!
+//! Nothing here logs a secret: values, PINs and passphrases pass through zeroizing
+//! buffers, and log lines carry names, slot numbers and NodeIds only.
+
+use std::sync::Arc;
+
+use hsm::Protector;
+use node::api::{Reply, Request as AgentRequest, SecretBytes, UnlockParams, Via};
+use node::client::ClientError;
+use node::keyslots::Keyslots;
+use node::tokens::UnlockChoice;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::Console;
+
+/// What an action did (`Ok`) or why it did nothing (`Err`), in words for the admin.
+pub(super) type Outcome = Result<String, String>;
+
+/// Why a view could not be read.
+#[derive(Debug)]
+pub(super) enum ViewError {
+    /// The node is locked.
+    Locked,
+    /// No such vault, node or slot.
+    NotFound(String),
+    /// The agent is not answering, or answered something else.
+    Unavailable(String),
+}
+
+/// Calls the agent for a view.
+pub(super) async fn agent(c: &Console, request: AgentRequest) -> Result<Reply, ViewError> {
+    c.client.call(&request).await.map_err(|e| match e {
+        ClientError::Api(api) if api.code == node::api::ErrorCode::Locked => ViewError::Locked,
+        ClientError::Api(api) if api.code == node::api::ErrorCode::NotFound => {
+            ViewError::NotFound(api.message)
+        }
+        other => ViewError::Unavailable(other.to_string()),
+    })
+}
+
+impl std::fmt::Display for ViewError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ViewError::Locked => f.write_str("the node is locked"),
+            ViewError::NotFound(m) | ViewError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+fn unexpected() -> ViewError {
+    ViewError::Unavailable("the agent answered something unexpected".into())
+}
+
+/// Calls the agent for an action; `done` words the success, `failed` prefixes the error.
+async fn act(c: &Console, request: AgentRequest, done: String, failed: &str) -> Outcome {
+    match c.client.call(&request).await {
+        Ok(_) => Ok(done),
+        Err(e) => Err(format!("{failed}: {e}")),
+    }
+}
+
+/// An unlock method's token kind, from its form name.
+pub(super) fn method_kind(method: &str) -> Result<hsm::Kind, String> {
+    Ok(match method {
+        "tpm" => hsm::Kind::Tpm,
+        "passphrase" => hsm::Kind::Soft,
+        "recovery" => hsm::Kind::Recovery,
+        "pkcs11" => hsm::Kind::Pkcs11,
+        "yubikey" => hsm::Kind::YubiKey,
+        other => {
+            return Err(format!(
+                "{other:?} is not an unlock method (tpm, passphrase, recovery, pkcs11, yubikey)"
+            ));
+        }
+    })
+}
+
+fn pin(secret: &str) -> Option<hsm::Pin> {
+    (!secret.is_empty()).then(|| hsm::Pin::from(secret))
+}
+
+pub(super) async fn lock(c: &Console) -> Outcome {
+    let outcome = act(
+        c,
+        AgentRequest::Lock,
+        "Locked: the keys are gone from memory.".into(),
+        "Could not lock",
+    )
+    .await;
+    if outcome.is_ok() {
+        tracing::info!(event = "console.lock", "locked from the console");
+    }
+    outcome
+}
+
+pub(super) async fn unlock(c: &Console, method: &str, secret: &str) -> Outcome {
+    let kind = method_kind(method)?;
+    let params = UnlockParams {
+        slot: None,
+        kind: Some(kind),
+        secret: (!secret.is_empty()).then(|| SecretBytes(secret.as_bytes().to_vec())),
+    };
+    match c.client.call(&AgentRequest::Unlock(params)).await {
+        Ok(_) => {
+            tracing::info!(
+                event = "console.unlock",
+                method,
+                "unlocked from the console"
+            );
+            Ok("Unlocked.".into())
+        }
+        Err(e) => {
+            tracing::warn!(
+                event = "console.unlock_failed",
+                method,
+                "unlock from the console failed"
+            );
+            Err(format!("Not unlocked: {e}"))
+        }
+    }
+}
+
+pub(super) async fn vault_create(c: &Console, name: &str) -> Outcome {
+    let name = name.trim();
+    let outcome = act(
+        c,
+        AgentRequest::VaultsCreate(name.to_owned()),
+        format!("Vault {name} created."),
+        "Not created",
+    )
+    .await;
+    if outcome.is_ok() {
+        tracing::info!(event = "console.vault_created", vault = %name, "vault created from the console");
+    }
+    outcome
+}
+
+pub(super) async fn secret_write(c: &Console, vault: &str, path: &str, value: &[u8]) -> Outcome {
+    let path = path.trim();
+    let request = AgentRequest::SecretsWrite {
+        vault: vault.to_owned(),
+        path: path.to_owned(),
+        kind: node::api::WriteKind::Write,
+        size: Some(value.len() as u64),
+    };
+    match c.client.upload(&request, value).await {
+        Ok(_) => {
+            tracing::info!(event = "console.secret_written", vault = %vault, path = %path, "secret written from the console");
+            Ok(format!("Saved {vault}:{path}."))
+        }
+        Err(e) => Err(format!("Not saved: {e}")),
+    }
+}
+
+/// Reads a secret's value; the agent records the reveal in the audit log first.
+pub(super) async fn reveal(
+    c: &Console,
+    vault: &str,
+    path: &str,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    let path = path.trim();
+    let mut value = Zeroizing::new(Vec::new());
+    let request = AgentRequest::SecretsCat {
+        vault: vault.to_owned(),
+        path: path.to_owned(),
+        via: Via::Console,
+    };
+    match c.client.download(&request, &mut *value).await {
+        Ok(_) => {
+            tracing::info!(event = "console.secret_revealed", vault = %vault, path = %path, "secret revealed in the console");
+            Ok(value)
+        }
+        Err(e) => Err(format!("Not revealed: {e}")),
+    }
+}
+
+pub(super) async fn share(c: &Console, vault: &str, who: &str, grant: bool) -> Outcome {
+    use node::nodes::VaultPermission::{Clone, Pull, Push};
+    let who = who.trim();
+    let request = AgentRequest::VaultsShare {
+        vault: vault.to_owned(),
+        node: who.to_owned(),
+        permissions: if grant {
+            vec![Clone, Pull]
+        } else {
+            vec![Clone, Pull, Push]
+        },
+        grant,
+    };
+    let done = if grant {
+        format!("Shared {vault} with {who}.")
+    } else {
+        format!("{vault} is no longer shared with {who}.")
+    };
+    let outcome = act(c, request, done, "Not changed").await;
+    if outcome.is_ok() {
+        tracing::info!(event = "console.share", vault = %vault, peer = %who, grant, "sharing changed from the console");
+    }
+    outcome
+}
+
+pub(super) async fn peer_add(c: &Console, node_id: &str, addr: &str) -> Outcome {
+    let node_id = node_id.trim();
+    let request = AgentRequest::NodesAdd {
+        node: node_id.to_owned(),
+        addr: addr.trim().to_owned(),
+        no_notify: false,
+        no_ping: false,
+    };
+    let outcome = act(c, request, format!("Added {node_id}."), "Not added").await;
+    if outcome.is_ok() {
+        tracing::info!(event = "console.node_added", peer = %node_id, "node added from the console");
+    }
+    outcome
+}
+
+pub(super) async fn peer_ping(c: &Console, node_id: &str) -> Outcome {
+    let node_id = node_id.trim();
+    match c
+        .client
+        .call(&AgentRequest::NodesPing(node_id.to_owned()))
+        .await
+    {
+        Ok(Reply::Pong { rtt_ms, addr, .. }) => {
+            Ok(format!("{node_id} answered from {addr} in {rtt_ms} ms."))
+        }
+        Ok(_) => Ok(format!("{node_id} answered.")),
+        Err(e) => Err(format!("No answer: {e}")),
+    }
+}
+
+pub(super) async fn backup_add(
+    c: &Console,
+    vault: &str,
+    node_id: &str,
+    every_s: u64,
+    name: &str,
+) -> Outcome {
+    let (vault, node_id, name) = (vault.trim(), node_id.trim(), name.trim());
+    let request = AgentRequest::BackupsAdd {
+        vault: vault.to_owned(),
+        node: node_id.to_owned(),
+        every_s,
+        name: (!name.is_empty()).then(|| name.to_owned()),
+    };
+    let outcome = act(
+        c,
+        request,
+        format!("{vault} from {node_id} is pulled every {every_s} s."),
+        "Not scheduled",
+    )
+    .await;
+    if outcome.is_ok() {
+        tracing::info!(event = "console.backup_added", vault = %vault, peer = %node_id, every_s, "scheduled pull added from the console");
+    }
+    outcome
+}
+
+pub(super) async fn backup_remove(c: &Console, name: &str) -> Outcome {
+    let name = name.trim();
+    act(
+        c,
+        AgentRequest::BackupsRemove(name.to_owned()),
+        format!("{name} is no longer pulled on a schedule."),
+        "Not removed",
+    )
+    .await
+}
+
+/// A keyslot as the console shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlotView {
+    /// Its number.
+    pub id: u32,
+    /// Its token kind.
+    pub kind: hsm::Kind,
+    /// Its label.
+    pub label: String,
+    /// Whether the token is hardware.
+    pub hardware: bool,
+    /// What unlocking it needs (`TPM PIN`, `passphrase`...), if anything.
+    pub needs: Option<&'static str>,
+}
+
+pub(super) fn keyslots(c: &Console) -> Vec<SlotView> {
+    Keyslots::open(&c.config.node)
+        .map(|k| {
+            k.slots()
+                .iter()
+                .map(|s| SlotView {
+                    id: s.header.id,
+                    kind: s.header.kind,
+                    label: s.header.label.clone(),
+                    hardware: s.is_hardware(),
+                    needs: node::tokens::secret_name(&s.sealed),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A new keyslot, and the existing token that authorises adding it.
+#[derive(Default, serde::Deserialize)]
+pub struct Enrolment {
+    /// `tpm`, `pkcs11`, `yubikey` or `passphrase`.
+    pub kind: String,
+    /// The new slot's PIN or passphrase (PKCS#11 and YubiKey: the token's PIN).
+    #[serde(default)]
+    pub secret: String,
+    /// TPM: the PCRs to bind to (`7` or `0,4,7,11`); none binds to no PCR.
+    #[serde(default)]
+    pub pcrs: String,
+    /// PKCS#11: the token's label.
+    #[serde(default)]
+    pub token_label: String,
+    /// The slot's label.
+    #[serde(default)]
+    pub label: String,
+    /// How to open the data key now: an unlock method.
+    pub auth_method: String,
+    /// Its PIN, passphrase or recovery code.
+    #[serde(default)]
+    pub auth_secret: String,
+}
+
+impl zeroize::Zeroize for Enrolment {
+    fn zeroize(&mut self) {
+        self.secret.zeroize();
+        self.auth_secret.zeroize();
+    }
+}
+
+fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, String> {
+    let tokens = c.tokens();
+    if form.kind != "tpm" && !form.pcrs.trim().is_empty() {
+        return Err("PCRs apply to a TPM keyslot only.".into());
+    }
+    Ok(match form.kind.as_str() {
+        "tpm" => {
+            let mut tpm = hsm::tpm::TpmProtector::new(tokens.tcti(), None);
+            if !form.pcrs.trim().is_empty() {
+                tpm = tpm.with_pcr_policy(
+                    hsm::tpm::PcrPolicy::parse_list(hsm::tpm::PcrBank::Sha256, &form.pcrs)
+                        .map_err(|e| format!("PCRs: {e}"))?,
+                );
+            }
+            Box::new(tpm)
+        }
+        "pkcs11" => {
+            let module = tokens
+                .pkcs11_module
+                .clone()
+                .ok_or("No PKCS#11 module is configured: set pkcs11_module in config.toml.")?;
+            if form.token_label.trim().is_empty() {
+                return Err("A PKCS#11 keyslot needs the token's label.".into());
+            }
+            let pin = pin(&form.secret).ok_or("A PKCS#11 keyslot needs the token's PIN.")?;
+            Box::new(hsm::pkcs11::Pkcs11Protector::new(
+                module,
+                form.token_label.trim(),
+                pin,
+            ))
+        }
+        "yubikey" => {
+            use hsm::yubikey::{PinRule, TouchRule, YubiKeyProtector};
+            let pin = pin(&form.secret).ok_or("A YubiKey keyslot needs the YubiKey's PIN.")?;
+            let mut yk = YubiKeyProtector::new(None, Some(pin)).with_key(
+                0x9d,
+                PinRule::Once,
+                TouchRule::Always,
+            );
+            if let Some(events) = tokens.yubikey_events {
+                yk = yk.with_events(events);
+            }
+            Box::new(yk)
+        }
+        "passphrase" => {
+            if form.secret.chars().count() < super::MIN_PASSWORD {
+                return Err(format!(
+                    "The passphrase needs at least {} characters.",
+                    super::MIN_PASSWORD
+                ));
+            }
+            Box::new(hsm::soft::SoftProtector::new(
+                hsm::Pin::from(form.secret.as_str()),
+                hsm::soft::Argon2Params::DEFAULT,
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{other:?} is not a token kind (tpm, pkcs11, yubikey, passphrase)"
+            ));
+        }
+    })
+}
+
+fn authorise(
+    c: &Console,
+    keyslots: &Keyslots,
+    method: &str,
+    secret: &str,
+) -> Result<node::keyslots::Unlocked, String> {
+    let choice = UnlockChoice {
+        slot: None,
+        kind: Some(method_kind(method)?),
+        secret: pin(secret),
+    };
+    node::tokens::unlock(keyslots, choice, &c.tokens())
+        .map_err(|e| format!("The existing keyslot did not open: {e}"))
+}
+
+/// Runs a keyslot operation off the async threads (tokens and Argon2 block).
+async fn blocking(
+    c: &Arc<Console>,
+    job: impl FnOnce(&Console) -> Outcome + Send + 'static,
+) -> Outcome {
+    let c = c.clone();
+    tokio::task::spawn_blocking(move || job(&c))
+        .await
+        .unwrap_or_else(|_| Err("the keyslot operation failed".into()))
+}
+
+async fn keyslot_changed(c: &Console, event: node::api::KeyslotEvent, slot: u32, kind: hsm::Kind) {
+    // Recorded in the audit log now, or at the next unlock while locked.
+    let _ = c
+        .client
+        .call(&AgentRequest::KeyslotChanged { event, slot, kind })
+        .await;
+}
+
+pub(super) async fn keyslot_enroll(c: &Arc<Console>, form: Enrolment) -> Outcome {
+    let form = Zeroizing::new(form);
+    let done = blocking(c, move |c| {
+        let protector = new_protector(c, &form)?;
+        let mut keyslots = Keyslots::open(&c.config.node).map_err(|e| e.to_string())?;
+        let unlocked = authorise(c, &keyslots, &form.auth_method, &form.auth_secret)?;
+        let label = match form.label.trim() {
+            "" => format!("{} (console)", form.kind),
+            label => label.to_owned(),
+        };
+        let id = keyslots
+            .enroll(&unlocked, protector.as_ref(), &label)
+            .map_err(|e| format!("Not enrolled: {e}"))?;
+        Ok(id.to_string())
+    })
+    .await?;
+    let id: u32 = done.parse().unwrap_or_default();
+    let kind = keyslots(c)
+        .iter()
+        .find(|s| s.id == id)
+        .map_or(hsm::Kind::Soft, |s| s.kind);
+    keyslot_changed(c, node::api::KeyslotEvent::Enrolled, id, kind).await;
+    tracing::info!(event = "console.keyslot_enrolled", slot = id, kind = %kind, "keyslot enrolled from the console");
+    Ok(format!("Enrolled keyslot {id} ({kind})."))
+}
+
+pub(super) async fn keyslot_test(c: &Arc<Console>, slot: u32, secret: String) -> Outcome {
+    let secret = Zeroizing::new(secret);
+    blocking(c, move |c| {
+        let keyslots = Keyslots::open(&c.config.node).map_err(|e| e.to_string())?;
+        let choice = UnlockChoice {
+            slot: Some(slot),
+            kind: None,
+            secret: pin(&secret),
+        };
+        match node::tokens::unlock(&keyslots, choice, &c.tokens()) {
+            Ok(_) => {
+                tracing::info!(
+                    event = "console.keyslot_tested",
+                    slot,
+                    ok = true,
+                    "keyslot tested from the console"
+                );
+                Ok(format!("Keyslot {slot} opens this node's data key."))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    event = "console.keyslot_tested",
+                    slot,
+                    ok = false,
+                    "keyslot tested from the console"
+                );
+                Err(format!("Keyslot {slot} did not open: {e}"))
+            }
+        }
+    })
+    .await
+}
+
+pub(super) async fn keyslot_remove(
+    c: &Arc<Console>,
+    slot: u32,
+    auth_method: String,
+    auth_secret: String,
+) -> Outcome {
+    let auth_secret = Zeroizing::new(auth_secret);
+    let kind = keyslots(c)
+        .iter()
+        .find(|s| s.id == slot)
+        .map(|s| s.kind)
+        .ok_or_else(|| format!("There is no keyslot {slot}."))?;
+    blocking(c, move |c| {
+        let mut keyslots = Keyslots::open(&c.config.node).map_err(|e| e.to_string())?;
+        let unlocked = authorise(c, &keyslots, &auth_method, &auth_secret)?;
+        keyslots
+            .remove(&unlocked, slot)
+            .map_err(|e| format!("Not removed: {e}"))?;
+        Ok(String::new())
+    })
+    .await?;
+    keyslot_changed(c, node::api::KeyslotEvent::Removed, slot, kind).await;
+    tracing::info!(event = "console.keyslot_removed", slot, kind = %kind, "keyslot removed from the console");
+    Ok(format!("Removed keyslot {slot} ({kind})."))
+}
+
+/// What the status page and `/api/status` show.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusView {
+    /// `locked`, `unlocked`, or `starting`.
+    pub state: String,
+    /// The NodeId when unlocked.
+    pub node_id: Option<String>,
+    /// The peer endpoint.
+    pub peer_addr: Option<String>,
+    /// Seconds since the console started.
+    pub uptime_s: u64,
+    /// pk version.
+    pub version: String,
+    /// The console certificate's SHA-256 fingerprint.
+    pub fingerprint: String,
+    /// The keyslots.
+    pub keyslots: Vec<SlotView>,
+    /// Free and total bytes on the state directory's file system.
+    pub disk_free_bytes: u64,
+    /// Total bytes there.
+    pub disk_total_bytes: u64,
+    /// Nodes in the node graph (when unlocked).
+    pub peers_known: usize,
+    /// Open peer connections.
+    pub peers_connected: usize,
+    /// The scheduled pulls and their last results.
+    pub backups: Vec<node::api::Backup>,
+    /// A YubiKey is waiting for a touch right now.
+    pub touch_needed: bool,
+}
+
+pub(super) async fn status(c: &Console) -> StatusView {
+    let (state, node_id, peer_addr) = match c.client.call(&AgentRequest::Status).await {
+        Ok(Reply::Status(s)) => (s.state, s.node_id, s.peer_addr),
+        _ => ("starting".to_owned(), None, None),
+    };
+    let (peers_known, peers_connected, backups) = if state == "unlocked" {
+        (
+            match agent(c, AgentRequest::NodesGetAll).await {
+                Ok(Reply::Nodes(n)) => n.len(),
+                _ => 0,
+            },
+            match agent(c, AgentRequest::NodesConnections).await {
+                Ok(Reply::Connections(n)) => n.len(),
+                _ => 0,
+            },
+            match agent(c, AgentRequest::BackupsList).await {
+                Ok(Reply::Backups(b)) => b,
+                _ => Vec::new(),
+            },
+        )
+    } else {
+        (0, 0, Vec::new())
+    };
+    let (disk_free_bytes, disk_total_bytes) = rustix::fs::statvfs(c.config.dir.as_path())
+        .map(|s| {
+            (
+                s.f_bavail.saturating_mul(s.f_frsize),
+                s.f_blocks.saturating_mul(s.f_frsize),
+            )
+        })
+        .unwrap_or((0, 0));
+    StatusView {
+        state,
+        node_id,
+        peer_addr,
+        uptime_s: c.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        fingerprint: c.config.fingerprint.clone(),
+        keyslots: keyslots(c),
+        disk_free_bytes,
+        disk_total_bytes,
+        peers_known,
+        peers_connected,
+        backups,
+        touch_needed: c.touch_needed(),
+    }
+}
+
+/// A vault's page: top-level entries, recent history, shares.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct VaultDetail {
+    pub(super) name: String,
+    pub(super) entries: Vec<node::vault::Entry>,
+    pub(super) commits: Vec<node::vault::CommitInfo>,
+    pub(super) shares: Vec<node::nodes::Share>,
+}
+
+pub(super) async fn vaults(c: &Console) -> Result<Vec<node::vault::VaultRecord>, ViewError> {
+    match agent(c, AgentRequest::VaultsList).await? {
+        Reply::Vaults(list) => Ok(list),
+        _ => Err(unexpected()),
+    }
+}
+
+pub(super) async fn vault(c: &Console, name: &str) -> Result<VaultDetail, ViewError> {
+    let entries = match agent(
+        c,
+        AgentRequest::SecretsLs {
+            vault: name.to_owned(),
+            path: String::new(),
+        },
+    )
+    .await?
+    {
+        Reply::Entries(e) => e,
+        _ => return Err(unexpected()),
+    };
+    let commits = match agent(
+        c,
+        AgentRequest::VaultsLog {
+            vault: name.to_owned(),
+            depth: Some(20),
+            from: None,
+        },
+    )
+    .await?
+    {
+        Reply::Commits(list) => list,
+        _ => Vec::new(),
+    };
+    let shares = match agent(c, AgentRequest::VaultsPermissions(name.to_owned())).await? {
+        Reply::Shares(list) => list,
+        _ => Vec::new(),
+    };
+    Ok(VaultDetail {
+        name: name.to_owned(),
+        entries,
+        commits,
+        shares,
+    })
+}
+
+/// The peers page: known nodes and open connections.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct PeersView {
+    pub(super) nodes: Vec<node::nodes::NodeRecord>,
+    pub(super) connections: Vec<node::api::ConnectionInfo>,
+}
+
+pub(super) async fn peers(c: &Console) -> Result<PeersView, ViewError> {
+    let nodes = match agent(c, AgentRequest::NodesGetAll).await? {
+        Reply::Nodes(list) => list,
+        _ => return Err(unexpected()),
+    };
+    let connections = match agent(c, AgentRequest::NodesConnections).await? {
+        Reply::Connections(list) => list,
+        _ => Vec::new(),
+    };
+    Ok(PeersView { nodes, connections })
+}
+
+/// Nodes announcing themselves on the LAN (mDNS), listened for a moment.
+pub(super) async fn lan_nodes(c: &Console) -> Result<Vec<node::lan::Found>, ViewError> {
+    match agent(c, AgentRequest::NodesDiscover { wait_ms: 1500 }).await? {
+        Reply::Found(list) => Ok(list),
+        _ => Err(unexpected()),
+    }
+}
+
+pub(super) async fn backups(c: &Console) -> Result<Vec<node::api::Backup>, ViewError> {
+    match agent(c, AgentRequest::BackupsList).await? {
+        Reply::Backups(list) => Ok(list),
+        _ => Err(unexpected()),
+    }
+}
+
+pub(super) async fn audit(c: &Console) -> Result<Vec<node::audit::AuditEvent>, ViewError> {
+    let query = node::audit::AuditQuery {
+        limit: Some(200),
+        newest_first: true,
+        ..Default::default()
+    };
+    match agent(c, AgentRequest::Audit(query)).await? {
+        Reply::Events(events) => Ok(events),
+        _ => Err(unexpected()),
+    }
+}
