@@ -13,7 +13,7 @@ PK_TPM_PACKAGES=(swtpm swtpm-tools)
 # the mDNS test runs in; systemd for `systemd-analyze security` on the appliance's unit;
 # curl to claim the development appliance through its console; Chromium and its
 # WebDriver for the console's browser tests.
-PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl chromium chromium-driver)
+PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl chromium chromium-driver wrk)
 
 pk_install_packages() {
   local missing=() p
