@@ -518,7 +518,17 @@ fn a_backup_node_pulls_on_schedule() {
     let laptop = Peer::new(&w, "laptop");
     let backup = Peer::new(&w, "backup");
     laptop.add(&backup);
-    backup.add(&laptop);
+    // The backup node pairs with the pairing address the appliance's console shows.
+    backup
+        .pk(&["nodes", "add", &laptop.id])
+        .fails(64, "pk://NODEID@HOST:PORT");
+    backup
+        .pk(&[
+            "nodes",
+            "add",
+            &format!("pk://{}@{}", laptop.id, laptop.addr),
+        ])
+        .ok();
     laptop.pk(&["vaults", "create", "home"]).ok();
     laptop.write("home:wifi", "pa55");
     laptop.pk(&["vaults", "share", "home", &backup.id]).ok();

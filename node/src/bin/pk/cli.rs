@@ -152,12 +152,13 @@ pub(crate) enum NodesCommand {
     /// Add a node to the graph (it must answer as that NodeId), or give a known node a new
     /// address. A node added may send notifications unless --no-notify.
     Add {
-        /// Its NodeId.
+        /// Its NodeId, or a pairing address `pk://NODEID@HOST:PORT` (the appliance
+        /// console's peers page shows one, with a QR code), which then stands for all three.
         node_id: String,
         /// Host name or IP address.
-        host: String,
+        host: Option<String>,
         /// UDP port of its peer endpoint.
-        port: u16,
+        port: Option<u16>,
         /// Add it without checking that it answers.
         #[arg(long)]
         no_ping: bool,

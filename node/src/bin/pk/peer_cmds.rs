@@ -62,11 +62,28 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
             no_ping,
             no_notify,
         } => {
-            // An IPv6 literal needs brackets in host:port.
-            let addr = if host.contains(':') && !host.starts_with('[') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
+            let (node_id, addr) = match (node_id.strip_prefix("pk://"), host, port) {
+                (Some(pairing), None, None) => {
+                    let (id, addr) = pairing.split_once('@').ok_or_else(|| {
+                        CliError::usage("a pairing address is pk://NODEID@HOST:PORT")
+                    })?;
+                    (id.to_owned(), addr.to_owned())
+                }
+                (Some(_), _, _) => {
+                    return Err(CliError::usage(
+                        "a pairing address already holds the host and port",
+                    ));
+                }
+                // An IPv6 literal needs brackets in host:port.
+                (None, Some(host), Some(port)) if host.contains(':') && !host.starts_with('[') => {
+                    (node_id.clone(), format!("[{host}]:{port}"))
+                }
+                (None, Some(host), Some(port)) => (node_id.clone(), format!("{host}:{port}")),
+                (None, _, _) => {
+                    return Err(CliError::usage(
+                        "give the node's HOST and PORT, or a pairing address pk://NODEID@HOST:PORT",
+                    ));
+                }
             };
             let Reply::Node(record) = call(
                 &client,
