@@ -25,6 +25,11 @@ pub struct Config {
     pub lan: bool,
     /// The TPM (TCTI), e.g. `device:/dev/tpmrm0`; none: no TPM.
     pub tpm_tcti: Option<String>,
+    /// The PCRs (SHA-256 bank) the first TPM keyslot is bound to at setup, e.g.
+    /// `"0,4,7,11"`: it then unlocks by itself only while the boot chain is unchanged.
+    /// None: not bound to PCRs (the TPM alone opens it).
+    #[serde(deserialize_with = "pcr_list")]
+    pub tpm_pcrs: Option<String>,
     /// The PKCS#11 module for PKCS#11 keyslots, e.g. `/usr/lib/softhsm/libsofthsm2.so`;
     /// none: PKCS#11 keyslots cannot be enrolled or opened.
     pub pkcs11_module: Option<PathBuf>,
@@ -40,10 +45,21 @@ impl Default for Config {
             peer_listen: Some(SocketAddr::from(([0, 0, 0, 0], 1314))),
             lan: false,
             tpm_tcti: None,
+            tpm_pcrs: None,
             pkcs11_module: None,
             session_idle_s: 15 * 60,
         }
     }
+}
+
+fn pcr_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    hsm::tpm::PcrPolicy::parse_list(hsm::tpm::PcrBank::Sha256, &text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a PCR list such as \"0,4,7,11\": {e}"
+        ))
+    })?;
+    Ok(Some(text))
 }
 
 fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -153,6 +169,15 @@ mod tests {
         assert!(err.contains("line 2"), "{err}");
         let err = Config::parse("console_listen = \"not an address\"\n").unwrap_err();
         assert!(err.contains("line 1"), "{err}");
+        assert_eq!(
+            Config::parse("tpm_pcrs = \"0,4,7,11\"\n")
+                .unwrap()
+                .tpm_pcrs
+                .as_deref(),
+            Some("0,4,7,11")
+        );
+        let err = Config::parse("lan = false\ntpm_pcrs = \"0,99\"\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("PCR"), "{err}");
         assert!(
             Config::parse("session_idle_s = 5\n")
                 .unwrap_err()

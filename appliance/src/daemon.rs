@@ -56,7 +56,7 @@ pub async fn run_until(
             .then(|| "device:/dev/tpmrm0".to_owned())
     });
     let first_token = match &tpm_tcti {
-        Some(tcti) => FirstToken::Tpm(tcti.clone()),
+        Some(tcti) => FirstToken::Tpm(tcti.clone(), config.tpm_pcrs.clone()),
         None => FirstToken::Passphrase,
     };
     let claimed = config.console_dir().join("admin.json").exists();

@@ -59,8 +59,9 @@ pub struct ClientAddr(pub SocketAddr);
 /// How the first keyslot is made at setup.
 #[derive(Clone, Debug)]
 pub enum FirstToken {
-    /// A TPM at this TCTI.
-    Tpm(String),
+    /// A TPM at this TCTI; with PCRs (`0,4,7,11`), the slot opens only while they hold
+    /// the values they had at setup (an unchanged boot chain).
+    Tpm(String, Option<String>),
     /// No TPM: a passphrase (`soft`, clearly not hardware).
     Passphrase,
 }
@@ -468,7 +469,21 @@ async fn claim(c: &Console, form: &SetupForm) -> Result<Claimed, (StatusCode, St
         return refuse(StatusCode::BAD_REQUEST, "The two passwords differ.");
     }
     let protector: Box<dyn hsm::Protector> = match &c.config.first_token {
-        FirstToken::Tpm(tcti) => Box::new(hsm::tpm::TpmProtector::new(tcti.clone(), None)),
+        FirstToken::Tpm(tcti, pcrs) => {
+            let mut tpm = hsm::tpm::TpmProtector::new(tcti.clone(), None);
+            if let Some(pcrs) = pcrs {
+                match hsm::tpm::PcrPolicy::parse_list(hsm::tpm::PcrBank::Sha256, pcrs) {
+                    Ok(policy) => tpm = tpm.with_pcr_policy(policy),
+                    Err(e) => {
+                        return refuse(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &format!("tpm_pcrs in config.toml: {e}"),
+                        );
+                    }
+                }
+            }
+            Box::new(tpm)
+        }
         FirstToken::Passphrase => {
             if form.passphrase.chars().count() < MIN_PASSWORD {
                 return refuse(

@@ -73,8 +73,14 @@ pub(super) fn setup(fingerprint: &str, token: &FirstToken, error: Option<&str>) 
                 label for="confirm" { "Admin password again" }
                 input id="confirm" name="confirm" type="password" autocomplete="new-password" required;
                 @match token {
-                    FirstToken::Tpm(_) => {
+                    FirstToken::Tpm(_, None) => {
                         p { "The node's data key will be sealed by this machine's TPM." }
+                    }
+                    FirstToken::Tpm(_, Some(pcrs)) => {
+                        p {
+                            "The node's data key will be sealed by this machine's TPM, bound to PCRs "
+                            (pcrs) ": it unlocks by itself only while the boot chain is unchanged."
+                        }
                     }
                     FirstToken::Passphrase => {
                         p { "No TPM was found: the node's data key is protected by a passphrase (not hardware)." }
