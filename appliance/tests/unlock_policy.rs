@@ -134,6 +134,7 @@ async fn a_pcr_bound_box_unlocks_itself_until_the_pcr_changes() {
         *kept.lock().unwrap() = claimed["recovery_code"].as_str().unwrap().to_owned();
         let status = state_becomes(&jar_path, &console, "unlocked").await;
         assert_eq!(status["keyslots"][0]["kind"], "tpm", "{status}");
+        assert_eq!(status["keyslots"][0]["pcrs"], "sha256:16", "{status}");
     })
     .await;
 

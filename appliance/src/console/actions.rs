@@ -284,6 +284,8 @@ pub struct SlotView {
     pub hardware: bool,
     /// What unlocking it needs (`TPM PIN`, `passphrase`...), if anything.
     pub needs: Option<&'static str>,
+    /// A TPM slot's PCR binding (`sha256:0,4,7`), if any.
+    pub pcrs: Option<String>,
 }
 
 pub(super) fn keyslots(c: &Console) -> Vec<SlotView> {
@@ -297,6 +299,13 @@ pub(super) fn keyslots(c: &Console) -> Vec<SlotView> {
                     label: s.header.label.clone(),
                     hardware: s.is_hardware(),
                     needs: node::tokens::secret_name(&s.sealed),
+                    pcrs: match &s.sealed {
+                        hsm::Sealed::Tpm(t) => t.pcr_policy.as_ref().map(|p| {
+                            let list: Vec<String> = p.pcrs.iter().map(u8::to_string).collect();
+                            format!("{:?}:{}", p.bank, list.join(",")).to_lowercase()
+                        }),
+                        _ => None,
+                    },
                 })
                 .collect()
         })

@@ -534,7 +534,10 @@ pub(super) fn keyslots(
                         td { (slot.id) }
                         td { (slot.kind) @if !slot.hardware { " (not hardware)" } }
                         td { (slot.label) }
-                        td { (slot.needs.unwrap_or("nothing")) }
+                        td {
+                            (slot.needs.unwrap_or("nothing"))
+                            @if let Some(pcrs) = &slot.pcrs { " (while PCRs " (pcrs) " hold)" }
+                        }
                         td {
                             form method="post" action="/keyslots/test" {
                                 input type="hidden" name="csrf" value=(csrf);
