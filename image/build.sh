@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Builds the pk appliance OS image: Debian 12 (bookworm, -updates, -security) with
+# pk-appliance, on a read-only erofs root, booted by a unified kernel image from a GPT
+# disk. Reproducible: the same package versions, the same pk-appliance binary and the same
+# image.conf give the same bytes (check-reproducible.sh checks that).
+#
+# Steps and files (all under OUT, default target/image/<arch>[-debug]):
+#   1. rootfs/         mmdebstrap --variant=essential + packages.<arch>.txt, then the
+#                      customize.sh hook (appliance, configuration, units, initrd);
+#      manifest.txt    the installed packages: name, version, arch, sha256 of the .deb
+#   2. vmlinuz, initrd.img   taken out of rootfs/boot (the root file system has no /boot)
+#   3. root.erofs      mkfs.erofs -zlz4hc, every timestamp SOURCE_DATE_EPOCH, fixed UUID
+#   4. uki.efi         mkuki.sh: stub + kernel + initrd + command line + os-release
+#   5. esp.img         FAT32 (mkfs.vfat, fixed volume id) with \EFI\BOOT\BOOT<ARCH>.EFI
+#      data.ext4       empty ext4 (fixed UUID and hash seed) for the persistent /var
+#   6. pk-appliance-<arch>.img   mkdisk.sh: the GPT disk; SHA256SUMS for everything above
+#
+# Usage: image/build.sh [--arch amd64] [--out DIR] [--bin PATH] [--from-manifest FILE] [--debug]
+#   --bin, PK_APPLIANCE_BIN   the pk-appliance binary (default target/debug/pk-appliance)
+#   --from-manifest FILE      install exactly the versions in FILE (a manifest.txt of an
+#                             earlier build); fails if the mirror no longer has one of them
+#   --debug, PK_IMAGE_DEBUG=1 the debug variant: a root shell on the serial console
+# Runs as root (mmdebstrap in root mode, chroot); needs host-packages.txt installed.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+die() { echo "build.sh: error: $*" >&2; exit 1; }
+say() { echo "build.sh: $*" >&2; }
+# shellcheck source=image.conf
+source "$here/image.conf"
+
+arch=amd64
+out=
+bin=${PK_APPLIANCE_BIN:-$repo/target/debug/pk-appliance}
+pin=
+debug=${PK_IMAGE_DEBUG:-0}
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --arch) arch=${2:?--arch needs a value}; shift 2 ;;
+        --out) out=${2:?--out needs a directory}; shift 2 ;;
+        --bin) bin=${2:?--bin needs a path}; shift 2 ;;
+        --from-manifest) pin=${2:?--from-manifest needs a file}; shift 2 ;;
+        --debug) debug=1; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (try --help)" ;;
+    esac
+done
+[[ $debug == 0 || $debug == 1 ]] || die "PK_IMAGE_DEBUG must be 0 or 1"
+suffix=; [[ $debug == 1 ]] && suffix=-debug
+out=$(realpath -m "${out:-$repo/target/image/$arch$suffix}")
+
+case $arch in
+    amd64) efi_name=BOOTX64.EFI stub=/usr/lib/systemd/boot/efi/linuxx64.efi.stub console=ttyS0 ;;
+    arm64) die "arm64 is not done yet: see image/README.md (cross-built binary, ttyAMA0, qemu-efi-aarch64)" ;;
+    *) die "unknown architecture '$arch' (amd64; arm64 later)" ;;
+esac
+[[ $(id -u) == 0 ]] || die "run as root (mmdebstrap in root mode, chroot, file ownership in the image)"
+for tool in mmdebstrap mkfs.erofs mkfs.vfat mkfs.ext4 mcopy mmd sfdisk objcopy objdump; do
+    command -v "$tool" >/dev/null || die "$tool not found: apt-get install \$(grep -v '^#' image/host-packages.txt)"
+done
+[[ -f $stub ]] || die "$stub not found (package systemd-boot-efi)"
+[[ -f $bin && -x $bin ]] || die "pk-appliance binary $bin not found or not executable (cargo build -p pk-appliance, or --bin / PK_APPLIANCE_BIN)"
+pkglist=$here/packages.$arch.txt
+[[ -f $pkglist ]] || die "$pkglist not found"
+if [[ -n $pin ]]; then
+    [[ -f $pin ]] || die "manifest $pin not found"
+    pin=$(realpath "$pin")
+fi
+
+export SOURCE_DATE_EPOCH=$PK_IMAGE_EPOCH TZ=UTC LC_ALL=C.UTF-8
+export PK_IMAGE_DIR=$here PK_APPLIANCE_BIN=$(realpath "$bin") PK_IMAGE_DEBUG=$debug
+export PK_UNIT=$repo/appliance/systemd/pk-appliance.service
+export PK_MANIFEST_OUT=$out/manifest.txt PK_MANIFEST_PIN=$pin PK_DATA_PARTUUID
+[[ -f $PK_UNIT ]] || die "$PK_UNIT not found"
+
+start=$SECONDS
+mkdir -p "$out"
+rm -rf "$out/rootfs" "$out"/*.img "$out"/*.erofs "$out"/*.ext4 "$out"/*.efi "$out/SHA256SUMS"
+
+# --- 1. The root file system.
+packages=$(sed 's/#.*//' "$pkglist" | xargs | tr ' ' ',')
+[[ -n $packages ]] || die "$pkglist lists no packages"
+hooks=()
+if [[ -n $pin ]]; then
+    say "pinning every package to the version in $pin"
+    # Pin-Priority 1001 makes apt take exactly that version (also for the Essential set);
+    # the extract hook fails first if a version is gone, customize.sh compares at the end.
+    prefs=$out/pk-manifest.pref
+    grep -v '^#' "$pin" | awk 'NF >= 2 { printf "Package: %s\nPin: version %s\nPin-Priority: 1001\n\n", $1, $2 }' > "$prefs"
+    hooks+=(--setup-hook="mkdir -p \"\$1/etc/apt/preferences.d\" && cp '$prefs' \"\$1/etc/apt/preferences.d/pk-manifest.pref\"")
+    hooks+=(--extract-hook="'$here/check-manifest-available.sh' '$pin'")
+fi
+say "mmdebstrap $PK_IMAGE_SUITE ($arch) into $out/rootfs"
+mmdebstrap --variant=essential --arch="$arch" --format=directory \
+    --include="$packages" \
+    --skip=essential/unlink \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --essential-hook="mkdir -p \"\$1/etc/initramfs-tools/conf.d\" && cp '$here/rootfs/etc/initramfs-tools/conf.d/pk-appliance.conf' \"\$1/etc/initramfs-tools/conf.d/\"" \
+    "${hooks[@]}" \
+    --customize-hook="$here/customize.sh" \
+    "$PK_IMAGE_SUITE" "$out/rootfs"
+rm -f "$out/pk-manifest.pref"
+say "root file system done ($((SECONDS - start)) s)"
+
+# --- 2. Kernel and initrd out of the root file system.
+shopt -s nullglob
+kernels=("$out"/rootfs/boot/vmlinuz-*)
+[[ ${#kernels[@]} == 1 ]] || die "expected one kernel in rootfs/boot, found ${#kernels[@]}"
+kver=${kernels[0]##*/vmlinuz-}
+[[ -f $out/rootfs/boot/initrd.img-$kver ]] || die "no initrd for kernel $kver"
+mv "${kernels[0]}" "$out/vmlinuz"
+mv "$out/rootfs/boot/initrd.img-$kver" "$out/initrd.img"
+find "$out/rootfs/boot" -mindepth 1 -delete
+# Kernel and initrd live in the UKI; /vmlinuz, /initrd.img symlinks would dangle.
+rm -f "$out"/rootfs/vmlinuz* "$out"/rootfs/initrd.img*
+say "kernel $kver, initrd $(du -h "$out/initrd.img" | cut -f1)"
+
+# --- 3. The read-only root.
+say "mkfs.erofs"
+mkfs.erofs --quiet -zlz4hc -T"$SOURCE_DATE_EPOCH" -U"$PK_EROFS_UUID" "$out/root.erofs" "$out/rootfs"
+
+# --- 4. The UKI.
+cmdline="root=PARTUUID=$PK_ROOT_PARTUUID rootfstype=erofs ro console=tty0 console=$console,115200 systemd.gpt_auto=0 panic=30"
+say "UKI, command line: $cmdline"
+"$here/mkuki.sh" "$stub" "$out/vmlinuz" "$out/initrd.img" "$out/rootfs/usr/lib/os-release" "$cmdline" "$out/uki.efi"
+
+# --- 5. The ESP and the data partition.
+say "ESP and data partition"
+mkfs.vfat -C -F 32 -S 512 -s 1 --invariant -i "$PK_ESP_VOLID" -n ESP "$out/esp.img" $((PK_ESP_MIB * 1024)) >/dev/null
+mmd -i "$out/esp.img" ::/EFI ::/EFI/BOOT
+touch -d "@$SOURCE_DATE_EPOCH" "$out/uki.efi"
+mcopy -m -i "$out/esp.img" "$out/uki.efi" "::/EFI/BOOT/$efi_name"
+empty=$(mktemp -d)
+truncate -s $((PK_DATA_MIB * 1024 * 1024)) "$out/data.ext4"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -L pk-data -U "$PK_DATA_FS_UUID" \
+    -E "root_owner=0:0,hash_seed=$PK_DATA_FS_UUID" -d "$empty" "$out/data.ext4"
+rmdir "$empty"
+
+# --- 6. The disk.
+img=$out/pk-appliance-$arch$suffix.img
+"$here/mkdisk.sh" "$arch" "$out/esp.img" "$out/root.erofs" "$out/data.ext4" "$img"
+( cd "$out" && sha256sum "${img##*/}" uki.efi root.erofs esp.img data.ext4 vmlinuz initrd.img manifest.txt > SHA256SUMS )
+{
+    echo "# pk-appliance binary: $(sha256sum "$PK_APPLIANCE_BIN" | cut -d' ' -f1)"
+    echo "# kernel: $kver; SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH; debug=$debug"
+} >> "$out/SHA256SUMS"
+say "done in $((SECONDS - start)) s: $img ($(du -h --apparent-size "$img" | cut -f1))"
+cat "$out/SHA256SUMS" >&2

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# mmdebstrap --customize-hook for the pk appliance image: turns the freshly installed
+# Debian tree ($1) into the appliance's root file system. build.sh runs it through
+# mmdebstrap (so /proc, /dev and the apt cache are still there) with these variables set:
+#
+#   PK_IMAGE_DIR      this directory (image/), for rootfs/ and rootfs-debug/
+#   PK_APPLIANCE_BIN  the pk-appliance binary to install as /usr/bin/pk-appliance
+#   PK_UNIT           the unit file to install as is (appliance/systemd/pk-appliance.service)
+#   PK_IMAGE_DEBUG    1: the debug variant (root shell on the serial console)
+#   PK_MANIFEST_OUT   where to write the manifest of installed packages
+#   PK_MANIFEST_PIN   (optional) the manifest this build must reproduce exactly
+#   PK_DATA_PARTUUID  the data partition (for /etc/fstab); the rest of image.conf too
+#
+# Steps: write the package manifest (and compare it with the pinned one), install the
+# appliance, its configuration and the system configuration from rootfs/, check the
+# binary's shared libraries inside the image, enable and mask units, rebuild the initrd.
+set -euo pipefail
+
+root=${1:?usage: customize.sh CHROOT}
+die() { echo "customize.sh: error: $*" >&2; exit 1; }
+say() { echo "customize.sh: $*" >&2; }
+
+for v in PK_IMAGE_DIR PK_APPLIANCE_BIN PK_UNIT PK_MANIFEST_OUT PK_DATA_PARTUUID SOURCE_DATE_EPOCH; do
+    [[ -n ${!v:-} ]] || die "$v is not set (run image/build.sh, not this hook)"
+done
+
+# --- 1. The manifest: every installed package, its version and the sha256 of its .deb.
+# build.sh keeps the downloaded .debs (--skip=essential/unlink) until mmdebstrap's cleanup.
+say "writing the package manifest"
+{
+    echo "# pk appliance image: installed Debian packages (package version architecture sha256-of-.deb)"
+    chroot "$root" dpkg-query -W -f '${Package} ${Version} ${Architecture}\n' | LC_ALL=C sort |
+        while read -r pkg ver arch; do
+            deb="$root/var/cache/apt/archives/${pkg}_${ver//:/%3a}_${arch}.deb"
+            [[ -f $deb ]] || die "no downloaded .deb for $pkg $ver ($deb)"
+            sum=$(sha256sum "$deb") && echo "$pkg $ver $arch ${sum%% *}"
+        done
+} > "$PK_MANIFEST_OUT.tmp"
+mv "$PK_MANIFEST_OUT.tmp" "$PK_MANIFEST_OUT"
+
+if [[ -n ${PK_MANIFEST_PIN:-} ]]; then
+    if ! diff -u <(grep -v '^#' "$PK_MANIFEST_PIN") <(grep -v '^#' "$PK_MANIFEST_OUT") >&2; then
+        die "the installed packages differ from the pinned manifest $PK_MANIFEST_PIN (diff above: - pinned, + installed)"
+    fi
+    rm -f "$root/etc/apt/preferences.d/pk-manifest.pref"
+    say "installed packages match the pinned manifest"
+fi
+
+# --- 2. Files. Modes are set here, not taken from the checkout (umask differs).
+install_tree() { # SRC_DIR: copy every file below SRC_DIR into the image, 0644, dirs 0755
+    local src=$1 f rel
+    while IFS= read -r -d '' f; do
+        rel=${f#"$src"/}
+        install -D -m 0644 -o root -g root "$f" "$root/$rel"
+    done < <(find "$src" -type f -print0 | LC_ALL=C sort -z)
+}
+say "installing pk-appliance and the configuration"
+install -D -m 0755 -o root -g root "$PK_APPLIANCE_BIN" "$root/usr/bin/pk-appliance"
+# Debug information stays on the build host; stripping is deterministic.
+"${PK_STRIP:-strip}" --strip-debug "$root/usr/bin/pk-appliance"
+install -D -m 0644 -o root -g root "$PK_UNIT" "$root/usr/lib/systemd/system/pk-appliance.service"
+install -D -m 0644 -o root -g root "$PK_IMAGE_DIR/README.md" "$root/usr/share/doc/pk-appliance/image.md"
+install_tree "$PK_IMAGE_DIR/rootfs"
+chmod 0755 "$root/etc/nftables.conf"
+if [[ ${PK_IMAGE_DEBUG:-0} == 1 ]]; then
+    install_tree "$PK_IMAGE_DIR/rootfs-debug"
+fi
+
+# /etc/fstab: the data partition at /data, and /var as an overlay of the image's /var
+# (read-only, lower) and /data/var (upper): all of /var is writable and persistent,
+# including /var/lib/private/pk-appliance (the unit's DynamicUser= state directory, which
+# /var/lib/pk-appliance points to) and /var/log/journal.
+cat > "$root/etc/fstab" <<EOF
+# The root file system (erofs, read-only) is mounted by the initrd: root= on the kernel
+# command line. Written by image/customize.sh.
+PARTUUID=$PK_DATA_PARTUUID  /data  ext4  defaults,nosuid,nodev,noexec,x-systemd.growfs  0  2
+overlay  /var  overlay  lowerdir=/var,upperdir=/data/var,workdir=/data/.var-work,nosuid,nodev,x-systemd.requires=pk-data-setup.service  0  0
+EOF
+chmod 0644 "$root/etc/fstab"
+install -d -m 0700 "$root/data"
+# systemd-logind needs it on a read-only root (before /var is mounted over it, too).
+install -d -m 0755 "$root/var/lib/systemd/linger"
+# No DNS configured yet: nothing in the image resolves names (and mmdebstrap copied the
+# build host's file, which would make the image depend on the host).
+printf '# The appliance resolves no names yet (image/README.md).\n' > "$root/etc/resolv.conf"
+# The temporary directories: /tmp a tmpfs.
+install -m 0644 "$root/usr/share/systemd/tmp.mount" "$root/etc/systemd/system/tmp.mount"
+
+# --- 3. The binary's shared libraries must all be in the image.
+say "checking pk-appliance's shared libraries inside the image"
+if ! libs=$(chroot "$root" ldd /usr/bin/pk-appliance); then
+    die "ldd /usr/bin/pk-appliance failed inside the image (is it an $(dpkg --print-architecture) binary?)"
+fi
+echo "$libs" | sed 's/^/  /' >&2
+if grep -q 'not found' <<<"$libs"; then
+    missing=$(grep 'not found' <<<"$libs" | awk '{print $1}' | tr '\n' ' ')
+    die "libraries missing from the image: $missing- add the Debian packages providing them to packages.<arch>.txt"
+fi
+[[ -e $root/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0 || -e $root/usr/lib/aarch64-linux-gnu/libtss2-tcti-device.so.0 ]] ||
+    die "libtss2-tcti-device.so.0 (opened by libtss2-tctildr at run time) is missing: add libtss2-tcti-device0"
+chroot "$root" getent group tss >/dev/null || die "there is no tss group in the image (package tpm-udev)"
+
+# --- 4. Units.
+say "enabling and masking units"
+systemctl --root="$root" enable pk-appliance.service systemd-networkd.service nftables.service tmp.mount >&2
+systemctl --root="$root" enable pcscd.socket >&2
+systemctl --root="$root" set-default multi-user.target >&2
+# No login on any console, no shell on Ctrl-Alt-Del or a key combination.
+mask=(getty@.service autovt@.service console-getty.service container-getty@.service
+      ctrl-alt-del.target debug-shell.service)
+if [[ ${PK_IMAGE_DEBUG:-0} == 1 ]]; then
+    # The debug variant: root shell on ttyS0 (rootfs-debug/).
+    systemctl --root="$root" enable serial-getty@ttyS0.service >&2
+else
+    mask+=(serial-getty@.service)
+fi
+systemctl --root="$root" mask "${mask[@]}" >&2
+# Nothing that talks to the outside by itself (none of these is installed today; the mask
+# keeps them off if a dependency ever brings one in).
+systemctl --root="$root" mask systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
+    man-db.timer >&2
+
+# --- 5. The initrd, with rootfs/etc/initramfs-tools (SOURCE_DATE_EPOCH: reproducible).
+say "rebuilding the initrd"
+chroot "$root" update-initramfs -u -k all >&2
+
+# --- 6. Leftovers that differ between builds or are useless on a read-only root.
+rm -f "$root/var/cache/ldconfig/aux-cache" "$root/etc/.pwd.lock" \
+      "$root/var/lib/dpkg/status-old" "$root/var/lib/dpkg/diversions-old" \
+      "$root"/var/cache/debconf/*-old "$root"/etc/*-
+say "done"
