@@ -30,8 +30,10 @@ pub struct Config {
     /// None: not bound to PCRs (the TPM alone opens it).
     #[serde(deserialize_with = "pcr_list")]
     pub tpm_pcrs: Option<String>,
-    /// The PKCS#11 module for PKCS#11 keyslots, e.g. `/usr/lib/softhsm/libsofthsm2.so`;
-    /// none: PKCS#11 keyslots cannot be enrolled or opened.
+    /// The PKCS#11 module for PKCS#11 keyslots, e.g. `/usr/lib/softhsm/libsofthsm2.so`:
+    /// the console enrols PKCS#11 keyslots with it, and unlocking uses it instead of the
+    /// module a slot recorded at enrolment. None: the console cannot enrol PKCS#11
+    /// keyslots; existing ones open through the module they recorded.
     pub pkcs11_module: Option<PathBuf>,
     /// Idle time after which a console session ends, in seconds.
     pub session_idle_s: u64,

@@ -68,7 +68,7 @@ async fn guard(
     next: Next,
 ) -> Response {
     let Some(expected) = c.session(request.headers()) else {
-        return error(StatusCode::UNAUTHORIZED, "log in first");
+        return refuse(request, StatusCode::UNAUTHORIZED, "log in first").await;
     };
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let given = request
@@ -81,13 +81,23 @@ async fn guard(
                 event = "console.csrf_refused",
                 "an API call without its CSRF token"
             );
-            return error(
+            return refuse(
+                request,
                 StatusCode::FORBIDDEN,
                 "missing or wrong X-CSRF-Token header",
-            );
+            )
+            .await;
         }
     }
     next.run(request).await
+}
+
+/// Refuses a request after reading (and dropping) up to 64 KiB of its body: answering an
+/// HTTP/2 request before its body has arrived resets the stream, and the client would see
+/// a reset instead of the answer.
+async fn refuse(request: axum::extract::Request, status: StatusCode, message: &str) -> Response {
+    let _ = axum::body::to_bytes(request.into_body(), 64 * 1024).await;
+    error(status, message)
 }
 
 fn outcome(outcome: Outcome) -> Response {

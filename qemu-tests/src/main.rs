@@ -1,0 +1,613 @@
+//! The appliance image's end-to-end suite: the real disk images, booted in QEMU (TCG;
+//! KVM only where it really works) with UEFI firmware and, on amd64, a fresh software TPM
+//! (swtpm), driven from outside through the forwarded console and peer ports.
+//!
+//! ```text
+//! pk-qemu-tests --amd64 target/image/amd64 [--arm64 target/image/arm64] [--pk PATH]
+//! ```
+//!
+//! Each machine, with the process that drives it, runs in a network namespace of its own
+//! (`unshare --net`, loopback only): neither the guest nor the test can reach any other
+//! network. One VM runs at a time. Scenarios (issue 8):
+//!
+//! - a. boot: the service reports READY (systemd prints "Started pk-appliance.service"
+//!   only after READY=1 for a Type=notify unit), and the console answers over HTTPS with
+//!   the certificate whose fingerprint the appliance printed;
+//! - b. first-boot setup through the API with the setup code read from the serial
+//!   console; the first TPM keyslot is bound to boot-chain PCRs; a vault with secrets;
+//! - c. reboot: the appliance unlocks by itself through the TPM;
+//! - d. tamper: the unified kernel image is replaced by one with another kernel command
+//!   line; the measured PCRs change, the appliance stays locked, the console offers
+//!   recovery, and the recovery code unlocks;
+//! - e. a "laptop" node on the host is shared a vault by the appliance and clones it over
+//!   the forwarded QUIC port; an edit made on the laptop comes back by the appliance's
+//!   scheduled pull;
+//! - f. the arm64 image boots under `qemu-system-aarch64 -M virt -cpu cortex-a72` and the
+//!   service reports READY.
+//!
+//! The last line is `N passed, N failed`; the exit status is 1 if any failed.
+
+#![forbid(unsafe_code)]
+
+mod console;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use console::Console;
+use vm::{Arch, Machine, PEER_PORT, run, tail, wait_until};
+
+/// A scenario's failure, in words.
+pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long one boot may take until the appliance is up, under TCG (amd64 takes about a
+/// minute here; arm64 several).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const ARM64_BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+const ADMIN_PASSWORD: &str = "qemu suite admin password";
+const LAPTOP_PASSPHRASE: &str = "laptop node passphrase";
+/// The appliance's address of the host's loopback, through QEMU's user-mode network.
+const HOST_FROM_GUEST: &str = "10.0.2.2";
+
+struct Args {
+    amd64: Option<PathBuf>,
+    arm64: Option<PathBuf>,
+    pk: PathBuf,
+    work: PathBuf,
+    group: Option<String>,
+    /// Development: keep the amd64 machine of the last run and start at scenario d.
+    resume: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: pk-qemu-tests [--amd64 BUILD_DIR] [--arm64 BUILD_DIR] [--pk PATH] [--work DIR]\n\
+         BUILD_DIR is image/build.sh's output (the disk image, uki.efi, vmlinuz, initrd.img, rootfs/)."
+    );
+    std::process::exit(64)
+}
+
+fn args() -> Args {
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+        .unwrap_or_default();
+    let mut args = Args {
+        amd64: None,
+        arm64: None,
+        pk: here.join("pk"),
+        work: PathBuf::from("target/qemu-tests"),
+        group: None,
+        resume: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().map(PathBuf::from).unwrap_or_else(|| usage());
+        match arg.as_str() {
+            "--amd64" => args.amd64 = Some(value()),
+            "--arm64" => args.arm64 = Some(value()),
+            "--pk" => args.pk = value(),
+            "--work" => args.work = value(),
+            "--group" => args.group = Some(value().display().to_string()),
+            "--resume-at-d" => args.resume = true,
+            _ => usage(),
+        }
+    }
+    if args.amd64.is_none() && args.arm64.is_none() {
+        usage();
+    }
+    args
+}
+
+/// The scenarios of each group, in order.
+const AMD64: &[&str] = &["a", "b", "c", "d", "e"];
+const ARM64: &[&str] = &["f"];
+
+fn main() {
+    let args = args();
+    if let Some(group) = &args.group {
+        // Inside the group's network namespace.
+        let code = match group_main(&args, group) {
+            Ok(()) => 0,
+            Err(e) => {
+                println!("ABORT {}", e.to_string().replace('\n', "\\n"));
+                1
+            }
+        };
+        std::process::exit(code);
+    }
+    let mut passed = 0;
+    let mut failed = 0;
+    let groups = [
+        ("amd64", args.amd64.is_some(), AMD64),
+        ("arm64", args.arm64.is_some(), ARM64),
+    ];
+    for (group, wanted, scenarios) in groups {
+        if !wanted {
+            continue;
+        }
+        let results = run_group(&args, group);
+        for name in scenarios.iter() {
+            match results.iter().find(|(n, _)| n == name) {
+                Some((_, Ok(()))) => {
+                    passed += 1;
+                    println!("scenario {name}: passed");
+                }
+                Some((_, Err(why))) => {
+                    failed += 1;
+                    println!("scenario {name}: FAILED: {why}");
+                }
+                None => {
+                    failed += 1;
+                    println!(
+                        "scenario {name}: FAILED: not run (an earlier step of the {group} machine failed)"
+                    );
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+/// Runs one machine's scenarios in a new network namespace; what each scenario reported.
+fn run_group(args: &Args, group: &str) -> Vec<(String, Result<(), String>)> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pk-qemu-tests"));
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--"]).arg(exe).arg("--group").arg(group);
+    for (flag, value) in [("--amd64", &args.amd64), ("--arm64", &args.arm64)] {
+        if let Some(v) = value {
+            cmd.arg(flag).arg(v);
+        }
+    }
+    cmd.arg("--pk").arg(&args.pk).arg("--work").arg(&args.work);
+    if args.resume {
+        cmd.arg("--resume-at-d");
+    }
+    eprintln!("== {group}: booting in a network namespace of its own");
+    let out = match cmd.stderr(Stdio::inherit()).output() {
+        Ok(out) => out,
+        Err(e) => return vec![("?".into(), Err(format!("cannot run unshare: {e}")))],
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut results = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("PASS ") {
+            results.push((rest.trim().to_owned(), Ok(())));
+        } else if let Some(rest) = line.strip_prefix("FAIL ") {
+            let (name, why) = rest.split_once(' ').unwrap_or((rest, ""));
+            results.push((name.to_owned(), Err(why.replace("\\n", "\n"))));
+        } else if let Some(why) = line.strip_prefix("ABORT ") {
+            eprintln!("{group}: {}", why.replace("\\n", "\n"));
+        }
+    }
+    results
+}
+
+/// Reports a scenario's outcome to the parent (one line each).
+fn report(name: &str, result: &Result<(), Failure>) {
+    match result {
+        Ok(()) => println!("PASS {name}"),
+        Err(e) => println!("FAIL {name} {}", e.to_string().replace('\n', "\\n")),
+    }
+    eprintln!(
+        "   scenario {name}: {}",
+        if result.is_ok() { "passed" } else { "FAILED" }
+    );
+}
+
+fn group_main(args: &Args, group: &str) -> Result<(), Failure> {
+    run(Command::new("ip").args(["link", "set", "lo", "up"]))?;
+    let work = args.work.join(group);
+    if !args.resume {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    std::fs::create_dir_all(&work)?;
+    let work = work.canonicalize()?;
+    match group {
+        "amd64" => amd64(args, &work),
+        "arm64" => arm64(args, &work),
+        other => Err(format!("no group {other}").into()),
+    }
+}
+
+/// The disk image in an image/build.sh output directory.
+fn image_in(dir: &Path, arch: &str) -> PathBuf {
+    dir.join(format!("pk-appliance-{arch}.img"))
+}
+
+/// What the first boot showed: the setup code and the certificate's fingerprint.
+struct FirstBoot {
+    code: String,
+    fingerprint: String,
+}
+
+/// Waits for the appliance on the serial console; the service is READY once systemd
+/// says it started (Type=notify).
+fn appliance_up(vm: &mut vm::Vm) -> Result<String, Failure> {
+    let timeout = match vm.arch {
+        Arch::Amd64 => BOOT_TIMEOUT,
+        Arch::Arm64 => ARM64_BOOT_TIMEOUT,
+    };
+    vm.wait_serial("console at https://", timeout)?;
+    let text = vm.wait_serial("Started pk-appliance.serv", timeout)?;
+    eprintln!("   the appliance is up {} s after power-on", vm.uptime());
+    Ok(text)
+}
+
+fn scenario_a(vm: &mut vm::Vm, console: &Console) -> Result<FirstBoot, Failure> {
+    let serial = appliance_up(vm)?;
+    let line = serial
+        .lines()
+        .find(|l| l.contains("console at https://"))
+        .ok_or("no console line")?;
+    let fingerprint = line
+        .split("certificate SHA-256 ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .ok_or_else(|| format!("no fingerprint in {line:?}"))?
+        .to_owned();
+    let code = serial
+        .lines()
+        .find_map(|l| l.split("setup code ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .ok_or("no setup code on the serial console")?
+        .to_owned();
+    console.reachable(Duration::from_secs(120))?;
+    let presented = console::presented_fingerprint()?;
+    if presented != fingerprint {
+        return Err(format!(
+            "the console presents {presented}, the appliance printed {fingerprint}"
+        )
+        .into());
+    }
+    if serial.contains("login:") {
+        return Err("the serial console offers a login prompt".into());
+    }
+    Ok(FirstBoot { code, fingerprint })
+}
+
+fn scenario_b(console: &mut Console, first: &FirstBoot) -> Result<String, Failure> {
+    let recovery = console.setup(&first.code, ADMIN_PASSWORD)?;
+    let status = console.unlocked(Duration::from_secs(120))?;
+    if status["fingerprint"] != first.fingerprint.as_str() {
+        return Err(format!("/api/status shows another fingerprint: {status}").into());
+    }
+    let slots = console.ok("GET", "/api/keyslots", None)?;
+    let tpm = slots
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["kind"] == "tpm"))
+        .ok_or_else(|| format!("no TPM keyslot: {slots}"))?;
+    if tpm["pcrs"] != "sha256:0,4,7,9,12" {
+        return Err(format!("the TPM keyslot is not bound to PCRs 0,4,7,9,12: {tpm}").into());
+    }
+    console.ok("POST", "/api/vaults", Some(json!({ "name": "office" })))?;
+    for (path, value) in [("wifi", "office-wifi-key"), ("alarm", "2468")] {
+        console.ok(
+            "POST",
+            "/api/vaults/office/secrets",
+            Some(json!({ "path": path, "value": value })),
+        )?;
+    }
+    let wifi = console.reveal("office", "wifi")?;
+    if wifi != "office-wifi-key" {
+        return Err(format!("the secret reads back as {wifi:?}").into());
+    }
+    Ok(recovery)
+}
+
+fn scenario_c(vm: &mut vm::Vm, console: &mut Console) -> Result<(), Failure> {
+    appliance_up(vm)?;
+    console.reachable(Duration::from_secs(120))?;
+    console.login(ADMIN_PASSWORD)?;
+    // Nobody unlocks: the TPM does, because the boot chain is what it was.
+    console.unlocked(Duration::from_secs(120))?;
+    let wifi = console.reveal("office", "wifi")?;
+    if wifi != "office-wifi-key" {
+        return Err(format!("after the reboot the secret reads {wifi:?}").into());
+    }
+    Ok(())
+}
+
+/// Replaces the disk's unified kernel image by one with another kernel command line (or
+/// puts the original back).
+fn swap_uki(machine: &Machine, build: &Path, tampered: bool) -> Result<(), Failure> {
+    let original = build.join("uki.efi");
+    let uki = if tampered {
+        let cmdline = run(Command::new("objcopy")
+            .args(["-O", "binary", "--only-section=.cmdline"])
+            .arg(&original)
+            .arg("/dev/stdout"))?;
+        let cmdline = format!("{} pk.tampered=1", cmdline.trim_end_matches('\0').trim());
+        let out = machine.dir.join("tampered.efi");
+        let conf = std::fs::read_to_string("image/image.conf")?;
+        let epoch = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("PK_IMAGE_EPOCH="))
+            .ok_or("no PK_IMAGE_EPOCH in image/image.conf")?;
+        run(Command::new("image/mkuki.sh")
+            .env("SOURCE_DATE_EPOCH", epoch.trim())
+            .arg("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+            .arg(build.join("vmlinuz"))
+            .arg(build.join("initrd.img"))
+            .arg(build.join("rootfs/usr/lib/os-release"))
+            .arg(&cmdline)
+            .arg(&out))?;
+        out
+    } else {
+        original
+    };
+    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk")
+        .arg("--json")
+        .arg(&machine.disk))?)?;
+    let start = table["partitiontable"]["partitions"][0]["start"]
+        .as_u64()
+        .ok_or("no ESP in the partition table")?;
+    run(Command::new("mcopy")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@{}", machine.disk.display(), start * 512))
+        .arg(&uki)
+        .arg("::/EFI/BOOT/BOOTX64.EFI"))?;
+    Ok(())
+}
+
+fn scenario_d(vm: &mut vm::Vm, console: &mut Console, recovery: &str) -> Result<(), Failure> {
+    let serial = appliance_up(vm)?;
+    if !serial.contains("pk.tampered=1") {
+        return Err("the tampered command line did not reach the kernel".into());
+    }
+    console.reachable(Duration::from_secs(120))?;
+    console.login(ADMIN_PASSWORD)?;
+    let status = console.settled_state(Duration::from_secs(120))?;
+    // The agent tries the TPM at start; give it time to have tried.
+    std::thread::sleep(Duration::from_secs(10));
+    let status = match console.ok("GET", "/api/status", None)? {
+        s if s["state"] == "locked" => s,
+        other => {
+            return Err(format!(
+                "with a changed boot chain the node is not locked: {other} (first {status})"
+            )
+            .into());
+        }
+    };
+    let vaults = console.call("GET", "/api/vaults", None)?;
+    if vaults["error"] != "the node is locked" {
+        return Err(format!("a locked node answers vaults: {vaults}").into());
+    }
+    let page = console.page("/status")?;
+    if !page.contains("value=\"recovery\"") {
+        return Err("the status page offers no recovery-code unlock".into());
+    }
+    let tpm = console.call("POST", "/api/unlock", Some(json!({ "method": "tpm" })))?;
+    if tpm.get("error").is_none() {
+        return Err(format!("the TPM unlocked a tampered boot: {tpm}").into());
+    }
+    console.ok(
+        "POST",
+        "/api/unlock",
+        Some(json!({ "method": "recovery", "secret": recovery })),
+    )?;
+    console.unlocked(Duration::from_secs(30))?;
+    let wifi = console.reveal("office", "wifi")?;
+    if wifi != "office-wifi-key" {
+        return Err(format!("after recovery the secret reads {wifi:?}").into());
+    }
+    eprintln!(
+        "   locked with the tampered kernel command line ({}), opened with the recovery code",
+        status["state"]
+    );
+    Ok(())
+}
+
+/// A laptop: a `pk` node on the host with its agent on 127.0.0.1.
+struct Laptop {
+    pk: PathBuf,
+    dir: PathBuf,
+    pass: PathBuf,
+}
+
+impl Laptop {
+    fn pk(&self, args: &[&str]) -> Result<String, Failure> {
+        run(Command::new(&self.pk)
+            .arg("--node-path")
+            .arg(self.dir.join("node"))
+            .args(args)
+            .env("PK_PEER_LISTEN", "127.0.0.1:0")
+            .env_remove("PK_NODE_PATH")
+            .env_remove("PK_PASSWORD"))
+    }
+
+    fn start(pk: &Path, dir: &Path) -> Result<(Laptop, String, String), Failure> {
+        std::fs::create_dir_all(dir)?;
+        let pass = dir.join("pass");
+        std::fs::write(&pass, LAPTOP_PASSPHRASE)?;
+        let laptop = Laptop {
+            pk: pk.to_owned(),
+            dir: dir.to_owned(),
+            pass,
+        };
+        let pass = laptop.pass.display().to_string();
+        laptop.pk(&[
+            "init",
+            "--token",
+            "soft",
+            "--argon2-memory-mib",
+            "8",
+            "--argon2-passes",
+            "1",
+            "--password-file",
+            &pass,
+        ])?;
+        laptop.pk(&["agent", "start", "--password-file", &pass])?;
+        let status: serde_json::Value =
+            serde_json::from_str(&laptop.pk(&["--format", "json", "agent", "status"])?)?;
+        let id = status["node_id"]
+            .as_str()
+            .ok_or("no laptop NodeId")?
+            .to_owned();
+        let port = status["peer_addr"]
+            .as_str()
+            .and_then(|a| a.rsplit(':').next())
+            .ok_or("no laptop peer address")?
+            .to_owned();
+        Ok((laptop, id, port))
+    }
+}
+
+impl Drop for Laptop {
+    fn drop(&mut self) {
+        let _ = self.pk(&["agent", "stop"]);
+    }
+}
+
+fn scenario_e(console: &Console, pk: &Path, dir: &Path) -> Result<(), Failure> {
+    let (laptop, laptop_id, laptop_port) = Laptop::start(pk, dir)?;
+    let status = console.ok("GET", "/api/status", None)?;
+    let appliance_id = status["node_id"]
+        .as_str()
+        .ok_or("no appliance NodeId")?
+        .to_owned();
+    // The appliance reaches the laptop through QEMU's user network; the laptop reaches
+    // the appliance through the forwarded UDP port, with the console's pairing address.
+    console.ok(
+        "POST",
+        "/api/peers",
+        Some(json!({ "node_id": laptop_id, "addr": format!("{HOST_FROM_GUEST}:{laptop_port}") })),
+    )?;
+    laptop.pk(&[
+        "nodes",
+        "add",
+        &format!("pk://{appliance_id}@127.0.0.1:{PEER_PORT}"),
+    ])?;
+    console.ok(
+        "POST",
+        "/api/vaults/office/share",
+        Some(json!({ "who": laptop_id, "grant": true })),
+    )?;
+    laptop.pk(&["vaults", "clone", "office", &appliance_id])?;
+    let wifi = laptop.pk(&["secrets", "cat", "office:wifi"])?;
+    if wifi != "office-wifi-key" {
+        return Err(format!("the laptop's clone reads {wifi:?}").into());
+    }
+    // An edit on the laptop, shared back, comes home by the appliance's scheduled pull.
+    let note = dir.join("note");
+    std::fs::write(&note, "edited on the laptop")?;
+    laptop.pk(&[
+        "secrets",
+        "create",
+        &note.display().to_string(),
+        "office:laptop-note",
+    ])?;
+    laptop.pk(&["vaults", "share", "office", &appliance_id])?;
+    console.ok(
+        "POST",
+        "/api/backups",
+        Some(json!({ "vault": "office", "node_id": laptop_id, "every_s": 10, "name": "office" })),
+    )?;
+    let mut last = String::new();
+    wait_until(
+        "the scheduled pull of the laptop's edit",
+        Duration::from_secs(120),
+        || {
+            last = console
+                .reveal("office", "laptop-note")
+                .unwrap_or_else(|e| e.to_string());
+            last == "edited on the laptop"
+        },
+    )
+    .map_err(|e| format!("{e}; last read: {last}"))?;
+    let backups = console.ok("GET", "/api/backups", None)?;
+    if backups[0]["last"]["ok"] != true {
+        return Err(format!("the backups page shows no successful pull: {backups}").into());
+    }
+    Ok(())
+}
+
+fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
+    let build = args.amd64.clone().ok_or("no --amd64")?;
+    if args.resume {
+        let mut machine = Machine::resume(Arch::Amd64, work)?;
+        let mut console = Console::new(work.join("cookies.txt"));
+        let recovery = std::fs::read_to_string(work.join("recovery.txt"))?;
+        return tampered(args, &build, &mut machine, &mut console, &recovery);
+    }
+    let mut machine = Machine::new(Arch::Amd64, &image_in(&build, "amd64"), work)?;
+    let mut console = Console::new(work.join("cookies.txt"));
+
+    // a, b: the first boot.
+    let mut vm = machine.boot()?;
+    let first = scenario_a(&mut vm, &console);
+    report(
+        "a",
+        &first.as_ref().map(|_| ()).map_err(|e| e.to_string().into()),
+    );
+    let first = first?;
+    let recovery = scenario_b(&mut console, &first);
+    report(
+        "b",
+        &recovery
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| e.to_string().into()),
+    );
+    let recovery = recovery?;
+    // Kept for --resume-at-d only (a throwaway machine's recovery code).
+    std::fs::write(work.join("recovery.txt"), &recovery)?;
+    vm.shutdown(Duration::from_secs(120))?;
+
+    // c: a reboot.
+    let mut vm = machine.boot()?;
+    let c = scenario_c(&mut vm, &mut console);
+    report("c", &c);
+    c?;
+    vm.shutdown(Duration::from_secs(120))?;
+
+    tampered(args, &build, &mut machine, &mut console, &recovery)
+}
+
+/// d: a tampered boot chain; e in the same boot, once the recovery code has opened it.
+fn tampered(
+    args: &Args,
+    build: &Path,
+    machine: &mut Machine,
+    console: &mut Console,
+    recovery: &str,
+) -> Result<(), Failure> {
+    let work = machine.dir.clone();
+    swap_uki(machine, build, true)?;
+    let mut vm = machine.boot()?;
+    let d = scenario_d(&mut vm, console, recovery);
+    report("d", &d);
+    if d.is_err() {
+        eprintln!("{}", tail(&vm.serial_text(), 30));
+    }
+    d?;
+    let e = scenario_e(console, &args.pk, &work.join("laptop"));
+    report("e", &e);
+    vm.shutdown(Duration::from_secs(120))?;
+    Ok(())
+}
+
+fn arm64(args: &Args, work: &Path) -> Result<(), Failure> {
+    let build = args.arm64.clone().ok_or("no --arm64")?;
+    let mut machine = Machine::new(Arch::Arm64, &image_in(&build, "arm64"), work)?;
+    let console = Console::new(work.join("cookies.txt"));
+    let mut vm = machine.boot()?;
+    let f = (|| -> Result<(), Failure> {
+        appliance_up(&mut vm)?;
+        console.reachable(Duration::from_secs(120))?;
+        let page = console.page("/setup")?;
+        if !page.contains("Set up this appliance") {
+            return Err(format!("the arm64 console's setup page: {}", tail(&page, 5)).into());
+        }
+        Ok(())
+    })();
+    report("f", &f);
+    let _ = vm.shutdown(Duration::from_secs(120));
+    Ok(())
+}
