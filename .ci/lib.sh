@@ -15,6 +15,12 @@ PK_TPM_PACKAGES=(swtpm swtpm-tools)
 # WebDriver for the console's browser tests.
 PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl chromium chromium-driver wrk)
 
+# Building the appliance image and booting it in QEMU (image/host-packages.txt, one per
+# line, comments after #).
+pk_image_packages() {
+  grep -v '^[[:space:]]*#' "$(dirname "${BASH_SOURCE[0]}")/../image/host-packages.txt" | sed 's/#.*//' | tr -s ' \n' '\n' | grep -v '^$'
+}
+
 pk_install_packages() {
   local missing=() p
   for p in "$@"; do

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Boots the appliance image under QEMU (TCG, no KVM) with OVMF and a software TPM (swtpm),
-# inside a new network namespace where only loopback exists, and checks that:
+# Boots the appliance image under QEMU (TCG, no KVM) with UEFI firmware, inside a new
+# network namespace where only loopback exists, and checks that:
 #   1. the serial console shows pk-appliance's "console at https://" line, and
 #   2. the admin console answers: curl -k https://127.0.0.1:18443/login (QEMU forwards
-#      127.0.0.1:18443 to the guest's 8443, and UDP 127.0.0.1:11314 to its 1314).
-# The disk and the OVMF variables are copies, so the image itself is never written.
+#      127.0.0.1:18443 to the guest's 8443, and UDP 127.0.0.1:11314 to its 1314), and
+#   3. systemd reports "Started pk-appliance.service" (Type=notify: READY=1 was sent).
+# The disk and the UEFI variables are copies, so the image itself is never written.
+#   amd64: qemu-system-x86_64 -machine q35 -cpu max, OVMF, a software TPM (swtpm, tpm-tis).
+#   arm64: qemu-system-aarch64 -machine virt -cpu cortex-a72, AAVMF (qemu-efi-aarch64),
+#          virtio-rng (a Raspberry Pi has a hardware RNG; cortex-a72 has no RNDR), no TPM:
+#          Debian's arm64 kernel has no driver for QEMU's tpm-tis-device, so the appliance
+#          offers a passphrase keyslot instead.
 #
-# Usage: image/boot-test.sh [IMAGE] [--timeout SECONDS] [--workdir DIR]
-#   IMAGE      default target/image/amd64/pk-appliance-amd64.img
-#   --timeout  how long to wait for the appliance to start (default 300 s)
+# Usage: image/boot-test.sh [IMAGE] [--arch amd64|arm64] [--timeout SECONDS] [--workdir DIR]
+#   IMAGE      default target/image/<arch>/pk-appliance-<arch>.img
+#   --arch     default: arm64 if IMAGE's file name contains "arm64", else amd64
+#   --timeout  how long to wait for the appliance to start (default 300 s; arm64 900 s)
 #   --workdir  where the copies, the TPM state and serial.log go
-#              (default target/image/boot-test); kept afterwards for inspection
+#              (default target/image/boot-test, boot-test-arm64 for arm64); kept
+#              afterwards for inspection
 # Environment: PK_QEMU_SMP (default 2), PK_QEMU_MEM (default 2048).
 set -euo pipefail
 
@@ -19,11 +27,13 @@ repo=$(dirname "$here")
 die() { echo "boot-test.sh: error: $*" >&2; exit 1; }
 say() { echo "boot-test.sh: $*" >&2; }
 
-img=$repo/target/image/amd64/pk-appliance-amd64.img
-timeout=300
-work=$repo/target/image/boot-test
+img=
+arch=
+timeout=
+work=
 while [[ $# -gt 0 ]]; do
     case $1 in
+        --arch) arch=${2:?--arch needs amd64 or arm64}; shift 2 ;;
         --timeout) timeout=${2:?--timeout needs seconds}; shift 2 ;;
         --workdir) work=${2:?--workdir needs a directory}; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -31,25 +41,41 @@ while [[ $# -gt 0 ]]; do
         *) img=$1; shift ;;
     esac
 done
-[[ -f $img ]] || die "$img not found (build it with image/build.sh)"
+if [[ -z $arch ]]; then
+    arch=amd64
+    [[ ${img##*/} == *arm64* ]] && arch=arm64
+fi
+case $arch in
+    amd64) qemu=qemu-system-x86_64 tpm=1 timeout=${timeout:-300} suffix= ;;
+    arm64) qemu=qemu-system-aarch64 tpm=0 timeout=${timeout:-900} suffix=-arm64 ;;
+    *) die "unknown architecture '$arch' (amd64 or arm64)" ;;
+esac
+img=${img:-$repo/target/image/$arch/pk-appliance-$arch.img}
+work=${work:-$repo/target/image/boot-test$suffix}
+[[ -f $img ]] || die "$img not found (build it with image/build.sh --arch $arch)"
 
 # Re-run inside a network namespace of our own: the guest's user-mode network can then
 # reach nothing but this namespace's loopback.
 if [[ -z ${PK_BOOT_TEST_NETNS:-} ]]; then
-    exec env PK_BOOT_TEST_NETNS=1 unshare --net -- "$0" "$img" --timeout "$timeout" --workdir "$work"
+    exec env PK_BOOT_TEST_NETNS=1 unshare --net -- "$0" "$img" --arch "$arch" --timeout "$timeout" --workdir "$work"
 fi
 ip link set lo up
 
-for tool in qemu-system-x86_64 swtpm curl; do
+tools=("$qemu" curl)
+[[ $tpm == 1 ]] && tools+=(swtpm)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "$tool not found: apt-get install \$(grep -v '^#' image/host-packages.txt)"
 done
-code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd
-[[ -f $code && -f $vars ]] || die "OVMF firmware not found (package ovmf)"
+case $arch in
+    amd64) code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd fw=ovmf ;;
+    arm64) code=/usr/share/AAVMF/AAVMF_CODE.fd vars=/usr/share/AAVMF/AAVMF_VARS.fd fw=qemu-efi-aarch64 ;;
+esac
+[[ -f $code && -f $vars ]] || die "UEFI firmware $code / $vars not found (package $fw)"
 
 rm -rf "$work"
 mkdir -p "$work/tpm"
 cp --sparse=always "$img" "$work/disk.img"
-cp "$vars" "$work/OVMF_VARS.fd"
+cp "$vars" "$work/UEFI_VARS.fd"
 serial=$work/serial.log
 : > "$serial"
 
@@ -61,25 +87,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
-swtpm socket --tpm2 --tpmstate dir="$work/tpm" --ctrl type=unixio,path="$work/swtpm.sock" \
-    --log file="$work/swtpm.log" &
-pids+=($!)
-for _ in $(seq 50); do [[ -S $work/swtpm.sock ]] && break; sleep 0.1; done
-[[ -S $work/swtpm.sock ]] || die "swtpm did not start (see $work/swtpm.log)"
+machine=()
+if [[ $tpm == 1 ]]; then
+    swtpm socket --tpm2 --tpmstate dir="$work/tpm" --ctrl type=unixio,path="$work/swtpm.sock" \
+        --log file="$work/swtpm.log" &
+    pids+=($!)
+    for _ in $(seq 50); do [[ -S $work/swtpm.sock ]] && break; sleep 0.1; done
+    [[ -S $work/swtpm.sock ]] || die "swtpm did not start (see $work/swtpm.log)"
+fi
+case $arch in
+    amd64)
+        machine=(-machine q35 -accel tcg -cpu max
+                 -chardev socket,id=chrtpm,path="$work/swtpm.sock"
+                 -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0) ;;
+    arm64)
+        machine=(-machine virt -accel tcg -cpu cortex-a72 -device virtio-rng-pci) ;;
+esac
 
 start=$SECONDS
-qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp "${PK_QEMU_SMP:-2}" -m "${PK_QEMU_MEM:-2048}" \
+"$qemu" "${machine[@]}" -smp "${PK_QEMU_SMP:-2}" -m "${PK_QEMU_MEM:-2048}" \
     -drive if=pflash,format=raw,unit=0,readonly=on,file="$code" \
-    -drive if=pflash,format=raw,unit=1,file="$work/OVMF_VARS.fd" \
+    -drive if=pflash,format=raw,unit=1,file="$work/UEFI_VARS.fd" \
     -drive if=virtio,format=raw,file="$work/disk.img" \
-    -chardev socket,id=chrtpm,path="$work/swtpm.sock" \
-    -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0 \
     -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:18443-:8443,hostfwd=udp:127.0.0.1:11314-:1314 \
     -serial file:"$serial" -display none -monitor none -no-reboot \
     > "$work/qemu.log" 2>&1 &
 qemu=$!
 pids+=("$qemu")
-say "QEMU (TCG) started, serial console in $serial"
+say "QEMU ($arch, TCG) started, serial console in $serial"
 
 # 1. The appliance's start line on the serial console.
 until grep -q 'console at https://' "$serial"; do
@@ -99,6 +134,16 @@ for _ in $(seq 30); do
 done
 [[ $status != 000 ]] || die "https://127.0.0.1:18443/login did not answer"
 say "curl -k https://127.0.0.1:18443/login: HTTP $status ($(stat -c %s "$work/login.html") bytes) after $((SECONDS - start)) s"
+
+# 3. systemd's status line for the unit (it prints it when READY=1 arrives). The line is
+# cut to the terminal width and has colour escapes: match "Started <...>pk-appliance.serv".
+ready=0
+for _ in $(seq 60); do
+    if sed 's/\x1b\[[0-9;]*m//g' "$serial" | grep -a -q 'Started pk-appliance\.serv'; then ready=1; break; fi
+    sleep 1
+done
+[[ $ready == 1 ]] || die "no 'Started pk-appliance.service' on the serial console: READY=1 was not seen"
+say "systemd: Started pk-appliance.service (READY=1) after $((SECONDS - start)) s"
 
 # What the serial console shows besides: failed units, and whether a login prompt is offered.
 if grep -a -q 'FAILED' "$serial"; then

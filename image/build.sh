@@ -15,8 +15,12 @@
 #      data.ext4       empty ext4 (fixed UUID and hash seed) for the persistent /var
 #   6. pk-appliance-<arch>.img   mkdisk.sh: the GPT disk; SHA256SUMS for everything above
 #
-# Usage: image/build.sh [--arch amd64] [--out DIR] [--bin PATH] [--from-manifest FILE] [--debug]
-#   --bin, PK_APPLIANCE_BIN   the pk-appliance binary (default target/debug/pk-appliance)
+# Usage: image/build.sh [--arch amd64|arm64] [--out DIR] [--bin PATH] [--from-manifest FILE] [--debug]
+#   --arch                    amd64 (default) or arm64 (console ttyAMA0, BOOTAA64.EFI; on an
+#                             amd64 host mmdebstrap runs the arm64 tools under qemu-user)
+#   --bin, PK_APPLIANCE_BIN   the pk-appliance binary (default target/debug/pk-appliance for
+#                             amd64; for arm64 the cross-build-arm64.sh output,
+#                             ${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/release/pk-appliance)
 #   --from-manifest FILE      install exactly the versions in FILE (a manifest.txt of an
 #                             earlier build); fails if the mirror no longer has one of them
 #   --debug, PK_IMAGE_DEBUG=1 the debug variant: a root shell on the serial console
@@ -32,7 +36,7 @@ source "$here/image.conf"
 
 arch=amd64
 out=
-bin=${PK_APPLIANCE_BIN:-$repo/target/debug/pk-appliance}
+bin=${PK_APPLIANCE_BIN:-}
 pin=
 debug=${PK_IMAGE_DEBUG:-0}
 while [[ $# -gt 0 ]]; do
@@ -50,17 +54,44 @@ done
 suffix=; [[ $debug == 1 ]] && suffix=-debug
 out=$(realpath -m "${out:-$repo/target/image/$arch$suffix}")
 
+# Per architecture: the ESP file name, the systemd-boot stub, the serial console, the
+# binutils that handle the stub's PE format, the ELF machine of pk-appliance (e_machine).
 case $arch in
-    amd64) efi_name=BOOTX64.EFI stub=/usr/lib/systemd/boot/efi/linuxx64.efi.stub console=ttyS0 ;;
-    arm64) die "arm64 is not done yet: see image/README.md (cross-built binary, ttyAMA0, qemu-efi-aarch64)" ;;
-    *) die "unknown architecture '$arch' (amd64; arm64 later)" ;;
+    amd64)
+        efi_name=BOOTX64.EFI stub=/usr/lib/systemd/boot/efi/linuxx64.efi.stub console=ttyS0
+        cross= elf_machine=62 qemu_binfmt=
+        bin=${bin:-$repo/target/debug/pk-appliance} ;;
+    arm64)
+        # The stub comes from the image's own systemd-boot-efi (packages.arm64.txt): the
+        # amd64 host package has only the x64 one. It is in the manifest like every package.
+        efi_name=BOOTAA64.EFI stub=rootfs/usr/lib/systemd/boot/efi/linuxaa64.efi.stub console=ttyAMA0
+        cross=aarch64-linux-gnu- elf_machine=183 qemu_binfmt=qemu-aarch64
+        bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/aarch64-unknown-linux-gnu/release/pk-appliance} ;;
+    *) die "unknown architecture '$arch' (amd64 or arm64)" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (mmdebstrap in root mode, chroot, file ownership in the image)"
-for tool in mmdebstrap mkfs.erofs mkfs.vfat mkfs.ext4 mcopy mmd sfdisk objcopy objdump; do
+for tool in mmdebstrap mkfs.erofs mkfs.vfat mkfs.ext4 mcopy mmd sfdisk "${cross}objcopy" "${cross}objdump" "${cross}strip"; do
     command -v "$tool" >/dev/null || die "$tool not found: apt-get install \$(grep -v '^#' image/host-packages.txt)"
 done
-[[ -f $stub ]] || die "$stub not found (package systemd-boot-efi)"
-[[ -f $bin && -x $bin ]] || die "pk-appliance binary $bin not found or not executable (cargo build -p pk-appliance, or --bin / PK_APPLIANCE_BIN)"
+[[ $stub == /* ]] && { [[ -f $stub ]] || die "$stub not found (package systemd-boot-efi)"; }
+[[ -f $bin && -x $bin ]] || die "pk-appliance binary $bin not found or not executable (cargo build -p pk-appliance, image/cross-build-arm64.sh for arm64, or --bin / PK_APPLIANCE_BIN)"
+# The binary must be built for the image's architecture (ELF e_machine, offset 18).
+[[ $(od -An -t x4 -N 4 "$bin" | tr -d ' ') == 464c457f ]] || die "$bin is not an ELF file"
+bin_machine=$(od -An -t u2 -j 18 -N 2 --endian=little "$bin" | tr -d ' ')
+[[ $bin_machine == "$elf_machine" ]] || die "$bin is for ELF machine $bin_machine, not $arch ($elf_machine)"
+# A foreign architecture: mmdebstrap and the chroot steps of customize.sh run its programs
+# through qemu-user (qemu-user-static registers qemu-aarch64 with binfmt_misc, flag F).
+if [[ -n $qemu_binfmt && $(dpkg --print-architecture) != "$arch" ]]; then
+    binfmt=/proc/sys/fs/binfmt_misc
+    if [[ ! -e $binfmt/register ]]; then
+        mount -t binfmt_misc binfmt_misc "$binfmt" || die "cannot mount $binfmt (needed to run $arch programs)"
+    fi
+    if [[ ! -e $binfmt/$qemu_binfmt ]] && command -v update-binfmts >/dev/null; then
+        update-binfmts --enable "$qemu_binfmt" >&2 || true
+    fi
+    [[ $(head -1 "$binfmt/$qemu_binfmt" 2>/dev/null) == enabled ]] ||
+        die "$arch programs cannot run here: no enabled $binfmt/$qemu_binfmt (packages qemu-user-static binfmt-support)"
+fi
 pkglist=$here/packages.$arch.txt
 [[ -f $pkglist ]] || die "$pkglist not found"
 if [[ -n $pin ]]; then
@@ -72,6 +103,7 @@ export SOURCE_DATE_EPOCH=$PK_IMAGE_EPOCH TZ=UTC LC_ALL=C.UTF-8
 export PK_IMAGE_DIR=$here PK_APPLIANCE_BIN=$(realpath "$bin") PK_IMAGE_DEBUG=$debug
 export PK_UNIT=$repo/appliance/systemd/pk-appliance.service
 export PK_MANIFEST_OUT=$out/manifest.txt PK_MANIFEST_PIN=$pin PK_DATA_PARTUUID
+export PK_IMAGE_ARCH=$arch PK_SERIAL_TTY=$console PK_STRIP=${cross}strip
 [[ -f $PK_UNIT ]] || die "$PK_UNIT not found"
 
 start=$SECONDS
@@ -114,6 +146,13 @@ kernels=("$out"/rootfs/boot/vmlinuz-*)
 kver=${kernels[0]##*/vmlinuz-}
 [[ -f $out/rootfs/boot/initrd.img-$kver ]] || die "no initrd for kernel $kver"
 mv "${kernels[0]}" "$out/vmlinuz"
+# systemd-stub starts the kernel as an EFI application: the UKI needs a PE kernel. Debian
+# 12's amd64 bzImage and arm64 Image both are; a gzip-compressed arm64 Image (other
+# kernels ship those) would not be, so it is decompressed.
+if [[ $(od -An -t x1 -N 2 "$out/vmlinuz" | tr -d ' ') == 1f8b ]]; then
+    gzip -dc "$out/vmlinuz" > "$out/vmlinuz.tmp"
+    mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+fi
 mv "$out/rootfs/boot/initrd.img-$kver" "$out/initrd.img"
 find "$out/rootfs/boot" -mindepth 1 -delete
 # Kernel and initrd live in the UKI; /vmlinuz, /initrd.img symlinks would dangle.
@@ -127,7 +166,9 @@ mkfs.erofs --quiet -zlz4hc -T"$SOURCE_DATE_EPOCH" -U"$PK_EROFS_UUID" "$out/root.
 # --- 4. The UKI.
 cmdline="root=PARTUUID=$PK_ROOT_PARTUUID rootfstype=erofs ro console=tty0 console=$console,115200 systemd.gpt_auto=0 panic=30"
 say "UKI, command line: $cmdline"
-"$here/mkuki.sh" "$stub" "$out/vmlinuz" "$out/initrd.img" "$out/rootfs/usr/lib/os-release" "$cmdline" "$out/uki.efi"
+[[ $stub == /* ]] || stub=$out/$stub
+[[ -f $stub ]] || die "$stub not found (packages.$arch.txt must list systemd-boot-efi)"
+OBJCOPY=${cross}objcopy OBJDUMP=${cross}objdump "$here/mkuki.sh" "$stub" "$out/vmlinuz" "$out/initrd.img" "$out/rootfs/usr/lib/os-release" "$cmdline" "$out/uki.efi"
 
 # --- 5. The ESP and the data partition.
 say "ESP and data partition"

@@ -4,9 +4,10 @@
 # first build's manifest (build.sh --from-manifest), so this also checks that a pinned
 # build gives the same image as the build that wrote the manifest.
 #
-# Usage: image/check-reproducible.sh [--arch amd64] [--debug] [--bin PATH]
-#   Output: target/image/repro-a/ and target/image/repro-b/ (kept for inspection); both
-#   builds use one copy of the binary (target/image/repro-pk-appliance).
+# Usage: image/check-reproducible.sh [--arch amd64|arm64] [--debug] [--bin PATH]
+#   Output: target/image/repro-a/ and target/image/repro-b/ (repro-a-arm64/, repro-b-arm64/
+#   for arm64; kept for inspection); both builds use one copy of the binary
+#   (target/image/repro-pk-appliance[-arm64]). The default binary is build.sh's.
 #   Exit 0 if the two disk images are identical; otherwise the differing artifacts and
 #   files of the two root file systems are listed and it exits 1.
 set -euo pipefail
@@ -16,23 +17,29 @@ repo=$(dirname "$here")
 die() { echo "check-reproducible.sh: error: $*" >&2; exit 1; }
 say() { echo "check-reproducible.sh: $*" >&2; }
 args=()
+arch=amd64
 while [[ $# -gt 0 ]]; do
     case $1 in
-        --arch|--bin) args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+        --arch|--bin) args+=("$1" "${2:?$1 needs a value}"); [[ $1 == --arch ]] && arch=$2; shift 2 ;;
         --debug) args+=(--debug); shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
 done
 
-a=$repo/target/image/repro-a b=$repo/target/image/repro-b
+sfx=; [[ $arch == amd64 ]] || sfx=-$arch
+a=$repo/target/image/repro-a$sfx b=$repo/target/image/repro-b$sfx
 start=$SECONDS
 # Both builds take the same copy of the binary, even if target/debug is rebuilt meanwhile.
-bin=${PK_APPLIANCE_BIN:-$repo/target/debug/pk-appliance}
+if [[ $arch == arm64 ]]; then
+    bin=${PK_APPLIANCE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/aarch64-unknown-linux-gnu/release/pk-appliance}
+else
+    bin=${PK_APPLIANCE_BIN:-$repo/target/debug/pk-appliance}
+fi
 for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --bin ]] && bin=${args[i + 1]}; done
 [[ -f $bin ]] || die "pk-appliance binary $bin not found"
 mkdir -p "$repo/target/image"
-snapshot=$repo/target/image/repro-pk-appliance
+snapshot=$repo/target/image/repro-pk-appliance$sfx
 cp "$bin" "$snapshot"
 args+=(--bin "$snapshot")
 say "build A (current package versions) into $a"

@@ -7,6 +7,11 @@
 #   PK_APPLIANCE_BIN  the pk-appliance binary to install as /usr/bin/pk-appliance
 #   PK_UNIT           the unit file to install as is (appliance/systemd/pk-appliance.service)
 #   PK_IMAGE_DEBUG    1: the debug variant (root shell on the serial console)
+#   PK_IMAGE_ARCH     the image's architecture (default amd64): rootfs-<arch>/ is added if
+#                     it exists
+#   PK_SERIAL_TTY     the serial console (default ttyS0; ttyAMA0 on arm64), for the debug
+#                     variant's shell
+#   PK_STRIP          the strip for the binary's architecture (default strip)
 #   PK_MANIFEST_OUT   where to write the manifest of installed packages
 #   PK_MANIFEST_PIN   (optional) the manifest this build must reproduce exactly
 #   PK_DATA_PARTUUID  the data partition (for /etc/fstab); the rest of image.conf too
@@ -61,9 +66,18 @@ install -D -m 0755 -o root -g root "$PK_APPLIANCE_BIN" "$root/usr/bin/pk-applian
 install -D -m 0644 -o root -g root "$PK_UNIT" "$root/usr/lib/systemd/system/pk-appliance.service"
 install -D -m 0644 -o root -g root "$PK_IMAGE_DIR/README.md" "$root/usr/share/doc/pk-appliance/image.md"
 install_tree "$PK_IMAGE_DIR/rootfs"
+# Per-architecture additions (rootfs-arm64/: the Raspberry Pi storage drivers in the initrd).
+if [[ -d $PK_IMAGE_DIR/rootfs-${PK_IMAGE_ARCH:-amd64} ]]; then
+    install_tree "$PK_IMAGE_DIR/rootfs-${PK_IMAGE_ARCH:-amd64}"
+fi
 chmod 0755 "$root/etc/nftables.conf"
+tty=${PK_SERIAL_TTY:-ttyS0}
 if [[ ${PK_IMAGE_DEBUG:-0} == 1 ]]; then
     install_tree "$PK_IMAGE_DIR/rootfs-debug"
+    # rootfs-debug/ has the autologin drop-in for ttyS0; other consoles get the same one.
+    if [[ $tty != ttyS0 ]]; then
+        mv "$root/etc/systemd/system/serial-getty@ttyS0.service.d" "$root/etc/systemd/system/serial-getty@$tty.service.d"
+    fi
 fi
 
 # /etc/fstab: the data partition at /data, and /var as an overlay of the image's /var
@@ -89,7 +103,7 @@ install -m 0644 "$root/usr/share/systemd/tmp.mount" "$root/etc/systemd/system/tm
 # --- 3. The binary's shared libraries must all be in the image.
 say "checking pk-appliance's shared libraries inside the image"
 if ! libs=$(chroot "$root" ldd /usr/bin/pk-appliance); then
-    die "ldd /usr/bin/pk-appliance failed inside the image (is it an $(dpkg --print-architecture) binary?)"
+    die "ldd /usr/bin/pk-appliance failed inside the image (is it a ${PK_IMAGE_ARCH:-amd64} binary?)"
 fi
 echo "$libs" | sed 's/^/  /' >&2
 if grep -q 'not found' <<<"$libs"; then
@@ -109,8 +123,8 @@ systemctl --root="$root" set-default multi-user.target >&2
 mask=(getty@.service autovt@.service console-getty.service container-getty@.service
       ctrl-alt-del.target debug-shell.service)
 if [[ ${PK_IMAGE_DEBUG:-0} == 1 ]]; then
-    # The debug variant: root shell on ttyS0 (rootfs-debug/).
-    systemctl --root="$root" enable serial-getty@ttyS0.service >&2
+    # The debug variant: root shell on the serial console (rootfs-debug/).
+    systemctl --root="$root" enable "serial-getty@$tty.service" >&2
 else
     mask+=(serial-getty@.service)
 fi

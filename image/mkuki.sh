@@ -7,6 +7,8 @@
 # checksum recomputed, so that two builds give the same file.
 #
 #   mkuki.sh STUB KERNEL INITRD OS_RELEASE CMDLINE_TEXT OUT.efi
+# Environment: OBJCOPY, OBJDUMP (default objcopy, objdump: the host's binutils, which
+# handle x86-64 PE files; an arm64 stub needs aarch64-linux-gnu-objcopy/-objdump).
 set -euo pipefail
 
 die() { echo "mkuki.sh: error: $*" >&2; exit 1; }
@@ -14,15 +16,16 @@ die() { echo "mkuki.sh: error: $*" >&2; exit 1; }
 stub=$1 kernel=$2 initrd=$3 osrel=$4 cmdline=$5 out=$6
 : "${SOURCE_DATE_EPOCH:?SOURCE_DATE_EPOCH must be set}"
 for f in "$stub" "$kernel" "$initrd" "$osrel"; do [[ -f $f ]] || die "$f: no such file"; done
+objcopy=${OBJCOPY:-objcopy} objdump=${OBJDUMP:-objdump}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 printf '%s' "$cmdline" > "$work/cmdline"
 
-align=$((16#$(objdump -p "$stub" | awk '$1 == "SectionAlignment" { print $2 }')))
+align=$((16#$("$objdump" -p "$stub" | awk '$1 == "SectionAlignment" { print $2 }')))
 (( align > 0 )) || die "cannot read the section alignment of $stub"
 # The end of the stub's last section (VMA + size).
-end=$(objdump -h -w "$stub" | awk '$1 ~ /^[0-9]+$/ { print $3, $4 }' | while read -r size vma; do
+end=$("$objdump" -h -w "$stub" | awk '$1 ~ /^[0-9]+$/ { print $3, $4 }' | while read -r size vma; do
     echo $(( 16#$vma + 16#$size ))
 done | sort -n | tail -1)
 next=$end
@@ -38,7 +41,7 @@ add_section .initrd "$initrd"
 # .linux last: the kernel may decompress itself into the space after it.
 add_section .linux "$kernel"
 
-objcopy "${args[@]}" "$stub" "$work/uki.efi"
+"$objcopy" "${args[@]}" "$stub" "$work/uki.efi"
 
 # Pin TimeDateStamp (COFF header + 4, i.e. PE signature + 8) and recompute CheckSum
 # (optional header + 64) over the file, with the checksum field counted as zero.
