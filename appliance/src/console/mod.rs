@@ -707,6 +707,52 @@ fn authorised(c: &Console, headers: &HeaderMap, csrf: &str) -> Result<String, Bo
     ))
 }
 
+/// A form that carries the session's CSRF token.
+trait CarriesCsrf {
+    fn csrf(&self) -> &str;
+}
+
+macro_rules! carries_csrf {
+    ($($form:ty),* $(,)?) => {
+        $(impl CarriesCsrf for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        })*
+    };
+}
+
+carries_csrf!(
+    CsrfForm, UnlockForm, NameForm, SecretForm, RevealForm, ShareForm, PeerForm, BackupForm,
+    EnrolForm, SlotForm,
+);
+
+/// A state-changing form from a live session whose CSRF token matches; `csrf` is the
+/// token for the page that answers. Refused otherwise (login redirect, or 403).
+struct Posted<T> {
+    csrf: String,
+    form: T,
+}
+
+impl<T> axum::extract::FromRequest<Arc<Console>> for Posted<T>
+where
+    T: serde::de::DeserializeOwned + CarriesCsrf + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        c: &Arc<Console>,
+    ) -> Result<Self, Self::Rejection> {
+        let headers = request.headers().clone();
+        let Form(form) = Form::<T>::from_request(request, c)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let csrf = authorised(c, &headers, form.csrf()).map_err(|r| *r)?;
+        Ok(Posted { csrf, form })
+    }
+}
+
 /// A view that could not be read, as a page.
 fn view_failed(e: ViewError) -> Response {
     match e {
@@ -720,11 +766,8 @@ async fn logout(
     State(c): State<Arc<Console>>,
     Peer(ip): Peer,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Posted { .. }: Posted<CsrfForm>,
 ) -> Response {
-    if let Err(r) = authorised(&c, &headers, &form.csrf) {
-        return *r;
-    }
     c.end_session(&headers);
     c.record(ConsoleEvent::Logout, ip).await;
     let mut response = Redirect::to("/login").into_response();
@@ -748,15 +791,7 @@ async fn status_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Respons
     Html(pages::status(&actions::status(c).await, csrf, note)).into_response()
 }
 
-async fn lock(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
+async fn lock(State(c): State<Arc<Console>>, Posted { csrf, .. }: Posted<CsrfForm>) -> Response {
     let outcome = actions::lock(&c).await;
     status_view(&c, &csrf, Some(&outcome)).await
 }
@@ -780,13 +815,9 @@ impl zeroize::Zeroize for UnlockForm {
 async fn unlock(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
-    Form(form): Form<UnlockForm>,
+    Posted { csrf, form }: Posted<UnlockForm>,
 ) -> Response {
     let form = Zeroizing::new(form);
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     if form.method == "yubikey" {
         // The card waits for a touch: unlock in the background and show a page that
         // follows it ("touch your key now", then the outcome), refreshing itself.
@@ -850,13 +881,8 @@ pub struct NameForm {
 
 async fn vault_create(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<NameForm>,
+    Posted { csrf, form }: Posted<NameForm>,
 ) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::vault_create(&c, &form.name).await;
     vaults_view(&c, &csrf, Some(&outcome)).await
 }
@@ -902,15 +928,10 @@ impl zeroize::Zeroize for SecretForm {
 
 async fn secret_write(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    Form(form): Form<SecretForm>,
+    Posted { csrf, form }: Posted<SecretForm>,
 ) -> Response {
     let form = Zeroizing::new(form);
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::secret_write(&c, &name, &form.path, form.value.as_bytes()).await;
     vault_view(&c, &name, &csrf, Some(&outcome), None).await
 }
@@ -925,14 +946,9 @@ pub struct RevealForm {
 
 async fn secret_reveal(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    Form(form): Form<RevealForm>,
+    Posted { csrf, form }: Posted<RevealForm>,
 ) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     match actions::reveal(&c, &name, &form.path).await {
         Ok(value) => {
             let note = Ok(format!(
@@ -963,14 +979,9 @@ pub struct ShareForm {
 
 async fn vault_share(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    Form(form): Form<ShareForm>,
+    Posted { csrf, form }: Posted<ShareForm>,
 ) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::share(&c, &name, &form.who, form.action == "grant").await;
     vault_view(&c, &name, &csrf, Some(&outcome), None).await
 }
@@ -988,13 +999,8 @@ pub struct PeerForm {
 async fn peer_add(
     State(c): State<Arc<Console>>,
     ConsoleHost(host): ConsoleHost,
-    headers: HeaderMap,
-    Form(form): Form<PeerForm>,
+    Posted { csrf, form }: Posted<PeerForm>,
 ) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::peer_add(&c, &form.node_id, &form.addr).await;
     peers_view(&c, host.as_deref(), &csrf, Some(&outcome), None).await
 }
@@ -1002,13 +1008,8 @@ async fn peer_add(
 async fn peer_ping(
     State(c): State<Arc<Console>>,
     ConsoleHost(host): ConsoleHost,
-    headers: HeaderMap,
-    Form(form): Form<PeerForm>,
+    Posted { csrf, form }: Posted<PeerForm>,
 ) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::peer_ping(&c, &form.node_id).await;
     peers_view(&c, host.as_deref(), &csrf, Some(&outcome), None).await
 }
@@ -1154,13 +1155,8 @@ pub struct BackupForm {
 
 async fn backup_add(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<BackupForm>,
+    Posted { csrf, form }: Posted<BackupForm>,
 ) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = match form.every_min.trim().parse::<u64>() {
         Ok(minutes) if minutes > 0 => {
             actions::backup_add(&c, &form.vault, &form.node_id, minutes * 60, &form.name).await
@@ -1172,13 +1168,8 @@ async fn backup_add(
 
 async fn backup_remove(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<BackupForm>,
+    Posted { csrf, form }: Posted<BackupForm>,
 ) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::backup_remove(&c, &form.name).await;
     backups_view(&c, &csrf, Some(&outcome)).await
 }
@@ -1211,13 +1202,8 @@ pub struct EnrolForm {
 
 async fn keyslot_enroll(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<EnrolForm>,
+    Posted { csrf, form }: Posted<EnrolForm>,
 ) -> Response {
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::keyslot_enroll(&c, form.enrolment).await;
     keyslots_view(&c, &csrf, Some(&outcome))
 }
@@ -1245,28 +1231,18 @@ impl zeroize::Zeroize for SlotForm {
 
 async fn keyslot_test(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<SlotForm>,
+    Posted { csrf, form }: Posted<SlotForm>,
 ) -> Response {
     let form = Zeroizing::new(form);
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::keyslot_test(&c, form.slot, form.secret.clone()).await;
     keyslots_view(&c, &csrf, Some(&outcome))
 }
 
 async fn keyslot_remove(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Form(form): Form<SlotForm>,
+    Posted { csrf, form }: Posted<SlotForm>,
 ) -> Response {
     let form = Zeroizing::new(form);
-    let csrf = match authorised(&c, &headers, &form.csrf) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let outcome = actions::keyslot_remove(
         &c,
         form.slot,
