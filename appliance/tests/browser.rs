@@ -531,7 +531,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     let pcscd = hsm::sim::pcsc::Pcscd::start(&pcsc_dir).unwrap();
     let card = hsm::sim::piv::PivCard::create(&dir.path().join("card.json"), 4242)
         .unwrap()
-        .connect(hsm::sim::pcsc::Pcscd::card_addr())
+        .connect(pcscd.card_addr())
         .unwrap();
     let touch = card.touch();
     change_pin(hsm::sim::piv::DEFAULT_PIN, YUBIKEY_PIN).await;

@@ -7,7 +7,7 @@
 //! around each test as well, so that a test never sees another test's card.
 
 use std::fs::{File, TryLockError};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,8 +16,8 @@ use super::{SimError, io_err, require_program};
 
 /// The vpcd reader driver as Debian's `vsmartcard-vpcd` installs it.
 pub const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
-/// The TCP port vpcd listens on for the card (its channel id).
-pub const VPCD_PORT: u16 = 0x8C7B;
+/// How many ports [`Pcscd::start`] tries for vpcd before it gives up.
+const PORT_ATTEMPTS: u32 = 5;
 /// The reader's name as PC/SC clients see it (they match "Yubico" or "YubiKey").
 pub const READER_NAME: &str = "Yubico YubiKey Virtual";
 /// pcscd's client socket.
@@ -29,13 +29,19 @@ const LOCK_WAIT: Duration = Duration::from_secs(300);
 pub struct Pcscd {
     child: Child,
     log: PathBuf,
+    /// The TCP port vpcd listens on for the card (its channel id).
+    port: u16,
     /// The machine-wide lock, released (closed) after the child is gone.
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl Pcscd {
     /// Writes the reader configuration into `dir` and starts pcscd with it; returns once
     /// vpcd listens for the card on [`Pcscd::card_addr`].
+    ///
+    /// vpcd's port is chosen per start, below the kernel's ephemeral range: a fixed port
+    /// collides with a connection still in TIME_WAIT from the previous pcscd, or with a
+    /// source port the kernel handed to some other connection.
     pub fn start(dir: &Path) -> Result<Pcscd, SimError> {
         let program = require_program("pcscd", "pcscd")?;
         if !Path::new(VPCD_DRIVER).is_file() {
@@ -46,25 +52,39 @@ impl Pcscd {
         }
         let lock = machine_lock()?;
         kill_stale();
-        let addr = Self::card_addr();
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Err(SimError::Start(format!(
-                "port {VPCD_PORT} is already taken: another pcscd with vpcd is running; stop it first"
-            )));
-        }
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut last = String::new();
+        for attempt in 0..PORT_ATTEMPTS {
+            let Some(port) = free_vpcd_port(attempt) else {
+                continue;
+            };
+            match Self::spawn(&program, dir, port) {
+                Ok(mut pcscd) => {
+                    pcscd._lock = Some(lock);
+                    return Ok(pcscd);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(SimError::Start(format!(
+            "pcscd did not bring up the vpcd reader in {PORT_ATTEMPTS} attempts: {last}"
+        )))
+    }
+
+    /// One try at starting pcscd with vpcd on `port` (stopped again on failure).
+    fn spawn(program: &Path, dir: &Path, port: u16) -> Result<Pcscd, String> {
         let conf = dir.join("reader.conf");
         let text = format!(
-            "FRIENDLYNAME \"{READER_NAME}\"\nDEVICENAME /dev/null:0x{VPCD_PORT:04X}\nLIBPATH {VPCD_DRIVER}\nCHANNELID 0x{VPCD_PORT:04X}\n"
+            "FRIENDLYNAME \"{READER_NAME}\"\nDEVICENAME /dev/null:0x{port:04X}\nLIBPATH {VPCD_DRIVER}\nCHANNELID 0x{port:04X}\n"
         );
-        std::fs::write(&conf, text).map_err(io_err(format!("writing {}", conf.display())))?;
+        std::fs::write(&conf, text).map_err(|e| format!("writing {}: {e}", conf.display()))?;
         let log = dir.join("pcscd.log");
         let out =
-            std::fs::File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
+            std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         let err = out
             .try_clone()
-            .map_err(io_err(format!("opening {}", log.display())))?;
-        let child = Command::new(&program)
+            .map_err(|e| format!("opening {}: {e}", log.display()))?;
+        let child = Command::new(program)
             .arg("--foreground")
             .arg("--config")
             .arg(&conf)
@@ -72,38 +92,40 @@ impl Pcscd {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(io_err("starting pcscd"))?;
+            .map_err(|e| format!("starting pcscd: {e}"))?;
         let mut pcscd = Pcscd {
             child,
             log,
-            _lock: lock,
+            port,
+            _lock: None,
         };
         let _ = std::fs::write(pid_file(), pcscd.child.id().to_string());
+        let addr = pcscd.card_addr();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = pcscd.child.try_wait() {
-                return Err(SimError::Start(format!(
+                return Err(format!(
                     "pcscd exited with {status} (is another pcscd running?): {}",
                     pcscd.log_text()
-                )));
+                ));
             }
             let listening = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
             if listening && Path::new(PCSCD_SOCKET).exists() {
                 return Ok(pcscd);
             }
             if Instant::now() > deadline {
-                return Err(SimError::Start(format!(
-                    "pcscd did not bring up the vpcd reader in 10 s: {}",
+                return Err(format!(
+                    "no vpcd reader on port {port} after 10 s: {}",
                     pcscd.log_text()
-                )));
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Where the card connects (vpcd on loopback).
-    pub fn card_addr() -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, VPCD_PORT))
+    pub fn card_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
     /// The process id.
@@ -118,6 +140,26 @@ impl Pcscd {
             .trim()
             .to_owned()
     }
+}
+
+/// A port for vpcd that nothing holds now: below the kernel's ephemeral range (so no
+/// outgoing connection takes it meanwhile), different on every try and in every process.
+fn free_vpcd_port(attempt: u32) -> Option<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 32768);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let spread = low - 10000;
+    let seed = nanos ^ std::process::id().rotate_left(16) ^ attempt.wrapping_mul(7919);
+    let port = u16::try_from(10000 + seed % spread).ok()?;
+    // vpcd listens on every address, so the port must be free on all of them.
+    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).ok()?;
+    Some(port)
 }
 
 /// Where the running test pcscd's process id is kept, next to the lock file.
@@ -186,9 +228,12 @@ fn machine_lock() -> Result<File, SimError> {
     }
 }
 
-impl Drop for Pcscd {
-    fn drop(&mut self) {
-        // SIGTERM first, so that pcscd removes its socket and pid file.
+impl Pcscd {
+    /// SIGTERM first, so that pcscd removes its socket and pid file; SIGKILL after 3 s.
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill")
             .args(["-TERM", &pid])
@@ -206,5 +251,11 @@ impl Drop for Pcscd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(pid_file());
+    }
+}
+
+impl Drop for Pcscd {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }

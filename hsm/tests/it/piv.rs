@@ -84,7 +84,7 @@ impl Rig {
         let pcscd = Pcscd::start(&dir.path().join("pcscd")).map_err(|e| e.to_string())?;
         let state = dir.path().join("card.json");
         let card = PivCard::create(&state, SERIAL)
-            .and_then(|card| card.connect(Pcscd::card_addr()))
+            .and_then(|card| card.connect(pcscd.card_addr()))
             .map_err(|e| e.to_string())?;
         Ok(Rig {
             card: Some(card),
@@ -107,7 +107,7 @@ impl Rig {
         // Let pcscd notice the removal before the "new" card arrives.
         std::thread::sleep(Duration::from_millis(500));
         let card = PivCard::load(&self.state)
-            .and_then(|card| card.connect(Pcscd::card_addr()))
+            .and_then(|card| card.connect(self.pcscd.card_addr()))
             .map_err(|e| e.to_string())?;
         self.card = Some(card);
         Ok(())
@@ -510,7 +510,7 @@ fn backend_wrong_card_and_no_reader() -> TestResult {
     std::thread::sleep(Duration::from_millis(500));
     rig.card = Some(
         PivCard::create(&rig.dir.path().join("other.json"), SERIAL + 1)
-            .and_then(|card| card.connect(Pcscd::card_addr()))
+            .and_then(|card| card.connect(rig.pcscd.card_addr()))
             .map_err(|e| e.to_string())?,
     );
     drop(rig.open()?);

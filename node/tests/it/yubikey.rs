@@ -15,7 +15,7 @@ fn yubikey_slot_unlocks_with_pin_and_touch_only() {
     let w = World::new();
     let pcscd = Pcscd::start(&w.path("pcscd")).unwrap_or_else(|e| panic!("{e}"));
     let card = PivCard::create(&w.path("card.json"), SERIAL)
-        .and_then(|card| card.connect(Pcscd::card_addr()))
+        .and_then(|card| card.connect(pcscd.card_addr()))
         .unwrap_or_else(|e| panic!("{e}"));
     let touch = card.touch();
 
@@ -112,7 +112,7 @@ fn yubikey_slot_unlocks_with_pin_and_touch_only() {
     drop(card);
     std::thread::sleep(Duration::from_millis(500));
     let _other = PivCard::create(&w.path("other.json"), SERIAL + 1)
-        .and_then(|card| card.connect(Pcscd::card_addr()))
+        .and_then(|card| card.connect(pcscd.card_addr()))
         .unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_millis(1500));
     w.pk(
