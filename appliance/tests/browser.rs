@@ -17,6 +17,7 @@ use appliance::config::Config;
 use thirtyfour::prelude::*;
 
 const ADMIN_PASSWORD: &str = "browser-admin-password-7";
+const NEW_ADMIN_PASSWORD: &str = "changed-admin-password-8";
 const SECRET_VALUE: &str = "planted-secret-value-42";
 const NODE2_PASSPHRASE: &str = "second node passphrase";
 const SPARE_PASSPHRASE: &str = "a spare unlock passphrase";
@@ -625,11 +626,32 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
             .ends_with("/status")
     );
 
+    // The admin changes the password: the old one stops working, the new one works.
+    el(&driver, By::LinkText("Account"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    fill(&driver, "current", ADMIN_PASSWORD).await;
+    fill(&driver, "new", NEW_ADMIN_PASSWORD).await;
+    fill(&driver, "confirm", NEW_ADMIN_PASSWORD).await;
+    submit(&driver, "/account/password").await;
+    page_with(&driver, "Password changed.").await;
+    shot(&driver, "account").await;
+    submit(&driver, "/logout").await;
+    fill(&driver, "password", ADMIN_PASSWORD).await;
+    submit(&driver, "/login").await;
+    page_with(&driver, "Wrong password.").await;
+    fill(&driver, "password", NEW_ADMIN_PASSWORD).await;
+    submit(&driver, "/login").await;
+    page_with(&driver, "Last backups").await;
+
     driver.goto(format!("{console}/audit")).await.unwrap();
     let audit = page_with(&driver, "console.login").await;
     for event in [
         "console.login_failed",
         "console.logout",
+        "console.password_changed",
         "\"via\":\"console\"",
     ] {
         assert!(
@@ -668,6 +690,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     );
     for planted in [
         ADMIN_PASSWORD,
+        NEW_ADMIN_PASSWORD,
         SECRET_VALUE,
         NODE2_PASSPHRASE,
         SPARE_PASSPHRASE,

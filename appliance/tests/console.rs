@@ -40,6 +40,8 @@ const PAGES: &[(&str, &str)] = &[
     ("POST", "/keyslots/test"),
     ("POST", "/keyslots/remove"),
     ("GET", "/audit"),
+    ("GET", "/account"),
+    ("POST", "/account/password"),
 ];
 const PASSWORD: &str = "a long admin password";
 
@@ -135,7 +137,7 @@ async fn setup_login_sessions_and_csrf() {
             None,
             Some(
                 "csrf=x&method=tpm&who=x&action=grant&name=x&path=x&value=x&node_id=x&addr=x\
-                 &kind=tpm&auth_method=tpm&slot=0",
+                 &kind=tpm&auth_method=tpm&slot=0&current=x&new=x",
             ),
             here,
         )
@@ -247,7 +249,7 @@ async fn setup_login_sessions_and_csrf() {
             method,
             path,
             Some(&cookie),
-            Some("csrf=wrong&method=tpm&name=x&path=x&value=x&node_id=x&kind=tpm&auth_method=tpm&slot=0&who=x&action=grant"),
+            Some("csrf=wrong&method=tpm&name=x&path=x&value=x&node_id=x&kind=tpm&auth_method=tpm&slot=0&who=x&action=grant&current=x&new=x"),
             here,
         )
         .await;
@@ -641,4 +643,233 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// The `pk_session=...` pair from an API answer's `Set-Cookie`.
+fn api_cookie(headers: &axum::http::HeaderMap) -> String {
+    headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_admin_changes_the_password_and_other_sessions_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = console(dir.path());
+    let here = [127, 0, 0, 1];
+    let (status, headers, body) = api(
+        &c,
+        "POST",
+        "/api/setup",
+        None,
+        None,
+        serde_json::json!({ "setup_code": CODE, "password": PASSWORD, "confirm": PASSWORD, "passphrase": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cookie = api_cookie(&headers);
+    let token = body["csrf"].as_str().unwrap().to_owned();
+    // A second session (another browser) that must end with the change.
+    let other = send(
+        &c,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("password={}", enc(PASSWORD))),
+        here,
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::SEE_OTHER);
+    let other = session_cookie(&other);
+    let stored = || std::fs::read(dir.path().join("console/admin.json")).unwrap();
+    let before = stored();
+
+    let new = "another admin password";
+    let change = |current: &str, new: &str| serde_json::json!({ "current": current, "new": new });
+    let refusals = [
+        (
+            change("not the password", new),
+            StatusCode::FORBIDDEN,
+            "current password is wrong",
+        ),
+        (
+            change(PASSWORD, "short one"),
+            StatusCode::BAD_REQUEST,
+            "at least 12",
+        ),
+        (
+            change(PASSWORD, PASSWORD),
+            StatusCode::BAD_REQUEST,
+            "is the current one",
+        ),
+        (
+            serde_json::json!({ "current": PASSWORD, "new": new, "confirm": "something else" }),
+            StatusCode::BAD_REQUEST,
+            "differ",
+        ),
+    ];
+    for (request, expected, says) in refusals {
+        let (status, _, body) = api(
+            &c,
+            "POST",
+            "/api/account/password",
+            Some(&cookie),
+            Some(&token),
+            request,
+        )
+        .await;
+        assert_eq!(status, expected, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(says), "{error}");
+        assert!(
+            !error.contains("not the password") && !error.contains(PASSWORD),
+            "no password in an error: {error}"
+        );
+        assert_eq!(stored(), before, "a refused change changes nothing");
+    }
+    let status = send(&c, "GET", "/status", Some(&other), None, here).await;
+    assert_eq!(status.status, StatusCode::OK, "refusals end no session");
+
+    // The change: the old password stops working, the new one works, the other session
+    // is over and this one goes on.
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/account/password",
+        Some(&cookie),
+        Some(&token),
+        change(PASSWORD, new),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 other session"),
+        "{body}"
+    );
+    let ended = send(&c, "GET", "/status", Some(&other), None, here).await;
+    assert_eq!(ended.headers[header::LOCATION], "/login");
+    let still = send(&c, "GET", "/account", Some(&cookie), None, here).await;
+    assert_eq!(still.status, StatusCode::OK);
+    assert!(still.body.contains("Change the admin password"));
+    let old = send(
+        &c,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("password={}", enc(PASSWORD))),
+        here,
+    )
+    .await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    let fresh = send(
+        &c,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("password={}", enc(new))),
+        here,
+    )
+    .await;
+    assert_eq!(fresh.status, StatusCode::SEE_OTHER);
+    let stored_text = String::from_utf8(stored()).unwrap();
+    assert!(
+        stored_text.contains("$argon2id$"),
+        "Argon2id: {stored_text}"
+    );
+    assert!(!stored_text.contains(new));
+    let mode = std::fs::metadata(dir.path().join("console/admin.json")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o077,
+        0
+    );
+
+    // The page's form: the confirmation must match; wrong current passwords count
+    // towards the login throttle of that address (the sixth in a minute is throttled,
+    // and so is a login with the right password from there).
+    let page = send(&c, "GET", "/account", Some(&cookie), None, here).await;
+    let csrf_token = csrf(&page.body);
+    let form = |current: &str, confirm: &str| {
+        format!(
+            "csrf={csrf_token}&current={}&new={}&confirm={}",
+            enc(current),
+            enc("a third admin password"),
+            enc(confirm)
+        )
+    };
+    let mismatch = send(
+        &c,
+        "POST",
+        "/account/password",
+        Some(&cookie),
+        Some(&form(new, "a third admin passwort")),
+        here,
+    )
+    .await;
+    assert_eq!(mismatch.status, StatusCode::BAD_REQUEST);
+    assert!(mismatch.body.contains("The two passwords differ."));
+    let attacker = [192, 0, 2, 9];
+    for _ in 0..5 {
+        let r = send(
+            &c,
+            "POST",
+            "/account/password",
+            Some(&cookie),
+            Some(&form("a guessed password", "a third admin password")),
+            attacker,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(r.body.contains("The current password is wrong."));
+    }
+    let sixth = send(
+        &c,
+        "POST",
+        "/account/password",
+        Some(&cookie),
+        Some(&form("a sixth guess", "a third admin password")),
+        attacker,
+    )
+    .await;
+    assert_eq!(sixth.status, StatusCode::TOO_MANY_REQUESTS);
+    let right = send(
+        &c,
+        "POST",
+        "/account/password",
+        Some(&cookie),
+        Some(&form(new, "a third admin password")),
+        attacker,
+    )
+    .await;
+    assert_eq!(right.status, StatusCode::TOO_MANY_REQUESTS);
+    let login = send(
+        &c,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("password={}", enc(new))),
+        attacker,
+    )
+    .await;
+    assert_eq!(login.status, StatusCode::TOO_MANY_REQUESTS);
+    let fresh = send(
+        &c,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("password={}", enc(new))),
+        here,
+    )
+    .await;
+    assert_eq!(
+        fresh.status,
+        StatusCode::SEE_OTHER,
+        "the password is still the second one"
+    );
 }

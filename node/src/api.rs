@@ -96,6 +96,10 @@ pub enum ConsoleEvent {
     LoginThrottled,
     /// The admin logged out.
     Logout,
+    /// The admin password was changed (every other session ended).
+    PasswordChanged,
+    /// A password change with a wrong current password.
+    PasswordChangeFailed,
 }
 
 impl ConsoleEvent {
@@ -107,6 +111,8 @@ impl ConsoleEvent {
             ConsoleEvent::LoginFailed => "console.login_failed",
             ConsoleEvent::LoginThrottled => "console.login_throttled",
             ConsoleEvent::Logout => "console.logout",
+            ConsoleEvent::PasswordChanged => "console.password_changed",
+            ConsoleEvent::PasswordChangeFailed => "console.password_change_failed",
         }
     }
 }

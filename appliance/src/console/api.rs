@@ -49,6 +49,7 @@ pub(super) fn routes(console: Arc<Console>) -> Router<Arc<Console>> {
         .route("/api/keyslots/{id}/test", post(keyslot_test))
         .route("/api/keyslots/{id}/remove", post(keyslot_remove))
         .route("/api/audit", get(audit))
+        .route("/api/account/password", post(password))
         .route_layer(middleware::from_fn_with_state(console, guard));
     Router::new()
         .route("/api/setup", post(setup))
@@ -160,6 +161,20 @@ async fn logout(State(c): State<Arc<Console>>, Peer(ip): Peer, headers: HeaderMa
     c.end_session(&headers);
     c.record(node::api::ConsoleEvent::Logout, ip).await;
     Json(json!({ "message": "Logged out." })).into_response()
+}
+
+/// A password change: `current` and `new` (no confirmation field needed).
+async fn password(
+    State(c): State<Arc<Console>>,
+    Peer(ip): Peer,
+    headers: HeaderMap,
+    Json(form): Json<super::account::PasswordForm>,
+) -> Response {
+    let form = Zeroizing::new(form);
+    match super::account::change_password(&c, ip, &headers, &form).await {
+        Ok(message) => Json(json!({ "message": message })).into_response(),
+        Err((status, message)) => error(status, message),
+    }
 }
 
 async fn status(State(c): State<Arc<Console>>) -> Response {

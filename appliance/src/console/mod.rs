@@ -14,6 +14,7 @@
 //! Nothing secret (passwords, PINs, recovery words, the setup code once used, session
 //! tokens) reaches a log line.
 
+mod account;
 mod actions;
 pub mod api;
 mod pages;
@@ -265,6 +266,14 @@ impl Console {
         }
     }
 
+    /// Ends every session but the one with token `keep`; how many ended.
+    fn end_other_sessions(&self, keep: &str) -> usize {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let before = sessions.len();
+        sessions.retain(|token, _| constant_time_eq(token.as_bytes(), keep.as_bytes()));
+        before - sessions.len()
+    }
+
     /// Records a failed login; whether the address is now throttled.
     fn throttled(&self, ip: IpAddr, failed: bool) -> bool {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -340,6 +349,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/keyslots/test", post(keyslot_test))
         .route("/keyslots/remove", post(keyslot_remove))
         .route("/audit", get(audit_page))
+        .route("/account", get(account::account_page))
+        .route("/account/password", post(account::password_change))
         .merge(api::routes(console.clone()))
         .with_state(console)
         .layer(middleware::from_fn(security_headers))
@@ -459,14 +470,8 @@ async fn claim(c: &Console, form: &SetupForm) -> Result<Claimed, (StatusCode, St
         );
         return refuse(StatusCode::FORBIDDEN, "That is not the setup code.");
     }
-    if form.password.chars().count() < MIN_PASSWORD {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            &format!("The admin password needs at least {MIN_PASSWORD} characters."),
-        );
-    }
-    if form.password != form.confirm {
-        return refuse(StatusCode::BAD_REQUEST, "The two passwords differ.");
+    if let Err(message) = account::check_new(&form.password, Some(&form.confirm)) {
+        return refuse(StatusCode::BAD_REQUEST, &message);
     }
     let protector: Box<dyn hsm::Protector> = match &c.config.first_token {
         FirstToken::Tpm(tcti, pcrs) => {
@@ -582,7 +587,12 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself survives a power cut only once the directory is on disk.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 async fn login_page(State(c): State<Arc<Console>>) -> Response {
@@ -723,8 +733,17 @@ macro_rules! carries_csrf {
 }
 
 carries_csrf!(
-    CsrfForm, UnlockForm, NameForm, SecretForm, RevealForm, ShareForm, PeerForm, BackupForm,
-    EnrolForm, SlotForm,
+    CsrfForm,
+    UnlockForm,
+    NameForm,
+    SecretForm,
+    RevealForm,
+    ShareForm,
+    PeerForm,
+    BackupForm,
+    EnrolForm,
+    SlotForm,
+    account::PasswordForm,
 );
 
 /// A state-changing form from a live session whose CSRF token matches; `csrf` is the
@@ -745,6 +764,8 @@ where
         c: &Arc<Console>,
     ) -> Result<Self, Self::Rejection> {
         let headers = request.headers().clone();
+        // Without a session, the way to the login page, whatever the body holds.
+        signed_in(c, &headers).map_err(|r| *r)?;
         let Form(form) = Form::<T>::from_request(request, c)
             .await
             .map_err(IntoResponse::into_response)?;

@@ -253,7 +253,8 @@ fn nav() -> Markup {
             a href="/peers" { "Peers" } " · "
             a href="/backups" { "Backups" } " · "
             a href="/keyslots" { "Keyslots" } " · "
-            a href="/audit" { "Audit log" }
+            a href="/audit" { "Audit log" } " · "
+            a href="/account" { "Account" }
         }
     }
 }
@@ -617,6 +618,32 @@ pub(super) fn locked() -> String {
         html! {
             (nav())
             p { "The node is locked: unlock it on the " a href="/status" { "status page" } " first." }
+        },
+    )
+}
+
+pub(super) fn account(csrf: &str, note: Option<&Outcome>) -> String {
+    layout(
+        "Admin account",
+        html! {
+            (nav())
+            (outcome(note))
+            h2 { "Change the admin password" }
+            p { "Every other session is signed out. Wrong current passwords count towards the login throttle." }
+            form method="post" action="/account/password" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="current" { "Current password" }
+                input id="current" name="current" type="password" autocomplete="current-password" required;
+                label for="new" { "New password (at least " (super::MIN_PASSWORD) " characters)" }
+                input id="new" name="new" type="password" autocomplete="new-password" minlength=(super::MIN_PASSWORD) required;
+                label for="confirm" { "New password again" }
+                input id="confirm" name="confirm" type="password" autocomplete="new-password" required;
+                button type="submit" id="change-password" { "Change password" }
+            }
+            form method="post" action="/logout" {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Log out" }
+            }
         },
     )
 }
