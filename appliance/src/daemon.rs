@@ -123,15 +123,16 @@ pub async fn run_until(
     let address = listener
         .local_addr()
         .map_err(|e| format!("the console's address: {e}"))?;
-    tracing::info!(event = "console.listening", address = %address, "console at https://{address}/");
+    let urls = console_urls(address).join(" ");
+    tracing::info!(event = "console.listening", address = %address, "console at {urls}");
     // The serial console (stderr under the unit) sees where to go and what to check.
-    eprintln!("pk-appliance: console at https://{address}/ (certificate SHA-256 {fingerprint})");
+    eprintln!("pk-appliance: console at {urls} (certificate SHA-256 {fingerprint})");
     let app = console::router(console.clone());
     let server = tokio::spawn(async move { tls::serve(listener, &identity, app).await });
 
     notify(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&format!("console at https://{address}/")),
+        sd_notify::NotifyState::Status(&format!("console at {urls}")),
     ]);
     ready(&Started {
         console_url: format!("https://{address}/"),
@@ -174,4 +175,69 @@ pub async fn run_until(
 fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(500)))
+}
+
+/// Where a browser reaches the console bound to `bound`: that address, or, bound to every
+/// address, this machine's own addresses but loopback and IPv6 link-local ones (a URL
+/// cannot name their interface). An unspecified IPv6 address also takes IPv4 (Linux's
+/// dual stack). With no such address (no network yet), the bound address.
+pub fn console_urls(bound: std::net::SocketAddr) -> Vec<String> {
+    use std::net::{IpAddr, SocketAddr};
+    if !bound.ip().is_unspecified() {
+        return vec![format!("https://{bound}/")];
+    }
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|interface| interface.ip())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => bound.is_ipv6() && !v6.is_loopback() && !v6.is_unicast_link_local(),
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() {
+        return vec![format!("https://{bound}/")];
+    }
+    ips.into_iter()
+        .map(|ip| format!("https://{}/", SocketAddr::new(ip, bound.port())))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test code: a panic is a test failure
+mod tests {
+    use super::console_urls;
+
+    #[test]
+    fn a_specific_address_is_the_url() {
+        assert_eq!(
+            console_urls("127.0.0.1:8443".parse().unwrap()),
+            ["https://127.0.0.1:8443/"]
+        );
+        assert_eq!(
+            console_urls("[::1]:9443".parse().unwrap()),
+            ["https://[::1]:9443/"]
+        );
+    }
+
+    #[test]
+    fn every_address_names_this_machines_own_but_loopback() {
+        for url in console_urls("0.0.0.0:8443".parse().unwrap()) {
+            let host = url
+                .strip_prefix("https://")
+                .and_then(|u| u.strip_suffix(":8443/"))
+                .unwrap_or_else(|| panic!("{url}"));
+            let ip: std::net::Ipv4Addr = host.parse().unwrap_or_else(|_| panic!("{url}"));
+            assert!(!ip.is_loopback(), "{url}");
+        }
+        for url in console_urls("[::]:8443".parse().unwrap()) {
+            assert!(
+                !url.contains("127.0.0.1") && !url.contains("[::1]"),
+                "{url}"
+            );
+            assert!(!url.contains("[fe80:"), "link-local cannot be a URL: {url}");
+        }
+    }
 }

@@ -251,6 +251,11 @@ fn scenario_a(vm: &mut vm::Vm, console: &Console) -> Result<FirstBoot, Failure> 
         .and_then(|r| r.split(')').next())
         .ok_or_else(|| format!("no fingerprint in {line:?}"))?
         .to_owned();
+    // The console listens on every address; the line names the one the box got by DHCP
+    // (QEMU's user network hands out 10.0.2.15), not 0.0.0.0.
+    if vm.arch == Arch::Amd64 && !line.contains("console at https://10.0.2.15:8443/") {
+        return Err(format!("the console line does not name the box's address: {line:?}").into());
+    }
     let code = serial
         .lines()
         .find_map(|l| l.split("setup code ").nth(1))
