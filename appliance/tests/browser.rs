@@ -660,6 +660,12 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         );
     }
 
+    // The way back from a forgotten password, for the screenshots (the reset itself is
+    // in tests/console.rs).
+    driver.goto(format!("{console}/reset")).await.unwrap();
+    page_with(&driver, "Recovery code").await;
+    shot(&driver, "reset").await;
+
     // The second node received the share's notification.
     let node::api::Reply::Notifications(inbox) = node2_client
         .call(&node::api::Request::NotificationsList {

@@ -44,6 +44,8 @@ const PAGES: &[(&str, &str)] = &[
     ("POST", "/account/password"),
 ];
 const PASSWORD: &str = "a long admin password";
+/// The API routes that need no session: they are how one starts.
+const PUBLIC_API: &[&str] = &["/api/setup", "/api/login", "/api/reset"];
 
 struct Answer {
     status: StatusCode,
@@ -380,9 +382,9 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
     let routes = documented_routes();
     assert!(routes.len() >= 20, "the document lists the API: {routes:?}");
 
-    // Without a session, every route but setup and login refuses.
+    // Without a session, every route but setup, login and reset refuses.
     for (method, path) in &routes {
-        if path == "/api/setup" || path == "/api/login" {
+        if PUBLIC_API.contains(&path.as_str()) {
             continue;
         }
         let (status, headers, body) =
@@ -443,7 +445,7 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
     // With the session, a POST without the header (or with a wrong one) is refused.
     for (method, path) in routes
         .iter()
-        .filter(|(m, p)| m == "POST" && !p.ends_with("/setup") && !p.ends_with("/login"))
+        .filter(|(m, p)| m == "POST" && !PUBLIC_API.contains(&p.as_str()))
     {
         let (status, _, body) =
             api(&c, method, path, Some(&cookie), None, serde_json::json!({})).await;
@@ -470,6 +472,50 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["paths"]["/api/keyslots"].is_object());
+
+    // Views need the agent, which is not running yet: a clear error, no panic.
+    let (status, _, body) = api(
+        &c,
+        "GET",
+        "/api/vaults",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    // Keyslots change only once the admin account has been checked against the unlocked
+    // node: refused while it is locked.
+    let _agent = start_agent(dir.path()).await;
+    let locked_enrol = serde_json::json!({ "kind": "passphrase", "secret": "a passphrase while locked", "auth_method": "passphrase", "auth_secret": PASSWORD });
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/keyslots",
+        Some(&cookie),
+        Some(&token),
+        locked_enrol,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Unlock the node first"),
+        "{body}"
+    );
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/unlock",
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({ "method": "passphrase", "secret": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     // Keyslots through the API: a second passphrase slot, authorised by the first;
     // tested with the right and a wrong passphrase; removed; the last words are kept.
@@ -592,18 +638,6 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
     .await;
     assert_eq!(slots.as_array().unwrap().len(), 2);
 
-    // Views need the agent, which this test does not run: a clear error, no panic.
-    let (status, _, body) = api(
-        &c,
-        "GET",
-        "/api/vaults",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-
     // Logging in through the API, and out.
     let (status, headers, body) = api(
         &c,
@@ -656,13 +690,33 @@ fn api_cookie(headers: &axum::http::HeaderMap) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn the_admin_changes_the_password_and_other_sessions_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = console(dir.path());
-    let here = [127, 0, 0, 1];
+/// Starts the node's agent for a console set up in `dir` (as the daemon does after
+/// setup), and waits until it answers.
+async fn start_agent(dir: &std::path::Path) -> node::client::Client {
+    let node = node::NodePath::new(dir.join("node"));
+    let config = node::agent::AgentConfig {
+        node: node.clone(),
+        tokens: node::tokens::TokenConfig::default(),
+        peer_listen: None,
+        lan: None,
+        github: node::provider::GitHubConfig::default(),
+    };
+    tokio::spawn(async move { node::agent::run(config, || {}).await });
+    let client = node::client::Client::new(&node);
+    for _ in 0..100 {
+        if client.call(&node::api::Request::Status).await.is_ok() {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the agent did not start");
+}
+
+/// Sets up a console with a passphrase keyslot through the API; its cookie, CSRF token
+/// and recovery code.
+async fn set_up(c: &Arc<Console>) -> (String, String, String) {
     let (status, headers, body) = api(
-        &c,
+        c,
         "POST",
         "/api/setup",
         None,
@@ -671,18 +725,34 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let cookie = api_cookie(&headers);
-    let token = body["csrf"].as_str().unwrap().to_owned();
-    // A second session (another browser) that must end with the change.
-    let other = send(
-        &c,
+    (
+        api_cookie(&headers),
+        body["csrf"].as_str().unwrap().to_owned(),
+        body["recovery_code"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn login_status(c: &Arc<Console>, password: &str, from: [u8; 4]) -> Answer {
+    send(
+        c,
         "POST",
         "/login",
         None,
-        Some(&format!("password={}", enc(PASSWORD))),
-        here,
+        Some(&format!("password={}", enc(password))),
+        from,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn the_admin_changes_the_password_and_other_sessions_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = console(dir.path());
+    let here = [127, 0, 0, 1];
+    let (cookie, token, _) = set_up(&c).await;
+    let _agent = start_agent(dir.path()).await;
+    // A second session (another browser) that must end with the change.
+    let other = login_status(&c, PASSWORD, here).await;
     assert_eq!(other.status, StatusCode::SEE_OTHER);
     let other = session_cookie(&other);
     let stored = || std::fs::read(dir.path().join("console/admin.json")).unwrap();
@@ -690,6 +760,41 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
 
     let new = "another admin password";
     let change = |current: &str, new: &str| serde_json::json!({ "current": current, "new": new });
+    let post = |body: serde_json::Value| {
+        let (c, cookie, token) = (c.clone(), cookie.clone(), token.clone());
+        async move {
+            api(
+                &c,
+                "POST",
+                "/api/account/password",
+                Some(&cookie),
+                Some(&token),
+                body,
+            )
+            .await
+        }
+    };
+    // The account is bound to the node, so a change needs it unlocked.
+    let (status, _, body) = post(change(PASSWORD, new)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Unlock the node first")
+    );
+    assert_eq!(stored(), before, "nothing changed while locked");
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/unlock",
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({ "method": "passphrase", "secret": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
     let refusals = [
         (
             change("not the password", new),
@@ -713,15 +818,7 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
         ),
     ];
     for (request, expected, says) in refusals {
-        let (status, _, body) = api(
-            &c,
-            "POST",
-            "/api/account/password",
-            Some(&cookie),
-            Some(&token),
-            request,
-        )
-        .await;
+        let (status, _, body) = post(request).await;
         assert_eq!(status, expected, "{body}");
         let error = body["error"].as_str().unwrap();
         assert!(error.contains(says), "{error}");
@@ -736,15 +833,7 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
 
     // The change: the old password stops working, the new one works, the other session
     // is over and this one goes on.
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/account/password",
-        Some(&cookie),
-        Some(&token),
-        change(PASSWORD, new),
-    )
-    .await;
+    let (status, _, body) = post(change(PASSWORD, new)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
         body["message"]
@@ -758,26 +847,14 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
     let still = send(&c, "GET", "/account", Some(&cookie), None, here).await;
     assert_eq!(still.status, StatusCode::OK);
     assert!(still.body.contains("Change the admin password"));
-    let old = send(
-        &c,
-        "POST",
-        "/login",
-        None,
-        Some(&format!("password={}", enc(PASSWORD))),
-        here,
-    )
-    .await;
-    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
-    let fresh = send(
-        &c,
-        "POST",
-        "/login",
-        None,
-        Some(&format!("password={}", enc(new))),
-        here,
-    )
-    .await;
-    assert_eq!(fresh.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        login_status(&c, PASSWORD, here).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_status(&c, new, here).await.status,
+        StatusCode::SEE_OTHER
+    );
     let stored_text = String::from_utf8(stored()).unwrap();
     assert!(
         stored_text.contains("$argon2id$"),
@@ -828,48 +905,188 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(r.body.contains("The current password is wrong."));
     }
-    let sixth = send(
-        &c,
-        "POST",
-        "/account/password",
-        Some(&cookie),
-        Some(&form("a sixth guess", "a third admin password")),
-        attacker,
-    )
-    .await;
-    assert_eq!(sixth.status, StatusCode::TOO_MANY_REQUESTS);
-    let right = send(
-        &c,
-        "POST",
-        "/account/password",
-        Some(&cookie),
-        Some(&form(new, "a third admin password")),
-        attacker,
-    )
-    .await;
-    assert_eq!(right.status, StatusCode::TOO_MANY_REQUESTS);
-    let login = send(
-        &c,
-        "POST",
-        "/login",
-        None,
-        Some(&format!("password={}", enc(new))),
-        attacker,
-    )
-    .await;
-    assert_eq!(login.status, StatusCode::TOO_MANY_REQUESTS);
-    let fresh = send(
-        &c,
-        "POST",
-        "/login",
-        None,
-        Some(&format!("password={}", enc(new))),
-        here,
-    )
-    .await;
+    for guess in ["a sixth guess", new] {
+        let r = send(
+            &c,
+            "POST",
+            "/account/password",
+            Some(&cookie),
+            Some(&form(guess, "a third admin password")),
+            attacker,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    }
     assert_eq!(
-        fresh.status,
+        login_status(&c, new, attacker).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login_status(&c, new, here).await.status,
         StatusCode::SEE_OTHER,
         "the password is still the second one"
     );
+}
+
+/// An Argon2id hash of `password`, as someone with the disk would write it.
+fn forged_account(password: &str) -> String {
+    use argon2::PasswordHasher as _;
+    let salt = argon2::password_hash::SaltString::encode_b64(b"sixteen byte slt").unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap();
+    serde_json::json!({ "password_hash": hash.to_string() }).to_string()
+}
+
+#[tokio::test]
+async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = console(dir.path());
+    let here = [127, 0, 0, 1];
+    let (cookie, token, recovery) = set_up(&c).await;
+    let agent = start_agent(dir.path()).await;
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/unlock",
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({ "method": "passphrase", "secret": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The first page seen while unlocked binds the account to the node.
+    let status = send(&c, "GET", "/status", Some(&cookie), None, here).await;
+    assert_eq!(status.status, StatusCode::OK);
+
+    // Someone writes a hash of their own password into the account file.
+    let intruder = "the intruder's password";
+    std::fs::write(
+        dir.path().join("console/admin.json"),
+        forged_account(intruder),
+    )
+    .unwrap();
+    let refused = login_status(&c, intruder, [192, 0, 2, 50]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(
+        refused.body.contains("changed outside the"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.headers.get(header::SET_COOKIE).is_none(),
+        "no session"
+    );
+    // The admin's open session ends too, on pages and in the API.
+    let page = send(&c, "GET", "/status", Some(&cookie), None, here).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(
+        page.body
+            .contains("Reset the admin password with the recovery code")
+    );
+    let (status, _, body) = api(
+        &c,
+        "GET",
+        "/api/vaults",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("recovery code"));
+    // Locking the node does not let the replaced account in.
+    agent.call(&node::api::Request::Lock).await.unwrap();
+    assert_eq!(
+        login_status(&c, intruder, here).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    // A wrong recovery code resets nothing; the right one makes a new password (and
+    // unlocks the node it opens).
+    let reset = |code: &str, new: &str| {
+        format!(
+            "recovery={}&new={}&confirm={}",
+            enc(code),
+            enc(new),
+            enc(new)
+        )
+    };
+    let words: Vec<&str> = recovery.split_whitespace().collect();
+    let mut wrong_words = words.clone();
+    wrong_words[0] = if words[0] == "abandon" {
+        "ability"
+    } else {
+        "abandon"
+    };
+    let wrong = send(
+        &c,
+        "POST",
+        "/reset",
+        None,
+        Some(&reset(&wrong_words.join(" "), "the reset admin password")),
+        here,
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN, "{}", wrong.body);
+    assert!(wrong.body.contains("does not open this node"));
+    assert!(
+        !wrong.body.contains(words[2]),
+        "no recovery word in the answer"
+    );
+    let done = send(
+        &c,
+        "POST",
+        "/reset",
+        None,
+        Some(&reset(&recovery, "the reset admin password")),
+        here,
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("The admin password was reset."));
+    assert_eq!(
+        login_status(&c, intruder, here).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let admin = login_status(&c, "the reset admin password", here).await;
+    assert_eq!(admin.status, StatusCode::SEE_OTHER);
+    let admin = session_cookie(&admin);
+    let (status, _, body) = api(
+        &c,
+        "GET",
+        "/api/status",
+        Some(&admin),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "unlocked", "{body}");
+
+    // The audit log has the story.
+    let (status, _, events) = api(
+        &c,
+        "GET",
+        "/api/audit",
+        Some(&admin),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    for event in [
+        "console.account_bound",
+        "console.account_replaced",
+        "console.password_reset_failed",
+        "console.password_reset",
+    ] {
+        assert!(names.contains(&event), "{event} missing: {names:?}");
+    }
 }

@@ -100,6 +100,12 @@ pub enum ConsoleEvent {
     PasswordChanged,
     /// A password change with a wrong current password.
     PasswordChangeFailed,
+    /// The admin password was reset with the recovery code.
+    PasswordReset,
+    /// A password reset with a recovery code that does not open the node.
+    PasswordResetFailed,
+    /// The admin account on disk is not the one bound to the node: refused.
+    AccountReplaced,
 }
 
 impl ConsoleEvent {
@@ -113,8 +119,38 @@ impl ConsoleEvent {
             ConsoleEvent::Logout => "console.logout",
             ConsoleEvent::PasswordChanged => "console.password_changed",
             ConsoleEvent::PasswordChangeFailed => "console.password_change_failed",
+            ConsoleEvent::PasswordReset => "console.password_reset",
+            ConsoleEvent::PasswordResetFailed => "console.password_reset_failed",
+            ConsoleEvent::AccountReplaced => "console.account_replaced",
         }
     }
+}
+
+/// What the console asks of the agent about its admin account: the account lives in a
+/// plain file beside the node, and binding it to the node (whose store is sealed under the
+/// data key) lets the console notice a file replaced behind its back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountBinding {
+    /// Does the account match the one the node holds? Binds it when the node holds none.
+    Check,
+    /// The admin changed the password: bind the new account in place of `from`.
+    Change {
+        /// The account bound until now.
+        from: String,
+    },
+    /// The recovery code reset the password: bind the new account, whatever was bound.
+    Reset,
+}
+
+/// The agent's answer to [`Request::ConsoleAccount`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountCheck {
+    /// The node held no account, or was told of a change: it holds this one now.
+    Bound,
+    /// The account is the one the node holds.
+    Matches,
+    /// Another account is bound: this one was not made through the console.
+    Mismatch,
 }
 
 /// How a secret write is recorded.
@@ -158,6 +194,14 @@ pub enum Request {
         event: ConsoleEvent,
         /// The browser's address.
         client: String,
+    },
+    /// Checks or binds the console's admin account (unlocked only). `account` is a digest
+    /// of the account's stored password hash.
+    ConsoleAccount {
+        /// The account's digest.
+        account: String,
+        /// Check, change or reset.
+        binding: AccountBinding,
     },
     /// This node's NodeId.
     KeysPublic,
@@ -525,6 +569,8 @@ pub struct AgentStatus {
 pub enum Reply {
     /// Nothing to say.
     Done,
+    /// The console's admin account, checked or bound.
+    Account(AccountCheck),
     /// Agent state.
     Status(AgentStatus),
     /// A NodeId.

@@ -1,20 +1,28 @@
-//! The admin account: changing the admin password.
+//! The admin account: its binding to the node, a password change, and a reset with the
+//! recovery code.
 //!
-//! The current password is checked like a login (a wrong one counts towards the same
-//! per-address throttle, so this form is no way around it), the new one like at setup.
-//! The new Argon2id hash replaces the old one atomically, and every other session ends:
-//! whoever knew the old password and had a session open is signed out.
+//! The account is an Argon2id hash in a plain file beside the node. The node's agent
+//! keeps a digest of it in the node's store, which is sealed under the data key, and the
+//! console checks the file against it whenever it can (the node unlocked): a file written
+//! behind the console's back (the disk taken out, another hash put in) is refused, every
+//! session ends, and only the recovery code makes a new password.
+//!
+//! A change needs the current password, checked like a login (a wrong one counts
+//! towards the same per-address throttle), and the node unlocked, so that the new account
+//! is bound before its file is written. Every other session then ends.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use node::api::ConsoleEvent;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use node::api::{AccountBinding, AccountCheck, ConsoleEvent, Reply, Request as AgentRequest};
 use serde::Deserialize;
+use sha2::Digest as _;
 use zeroize::Zeroizing;
 
+use super::actions::{self, ViewError};
 use super::{
     Account, Console, MIN_PASSWORD, Peer, Posted, SESSION_COOKIE, cookie, hash_password, pages,
     signed_in, verify_password, write_private,
@@ -39,7 +47,39 @@ impl zeroize::Zeroize for PasswordForm {
     }
 }
 
-/// Checks a new admin password against the policy (at setup and on a change).
+/// The reset form: the recovery code and the new password.
+#[derive(Deserialize)]
+pub(super) struct ResetForm {
+    pub(super) recovery: String,
+    pub(super) new: String,
+    #[serde(default)]
+    pub(super) confirm: Option<String>,
+}
+
+impl zeroize::Zeroize for ResetForm {
+    fn zeroize(&mut self) {
+        self.recovery.zeroize();
+        self.new.zeroize();
+        self.confirm.zeroize();
+    }
+}
+
+/// What the console answers when the account on disk is not the one bound to the node.
+pub(super) const REPLACED: &str = "The admin account on this box was changed outside the \
+    console: it is not the one bound to this node. Every session has ended. Reset the admin \
+    password with the recovery code.";
+
+/// The account on disk is not the one bound to the node.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Replaced {
+    /// Found now, rather than known from an earlier request.
+    first: bool,
+}
+
+/// Why a change could not be made: the status and words for the admin.
+type Refusal = (StatusCode, String);
+
+/// Checks a new admin password against the policy (at setup, on a change and a reset).
 pub(super) fn check_new(password: &str, confirm: Option<&str>) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD {
         return Err(format!(
@@ -52,6 +92,150 @@ pub(super) fn check_new(password: &str, confirm: Option<&str>) -> Result<(), Str
     Ok(())
 }
 
+/// What the node binds: a digest of the stored password hash.
+fn digest(account: &Account) -> String {
+    sha2::Sha256::digest(account.password_hash.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Console {
+    /// Whether the account on disk is the one bound to the node; binds it when the node
+    /// holds none yet. `Ok` as well when this cannot be told (the node locked, the agent
+    /// not running): the check runs again at the next request, and a locked node shows
+    /// nothing but its status and unlock. A refused account stays refused (without asking
+    /// the node again) until its file changes.
+    pub(super) async fn account_bound(&self) -> Result<(), Replaced> {
+        let Some(account) = self.account() else {
+            return Ok(());
+        };
+        let digest = digest(&account);
+        let known = self
+            .account_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match known {
+            Some((known, true)) if known == digest => return Ok(()),
+            Some((known, false)) if known == digest => return Err(Replaced { first: false }),
+            _ => {}
+        }
+        let request = AgentRequest::ConsoleAccount {
+            account: digest.clone(),
+            binding: AccountBinding::Check,
+        };
+        let bound = match self.client.call(&request).await {
+            Ok(Reply::Account(AccountCheck::Mismatch)) => false,
+            Ok(Reply::Account(check)) => {
+                if check == AccountCheck::Bound {
+                    tracing::info!(
+                        event = "console.account_bound",
+                        "the admin account is bound to the node"
+                    );
+                }
+                true
+            }
+            _ => return Ok(()),
+        };
+        *self
+            .account_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((digest, bound));
+        if bound {
+            Ok(())
+        } else {
+            Err(Replaced { first: true })
+        }
+    }
+
+    /// Whether the account on disk was found to be the one bound to the node.
+    pub(super) fn account_verified(&self) -> bool {
+        let Some(account) = self.account() else {
+            return false;
+        };
+        let digest = digest(&account);
+        self.account_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(known, bound)| *bound && *known == digest)
+    }
+
+    /// Refuses the account: every session ends; the first refusal of an account is
+    /// logged and audited.
+    pub(super) async fn account_replaced(&self, ip: IpAddr, replaced: Replaced) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        if !replaced.first {
+            return;
+        }
+        tracing::error!(
+            event = "console.account_replaced",
+            client = %ip,
+            "the admin account on disk is not the one bound to the node; refused"
+        );
+        self.record(ConsoleEvent::AccountReplaced, ip).await;
+    }
+
+    /// Binds `account` in the node (unlocked only), in the way `binding` says.
+    async fn bind(&self, account: &Account, binding: AccountBinding) -> Result<(), Refusal> {
+        let request = AgentRequest::ConsoleAccount {
+            account: digest(account),
+            binding,
+        };
+        match actions::agent(self, request).await {
+            Ok(Reply::Account(AccountCheck::Bound | AccountCheck::Matches)) => Ok(()),
+            Ok(Reply::Account(AccountCheck::Mismatch)) => {
+                Err((StatusCode::CONFLICT, REPLACED.to_owned()))
+            }
+            Ok(_) => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent answered something unexpected".into(),
+            )),
+            Err(ViewError::Locked) => Err((
+                StatusCode::CONFLICT,
+                "Unlock the node first: the admin account is bound to it.".into(),
+            )),
+            Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        }
+    }
+
+    /// Hashes `password` and stores it as the account: bound in the node first (`binding`
+    /// says how), then written, then checked, so that a crash in between leaves one
+    /// account that works.
+    async fn store_account(&self, password: &str, binding: AccountBinding) -> Result<(), Refusal> {
+        let password = Zeroizing::new(password.to_owned());
+        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|_| "the password could not be hashed".to_owned())
+            .and_then(|r| r)
+            .map_err(|m| (StatusCode::INTERNAL_SERVER_ERROR, m))?;
+        let account = Account { password_hash };
+        self.bind(&account, binding).await?;
+        let bytes = serde_json::to_vec(&account).map_err(|_| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The admin account could not be written.".to_owned(),
+            )
+        })?;
+        if let Err(e) = write_private(&self.account_path(), &bytes) {
+            tracing::error!(event = "console.account_write_failed", error = %e, "the admin account could not be written");
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "The admin account could not be written ({e}); the old password still holds."
+                ),
+            ));
+        }
+        // The new file is in place: the node forgets the account it replaced.
+        let _ = self.account_bound().await;
+        Ok(())
+    }
+}
+
 /// Changes the admin password for the session whose cookie `headers` carry; every other
 /// session ends. Nothing changes when any check fails.
 pub(super) async fn change_password(
@@ -59,7 +243,7 @@ pub(super) async fn change_password(
     ip: IpAddr,
     headers: &HeaderMap,
     form: &PasswordForm,
-) -> Result<String, (StatusCode, String)> {
+) -> Result<String, Refusal> {
     if c.throttled(ip, false) {
         tracing::warn!(event = "console.login_throttled", client = %ip, "password change throttled");
         c.record(ConsoleEvent::LoginThrottled, ip).await;
@@ -75,7 +259,7 @@ pub(super) async fn change_password(
         ));
     };
     let current = Zeroizing::new(form.current.clone());
-    let hash = account.password_hash;
+    let hash = account.password_hash.clone();
     let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &current))
         .await
         .unwrap_or(false);
@@ -97,25 +281,9 @@ pub(super) async fn change_password(
             "The new password is the current one.".into(),
         ));
     }
-    let new = Zeroizing::new(form.new.clone());
-    let password_hash = tokio::task::spawn_blocking(move || hash_password(&new))
-        .await
-        .map_err(|_| "the password could not be hashed".to_owned())
-        .and_then(|r| r)
-        .map_err(|m| (StatusCode::INTERNAL_SERVER_ERROR, m))?;
-    let bytes = serde_json::to_vec(&Account { password_hash }).map_err(|_| {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The admin account could not be written.".to_owned(),
-        )
-    })?;
-    if let Err(e) = write_private(&c.account_path(), &bytes) {
-        tracing::error!(event = "console.password_change_failed", error = %e, "the admin account could not be written");
-        return Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("The admin account could not be written ({e}); the old password still holds."),
-        ));
-    }
+    let from = digest(&account);
+    c.store_account(&form.new, AccountBinding::Change { from })
+        .await?;
     let keep = cookie(headers, SESSION_COOKIE).unwrap_or_default();
     let ended = c.end_other_sessions(&keep);
     tracing::info!(event = "console.password_changed", client = %ip, sessions_ended = ended, "admin password changed");
@@ -125,6 +293,62 @@ pub(super) async fn change_password(
         1 => "Password changed; 1 other session was signed out.".to_owned(),
         n => format!("Password changed; {n} other sessions were signed out."),
     })
+}
+
+/// Makes a new admin password with the recovery code (a forgotten password, or an account
+/// replaced behind the console's back). The node is unlocked with the code if it is
+/// locked; every session ends. Wrong codes count towards the login throttle.
+pub(super) async fn reset_password(
+    c: &Arc<Console>,
+    ip: IpAddr,
+    form: &ResetForm,
+) -> Result<String, Refusal> {
+    if c.throttled(ip, false) {
+        tracing::warn!(event = "console.login_throttled", client = %ip, "password reset throttled");
+        c.record(ConsoleEvent::LoginThrottled, ip).await;
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many wrong attempts: wait a minute.".into(),
+        ));
+    }
+    if !c.is_set_up() {
+        return Err((StatusCode::CONFLICT, "This box is not set up yet.".into()));
+    }
+    check_new(&form.new, form.confirm.as_deref()).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+    let code = Zeroizing::new(form.recovery.trim().to_owned());
+    let opened = {
+        let c = c.clone();
+        let code = code.clone();
+        tokio::task::spawn_blocking(move || {
+            let keyslots =
+                node::keyslots::Keyslots::open(&c.config.node).map_err(|e| e.to_string())?;
+            actions::authorise(&c, &keyslots, "recovery", &code).map(drop)
+        })
+        .await
+        .unwrap_or_else(|_| Err("the recovery check failed".into()))
+    };
+    if opened.is_err() {
+        let throttled = c.throttled(ip, true);
+        tracing::warn!(event = "console.password_reset_failed", client = %ip, "password reset with a recovery code that does not open the node");
+        c.record(ConsoleEvent::PasswordResetFailed, ip).await;
+        let status = if throttled {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        return Err((status, "That recovery code does not open this node.".into()));
+    }
+    // Binding needs the node open: the code just proved it opens it.
+    if let Err(ViewError::Locked) = actions::agent(c, AgentRequest::KeysPublic).await {
+        actions::unlock(c, "recovery", &code)
+            .await
+            .map_err(|m| (StatusCode::SERVICE_UNAVAILABLE, m))?;
+    }
+    c.store_account(&form.new, AccountBinding::Reset).await?;
+    c.sessions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    tracing::info!(event = "console.password_reset", client = %ip, "admin password reset with the recovery code");
+    c.record(ConsoleEvent::PasswordReset, ip).await;
+    Ok("The admin password was reset. Log in with the new one.".into())
 }
 
 pub(super) async fn account_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
@@ -148,5 +372,27 @@ pub(super) async fn password_change(
         Err((status, message)) => {
             (status, Html(pages::account(&csrf, Some(&Err(message))))).into_response()
         }
+    }
+}
+
+pub(super) async fn reset_page(State(c): State<Arc<Console>>) -> Response {
+    if !c.is_set_up() {
+        return Redirect::to("/setup").into_response();
+    }
+    Html(pages::reset(None)).into_response()
+}
+
+pub(super) async fn reset(
+    State(c): State<Arc<Console>>,
+    Peer(ip): Peer,
+    Form(form): Form<ResetForm>,
+) -> Response {
+    let mut form = Zeroizing::new(form);
+    form.confirm.get_or_insert_with(String::new);
+    match reset_password(&c, ip, &form).await {
+        Ok(message) => {
+            Html(pages::login(&c.config.fingerprint, Some(&Ok(message)))).into_response()
+        }
+        Err((status, message)) => (status, Html(pages::reset(Some(&Err(message))))).into_response(),
     }
 }

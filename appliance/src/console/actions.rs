@@ -407,7 +407,7 @@ fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, St
     })
 }
 
-fn authorise(
+pub(super) fn authorise(
     c: &Console,
     keyslots: &Keyslots,
     method: &str,
@@ -441,7 +441,19 @@ async fn keyslot_changed(c: &Console, event: node::api::KeyslotEvent, slot: u32,
         .await;
 }
 
+/// Keyslots change only for an admin account checked against the node (unlocked): a
+/// token that needs no secret (a TPM) would otherwise let an account file written behind
+/// the console's back enrol a passphrase of its own while the node is locked.
+fn account_checked(c: &Console) -> Result<(), String> {
+    if c.account_verified() {
+        Ok(())
+    } else {
+        Err("Unlock the node first: keyslots change only once the admin account has been checked against the node.".into())
+    }
+}
+
 pub(super) async fn keyslot_enroll(c: &Arc<Console>, form: Enrolment) -> Outcome {
+    account_checked(c)?;
     let form = Zeroizing::new(form);
     let done = blocking(c, move |c| {
         let protector = new_protector(c, &form)?;
@@ -506,6 +518,7 @@ pub(super) async fn keyslot_remove(
     auth_method: String,
     auth_secret: String,
 ) -> Outcome {
+    account_checked(c)?;
     let auth_secret = Zeroizing::new(auth_secret);
     let kind = keyslots(c)
         .iter()

@@ -54,6 +54,7 @@ pub(super) fn routes(console: Arc<Console>) -> Router<Arc<Console>> {
     Router::new()
         .route("/api/setup", post(setup))
         .route("/api/login", post(login))
+        .route("/api/reset", post(reset))
         .merge(guarded)
 }
 
@@ -153,6 +154,19 @@ async fn login(
                 .insert(header::SET_COOKIE, session_cookie(&token));
             response
         }
+        Err((status, message)) => error(status, message),
+    }
+}
+
+/// A new admin password with the recovery code (no session needed).
+async fn reset(
+    State(c): State<Arc<Console>>,
+    Peer(ip): Peer,
+    Json(form): Json<super::account::ResetForm>,
+) -> Response {
+    let form = Zeroizing::new(form);
+    match super::account::reset_password(&c, ip, &form).await {
+        Ok(message) => Json(json!({ "message": message })).into_response(),
         Err((status, message)) => error(status, message),
     }
 }

@@ -112,6 +112,9 @@ pub struct Console {
     touch: Arc<AtomicBool>,
     /// Told once setup has made the node (the daemon then starts its agent).
     pub node_created: tokio::sync::Notify,
+    /// The digest of the admin account last checked against the node, and whether it was
+    /// the bound one.
+    account_checked: Mutex<Option<(String, bool)>>,
 }
 
 /// The stored admin account.
@@ -165,6 +168,7 @@ impl Console {
             started: Instant::now(),
             touch: Arc::new(AtomicBool::new(false)),
             node_created: tokio::sync::Notify::new(),
+            account_checked: Mutex::new(None),
         })
     }
 
@@ -351,9 +355,42 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/audit", get(audit_page))
         .route("/account", get(account::account_page))
         .route("/account/password", post(account::password_change))
+        .route("/reset", get(account::reset_page).post(account::reset))
         .merge(api::routes(console.clone()))
+        .layer(middleware::from_fn_with_state(
+            console.clone(),
+            account_guard,
+        ))
         .with_state(console)
         .layer(middleware::from_fn(security_headers))
+}
+
+/// Before any request that carries a session cookie: the admin account on disk must be
+/// the one bound to the node; if it is not, every session ends and the request is refused.
+async fn account_guard(
+    State(c): State<Arc<Console>>,
+    request: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    if cookie(request.headers(), SESSION_COOKIE).is_none() {
+        return next.run(request).await;
+    }
+    if let Err(replaced) = c.account_bound().await {
+        let ip = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0.ip());
+        c.account_replaced(ip, replaced).await;
+        if request.uri().path().starts_with("/api/") {
+            return (
+                StatusCode::FORBIDDEN,
+                axum::Json(serde_json::json!({ "error": account::REPLACED })),
+            )
+                .into_response();
+        }
+        return (StatusCode::FORBIDDEN, Html(pages::replaced())).into_response();
+    }
+    next.run(request).await
 }
 
 async fn security_headers(request: Request<axum::body::Body>, next: Next) -> Response {
@@ -643,7 +680,7 @@ async fn login(
         }
         Err((status, message)) => (
             status,
-            Html(pages::login(&c.config.fingerprint, Some(&message))),
+            Html(pages::login(&c.config.fingerprint, Some(&Err(message)))),
         )
             .into_response(),
     }
@@ -682,6 +719,10 @@ async fn sign_in(
             StatusCode::UNAUTHORIZED
         };
         return Err((status, "Wrong password.".into()));
+    }
+    if let Err(replaced) = c.account_bound().await {
+        c.account_replaced(ip, replaced).await;
+        return Err((StatusCode::FORBIDDEN, account::REPLACED.into()));
     }
     tracing::info!(event = "console.login", client = %ip, "admin logged in");
     c.record(ConsoleEvent::Login, ip).await;

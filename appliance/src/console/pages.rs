@@ -112,17 +112,59 @@ pub(super) fn recovery(words: &str, csrf: &str) -> String {
     )
 }
 
-pub(super) fn login(fingerprint: &str, error: Option<&str>) -> String {
+pub(super) fn login(fingerprint: &str, note: Option<&Outcome>) -> String {
     layout(
         "Log in",
         html! {
-            (message(error, "error"))
+            (outcome(note))
             form method="post" action="/login" {
                 label for="password" { "Admin password" }
                 input id="password" name="password" type="password" autocomplete="current-password" required;
                 button type="submit" { "Log in" }
             }
+            p { a href="/reset" { "Forgot the password? Reset it with the recovery code." } }
             p { "Certificate fingerprint (SHA-256): " code { (fingerprint) } }
+        },
+    )
+}
+
+/// The reset page: a new admin password with the recovery code.
+pub(super) fn reset(note: Option<&Outcome>) -> String {
+    layout(
+        "Reset the admin password",
+        html! {
+            (outcome(note))
+            p {
+                "The recovery code (the 24 words shown once at setup) proves you own this box. "
+                "It unlocks the node if it is locked. Every session ends; wrong codes count "
+                "towards the login throttle."
+            }
+            form method="post" action="/reset" {
+                label for="recovery" { "Recovery code" }
+                input id="recovery" name="recovery" type="password" autocomplete="off" required;
+                label for="new" { "New admin password (at least " (super::MIN_PASSWORD) " characters)" }
+                input id="new" name="new" type="password" autocomplete="new-password" minlength=(super::MIN_PASSWORD) required;
+                label for="confirm" { "New password again" }
+                input id="confirm" name="confirm" type="password" autocomplete="new-password" required;
+                button type="submit" { "Reset the password" }
+            }
+            p { a href="/login" { "Back to the login" } }
+        },
+    )
+}
+
+/// The answer to a session once the account on disk proved not to be the bound one.
+pub(super) fn replaced() -> String {
+    layout(
+        "Admin account refused",
+        html! {
+            p class="error" { (super::account::REPLACED) }
+            p {
+                "The node keeps a fingerprint of the admin account under its data key; the "
+                "account file on the disk does not match it, so someone changed it without "
+                "the console, for instance with the disk in another machine."
+            }
+            p { a href="/reset" { "Reset the admin password with the recovery code" } }
         },
     )
 }

@@ -25,14 +25,14 @@ use zeroize::Zeroizing;
 
 use crate::NodePath;
 use crate::api::{
-    AgentStatus, ApiError, Call, ErrorCode, KeyslotEvent, PROTOCOL, Reply, Request, Response,
-    SecretBytes, UnlockParams, Upload, WriteKind,
+    AccountBinding, AccountCheck, AgentStatus, ApiError, Call, ErrorCode, KeyslotEvent, PROTOCOL,
+    Reply, Request, Response, SecretBytes, UnlockParams, Upload, WriteKind,
 };
 use crate::audit;
 use crate::identity::{self, Identity, NodeId};
 use crate::keyslots::{KeyslotError, Keyslots};
 use crate::rpc::{CHUNK, FrameError, MAX_FRAME, read_frame, write_frame};
-use crate::store::{Store, StoreError};
+use crate::store::{Read as _, Store, StoreError, Table};
 use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
 use crate::vault::{SecretPath, VaultError, Vaults};
 
@@ -570,8 +570,71 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
             let tx = open.store.read().map_err(store_error)?;
             Reply::Events(audit::query(&tx, &query).map_err(store_error)?)
         }
+        Request::ConsoleAccount { account, binding } => {
+            Reply::Account(console_account(open, &account, binding)?)
+        }
         _ => return Err(ApiError::new(ErrorCode::BadInput, "unexpected request")),
     })
+}
+
+/// Where the console's bound admin account is kept (sealed like every value).
+const ACCOUNT_KEY: &[u8] = b"console-account";
+
+/// The console's admin account as the node holds it.
+#[derive(Serialize, Deserialize)]
+struct BoundAccount {
+    current: String,
+    /// The account before a password change, until the console shows the new one is on
+    /// disk: a crash between binding the new account and writing its file leaves the old
+    /// one working. Never set by a reset, which must not bring back what it replaced.
+    previous: Option<String>,
+}
+
+/// Checks the console's account against the bound one, or binds a new one.
+fn console_account(
+    open: &Open,
+    account: &str,
+    binding: AccountBinding,
+) -> Result<AccountCheck, ApiError> {
+    let mut tx = open.store.write().map_err(store_error)?;
+    let bound: Option<BoundAccount> = match tx.get(Table::Meta, ACCOUNT_KEY).map_err(store_error)? {
+        Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|_| {
+            ApiError::new(ErrorCode::Internal, "the bound console account is damaged")
+        })?),
+        None => None,
+    };
+    let bind = |previous: Option<String>| BoundAccount {
+        current: account.to_owned(),
+        previous,
+    };
+    let (check, store) = match (binding, bound) {
+        (AccountBinding::Check, None) => {
+            audit::append(&mut tx, "console.account_bound", json!({})).map_err(store_error)?;
+            (AccountCheck::Bound, Some(bind(None)))
+        }
+        (AccountBinding::Check, Some(b)) if b.current == account => (
+            AccountCheck::Matches,
+            b.previous.is_some().then(|| bind(None)),
+        ),
+        (AccountBinding::Check, Some(b)) if b.previous.as_deref() == Some(account) => {
+            (AccountCheck::Matches, Some(bind(None)))
+        }
+        (AccountBinding::Check, Some(_)) => (AccountCheck::Mismatch, None),
+        (AccountBinding::Change { from }, None) => (AccountCheck::Bound, Some(bind(Some(from)))),
+        (AccountBinding::Change { from }, Some(b)) if b.current == from => {
+            (AccountCheck::Bound, Some(bind(Some(from))))
+        }
+        (AccountBinding::Change { .. }, Some(_)) => (AccountCheck::Mismatch, None),
+        (AccountBinding::Reset, _) => (AccountCheck::Bound, Some(bind(None))),
+    };
+    if let Some(store) = store {
+        let bytes = serde_json::to_vec(&store)
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the console account"))?;
+        tx.put(Table::Meta, ACCOUNT_KEY, &bytes)
+            .map_err(store_error)?;
+    }
+    tx.commit().map_err(store_error)?;
+    Ok(check)
 }
 
 /// Bytes written by a blocking job, sent on as bounded, zeroized chunks.
