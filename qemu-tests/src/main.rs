@@ -547,6 +547,13 @@ fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     // a, b: the first boot.
     let mut vm = machine.boot()?;
     let first = scenario_a(&mut vm, &console);
+    // For review: a PC's screen shows the setup code and the address too (journald
+    // forwards to tty1), for boxes without a serial port.
+    let screen = work.join("screen-first-boot.png");
+    match vm.screenshot(&screen) {
+        Ok(()) => eprintln!("   the screen at first boot: {}", screen.display()),
+        Err(e) => eprintln!("   no screenshot of the first boot: {e}"),
+    }
     report(
         "a",
         &first.as_ref().map(|_| ()).map_err(|e| e.to_string().into()),

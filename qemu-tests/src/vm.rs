@@ -232,6 +232,36 @@ impl Vm {
         }
     }
 
+    /// Sends a command to QEMU's monitor and waits (3 s at most) for its echo: QEMU drops
+    /// a command whose connection closes before it is read.
+    fn monitor(&self, command: &str) {
+        let Ok(mut monitor) = std::os::unix::net::UnixStream::connect(&self.monitor) else {
+            return;
+        };
+        let _ = monitor.write_all(format!("{command}\n").as_bytes());
+        let _ = monitor.set_read_timeout(Some(Duration::from_millis(200)));
+        let echo = format!("{command}\u{1b}[K");
+        let mut echoed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut buf = [0u8; 1024];
+        while Instant::now() < deadline && !String::from_utf8_lossy(&echoed).contains(&echo) {
+            if let Ok(n) = std::io::Read::read(&mut monitor, &mut buf) {
+                echoed.extend_from_slice(&buf[..n]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// What the machine's screen shows, as a PNG file at `path` (QEMU's `screendump`).
+    pub(crate) fn screenshot(&self, path: &Path) -> Result<(), Failure> {
+        let _ = std::fs::remove_file(path);
+        self.monitor(&format!("screendump {} -f png", path.display()));
+        wait_until("the screenshot", Duration::from_secs(10), || {
+            // Whole once the PNG's closing chunk is there.
+            std::fs::read(path).is_ok_and(|png| png.ends_with(b"IEND\xAE\x42\x60\x82"))
+        })
+    }
+
     /// Seconds since power-on.
     pub(crate) fn uptime(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -240,23 +270,7 @@ impl Vm {
     /// ACPI power button, as a user shutting the box down; waits for the guest to power
     /// off (then kills QEMU if it has not within `timeout`).
     pub(crate) fn shutdown(mut self, timeout: Duration) -> Result<(), Failure> {
-        if let Ok(mut monitor) = std::os::unix::net::UnixStream::connect(&self.monitor) {
-            let _ = monitor.write_all(b"system_powerdown\n");
-            // QEMU drops a command whose connection closes before it is read: wait for
-            // the monitor's echo of it.
-            let _ = monitor.set_read_timeout(Some(Duration::from_millis(200)));
-            let mut echoed = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(3);
-            let mut buf = [0u8; 1024];
-            while Instant::now() < deadline
-                && !String::from_utf8_lossy(&echoed).contains("system_powerdown\u{1b}[K")
-            {
-                if let Ok(n) = std::io::Read::read(&mut monitor, &mut buf) {
-                    echoed.extend_from_slice(&buf[..n]);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        self.monitor("system_powerdown");
         let deadline = Instant::now() + timeout;
         let Some(mut qemu) = self.qemu.take() else {
             return Ok(());
