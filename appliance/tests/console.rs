@@ -506,16 +506,7 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
             .contains("Unlock the node first"),
         "{body}"
     );
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/unlock",
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({ "method": "passphrase", "secret": PASSWORD }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    unlock(&c, &cookie, &token).await;
 
     // Keyslots through the API: a second passphrase slot, authorised by the first;
     // tested with the right and a wrong passphrase; removed; the last words are kept.
@@ -732,6 +723,20 @@ async fn set_up(c: &Arc<Console>) -> (String, String, String) {
     )
 }
 
+/// Unlocks the node through the API with the setup passphrase.
+async fn unlock(c: &Arc<Console>, cookie: &str, token: &str) {
+    let (status, _, body) = api(
+        c,
+        "POST",
+        "/api/unlock",
+        Some(cookie),
+        Some(token),
+        serde_json::json!({ "method": "passphrase", "secret": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 async fn login_status(c: &Arc<Console>, password: &str, from: [u8; 4]) -> Answer {
     send(
         c,
@@ -784,16 +789,7 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
             .contains("Unlock the node first")
     );
     assert_eq!(stored(), before, "nothing changed while locked");
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/unlock",
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({ "method": "passphrase", "secret": PASSWORD }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    unlock(&c, &cookie, &token).await;
 
     let refusals = [
         (
@@ -945,16 +941,7 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
     let here = [127, 0, 0, 1];
     let (cookie, token, recovery) = set_up(&c).await;
     let agent = start_agent(dir.path()).await;
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/unlock",
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({ "method": "passphrase", "secret": PASSWORD }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    unlock(&c, &cookie, &token).await;
     // The first page seen while unlocked binds the account to the node.
     let status = send(&c, "GET", "/status", Some(&cookie), None, here).await;
     assert_eq!(status.status, StatusCode::OK);

@@ -236,6 +236,63 @@ impl Console {
     }
 }
 
+/// Refuses anything that checks a password or a recovery code from `ip` while the
+/// address is throttled (logged and audited).
+async fn refuse_throttled(c: &Console, ip: IpAddr) -> Result<(), Refusal> {
+    if !c.throttled(ip, false) {
+        return Ok(());
+    }
+    tracing::warn!(event = "console.login_throttled", client = %ip, "throttled: too many wrong passwords");
+    c.record(ConsoleEvent::LoginThrottled, ip).await;
+    Err((
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many wrong passwords: wait a minute.".into(),
+    ))
+}
+
+/// A wrong password or recovery code from `ip`: counted towards the throttle, logged and
+/// audited as `event`; answered with `wrong`, or `429` once the address is throttled.
+async fn failed(
+    c: &Console,
+    ip: IpAddr,
+    event: ConsoleEvent,
+    wrong: (StatusCode, &str),
+) -> Refusal {
+    let throttled = c.throttled(ip, true);
+    tracing::warn!(event = event.name(), client = %ip, "a wrong admin password or recovery code");
+    c.record(event, ip).await;
+    let status = if throttled {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        wrong.0
+    };
+    (status, wrong.1.to_owned())
+}
+
+/// Checks `password` against the stored account like a login (see [`failed`] for a
+/// wrong one); the account when it is right.
+pub(super) async fn check_password(
+    c: &Console,
+    ip: IpAddr,
+    password: &str,
+    event: ConsoleEvent,
+    wrong: (StatusCode, &str),
+) -> Result<Account, Refusal> {
+    refuse_throttled(c, ip).await?;
+    let Some(account) = c.account() else {
+        return Err((StatusCode::CONFLICT, "This box is not set up yet.".into()));
+    };
+    let password = Zeroizing::new(password.to_owned());
+    let hash = account.password_hash.clone();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        return Err(failed(c, ip, event, wrong).await);
+    }
+    Ok(account)
+}
+
 /// Changes the admin password for the session whose cookie `headers` carry; every other
 /// session ends. Nothing changes when any check fails.
 pub(super) async fn change_password(
@@ -244,36 +301,14 @@ pub(super) async fn change_password(
     headers: &HeaderMap,
     form: &PasswordForm,
 ) -> Result<String, Refusal> {
-    if c.throttled(ip, false) {
-        tracing::warn!(event = "console.login_throttled", client = %ip, "password change throttled");
-        c.record(ConsoleEvent::LoginThrottled, ip).await;
-        return Err((
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many wrong passwords: wait a minute.".into(),
-        ));
-    }
-    let Some(account) = c.account() else {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The admin account cannot be read.".into(),
-        ));
-    };
-    let current = Zeroizing::new(form.current.clone());
-    let hash = account.password_hash.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &current))
-        .await
-        .unwrap_or(false);
-    if !ok {
-        let throttled = c.throttled(ip, true);
-        tracing::warn!(event = "console.password_change_failed", client = %ip, "password change with a wrong current password");
-        c.record(ConsoleEvent::PasswordChangeFailed, ip).await;
-        let status = if throttled {
-            StatusCode::TOO_MANY_REQUESTS
-        } else {
-            StatusCode::FORBIDDEN
-        };
-        return Err((status, "The current password is wrong.".into()));
-    }
+    let account = check_password(
+        c,
+        ip,
+        &form.current,
+        ConsoleEvent::PasswordChangeFailed,
+        (StatusCode::FORBIDDEN, "The current password is wrong."),
+    )
+    .await?;
     check_new(&form.new, form.confirm.as_deref()).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
     if form.new == form.current {
         return Err((
@@ -303,14 +338,7 @@ pub(super) async fn reset_password(
     ip: IpAddr,
     form: &ResetForm,
 ) -> Result<String, Refusal> {
-    if c.throttled(ip, false) {
-        tracing::warn!(event = "console.login_throttled", client = %ip, "password reset throttled");
-        c.record(ConsoleEvent::LoginThrottled, ip).await;
-        return Err((
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many wrong attempts: wait a minute.".into(),
-        ));
-    }
+    refuse_throttled(c, ip).await?;
     if !c.is_set_up() {
         return Err((StatusCode::CONFLICT, "This box is not set up yet.".into()));
     }
@@ -328,15 +356,16 @@ pub(super) async fn reset_password(
         .unwrap_or_else(|_| Err("the recovery check failed".into()))
     };
     if opened.is_err() {
-        let throttled = c.throttled(ip, true);
-        tracing::warn!(event = "console.password_reset_failed", client = %ip, "password reset with a recovery code that does not open the node");
-        c.record(ConsoleEvent::PasswordResetFailed, ip).await;
-        let status = if throttled {
-            StatusCode::TOO_MANY_REQUESTS
-        } else {
-            StatusCode::FORBIDDEN
-        };
-        return Err((status, "That recovery code does not open this node.".into()));
+        return Err(failed(
+            c,
+            ip,
+            ConsoleEvent::PasswordResetFailed,
+            (
+                StatusCode::FORBIDDEN,
+                "That recovery code does not open this node.",
+            ),
+        )
+        .await);
     }
     // Binding needs the node open: the code just proved it opens it.
     if let Err(ViewError::Locked) = actions::agent(c, AgentRequest::KeysPublic).await {

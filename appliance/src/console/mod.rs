@@ -693,33 +693,14 @@ async fn sign_in(
     ip: IpAddr,
     password: &str,
 ) -> Result<(String, String), (StatusCode, String)> {
-    if c.throttled(ip, false) {
-        tracing::warn!(event = "console.login_throttled", client = %ip, "login throttled");
-        c.record(ConsoleEvent::LoginThrottled, ip).await;
-        return Err((
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many wrong passwords: wait a minute.".into(),
-        ));
-    }
-    let Some(account) = c.account() else {
-        return Err((StatusCode::CONFLICT, "This box is not set up yet.".into()));
-    };
-    let password = Zeroizing::new(password.to_owned());
-    let hash = account.password_hash;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
-    if !ok {
-        let throttled = c.throttled(ip, true);
-        tracing::warn!(event = "console.login_failed", client = %ip, "failed login");
-        c.record(ConsoleEvent::LoginFailed, ip).await;
-        let status = if throttled {
-            StatusCode::TOO_MANY_REQUESTS
-        } else {
-            StatusCode::UNAUTHORIZED
-        };
-        return Err((status, "Wrong password.".into()));
-    }
+    account::check_password(
+        c,
+        ip,
+        password,
+        ConsoleEvent::LoginFailed,
+        (StatusCode::UNAUTHORIZED, "Wrong password."),
+    )
+    .await?;
     if let Err(replaced) = c.account_bound().await {
         c.account_replaced(ip, replaced).await;
         return Err((StatusCode::FORBIDDEN, account::REPLACED.into()));

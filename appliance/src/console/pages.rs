@@ -142,10 +142,7 @@ pub(super) fn reset(note: Option<&Outcome>) -> String {
             form method="post" action="/reset" {
                 label for="recovery" { "Recovery code" }
                 input id="recovery" name="recovery" type="password" autocomplete="off" required;
-                label for="new" { "New admin password (at least " (super::MIN_PASSWORD) " characters)" }
-                input id="new" name="new" type="password" autocomplete="new-password" minlength=(super::MIN_PASSWORD) required;
-                label for="confirm" { "New password again" }
-                input id="confirm" name="confirm" type="password" autocomplete="new-password" required;
+                (new_password_fields())
                 button type="submit" { "Reset the password" }
             }
             p { a href="/login" { "Back to the login" } }
@@ -676,10 +673,7 @@ pub(super) fn account(csrf: &str, note: Option<&Outcome>) -> String {
                 input type="hidden" name="csrf" value=(csrf);
                 label for="current" { "Current password" }
                 input id="current" name="current" type="password" autocomplete="current-password" required;
-                label for="new" { "New password (at least " (super::MIN_PASSWORD) " characters)" }
-                input id="new" name="new" type="password" autocomplete="new-password" minlength=(super::MIN_PASSWORD) required;
-                label for="confirm" { "New password again" }
-                input id="confirm" name="confirm" type="password" autocomplete="new-password" required;
+                (new_password_fields())
                 button type="submit" id="change-password" { "Change password" }
             }
             form method="post" action="/logout" {
@@ -688,4 +682,14 @@ pub(super) fn account(csrf: &str, note: Option<&Outcome>) -> String {
             }
         },
     )
+}
+
+/// The new admin password, twice (the reset and the change forms).
+fn new_password_fields() -> Markup {
+    html! {
+        label for="new" { "New admin password (at least " (super::MIN_PASSWORD) " characters)" }
+        input id="new" name="new" type="password" autocomplete="new-password" minlength=(super::MIN_PASSWORD) required;
+        label for="confirm" { "New password again" }
+        input id="confirm" name="confirm" type="password" autocomplete="new-password" required;
+    }
 }
