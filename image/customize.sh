@@ -116,7 +116,8 @@ chroot "$root" getent group tss >/dev/null || die "there is no tss group in the 
 
 # --- 4. Units.
 say "enabling and masking units"
-systemctl --root="$root" enable pk-appliance.service systemd-networkd.service nftables.service tmp.mount >&2
+systemctl --root="$root" enable pk-appliance.service pk-appliance-screen.service systemd-networkd.service \
+    nftables.service tmp.mount >&2
 systemctl --root="$root" enable pcscd.socket >&2
 systemctl --root="$root" set-default multi-user.target >&2
 # No login on any console, no shell on Ctrl-Alt-Del or a key combination.

@@ -12,8 +12,8 @@ use crate::console::{self, Console, ConsoleConfig, FirstToken, tls};
 /// What a started daemon tells its caller.
 #[derive(Clone, Debug)]
 pub struct Started {
-    /// `https://address/`.
-    pub console_url: String,
+    /// Where a browser reaches the console ([`console_urls`]).
+    pub console_urls: Vec<String>,
     /// The console certificate's SHA-256 fingerprint.
     pub fingerprint: String,
     /// The one-time setup code, while the box is unclaimed.
@@ -123,7 +123,8 @@ pub async fn run_until(
     let address = listener
         .local_addr()
         .map_err(|e| format!("the console's address: {e}"))?;
-    let urls = console_urls(address).join(" ");
+    let urls_list = console_urls(address);
+    let urls = urls_list.join(" ");
     tracing::info!(event = "console.listening", address = %address, "console at {urls}");
     // The serial console (stderr under the unit) sees where to go and what to check.
     eprintln!("pk-appliance: console at {urls} (certificate SHA-256 {fingerprint})");
@@ -135,7 +136,7 @@ pub async fn run_until(
         sd_notify::NotifyState::Status(&format!("console at {urls}")),
     ]);
     ready(&Started {
-        console_url: format!("https://{address}/"),
+        console_urls: urls_list,
         fingerprint: fingerprint.clone(),
         setup_code: setup_shown,
     });

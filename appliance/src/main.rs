@@ -64,13 +64,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The journal under systemd (structured fields), stderr otherwise.
+/// The journal under systemd (structured fields), stderr otherwise; INFO and above in
+/// both (the libraries' DEBUG and TRACE events, one per HTTP/2 frame, would flood the
+/// journal and the screen).
 fn init_logging() {
     use tracing_subscriber::prelude::*;
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journald) = tracing_journald::layer()
     {
-        tracing_subscriber::registry().with(journald).init();
+        tracing_subscriber::registry()
+            .with(journald.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+            .init();
         return;
     }
     use std::io::IsTerminal as _;
@@ -86,7 +90,7 @@ async fn run(config: Config) -> Result<(), String> {
         tracing::info!(
             event = "appliance.ready",
             "ready: console at {}",
-            started.console_url
+            started.console_urls.join(" ")
         );
     })
     .await

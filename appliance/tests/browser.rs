@@ -283,7 +283,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     let driver = WebDriver::new(format!("http://127.0.0.1:{}", chromedriver.1), caps)
         .await
         .unwrap();
-    let console = started.console_url.trim_end_matches('/').to_owned();
+    let console = started.console_urls[0].trim_end_matches('/').to_owned();
 
     // Setup: the fingerprint shown is the one logged; the setup code claims the box.
     driver.goto(&console).await.unwrap();

@@ -76,7 +76,7 @@ where
     ));
     let started = ready_rx.await.unwrap();
     check(
-        started.console_url.trim_end_matches('/').to_owned(),
+        started.console_urls[0].trim_end_matches('/').to_owned(),
         started.setup_code,
     )
     .await;

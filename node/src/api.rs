@@ -14,8 +14,11 @@ use crate::peer::SharedVault;
 use crate::vault::{CommitInfo, Entry, FetchOutcome, Stat, VaultRecord};
 
 /// The protocol version: the first field of every call. `pk` and an agent of another
-/// version refuse each other with a clear error instead of misreading messages.
-pub const PROTOCOL: u32 = 1;
+/// version refuse each other with a clear error instead of misreading messages. Messages
+/// are postcard-encoded, so enum variants go by position: a variant added anywhere but at
+/// the end changes the layout, and this number with it (2: `Request::ConsoleAccount`
+/// and `Reply::Account`).
+pub const PROTOCOL: u32 = 2;
 
 /// What a client sends first on a connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -103,7 +103,7 @@ fn run() -> Result<(), String> {
             |started| {
                 say!(
                     "  console: {} (self-signed; SHA-256 fingerprint {})",
-                    started.console_url,
+                    started.console_urls.join(" "),
                     started.fingerprint
                 );
                 match &started.setup_code {
