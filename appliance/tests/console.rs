@@ -946,14 +946,86 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
     let status = send(&c, "GET", "/status", Some(&cookie), None, here).await;
     assert_eq!(status.status, StatusCode::OK);
 
-    // Someone writes a hash of their own password into the account file.
+    // Someone takes the disk out while the box is off, writes a hash of their own
+    // password into the account file, and starts the box again (a new console; the
+    // node starts locked, as if its TPM slot had not opened yet).
     let intruder = "the intruder's password";
     std::fs::write(
         dir.path().join("console/admin.json"),
         forged_account(intruder),
     )
     .unwrap();
-    let refused = login_status(&c, intruder, [192, 0, 2, 50]).await;
+    agent.call(&node::api::Request::Lock).await.unwrap();
+    let c = console(dir.path());
+    let from = [192, 0, 2, 50];
+    // While the node is locked the account cannot be checked: a login works, but
+    // keyslots stay out of reach.
+    let (status, headers, body) = api(
+        &c,
+        "POST",
+        "/api/login",
+        None,
+        None,
+        serde_json::json!({ "password": intruder }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (api_cookie, api_token) = (
+        api_cookie(&headers),
+        body["csrf"].as_str().unwrap().to_owned(),
+    );
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/keyslots",
+        Some(&api_cookie),
+        Some(&api_token),
+        serde_json::json!({ "kind": "passphrase", "secret": "the intruder's own slot", "auth_method": "passphrase", "auth_secret": PASSWORD }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Unlock the node first"),
+        "{body}"
+    );
+    let page_session = login_status(&c, intruder, from).await;
+    assert_eq!(page_session.status, StatusCode::SEE_OTHER);
+    let page_session = session_cookie(&page_session);
+
+    // Once the node is unlocked (the TPM, or here the passphrase), the next request
+    // finds the account replaced: refused, and every session ends.
+    unlock(&c, &api_cookie, &api_token).await;
+    let page = send(&c, "GET", "/status", Some(&page_session), None, from).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+    assert!(
+        page.body
+            .contains("Reset the admin password with the recovery code")
+    );
+    assert!(
+        page.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"),
+        "the cookie is cleared"
+    );
+    let (status, _, body) = api(
+        &c,
+        "GET",
+        "/api/vaults",
+        Some(&api_cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the other session ended: {body}"
+    );
+    let refused = login_status(&c, intruder, from).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     assert!(
         refused.body.contains("changed outside the"),
@@ -964,24 +1036,9 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
         refused.headers.get(header::SET_COOKIE).is_none(),
         "no session"
     );
-    // The admin's open session ends too, on pages and in the API.
-    let page = send(&c, "GET", "/status", Some(&cookie), None, here).await;
-    assert_eq!(page.status, StatusCode::FORBIDDEN);
-    assert!(
-        page.body
-            .contains("Reset the admin password with the recovery code")
-    );
-    let (status, _, body) = api(
-        &c,
-        "GET",
-        "/api/vaults",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("recovery code"));
+    // The reset page stays reachable from a browser that still sends its old cookie.
+    let reset_page = send(&c, "GET", "/reset", Some(&page_session), None, here).await;
+    assert_eq!(reset_page.status, StatusCode::OK, "{}", reset_page.body);
     // Locking the node does not let the replaced account in.
     agent.call(&node::api::Request::Lock).await.unwrap();
     assert_eq!(
@@ -1025,7 +1082,7 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
         &c,
         "POST",
         "/reset",
-        None,
+        Some(&page_session),
         Some(&reset(&recovery, "the reset admin password")),
         here,
     )

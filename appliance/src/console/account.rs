@@ -104,25 +104,26 @@ impl Console {
     /// Whether the account on disk is the one bound to the node; binds it when the node
     /// holds none yet. `Ok` as well when this cannot be told (the node locked, the agent
     /// not running): the check runs again at the next request, and a locked node shows
-    /// nothing but its status and unlock. A refused account stays refused (without asking
-    /// the node again) until its file changes.
+    /// nothing but its status and unlock.
+    ///
+    /// The answer is remembered until the console writes the file again: while the
+    /// daemon runs, only the console changes it (a file replaced offline is read at the
+    /// first check after a start), so a request does not read the file once it is known.
     pub(super) async fn account_bound(&self) -> Result<(), Replaced> {
+        let known = *self
+            .account_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match known {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(Replaced { first: false }),
+            None => {}
+        }
         let Some(account) = self.account() else {
             return Ok(());
         };
-        let digest = digest(&account);
-        let known = self
-            .account_checked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match known {
-            Some((known, true)) if known == digest => return Ok(()),
-            Some((known, false)) if known == digest => return Err(Replaced { first: false }),
-            _ => {}
-        }
         let request = AgentRequest::ConsoleAccount {
-            account: digest.clone(),
+            account: digest(&account),
             binding: AccountBinding::Check,
         };
         let bound = match self.client.call(&request).await {
@@ -141,7 +142,7 @@ impl Console {
         *self
             .account_checked
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((digest, bound));
+            .unwrap_or_else(|p| p.into_inner()) = Some(bound);
         if bound {
             Ok(())
         } else {
@@ -151,15 +152,11 @@ impl Console {
 
     /// Whether the account on disk was found to be the one bound to the node.
     pub(super) fn account_verified(&self) -> bool {
-        let Some(account) = self.account() else {
-            return false;
-        };
-        let digest = digest(&account);
-        self.account_checked
+        *self
+            .account_checked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|(known, bound)| *bound && *known == digest)
+            == Some(true)
     }
 
     /// Refuses the account: every session ends; the first refusal of an account is
@@ -225,12 +222,15 @@ impl Console {
             tracing::error!(event = "console.account_write_failed", error = %e, "the admin account could not be written");
             return Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "The admin account could not be written ({e}); the old password still holds."
-                ),
+                format!("The admin account could not be written ({e}); nothing changed."),
             ));
         }
-        // The new file is in place: the node forgets the account it replaced.
+        // The new file is in place: check it afresh, which also makes the node forget the
+        // account it replaced.
+        *self
+            .account_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         let _ = self.account_bound().await;
         Ok(())
     }

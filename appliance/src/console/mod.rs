@@ -48,6 +48,8 @@ use actions::{Outcome, ViewError};
 pub const LOGIN_ATTEMPTS_PER_MINUTE: usize = 5;
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "pk_session";
+/// What ends the session cookie in the browser.
+const CLEAR_COOKIE: &str = "pk_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0";
 /// The shortest admin password accepted.
 pub const MIN_PASSWORD: usize = 12;
 
@@ -112,9 +114,9 @@ pub struct Console {
     touch: Arc<AtomicBool>,
     /// Told once setup has made the node (the daemon then starts its agent).
     pub node_created: tokio::sync::Notify,
-    /// The digest of the admin account last checked against the node, and whether it was
-    /// the bound one.
-    account_checked: Mutex<Option<(String, bool)>>,
+    /// Whether the admin account file, since the console last wrote it (or started), was
+    /// found to be the one bound to the node; `None` until the node could tell.
+    account_checked: Mutex<Option<bool>>,
 }
 
 /// The stored admin account.
@@ -317,14 +319,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ClientAddr>()
-                .map(|c| c.0.ip())
-                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
-        ))
+        Ok(Peer(client_ip(&parts.extensions)))
     }
+}
+
+/// The client's address the server put in the request (0.0.0.0 if none did).
+fn client_ip(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
+        .get::<ClientAddr>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
 }
 
 /// The console's routes: the pages, and the JSON admin API under `/api/`.
@@ -365,32 +368,36 @@ pub fn router(console: Arc<Console>) -> Router {
         .layer(middleware::from_fn(security_headers))
 }
 
-/// Before any request that carries a session cookie: the admin account on disk must be
-/// the one bound to the node; if it is not, every session ends and the request is refused.
+/// Before any request from a live session: the admin account on disk must be the one
+/// bound to the node; if it is not, every session ends and the request is refused (with
+/// the cookie cleared). A request without a live session goes on as usual: the pages
+/// lead it to the login, which refuses the account, and the reset stays reachable.
 async fn account_guard(
     State(c): State<Arc<Console>>,
     request: Request<axum::body::Body>,
     next: Next,
 ) -> Response {
-    if cookie(request.headers(), SESSION_COOKIE).is_none() {
+    if c.session(request.headers()).is_none() {
         return next.run(request).await;
     }
-    if let Err(replaced) = c.account_bound().await {
-        let ip = request
-            .extensions()
-            .get::<ClientAddr>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.0.ip());
-        c.account_replaced(ip, replaced).await;
-        if request.uri().path().starts_with("/api/") {
-            return (
-                StatusCode::FORBIDDEN,
-                axum::Json(serde_json::json!({ "error": account::REPLACED })),
-            )
-                .into_response();
-        }
-        return (StatusCode::FORBIDDEN, Html(pages::replaced())).into_response();
-    }
-    next.run(request).await
+    let Err(replaced) = c.account_bound().await else {
+        return next.run(request).await;
+    };
+    c.account_replaced(client_ip(request.extensions()), replaced)
+        .await;
+    let mut response = if request.uri().path().starts_with("/api/") {
+        (
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({ "error": account::REPLACED })),
+        )
+            .into_response()
+    } else {
+        (StatusCode::FORBIDDEN, Html(pages::replaced())).into_response()
+    };
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_static(CLEAR_COOKIE));
+    response
 }
 
 async fn security_headers(request: Request<axum::body::Body>, next: Next) -> Response {
@@ -814,12 +821,9 @@ async fn logout(
     c.end_session(&headers);
     c.record(ConsoleEvent::Logout, ip).await;
     let mut response = Redirect::to("/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "pk_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0",
-        ),
-    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_static(CLEAR_COOKIE));
     response
 }
 
