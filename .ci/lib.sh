@@ -1,6 +1,17 @@
 # Shared by .ci/dev and .ci/test: the Debian packages the project needs, and installing
 # whichever of them are missing. Sourced, not run.
 
+# pk_require: checks programs are present, naming the package of each missing one.
+# shellcheck source=../image/require.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../image/require.sh"
+
+# The Rust toolchain is not a Debian package here (rustup); checked by name.
+pk_require_rust() {
+  command -v cargo >/dev/null 2>&1 && return 0
+  echo "error: cargo not found: install the Rust toolchain with rustup (https://rustup.rs)" >&2
+  return 1
+}
+
 # Building: tss-esapi links libtss2, and the yubikey crate libpcsclite, through pkg-config.
 PK_BUILD_PACKAGES=(pkg-config libtss2-dev libpcsclite-dev)
 # Running a node with a software TPM (the dev command, and the TPM tests).
@@ -29,6 +40,7 @@ pk_install_packages() {
   if [ ${#missing[@]} -eq 0 ]; then
     return 0
   fi
+  pk_require lib.sh dpkg-query=dpkg apt-get=apt || return 1
   local sudo=()
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null; then

@@ -12,13 +12,14 @@
 #          Debian's arm64 kernel has no driver for QEMU's tpm-tis-device, so the appliance
 #          offers a passphrase keyslot instead.
 #
-# Usage: image/boot-test.sh [IMAGE] [--arch amd64|arm64] [--timeout SECONDS] [--workdir DIR]
+# Usage: image/boot-test.sh [IMAGE] [--arch amd64|arm64] [--timeout SECONDS] [--workdir DIR] [--check-tools]
 #   IMAGE      default target/image/<arch>/pk-appliance-<arch>.img
 #   --arch     default: arm64 if IMAGE's file name contains "arm64", else amd64
 #   --timeout  how long to wait for the appliance to start (default 300 s; arm64 900 s)
 #   --workdir  where the copies, the TPM state and serial.log go
 #              (default target/image/boot-test, boot-test-arm64 for arm64); kept
 #              afterwards for inspection
+#   --check-tools  only check that the host programs and firmware are installed
 # Environment: PK_QEMU_SMP (default 2), PK_QEMU_MEM (default 2048).
 set -euo pipefail
 
@@ -26,7 +27,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 die() { echo "boot-test.sh: error: $*" >&2; exit 1; }
 say() { echo "boot-test.sh: $*" >&2; }
+# shellcheck source=require.sh
+source "$here/require.sh"
 
+check_only=0
 img=
 arch=
 timeout=
@@ -36,6 +40,7 @@ while [[ $# -gt 0 ]]; do
         --arch) arch=${2:?--arch needs amd64 or arm64}; shift 2 ;;
         --timeout) timeout=${2:?--timeout needs seconds}; shift 2 ;;
         --workdir) work=${2:?--workdir needs a directory}; shift 2 ;;
+        --check-tools) check_only=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option '$1' (try --help)" ;;
         *) img=$1; shift ;;
@@ -50,6 +55,14 @@ case $arch in
     arm64) qemu=qemu-system-aarch64 tpm=0 timeout=${timeout:-900} suffix=-arm64 ;;
     *) die "unknown architecture '$arch' (amd64 or arm64)" ;;
 esac
+case $arch in
+    amd64) code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd
+           tools=(qemu-system-x86_64=qemu-system-x86 "$code=ovmf" "$vars=ovmf" swtpm=swtpm) ;;
+    arm64) code=/usr/share/AAVMF/AAVMF_CODE.fd vars=/usr/share/AAVMF/AAVMF_VARS.fd
+           tools=(qemu-system-aarch64=qemu-system-arm "$code=qemu-efi-aarch64" "$vars=qemu-efi-aarch64") ;;
+esac
+pk_require boot-test.sh "${tools[@]}" curl=curl unshare=util-linux ip=iproute2 || exit 1
+[[ $check_only == 1 ]] && { say "host tools for $arch: all present"; exit 0; }
 img=${img:-$repo/target/image/$arch/pk-appliance-$arch.img}
 work=${work:-$repo/target/image/boot-test$suffix}
 [[ -f $img ]] || die "$img not found (build it with image/build.sh --arch $arch)"
@@ -61,16 +74,6 @@ if [[ -z ${PK_BOOT_TEST_NETNS:-} ]]; then
 fi
 ip link set lo up
 
-tools=("$qemu" curl)
-[[ $tpm == 1 ]] && tools+=(swtpm)
-for tool in "${tools[@]}"; do
-    command -v "$tool" >/dev/null || die "$tool not found: apt-get install \$(grep -v '^#' image/host-packages.txt)"
-done
-case $arch in
-    amd64) code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd fw=ovmf ;;
-    arm64) code=/usr/share/AAVMF/AAVMF_CODE.fd vars=/usr/share/AAVMF/AAVMF_VARS.fd fw=qemu-efi-aarch64 ;;
-esac
-[[ -f $code && -f $vars ]] || die "UEFI firmware $code / $vars not found (package $fw)"
 
 rm -rf "$work"
 mkdir -p "$work/tpm"

@@ -16,14 +16,19 @@
 #   6. pk-appliance-<arch>.img   mkdisk.sh: the GPT disk; SHA256SUMS for everything above
 #
 # Usage: image/build.sh [--arch amd64|arm64] [--out DIR] [--bin PATH] [--from-manifest FILE] [--debug]
+#                       [--check-tools]
 #   --arch                    amd64 (default) or arm64 (console ttyAMA0, BOOTAA64.EFI; on an
 #                             amd64 host mmdebstrap runs the arm64 tools under qemu-user)
-#   --bin, PK_APPLIANCE_BIN   the pk-appliance binary (default target/debug/pk-appliance for
-#                             amd64; for arm64 the cross-build-arm64.sh output,
-#                             ${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/release/pk-appliance)
+#   --bin, PK_APPLIANCE_BIN   the pk-appliance binary (default: the release build,
+#                             ${CARGO_TARGET_DIR:-target}/release/pk-appliance for amd64; for
+#                             arm64 the cross-build-arm64.sh output,
+#                             ${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/release/pk-appliance).
+#                             A debug binary is taken only when named here.
 #   --from-manifest FILE      install exactly the versions in FILE (a manifest.txt of an
 #                             earlier build); fails if the mirror no longer has one of them
 #   --debug, PK_IMAGE_DEBUG=1 the debug variant: a root shell on the serial console
+#   --check-tools             only check that every host program the build needs is
+#                             installed (naming the Debian package of each missing one)
 # Runs as root (mmdebstrap in root mode, chroot); needs host-packages.txt installed.
 set -euo pipefail
 
@@ -33,12 +38,15 @@ die() { echo "build.sh: error: $*" >&2; exit 1; }
 say() { echo "build.sh: $*" >&2; }
 # shellcheck source=image.conf
 source "$here/image.conf"
+# shellcheck source=require.sh
+source "$here/require.sh"
 
 arch=amd64
 out=
 bin=${PK_APPLIANCE_BIN:-}
 pin=
 debug=${PK_IMAGE_DEBUG:-0}
+check_only=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --arch) arch=${2:?--arch needs a value}; shift 2 ;;
@@ -46,6 +54,7 @@ while [[ $# -gt 0 ]]; do
         --bin) bin=${2:?--bin needs a path}; shift 2 ;;
         --from-manifest) pin=${2:?--from-manifest needs a file}; shift 2 ;;
         --debug) debug=1; shift ;;
+        --check-tools) check_only=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
@@ -60,21 +69,35 @@ case $arch in
     amd64)
         efi_name=BOOTX64.EFI stub=/usr/lib/systemd/boot/efi/linuxx64.efi.stub console=ttyS0
         cross= elf_machine=62 qemu_binfmt=
-        bin=${bin:-$repo/target/debug/pk-appliance} ;;
+        bin_pkg=binutils
+        bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/release/pk-appliance} ;;
     arm64)
         # The stub comes from the image's own systemd-boot-efi (packages.arm64.txt): the
         # amd64 host package has only the x64 one. It is in the manifest like every package.
         efi_name=BOOTAA64.EFI stub=rootfs/usr/lib/systemd/boot/efi/linuxaa64.efi.stub console=ttyAMA0
         cross=aarch64-linux-gnu- elf_machine=183 qemu_binfmt=qemu-aarch64
+        bin_pkg=binutils-aarch64-linux-gnu
         bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/aarch64-unknown-linux-gnu/release/pk-appliance} ;;
     *) die "unknown architecture '$arch' (amd64 or arm64)" ;;
 esac
+# Every program this script and its helpers (customize.sh, mkuki.sh, mkdisk.sh,
+# check-manifest-available.sh) run on the host, checked before anything starts.
+tools=(mmdebstrap=mmdebstrap apt-cache=apt dpkg=dpkg mkfs.erofs=erofs-utils mkfs.vfat=dosfstools
+       mkfs.ext4=e2fsprogs mcopy=mtools mmd=mtools sfdisk=fdisk systemctl=systemd
+       chroot=coreutils install=coreutils sha256sum=coreutils od=coreutils truncate=coreutils
+       realpath=coreutils dd=coreutils comm=coreutils find=findutils gzip=gzip awk=mawk
+       diff=diffutils "${cross}objcopy=$bin_pkg" "${cross}objdump=$bin_pkg" "${cross}strip=$bin_pkg")
+[[ $stub == /* ]] && tools+=("$stub=systemd-boot-efi")
+if [[ -n $qemu_binfmt && $(dpkg --print-architecture 2>/dev/null) != "$arch" ]]; then
+    # mmdebstrap refuses a foreign architecture without arch-test (only a Recommends of it);
+    # the binfmt handler comes from qemu-user-static, registered by binfmt-support.
+    tools+=(arch-test=arch-test "/usr/bin/$qemu_binfmt-static=qemu-user-static"
+            update-binfmts=binfmt-support mount=mount)
+fi
+pk_require build.sh "${tools[@]}" || exit 1
+[[ $check_only == 1 ]] && { say "host tools for $arch: all present"; exit 0; }
 [[ $(id -u) == 0 ]] || die "run as root (mmdebstrap in root mode, chroot, file ownership in the image)"
-for tool in mmdebstrap mkfs.erofs mkfs.vfat mkfs.ext4 mcopy mmd sfdisk "${cross}objcopy" "${cross}objdump" "${cross}strip"; do
-    command -v "$tool" >/dev/null || die "$tool not found: apt-get install \$(grep -v '^#' image/host-packages.txt)"
-done
-[[ $stub == /* ]] && { [[ -f $stub ]] || die "$stub not found (package systemd-boot-efi)"; }
-[[ -f $bin && -x $bin ]] || die "pk-appliance binary $bin not found or not executable (cargo build -p pk-appliance, image/cross-build-arm64.sh for arm64, or --bin / PK_APPLIANCE_BIN)"
+[[ -f $bin && -x $bin ]] || die "pk-appliance binary $bin not found or not executable (cargo build --release -p appliance --bin pk-appliance, image/cross-build-arm64.sh for arm64, or --bin / PK_APPLIANCE_BIN)"
 # The binary must be built for the image's architecture (ELF e_machine, offset 18).
 [[ $(od -An -t x4 -N 4 "$bin" | tr -d ' ') == 464c457f ]] || die "$bin is not an ELF file"
 bin_machine=$(od -An -t u2 -j 18 -N 2 --endian=little "$bin" | tr -d ' ')
@@ -86,7 +109,7 @@ if [[ -n $qemu_binfmt && $(dpkg --print-architecture) != "$arch" ]]; then
     if [[ ! -e $binfmt/register ]]; then
         mount -t binfmt_misc binfmt_misc "$binfmt" || die "cannot mount $binfmt (needed to run $arch programs)"
     fi
-    if [[ ! -e $binfmt/$qemu_binfmt ]] && command -v update-binfmts >/dev/null; then
+    if [[ ! -e $binfmt/$qemu_binfmt ]]; then
         update-binfmts --enable "$qemu_binfmt" >&2 || true
     fi
     [[ $(head -1 "$binfmt/$qemu_binfmt" 2>/dev/null) == enabled ]] ||

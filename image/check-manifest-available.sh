@@ -8,6 +8,9 @@
 #
 #   check-manifest-available.sh MANIFEST   (MMDEBSTRAP_APT_CONFIG set by mmdebstrap)
 set -euo pipefail
+# shellcheck source=require.sh
+source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
+pk_require check-manifest-available.sh apt-cache=apt comm=coreutils awk=mawk || exit 1
 manifest=${1:?usage: check-manifest-available.sh MANIFEST}
 : "${MMDEBSTRAP_APT_CONFIG:?run as an mmdebstrap hook}"
 

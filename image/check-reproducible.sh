@@ -7,10 +7,14 @@
 # Usage: image/check-reproducible.sh [--arch amd64|arm64] [--debug] [--bin PATH]
 #   Output: target/image/repro-a/ and target/image/repro-b/ (repro-a-arm64/, repro-b-arm64/
 #   for arm64; kept for inspection); both builds use one copy of the binary
-#   (target/image/repro-pk-appliance[-arm64]). The default binary is build.sh's.
+#   (target/image/repro-pk-appliance[-arm64]). The default binary is build.sh's: the
+#   release build.
 #   Exit 0 if the two disk images are identical; otherwise the differing artifacts and
 #   files of the two root file systems are listed and it exits 1.
 set -euo pipefail
+# shellcheck source=require.sh
+source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
+pk_require check-reproducible.sh cp=coreutils diff=diffutils cmp=diffutils find=findutils || exit 1
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -34,7 +38,7 @@ start=$SECONDS
 if [[ $arch == arm64 ]]; then
     bin=${PK_APPLIANCE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/aarch64-unknown-linux-gnu/release/pk-appliance}
 else
-    bin=${PK_APPLIANCE_BIN:-$repo/target/debug/pk-appliance}
+    bin=${PK_APPLIANCE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/pk-appliance}
 fi
 for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --bin ]] && bin=${args[i + 1]}; done
 [[ -f $bin ]] || die "pk-appliance binary $bin not found"

@@ -16,9 +16,10 @@
 #      pkg-config pointed at the sysroot (target-scoped PKG_CONFIG_*_aarch64_unknown_linux_gnu
 #      variables, so build scripts probing for the host are unaffected).
 #
-# Usage: image/cross-build-arm64.sh [--refresh-sysroot]
+# Usage: image/cross-build-arm64.sh [--refresh-sysroot] [--check-tools]
 #   CARGO_TARGET_DIR is honoured (default <repo>/target); the sysroot lives in it.
 #   --refresh-sysroot   unpack the sysroot again (newer library versions from the mirror)
+#   --check-tools       only check that the host programs are installed
 # Host packages (host-packages.txt): gcc-aarch64-linux-gnu, libc6-dev-arm64-cross,
 # mmdebstrap, pkgconf; and rustup. mmdebstrap runs as root, or in unshare mode otherwise.
 set -euo pipefail
@@ -29,11 +30,15 @@ die() { echo "cross-build-arm64.sh: error: $*" >&2; exit 1; }
 say() { echo "cross-build-arm64.sh: $*" >&2; }
 # shellcheck source=image.conf
 source "$here/image.conf"
+# shellcheck source=require.sh
+source "$here/require.sh"
 
 refresh=0
+check_only=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --refresh-sysroot) refresh=1; shift ;;
+        --check-tools) check_only=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
@@ -46,10 +51,13 @@ linker=aarch64-linux-gnu-gcc
 # The -dev packages the build needs; apt brings in the libraries they depend on.
 sysroot_packages=libtss2-dev,libpcsclite-dev
 
-for tool in cargo rustup "$linker" mmdebstrap pkg-config; do
-    command -v "$tool" >/dev/null ||
-        die "$tool not found: apt-get install \$(grep -v '^#' image/host-packages.txt) (and rustup for cargo)"
+for tool in cargo rustup; do
+    command -v "$tool" >/dev/null || die "$tool not found: install the Rust toolchain with rustup (https://rustup.rs)"
 done
+pk_require cross-build-arm64.sh "$linker=gcc-aarch64-linux-gnu" aarch64-linux-gnu-ar=binutils-aarch64-linux-gnu \
+    /usr/aarch64-linux-gnu/include/stdio.h=libc6-dev-arm64-cross mmdebstrap=mmdebstrap \
+    pkg-config=pkgconf file=file realpath=coreutils || exit 1
+[[ $check_only == 1 ]] && { say "host tools: all present"; exit 0; }
 
 target_dir=$(realpath -m "${CARGO_TARGET_DIR:-$repo/target}")
 sysroot=$target_dir/aarch64-sysroot

@@ -20,6 +20,9 @@
 # appliance, its configuration and the system configuration from rootfs/, check the
 # binary's shared libraries inside the image, enable and mask units, rebuild the initrd.
 set -euo pipefail
+# shellcheck source=require.sh
+source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
+pk_require customize.sh chroot=coreutils install=coreutils sha256sum=coreutils find=findutils systemctl=systemd diff=diffutils "${PK_STRIP:-strip}=binutils" || exit 1
 
 root=${1:?usage: customize.sh CHROOT}
 die() { echo "customize.sh: error: $*" >&2; exit 1; }

@@ -12,6 +12,9 @@
 #
 #   mkdisk.sh ARCH ESP.img ROOT.erofs DATA.ext4 OUT.img
 set -euo pipefail
+# shellcheck source=require.sh
+source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
+pk_require mkdisk.sh sfdisk=fdisk truncate=coreutils dd=coreutils stat=coreutils || exit 1
 
 die() { echo "mkdisk.sh: error: $*" >&2; exit 1; }
 [[ $# -eq 5 ]] || die "usage: mkdisk.sh ARCH ESP.img ROOT.erofs DATA.ext4 OUT.img"

@@ -10,6 +10,9 @@
 # Environment: OBJCOPY, OBJDUMP (default objcopy, objdump: the host's binutils, which
 # handle x86-64 PE files; an arm64 stub needs aarch64-linux-gnu-objcopy/-objdump).
 set -euo pipefail
+# shellcheck source=require.sh
+source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
+pk_require mkuki.sh "${OBJCOPY:-objcopy}=binutils" "${OBJDUMP:-objdump}=binutils" od=coreutils stat=coreutils dd=coreutils awk=mawk || exit 1
 
 die() { echo "mkuki.sh: error: $*" >&2; exit 1; }
 [[ $# -eq 6 ]] || die "usage: mkuki.sh STUB KERNEL INITRD OS_RELEASE CMDLINE OUT.efi"

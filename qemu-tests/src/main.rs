@@ -103,6 +103,44 @@ fn args() -> Args {
     args
 }
 
+/// Every host program the suite runs, with the Debian package that has it, checked before
+/// the first boot so that a missing one fails in a second, naming its package.
+fn check_tools(args: &Args) -> Result<(), String> {
+    let mut tools = vec![
+        ("curl", "curl"),
+        ("openssl", "openssl"),
+        ("unshare", "util-linux"),
+        ("ip", "iproute2"),
+        ("cp", "coreutils"),
+        ("objcopy", "binutils"),
+        ("sfdisk", "fdisk"),
+        ("mcopy", "mtools"),
+    ];
+    if args.amd64.is_some() {
+        tools.extend([("qemu-system-x86_64", "qemu-system-x86"), ("swtpm", "swtpm")]);
+    }
+    if args.arm64.is_some() {
+        tools.push(("qemu-system-aarch64", "qemu-system-arm"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut missing: Vec<String> = tools
+        .iter()
+        .filter(|(tool, _)| !std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        .map(|(tool, package)| format!("  {tool} (Debian package {package})"))
+        .collect();
+    if !args.pk.is_file() {
+        missing.push(format!(
+            "  {} (cargo build -p node --bin pk --bin pk-node)",
+            args.pk.display()
+        ));
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("\n"))
+    }
+}
+
 /// The scenarios of each group, in order.
 const AMD64: &[&str] = &["a", "b", "c", "d", "e"];
 const ARM64: &[&str] = &["f"];
@@ -119,6 +157,10 @@ fn main() {
             }
         };
         std::process::exit(code);
+    }
+    if let Err(missing) = check_tools(&args) {
+        eprintln!("pk-qemu-tests: missing what the suite needs:\n{missing}");
+        std::process::exit(69);
     }
     let mut passed = 0;
     let mut failed = 0;
