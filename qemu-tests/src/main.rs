@@ -117,7 +117,10 @@ fn check_tools(args: &Args) -> Result<(), String> {
         ("mcopy", "mtools"),
     ];
     if args.amd64.is_some() {
-        tools.extend([("qemu-system-x86_64", "qemu-system-x86"), ("swtpm", "swtpm")]);
+        tools.extend([
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("swtpm", "swtpm"),
+        ]);
     }
     if args.arm64.is_some() {
         tools.push(("qemu-system-aarch64", "qemu-system-arm"));
