@@ -82,6 +82,18 @@ pub enum UnwrapError {
     /// The stored record is damaged or was altered; nothing was unwrapped.
     #[error("keyslot record is corrupt: {0}")]
     Corrupt(&'static str),
+    /// The keyslot names a PKCS#11 module outside the system library directories, and
+    /// this machine's configuration does not name one. A module is code run with the PIN:
+    /// it is loaded only from the configuration or from [`crate::pkcs11::SYSTEM_MODULE_DIRS`],
+    /// never from a path that whoever can write the data directory chose.
+    #[error(
+        "the keyslot names the PKCS#11 module {module}, outside the system library directories; \
+         name the module in this machine's configuration (--pkcs11-module, pkcs11_module) to use it"
+    )]
+    UntrustedModule {
+        /// The path the keyslot named.
+        module: String,
+    },
     /// No smart-card reader at all (pcscd not running, no reader plugged in).
     #[error("no smart-card reader found: plug in the YubiKey (and check that pcscd runs)")]
     NoReader,

@@ -31,6 +31,11 @@ use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError};
 /// Where the PKCS#11 module usually is on Debian for SoftHSM2.
 pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// The directories a module named only by a stored keyslot may be loaded from (after
+/// resolving symbolic links and `..`): places only the system's packages write. A module
+/// anywhere else must be named by this machine's configuration ([`Pkcs11Protector::with_module`]).
+pub const SYSTEM_MODULE_DIRS: &[&str] = &["/usr/lib", "/usr/lib64", "/usr/local/lib"];
+
 const IV_LEN: usize = 12;
 const TAG_BITS: u64 = 128;
 
@@ -83,6 +88,32 @@ impl Pkcs11Protector {
     pub fn with_module(mut self, module: impl Into<PathBuf>) -> Self {
         self.module = Some(module.into());
         self
+    }
+}
+
+impl Pkcs11Protector {
+    /// The module to open for a stored record: the configured one, else the record's, if
+    /// it lies in [`SYSTEM_MODULE_DIRS`].
+    fn module_for(&self, s: &Pkcs11Sealed) -> Result<PathBuf, UnwrapError> {
+        if let Some(configured) = &self.module {
+            return Ok(configured.clone());
+        }
+        let refused = || UnwrapError::UntrustedModule {
+            module: s.module.display().to_string(),
+        };
+        if !s.module.is_absolute() {
+            return Err(refused());
+        }
+        let Ok(real) = std::fs::canonicalize(&s.module) else {
+            return Err(UnwrapError::TokenAbsent {
+                what: format!("no PKCS#11 module at {}", s.module.display()),
+            });
+        };
+        if SYSTEM_MODULE_DIRS.iter().any(|dir| real.starts_with(dir)) {
+            Ok(real)
+        } else {
+            Err(refused())
+        }
     }
 }
 
@@ -263,7 +294,7 @@ impl Pkcs11Protector {
             kind: Kind::Pkcs11,
             message: e.to_string(),
         };
-        let module = self.module.clone().unwrap_or_else(|| s.module.clone());
+        let module = self.module_for(s)?;
         let token = Token::open(&module, &s.token_label, &self.pin)?;
         let handle = find_key(&token.session, &s.key_id)
             .map_err(token_err)?
@@ -382,7 +413,7 @@ impl Protector for Pkcs11Protector {
         if s.iv.len() != IV_LEN {
             return Err(UnwrapError::Corrupt("AES-GCM IV has the wrong length"));
         }
-        let module = self.module.clone().unwrap_or_else(|| s.module.clone());
+        let module = self.module_for(s)?;
         let token = Token::open(&module, &s.token_label, &self.pin)?;
         let handle = find_key(&token.session, &s.key_id)
             .map_err(token_err)?

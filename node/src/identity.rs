@@ -16,6 +16,19 @@
 //!
 //! The output is `0x01 || E (32 bytes) || ciphertext || tag (16 bytes)`. Decryption maps
 //! the node's Ed25519 secret scalar to X25519 and reverses the steps.
+//!
+//! **Every use of the node key is domain-separated**, so that no signature made for one
+//! use can pass as another: TLS handshake signatures carry TLS 1.3's own context string;
+//! certificates (the self-signed one, renewals) sign a DER `TBSCertificate`, which starts
+//! with a SEQUENCE tag (0x30); sigchain claims sign a JWS signing input, which starts with
+//! the base64url of a JSON object (`ey`); a user's signature through `pk keys sign`
+//! ([`Identity::sign_user`]) signs [`USER_SIGNATURE_CONTEXT`] followed by the data, and that
+//! context starts with a zero byte, which neither of the others can. There is no public
+//! way to sign raw bytes with the node key.
+//!
+//! **Weak keys are refused.** A NodeId must be a canonical Ed25519 point that is not of
+//! small order (those make a signature that verifies for many messages), and signatures
+//! are checked strictly (`verify_strict`: no small-order components, canonical `R`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,7 +37,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use data_encoding::{Encoding, Specification};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -35,6 +48,9 @@ use crate::store::{Read as _, StoreError, Table, WriteTx};
 
 const ENCRYPT_INFO: &[u8] = b"pk keys encrypt v1";
 const ENCRYPT_VERSION: u8 = 1;
+/// What a user's signature through `pk keys sign` covers before the data: a zero byte
+/// (no certificate body or JWS signing input starts with one), a name and a version.
+pub const USER_SIGNATURE_CONTEXT: &[u8] = b"\0pk user signature v1\0";
 const NODE_KEY: &[u8] = b"node-key";
 /// The certificates of earlier renewals, newest first (DER, base64 in a JSON list).
 const RENEWALS: &[u8] = b"renewals";
@@ -68,8 +84,17 @@ pub enum IdentityError {
 impl NodeId {
     /// The NodeId for raw public key bytes, if they are a valid Ed25519 point.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, IdentityError> {
-        VerifyingKey::from_bytes(&bytes)
+        let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|_| IdentityError::BadNodeId("not an Ed25519 public key"))?;
+        if key.is_weak() {
+            return Err(IdentityError::BadNodeId(
+                "a weak Ed25519 key (a point of small order)",
+            ));
+        }
+        // The point must also be written canonically: one key, one NodeId.
+        if key.to_bytes() != bytes {
+            return Err(IdentityError::BadNodeId("a non-canonical Ed25519 key"));
+        }
         Ok(NodeId(bytes))
     }
 
@@ -248,9 +273,26 @@ impl Identity {
         Ok((cert.der().clone(), pkcs8))
     }
 
-    /// Signs `data` (Ed25519).
-    pub fn sign(&self, data: &[u8]) -> [u8; 64] {
-        self.signing.sign(data).to_bytes()
+    /// Signs a JWS signing input (`base64url(header).base64url(payload)`) for a sigchain
+    /// claim. Anything else is refused: the node key signs only what the module docs list.
+    pub(crate) fn sign_jws(&self, signing_input: &str) -> Option<[u8; 64]> {
+        // A protected header is a JSON object, whose base64url always starts with "ey".
+        if !signing_input.starts_with("ey") || signing_input.matches('.').count() != 1 {
+            return None;
+        }
+        Some(self.signing.sign(signing_input.as_bytes()).to_bytes())
+    }
+
+    /// A user's signature of `data` (`pk keys sign`): Ed25519 over
+    /// [`USER_SIGNATURE_CONTEXT`] then `data`, so that it can never serve as a certificate,
+    /// a claim or a handshake signature. [`verify_user`] checks it.
+    pub fn sign_user(&self, data: &[u8]) -> [u8; 64] {
+        let mut message = Zeroizing::new(Vec::with_capacity(
+            USER_SIGNATURE_CONTEXT.len() + data.len(),
+        ));
+        message.extend_from_slice(USER_SIGNATURE_CONTEXT);
+        message.extend_from_slice(data);
+        self.signing.sign(&message).to_bytes()
     }
 
     /// Decrypts a message made by [`encrypt_to`] for this node.
@@ -277,15 +319,25 @@ impl Identity {
     }
 }
 
-/// Checks an Ed25519 signature by `signer` over `data`.
+/// Checks an Ed25519 signature by `signer` over `data` as it is (a certificate body, a JWS
+/// signing input), strictly: `verify_strict` refuses small-order components and a
+/// non-canonical `R`.
 pub fn verify(signer: &NodeId, data: &[u8], signature: &[u8]) -> Result<bool, IdentityError> {
     let signature: [u8; 64] = signature
         .try_into()
         .map_err(|_| IdentityError::BadSignature)?;
     Ok(signer
         .verifying_key()
-        .verify(data, &Signature::from_bytes(&signature))
+        .verify_strict(data, &Signature::from_bytes(&signature))
         .is_ok())
+}
+
+/// Checks a user's signature made by [`Identity::sign_user`] (`pk keys verify`).
+pub fn verify_user(signer: &NodeId, data: &[u8], signature: &[u8]) -> Result<bool, IdentityError> {
+    let mut message = Vec::with_capacity(USER_SIGNATURE_CONTEXT.len() + data.len());
+    message.extend_from_slice(USER_SIGNATURE_CONTEXT);
+    message.extend_from_slice(data);
+    verify(signer, &message, signature)
 }
 
 /// Encrypts `data` so that only the holder of `recipient`'s key can read it.
@@ -408,14 +460,53 @@ mod tests {
     }
 
     #[test]
+    fn weak_keys_are_not_node_ids() {
+        use ed25519_dalek::Verifier as _;
+        // The identity point and a point of order 8: each verifies forged signatures.
+        let identity = {
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        };
+        assert!(NodeId::from_bytes(identity).is_err());
+        assert!(NodeId::from_bytes([0u8; 32]).is_err());
+        let order8: [u8; 32] = [
+            0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10,
+            0x67, 0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77,
+            0x92, 0xac, 0x03, 0x7a,
+        ];
+        let err = NodeId::from_bytes(order8).unwrap_err();
+        assert!(err.to_string().contains("weak"), "{err}");
+        let text = format!("v{}", base32hex().encode(&identity));
+        assert!(text.parse::<NodeId>().is_err());
+        // With the identity as the key, R = identity and s = 0 "signs" every message
+        // under plain verification; strict verification refuses it.
+        let key = VerifyingKey::from_bytes(&identity).unwrap();
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        let forged = Signature::from_bytes(&forged);
+        assert!(
+            key.verify(b"anything", &forged).is_ok(),
+            "the weakness exists"
+        );
+        assert!(key.verify_strict(b"anything", &forged).is_err());
+        assert!(!verify(&NodeId(identity), b"anything", &forged.to_bytes()).unwrap());
+    }
+
+    #[test]
     fn sign_verify_encrypt_decrypt() {
         let alice = Identity::generate();
         let bob = Identity::generate();
-        let sig = alice.sign(b"hello");
-        assert!(verify(&alice.node_id(), b"hello", &sig).unwrap());
-        assert!(!verify(&alice.node_id(), b"hellO", &sig).unwrap());
-        assert!(!verify(&bob.node_id(), b"hello", &sig).unwrap());
-        assert!(verify(&alice.node_id(), b"hello", &sig[..10]).is_err());
+        let sig = alice.sign_user(b"hello");
+        assert!(verify_user(&alice.node_id(), b"hello", &sig).unwrap());
+        assert!(!verify_user(&alice.node_id(), b"hellO", &sig).unwrap());
+        assert!(!verify_user(&bob.node_id(), b"hello", &sig).unwrap());
+        assert!(verify_user(&alice.node_id(), b"hello", &sig[..10]).is_err());
+        // Not a signature of the bare bytes: it cannot stand in for a certificate's.
+        assert!(!verify(&alice.node_id(), b"hello", &sig).unwrap());
+        // The node key signs claims' JWS inputs only.
+        assert!(alice.sign_jws("eyJhIjoxfQ.eyJiIjoyfQ").is_some());
+        assert!(alice.sign_jws("0\u{82}\u{1}tbs").is_none());
 
         let sealed = encrypt_to(&bob.node_id(), b"for bob").unwrap();
         assert_eq!(bob.decrypt(&sealed).unwrap().as_slice(), b"for bob");

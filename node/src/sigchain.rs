@@ -157,7 +157,10 @@ impl ClaimToken {
         };
         let protected =
             B64.encode(serde_json::to_vec(&header).expect("a header always serialises"));
-        let signature = signer.sign(format!("{protected}.{}", self.payload).as_bytes());
+        // The protected header is JSON, so its base64url starts with "ey": always signable.
+        let Some(signature) = signer.sign_jws(&format!("{protected}.{}", self.payload)) else {
+            return;
+        };
         self.signatures.push(Signature {
             protected,
             signature: B64.encode(signature),

@@ -496,7 +496,7 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
         Request::KeysPublic => Reply::NodeId(open.identity().node_id().to_string()),
         Request::KeysSign(data) => {
             record(open, "keys.signed", json!({ "bytes": data.0.len() }))?;
-            Reply::Bytes(SecretBytes(open.identity().sign(&data.0).to_vec()))
+            Reply::Bytes(SecretBytes(open.identity().sign_user(&data.0).to_vec()))
         }
         Request::KeysEncrypt { to, data } => {
             let to: NodeId = to.parse().map_err(|e: identity::IdentityError| {

@@ -1265,6 +1265,24 @@ async fn fetch(
         Ok(local) => local,
         Err(e) => failed(open, e),
     })?;
+    // The serving node names the vault it sends; the objects are stored under that id. It
+    // must be the vault that was asked for, or a node allowed to serve us vault A could
+    // move (or merge its secrets into) our vault B.
+    if let Some(asked) = request.vault
+        && begin.vault != asked
+    {
+        call.cancel();
+        return Err(failed(
+            open,
+            PeerError::Protocol {
+                node,
+                reason: format!(
+                    "asked for vault {asked}, it answered with vault {}; nothing was stored",
+                    begin.vault
+                ),
+            },
+        ));
+    }
     let clone_name = clone_as.map(|name| name.unwrap_or_else(|| begin.name.clone()));
     // `Some(bytes)` as read; `None` once the stream has ended cleanly.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(64);

@@ -236,6 +236,24 @@ pub enum VaultError {
     Store(#[from] StoreError),
 }
 
+/// Why `name` cannot be one component of a secret path (a file or directory name in a
+/// vault), or `None` when it can: UTF-8, 1 to 255 bytes, not `.` or `..`, no `/`, no NUL or
+/// other control character. Checked on every path a user gives, on every tree entry a
+/// peer sends, and again on every name `pk vaults export` writes to disk.
+pub fn bad_name(name: &[u8]) -> Option<&'static str> {
+    let Ok(name) = std::str::from_utf8(name) else {
+        return Some("not UTF-8");
+    };
+    match name {
+        "" => Some("empty path component"),
+        "." | ".." => Some("'.' and '..' are not allowed"),
+        n if n.len() > MAX_NAME => Some("a component is longer than 255 bytes"),
+        n if n.contains('/') => Some("a name cannot contain '/'"),
+        n if n.chars().any(char::is_control) => Some("control characters are not allowed"),
+        _ => None,
+    }
+}
+
 /// A checked secret path: components without `.`/`..`, empty parts or NUL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretPath(Vec<String>);
@@ -269,15 +287,10 @@ impl SecretPath {
         }
         let mut parts = Vec::new();
         for part in trimmed.split('/') {
-            match part {
-                "" => return Err(bad("empty path component")),
-                "." | ".." => return Err(bad("'.' and '..' are not allowed")),
-                p if p.len() > MAX_NAME => return Err(bad("a component is longer than 255 bytes")),
-                p if p.chars().any(char::is_control) => {
-                    return Err(bad("control characters are not allowed"));
-                }
-                p => parts.push(p.to_owned()),
+            if let Some(reason) = bad_name(part.as_bytes()) {
+                return Err(bad(reason));
             }
+            parts.push(part.to_owned());
         }
         Ok(SecretPath(parts))
     }

@@ -33,8 +33,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    HASH, TreeMap, Tx, VaultError, VaultId, VaultRecord, Vaults, byte_kind, check_vault_name,
-    dir_mode, encode_tree, kind_byte, now, parse_oid,
+    HASH, TreeMap, Tx, VaultError, VaultId, VaultRecord, Vaults, bad_name, byte_kind,
+    check_vault_name, dir_mode, encode_tree, kind_byte, now, parse_oid,
 };
 use crate::api::SecretBytes;
 use crate::audit;
@@ -225,6 +225,17 @@ fn incoming_key(vault: &VaultId) -> Vec<u8> {
     let mut key = INCOMING.to_vec();
     key.extend_from_slice(vault.as_bytes());
     key
+}
+
+/// A peer-supplied name, cut short for an error message (a refusal must not be as large
+/// as what was refused).
+fn truncated(name: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&name[..name.len().min(64)]).into_owned();
+    if name.len() > 64 {
+        format!("{text}...")
+    } else {
+        text
+    }
 }
 
 fn corrupt(what: impl std::fmt::Display) -> VaultError {
@@ -690,6 +701,7 @@ impl<'s> Vaults<'s> {
             pending: Vec::new(),
             pending_index: HashMap::new(),
             pending_bytes: 0,
+            kinds: HashMap::new(),
             snapshot: std::cell::RefCell::new(None),
             cache: TreeCache::default(),
             objects: 0,
@@ -710,6 +722,9 @@ pub struct Receiver<'v, 's> {
     pending: Vec<(ObjectId, ObjectKind, Zeroizing<Vec<u8>>)>,
     pending_index: HashMap<ObjectId, usize>,
     pending_bytes: usize,
+    /// The kind of every object that arrived in this transfer (links are checked against
+    /// it without reading the store back).
+    kinds: HashMap<ObjectId, ObjectKind>,
     /// A read snapshot for existence checks, renewed after each batch is written.
     snapshot: std::cell::RefCell<Option<ReadTx<'s>>>,
     cache: TreeCache,
@@ -725,8 +740,13 @@ impl<'s> Receiver<'_, 's> {
 
     /// Whether the object is here (stored, or waiting in this batch).
     fn present(&self, oid: &ObjectId) -> Result<bool, VaultError> {
-        if self.pending_index.contains_key(oid) {
-            return Ok(true);
+        Ok(self.kind_of(oid)?.is_some())
+    }
+
+    /// The kind of an object that is here (arrived in this transfer, or stored before it).
+    fn kind_of(&self, oid: &ObjectId) -> Result<Option<ObjectKind>, VaultError> {
+        if let Some(kind) = self.kinds.get(oid) {
+            return Ok(Some(*kind));
         }
         let mut snapshot = self.snapshot.borrow_mut();
         if snapshot.is_none() {
@@ -740,7 +760,10 @@ impl<'s> Receiver<'_, 's> {
             tx,
             vault: self.vault,
         };
-        t.has(oid)
+        if !t.has(oid)? {
+            return Ok(None);
+        }
+        Ok(Some(t.object(oid)?.kind))
     }
 
     fn tree_at(&mut self, oid: &ObjectId) -> Result<Arc<TreeMap>, VaultError> {
@@ -769,8 +792,10 @@ impl<'s> Receiver<'_, 's> {
         Ok(tree)
     }
 
-    /// Checks that everything `data` (of `kind`; `tree` when it is a tree) names is here, except entries carried
-    /// over unchanged from `base`.
+    /// Checks that everything `data` (of `kind`; `tree` when it is a tree) names is here
+    /// and of the kind the link says (a commit's tree is a tree, its parents commits, a
+    /// tree entry's mode matches its object), except entries carried over unchanged from
+    /// `base`, which were checked when it arrived.
     fn check_links(
         &self,
         oid: &ObjectId,
@@ -779,36 +804,48 @@ impl<'s> Receiver<'_, 's> {
         tree: Option<&TreeMap>,
         base: Option<&TreeMap>,
     ) -> Result<(), VaultError> {
-        let missing = |what: &ObjectId| {
-            VaultError::Refused(format!("object {oid} names {what}, which was not sent"))
+        let link = |what: &ObjectId, expected: ObjectKind, role: &str| -> Result<(), VaultError> {
+            match self.kind_of(what)? {
+                None => Err(VaultError::Refused(format!(
+                    "object {oid} names {what}, which was not sent"
+                ))),
+                Some(found) if found != expected => Err(VaultError::Refused(format!(
+                    "object {oid} names {what} as its {role}, but that is a {found}, not a {expected}"
+                ))),
+                Some(_) => Ok(()),
+            }
         };
         match kind {
             ObjectKind::Blob => {}
             ObjectKind::Tree => {
                 for (name, (mode, child)) in tree.ok_or_else(|| corrupt(oid))? {
-                    if !(mode.is_tree() || mode.is_blob()) {
+                    if let Some(reason) = bad_name(name) {
+                        return Err(VaultError::Refused(format!(
+                            "tree {oid} holds an entry named {:?}: {reason}",
+                            truncated(name)
+                        )));
+                    }
+                    let expected = if mode.is_tree() {
+                        ObjectKind::Tree
+                    } else if mode.is_blob() {
+                        ObjectKind::Blob
+                    } else {
                         return Err(VaultError::Refused(format!(
                             "tree {oid} holds an entry of a kind a vault never has"
                         )));
-                    }
+                    };
                     if base.and_then(|b| b.get(name)) == Some(&(*mode, *child)) {
                         continue;
                     }
-                    if !self.present(child)? {
-                        return Err(missing(child));
-                    }
+                    link(child, expected, "entry")?;
                 }
             }
             ObjectKind::Commit => {
                 let c = CommitRef::from_bytes(data, HASH)
                     .map_err(|_| VaultError::Refused(format!("commit {oid} does not parse")))?;
-                if !self.present(&c.tree())? {
-                    return Err(missing(&c.tree()));
-                }
+                link(&c.tree(), ObjectKind::Tree, "tree")?;
                 for parent in c.parents() {
-                    if !self.present(&parent)? {
-                        return Err(missing(&parent));
-                    }
+                    link(&parent, ObjectKind::Commit, "parent")?;
                 }
             }
             ObjectKind::Tag => {
@@ -848,6 +885,7 @@ impl<'s> Receiver<'_, 's> {
             self.cache.put(oid, Arc::new(tree));
         }
         self.pending_bytes += data.len();
+        self.kinds.insert(oid, kind);
         self.pending_index.insert(oid, self.pending.len());
         self.pending.push((oid, kind, data));
         if self.pending_bytes >= BATCH_BYTES || self.pending.len() >= BATCH_OBJECTS {
@@ -979,6 +1017,7 @@ impl<'s> Receiver<'_, 's> {
                 self.save_progress(&mut tx)?;
                 tx.commit()?;
                 self.snapshot.replace(None);
+                self.kinds.insert(oid, ObjectKind::Blob);
                 self.objects += 1;
                 self.bytes += size;
                 Ok(())
@@ -1173,7 +1212,7 @@ impl<'s> Receiver<'_, 's> {
                 let name = merge_conflict_name(&last.to_string(), &self.node, n);
                 let mut candidate = parent.to_vec();
                 candidate.push(BString::from(name));
-                if !merged.contains_key(&candidate) {
+                if !taken(&merged, &candidate) {
                     break candidate;
                 }
                 n += 1;
@@ -1207,6 +1246,14 @@ impl<'s> Receiver<'_, 's> {
 
 /// A tree flattened to its leaves: secrets, and directories with nothing in them.
 type Flat = BTreeMap<Vec<BString>, (EntryMode, ObjectId)>;
+
+/// Whether `path` is in use in `flat`: a leaf there, or a directory holding leaves.
+fn taken(flat: &Flat, path: &[BString]) -> bool {
+    // Paths under `path` sort right after it.
+    flat.range(path.to_vec()..)
+        .next()
+        .is_some_and(|(next, _)| next.starts_with(path))
+}
 
 fn flatten<R: Read>(t: &Tx<'_, '_, R>, root: &ObjectId) -> Result<Flat, VaultError> {
     let mut out = Flat::new();
@@ -1242,6 +1289,9 @@ fn build<'s>(
         }
         if j == i + 1 && entries[i].0.len() == depth + 1 {
             map.insert(name.clone(), entries[i].1);
+        } else if entries[i].0.len() == depth + 1 {
+            // A leaf and a directory under one name: building would drop the leaf.
+            return Err(corrupt(format!("{name} is both a secret and a directory")));
         } else {
             let group: Vec<_> = entries[i..j]
                 .iter()
@@ -1264,4 +1314,250 @@ fn parse_tree(oid: &ObjectId, data: &[u8]) -> Result<TreeMap, VaultError> {
         .iter()
         .map(|e| (e.filename.to_owned(), (e.mode, e.oid.to_owned())))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Sender and receiver against each other in memory: two stores, no sockets.
+    use super::*;
+    use crate::NodePath;
+    use crate::identity::Identity;
+    use crate::vault::SecretPath;
+    use hsm::DataKey;
+
+    /// A node's store and its identity, in a temporary directory.
+    struct Node {
+        _dir: tempfile::TempDir,
+        store: Store,
+        id: NodeId,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&NodePath::new(dir.path()), &DataKey::generate()).unwrap();
+            Node {
+                _dir: dir,
+                store,
+                id: Identity::generate().node_id(),
+            }
+        }
+
+        fn vaults(&self) -> Vaults<'_> {
+            Vaults::new(&self.store, self.id)
+        }
+
+        fn write(&self, vault: &str, path: &str, value: &[u8]) {
+            self.vaults()
+                .write(
+                    vault,
+                    &SecretPath::parse(path, false).unwrap(),
+                    value,
+                    "secret.written",
+                )
+                .unwrap();
+        }
+
+        fn read(&self, vault: &str, path: &str) -> Result<Vec<u8>, VaultError> {
+            self.vaults()
+                .read(vault, &SecretPath::parse(path, false).unwrap())
+                .map(|v| v.to_vec())
+        }
+    }
+
+    /// What the sender hands its transport, owned.
+    enum Message {
+        Begin(Fetched),
+        Object(WireObject),
+        Chunk(Vec<u8>),
+    }
+
+    /// Feeds `messages` (a sender's output, or a rogue's) to a receiver on `to`.
+    fn receive(
+        to: &Node,
+        from: NodeId,
+        messages: Vec<Message>,
+        clone: Option<&str>,
+    ) -> Result<FetchOutcome, VaultError> {
+        let mut messages = messages.into_iter().peekable();
+        let Some(Message::Begin(begin)) = messages.next() else {
+            panic!("a transfer starts with Begin");
+        };
+        let vaults = to.vaults();
+        let mut receiver = vaults.receiver(from, &begin, clone)?;
+        while let Some(message) = messages.next() {
+            let Message::Object(object) = message else {
+                panic!("a chunk without its object");
+            };
+            let mut chunks = std::iter::from_fn(|| match messages.peek() {
+                Some(Message::Chunk(_)) => match messages.next() {
+                    Some(Message::Chunk(bytes)) => Some(Ok(Zeroizing::new(bytes))),
+                    _ => None,
+                },
+                _ => None,
+            });
+            receiver.object(object, &mut chunks)?;
+        }
+        receiver.finish(&begin.tip)
+    }
+
+    /// A clone (`clone: Some(name)`) or pull of `name` from `from` to `to`.
+    fn transfer(
+        from: &Node,
+        to: &Node,
+        name: &str,
+        clone: Option<&str>,
+    ) -> Result<FetchOutcome, VaultError> {
+        let (id, haves, received) = match clone {
+            Some(_) => (from.vaults().find(None, name)?.id, Vec::new(), Vec::new()),
+            None => {
+                let plan = to.vaults().pull_request(name, &from.id)?;
+                (plan.record.id, plan.haves, plan.received)
+            }
+        };
+        let mut messages = Vec::new();
+        from.vaults().send(&id, &haves, &received, &mut |out| {
+            messages.push(match out {
+                Outgoing::Begin(b) => Message::Begin(b),
+                Outgoing::Object(o) => Message::Object(o),
+                Outgoing::Chunk(c) => Message::Chunk(c.to_vec()),
+            });
+            Ok(())
+        })?;
+        receive(to, from.id, messages, clone)
+    }
+
+    fn wire(kind: ObjectKind, data: &[u8]) -> ([u8; 20], Message) {
+        let oid = oid_bytes(&gix_object::compute_hash(HASH, kind, data).unwrap());
+        let object = WireObject::Full {
+            oid,
+            kind: kind_byte(kind),
+            data: SecretBytes(data.to_vec()),
+        };
+        (oid, Message::Object(object))
+    }
+
+    fn tree_bytes(entries: &[(&str, &str, [u8; 20])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (mode, name, oid) in entries {
+            out.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+            out.extend_from_slice(oid);
+        }
+        out
+    }
+
+    fn commit_bytes(tree: &[u8; 20], parents: &[[u8; 20]]) -> Vec<u8> {
+        let mut text = format!("tree {}\n", wire_oid(tree));
+        for p in parents {
+            text.push_str(&format!("parent {}\n", wire_oid(p)));
+        }
+        text.push_str("author r <r> 1700000000 +0000\ncommitter r <r> 1700000000 +0000\n\nm\n");
+        text.into_bytes()
+    }
+
+    fn begin(tip: &[u8; 20]) -> Message {
+        Message::Begin(Fetched {
+            vault: VaultId([7; 16]),
+            name: "rogue".into(),
+            tip: wire_oid(tip).to_string(),
+        })
+    }
+
+    #[test]
+    fn clone_edit_both_sides_and_pull_merges() {
+        let (a, b) = (Node::new(), Node::new());
+        a.vaults().create("v").unwrap();
+        a.write("v", "x", b"base");
+        let cloned = transfer(&a, &b, "v", Some("v")).unwrap();
+        assert_eq!(cloned.result, "cloned");
+        a.write("v", "x", b"theirs");
+        b.write("v", "y", b"ours");
+        let pulled = transfer(&a, &b, "v", None).unwrap();
+        assert_eq!(pulled.result, "merged");
+        assert_eq!(b.read("v", "x").unwrap(), b"theirs");
+        assert_eq!(b.read("v", "y").unwrap(), b"ours");
+    }
+
+    /// Issue 13, 1.10: the conflict copy's name may already be a directory on our side; the
+    /// incoming version must still be kept, under a name that is free, and be readable
+    /// where the pull says it is.
+    #[test]
+    fn a_conflict_name_taken_by_a_directory_keeps_the_version() {
+        let (a, b) = (Node::new(), Node::new());
+        a.vaults().create("v").unwrap();
+        a.write("v", "x", b"base");
+        transfer(&a, &b, "v", Some("v")).unwrap();
+        a.write("v", "x", b"theirs");
+        b.write("v", "x", b"ours");
+        let taken = merge_conflict_name("x", &a.id, 1);
+        b.write("v", &format!("{taken}/y"), b"in the directory");
+        let pulled = transfer(&a, &b, "v", None).unwrap();
+        assert_eq!(pulled.conflicts.len(), 1, "{pulled:?}");
+        let (path, copy) = &pulled.conflicts[0];
+        assert_eq!(path, "x");
+        assert_ne!(copy, &taken, "the taken name is not reused");
+        assert_eq!(
+            b.read("v", copy).unwrap(),
+            b"theirs",
+            "the copy is where it says"
+        );
+        assert_eq!(b.read("v", "x").unwrap(), b"ours");
+        assert_eq!(
+            b.read("v", &format!("{taken}/y")).unwrap(),
+            b"in the directory"
+        );
+    }
+
+    /// Issue 13, 1.5: links must name objects of the right kind, or the vault becomes
+    /// unreadable. Each shape is refused and no vault appears.
+    #[test]
+    fn links_to_objects_of_the_wrong_kind_are_refused() {
+        let to = Node::new();
+        let rogue = Identity::generate().node_id();
+        let (blob, _) = wire(ObjectKind::Blob, b"value");
+        let blob_msg = || wire(ObjectKind::Blob, b"value").1;
+        let (tree, _) = wire(ObjectKind::Tree, &tree_bytes(&[("100644", "s", blob)]));
+        let tree_msg = || wire(ObjectKind::Tree, &tree_bytes(&[("100644", "s", blob)])).1;
+        let (good, _) = wire(ObjectKind::Commit, &commit_bytes(&tree, &[]));
+        let good_msg = || wire(ObjectKind::Commit, &commit_bytes(&tree, &[])).1;
+
+        let mut cases: Vec<(&str, Vec<Message>)> = Vec::new();
+        // A commit whose tree is a blob.
+        let (c, m) = wire(ObjectKind::Commit, &commit_bytes(&blob, &[]));
+        cases.push(("commit's tree is a blob", vec![begin(&c), blob_msg(), m]));
+        // A commit whose parent is a tree.
+        let (c, m) = wire(ObjectKind::Commit, &commit_bytes(&tree, &[tree]));
+        cases.push((
+            "parent is a tree",
+            vec![begin(&c), blob_msg(), tree_msg(), m],
+        ));
+        // A tree entry with a file's mode that names a tree.
+        let (t2, t2m) = wire(ObjectKind::Tree, &tree_bytes(&[("100644", "s", tree)]));
+        let (c, m) = wire(ObjectKind::Commit, &commit_bytes(&t2, &[]));
+        cases.push((
+            "file entry names a tree",
+            vec![begin(&c), blob_msg(), tree_msg(), t2m, m],
+        ));
+        // A tree entry with a directory's mode that names a blob.
+        let (t3, t3m) = wire(ObjectKind::Tree, &tree_bytes(&[("40000", "d", blob)]));
+        let (c, m) = wire(ObjectKind::Commit, &commit_bytes(&t3, &[]));
+        cases.push((
+            "directory entry names a blob",
+            vec![begin(&c), blob_msg(), t3m, m],
+        ));
+        // A commit whose parent is a commit is fine: the control case.
+        let (c, m) = wire(ObjectKind::Commit, &commit_bytes(&tree, &[good]));
+        let control = vec![begin(&c), blob_msg(), tree_msg(), good_msg(), m];
+
+        for (what, messages) in cases {
+            let err = receive(&to, rogue, messages, Some("cloned")).unwrap_err();
+            assert!(
+                matches!(err, VaultError::Refused(_)),
+                "{what}: refused, not {err:?}"
+            );
+            assert!(to.vaults().list().unwrap().is_empty(), "{what}: no vault");
+        }
+        receive(&to, rogue, control, Some("cloned")).unwrap();
+        assert_eq!(to.read("cloned", "s").unwrap(), b"value");
+    }
 }

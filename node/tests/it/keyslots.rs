@@ -401,3 +401,95 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Rewrites the keyslot file's JSON body with `edit`, with a valid length and checksum (as
+/// whoever can write the data directory can).
+fn rewrite_keyslot_body(file: &std::path::Path, edit: impl Fn(&str) -> String) {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(file).unwrap();
+    let len = u32::from_be_bytes(bytes[10..14].try_into().unwrap()) as usize;
+    let body = std::str::from_utf8(&bytes[14..14 + len]).unwrap();
+    let body = edit(body);
+    let mut out = bytes[..10].to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body.as_bytes());
+    let checksum = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&checksum);
+    std::fs::write(file, out).unwrap();
+}
+
+/// Issue 13, 1.8: a PKCS#11 module is code that runs with the PIN. One named only by the
+/// keyslot file (which whoever can write the data partition can edit) is not loaded from
+/// outside the system library directories; one named by the machine's configuration is.
+#[test]
+fn a_pkcs11_module_named_only_by_the_keyslot_file_is_not_loaded_from_elsewhere() {
+    let mut w = World::new();
+    w.softhsm_token("pk-node", "123456");
+    let node = w.path("node");
+    let module = w.softhsm_module();
+    let pin = w.secret_file("pin", "123456");
+    let pin = pin.to_str().unwrap();
+    w.pk(
+        &node,
+        &[
+            "--pkcs11-module",
+            module.to_str().unwrap(),
+            "init",
+            "--token",
+            "pkcs11",
+            "--pkcs11-token-label",
+            "pk-node",
+            "--password-file",
+            pin,
+        ],
+    )
+    .ok();
+    // The system module, named by the slot alone, is fine.
+    w.pk(
+        &node,
+        &["keyslots", "test", "--slot", "0", "--password-file", pin],
+    )
+    .ok();
+
+    // A "module" planted in a writable place (here a copy of the real one, so that loading
+    // it would work) and named by the slot.
+    let planted = w.path("planted-module.so");
+    std::fs::copy(&module, &planted).unwrap();
+    let (real, fake) = (module.to_str().unwrap(), planted.to_str().unwrap());
+    let file = node.join("keyslots");
+    rewrite_keyslot_body(&file, |body| {
+        assert!(body.contains(real), "{body}");
+        body.replace(real, fake)
+    });
+    let err = w
+        .pk(
+            &node,
+            &["keyslots", "test", "--slot", "0", "--password-file", pin],
+        )
+        .fails(77, "outside the system library directories");
+    assert!(err.contains(fake), "the error names the module: {err}");
+    assert!(!err.contains("123456"), "{err}");
+    // A path that climbs out of a system directory is no better.
+    let climbing = format!("/usr/lib/../..{fake}");
+    rewrite_keyslot_body(&file, |body| body.replace(fake, &climbing));
+    w.pk(
+        &node,
+        &["keyslots", "test", "--slot", "0", "--password-file", pin],
+    )
+    .fails(77, "outside the system library directories");
+    // Named by the configuration, the same module is the machine owner's choice.
+    w.pk(
+        &node,
+        &[
+            "--pkcs11-module",
+            fake,
+            "keyslots",
+            "test",
+            "--slot",
+            "0",
+            "--password-file",
+            pin,
+        ],
+    )
+    .ok();
+}

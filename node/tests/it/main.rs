@@ -7,6 +7,7 @@ mod crash;
 mod gestalts;
 mod github;
 mod harness;
+mod hostile;
 mod keyslots;
 mod peers;
 mod relay;

@@ -343,7 +343,7 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
             let sig = STANDARD
                 .decode(signature.trim())
                 .map_err(|_| CliError::usage("the signature is not base64"))?;
-            let ok = node::identity::verify(&signer, &read(file)?, &sig)
+            let ok = node::identity::verify_user(&signer, &read(file)?, &sig)
                 .map_err(|e| CliError::usage(e.to_string()))?;
             let _ = out.emit(json!({ "valid": ok, "node_id": signer }), || {
                 if ok {
@@ -513,7 +513,7 @@ pub(crate) fn vaults(
                             c.oid,
                             c.author,
                             time(c.time),
-                            c.message
+                            terminal_safe(&c.message)
                         )
                     })
                     .collect()
@@ -613,6 +613,22 @@ fn ls(client: &Client, vault: &str, path: &str) -> Result<Vec<node::vault::Entry
 }
 
 /// Writes the vault's tree below `path` into `dest` (created 0700, files 0600).
+/// Text from a vault (which may hold what a peer sent) as it may reach a terminal: control
+/// characters, escape sequences among them, are shown escaped (`\u{1b}`), not obeyed.
+fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match c {
+            '\n' => "\n".to_owned(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
 fn export_dir(client: &Client, vault: &str, path: &str, dest: &Path) -> Result<usize, CliError> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     std::fs::DirBuilder::new()
@@ -627,6 +643,14 @@ fn export_dir(client: &Client, vault: &str, path: &str, dest: &Path) -> Result<u
         } else {
             format!("{path}/{}", entry.name)
         };
+        // The names come from the vault, which may hold what a peer sent: each must be one
+        // plain component, or the export could write outside `dest`.
+        if let Some(reason) = node::vault::bad_name(entry.name.as_bytes()) {
+            return Err(CliError::data(format!(
+                "the vault holds an entry named {:?} under {:?}: {reason}; nothing more was exported",
+                entry.name, path
+            )));
+        }
         let target = dest.join(&entry.name);
         match entry.kind {
             EntryType::Dir => count += export_dir(client, vault, &child, &target)?,
@@ -739,8 +763,8 @@ pub(crate) fn secrets(
                 entries
                     .iter()
                     .map(|e| match e.kind {
-                        EntryType::Dir => format!("{}/\n", e.name),
-                        EntryType::File => format!("{}\n", e.name),
+                        EntryType::Dir => format!("{}/\n", terminal_safe(&e.name)),
+                        EntryType::File => format!("{}\n", terminal_safe(&e.name)),
                     })
                     .collect()
             });

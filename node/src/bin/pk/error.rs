@@ -50,6 +50,11 @@ impl CliError {
         Self::new(NOPERM, message)
     }
 
+    /// Data that cannot be used as it is (exit 65).
+    pub(crate) fn data(message: impl Into<String>) -> Self {
+        Self::new(DATAERR, message)
+    }
+
     pub(crate) fn exists(message: impl Into<String>) -> Self {
         Self::new(CANTCREAT, message)
     }
@@ -119,7 +124,8 @@ fn unwrap_code(e: &UnwrapError) -> u8 {
         | UnwrapError::WrongRecoveryCode
         | UnwrapError::WrongCard { .. }
         | UnwrapError::TouchDenied
-        | UnwrapError::TouchTimeout => NOPERM,
+        | UnwrapError::TouchTimeout
+        | UnwrapError::UntrustedModule { .. } => NOPERM,
         _ => FAILURE,
     }
 }
