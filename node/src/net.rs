@@ -254,8 +254,22 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// The most calls (bidirectional streams) a peer may have open on one connection at once.
+pub const MAX_STREAMS: u32 = 32;
+/// Bytes a peer may have in flight on one stream before it waits for us: room for one
+/// chunk frame ([`crate::peer::MAX_RESPONSE`]) and a fast link's round trip.
+pub const STREAM_WINDOW: u32 = 1_500_000;
+/// Bytes a peer may have in flight on one connection, all streams together.
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
+    // A budget per connection: quinn's defaults (100 + 100 streams, an unlimited
+    // connection window) let one connection make us buffer without bound.
+    transport.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.stream_receive_window(STREAM_WINDOW.into());
+    transport.receive_window(CONNECTION_WINDOW.into());
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(30)) {
         transport.max_idle_timeout(Some(idle));
@@ -364,27 +378,49 @@ impl Endpoint {
 
     /// The next incoming connection, with the caller's NodeId; `None` once closed.
     pub async fn accept(&self) -> Option<Result<Connection, NetError>> {
-        let incoming = self.inner.accept().await?;
-        Some(
-            async {
-                let connection = incoming
-                    .await
-                    .map_err(|e| NetError::Incoming(e.to_string()))?;
-                let (peer, earlier) = peer_ids(&connection)
-                    .ok_or_else(|| NetError::Incoming("no node certificate".into()))?;
-                Ok(Connection {
-                    inner: connection,
-                    peer,
-                    earlier,
-                })
-            }
-            .await,
-        )
+        Some(self.incoming().await?.accept().await)
+    }
+
+    /// The next connection attempt, before its handshake: the caller may refuse it (a
+    /// budget of connections per address) before it costs a handshake.
+    pub async fn incoming(&self) -> Option<Incoming> {
+        self.inner.accept().await.map(Incoming)
     }
 
     /// Stops accepting and closes every connection.
     pub fn close(&self) {
         self.inner.close(0u32.into(), b"closing");
+    }
+}
+
+/// A connection attempt whose handshake has not run yet.
+#[derive(Debug)]
+pub struct Incoming(quinn::Incoming);
+
+impl Incoming {
+    /// Where it comes from (a UDP source address, not proven until the handshake ends).
+    pub fn remote_address(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    /// Refuses it at once (the peer sees CONNECTION_REFUSED).
+    pub fn refuse(self) {
+        self.0.refuse();
+    }
+
+    /// Runs the handshake; the connection, with the caller's NodeId.
+    pub async fn accept(self) -> Result<Connection, NetError> {
+        let connection = self
+            .0
+            .await
+            .map_err(|e| NetError::Incoming(e.to_string()))?;
+        let (peer, earlier) = peer_ids(&connection)
+            .ok_or_else(|| NetError::Incoming("no node certificate".into()))?;
+        Ok(Connection {
+            inner: connection,
+            peer,
+            earlier,
+        })
     }
 }
 

@@ -281,11 +281,19 @@ pub async fn unary(conn: &Connection, request: PeerRequest) -> Result<PeerReply,
     }
 }
 
-/// The callee's side of one stream: reads the call (within `deadline`).
+/// The callee's side of one stream: reads the call (within [`CALL_DEADLINE`]).
 pub async fn read_call(recv: &mut quinn::RecvStream) -> Result<PeerRequest, ApiError> {
+    read_call_within(recv, MAX_REQUEST).await
+}
+
+/// [`read_call`] with a lower size limit (for callers outside the node graph).
+pub async fn read_call_within(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<PeerRequest, ApiError> {
     let bad = |reason: String| ApiError::new(ErrorCode::BadInput, reason);
     let call: PeerCall =
-        match tokio::time::timeout(CALL_DEADLINE, read_frame(recv, MAX_REQUEST)).await {
+        match tokio::time::timeout(CALL_DEADLINE, read_frame(recv, max.min(MAX_REQUEST))).await {
             Err(_) => return Err(bad("no call arrived in time".into())),
             Ok(Ok(Some(call))) => call,
             Ok(Ok(None)) => return Err(bad("the stream ended before a call".into())),

@@ -13,6 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The default limit for one frame.
 pub const MAX_FRAME: usize = 1 << 20;
 
+/// The first read of a frame's body is at most this large; the buffer then doubles as
+/// bytes arrive, up to the frame's length.
+const FIRST_READ: usize = 16 * 1024;
+
 /// Bytes of secret content per data frame.
 pub const CHUNK: usize = 256 * 1024;
 
@@ -125,14 +129,26 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = zeroize::Zeroizing::new(vec![0u8; len]);
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Closed
-        } else {
-            FrameError::Io(e)
+    // The buffer grows with the bytes that arrive, not with the length announced: a peer
+    // that announces 1 MiB and sends nothing costs us nothing.
+    let mut body = zeroize::Zeroizing::new(Vec::with_capacity(len.min(FIRST_READ)));
+    while body.len() < len {
+        if body.len() == body.capacity() {
+            let mut bigger =
+                zeroize::Zeroizing::new(Vec::with_capacity((body.capacity() * 2).min(len)));
+            bigger.extend_from_slice(&body);
+            // The old buffer is wiped as it is dropped.
+            body = bigger;
         }
-    })?;
+        let start = body.len();
+        let end = body.capacity().min(len);
+        body.resize(end, 0);
+        match r.read(&mut body[start..]).await {
+            Ok(0) => return Err(FrameError::Closed),
+            Ok(n) => body.truncate(start + n),
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
     postcard::from_bytes(&body)
         .map(Some)
         .map_err(|_| FrameError::Malformed)

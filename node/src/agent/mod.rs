@@ -36,7 +36,9 @@ use crate::store::{Read as _, Store, StoreError, Table};
 use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
 use crate::vault::{SecretPath, VaultError, Vaults};
 
+mod budget;
 mod peers;
+mod refusals;
 mod trust;
 
 /// How long an upload may stall between chunks before it is abandoned (it holds the
@@ -106,6 +108,8 @@ struct Open {
     github: crate::provider::GitHub,
     /// Device authorisations in progress, by the handle given to `pk`.
     device_auths: Mutex<std::collections::HashMap<u64, zeroize::Zeroizing<String>>>,
+    /// Refused peer calls not yet in the audit log (written in aggregate).
+    refusals: Mutex<refusals::Refusals>,
 }
 
 struct Shared {
@@ -567,6 +571,8 @@ fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
             Reply::MaybeCommit(v.touch(&vault, &path).map_err(ve)?)
         }
         Request::Audit(query) => {
+            // Refusals counted so far belong in what the reader sees.
+            peers::flush_refusals(open, true);
             let tx = open.store.read().map_err(store_error)?;
             Reply::Events(audit::query(&tx, &query).map_err(store_error)?)
         }
@@ -799,6 +805,7 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
             net: std::sync::OnceLock::new(),
             github: crate::provider::GitHub::new(config.github.clone()),
             device_auths: Mutex::new(std::collections::HashMap::new()),
+            refusals: Mutex::new(refusals::Refusals::default()),
         })
     })
     .await;
@@ -854,6 +861,7 @@ fn lock(shared: &Shared) {
         if let Some(net) = open.net.get() {
             net.shutdown();
         }
+        peers::flush_refusals(&open, true);
         if let Ok(mut tx) = open.store.write()
             && audit::append(&mut tx, "agent.locked", json!({})).is_ok()
         {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{Open, blocking, record, store_error, vault_error, vaults};
+use super::{Open, blocking, budget, record, store_error, vault_error, vaults};
 use crate::api::{ApiError, Backup, ConnectionInfo, ErrorCode, Reply, Request, SecretBytes};
 use crate::gestalt::{Gestalts, Vertex};
 use crate::identity::NodeId;
@@ -20,7 +20,7 @@ use crate::nodes::{NodePermission, Nodes, VaultPermission};
 use crate::notifications::{Body, Delivery, Mailbox, Notifications};
 use crate::peer::{
     CallStream, FetchRequest, IDLE_DEADLINE, MAX_RECEIVED, MAX_RESPONSE, PeerError, PeerReply,
-    PeerRequest, PeerResponse, SharedVault, read_call, respond, unary,
+    PeerRequest, PeerResponse, SharedVault, read_call_within, respond, unary,
 };
 use crate::rpc::{FrameBuffer, encode_frame};
 use crate::store::{Read as _, Table};
@@ -48,6 +48,10 @@ pub(super) struct PeerNet {
     dialing: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     /// Outbox entries being delivered now (the background loop skips them).
     delivering: Mutex<BTreeSet<u64>>,
+    /// Connections taken, in all, per address and from strangers.
+    budget: budget::Budget,
+    /// Peer calls allowed on blocking threads at once.
+    blocking_calls: tokio::sync::Semaphore,
 }
 
 struct Pooled {
@@ -150,6 +154,8 @@ pub(super) fn start(
         lan,
         dialing: Mutex::new(HashMap::new()),
         delivering: Mutex::new(BTreeSet::new()),
+        budget: budget::Budget::default(),
+        blocking_calls: tokio::sync::Semaphore::new(budget::BLOCKING_CALLS),
     });
     if let (Some(interfaces), Some(addr)) = (lan, net.local_addr()) {
         match lan::Advertiser::start(
@@ -184,11 +190,18 @@ fn net_of(open: &Open) -> Result<Arc<PeerNet>, ApiError> {
 // Serving other nodes
 
 async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
-    while let Some(incoming) = net.endpoint.accept().await {
+    while let Some(incoming) = net.endpoint.incoming().await {
+        // Refused before the handshake when the budget is spent: in all, or per address.
+        let Some(mut slot) = net.budget.admit(incoming.remote_address().ip()) else {
+            incoming.refuse();
+            continue;
+        };
         let open = open.clone();
         let net = net.clone();
         tokio::spawn(async move {
-            let Ok(conn) = incoming else { return };
+            let Ok(conn) = incoming.accept().await else {
+                return;
+            };
             let peer = conn.peer();
             if !conn.earlier_ids().is_empty() {
                 // A node that renewed its key: what it held under its old NodeId is its.
@@ -201,13 +214,39 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
                 })
                 .await;
             }
+            let known = {
+                let open = open.clone();
+                blocking(move || {
+                    let tx = open.store.read().map_err(store_error)?;
+                    Nodes::new(&open.store)
+                        .known(&tx, &peer)
+                        .map_err(store_error)
+                })
+                .await
+                .unwrap_or(false)
+            };
+            // A node outside the graph gets less: fewer connections, fewer and smaller calls.
+            if !known && !slot.stranger() {
+                conn.close("busy");
+                return;
+            }
+            let calls = Arc::new(tokio::sync::Semaphore::new(if known {
+                budget::CALLS_PER_CONNECTION
+            } else {
+                budget::STRANGER_CALLS_PER_CONNECTION
+            }));
+            let max_call = if known {
+                crate::rpc::MAX_FRAME
+            } else {
+                budget::STRANGER_MAX_CALL
+            };
             let addr = conn.remote_address();
             let id = rand_id();
             net.incoming
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id, (peer, addr, Instant::now(), conn.clone()));
-            {
+            if known {
                 let open = open.clone();
                 let _ = blocking(move || {
                     Nodes::new(&open.store)
@@ -216,14 +255,25 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
                 })
                 .await;
             }
-            while let Ok((send, recv)) = conn.accept().await {
+            while let Ok((mut send, recv)) = conn.accept().await {
+                // Over the calls allowed at once: this one is turned away at once.
+                let Ok(permit) = calls.clone().try_acquire_owned() else {
+                    let _ = send.reset(0u32.into());
+                    drop(recv);
+                    continue;
+                };
                 let open = open.clone();
-                tokio::spawn(serve_call(open, peer, send, recv));
+                let net = net.clone();
+                tokio::spawn(async move {
+                    serve_call(open, net, peer, known, max_call, send, recv).await;
+                    drop(permit);
+                });
             }
             net.incoming
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
+            drop(slot);
         });
     }
 }
@@ -233,39 +283,96 @@ fn rand_id() -> usize {
     rand_core::OsRng.next_u64() as usize
 }
 
-/// Refusal for a call the caller may not make; recorded in the audit log.
+/// Refusal for a call the caller may not make; counted, and recorded in the audit log in
+/// aggregate ([`super::refusals`]): a refusal costs its caller no row of its own.
 pub(super) fn denied(
     open: &Open,
     peer: &NodeId,
-    call: &str,
+    call: &'static str,
     vault: Option<&str>,
     message: &str,
 ) -> ApiError {
-    let _ = record(
-        open,
-        "peer.denied",
-        json!({ "node": peer, "call": call, "vault": vault }),
-    );
+    let rows = open
+        .refusals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .note(*peer, call, vault, now_ms());
+    write_refusals(open, rows);
     ApiError::new(ErrorCode::Denied, message)
+}
+
+/// Writes the refusals counted so far when their interval has ended (or `now`).
+pub(super) fn flush_refusals(open: &Open, now: bool) {
+    let rows = {
+        let mut refusals = open.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if now || refusals.due(now_ms()) {
+            refusals.take()
+        } else {
+            Vec::new()
+        }
+    };
+    write_refusals(open, rows);
+}
+
+fn write_refusals(open: &Open, rows: Vec<serde_json::Value>) {
+    if rows.is_empty() {
+        return;
+    }
+    let Ok(mut tx) = open.store.write() else {
+        return;
+    };
+    for row in rows {
+        if crate::audit::append(&mut tx, "peer.denied", row).is_err() {
+            return;
+        }
+    }
+    let _ = tx.commit();
 }
 
 async fn serve_call(
     open: Arc<Open>,
+    net: Arc<PeerNet>,
     peer: NodeId,
+    known: bool,
+    max_call: usize,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let request = match read_call(&mut recv).await {
+    let request = match read_call_within(&mut recv, max_call).await {
         Ok(request) => request,
         Err(e) => {
+            let e = if known {
+                e
+            } else {
+                // A stranger's call that does not even parse (or is over its size limit)
+                // is a refusal like the others: counted, not recorded one by one.
+                let open = open.clone();
+                blocking(move || {
+                    Ok(denied(
+                        &open,
+                        &peer,
+                        "call",
+                        None,
+                        "this node does not know you: its owner must add your NodeId first",
+                    ))
+                })
+                .await
+                .unwrap_or_else(|e| e)
+            };
+            let _ = recv.stop(0u32.into());
             let _ = respond(&mut send, &PeerResponse::Err(e)).await;
             let _ = send.finish();
             return;
         }
     };
     let answer = match request {
-        PeerRequest::Fetch(fetch) => serve_fetch(open, peer, fetch, &mut send).await,
+        PeerRequest::Fetch(fetch) => serve_fetch(open, &net, peer, fetch, &mut send).await,
         other => {
+            // Blocking threads are shared by every caller: a bounded number of calls use
+            // them at once, the others wait here without holding one.
+            let Ok(_permit) = net.blocking_calls.acquire().await else {
+                return;
+            };
             let open = open.clone();
             blocking(move || serve_unary(&open, peer, other)).await
         }
@@ -386,10 +493,13 @@ fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerRe
 /// Checks a fetch's permission; the vault's id and name.
 fn fetch_allowed(open: &Open, peer: &NodeId, fetch: &FetchRequest) -> Result<VaultId, ApiError> {
     // As the caller names it: the name it knows, and the id when it has one.
+    // Cut short: the name is the caller's, and neither the record nor the answer may be
+    // as large as what it sent.
+    let name = super::refusals::truncate(&fetch.name);
     let wanted = match fetch.vault {
-        Some(id) if !fetch.name.is_empty() => format!("{:?} ({id})", fetch.name),
+        Some(id) if !fetch.name.is_empty() => format!("{name:?} ({id})"),
         Some(id) => id.to_string(),
-        None => format!("{:?}", fetch.name),
+        None => format!("{name:?}"),
     };
     let permission = if fetch.clone {
         VaultPermission::Clone
@@ -436,10 +546,18 @@ fn fetch_allowed(open: &Open, peer: &NodeId, fetch: &FetchRequest) -> Result<Vau
 
 async fn serve_fetch(
     open: Arc<Open>,
+    net: &PeerNet,
     peer: NodeId,
     fetch: FetchRequest,
     send: &mut quinn::SendStream,
 ) -> Result<PeerReply, ApiError> {
+    // The fetch holds a blocking thread while it runs: one of the bounded few.
+    let Ok(_permit) = net.blocking_calls.acquire().await else {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "this node is shutting down",
+        ));
+    };
     let vault = {
         let open = open.clone();
         let fetch = fetch.clone();
@@ -1588,6 +1706,14 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
             deliveries.spawn(async move { deliver(&open, n.id, n.peer, n.body).await });
         }
         while deliveries.try_join_next().is_some() {}
+        {
+            let open = open.clone();
+            let _ = blocking(move || {
+                flush_refusals(&open, false);
+                Ok(())
+            })
+            .await;
+        }
         let now = now_ms();
         let list = {
             let open = open.clone();

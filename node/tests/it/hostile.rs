@@ -287,3 +287,203 @@ fn a_certificate_signed_through_keys_sign_is_no_renewal() {
         "the attacker took nothing: {nodes}"
     );
 }
+
+/// A stranger: a key of its own making, connected to `peer`.
+struct Stranger {
+    rt: tokio::runtime::Runtime,
+    conn: node::net::Connection,
+    _endpoint: Endpoint,
+}
+
+impl Stranger {
+    fn connect(peer: &Peer<'_>) -> Stranger {
+        Stranger::connect_as(peer, Identity::generate())
+    }
+
+    fn connect_as(peer: &Peer<'_>, identity: Identity) -> Stranger {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let endpoint = rt
+            .block_on(async { Endpoint::bind("127.0.0.1:0".parse().unwrap(), &identity) })
+            .unwrap();
+        let conn = rt
+            .block_on(endpoint.connect(peer.addr.parse().unwrap(), peer.id.parse().unwrap()))
+            .unwrap();
+        Stranger {
+            rt,
+            conn,
+            _endpoint: endpoint,
+        }
+    }
+}
+
+/// Fetches of a vault named `name` that must all be refused; the lengths of the answers.
+fn refused_fetches(caller: &Stranger, name: &str, calls: usize) -> Vec<usize> {
+    let conn = &caller.conn;
+    caller.rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..2 {
+            let (conn, name) = (conn.clone(), name.to_owned());
+            set.spawn(async move {
+                let mut sizes = Vec::new();
+                for _ in 0..calls / 2 {
+                    let request = PeerRequest::Fetch(node::peer::FetchRequest {
+                        vault: None,
+                        name: name.clone(),
+                        clone: true,
+                        haves: Vec::new(),
+                        received: Vec::new(),
+                    });
+                    let mut call = node::peer::CallStream::open(&conn, request).await.unwrap();
+                    match call.next(std::time::Duration::from_secs(30)).await {
+                        Ok(PeerResponse::Err(e)) => {
+                            assert_eq!(e.code, node::api::ErrorCode::Denied, "{e}");
+                            sizes.push(e.message.len());
+                        }
+                        other => panic!("a fetch was not refused: {other:?}"),
+                    }
+                }
+                sizes
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(sizes) = set.join_next().await {
+            all.extend(sizes.unwrap());
+        }
+        all
+    })
+}
+
+/// Issue 13, 1.2: refusals cost the caller nothing durable beyond a bounded, aggregated
+/// record. 1,000 refused fetches naming 1 MiB vault names (half from a stranger, half from
+/// a node in the graph with nothing shared) grow the database by less than 1 MiB, the
+/// answers stay short, and the audit log counts them in a row per node per minute.
+#[test]
+fn a_thousand_refused_calls_with_huge_names_cost_almost_nothing() {
+    let w = World::new();
+    let target = Peer::new(&w, "target");
+    let db = target.path.join("db.redb");
+    target.pk(&["audit"]).ok();
+    let before = std::fs::metadata(&db).unwrap().len();
+
+    let name = "n".repeat((1 << 20) - 1024);
+    let calls = 1000;
+    let started = std::time::Instant::now();
+    let stranger = Stranger::connect(&target);
+    let mut answers = refused_fetches(&stranger, &name, calls / 2);
+    let acquaintance = Identity::generate();
+    target
+        .pk(&[
+            "nodes",
+            "add",
+            "--no-ping",
+            &acquaintance.node_id().to_string(),
+            "127.0.0.1",
+            "9",
+        ])
+        .ok();
+    let acquaintance = Stranger::connect_as(&target, acquaintance);
+    answers.extend(refused_fetches(&acquaintance, &name, calls / 2));
+    assert_eq!(answers.len(), calls);
+    assert!(answers.iter().all(|&n| n < 1024), "short answers");
+
+    // One row per node and call per minute, each with its count.
+    let audit = target
+        .pk(&["--format", "json", "audit", "--event", "peer.denied"])
+        .ok();
+    let rows: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let minutes = started.elapsed().as_secs() / 60;
+    assert!(
+        rows.len() >= 2 && rows.len() as u64 <= 2 * (minutes + 2),
+        "{} rows in {minutes} min: {audit}",
+        rows.len()
+    );
+    let counted: u64 = rows
+        .iter()
+        .map(|r| r["fields"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, calls as u64, "{audit}");
+    for row in &rows {
+        let vault = row["fields"]["vault"].as_str().map_or(0, str::len);
+        assert!(vault < 100, "{row}");
+    }
+    let after = std::fs::metadata(&db).unwrap().len();
+    assert!(
+        after < before + (1 << 20),
+        "db.redb grew from {before} to {after} bytes"
+    );
+    // The agent still answers.
+    target.pk(&["vaults", "list"]).ok();
+}
+
+/// The agent's peak resident memory, in MiB.
+fn peak_rss_mib(peer: &Peer<'_>) -> u64 {
+    let pid = crate::harness::agent_pid(&peer.path).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024
+}
+
+/// Issue 13, 1.3: the peer endpoint has a budget. 20 strangers with 100 streams each, every
+/// stream announcing a 1 MiB call and sending it, leave the agent's peak memory under
+/// 256 MiB, and `pk` still gets its answers.
+#[test]
+fn a_flood_of_streams_from_strangers_stays_within_budget() {
+    let w = World::new();
+    let target = Peer::new(&w, "target");
+    target.pk(&["vaults", "create", "kept"]).ok();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr: std::net::SocketAddr = target.addr.parse().unwrap();
+    let id: node::identity::NodeId = target.id.parse().unwrap();
+    let (connected, refused) = rt.block_on(async {
+        let mut endpoints = Vec::new();
+        let mut conns = Vec::new();
+        let mut refused = 0;
+        for _ in 0..20 {
+            let identity = Identity::generate();
+            let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+            match endpoint.connect(addr, id).await {
+                Ok(conn) => conns.push(conn),
+                Err(_) => refused += 1,
+            }
+            endpoints.push(endpoint);
+        }
+        let mut streams = tokio::task::JoinSet::new();
+        for conn in &conns {
+            for _ in 0..100 {
+                let conn = conn.clone();
+                streams.spawn(async move {
+                    let Ok((mut send, _recv)) = conn.open().await else {
+                        return;
+                    };
+                    let len: u32 = (1 << 20) - 16;
+                    if send.write_all(&len.to_be_bytes()).await.is_err() {
+                        return;
+                    }
+                    let piece = vec![0x5a_u8; 64 * 1024];
+                    for _ in 0..16 {
+                        if send.write_all(&piece).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Keep the stream open, the frame never finished.
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                });
+            }
+        }
+        // Let the flood run, then look at the agent while the streams are still open.
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let connected = conns.len();
+        std::mem::forget(streams);
+        (connected, refused)
+    });
+    let peak = peak_rss_mib(&target);
+    eprintln!("{connected} connected, {refused} refused; agent peak RSS {peak} MiB");
+    assert!(peak < 256, "the agent's peak RSS was {peak} MiB");
+    let listed = target.json(&["vaults", "list"]);
+    assert_eq!(listed[0]["name"], "kept", "{listed}");
+    drop(rt);
+}
