@@ -71,6 +71,9 @@ pub enum AgentError {
     /// No node here.
     #[error(transparent)]
     Keyslots(#[from] KeyslotError),
+    /// A setting from the environment that cannot be used.
+    #[error("{0}")]
+    Setting(String),
     /// Socket or file trouble.
     #[error("{context}: {source}")]
     Io {
@@ -79,6 +82,39 @@ pub enum AgentError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// The environment variable that sets the per-transfer quota of a clone or pull, in bytes
+/// (a number, optionally followed by `K`, `M`, `G` or `T`, powers of 1024); default
+/// [`crate::vault::DEFAULT_TRANSFER_BYTES`].
+pub const TRANSFER_QUOTA_ENV: &str = "PK_MAX_TRANSFER";
+
+/// The limits of one clone or pull: [`TRANSFER_QUOTA_ENV`] or the defaults.
+pub fn transfer_limits() -> Result<crate::vault::TransferLimits, AgentError> {
+    let mut limits = crate::vault::TransferLimits::default();
+    let Ok(text) = std::env::var(TRANSFER_QUOTA_ENV) else {
+        return Ok(limits);
+    };
+    let bad = || {
+        AgentError::Setting(format!(
+            "{TRANSFER_QUOTA_ENV}={:?} is not a size: give bytes, e.g. 8G or 500M",
+            text.chars().take(32).collect::<String>()
+        ))
+    };
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((at, 'K' | 'k')) => (&text[..at], 10),
+        Some((at, 'M' | 'm')) => (&text[..at], 20),
+        Some((at, 'G' | 'g')) => (&text[..at], 30),
+        Some((at, 'T' | 't')) => (&text[..at], 40),
+        _ => (text, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    limits.max_bytes = n
+        .checked_shl(shift)
+        .filter(|v| v >> shift == n && *v > 0)
+        .ok_or_else(bad)?;
+    Ok(limits)
 }
 
 /// Configuration of an agent.
@@ -110,6 +146,8 @@ struct Open {
     device_auths: Mutex<std::collections::HashMap<u64, zeroize::Zeroizing<String>>>,
     /// Refused peer calls not yet in the audit log (written in aggregate).
     refusals: Mutex<refusals::Refusals>,
+    /// What one clone or pull may bring.
+    transfer_limits: crate::vault::TransferLimits,
 }
 
 struct Shared {
@@ -176,6 +214,8 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
 /// serves until stopped (a `Stop` call, SIGTERM or SIGINT). `ready` is called once the
 /// socket accepts connections.
 pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentError> {
+    // Settings from the environment are checked before anything starts.
+    transfer_limits()?;
     let node = config.node.clone();
     Keyslots::open(&node)?;
     let socket = node.agent_socket();
@@ -806,6 +846,7 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
             github: crate::provider::GitHub::new(config.github.clone()),
             device_auths: Mutex::new(std::collections::HashMap::new()),
             refusals: Mutex::new(refusals::Refusals::default()),
+            transfer_limits: transfer_limits().unwrap_or_default(),
         })
     })
     .await;

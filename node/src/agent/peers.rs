@@ -1409,7 +1409,8 @@ async fn fetch(
         let begin = begin.clone();
         tokio::task::spawn_blocking(move || -> Result<FetchOutcome, FetchFailed> {
             let v = vaults(&open);
-            let mut receiver = v.receiver(node, &begin, clone_name.as_deref())?;
+            let mut receiver =
+                v.receiver_with(node, &begin, clone_name.as_deref(), open.transfer_limits)?;
             let mut frames = FrameBuffer::default();
             let mut next = || -> Result<Option<PeerResponse>, VaultError> {
                 loop {
@@ -1439,6 +1440,11 @@ async fn fetch(
                                 receiver.save()?;
                                 return Err(FetchFailed::Interrupted);
                             }
+                            Err(e @ VaultError::Refused(_)) => {
+                                // What a refused transfer brought is not kept.
+                                let _ = receiver.abandon();
+                                return Err(e.into());
+                            }
                             Err(e) => return Err(e.into()),
                         }
                     }
@@ -1448,6 +1454,7 @@ async fn fetch(
                         return Err(FetchFailed::Peer(error));
                     }
                     Some(_) => {
+                        let _ = receiver.abandon();
                         return Err(
                             VaultError::Refused("an unexpected message in a fetch".into()).into(),
                         );

@@ -34,8 +34,9 @@ use crate::store::{Read, ReadTx, Store, StoreError, Table, WriteTx};
 
 mod sync;
 pub use sync::{
-    FetchOutcome, Fetched, ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState,
-    WireEntry, WireObject, merge_conflict_name,
+    DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, Fetched, MAX_TRANSFER_OBJECTS,
+    ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState, TransferLimits, WireEntry,
+    WireObject, merge_conflict_name,
 };
 
 const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
@@ -291,6 +292,11 @@ impl SecretPath {
                 return Err(bad(reason));
             }
             parts.push(part.to_owned());
+        }
+        // The same bound as for trees received from peers, so that no vault is deeper than
+        // what a peer would accept from it.
+        if parts.len() > sync::DEFAULT_MAX_DEPTH {
+            return Err(bad("nested more than 128 levels deep"));
         }
         Ok(SecretPath(parts))
     }

@@ -57,6 +57,32 @@ const BATCH_BYTES: usize = 4 << 20;
 const BATCH_OBJECTS: usize = 2000;
 /// The largest tree or commit accepted (a blob may be up to the secret limit).
 const MAX_METADATA_OBJECT: u64 = 64 << 20;
+/// The default of [`TransferLimits::max_bytes`].
+pub const DEFAULT_TRANSFER_BYTES: u64 = 8 << 30;
+/// The default of [`TransferLimits::max_depth`].
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+/// The most objects one transfer may bring (their ids are kept in memory while it runs).
+pub const MAX_TRANSFER_OBJECTS: u64 = 1_000_000;
+
+/// What one clone or pull may bring: a serving node that sends more is refused, and what
+/// it sent is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferLimits {
+    /// Bytes of objects one transfer may store (trees rebuilt from deltas count whole).
+    pub max_bytes: u64,
+    /// The deepest nesting of directories a received tree may have.
+    pub max_depth: usize,
+}
+
+impl Default for TransferLimits {
+    fn default() -> Self {
+        TransferLimits {
+            max_bytes: DEFAULT_TRANSFER_BYTES,
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
 /// How many generations below the receiver's haves the sender treats as shared.
 const COMMON_WINDOW: usize = 64;
 /// Key prefix of transfers in progress in the `sync` table.
@@ -192,13 +218,80 @@ pub struct FetchOutcome {
     pub wire_bytes: u64,
 }
 
-/// A transfer in progress, in the `sync` table.
+/// A transfer in progress, in the `sync` table: this header, then one row per batch of
+/// ids that arrived (`incoming_key || batch number`), so that recording a batch costs the
+/// batch, not everything so far.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Incoming {
     node: String,
     remote_name: String,
+    /// Ids as the first version of this record kept them (one list, rewritten at every
+    /// batch); read, no longer written.
     #[serde(default)]
     received: Vec<String>,
+    /// How many batch rows follow.
+    #[serde(default)]
+    batches: u32,
+}
+
+fn batch_key(vault: &VaultId, batch: u32) -> Vec<u8> {
+    let mut key = incoming_key(vault);
+    key.extend_from_slice(&batch.to_be_bytes());
+    key
+}
+
+/// The transfer into `vault` in progress, with every id it brought so far.
+fn read_incoming(
+    tx: &impl Read,
+    vault: &VaultId,
+) -> Result<Option<(Incoming, Vec<ObjectId>)>, VaultError> {
+    let Some(value) = tx.get(Table::Sync, &incoming_key(vault))? else {
+        return Ok(None);
+    };
+    let incoming: Incoming =
+        serde_json::from_slice(&value).map_err(|_| corrupt("transfer record"))?;
+    let mut ids = incoming
+        .received
+        .iter()
+        .map(|h| parse_oid(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    for batch in 0..incoming.batches {
+        let row = tx
+            .get(Table::Sync, &batch_key(vault, batch))?
+            .ok_or_else(|| corrupt("transfer record"))?;
+        if row.len() % 20 != 0 {
+            return Err(corrupt("transfer record"));
+        }
+        ids.extend(row.chunks_exact(20).map(ObjectId::from_bytes_or_panic));
+    }
+    Ok(Some((incoming, ids)))
+}
+
+/// Forgets the transfer into `vault`: its header and batch rows.
+fn delete_incoming(tx: &mut WriteTx<'_>, vault: &VaultId, batches: u32) -> Result<(), VaultError> {
+    for batch in 0..batches {
+        tx.delete(Table::Sync, &batch_key(vault, batch))?;
+    }
+    tx.delete(Table::Sync, &incoming_key(vault))?;
+    Ok(())
+}
+
+impl<'s> Tx<'_, 's, WriteTx<'s>> {
+    /// Deletes an object of this vault (and its chunks); nothing if it is not there.
+    fn delete_object(&mut self, oid: &ObjectId) -> Result<(), VaultError> {
+        if !self.has(oid)? {
+            return Ok(());
+        }
+        if let super::Body::Chunked { blob_id, chunks } = self.object(oid)?.body {
+            for index in 0..chunks {
+                let key = self.chunk_key(&blob_id, index);
+                self.tx.delete(Table::Objects, &key)?;
+            }
+        }
+        let key = self.key(oid);
+        self.tx.delete(Table::Objects, &key)?;
+        Ok(())
+    }
 }
 
 /// The name an incoming version takes when both sides changed `name`.
@@ -246,24 +339,36 @@ fn corrupt(what: impl std::fmt::Display) -> VaultError {
 /// directory's previous version was usually seen a few hundred commits ago at most.
 #[derive(Default)]
 struct TreeCache {
-    trees: HashMap<ObjectId, Arc<TreeMap>>,
+    trees: HashMap<ObjectId, (Arc<TreeMap>, usize)>,
     order: std::collections::VecDeque<ObjectId>,
+    bytes: usize,
 }
 
 impl TreeCache {
+    /// The most trees kept ...
     const SIZE: usize = 1024;
+    /// ... and the most bytes they may take (a tree can be large: 64 MiB).
+    const BYTES: usize = 64 << 20;
 
     fn get(&self, oid: &ObjectId) -> Option<Arc<TreeMap>> {
-        self.trees.get(oid).cloned()
+        self.trees.get(oid).map(|(tree, _)| tree.clone())
     }
 
     fn put(&mut self, oid: ObjectId, tree: Arc<TreeMap>) {
-        if self.trees.insert(oid, tree).is_none() {
-            self.order.push_back(oid);
-            if self.order.len() > Self::SIZE
-                && let Some(old) = self.order.pop_front()
-            {
-                self.trees.remove(&old);
+        // About what a tree takes in memory: its names, ids and map nodes.
+        let size = tree.keys().map(|name| name.len() + 64).sum::<usize>() + 64;
+        if size > Self::BYTES || self.trees.contains_key(&oid) {
+            return;
+        }
+        self.trees.insert(oid, (tree, size));
+        self.bytes += size;
+        self.order.push_back(oid);
+        while self.order.len() > Self::SIZE || self.bytes > Self::BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, size)) = self.trees.remove(&old) {
+                self.bytes -= size;
             }
         }
     }
@@ -635,11 +740,9 @@ impl<'s> Vaults<'s> {
                 && (incoming.remote_name == remote || id.to_string() == remote)
                 && self.record_by_id(&tx, &id)?.is_none()
             {
-                let received = incoming
-                    .received
-                    .iter()
-                    .map(|h| parse_oid(h).map(|o| oid_bytes(&o)))
-                    .collect::<Result<_, _>>()?;
+                let received = read_incoming(&tx, &id)?
+                    .map(|(_, ids)| ids.iter().map(oid_bytes).collect())
+                    .unwrap_or_default();
                 return Ok(Some((id, received)));
             }
         }
@@ -652,26 +755,31 @@ impl<'s> Vaults<'s> {
         vault: &VaultId,
         node: &NodeId,
     ) -> Result<Vec<ObjectId>, VaultError> {
-        match tx.get(Table::Sync, &incoming_key(vault))? {
-            Some(value) => {
-                let incoming: Incoming =
-                    serde_json::from_slice(&value).map_err(|_| corrupt("transfer record"))?;
-                if incoming.node != node.to_string() {
-                    return Ok(Vec::new());
-                }
-                incoming.received.iter().map(|h| parse_oid(h)).collect()
-            }
-            None => Ok(Vec::new()),
+        match read_incoming(tx, vault)? {
+            Some((incoming, ids)) if incoming.node == node.to_string() => Ok(ids),
+            _ => Ok(Vec::new()),
         }
     }
 
     /// Starts receiving the vault `begin` names from `node`: a clone (into `local_name`)
-    /// when `clone`, else a pull into the local vault with the same id.
+    /// when `clone`, else a pull into the local vault with the same id; with the default
+    /// [`TransferLimits`].
     pub fn receiver(
         &self,
         node: NodeId,
         begin: &Fetched,
         clone: Option<&str>,
+    ) -> Result<Receiver<'_, 's>, VaultError> {
+        self.receiver_with(node, begin, clone, TransferLimits::default())
+    }
+
+    /// [`Vaults::receiver`] with the limits a user chose.
+    pub fn receiver_with(
+        &self,
+        node: NodeId,
+        begin: &Fetched,
+        clone: Option<&str>,
+        limits: TransferLimits,
     ) -> Result<Receiver<'_, 's>, VaultError> {
         let tx = self.store.read()?;
         let existing = self.record_by_id(&tx, &begin.vault)?;
@@ -689,7 +797,28 @@ impl<'s> Vaults<'s> {
             (None, None) => return Err(VaultError::NoVault(begin.vault.to_string())),
             (None, Some(_)) => {}
         }
-        let previous = self.incoming(&tx, &begin.vault, &node)?;
+        let unfinished = read_incoming(&tx, &begin.vault)?;
+        drop(tx);
+        let (previous, batches) = match unfinished {
+            Some((incoming, ids)) if incoming.node == node.to_string() => (ids, incoming.batches),
+            Some((incoming, ids)) => {
+                // An unfinished transfer from another node: what it brought is of no use to
+                // this one (it resumes only from its own node), and it would stay forever.
+                let mut w = self.store.write()?;
+                let mut t = Tx {
+                    store: self.store,
+                    tx: &mut w,
+                    vault: begin.vault,
+                };
+                for oid in &ids {
+                    t.delete_object(oid)?;
+                }
+                delete_incoming(&mut w, &begin.vault, incoming.batches)?;
+                w.commit()?;
+                (Vec::new(), 0)
+            }
+            None => (Vec::new(), 0),
+        };
         let resumed = previous.len() as u64;
         Ok(Receiver {
             vaults: self,
@@ -697,7 +826,10 @@ impl<'s> Vaults<'s> {
             vault: begin.vault,
             remote_name: begin.name.clone(),
             clone: clone.map(str::to_owned),
-            received: previous.iter().map(ToString::to_string).collect(),
+            received: previous,
+            batches,
+            limits,
+            depths: HashMap::new(),
             pending: Vec::new(),
             pending_index: HashMap::new(),
             pending_bytes: 0,
@@ -718,7 +850,13 @@ pub struct Receiver<'v, 's> {
     vault: VaultId,
     remote_name: String,
     clone: Option<String>,
-    received: Vec<String>,
+    /// Every object this transfer (and the interrupted ones it resumes) stored.
+    received: Vec<ObjectId>,
+    /// Batch rows of the transfer record written so far.
+    batches: u32,
+    limits: TransferLimits,
+    /// The nesting depth of trees met in this transfer.
+    depths: HashMap<ObjectId, usize>,
     pending: Vec<(ObjectId, ObjectKind, Zeroizing<Vec<u8>>)>,
     pending_index: HashMap<ObjectId, usize>,
     pending_bytes: usize,
@@ -857,14 +995,83 @@ impl<'s> Receiver<'_, 's> {
         Ok(())
     }
 
+    /// Counts `bytes` more against the transfer's quota; refused past it.
+    fn charge(&mut self, bytes: u64) -> Result<(), VaultError> {
+        self.objects += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.limits.max_bytes {
+            return Err(VaultError::Refused(format!(
+                "the transfer is over its quota of {} bytes (set a larger one if this vault really is that large)",
+                self.limits.max_bytes
+            )));
+        }
+        if self.objects > MAX_TRANSFER_OBJECTS {
+            return Err(VaultError::Refused(format!(
+                "the transfer is over {MAX_TRANSFER_OBJECTS} objects"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The nesting depth of a tree that is here (1: it holds no directories), up to just
+    /// over the limit: trees of this transfer were measured on arrival, others are walked.
+    fn depth_of(&mut self, oid: &ObjectId) -> Result<usize, VaultError> {
+        if let Some(depth) = self.depths.get(oid) {
+            return Ok(*depth);
+        }
+        let cap = self.limits.max_depth + 1;
+        let mut tx = self.store().read()?;
+        let t = Tx {
+            store: self.store(),
+            tx: &mut tx,
+            vault: self.vault,
+        };
+        let mut deepest = 0;
+        let mut stack = vec![(*oid, 1usize)];
+        while let Some((tree, depth)) = stack.pop() {
+            deepest = deepest.max(depth);
+            if deepest >= cap {
+                break;
+            }
+            for (mode, child) in t.tree(&tree)?.values() {
+                if mode.is_tree() {
+                    stack.push((*child, depth + 1));
+                }
+            }
+        }
+        self.depths.insert(*oid, deepest);
+        Ok(deepest)
+    }
+
+    /// The depth of a tree about to be accepted: one more than its deepest directory
+    /// (entries carried over from `base` are no deeper than `base` itself).
+    fn tree_depth(
+        &mut self,
+        tree: &TreeMap,
+        base: Option<(&ObjectId, &TreeMap)>,
+    ) -> Result<usize, VaultError> {
+        let mut depth = match base {
+            Some((base, _)) => self.depth_of(base)?,
+            None => 1,
+        };
+        for (name, (mode, child)) in tree {
+            if !mode.is_tree() || base.and_then(|(_, b)| b.get(name)) == Some(&(*mode, *child)) {
+                continue;
+            }
+            depth = depth.max(1 + self.depth_of(child)?);
+        }
+        Ok(depth)
+    }
+
     fn accept(
         &mut self,
         oid: ObjectId,
         kind: ObjectKind,
         data: Zeroizing<Vec<u8>>,
         tree: Option<TreeMap>,
-        base: Option<&TreeMap>,
+        base: Option<(&ObjectId, &TreeMap)>,
     ) -> Result<(), VaultError> {
+        self.charge(data.len() as u64)?;
         let actual = gix_object::compute_hash(HASH, kind, &data).map_err(|_| corrupt("hash"))?;
         if actual != oid {
             return Err(VaultError::Refused(format!(
@@ -875,9 +1082,17 @@ impl<'s> Receiver<'_, 's> {
             (ObjectKind::Tree, None) => Some(parse_tree(&oid, &data)?),
             (_, tree) => tree,
         };
-        self.check_links(&oid, kind, &data, tree.as_ref(), base)?;
-        self.objects += 1;
-        self.bytes += data.len() as u64;
+        self.check_links(&oid, kind, &data, tree.as_ref(), base.map(|(_, b)| b))?;
+        if let Some(tree) = &tree {
+            let depth = self.tree_depth(tree, base)?;
+            if depth > self.limits.max_depth {
+                return Err(VaultError::Refused(format!(
+                    "tree {oid} nests directories {depth} deep, over the limit of {}",
+                    self.limits.max_depth
+                )));
+            }
+            self.depths.insert(oid, depth);
+        }
         if self.pending_index.contains_key(&oid) || self.present(&oid)? {
             return Ok(());
         }
@@ -910,13 +1125,15 @@ impl<'s> Receiver<'_, 's> {
             tx: &mut tx,
             vault: self.vault,
         };
+        let mut ids = Vec::with_capacity(self.pending.len());
         for (oid, kind, data) in &self.pending {
             let stored = t.put(*kind, data)?;
             debug_assert_eq!(stored, *oid);
-            self.received.push(oid.to_string());
+            ids.push(*oid);
         }
-        self.save_progress(&mut tx)?;
+        self.save_progress(&mut tx, &ids)?;
         tx.commit()?;
+        self.received.extend(ids);
         self.snapshot.replace(None);
         self.pending.clear();
         self.pending_index.clear();
@@ -924,14 +1141,39 @@ impl<'s> Receiver<'_, 's> {
         Ok(())
     }
 
-    fn save_progress(&self, tx: &mut WriteTx<'_>) -> Result<(), VaultError> {
+    /// Records the ids of one batch: the header, and one row for the batch.
+    fn save_progress(&mut self, tx: &mut WriteTx<'_>, ids: &[ObjectId]) -> Result<(), VaultError> {
+        let row: Vec<u8> = ids.iter().flat_map(oid_bytes).collect();
+        tx.put(Table::Sync, &batch_key(&self.vault, self.batches), &row)?;
+        self.batches += 1;
         let incoming = Incoming {
             node: self.node.to_string(),
             remote_name: self.remote_name.clone(),
-            received: self.received.clone(),
+            received: Vec::new(),
+            batches: self.batches,
         };
         let bytes = serde_json::to_vec(&incoming).expect("a record always serialises");
         tx.put(Table::Sync, &incoming_key(&self.vault), &bytes)?;
+        Ok(())
+    }
+
+    /// Drops everything this transfer stored, and its record: what a refused transfer
+    /// brought is not kept (it may be anything, and a resume would only bring it back).
+    pub fn abandon(mut self) -> Result<(), VaultError> {
+        self.pending.clear();
+        self.pending_index.clear();
+        let mut tx = self.store().write()?;
+        let mut t = Tx {
+            store: self.store(),
+            tx: &mut tx,
+            vault: self.vault,
+        };
+        for oid in &self.received {
+            t.delete_object(oid)?;
+        }
+        let legacy = read_incoming(t.tx, &self.vault)?.map_or(0, |(i, _)| i.batches);
+        delete_incoming(&mut tx, &self.vault, self.batches.max(legacy))?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -955,7 +1197,8 @@ impl<'s> Receiver<'_, 's> {
                 changed,
             } => {
                 let oid = wire_oid(&oid);
-                let base_tree = self.tree_at(&wire_oid(&base))?;
+                let base = wire_oid(&base);
+                let base_tree = self.tree_at(&base)?;
                 let mut tree = TreeMap::clone(&base_tree);
                 for entry in removed {
                     tree.remove(&BString::from(entry.name));
@@ -967,7 +1210,19 @@ impl<'s> Receiver<'_, 's> {
                     tree.insert(BString::from(entry.name), (mode, wire_oid(&entry.oid)));
                 }
                 let data = Zeroizing::new(encode_tree(&tree)?);
-                self.accept(oid, ObjectKind::Tree, data, Some(tree), Some(&base_tree))
+                if data.len() as u64 > MAX_METADATA_OBJECT {
+                    return Err(VaultError::Refused(format!(
+                        "tree {oid} is {} bytes, over the limit for its kind",
+                        data.len()
+                    )));
+                }
+                self.accept(
+                    oid,
+                    ObjectKind::Tree,
+                    data,
+                    Some(tree),
+                    Some((&base, &base_tree)),
+                )
             }
             WireObject::Large { oid, kind, size } => {
                 let oid = wire_oid(&oid);
@@ -988,7 +1243,9 @@ impl<'s> Receiver<'_, 's> {
                     }
                     return self.accept(oid, kind, data, None, None);
                 }
-                // A large blob streams into its own transaction (after the batch so far).
+                // A large blob streams into its own transaction (after the batch so far),
+                // within the quota, checked before a byte of it is stored.
+                self.charge(size)?;
                 self.flush()?;
                 let mut tx = self.store().write()?;
                 let mut t = Tx {
@@ -1013,13 +1270,11 @@ impl<'s> Receiver<'_, 's> {
                         "object {oid} does not match its id (its content hashes to {stored})"
                     )));
                 }
-                self.received.push(oid.to_string());
-                self.save_progress(&mut tx)?;
+                self.save_progress(&mut tx, &[oid])?;
                 tx.commit()?;
+                self.received.push(oid);
                 self.snapshot.replace(None);
                 self.kinds.insert(oid, ObjectKind::Blob);
-                self.objects += 1;
-                self.bytes += size;
                 Ok(())
             }
         }
@@ -1027,7 +1282,51 @@ impl<'s> Receiver<'_, 's> {
 
     /// Ends the transfer: checks the tip arrived, then (one transaction) creates the
     /// cloned vault or merges the pull, and forgets the transfer record.
+    /// A refused transfer is abandoned: nothing it brought is kept.
     pub fn finish(mut self, tip: &str) -> Result<FetchOutcome, VaultError> {
+        match self.complete(tip) {
+            Err(VaultError::Refused(why)) => {
+                let _ = self.abandon();
+                Err(VaultError::Refused(why))
+            }
+            other => other,
+        }
+    }
+
+    /// The objects of this transfer that `tip` reaches (objects stored before it are not
+    /// walked: they are reachable from what holds them already).
+    fn reached(
+        &self,
+        t: &Tx<'_, 's, WriteTx<'s>>,
+        tip: ObjectId,
+    ) -> Result<HashSet<ObjectId>, VaultError> {
+        let received: HashSet<ObjectId> = self.received.iter().copied().collect();
+        let mut reached = HashSet::new();
+        let mut stack = vec![tip];
+        while let Some(oid) = stack.pop() {
+            if !received.contains(&oid) || !reached.insert(oid) {
+                continue;
+            }
+            if self.kinds.get(&oid) == Some(&ObjectKind::Blob) {
+                continue;
+            }
+            let (kind, data) = t.get(&oid)?;
+            match kind {
+                ObjectKind::Commit => {
+                    let c = CommitRef::from_bytes(&data, HASH).map_err(|_| corrupt(oid))?;
+                    stack.push(c.tree());
+                    stack.extend(c.parents());
+                }
+                ObjectKind::Tree => {
+                    stack.extend(parse_tree(&oid, &data)?.values().map(|(_, child)| *child));
+                }
+                _ => {}
+            }
+        }
+        Ok(reached)
+    }
+
+    fn complete(&mut self, tip: &str) -> Result<FetchOutcome, VaultError> {
         self.flush()?;
         let tip = parse_oid(tip)?;
         let store = self.store();
@@ -1041,6 +1340,13 @@ impl<'s> Receiver<'_, 's> {
             return Err(VaultError::Refused(format!(
                 "the newest commit {tip} did not arrive"
             )));
+        }
+        // What the tip does not reach was sent for nothing (or to fill the disk): dropped.
+        let reached = self.reached(&t, tip)?;
+        for oid in &self.received {
+            if !reached.contains(oid) {
+                t.delete_object(oid)?;
+            }
         }
         let node = self.node.to_string();
         let mut outcome = FetchOutcome {
@@ -1121,7 +1427,8 @@ impl<'s> Receiver<'_, 's> {
         outcome.vault = record.name.clone();
         outcome.commit = record.latest.clone();
         Vaults::save_record(&mut tx, &record)?;
-        tx.delete(Table::Sync, &incoming_key(&self.vault))?;
+        let batches = read_incoming(&tx, &self.vault)?.map_or(0, |(i, _)| i.batches);
+        delete_incoming(&mut tx, &self.vault, batches)?;
         audit::append(
             &mut tx,
             if self.clone.is_some() {
@@ -1379,12 +1686,23 @@ mod tests {
         messages: Vec<Message>,
         clone: Option<&str>,
     ) -> Result<FetchOutcome, VaultError> {
+        receive_with(to, from, messages, clone, TransferLimits::default())
+    }
+
+    /// [`receive`] within `limits`; a refused transfer is abandoned, as the agent does.
+    fn receive_with(
+        to: &Node,
+        from: NodeId,
+        messages: Vec<Message>,
+        clone: Option<&str>,
+        limits: TransferLimits,
+    ) -> Result<FetchOutcome, VaultError> {
         let mut messages = messages.into_iter().peekable();
         let Some(Message::Begin(begin)) = messages.next() else {
             panic!("a transfer starts with Begin");
         };
         let vaults = to.vaults();
-        let mut receiver = vaults.receiver(from, &begin, clone)?;
+        let mut receiver = vaults.receiver_with(from, &begin, clone, limits)?;
         while let Some(message) = messages.next() {
             let Message::Object(object) = message else {
                 panic!("a chunk without its object");
@@ -1396,7 +1714,12 @@ mod tests {
                 },
                 _ => None,
             });
-            receiver.object(object, &mut chunks)?;
+            if let Err(e) = receiver.object(object, &mut chunks) {
+                if matches!(e, VaultError::Refused(_)) {
+                    receiver.abandon().unwrap();
+                }
+                return Err(e);
+            }
         }
         receiver.finish(&begin.tip)
     }
@@ -1559,5 +1882,103 @@ mod tests {
         }
         receive(&to, rogue, control, Some("cloned")).unwrap();
         assert_eq!(to.read("cloned", "s").unwrap(), b"value");
+    }
+
+    /// Issue 13, 1.4: trees rebuilt from deltas count against the transfer's quota: 2,000
+    /// deltas of one large tree (none of them reachable from the tip) are refused once the
+    /// quota is spent, and nothing they brought is kept.
+    #[test]
+    fn two_thousand_deltas_on_one_tree_are_refused_past_the_quota() {
+        let to = Node::new();
+        let rogue = Identity::generate().node_id();
+        let (blob, _) = wire(ObjectKind::Blob, b"one");
+        let (other, _) = wire(ObjectKind::Blob, b"two");
+        let names: Vec<String> = (0..2000).map(|i| format!("secret-{i:05}")).collect();
+        let entries: Vec<(&str, &str, [u8; 20])> =
+            names.iter().map(|n| ("100644", n.as_str(), blob)).collect();
+        let base_bytes = tree_bytes(&entries);
+        let (base, base_msg) = wire(ObjectKind::Tree, &base_bytes);
+        let (tip, tip_msg) = wire(ObjectKind::Commit, &commit_bytes(&base, &[]));
+        let mut messages = vec![
+            begin(&tip),
+            wire(ObjectKind::Blob, b"one").1,
+            wire(ObjectKind::Blob, b"two").1,
+            base_msg,
+        ];
+        let mut first_delta = None;
+        for name in &names {
+            let mut map = parse_tree(&wire_oid(&base), &base_bytes).unwrap();
+            map.insert(
+                BString::from(name.as_str()),
+                (
+                    EntryMode::from(gix_object::tree::EntryKind::Blob),
+                    wire_oid(&other),
+                ),
+            );
+            let oid = oid_bytes(
+                &gix_object::compute_hash(HASH, ObjectKind::Tree, &encode_tree(&map).unwrap())
+                    .unwrap(),
+            );
+            first_delta.get_or_insert(oid);
+            messages.push(Message::Object(WireObject::TreeDelta {
+                oid,
+                base,
+                removed: Vec::new(),
+                changed: vec![WireEntry {
+                    name: name.as_bytes().to_vec(),
+                    mode: 0o100644,
+                    oid: other,
+                }],
+            }));
+        }
+        messages.push(tip_msg);
+        let limits = TransferLimits {
+            max_bytes: 16 << 20,
+            ..TransferLimits::default()
+        };
+        let err = receive_with(&to, rogue, messages, Some("v"), limits).unwrap_err();
+        let VaultError::Refused(why) = err else {
+            panic!("refused, not {err:?}");
+        };
+        assert!(why.contains("quota"), "{why}");
+        assert!(to.vaults().list().unwrap().is_empty());
+        // Nothing of the refused transfer stayed: not the trees, not its record.
+        let mut tx = to.store.read().unwrap();
+        let t = Tx {
+            store: &to.store,
+            tx: &mut tx,
+            vault: VaultId([7; 16]),
+        };
+        assert!(!t.has(&wire_oid(&base)).unwrap());
+        assert!(!t.has(&wire_oid(&first_delta.unwrap())).unwrap());
+        assert!(read_incoming(&tx, &VaultId([7; 16])).unwrap().is_none());
+    }
+
+    /// Issue 13, 1.4: objects a transfer brought that its tip does not reach are dropped.
+    #[test]
+    fn objects_the_tip_does_not_reach_are_dropped() {
+        let to = Node::new();
+        let rogue = Identity::generate().node_id();
+        let (blob, _) = wire(ObjectKind::Blob, b"kept");
+        let (stray, stray_msg) = wire(ObjectKind::Blob, &vec![7u8; 100_000]);
+        let (tree, tree_msg) = wire(ObjectKind::Tree, &tree_bytes(&[("100644", "s", blob)]));
+        let (tip, tip_msg) = wire(ObjectKind::Commit, &commit_bytes(&tree, &[]));
+        let messages = vec![
+            begin(&tip),
+            wire(ObjectKind::Blob, b"kept").1,
+            stray_msg,
+            tree_msg,
+            tip_msg,
+        ];
+        receive(&to, rogue, messages, Some("v")).unwrap();
+        assert_eq!(to.read("v", "s").unwrap(), b"kept");
+        let mut tx = to.store.read().unwrap();
+        let t = Tx {
+            store: &to.store,
+            tx: &mut tx,
+            vault: VaultId([7; 16]),
+        };
+        assert!(t.has(&wire_oid(&blob)).unwrap());
+        assert!(!t.has(&wire_oid(&stray)).unwrap(), "the stray blob is gone");
     }
 }

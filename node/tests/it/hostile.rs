@@ -487,3 +487,36 @@ fn a_flood_of_streams_from_strangers_stays_within_budget() {
     assert_eq!(listed[0]["name"], "kept", "{listed}");
     drop(rt);
 }
+
+/// Issue 13, 1.4: a tree nested 10,000 directories deep (which overflowed the stack of
+/// whatever walked it recursively, killing the agent) is refused, and the agent lives.
+#[test]
+fn a_ten_thousand_level_tree_is_refused_and_the_agent_lives() {
+    let w = World::new();
+    let victim = Peer::new(&w, "victim");
+    let (blob, blob_wire) = object(gix_object::Kind::Blob, b"deep");
+    let mut objects = vec![blob_wire];
+    let (mut tree_id, wire) = object(gix_object::Kind::Tree, &tree(&[("100644", b"f", blob)]));
+    objects.push(wire);
+    for _ in 0..10_000 {
+        let (id, wire) = object(gix_object::Kind::Tree, &tree(&[("40000", b"d", tree_id)]));
+        tree_id = id;
+        objects.push(wire);
+    }
+    let (tip, commit_wire) = object(gix_object::Kind::Commit, &commit(&tree_id, &[], "deep"));
+    objects.push(commit_wire);
+    let vault = format!("v{}", "0".repeat(26));
+    let rogue = RogueServer::start(Arc::new(move |_request: &node::peer::FetchRequest| {
+        let mut out = vec![begin(&vault, "deep", &tip)];
+        out.extend(objects.iter().cloned().map(PeerResponse::Object));
+        out.push(PeerResponse::Ok(PeerReply::Done));
+        out
+    }));
+    rogue.add_to(&victim);
+    let err = victim
+        .pk(&["vaults", "clone", "deep", &rogue.id])
+        .fails(65, "deep");
+    assert!(err.contains("over the limit"), "{err}");
+    assert_eq!(victim.json(&["vaults", "list"]), serde_json::json!([]));
+    victim.pk(&["vaults", "create", "alive"]).ok();
+}
