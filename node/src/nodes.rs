@@ -305,6 +305,9 @@ impl<'s> Nodes<'s> {
 
     /// Whether `node` is known here: in the graph, or in a gestalt with a vertex that is.
     pub fn known(&self, tx: &impl Read, node: &NodeId) -> Result<bool, StoreError> {
+        if self.renewed_away(tx, node)? {
+            return Ok(false);
+        }
         for vertex in Gestalts::new(self.store).component(tx, &Vertex::Node(*node))? {
             if self.own_permissions(tx, &vertex)?.is_some() {
                 return Ok(true);
@@ -313,13 +316,24 @@ impl<'s> Nodes<'s> {
         Ok(false)
     }
 
+    /// Whether `node` is a key some node renewed away from: it holds nothing here any
+    /// more, whatever links to it a sigchain may still show (a stranger's lot).
+    pub fn renewed_away(&self, tx: &impl Read, node: &NodeId) -> Result<bool, StoreError> {
+        Ok(self.all(tx)?.iter().any(|r| r.earlier.contains(node)))
+    }
+
     /// What `node` may do here: its own permissions and those of every vertex of its
-    /// gestalt.
+    /// gestalt (nothing for a key renewed away from).
     pub fn permissions_of(
         &self,
         tx: &impl Read,
         vertex: &Vertex,
     ) -> Result<BTreeSet<NodePermission>, StoreError> {
+        if let Vertex::Node(node) = vertex
+            && self.renewed_away(tx, node)?
+        {
+            return Ok(BTreeSet::new());
+        }
         let mut all = BTreeSet::new();
         for v in Gestalts::new(self.store).component(tx, vertex)? {
             all.extend(self.own_permissions(tx, &v)?.unwrap_or_default());
@@ -363,6 +377,9 @@ impl<'s> Nodes<'s> {
         node: &NodeId,
         permission: VaultPermission,
     ) -> Result<bool, StoreError> {
+        if self.renewed_away(tx, node)? {
+            return Ok(false);
+        }
         for vertex in Gestalts::new(self.store).component(tx, &Vertex::Node(*node))? {
             if self
                 .share(tx, vault, &vertex)?
@@ -400,6 +417,9 @@ impl<'s> Nodes<'s> {
 
     /// Every vault shared with `node` or with its gestalt, permissions merged.
     pub fn shares_reaching(&self, tx: &impl Read, node: &NodeId) -> Result<Vec<Share>, StoreError> {
+        if self.renewed_away(tx, node)? {
+            return Ok(Vec::new());
+        }
         let mut merged: std::collections::BTreeMap<VaultId, Share> = Default::default();
         for vertex in Gestalts::new(self.store).component(tx, &Vertex::Node(*node))? {
             for share in self.shares_for(tx, &vertex)? {

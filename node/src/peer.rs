@@ -34,6 +34,9 @@ pub const PEER_PROTOCOL: u32 = 2;
 pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
 /// The longest silence inside a streamed call.
 pub const IDLE_DEADLINE: Duration = Duration::from_secs(30);
+/// The most commits a fetch request may name as had (the receiver samples its history
+/// down to this many).
+pub const MAX_HAVES: usize = 64;
 /// The most object ids a fetch request may name as already received.
 pub const MAX_RECEIVED: usize = 40_000;
 /// The largest frame a callee accepts.

@@ -306,12 +306,45 @@ impl GitHub {
             let Some(file) = gist.files.get(CLAIM_FILE) else {
                 continue;
             };
+            // The address comes from the provider's answer: followed only to the provider's
+            // own hosts, never to any host and scheme it names (our network, a file).
+            if !self.own_url(&file.raw_url) {
+                continue;
+            }
             let response = self.agent.get(&file.raw_url).call();
             if let Ok(token) = self.answer::<ClaimToken>("reading a claim", response) {
                 out.push((token, gist.html_url.clone()));
             }
         }
         Ok(out)
+    }
+
+    /// Whether `url` is on one of the provider's hosts: the API's or the web's (same
+    /// scheme, host and port), or GitHub's host for raw gist files.
+    fn own_url(&self, url: &str) -> bool {
+        let origin = |u: &str| -> Option<String> {
+            let (scheme, rest) = u.split_once("://")?;
+            let host = rest.split(['/', '?', '#']).next()?;
+            if host.is_empty() || host.contains('@') {
+                return None;
+            }
+            Some(format!(
+                "{}://{}",
+                scheme.to_ascii_lowercase(),
+                host.to_ascii_lowercase()
+            ))
+        };
+        let Some(found) = origin(url) else {
+            return false;
+        };
+        [
+            self.config.api_url.as_str(),
+            self.config.web_url.as_str(),
+            "https://gist.githubusercontent.com",
+        ]
+        .iter()
+        .filter_map(|u| origin(u))
+        .any(|allowed| allowed == found)
     }
 
     /// Logins matching `term`.
@@ -324,5 +357,29 @@ impl GitHub {
             .call();
         let found: SearchUsers = self.answer("searching users", response)?;
         Ok(found.items.into_iter().map(|u| u.login).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, 1.15: a gist's `raw_url` is followed only to the provider's own hosts.
+    #[test]
+    fn raw_urls_are_followed_only_to_the_providers_hosts() {
+        let github = GitHub::new(GitHubConfig::default());
+        assert!(github.own_url("https://gist.githubusercontent.com/u/1/raw/claim"));
+        assert!(github.own_url("https://api.github.com/gists/1"));
+        for url in [
+            "http://gist.githubusercontent.com/u/1/raw/claim",
+            "https://169.254.169.254/latest/meta-data",
+            "http://127.0.0.1:8443/api/status",
+            "file:///etc/passwd",
+            "https://gist.githubusercontent.com@evil.example/x",
+            "https://gist.githubusercontent.com.evil.example/x",
+            "gist.githubusercontent.com/u/1",
+        ] {
+            assert!(!github.own_url(url), "{url}");
+        }
     }
 }

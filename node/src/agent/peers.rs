@@ -19,8 +19,8 @@ use crate::net::{Connection, Endpoint};
 use crate::nodes::{NodePermission, Nodes, VaultPermission};
 use crate::notifications::{Body, Delivery, Mailbox, Notifications};
 use crate::peer::{
-    CallStream, FetchRequest, IDLE_DEADLINE, MAX_RECEIVED, MAX_RESPONSE, PeerError, PeerReply,
-    PeerRequest, PeerResponse, SharedVault, read_call_within, respond, unary,
+    CallStream, FetchRequest, IDLE_DEADLINE, MAX_HAVES, MAX_RECEIVED, MAX_RESPONSE, PeerError,
+    PeerReply, PeerRequest, PeerResponse, SharedVault, read_call_within, respond, unary,
 };
 use crate::rpc::{FrameBuffer, encode_frame};
 use crate::store::{Read as _, Table};
@@ -558,14 +558,38 @@ async fn serve_fetch(
             "this node is shutting down",
         ));
     };
+    if fetch.received.len() > MAX_RECEIVED || fetch.haves.len() > MAX_HAVES {
+        return Err(ApiError::new(
+            ErrorCode::BadInput,
+            format!(
+                "a fetch names at most {MAX_HAVES} commits had and {MAX_RECEIVED} objects received"
+            ),
+        ));
+    }
     let vault = {
         let open = open.clone();
         let fetch = fetch.clone();
-        blocking(move || fetch_allowed(&open, &peer, &fetch)).await?
+        blocking(move || {
+            let vault = fetch_allowed(&open, &peer, &fetch)?;
+            // A pull starts from a commit the caller has; with none, it would be a clone,
+            // which `pull` alone does not allow.
+            if !fetch.clone
+                && !vaults(&open)
+                    .knows_any(&vault, &fetch.haves)
+                    .map_err(vault_error)?
+            {
+                return Err(denied(
+                    &open,
+                    &peer,
+                    "pull",
+                    None,
+                    "a pull must name a commit of the vault you have (a first copy is a clone)",
+                ));
+            }
+            Ok(vault)
+        })
+        .await?
     };
-    if fetch.received.len() > MAX_RECEIVED {
-        return Err(ApiError::new(ErrorCode::BadInput, "too many object ids"));
-    }
     // Frames are encoded on the blocking thread in batches of about 64 KiB; this task
     // only writes bytes.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Zeroizing<Vec<u8>>>(8);
@@ -898,10 +922,10 @@ pub(super) async fn handle(
         } => {
             async {
                 let node = node_id(&node)?;
-                if every_s < 10 {
+                if !(MIN_BACKUP_INTERVAL_S..=MAX_BACKUP_INTERVAL_S).contains(&every_s) {
                     return Err(ApiError::new(
                         ErrorCode::BadInput,
-                        "the time between scheduled pulls must be at least 10 seconds",
+                        "the time between scheduled pulls must be at least 10 seconds and at most 366 days",
                     ));
                 }
                 let backup = Backup {
@@ -1663,10 +1687,15 @@ async fn run_backup(open: &Arc<Open>, mut backup: Backup) {
             Err(e) => e.message.clone(),
         },
     });
-    backup.next_ms = now_ms() + backup.every_s * 1000;
+    // Saturating: a record from before the upper bound may hold any number.
+    backup.next_ms = now_ms().saturating_add(backup.every_s.saturating_mul(1000));
     let open = open.clone();
     let _ = blocking(move || save_backup(&open, &backup, "")).await;
 }
+
+/// The shortest and longest time between scheduled pulls.
+pub(super) const MIN_BACKUP_INTERVAL_S: u64 = 10;
+pub(super) const MAX_BACKUP_INTERVAL_S: u64 = 366 * 24 * 3600;
 
 /// Delivers pending notifications, runs due pulls, and closes idle connections.
 async fn background(open: Arc<Open>, net: Arc<PeerNet>) {

@@ -670,6 +670,24 @@ impl<'s> Vaults<'s> {
         Ok(())
     }
 
+    /// Whether any of `haves` is a commit of `vault` here. A pull (which needs only `pull`)
+    /// must start from something the caller has: without one, it would be a clone.
+    pub fn knows_any(&self, vault: &VaultId, haves: &[[u8; 20]]) -> Result<bool, VaultError> {
+        let mut tx = self.store.read()?;
+        let t = Tx {
+            store: self.store,
+            tx: &mut tx,
+            vault: *vault,
+        };
+        for have in haves {
+            let oid = wire_oid(have);
+            if t.has(&oid)? && t.object(&oid)?.kind == ObjectKind::Commit {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// What to tell a node serving a pull of `name`: its id, the commits this node has
     /// (see the module docs), and what an interrupted transfer already brought.
     pub fn pull_request(&self, name: &str, node: &NodeId) -> Result<PullPlan, VaultError> {
@@ -711,6 +729,8 @@ impl<'s> Vaults<'s> {
                 next_sample *= 2;
             }
         }
+        // The serving node takes no more (the newest, and the nearest ancestors, first).
+        haves.truncate(crate::peer::MAX_HAVES);
         Ok(PullPlan {
             record,
             haves: haves.iter().map(oid_bytes).collect(),

@@ -297,13 +297,13 @@ struct Stranger {
 
 impl Stranger {
     fn connect(peer: &Peer<'_>) -> Stranger {
-        Stranger::connect_as(peer, Identity::generate())
+        Stranger::connect_as(peer, &Identity::generate())
     }
 
-    fn connect_as(peer: &Peer<'_>, identity: Identity) -> Stranger {
+    fn connect_as(peer: &Peer<'_>, identity: &Identity) -> Stranger {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let endpoint = rt
-            .block_on(async { Endpoint::bind("127.0.0.1:0".parse().unwrap(), &identity) })
+            .block_on(async { Endpoint::bind("127.0.0.1:0".parse().unwrap(), identity) })
             .unwrap();
         let conn = rt
             .block_on(endpoint.connect(peer.addr.parse().unwrap(), peer.id.parse().unwrap()))
@@ -381,7 +381,7 @@ fn a_thousand_refused_calls_with_huge_names_cost_almost_nothing() {
             "9",
         ])
         .ok();
-    let acquaintance = Stranger::connect_as(&target, acquaintance);
+    let acquaintance = Stranger::connect_as(&target, &acquaintance);
     answers.extend(refused_fetches(&acquaintance, &name, calls / 2));
     assert_eq!(answers.len(), calls);
     assert!(answers.iter().all(|&n| n < 1024), "short answers");
@@ -519,4 +519,126 @@ fn a_ten_thousand_level_tree_is_refused_and_the_agent_lives() {
     assert!(err.contains("over the limit"), "{err}");
     assert_eq!(victim.json(&["vaults", "list"]), serde_json::json!([]));
     victim.pk(&["vaults", "create", "alive"]).ok();
+}
+
+/// Issue 13, 1.11: once a node's renewal is seen, its old key gets what a stranger gets,
+/// even though a sigchain may still show links to it.
+#[test]
+fn a_renewed_away_key_keeps_no_rights() {
+    let w = World::new();
+    let target = Peer::new(&w, "target");
+    let old = Identity::generate();
+    let old_id = old.node_id().to_string();
+    target
+        .pk(&["nodes", "add", "--no-ping", &old_id, "127.0.0.1", "9"])
+        .ok();
+    target
+        .pk(&["nodes", "allow", &old_id, "notify", "scan"])
+        .ok();
+    // The old key has its rights...
+    let before = Stranger::connect_as(&target, &old);
+    let scan = before
+        .rt
+        .block_on(node::peer::unary(&before.conn, PeerRequest::Scan));
+    assert!(scan.is_ok(), "{scan:?}");
+    // ... until the node shows up under its new key, with the renewal certificate.
+    let new = Identity::generate();
+    let cert = old.certify(&new).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let endpoint = Endpoint::from_socket(socket, &new, vec![cert]).unwrap();
+    let conn = rt
+        .block_on(endpoint.connect(target.addr.parse().unwrap(), target.id.parse().unwrap()))
+        .unwrap();
+    rt.block_on(node::peer::unary(&conn, PeerRequest::Scan))
+        .unwrap();
+    let nodes = target.json(&["nodes", "getall"]).to_string();
+    assert!(nodes.contains(&new.node_id().to_string()), "{nodes}");
+
+    let after = Stranger::connect_as(&target, &old);
+    for request in [
+        PeerRequest::Scan,
+        PeerRequest::Sigchain,
+        PeerRequest::FindNode(new.node_id()),
+    ] {
+        match after.rt.block_on(node::peer::unary(&after.conn, request)) {
+            Err(node::peer::PeerError::Refused { error, .. }) => {
+                assert_eq!(error.code, node::api::ErrorCode::Denied, "{error}");
+            }
+            other => panic!("the old key was answered: {other:?}"),
+        }
+    }
+}
+
+/// Issue 13, 1.14: numbers from the command line are checked for range before any
+/// arithmetic: a schedule of 400 days is refused with a clear error (a larger one used
+/// to overflow `every_s * 1000`).
+#[test]
+fn out_of_range_schedules_are_refused() {
+    let w = World::new();
+    let peer = Peer::new(&w, "peer");
+    peer.pk(&["vaults", "create", "v"]).ok();
+    let other = Identity::generate().node_id().to_string();
+    peer.pk(&["nodes", "add", "--no-ping", &other, "127.0.0.1", "9"])
+        .ok();
+    for every in ["400d", "5s", "18446744073709551615s"] {
+        let err = peer
+            .pk(&["vaults", "backup", "add", "v", &other, "--every", every])
+            .fails(64, "");
+        assert!(
+            err.contains("366 days") || err.contains("invalid value"),
+            "{every}: {err}"
+        );
+    }
+    assert_eq!(
+        peer.json(&["vaults", "backup", "list"]),
+        serde_json::json!([])
+    );
+}
+
+/// Issue 13, 1.15: a node allowed only to pull cannot get a first copy by asking for a
+/// "pull" that names nothing it has; and a fetch naming more than 64 commits is refused.
+#[test]
+fn pull_without_a_commit_you_have_is_no_clone() {
+    let w = World::new();
+    let owner = Peer::new(&w, "owner");
+    owner.pk(&["vaults", "create", "v"]).ok();
+    owner.write("v:s", "secret value");
+    let puller = Identity::generate();
+    let puller_id = puller.node_id().to_string();
+    owner
+        .pk(&["nodes", "add", "--no-ping", &puller_id, "127.0.0.1", "9"])
+        .ok();
+    owner
+        .pk(&["vaults", "share", "v", &puller_id, "-p", "pull"])
+        .ok();
+    let caller = Stranger::connect_as(&owner, &puller);
+    let fetch = |haves: Vec<[u8; 20]>| {
+        let request = PeerRequest::Fetch(node::peer::FetchRequest {
+            vault: None,
+            name: "v".into(),
+            clone: false,
+            haves,
+            received: Vec::new(),
+        });
+        caller.rt.block_on(async {
+            let mut call = node::peer::CallStream::open(&caller.conn, request)
+                .await
+                .unwrap();
+            call.next(std::time::Duration::from_secs(30)).await.unwrap()
+        })
+    };
+    for haves in [Vec::new(), vec![[7u8; 20]], vec![[7u8; 20]; 65]] {
+        match fetch(haves.clone()) {
+            PeerResponse::Err(e) => assert!(
+                matches!(
+                    e.code,
+                    node::api::ErrorCode::Denied | node::api::ErrorCode::BadInput
+                ),
+                "{e}"
+            ),
+            other => panic!("{} haves: answered {other:?}", haves.len()),
+        }
+    }
 }

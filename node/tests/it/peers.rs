@@ -307,9 +307,17 @@ fn permission_matrix_refuses_with_clear_errors() {
         .pk(&["notifications", "send", &stranger.id, "hi"])
         .fails(66, "not in the node graph");
 
-    // Every refusal is on the owner's record.
-    let audit = owner.pk(&["audit", "--event", "peer.denied"]).ok();
-    assert!(audit.lines().count() >= 4, "{audit}");
+    // Every refusal is on the owner's record, counted (a row per caller and call per
+    // minute).
+    let audit = owner
+        .pk(&["--format", "json", "audit", "--event", "peer.denied"])
+        .ok();
+    let refused: u64 = audit
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .map(|row| row["fields"]["count"].as_u64().unwrap())
+        .sum();
+    assert!(refused >= 4, "{audit}");
     // Bad input from the command line changes nothing.
     owner
         .pk(&["nodes", "add", "not-a-node-id", "127.0.0.1", "1"])
