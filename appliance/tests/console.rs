@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,7 +72,7 @@ async fn send(
     path: &str,
     cookie: Option<&str>,
     form: Option<&str>,
-    from: [u8; 4],
+    from: impl Into<IpAddr>,
 ) -> Answer {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(cookie) = cookie {
@@ -86,7 +86,7 @@ async fn send(
         .unwrap();
     request
         .extensions_mut()
-        .insert(ClientAddr(SocketAddr::from((from, 50000))));
+        .insert(ClientAddr(SocketAddr::from((from.into(), 50000))));
     let response = console::router(console.clone())
         .oneshot(request)
         .await
@@ -737,7 +737,7 @@ async fn unlock(c: &Arc<Console>, cookie: &str, token: &str) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-async fn login_status(c: &Arc<Console>, password: &str, from: [u8; 4]) -> Answer {
+async fn login_status(c: &Arc<Console>, password: &str, from: impl Into<IpAddr>) -> Answer {
     send(
         c,
         "POST",
@@ -1133,4 +1133,116 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
     ] {
         assert!(names.contains(&event), "{event} missing: {names:?}");
     }
+}
+
+/// Forty wrong passwords sent at once from one address. Each check is a 19 MiB Argon2
+/// on a blocking thread, so the throttle must hold before the hashing starts: no more
+/// than the throttle's five guesses are checked (answered "Wrong password." and audited
+/// as failed logins); the others are refused at once with `429`. The admin, from another
+/// address, still logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_from_one_address_are_not_all_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = console(dir.path());
+    let (cookie, token, _) = set_up(&c).await;
+    let _agent = start_agent(dir.path()).await;
+    unlock(&c, &cookie, &token).await;
+
+    let attacker = [192, 0, 2, 66];
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let c = c.clone();
+        guesses
+            .spawn(async move { login_status(&c, &format!("guess number {i}"), attacker).await });
+    }
+    let (mut checked, mut refused) = (0, 0);
+    while let Some(answer) = guesses.join_next().await {
+        let answer = answer.unwrap();
+        if answer.body.contains("Wrong password.") {
+            checked += 1;
+        } else {
+            assert_eq!(
+                answer.status,
+                StatusCode::TOO_MANY_REQUESTS,
+                "{}",
+                answer.body
+            );
+            refused += 1;
+        }
+        assert!(
+            !answer.body.contains("guess number"),
+            "no password in an answer"
+        );
+    }
+    assert!(
+        (1..=console::LOGIN_ATTEMPTS_PER_MINUTE).contains(&checked),
+        "{checked} of 40 concurrent guesses were checked ({refused} refused at once)"
+    );
+
+    let (status, _, events) = api(
+        &c,
+        "GET",
+        "/api/audit",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    let failed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "console.login_failed")
+        .count();
+    assert_eq!(failed, checked, "each checked guess is audited: {events}");
+
+    let admin = login_status(&c, PASSWORD, [127, 0, 0, 1]).await;
+    assert_eq!(admin.status, StatusCode::SEE_OTHER, "{}", admin.body);
+    assert_eq!(admin.headers[header::LOCATION], "/status");
+}
+
+/// An IPv6 client usually holds a whole /64: wrong passwords count per /64, so a sixth
+/// address of the same /64 is throttled, while another /64, and IPv4 clients seen through
+/// a dual-stack socket (`::ffff:a.b.c.d`), each keep their own count.
+#[tokio::test]
+async fn wrong_passwords_count_per_ipv6_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = console(dir.path());
+    set_up(&c).await;
+    let in_64 = |host: u16| IpAddr::from([0x2001, 0xdb8, 0, 7, 0, 0, 0, host]);
+    for host in 1..=5 {
+        let r = login_status(&c, "a wrong guess", in_64(host)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    let r = login_status(&c, PASSWORD, in_64(0xbeef)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the same /64: {}",
+        r.body
+    );
+    let r = login_status(
+        &c,
+        PASSWORD,
+        IpAddr::from([0x2001, 0xdb8, 0, 8, 0, 0, 0, 1]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "another /64: {}", r.body);
+
+    let mapped = |last: u8| IpAddr::from(std::net::Ipv4Addr::new(192, 0, 2, last).to_ipv6_mapped());
+    for _ in 0..5 {
+        let r = login_status(&c, "a wrong guess", mapped(20)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    assert_eq!(
+        login_status(&c, PASSWORD, [192, 0, 2, 20]).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "::ffff:192.0.2.20 is 192.0.2.20"
+    );
+    assert_eq!(
+        login_status(&c, PASSWORD, mapped(21)).await.status,
+        StatusCode::SEE_OTHER,
+        "IPv4 clients on a dual-stack socket are not one /64"
+    );
 }

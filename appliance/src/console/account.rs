@@ -10,6 +10,9 @@
 //! A change needs the current password, checked like a login (a wrong one counts
 //! towards the same per-address throttle), and the node unlocked, so that the new account
 //! is bound before its file is written. Every other session then ends.
+//!
+//! Login, change and reset check a secret through one path, [`Attempt`]: counted in the
+//! throttle before the check runs, and run only with one of the console's few permits.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,9 +23,11 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use node::api::{AccountBinding, AccountCheck, ConsoleEvent, Reply, Request as AgentRequest};
 use serde::Deserialize;
 use sha2::Digest as _;
+use tokio::sync::OwnedSemaphorePermit;
 use zeroize::Zeroizing;
 
 use super::actions::{self, ViewError};
+use super::throttle::{Refused, Ticket};
 use super::{
     Account, Console, MIN_PASSWORD, Peer, Posted, SESSION_COOKIE, cookie, hash_password, pages,
     signed_in, verify_password, write_private,
@@ -236,37 +241,73 @@ impl Console {
     }
 }
 
-/// Refuses anything that checks a password or a recovery code from `ip` while the
-/// address is throttled (logged and audited).
-async fn refuse_throttled(c: &Console, ip: IpAddr) -> Result<(), Refusal> {
-    if !c.throttled(ip, false) {
-        return Ok(());
-    }
-    tracing::warn!(event = "console.login_throttled", client = %ip, "throttled: too many wrong passwords");
-    c.record(ConsoleEvent::LoginThrottled, ip).await;
-    Err((
-        StatusCode::TOO_MANY_REQUESTS,
-        "Too many wrong passwords: wait a minute.".into(),
-    ))
+/// A password or recovery-code check allowed to run: counted in the throttle already
+/// (a wrong guess unless its ticket is refunded), and holding one of the console's
+/// permits for checks, which the check keeps until it ends.
+struct Attempt {
+    ticket: Ticket,
+    permit: OwnedSemaphorePermit,
 }
 
-/// A wrong password or recovery code from `ip`: counted towards the throttle, logged and
-/// audited as `event`; answered with `wrong`, or `429` once the address is throttled.
+impl Attempt {
+    /// Reserves a check from `ip` before any hashing: refused with `429` while the
+    /// address (or everyone) has had its checks for the minute (logged and audited), or
+    /// while the console already runs as many checks as it may.
+    async fn begin(c: &Console, ip: IpAddr) -> Result<Attempt, Refusal> {
+        let ticket = match c.reserve_check(ip) {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                tracing::warn!(event = "console.login_throttled", client = %ip, everyone = refused == Refused::Everyone, "throttled: too many wrong passwords");
+                c.record(ConsoleEvent::LoginThrottled, ip).await;
+                let message = match refused {
+                    Refused::Client => "Too many wrong passwords: wait a minute.",
+                    Refused::Everyone => {
+                        "Too many wrong passwords on this console from everywhere: wait a minute."
+                    }
+                };
+                return Err((StatusCode::TOO_MANY_REQUESTS, message.into()));
+            }
+        };
+        let Ok(permit) = c.checks.clone().try_acquire_owned() else {
+            c.refund_check(ticket);
+            tracing::warn!(event = "console.login_busy", client = %ip, "refused: too many password checks at once");
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                "The console is busy checking other passwords: try again in a moment.".into(),
+            ));
+        };
+        Ok(Attempt { ticket, permit })
+    }
+
+    /// Runs `check` on a blocking thread, which keeps the permit until it is done, even
+    /// if the request is dropped meanwhile; its result (none if it panicked), and the
+    /// ticket to refund if it found the right password or code.
+    async fn run<T: Send + 'static>(
+        self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> (Option<T>, Ticket) {
+        let Attempt { ticket, permit } = self;
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            check()
+        })
+        .await
+        .ok();
+        (result, ticket)
+    }
+}
+
+/// A wrong password or recovery code from `ip` (its check already counted in the
+/// throttle): logged and audited as `event`, answered with `wrong`.
 async fn failed(
     c: &Console,
     ip: IpAddr,
     event: ConsoleEvent,
     wrong: (StatusCode, &str),
 ) -> Refusal {
-    let throttled = c.throttled(ip, true);
     tracing::warn!(event = event.name(), client = %ip, "a wrong admin password or recovery code");
     c.record(event, ip).await;
-    let status = if throttled {
-        StatusCode::TOO_MANY_REQUESTS
-    } else {
-        wrong.0
-    };
-    (status, wrong.1.to_owned())
+    (wrong.0, wrong.1.to_owned())
 }
 
 /// Checks `password` against the stored account like a login (see [`failed`] for a
@@ -278,18 +319,17 @@ pub(super) async fn check_password(
     event: ConsoleEvent,
     wrong: (StatusCode, &str),
 ) -> Result<Account, Refusal> {
-    refuse_throttled(c, ip).await?;
     let Some(account) = c.account() else {
         return Err((StatusCode::CONFLICT, "This box is not set up yet.".into()));
     };
+    let attempt = Attempt::begin(c, ip).await?;
     let password = Zeroizing::new(password.to_owned());
     let hash = account.password_hash.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
-    if !ok {
+    let (ok, ticket) = attempt.run(move || verify_password(&hash, &password)).await;
+    if ok != Some(true) {
         return Err(failed(c, ip, event, wrong).await);
     }
+    c.refund_check(ticket);
     Ok(account)
 }
 
@@ -338,24 +378,24 @@ pub(super) async fn reset_password(
     ip: IpAddr,
     form: &ResetForm,
 ) -> Result<String, Refusal> {
-    refuse_throttled(c, ip).await?;
     if !c.is_set_up() {
         return Err((StatusCode::CONFLICT, "This box is not set up yet.".into()));
     }
     check_new(&form.new, form.confirm.as_deref()).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+    let attempt = Attempt::begin(c, ip).await?;
     let code = Zeroizing::new(form.recovery.trim().to_owned());
-    let opened = {
+    let (opened, ticket) = {
         let c = c.clone();
         let code = code.clone();
-        tokio::task::spawn_blocking(move || {
-            let keyslots =
-                node::keyslots::Keyslots::open(&c.config.node).map_err(|e| e.to_string())?;
-            actions::authorise(&c, &keyslots, "recovery", &code).map(drop)
-        })
-        .await
-        .unwrap_or_else(|_| Err("the recovery check failed".into()))
+        attempt
+            .run(move || {
+                let keyslots =
+                    node::keyslots::Keyslots::open(&c.config.node).map_err(|e| e.to_string())?;
+                actions::authorise(&c, &keyslots, "recovery", &code).map(drop)
+            })
+            .await
     };
-    if opened.is_err() {
+    if !matches!(opened, Some(Ok(()))) {
         return Err(failed(
             c,
             ip,
@@ -367,6 +407,7 @@ pub(super) async fn reset_password(
         )
         .await);
     }
+    c.refund_check(ticket);
     // Binding needs the node open: the code just proved it opens it.
     if let Err(ViewError::Locked) = actions::agent(c, AgentRequest::KeysPublic).await {
         actions::unlock(c, "recovery", &code)

@@ -4,9 +4,11 @@
 //!   console, is required to claim the box; the admin sets a password (Argon2id) and the
 //!   first keyslot (TPM, or a passphrase where there is no TPM); the recovery code is
 //!   shown once.
-//! - **Login**: the admin password; the sixth wrong password within a minute from one
-//!   address is throttled. Sessions are random tokens in an `HttpOnly; Secure;
-//!   SameSite=Strict` cookie that expire after a configurable idle time.
+//! - **Login**: the admin password. Checks are counted before they run: five a minute
+//!   per address (per /64 for IPv6), sixty a minute in all, four at once (see
+//!   `throttle.rs` and `docs/theory/console-security.md`, "Budgets"). Sessions are random
+//!   tokens in an `HttpOnly; Secure; SameSite=Strict` cookie that expire after a
+//!   configurable idle time.
 //! - **CSRF**: every state-changing form carries the session's token, checked on POST.
 //! - Every response carries a strict Content-Security-Policy (no scripts, no third-party
 //!   assets), `X-Content-Type-Options`, `Referrer-Policy` and `Cache-Control: no-store`.
@@ -18,6 +20,7 @@ mod account;
 mod actions;
 pub mod api;
 mod pages;
+mod throttle;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -44,8 +47,14 @@ use zeroize::Zeroizing;
 pub use actions::{Enrolment, SlotView, StatusView};
 use actions::{Outcome, ViewError};
 
-/// Wrong passwords from one address allowed per minute before it is throttled.
+/// Password (or recovery-code) checks one address, or one IPv6 /64, may have per minute;
+/// a right password does not count.
 pub const LOGIN_ATTEMPTS_PER_MINUTE: usize = 5;
+/// Password checks all clients together may have per minute.
+pub const GLOBAL_ATTEMPTS_PER_MINUTE: usize = 60;
+/// Password checks (each an Argon2id of 19 MiB, or a recovery code's) running at once;
+/// a request beyond them is refused at once.
+pub const CONCURRENT_PASSWORD_CHECKS: usize = 4;
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "pk_session";
 /// What ends the session cookie in the browser.
@@ -108,7 +117,9 @@ pub struct Console {
     client: Client,
     setup_code: Mutex<Option<Zeroizing<String>>>,
     sessions: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+    throttle: Mutex<throttle::Throttle>,
+    /// One permit per password check that may run at once.
+    checks: Arc<tokio::sync::Semaphore>,
     started: Instant,
     /// A YubiKey waits for a touch.
     touch: Arc<AtomicBool>,
@@ -166,7 +177,11 @@ impl Console {
             client,
             setup_code,
             sessions: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            throttle: Mutex::new(throttle::Throttle::new(
+                LOGIN_ATTEMPTS_PER_MINUTE,
+                GLOBAL_ATTEMPTS_PER_MINUTE,
+            )),
+            checks: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS)),
             started: Instant::now(),
             touch: Arc::new(AtomicBool::new(false)),
             node_created: tokio::sync::Notify::new(),
@@ -280,15 +295,20 @@ impl Console {
         before - sessions.len()
     }
 
-    /// Records a failed login; whether the address is now throttled.
-    fn throttled(&self, ip: IpAddr, failed: bool) -> bool {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let list = failures.entry(ip).or_default();
-        list.retain(|t| t.elapsed() < Duration::from_secs(60));
-        if failed {
-            list.push(Instant::now());
-        }
-        list.len() > LOGIN_ATTEMPTS_PER_MINUTE
+    /// Counts a password check from `ip` before it runs, if the throttle allows it.
+    fn reserve_check(&self, ip: IpAddr) -> Result<throttle::Ticket, throttle::Refused> {
+        self.throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserve(ip, Instant::now())
+    }
+
+    /// Takes back a check that found the right password, or never ran.
+    fn refund_check(&self, ticket: throttle::Ticket) {
+        self.throttle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refund(ticket);
     }
 }
 
