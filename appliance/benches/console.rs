@@ -116,10 +116,10 @@ fn session_cookie(jar: &Path) -> Result<String> {
                 .get(5..7)
                 .map(<[_]>::to_vec)
         })
-        .find(|fields| fields[0] == "pk_session")
+        .find(|fields| fields[0] == appliance::console::SESSION_COOKIE)
         .map(|fields| fields[1].to_owned())
         .ok_or("no session cookie in the jar")?;
-    Ok(format!("pk_session={value}"))
+    Ok(format!("{}={value}", appliance::console::SESSION_COOKIE))
 }
 
 /// What `wrk --latency` reported.

@@ -1246,3 +1246,385 @@ async fn wrong_passwords_count_per_ipv6_64() {
         "IPv4 clients on a dual-stack socket are not one /64"
     );
 }
+
+/// Every answer tells the browser to use HTTPS only (HSTS), and the session cookie has the
+/// `__Host-` prefix: a browser then accepts it only `Secure`, for `Path=/` and without a
+/// `Domain`, so no other host (or plain-HTTP page) of the same site can set or shadow it.
+#[tokio::test]
+async fn answers_carry_hsts_and_the_session_cookie_is_host_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = console(dir.path());
+    let here = [127, 0, 0, 1];
+    let hsts = |headers: &axum::http::HeaderMap| {
+        headers
+            .get(header::STRICT_TRANSPORT_SECURITY)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let redirect = send(&c, "GET", "/", None, None, here).await;
+    assert_eq!(redirect.status, StatusCode::SEE_OTHER);
+    let refused = send(&c, "GET", "/api/status", None, None, here).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    for answer in [&redirect, &refused] {
+        let value = hsts(&answer.headers).expect("a Strict-Transport-Security header");
+        let max_age: u64 = value
+            .strip_prefix("max-age=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(max_age >= 365 * 24 * 3600, "{value}");
+    }
+
+    let (cookie, _, _) = set_up(&c).await;
+    assert!(cookie.starts_with("__Host-pk_session="), "{cookie}");
+    let login = login_status(&c, PASSWORD, here).await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.body);
+    assert!(hsts(&login.headers).is_some());
+    let set_cookie = login.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set_cookie.starts_with("__Host-pk_session="), "{set_cookie}");
+    for flag in ["Secure", "Path=/", "HttpOnly", "SameSite=Strict"] {
+        assert!(
+            set_cookie.split("; ").any(|part| part == flag),
+            "{flag}: {set_cookie}"
+        );
+    }
+    assert!(!set_cookie.contains("Domain"), "{set_cookie}");
+
+    // The pages and the API read the new cookie; the old name opens nothing.
+    let session = session_cookie(&login);
+    let page = send(&c, "GET", "/status", Some(&session), None, here).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let value = session.split_once('=').unwrap().1;
+    let old = send(
+        &c,
+        "GET",
+        "/status",
+        Some(&format!("pk_session={value}")),
+        None,
+        here,
+    )
+    .await;
+    assert_eq!(old.headers[header::LOCATION], "/login");
+    let (status, _, _) = api(
+        &c,
+        "GET",
+        "/api/status",
+        Some(&cookie),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Logging out clears the cookie (a browser takes a `__Host-` cookie, even an empty
+    // one, only with `Secure` and `Path=/`).
+    let out = send(
+        &c,
+        "POST",
+        "/logout",
+        Some(&session),
+        Some(&format!("csrf={}", csrf(&page.body))),
+        here,
+    )
+    .await;
+    let cleared = out.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cleared.starts_with("__Host-pk_session=;")
+            && ["Secure", "Path=/", "Max-Age=0"]
+                .iter()
+                .all(|flag| cleared.split("; ").any(|part| part == *flag)),
+        "{cleared}"
+    );
+}
+
+/// The open-file limit systemd gives a service unless its unit says otherwise.
+const SERVICE_NOFILE: u64 = 1024;
+
+/// The real `pk-appliance` binary on a loopback port, with a service's open-file limit;
+/// killed when dropped. Its standard error (its log) is kept.
+struct Daemon {
+    child: std::process::Child,
+    addr: SocketAddr,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    log: Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the daemon on a claimed box (an admin account as setup writes it; logging in
+/// needs no node) and waits until its console listens. Raises this process's own
+/// open-file limit to `nofile` afterwards, for the test's side of the sockets.
+fn start_daemon(dir: &std::path::Path, nofile: u64) -> Daemon {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    use std::io::BufRead as _;
+    let state = dir.join("state");
+    std::fs::create_dir_all(state.join("console")).unwrap();
+    std::fs::write(state.join("console/admin.json"), forged_account(PASSWORD)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nconsole_listen = \"127.0.0.1:{port}\"\npeer_listen = \"off\"\n",
+            state.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+
+    // The child inherits the limit in force when it starts.
+    let own = getrlimit(Resource::Nofile);
+    let hard = own.maximum.unwrap_or(u64::MAX);
+    assert!(
+        hard >= nofile,
+        "this test needs an open-file hard limit of {nofile} or more, not {hard}"
+    );
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(SERVICE_NOFILE),
+            maximum: own.maximum,
+        },
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pk-appliance"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(own.current.unwrap_or(nofile).max(nofile)),
+            maximum: own.maximum,
+        },
+    )
+    .unwrap();
+    let mut child = child.unwrap();
+
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("pk-appliance: console at") {
+                let _ = ready_tx.send(());
+            }
+            let mut log = kept.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let mut daemon = Daemon {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        cert: rustls::pki_types::CertificateDer::from(Vec::new()),
+        log,
+    };
+    if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        panic!(
+            "the daemon did not start: {}",
+            daemon.log.lock().unwrap().as_str()
+        );
+    }
+    daemon.cert = std::fs::read(state.join("console/console-cert.der"))
+        .unwrap()
+        .into();
+    daemon
+}
+
+/// Accepts the console's own certificate only, as an admin who compared its fingerprint.
+#[derive(Debug)]
+struct Pinned {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "not the console's certificate".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS client for the daemon's console (HTTP/1.1).
+fn connector(cert: &rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            cert: cert.clone(),
+            provider,
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// `POST /api/login` over its own connection; the whole HTTP answer.
+async fn https_login(
+    addr: SocketAddr,
+    tls: &tokio_rustls::TlsConnector,
+    password: &str,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tls.connect(name, tcp).await?;
+    let body = serde_json::json!({ "password": password }).to_string();
+    let request = format!(
+        "POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer).await {
+        Ok(_) => {}
+        // Closed without TLS close_notify: the answer is what arrived.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Someone opens 1,100 TLS connections to the console and sends nothing on them, more than
+/// a service's 1,024 open files. The daemon must neither run out of sockets for good nor
+/// spin on a failing `accept`: the admin's login goes through within half a minute,
+/// over HTTPS with HSTS and the `__Host-` cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_lock_the_admin_out() {
+    const ATTACKERS: usize = 1100;
+    const LOGIN_WITHIN: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_daemon(dir.path(), 4096);
+    let tls = connector(&daemon.cert);
+
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..ATTACKERS {
+        let (tls, addr) = (tls.clone(), daemon.addr);
+        opening.spawn(async move {
+            let tcp = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
+                .await
+                .ok()?
+                .ok()
+        });
+    }
+    let mut idle = Vec::new();
+    while let Some(opened) = opening.join_next().await {
+        idle.extend(opened.unwrap());
+    }
+    let held = idle.len();
+    eprintln!("{held} of {ATTACKERS} idle connections completed their TLS handshake");
+
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let last = match tokio::time::timeout(
+            Duration::from_secs(5),
+            https_login(daemon.addr, &tls, PASSWORD),
+        )
+        .await
+        {
+            Ok(Ok(answer)) if answer.starts_with("HTTP/1.1 200") => break answer,
+            Ok(Ok(answer)) => answer
+                .lines()
+                .next()
+                .unwrap_or("an empty answer")
+                .to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".to_owned(),
+        };
+        assert!(
+            started.elapsed() < LOGIN_WITHIN,
+            "no login within {LOGIN_WITHIN:?} while {held} idle connections were open \
+             (last attempt: {last})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("logged in after {:?}", started.elapsed());
+    let headers = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        headers.contains("\r\nstrict-transport-security: max-age="),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("\r\nset-cookie: __host-pk_session="),
+        "{headers}"
+    );
+    drop(idle);
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(!log.contains(PASSWORD), "no password in the log: {log}");
+}

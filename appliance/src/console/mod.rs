@@ -7,11 +7,13 @@
 //! - **Login**: the admin password. Checks are counted before they run: five a minute
 //!   per address (per /64 for IPv6), sixty a minute in all, four at once (see
 //!   `throttle.rs` and `docs/theory/console-security.md`, "Budgets"). Sessions are random
-//!   tokens in an `HttpOnly; Secure; SameSite=Strict` cookie that expire after a
-//!   configurable idle time.
+//!   tokens in a `__Host-` cookie (`HttpOnly; Secure; SameSite=Strict; Path=/`) that
+//!   expire after a configurable idle time.
 //! - **CSRF**: every state-changing form carries the session's token, checked on POST.
 //! - Every response carries a strict Content-Security-Policy (no scripts, no third-party
-//!   assets), `X-Content-Type-Options`, `Referrer-Policy` and `Cache-Control: no-store`.
+//!   assets), `Strict-Transport-Security`, `X-Content-Type-Options`, `Referrer-Policy`
+//!   and `Cache-Control: no-store`.
+//! - The server ([`tls::serve`]) caps its connections and closes idle ones.
 //!
 //! Nothing secret (passwords, PINs, recovery words, the setup code once used, session
 //! tokens) reaches a log line.
@@ -55,10 +57,14 @@ pub const GLOBAL_ATTEMPTS_PER_MINUTE: usize = 60;
 /// Password checks (each an Argon2id of 19 MiB, or a recovery code's) running at once;
 /// a request beyond them is refused at once.
 pub const CONCURRENT_PASSWORD_CHECKS: usize = 4;
-/// The session cookie.
-pub const SESSION_COOKIE: &str = "pk_session";
+/// The session cookie. The `__Host-` prefix makes the browser take it only with `Secure`,
+/// `Path=/` and no `Domain`.
+pub const SESSION_COOKIE: &str = "__Host-pk_session";
 /// What ends the session cookie in the browser.
-const CLEAR_COOKIE: &str = "pk_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0";
+const CLEAR_COOKIE: &str =
+    "__Host-pk_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0";
+/// How long browsers keep to HTTPS for the console once told (two years).
+const HSTS: &str = "max-age=63072000";
 /// The shortest admin password accepted.
 pub const MIN_PASSWORD: usize = 12;
 
@@ -329,7 +335,7 @@ fn session_cookie(token: &str) -> HeaderValue {
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/"
     ))
-    .unwrap_or_else(|_| HeaderValue::from_static("pk_session=; Max-Age=0"))
+    .unwrap_or_else(|_| HeaderValue::from_static(CLEAR_COOKIE))
 }
 
 /// The address of the request's client.
@@ -437,6 +443,10 @@ async fn security_headers(request: Request<axum::body::Body>, next: Next) -> Res
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static(HSTS),
+    );
     response
 }
 
