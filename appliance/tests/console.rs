@@ -1628,3 +1628,37 @@ async fn idle_connections_do_not_lock_the_admin_out() {
     let log = daemon.log.lock().unwrap().clone();
     assert!(!log.contains(PASSWORD), "no password in the log: {log}");
 }
+
+/// Issue 13, 1.14: a schedule's number is checked before any arithmetic: a huge number of
+/// minutes (which overflowed `minutes * 60` and killed the request) gets an answer in words.
+#[tokio::test]
+async fn a_schedule_out_of_range_is_refused_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = console(dir.path());
+    let here = [127, 0, 0, 1];
+    let (cookie, token, _) = set_up(&c).await;
+    let _agent = start_agent(dir.path()).await;
+    unlock(&c, &cookie, &token).await;
+    let page = send(&c, "GET", "/backups", Some(&cookie), None, here).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let token = csrf(&page.body);
+    let node = node::identity::Identity::generate().node_id().to_string();
+    for every in ["18446744073709551615", "527041", "0"] {
+        let form = format!("csrf={token}&vault=v&node_id={node}&every_min={every}&name=");
+        let answer = send(&c, "POST", "/backups", Some(&cookie), Some(&form), here).await;
+        assert_eq!(answer.status, StatusCode::OK, "{every}: {}", answer.body);
+        assert!(answer.body.contains("366 days"), "{every}: {}", answer.body);
+    }
+    // Through the API, the agent's own bound answers.
+    let (status, _, body) = api(
+        &c,
+        "POST",
+        "/api/backups",
+        Some(&cookie),
+        Some(&token),
+        serde_json::json!({ "vault": "v", "node_id": node, "every_s": u64::MAX, "name": "" }),
+    )
+    .await;
+    assert_ne!(status, StatusCode::OK, "{body}");
+    assert!(body.to_string().contains("366 days"), "{body}");
+}

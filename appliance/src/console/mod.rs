@@ -1230,15 +1230,21 @@ pub struct BackupForm {
     name: String,
 }
 
+/// The longest time between scheduled pulls the form takes: 366 days (the agent's bound).
+const MAX_BACKUP_MINUTES: u64 = 366 * 24 * 60;
+
 async fn backup_add(
     State(c): State<Arc<Console>>,
     Posted { csrf, form }: Posted<BackupForm>,
 ) -> Response {
+    // Checked before any arithmetic: `minutes * 60` overflowed for a large number.
     let outcome = match form.every_min.trim().parse::<u64>() {
-        Ok(minutes) if minutes > 0 => {
+        Ok(minutes) if (1..=MAX_BACKUP_MINUTES).contains(&minutes) => {
             actions::backup_add(&c, &form.vault, &form.node_id, minutes * 60, &form.name).await
         }
-        _ => Err("The interval is a whole number of minutes, 1 or more.".to_owned()),
+        _ => Err(format!(
+            "The interval is a whole number of minutes, from 1 to {MAX_BACKUP_MINUTES} (366 days)."
+        )),
     };
     backups_view(&c, &csrf, Some(&outcome)).await
 }
