@@ -435,6 +435,7 @@ fn a_flood_of_streams_from_strangers_stays_within_budget() {
     let w = World::new();
     let target = Peer::new(&w, "target");
     target.pk(&["vaults", "create", "kept"]).ok();
+    let baseline = peak_rss_mib(&target);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let addr: std::net::SocketAddr = target.addr.parse().unwrap();
     let id: node::identity::NodeId = target.id.parse().unwrap();
@@ -484,8 +485,18 @@ fn a_flood_of_streams_from_strangers_stays_within_budget() {
         (connected, refused)
     });
     let peak = peak_rss_mib(&target);
-    eprintln!("{connected} connected, {refused} refused; agent peak RSS {peak} MiB");
+    eprintln!(
+        "{connected} connected, {refused} refused; agent peak RSS {peak} MiB (before: {baseline} MiB)"
+    );
     assert!(peak < 256, "the agent's peak RSS was {peak} MiB");
+    // The stated budget, not just the line: at most 16 connections from one
+    // address, each with at most 4 MiB in flight, and some room for the rest.
+    let budget = 16 * (node::net::CONNECTION_WINDOW as u64 >> 20) + 32;
+    assert!(
+        peak - baseline < budget,
+        "the flood cost {} MiB, over the budget of {budget} MiB",
+        peak - baseline
+    );
     let listed = target.json(&["vaults", "list"]);
     assert_eq!(listed[0]["name"], "kept", "{listed}");
     drop(rt);
