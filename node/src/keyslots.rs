@@ -259,6 +259,19 @@ impl Keyslots {
         })
     }
 
+    /// Reads keyslots from the bytes of a keyslot file, with the checks [`Keyslots::open`]
+    /// makes once it has read them; `path` only names the file in errors (nothing is read
+    /// or written here). Public for the fuzz target `keyslots` in `fuzz/`, which feeds it
+    /// arbitrary bytes: the result is for looking at and unlocking, not for changes.
+    #[doc(hidden)]
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Keyslots, KeyslotError> {
+        Ok(Keyslots {
+            path: path.to_owned(),
+            lock: path.with_extension("lock"),
+            file: decode(path, bytes)?,
+        })
+    }
+
     /// The enrolled slots, in order of creation.
     pub fn slots(&self) -> &[Keyslot] {
         &self.file.slots

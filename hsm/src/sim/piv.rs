@@ -423,6 +423,23 @@ impl PivCard {
         };
     }
 
+    /// Answers one vpcd message as the card thread does: a one-byte control code (power
+    /// off, power on, reset: no answer; get ATR: the ATR), or a command APDU (response data
+    /// followed by SW1 SW2). `stop` ends a wait for a touch early. Public for the fuzz
+    /// target `piv_apdu` in `fuzz/`, which feeds the card messages without a reader.
+    #[doc(hidden)]
+    pub fn handle_message(&mut self, msg: &[u8], stop: &AtomicBool) -> Option<Vec<u8>> {
+        match msg {
+            [0] | [1] | [2] => {
+                self.reset_session();
+                None
+            }
+            [4] => Some(YUBIKEY5_ATR.to_vec()),
+            [_] => None,
+            apdu => Some(self.process(apdu, stop)),
+        }
+    }
+
     /// Handles one command APDU; returns response data followed by SW1 SW2.
     fn process(&mut self, apdu: &[u8], stop: &AtomicBool) -> Vec<u8> {
         let Some(cmd) = Command::parse(apdu) else {
@@ -1084,14 +1101,8 @@ fn serve(mut card: PivCard, mut stream: TcpStream, stop: &AtomicBool) -> PivCard
         if stream.read_exact(&mut msg).is_err() {
             break;
         }
-        let reply = match msg.as_slice() {
-            [0] | [1] | [2] => {
-                card.reset_session();
-                continue;
-            }
-            [4] => YUBIKEY5_ATR.to_vec(),
-            [_] => continue,
-            apdu => card.process(apdu, stop),
+        let Some(reply) = card.handle_message(&msg, stop) else {
+            continue;
         };
         if stop.load(Ordering::SeqCst) {
             break;
