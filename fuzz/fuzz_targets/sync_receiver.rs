@@ -46,14 +46,9 @@ const TOUCHED: [Table; 5] = [
     Table::Sync,
 ];
 
-struct Node {
-    _dir: tempfile::TempDir,
-    store: Store,
-}
-
-fn node() -> &'static Mutex<Node> {
-    static NODE: OnceLock<Mutex<Node>> = OnceLock::new();
-    NODE.get_or_init(|| {
+fn store() -> &'static Mutex<Store> {
+    static STORE: OnceLock<Mutex<Store>> = OnceLock::new();
+    STORE.get_or_init(|| {
         let shm = std::path::Path::new("/dev/shm");
         let dir = if shm.is_dir() {
             tempfile::tempdir_in(shm)
@@ -63,7 +58,10 @@ fn node() -> &'static Mutex<Node> {
         .expect("a temporary directory");
         let store = Store::open(&NodePath::new(dir.path()), &hsm::DataKey::generate())
             .expect("a new store opens");
-        Mutex::new(Node { _dir: dir, store })
+        // The store keeps its file open; the directory goes now, since statics are never
+        // dropped and libFuzzer ends the process with `exit`.
+        let _ = dir.close();
+        Mutex::new(store)
     })
 }
 
@@ -210,9 +208,9 @@ fn read_back(vaults: &Vaults<'_>, name: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let node = node().lock().unwrap_or_else(|p| p.into_inner());
-    empty(&node.store);
-    let vaults = Vaults::new(&node.store, pk_fuzz::fixed_node(0));
+    let store = store().lock().unwrap_or_else(|p| p.into_inner());
+    empty(&store);
+    let vaults = Vaults::new(&store, pk_fuzz::fixed_node(0));
     let mut last: Option<String> = None;
     let mut rest = data;
     let mut i = 0;
