@@ -24,7 +24,8 @@ PK_TPM_PACKAGES=(swtpm swtpm-tools)
 # the mDNS test runs in; systemd for `systemd-analyze security` on the appliance's unit;
 # curl to claim the development appliance through its console; Chromium and its
 # WebDriver for the console's browser tests.
-PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl chromium chromium-driver wrk)
+# g++ builds libFuzzer's C++ sources for the fuzz targets (fuzz/).
+PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl chromium chromium-driver wrk g++)
 
 # Building the appliance image and booting it in QEMU (image/host-packages.txt, one per
 # line, comments after #).
