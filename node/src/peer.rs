@@ -198,6 +198,13 @@ pub struct CallStream {
     recv: quinn::RecvStream,
 }
 
+/// Whether a write failed because the other side stopped reading the stream.
+fn stopped(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::WriteError>())
+        .is_some_and(|w| matches!(w, quinn::WriteError::Stopped(_)))
+}
+
 impl CallStream {
     /// Opens a stream on `conn` and sends `request`.
     pub async fn open(conn: &Connection, request: PeerRequest) -> Result<CallStream, PeerError> {
@@ -214,10 +221,15 @@ impl CallStream {
             protocol: PEER_PROTOCOL,
             request,
         };
-        write_frame(&mut send, &call)
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-        let _ = send.finish();
+        match write_frame(&mut send, &call).await {
+            Ok(()) => {
+                let _ = send.finish();
+            }
+            // The callee stopped reading the call (it refused it, say for its size): its
+            // answer follows on the stream, and says why.
+            Err(FrameError::Io(e)) if stopped(&e) => {}
+            Err(e) => return Err(lost(e.to_string())),
+        }
         Ok(CallStream { node, send, recv })
     }
 

@@ -106,6 +106,20 @@ impl<'w> Peer<'w> {
     }
 }
 
+/// How many calls `peer` refused, by the counts of its aggregated `peer.denied` rows
+/// (only calls named `call`, when given).
+pub(crate) fn denied_count(peer: &Peer<'_>, call: Option<&str>) -> u64 {
+    let audit = peer
+        .pk(&["--format", "json", "audit", "--event", "peer.denied"])
+        .ok();
+    audit
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|row| call.is_none_or(|c| row["fields"]["call"] == c))
+        .map(|row| row["fields"]["count"].as_u64().unwrap())
+        .sum()
+}
+
 pub(crate) fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -309,15 +323,7 @@ fn permission_matrix_refuses_with_clear_errors() {
 
     // Every refusal is on the owner's record, counted (a row per caller and call per
     // minute).
-    let audit = owner
-        .pk(&["--format", "json", "audit", "--event", "peer.denied"])
-        .ok();
-    let refused: u64 = audit
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-        .map(|row| row["fields"]["count"].as_u64().unwrap())
-        .sum();
-    assert!(refused >= 4, "{audit}");
+    assert!(denied_count(&owner, None) >= 4);
     // Bad input from the command line changes nothing.
     owner
         .pk(&["nodes", "add", "not-a-node-id", "127.0.0.1", "1"])
