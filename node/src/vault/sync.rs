@@ -2001,4 +2001,26 @@ mod tests {
         assert!(t.has(&wire_oid(&blob)).unwrap());
         assert!(!t.has(&wire_oid(&stray)).unwrap(), "the stray blob is gone");
     }
+
+    /// Issue 13, 1.9: names in received trees are checked as user paths are: `..`, a `/`,
+    /// an empty name or a control character is refused, and no vault appears.
+    #[test]
+    fn bad_names_in_received_trees_are_refused() {
+        let to = Node::new();
+        let rogue = Identity::generate().node_id();
+        let (blob, _) = wire(ObjectKind::Blob, b"value");
+        for name in ["..", ".", "a/b", "esc\u{1b}]0;title\u{7}", "new\nline"] {
+            let (tree, tree_msg) = wire(ObjectKind::Tree, &tree_bytes(&[("100644", name, blob)]));
+            let (tip, tip_msg) = wire(ObjectKind::Commit, &commit_bytes(&tree, &[]));
+            let messages = vec![
+                begin(&tip),
+                wire(ObjectKind::Blob, b"value").1,
+                tree_msg,
+                tip_msg,
+            ];
+            let err = receive(&to, rogue, messages, Some("v")).unwrap_err();
+            assert!(matches!(err, VaultError::Refused(_)), "{name:?}: {err:?}");
+            assert!(to.vaults().list().unwrap().is_empty(), "{name:?}");
+        }
+    }
 }

@@ -625,3 +625,34 @@ fn pull_without_a_commit_you_have_is_no_clone() {
         }
     }
 }
+
+/// Issue 13, 1.9: what a peer wrote reaches the terminal escaped: a commit message with
+/// an escape sequence (which a terminal would obey: retitle the window, move the cursor)
+/// is shown as text by `pk vaults log`.
+#[test]
+fn a_peers_commit_message_reaches_the_terminal_escaped() {
+    let w = World::new();
+    let victim = Peer::new(&w, "victim");
+    let (blob, blob_wire) = object(gix_object::Kind::Blob, b"value");
+    let (tree_id, tree_wire) = object(gix_object::Kind::Tree, &tree(&[("100644", b"s", blob)]));
+    let message = "innocent\u{1b}]0;owned\u{7}\u{1b}[2J";
+    let (tip, commit_wire) = object(gix_object::Kind::Commit, &commit(&tree_id, &[], message));
+    let vault = format!("v{}", "0".repeat(26));
+    let rogue = RogueServer::start(Arc::new(move |_request: &node::peer::FetchRequest| {
+        vec![
+            begin(&vault, "v", &tip),
+            PeerResponse::Object(blob_wire.clone()),
+            PeerResponse::Object(tree_wire.clone()),
+            PeerResponse::Object(commit_wire.clone()),
+            PeerResponse::Ok(PeerReply::Done),
+        ]
+    }));
+    rogue.add_to(&victim);
+    victim.pk(&["vaults", "clone", "v", &rogue.id]).ok();
+    let log = victim.pk(&["vaults", "log", "v"]).ok();
+    assert!(
+        !log.contains('\u{1b}'),
+        "an escape reached the terminal: {log:?}"
+    );
+    assert!(log.contains("\\u{1b}]0;owned"), "{log}");
+}
