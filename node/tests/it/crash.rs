@@ -8,7 +8,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::harness::{World, agent_pid, kill9};
@@ -34,9 +34,10 @@ fn kill_9_keeps_every_acknowledged_write() {
         }
         let pid = agent_pid(&node).expect("agent running");
         let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
         let writers: Vec<_> = (0..2)
             .map(|writer| {
-                let (w, node, stop) = (w.clone(), node.clone(), stop.clone());
+                let (w, node, stop, acks) = (w.clone(), node.clone(), stop.clone(), acks.clone());
                 std::thread::spawn(move || {
                     let mut acked = Vec::new();
                     for i in 0.. {
@@ -52,11 +53,19 @@ fn kill_9_keeps_every_acknowledged_write() {
                             break;
                         }
                         acked.push((path, value));
+                        acks.fetch_add(1, Ordering::Relaxed);
                     }
                     acked
                 })
             })
             .collect();
+        // The kill lands while writes are under way: after the first acknowledged one (a
+        // busy machine may take longer than the random delay to start a `pk`), then at a
+        // random point.
+        let started = std::time::Instant::now();
+        while acks.load(Ordering::Relaxed) == 0 && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
