@@ -163,7 +163,7 @@ pub async fn run_until(
         w.abort();
     }
     let client = node::client::Client::new(&node);
-    let _ = client.call(&node::api::Request::Stop).await;
+    let _ = client.call(node::api::agent::Stop).await;
     if !node.keyslots().exists() {
         // Never claimed: the agent is still waiting for setup.
         agent.abort();

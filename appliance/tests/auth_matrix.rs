@@ -34,7 +34,7 @@ use appliance::console::{self, ClientAddr, Console, ConsoleConfig, FirstToken};
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt as _;
-use node::api::{Reply, Request as AgentRequest};
+use node::api::{agent as calls, nodes, secrets, vaults};
 use node::client::Client;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -365,7 +365,7 @@ async fn start_agent(dir: &std::path::Path) -> Client {
     tokio::spawn(async move { node::agent::run(config, || {}).await });
     let client = Client::new(&node);
     for _ in 0..100 {
-        if client.call(&AgentRequest::Status).await.is_ok() {
+        if client.call(calls::Status).await.is_ok() {
             return client;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -399,15 +399,14 @@ struct Held {
 async fn held(agent: &Client, dir: &std::path::Path) -> Held {
     // A view the agent will not give (a node locked by a refused request) is held as its
     // error, so that the comparison names what changed instead of failing here.
-    let call = |request: AgentRequest| async move { agent.call(&request).await };
-    let lock = match call(AgentRequest::Status).await {
-        Ok(Reply::Status(status)) => {
+    let lock = match agent.call(calls::Status).await {
+        Ok(status) => {
             format!("{} with slot {:?}", status.state, status.unlocked_with)
         }
         other => format!("{other:?}"),
     };
-    let vaults = match call(AgentRequest::VaultsList).await {
-        Ok(Reply::Vaults(vaults)) => vaults
+    let vaults = match agent.call(vaults::List).await {
+        Ok(vaults) => vaults
             .iter()
             .map(|v| {
                 format!(
@@ -418,8 +417,8 @@ async fn held(agent: &Client, dir: &std::path::Path) -> Held {
             .collect(),
         other => vec![format!("{other:?}")],
     };
-    let audit = match call(AgentRequest::Audit(Default::default())).await {
-        Ok(Reply::Events(events)) => events
+    let audit = match agent.call(calls::Audit(Default::default())).await {
+        Ok(events) => events
             .iter()
             .filter(|e| !REFUSAL_EVENTS.contains(&e.event.as_str()))
             .map(|e| format!("{} {} {}", e.seq, e.event, Value::Object(e.fields.clone())))
@@ -433,10 +432,14 @@ async fn held(agent: &Client, dir: &std::path::Path) -> Held {
         vaults,
         shares: format!(
             "{:?}",
-            call(AgentRequest::VaultsPermissions(VAULT.into())).await
+            agent
+                .call(vaults::Permissions {
+                    vault: VAULT.into()
+                })
+                .await
         ),
-        nodes: format!("{:?}", call(AgentRequest::NodesGetAll).await),
-        backups: format!("{:?}", call(AgentRequest::BackupsList).await),
+        nodes: format!("{:?}", agent.call(nodes::GetAll).await),
+        backups: format!("{:?}", agent.call(node::api::backups::List).await),
         keyslots: keyslots
             .slots()
             .iter()
@@ -450,13 +453,7 @@ async fn held(agent: &Client, dir: &std::path::Path) -> Held {
 
 /// How many audit events of each refusal kind there are.
 async fn refusal_records(agent: &Client) -> Vec<usize> {
-    let Reply::Events(events) = agent
-        .call(&AgentRequest::Audit(Default::default()))
-        .await
-        .unwrap()
-    else {
-        panic!("audit")
-    };
+    let events = agent.call(calls::Audit(Default::default())).await.unwrap();
     REFUSAL_EVENTS
         .iter()
         .map(|kind| events.iter().filter(|e| e.event == *kind).count())
@@ -556,7 +553,7 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     let peer = node::identity::Identity::generate().node_id().to_string();
     let stranger = node::identity::Identity::generate().node_id().to_string();
     agent
-        .call(&AgentRequest::NodesAdd {
+        .call(nodes::Add {
             node: peer.clone(),
             addr: "127.0.0.1:9".into(),
             no_notify: false,
@@ -909,10 +906,10 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     let mut stored = Vec::new();
     agent
         .download(
-            &AgentRequest::SecretsCat {
+            secrets::Cat {
                 vault: VAULT.into(),
                 path: "db".into(),
-                via: node::api::Via::Cli,
+                via: secrets::Via::Cli,
             },
             &mut stored,
         )

@@ -107,17 +107,14 @@ async fn second_node(dir: &std::path::Path) -> (String, String, node::client::Cl
     rx.await.unwrap();
     let client = node::client::Client::new(&path);
     client
-        .call(&node::api::Request::Unlock(node::api::UnlockParams {
+        .call(node::api::agent::Unlock {
             slot: None,
             kind: Some(hsm::Kind::Soft),
             secret: Some(node::api::SecretBytes(NODE2_PASSPHRASE.as_bytes().to_vec())),
-        }))
+        })
         .await
         .unwrap();
-    let node::api::Reply::Status(status) = client.call(&node::api::Request::Status).await.unwrap()
-    else {
-        panic!("no status");
-    };
+    let status = client.call(node::api::agent::Status).await.unwrap();
     (status.node_id.unwrap(), status.peer_addr.unwrap(), client)
 }
 
@@ -364,12 +361,9 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     // The second node, and the vault shared with it. The second node knows the appliance
     // too (so it takes the share's notification).
     let appliance = node::client::Client::new(&node::NodePath::new(dir.path().join("state/node")));
-    let node::api::Reply::Status(me) = appliance.call(&node::api::Request::Status).await.unwrap()
-    else {
-        panic!("no status");
-    };
+    let me = appliance.call(node::api::agent::Status).await.unwrap();
     node2_client
-        .call(&node::api::Request::NodesAdd {
+        .call(node::api::nodes::Add {
             node: me.node_id.clone().unwrap(),
             addr: me.peer_addr.clone().unwrap(),
             no_notify: false,
@@ -424,15 +418,17 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     // A scheduled pull of the second node's vault: the backups page shows its result,
     // and so does the status page.
     node2_client
-        .call(&node::api::Request::VaultsCreate("laptop".into()))
+        .call(node::api::vaults::Create {
+            name: "laptop".into(),
+        })
         .await
         .unwrap();
     node2_client
         .upload(
-            &node::api::Request::SecretsWrite {
+            node::api::secrets::Write {
                 vault: "laptop".into(),
                 path: "ssh-key".into(),
-                kind: node::api::WriteKind::Write,
+                kind: node::api::secrets::WriteKind::Write,
                 size: Some(LAPTOP_SECRET.len() as u64),
             },
             LAPTOP_SECRET.as_bytes(),
@@ -440,7 +436,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         .await
         .unwrap();
     node2_client
-        .call(&node::api::Request::VaultsShare {
+        .call(node::api::vaults::Share {
             vault: "laptop".into(),
             node: my_id.clone(),
             permissions: vec![
@@ -667,16 +663,13 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     shot(&driver, "reset").await;
 
     // The second node received the share's notification.
-    let node::api::Reply::Notifications(inbox) = node2_client
-        .call(&node::api::Request::NotificationsList {
+    let inbox = node2_client
+        .call(node::api::notifications::List {
             mailbox: node::notifications::Mailbox::Inbox,
             unread: false,
         })
         .await
-        .unwrap()
-    else {
-        panic!("no inbox");
-    };
+        .unwrap();
     assert!(
         inbox
             .iter()
@@ -687,7 +680,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     driver.quit().await.unwrap();
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), daemon).await;
-    let _ = node2_client.call(&node::api::Request::Stop).await;
+    let _ = node2_client.call(node::api::agent::Stop).await;
 
     let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
     assert!(

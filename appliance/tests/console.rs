@@ -695,7 +695,7 @@ async fn start_agent(dir: &std::path::Path) -> node::client::Client {
     tokio::spawn(async move { node::agent::run(config, || {}).await });
     let client = node::client::Client::new(&node);
     for _ in 0..100 {
-        if client.call(&node::api::Request::Status).await.is_ok() {
+        if client.call(node::api::agent::Status).await.is_ok() {
             return client;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -955,7 +955,7 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
         forged_account(intruder),
     )
     .unwrap();
-    agent.call(&node::api::Request::Lock).await.unwrap();
+    agent.call(node::api::agent::Lock).await.unwrap();
     let c = console(dir.path());
     let from = [192, 0, 2, 50];
     // While the node is locked the account cannot be checked: a login works, but
@@ -1040,7 +1040,7 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
     let reset_page = send(&c, "GET", "/reset", Some(&page_session), None, here).await;
     assert_eq!(reset_page.status, StatusCode::OK, "{}", reset_page.body);
     // Locking the node does not let the replaced account in.
-    agent.call(&node::api::Request::Lock).await.unwrap();
+    agent.call(node::api::agent::Lock).await.unwrap();
     assert_eq!(
         login_status(&c, intruder, here).await.status,
         StatusCode::FORBIDDEN

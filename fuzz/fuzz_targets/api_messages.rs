@@ -1,9 +1,10 @@
 //! The agent's API (`node::api`): postcard decoding of what `pk` sends the agent and what
 //! the agent answers, and a round trip of whatever decodes.
 //!
-//! Input: `[which, message...]`; `which` picks the type: `Call`, `Request`, `Upload`,
-//! `Response`, `Reply`. A `KeysDecrypt` request is then decrypted, as the agent would,
-//! with a fixed node identity.
+//! Input: `[which, message...]`; `which` picks the type: `Hello`, `Request`, `Upload`,
+//! `Response`, or a call's reply (`[4, kind, reply...]`, `kind` as
+//! [`pk_fuzz::decode_reply`] reads it). A `keys::Decrypt` request is then decrypted, as
+//! the agent would, with a fixed node identity.
 //!
 //! Checks: no panic; a decoded message encodes, and its encoding decodes to the same
 //! encoding.
@@ -13,7 +14,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use node::api::{Call, Reply, Request, Response, Upload};
+use node::api::keys::{Decrypt, KeysRequest};
+use node::api::{Hello, Request, Response, Upload};
 use node::identity::Identity;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,7 +29,7 @@ fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Option<T> {
 /// What the agent does with the bytes of a request before any store is touched.
 fn handle(request: &Request) {
     static IDENTITY: OnceLock<Identity> = OnceLock::new();
-    if let Request::KeysDecrypt(message) = request {
+    if let Request::Keys(KeysRequest::Decrypt(Decrypt(message))) = request {
         let _ = IDENTITY.get_or_init(Identity::generate).decrypt(&message.0);
     }
 }
@@ -38,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match which % 5 {
         0 => {
-            if let Some(call) = decode::<Call>(message) {
+            if let Some(call) = decode::<Hello>(message) {
                 handle(&call.request);
             }
         }
@@ -54,7 +56,9 @@ fuzz_target!(|data: &[u8]| {
             decode::<Response>(message);
         }
         _ => {
-            decode::<Reply>(message);
+            if let [kind, reply @ ..] = message {
+                pk_fuzz::decode_reply(*kind, reply);
+            }
         }
     }
 });

@@ -2,7 +2,7 @@
 //! `FrameBuffer` and decoded frame by frame, as the agent socket and a fetch's receiver do.
 //!
 //! Input: `[which, pieces, stream...]`. `which` (low two bits) picks the conversation:
-//! 0 an agent call (`Call`, then `Upload` frames), 1 the agent's answer (`Response`
+//! 0 an agent call (`Hello`, then `Upload` frames), 1 the agent's answer (`Response`
 //! frames), 2 a peer call (`PeerCall`), 3 a peer's answer (`PeerResponse` frames); bit 2
 //! picks a 64-byte limit instead of the real one. `pieces` is the cut (see
 //! `pk_fuzz::pieces`).
@@ -14,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use node::api::{Call, Response, Upload};
+use node::api::{Hello, Response, Upload};
 use node::peer::{MAX_RESPONSE, PeerCall, PeerResponse};
 use node::rpc::{FrameBuffer, FrameError, MAX_FRAME, encode_frame, read_frame};
 use serde::Serialize;
@@ -153,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
     let small = which & 4 != 0;
     let limit = |real: usize| if small { 64 } else { real };
     match which & 3 {
-        0 => run::<Call, Upload>(*cut, stream, limit(MAX_FRAME)),
+        0 => run::<Hello, Upload>(*cut, stream, limit(MAX_FRAME)),
         1 => run::<Response, Response>(*cut, stream, limit(MAX_FRAME)),
         2 => run::<PeerCall, PeerCall>(*cut, stream, limit(MAX_FRAME)),
         _ => run::<PeerResponse, PeerResponse>(*cut, stream, limit(MAX_RESPONSE)),

@@ -55,6 +55,34 @@ pub fn put_part(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(part);
 }
 
+/// The replies the `api_messages` target decodes, by `kind`: what the agent answers
+/// status, the vault calls, the audit log, the node graph and the mailboxes with.
+pub const REPLY_KINDS: u8 = 10;
+
+/// Decodes `bytes` as the reply of the call `kind` picks (modulo [`REPLY_KINDS`]), as
+/// `pk` does, and makes a round trip of what decodes.
+pub fn decode_reply(kind: u8, bytes: &[u8]) {
+    use node::api::{SecretBytes, agent, decode_reply, identities, nodes, notifications};
+    use node::api::{secrets, vaults};
+    fn one<C: node::api::Call>(bytes: &[u8]) {
+        if let Ok(value) = decode_reply::<C>(&SecretBytes(bytes.to_vec())) {
+            postcard_round_trip(&value);
+        }
+    }
+    match kind % REPLY_KINDS {
+        0 => one::<agent::Status>(bytes),
+        1 => one::<vaults::List>(bytes),
+        2 => one::<vaults::Log>(bytes),
+        3 => one::<secrets::Ls>(bytes),
+        4 => one::<secrets::Stat>(bytes),
+        5 => one::<vaults::Clone>(bytes),
+        6 => one::<agent::Audit>(bytes),
+        7 => one::<nodes::GetAll>(bytes),
+        8 => one::<notifications::List>(bytes),
+        _ => one::<identities::Get>(bytes),
+    }
+}
+
 /// Runs a future to completion on one current-thread runtime kept for the process.
 pub fn block_on<F: Future>(future: F) -> F::Output {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();

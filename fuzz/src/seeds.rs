@@ -12,9 +12,13 @@ use hsm::tpm::{PcrBank, PcrPolicy, TpmSealed};
 use hsm::yubikey::{PinRule, TouchRule, YubiKeySealed};
 use hsm::{DataKey, Kind, Pin, Sealed};
 use node::NodePath;
+use node::api::agent::{AgentState, AgentStatus};
+use node::api::console::{AccountBinding, ConsoleEvent};
+use node::api::keyslots::KeyslotEvent;
+use node::api::secrets::{Via, WriteKind};
 use node::api::{
-    AccountBinding, AgentStatus, ApiError, Call, ConsoleEvent, ErrorCode, KeyslotEvent, PROTOCOL,
-    Reply, Request, Response, SecretBytes, UnlockParams, Upload, Via, WriteKind,
+    ApiError, Call, ErrorCode, Hello, PROTOCOL, Request, Response, SecretBytes, Upload, agent,
+    console, encode_reply, keys, keyslots, nodes, notifications, secrets, vaults,
 };
 use node::audit::AuditQuery;
 use node::identity::{Identity, encrypt_to};
@@ -157,8 +161,8 @@ struct Sync {
     clone_stream: Vec<u8>,
     /// A pull's request, as the receiver made it.
     pull_request: FetchRequest,
-    /// Replies a real store gives.
-    replies: Vec<Reply>,
+    /// Replies a real store gives: `(kind, encoded)`, `kind` as `decode_reply` reads it.
+    replies: Vec<(u8, SecretBytes)>,
     /// The vault the streams carry.
     vault: node::vault::VaultId,
 }
@@ -302,13 +306,14 @@ fn sync(out: &mut Out<'_>) -> io::Result<Sync> {
     let root = SecretPath::parse("", true).expect("root");
     let db = SecretPath::parse("db", false).expect("path");
     let replies = vec![
-        Reply::Vaults(vaults.list().expect("list")),
-        Reply::Commits(vaults.log("fuzz0", None, None).expect("log")),
-        Reply::Entries(vaults.list_dir("fuzz0", &root).expect("ls")),
-        Reply::Stat(vaults.stat("fuzz0", &db).expect("stat")),
-        Reply::Fetch(Box::new(cloned)),
-        Reply::Events(
-            node::audit::query(
+        reply::<vaults::List>(1, &vaults.list().expect("list")),
+        reply::<vaults::Log>(2, &vaults.log("fuzz0", None, None).expect("log")),
+        reply::<secrets::Ls>(3, &vaults.list_dir("fuzz0", &root).expect("ls")),
+        reply::<secrets::Stat>(4, &vaults.stat("fuzz0", &db).expect("stat")),
+        reply::<vaults::Clone>(5, &cloned),
+        reply::<agent::Audit>(
+            6,
+            &node::audit::query(
                 &b.store.read().expect("a read"),
                 &AuditQuery {
                     events: Vec::new(),
@@ -334,116 +339,141 @@ fn sync(out: &mut Out<'_>) -> io::Result<Sync> {
     })
 }
 
+/// The reply to a call of type `C`, encoded as the agent sends it, with its `kind`.
+fn reply<C: Call>(kind: u8, value: &C::Reply) -> (u8, SecretBytes) {
+    (kind, encode_reply::<C>(value).expect("a reply encodes"))
+}
+
 fn requests(sync: &Sync) -> Vec<Request> {
     let me = Identity::generate();
     vec![
-        Request::Status,
-        Request::Unlock(UnlockParams {
+        agent::Status.into(),
+        agent::Unlock {
             slot: Some(0),
             kind: Some(Kind::Soft),
             secret: Some(SecretBytes(b"passphrase".to_vec())),
-        }),
-        Request::KeyslotChanged {
+        }
+        .into(),
+        keyslots::Changed {
             event: KeyslotEvent::Enrolled,
             slot: 2,
             kind: Kind::Tpm,
-        },
-        Request::ConsoleEvent {
+        }
+        .into(),
+        console::Event {
             event: ConsoleEvent::Login,
             client: "192.0.2.1".into(),
-        },
-        Request::ConsoleAccount {
+        }
+        .into(),
+        console::Account {
             account: "digest".into(),
             binding: AccountBinding::Change {
                 from: "old digest".into(),
             },
-        },
-        Request::KeysDecrypt(SecretBytes(
+        }
+        .into(),
+        keys::Decrypt(SecretBytes(
             encrypt_to(&me.node_id(), b"to this node").expect("encrypts"),
-        )),
-        Request::KeysEncrypt {
+        ))
+        .into(),
+        keys::Encrypt {
             to: me.node_id().to_string(),
             data: SecretBytes(b"plain".to_vec()),
-        },
-        Request::VaultsLog {
+        }
+        .into(),
+        vaults::Log {
             vault: "team".into(),
             depth: Some(10),
             from: None,
-        },
-        Request::SecretsWrite {
+        }
+        .into(),
+        secrets::Write {
             vault: "team".into(),
             path: "db/password".into(),
             kind: WriteKind::Create,
             size: Some(7),
-        },
-        Request::SecretsCat {
+        }
+        .into(),
+        secrets::Cat {
             vault: "team".into(),
             path: "db/password".into(),
             via: Via::Console,
-        },
-        Request::SecretsRm {
+        }
+        .into(),
+        secrets::Rm {
             vault: "team".into(),
             paths: vec!["a".into(), "b/c".into()],
             recursive: true,
-        },
-        Request::Audit(AuditQuery {
+        }
+        .into(),
+        agent::Audit(AuditQuery {
             events: vec!["vault".into()],
             limit: Some(3),
             newest_first: false,
             after: Some(1),
-        }),
-        Request::NodesAdd {
+        })
+        .into(),
+        nodes::Add {
             node: me.node_id().to_string(),
             addr: "192.0.2.2:1314".into(),
             no_notify: false,
             no_ping: true,
-        },
-        Request::NodesPermit {
+        }
+        .into(),
+        nodes::Permit {
             node: me.node_id().to_string(),
             permissions: vec![NodePermission::Notify, NodePermission::Scan],
             allow: true,
-        },
-        Request::VaultsShare {
+        }
+        .into(),
+        vaults::Share {
             vault: "team".into(),
             node: me.node_id().to_string(),
             permissions: vec![VaultPermission::Clone, VaultPermission::Pull],
             grant: true,
-        },
-        Request::VaultsClone {
+        }
+        .into(),
+        vaults::Clone {
             vault: sync.vault.to_string(),
             node: me.node_id().to_string(),
             name: None,
-        },
-        Request::NotificationsList {
+        }
+        .into(),
+        notifications::List {
             mailbox: Mailbox::Inbox,
             unread: true,
-        },
-        Request::IdentitiesSearch {
+        }
+        .into(),
+        node::api::identities::Search {
             provider: "github.com".into(),
             term: "alice".into(),
-        },
+        }
+        .into(),
     ]
 }
 
 fn rpc_and_api(out: &mut Out<'_>, sync: &Sync) -> io::Result<()> {
     let requests = requests(sync);
     let mut replies = sync.replies.clone();
-    replies.push(Reply::Status(AgentStatus {
-        state: "unlocked".into(),
+    replies.push(reply::<agent::Status>(
+        0,
+        &AgentStatus {
+            state: AgentState::Unlocked,
         pid: 4242,
         node_id: Some(crate::fixed_node(0).to_string()),
         unlocked_with: Some(0),
         uptime_s: 60,
         version: "0.1.0".into(),
-        peer_addr: Some("0.0.0.0:1314".into()),
-    }));
-    replies.push(Reply::Done);
+            peer_addr: Some("0.0.0.0:1314".into()),
+        },
+    ));
+    let done = encode_reply::<agent::Lock>(&()).expect("a reply encodes");
     let error = ApiError::new(ErrorCode::NotFound, "no vault named team");
 
     // api_messages: one message per seed, `[which, postcard]`.
     let api = "api_messages";
     for (i, request) in requests.iter().enumerate() {
-        let call = Call {
+        let call = Hello {
             protocol: PROTOCOL,
             request: request.clone(),
         };
@@ -466,13 +496,15 @@ fn rpc_and_api(out: &mut Out<'_>, sync: &Sync) -> io::Result<()> {
         "response-err",
         &postcard(3, &Response::Err(error.clone())),
     )?;
-    for (i, reply) in replies.iter().enumerate() {
+    for (i, (kind, reply)) in replies.iter().enumerate() {
         out.put(
             api,
             &format!("response-ok-{i}"),
             &postcard(3, &Response::Ok(reply.clone())),
         )?;
-        out.put(api, &format!("reply-{i}"), &postcard(4, reply))?;
+        let mut bytes = vec![4, *kind];
+        bytes.extend_from_slice(&reply.0);
+        out.put(api, &format!("reply-{i}"), &bytes)?;
     }
 
     // rpc_frames: whole conversations, `[which, cut, frames]`.
@@ -482,7 +514,7 @@ fn rpc_and_api(out: &mut Out<'_>, sync: &Sync) -> io::Result<()> {
         bytes.extend_from_slice(stream);
         out.put(rpc, name, &bytes)
     };
-    let write = frames(&[Call {
+    let write = frames(&[Hello {
         protocol: PROTOCOL,
         request: requests[8].clone(),
     }]);
@@ -497,10 +529,10 @@ fn rpc_and_api(out: &mut Out<'_>, sync: &Sync) -> io::Result<()> {
     put(out, "call-upload-small-limit", 4, 9, &upload)?;
     let mut answer: Vec<Response> = vec![
         Response::Chunk(SecretBytes(b"hunter2".to_vec())),
-        Response::Ok(Reply::Done),
+        Response::Ok(done),
     ];
     put(out, "download", 1, 3, &frames(&answer))?;
-    answer = replies.iter().cloned().map(Response::Ok).collect();
+    answer = replies.iter().map(|(_, r)| Response::Ok(r.clone())).collect();
     answer.push(Response::Err(error));
     put(out, "replies", 1, 0, &frames(&answer))?;
     let fetch = frames(&[PeerCall {

@@ -25,7 +25,7 @@ use chacha20poly1305::aead::{AeadInPlace as _, KeyInit as _};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hsm::soft::SoftProtector;
 use hsm::{DataKey, Pin, Protector as _};
-use node::api::Request;
+use node::api::agent::Status;
 use node::client::Client;
 use node::keyslots::Keyslots;
 
@@ -287,7 +287,7 @@ fn agent_start(plan: &Plan, node: &Node, rows: &mut Vec<Row>) -> Result<()> {
             .stderr(Stdio::null())
             .spawn()?;
         let ready = loop {
-            if rt.block_on(client.call(&Request::Status)).is_ok() {
+            if rt.block_on(client.call(Status)).is_ok() {
                 break Ok(start.elapsed());
             }
             if let Some(status) = child.try_wait()? {

@@ -6,7 +6,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::NodePath;
-use crate::api::{ApiError, Call, PROTOCOL, Reply, Request, Response, SecretBytes, Upload};
+use crate::api::{
+    ApiError, Call, Hello, PROTOCOL, Request, Response, SecretBytes, Upload, decode_reply,
+};
 use crate::rpc::{CHUNK, FrameError, MAX_FRAME, expect_frame, write_frame};
 
 /// Why a call to the agent failed.
@@ -65,21 +67,22 @@ impl Client {
             })
     }
 
-    /// A plain call: one request, one reply.
-    pub async fn call(&self, request: &Request) -> Result<Reply, ClientError> {
+    /// A plain call: one request, its reply.
+    pub async fn call<C: Call>(&self, call: C) -> Result<C::Reply, ClientError> {
         let mut stream = self.connect().await?;
-        write_frame(&mut stream, &call(request)).await?;
-        finish(&mut stream, None::<&mut tokio::io::Sink>).await
+        write_frame(&mut stream, &hello(call)).await?;
+        let reply = finish(&mut stream, None::<&mut tokio::io::Sink>).await?;
+        Ok(decode_reply::<C>(&reply)?)
     }
 
     /// A call that sends `data` after the request (a secret's content).
-    pub async fn upload(
+    pub async fn upload<C: Call>(
         &self,
-        request: &Request,
+        call: C,
         mut data: impl AsyncRead + Unpin,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<C::Reply, ClientError> {
         let mut stream = self.connect().await?;
-        let sent = send_upload(&mut stream, request, &mut data).await;
+        let sent = send_upload(&mut stream, hello(call), &mut data).await;
         // The agent may refuse the request (a bad path, locked) before reading the content
         // and close its side; its answer is still waiting to be read.
         let answer = finish(&mut stream, None::<&mut tokio::io::Sink>).await;
@@ -88,28 +91,29 @@ impl Client {
             // The agent's refusal says more than the broken pipe it caused.
             (_, Err(answer)) => Err(answer),
             (Err(sent), Ok(_)) => Err(sent),
-            (Ok(()), Ok(reply)) => Ok(reply),
+            (Ok(()), Ok(reply)) => Ok(decode_reply::<C>(&reply)?),
         }
     }
 
     /// A call whose reply streams content into `out` before the final reply.
-    pub async fn download(
+    pub async fn download<C: Call>(
         &self,
-        request: &Request,
+        call: C,
         out: &mut (impl AsyncWrite + Unpin),
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<C::Reply, ClientError> {
         let mut stream = self.connect().await?;
-        write_frame(&mut stream, &call(request)).await?;
-        finish(&mut stream, Some(out)).await
+        write_frame(&mut stream, &hello(call)).await?;
+        let reply = finish(&mut stream, Some(out)).await?;
+        Ok(decode_reply::<C>(&reply)?)
     }
 }
 
 async fn send_upload(
     stream: &mut UnixStream,
-    request: &Request,
+    hello: Hello,
     data: &mut (impl AsyncRead + Unpin),
 ) -> Result<(), ClientError> {
-    write_frame(stream, &call(request)).await?;
+    write_frame(stream, &hello).await?;
     let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
     loop {
         let n = read_full(data, &mut buf).await?;
@@ -125,11 +129,11 @@ async fn send_upload(
     Ok(())
 }
 
-/// The request, with this client's protocol version.
-fn call(request: &Request) -> Call {
-    Call {
+/// The call, with this client's protocol version.
+fn hello(call: impl Into<Request>) -> Hello {
+    Hello {
         protocol: PROTOCOL,
-        request: request.clone(),
+        request: call.into(),
     }
 }
 
@@ -146,10 +150,11 @@ async fn read_full(data: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> std::
     Ok(filled)
 }
 
+/// Reads the answer: content into `out` (for a download), then the encoded reply.
 async fn finish(
     stream: &mut UnixStream,
     mut out: Option<&mut (impl AsyncWrite + Unpin)>,
-) -> Result<Reply, ClientError> {
+) -> Result<SecretBytes, ClientError> {
     loop {
         match expect_frame::<_, Response>(stream, MAX_FRAME + CHUNK).await? {
             Response::Chunk(bytes) => match out.as_mut() {

@@ -26,6 +26,7 @@ pub mod notifications;
 pub mod peer;
 pub mod provider;
 pub mod rpc;
+mod secret_bytes;
 pub mod sigchain;
 pub mod store;
 pub mod tokens;

@@ -133,8 +133,8 @@ async fn report(node: &node::NodePath) {
     }
     let client = node::client::Client::new(node);
     for _ in 0..50 {
-        if let Ok(node::api::Reply::Status(s)) = client.call(&node::api::Request::Status).await
-            && s.state == "unlocked"
+        if let Ok(s) = client.call(node::api::agent::Status).await
+            && s.state == node::api::agent::AgentState::Unlocked
         {
             say!(
                 "  node: unlocked through keyslot {} (NodeId {})",

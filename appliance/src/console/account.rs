@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use node::api::{AccountBinding, AccountCheck, ConsoleEvent, Reply, Request as AgentRequest};
+use node::api::console::{Account as BindAccount, AccountBinding, AccountCheck, ConsoleEvent};
 use serde::Deserialize;
 use sha2::Digest as _;
 use tokio::sync::OwnedSemaphorePermit;
@@ -127,13 +127,13 @@ impl Console {
         let Some(account) = self.account() else {
             return Ok(());
         };
-        let request = AgentRequest::ConsoleAccount {
+        let request = BindAccount {
             account: digest(&account),
             binding: AccountBinding::Check,
         };
-        let bound = match self.client.call(&request).await {
-            Ok(Reply::Account(AccountCheck::Mismatch)) => false,
-            Ok(Reply::Account(check)) => {
+        let bound = match self.client.call(request).await {
+            Ok(AccountCheck::Mismatch) => false,
+            Ok(check) => {
                 if check == AccountCheck::Bound {
                     tracing::info!(
                         event = "console.account_bound",
@@ -184,19 +184,13 @@ impl Console {
 
     /// Binds `account` in the node (unlocked only), in the way `binding` says.
     async fn bind(&self, account: &Account, binding: AccountBinding) -> Result<(), Refusal> {
-        let request = AgentRequest::ConsoleAccount {
+        let request = BindAccount {
             account: digest(account),
             binding,
         };
         match actions::agent(self, request).await {
-            Ok(Reply::Account(AccountCheck::Bound | AccountCheck::Matches)) => Ok(()),
-            Ok(Reply::Account(AccountCheck::Mismatch)) => {
-                Err((StatusCode::CONFLICT, REPLACED.to_owned()))
-            }
-            Ok(_) => Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the agent answered something unexpected".into(),
-            )),
+            Ok(AccountCheck::Bound | AccountCheck::Matches) => Ok(()),
+            Ok(AccountCheck::Mismatch) => Err((StatusCode::CONFLICT, REPLACED.to_owned())),
             Err(ViewError::Locked) => Err((
                 StatusCode::CONFLICT,
                 "Unlock the node first: the admin account is bound to it.".into(),
@@ -409,7 +403,7 @@ pub(super) async fn reset_password(
     }
     c.refund_check(ticket);
     // Binding needs the node open: the code just proved it opens it.
-    if let Err(ViewError::Locked) = actions::agent(c, AgentRequest::KeysPublic).await {
+    if let Err(ViewError::Locked) = actions::agent(c, node::api::keys::Public).await {
         actions::unlock(c, "recovery", &code)
             .await
             .map_err(|m| (StatusCode::SERVICE_UNAVAILABLE, m))?;

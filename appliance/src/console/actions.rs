@@ -8,7 +8,13 @@
 use std::sync::Arc;
 
 use hsm::Protector;
-use node::api::{Reply, Request as AgentRequest, SecretBytes, UnlockParams, Via};
+use node::api::agent::{AgentState, Audit, Lock, Status, Unlock};
+use node::api::backups::{self, Backup};
+use node::api::keyslots::{Changed, KeyslotEvent};
+use node::api::nodes::{self, ConnectionInfo, Pong};
+use node::api::secrets::{Cat, Ls, Via, Write, WriteKind};
+use node::api::vaults::{self, Permissions};
+use node::api::{Call, SecretBytes};
 use node::client::ClientError;
 use node::keyslots::Keyslots;
 use node::tokens::UnlockChoice;
@@ -32,8 +38,8 @@ pub(super) enum ViewError {
 }
 
 /// Calls the agent for a view.
-pub(super) async fn agent(c: &Console, request: AgentRequest) -> Result<Reply, ViewError> {
-    c.client.call(&request).await.map_err(|e| match e {
+pub(super) async fn agent<C: Call>(c: &Console, call: C) -> Result<C::Reply, ViewError> {
+    c.client.call(call).await.map_err(|e| match e {
         ClientError::Api(api) if api.code == node::api::ErrorCode::Locked => ViewError::Locked,
         ClientError::Api(api) if api.code == node::api::ErrorCode::NotFound => {
             ViewError::NotFound(api.message)
@@ -51,13 +57,9 @@ impl std::fmt::Display for ViewError {
     }
 }
 
-fn unexpected() -> ViewError {
-    ViewError::Unavailable("the agent answered something unexpected".into())
-}
-
 /// Calls the agent for an action; `done` words the success, `failed` prefixes the error.
-async fn act(c: &Console, request: AgentRequest, done: String, failed: &str) -> Outcome {
-    match c.client.call(&request).await {
+async fn act<C: Call>(c: &Console, call: C, done: String, failed: &str) -> Outcome {
+    match c.client.call(call).await {
         Ok(_) => Ok(done),
         Err(e) => Err(format!("{failed}: {e}")),
     }
@@ -86,7 +88,7 @@ fn pin(secret: &str) -> Option<hsm::Pin> {
 pub(super) async fn lock(c: &Console) -> Outcome {
     let outcome = act(
         c,
-        AgentRequest::Lock,
+        Lock,
         "Locked: the keys are gone from memory.".into(),
         "Could not lock",
     )
@@ -99,12 +101,12 @@ pub(super) async fn lock(c: &Console) -> Outcome {
 
 pub(super) async fn unlock(c: &Console, method: &str, secret: &str) -> Outcome {
     let kind = method_kind(method)?;
-    let params = UnlockParams {
+    let params = Unlock {
         slot: None,
         kind: Some(kind),
         secret: (!secret.is_empty()).then(|| SecretBytes(secret.as_bytes().to_vec())),
     };
-    match c.client.call(&AgentRequest::Unlock(params)).await {
+    match c.client.call(params).await {
         Ok(_) => {
             tracing::info!(
                 event = "console.unlock",
@@ -128,7 +130,9 @@ pub(super) async fn vault_create(c: &Console, name: &str) -> Outcome {
     let name = name.trim();
     let outcome = act(
         c,
-        AgentRequest::VaultsCreate(name.to_owned()),
+        vaults::Create {
+            name: name.to_owned(),
+        },
         format!("Vault {name} created."),
         "Not created",
     )
@@ -141,13 +145,13 @@ pub(super) async fn vault_create(c: &Console, name: &str) -> Outcome {
 
 pub(super) async fn secret_write(c: &Console, vault: &str, path: &str, value: &[u8]) -> Outcome {
     let path = path.trim();
-    let request = AgentRequest::SecretsWrite {
+    let request = Write {
         vault: vault.to_owned(),
         path: path.to_owned(),
-        kind: node::api::WriteKind::Write,
+        kind: WriteKind::Write,
         size: Some(value.len() as u64),
     };
-    match c.client.upload(&request, value).await {
+    match c.client.upload(request, value).await {
         Ok(_) => {
             tracing::info!(event = "console.secret_written", vault = %vault, path = %path, "secret written from the console");
             Ok(format!("Saved {vault}:{path}."))
@@ -164,12 +168,12 @@ pub(super) async fn reveal(
 ) -> Result<Zeroizing<Vec<u8>>, String> {
     let path = path.trim();
     let mut value = Zeroizing::new(Vec::new());
-    let request = AgentRequest::SecretsCat {
+    let request = Cat {
         vault: vault.to_owned(),
         path: path.to_owned(),
         via: Via::Console,
     };
-    match c.client.download(&request, &mut *value).await {
+    match c.client.download(request, &mut *value).await {
         Ok(_) => {
             tracing::info!(event = "console.secret_revealed", vault = %vault, path = %path, "secret revealed in the console");
             Ok(value)
@@ -181,7 +185,7 @@ pub(super) async fn reveal(
 pub(super) async fn share(c: &Console, vault: &str, who: &str, grant: bool) -> Outcome {
     use node::nodes::VaultPermission::{Clone, Pull, Push};
     let who = who.trim();
-    let request = AgentRequest::VaultsShare {
+    let request = vaults::Share {
         vault: vault.to_owned(),
         node: who.to_owned(),
         permissions: if grant {
@@ -205,7 +209,7 @@ pub(super) async fn share(c: &Console, vault: &str, who: &str, grant: bool) -> O
 
 pub(super) async fn peer_add(c: &Console, node_id: &str, addr: &str) -> Outcome {
     let node_id = node_id.trim();
-    let request = AgentRequest::NodesAdd {
+    let request = nodes::Add {
         node: node_id.to_owned(),
         addr: addr.trim().to_owned(),
         no_notify: false,
@@ -220,15 +224,13 @@ pub(super) async fn peer_add(c: &Console, node_id: &str, addr: &str) -> Outcome 
 
 pub(super) async fn peer_ping(c: &Console, node_id: &str) -> Outcome {
     let node_id = node_id.trim();
-    match c
-        .client
-        .call(&AgentRequest::NodesPing(node_id.to_owned()))
-        .await
-    {
-        Ok(Reply::Pong { rtt_ms, addr, .. }) => {
+    let ping = nodes::Ping {
+        node: node_id.to_owned(),
+    };
+    match c.client.call(ping).await {
+        Ok(Pong { rtt_ms, addr, .. }) => {
             Ok(format!("{node_id} answered from {addr} in {rtt_ms} ms."))
         }
-        Ok(_) => Ok(format!("{node_id} answered.")),
         Err(e) => Err(format!("No answer: {e}")),
     }
 }
@@ -241,7 +243,7 @@ pub(super) async fn backup_add(
     name: &str,
 ) -> Outcome {
     let (vault, node_id, name) = (vault.trim(), node_id.trim(), name.trim());
-    let request = AgentRequest::BackupsAdd {
+    let request = backups::Add {
         vault: vault.to_owned(),
         node: node_id.to_owned(),
         every_s,
@@ -264,7 +266,9 @@ pub(super) async fn backup_remove(c: &Console, name: &str) -> Outcome {
     let name = name.trim();
     act(
         c,
-        AgentRequest::BackupsRemove(name.to_owned()),
+        backups::Remove {
+            name: name.to_owned(),
+        },
         format!("{name} is no longer pulled on a schedule."),
         "Not removed",
     )
@@ -433,12 +437,9 @@ async fn blocking(
         .unwrap_or_else(|_| Err("the keyslot operation failed".into()))
 }
 
-async fn keyslot_changed(c: &Console, event: node::api::KeyslotEvent, slot: u32, kind: hsm::Kind) {
+async fn keyslot_changed(c: &Console, event: KeyslotEvent, slot: u32, kind: hsm::Kind) {
     // Recorded in the audit log now, or at the next unlock while locked.
-    let _ = c
-        .client
-        .call(&AgentRequest::KeyslotChanged { event, slot, kind })
-        .await;
+    let _ = c.client.call(Changed { event, slot, kind }).await;
 }
 
 /// Keyslots change only for an admin account checked against the node (unlocked): a
@@ -474,7 +475,7 @@ pub(super) async fn keyslot_enroll(c: &Arc<Console>, form: Enrolment) -> Outcome
         .iter()
         .find(|s| s.id == id)
         .map_or(hsm::Kind::Soft, |s| s.kind);
-    keyslot_changed(c, node::api::KeyslotEvent::Enrolled, id, kind).await;
+    keyslot_changed(c, KeyslotEvent::Enrolled, id, kind).await;
     tracing::info!(event = "console.keyslot_enrolled", slot = id, kind = %kind, "keyslot enrolled from the console");
     Ok(format!("Enrolled keyslot {id} ({kind})."))
 }
@@ -534,7 +535,7 @@ pub(super) async fn keyslot_remove(
         Ok(String::new())
     })
     .await?;
-    keyslot_changed(c, node::api::KeyslotEvent::Removed, slot, kind).await;
+    keyslot_changed(c, KeyslotEvent::Removed, slot, kind).await;
     tracing::info!(event = "console.keyslot_removed", slot, kind = %kind, "keyslot removed from the console");
     Ok(format!("Removed keyslot {slot} ({kind})."))
 }
@@ -565,30 +566,21 @@ pub struct StatusView {
     /// Open peer connections.
     pub peers_connected: usize,
     /// The scheduled pulls and their last results.
-    pub backups: Vec<node::api::Backup>,
+    pub backups: Vec<Backup>,
     /// A YubiKey is waiting for a touch right now.
     pub touch_needed: bool,
 }
 
 pub(super) async fn status(c: &Console) -> StatusView {
-    let (state, node_id, peer_addr) = match c.client.call(&AgentRequest::Status).await {
-        Ok(Reply::Status(s)) => (s.state, s.node_id, s.peer_addr),
-        _ => ("starting".to_owned(), None, None),
+    let (state, node_id, peer_addr) = match c.client.call(Status).await {
+        Ok(s) => (Some(s.state), s.node_id, s.peer_addr),
+        Err(_) => (None, None, None),
     };
-    let (peers_known, peers_connected, backups) = if state == "unlocked" {
+    let (peers_known, peers_connected, backups) = if state == Some(AgentState::Unlocked) {
         (
-            match agent(c, AgentRequest::NodesGetAll).await {
-                Ok(Reply::Nodes(n)) => n.len(),
-                _ => 0,
-            },
-            match agent(c, AgentRequest::NodesConnections).await {
-                Ok(Reply::Connections(n)) => n.len(),
-                _ => 0,
-            },
-            match agent(c, AgentRequest::BackupsList).await {
-                Ok(Reply::Backups(b)) => b,
-                _ => Vec::new(),
-            },
+            agent(c, nodes::GetAll).await.map_or(0, |n| n.len()),
+            agent(c, nodes::Connections).await.map_or(0, |n| n.len()),
+            agent(c, backups::List).await.unwrap_or_default(),
         )
     } else {
         (0, 0, Vec::new())
@@ -602,7 +594,8 @@ pub(super) async fn status(c: &Console) -> StatusView {
         })
         .unwrap_or((0, 0));
     StatusView {
-        state,
+        // Until the agent answers, the node is still starting.
+        state: state.map_or("starting", AgentState::name).to_owned(),
         node_id,
         peer_addr,
         uptime_s: c.started.elapsed().as_secs(),
@@ -628,42 +621,25 @@ pub(super) struct VaultDetail {
 }
 
 pub(super) async fn vaults(c: &Console) -> Result<Vec<node::vault::VaultRecord>, ViewError> {
-    match agent(c, AgentRequest::VaultsList).await? {
-        Reply::Vaults(list) => Ok(list),
-        _ => Err(unexpected()),
-    }
+    agent(c, vaults::List).await
 }
 
 pub(super) async fn vault(c: &Console, name: &str) -> Result<VaultDetail, ViewError> {
-    let entries = match agent(
-        c,
-        AgentRequest::SecretsLs {
-            vault: name.to_owned(),
-            path: String::new(),
-        },
-    )
-    .await?
-    {
-        Reply::Entries(e) => e,
-        _ => return Err(unexpected()),
+    let ls = Ls {
+        vault: name.to_owned(),
+        path: String::new(),
     };
-    let commits = match agent(
-        c,
-        AgentRequest::VaultsLog {
-            vault: name.to_owned(),
-            depth: Some(20),
-            from: None,
-        },
-    )
-    .await?
-    {
-        Reply::Commits(list) => list,
-        _ => Vec::new(),
+    let entries = agent(c, ls).await?;
+    let log = vaults::Log {
+        vault: name.to_owned(),
+        depth: Some(20),
+        from: None,
     };
-    let shares = match agent(c, AgentRequest::VaultsPermissions(name.to_owned())).await? {
-        Reply::Shares(list) => list,
-        _ => Vec::new(),
+    let commits = agent(c, log).await?;
+    let permissions = Permissions {
+        vault: name.to_owned(),
     };
+    let shares = agent(c, permissions).await?;
     Ok(VaultDetail {
         name: name.to_owned(),
         entries,
@@ -676,34 +652,22 @@ pub(super) async fn vault(c: &Console, name: &str) -> Result<VaultDetail, ViewEr
 #[derive(Clone, Debug, Serialize)]
 pub(super) struct PeersView {
     pub(super) nodes: Vec<node::nodes::NodeRecord>,
-    pub(super) connections: Vec<node::api::ConnectionInfo>,
+    pub(super) connections: Vec<ConnectionInfo>,
 }
 
 pub(super) async fn peers(c: &Console) -> Result<PeersView, ViewError> {
-    let nodes = match agent(c, AgentRequest::NodesGetAll).await? {
-        Reply::Nodes(list) => list,
-        _ => return Err(unexpected()),
-    };
-    let connections = match agent(c, AgentRequest::NodesConnections).await? {
-        Reply::Connections(list) => list,
-        _ => Vec::new(),
-    };
+    let nodes = agent(c, nodes::GetAll).await?;
+    let connections = agent(c, nodes::Connections).await?;
     Ok(PeersView { nodes, connections })
 }
 
 /// Nodes announcing themselves on the LAN (mDNS), listened for a moment.
 pub(super) async fn lan_nodes(c: &Console) -> Result<Vec<node::lan::Found>, ViewError> {
-    match agent(c, AgentRequest::NodesDiscover { wait_ms: 1500 }).await? {
-        Reply::Found(list) => Ok(list),
-        _ => Err(unexpected()),
-    }
+    agent(c, nodes::Discover { wait_ms: 1500 }).await
 }
 
-pub(super) async fn backups(c: &Console) -> Result<Vec<node::api::Backup>, ViewError> {
-    match agent(c, AgentRequest::BackupsList).await? {
-        Reply::Backups(list) => Ok(list),
-        _ => Err(unexpected()),
-    }
+pub(super) async fn backups(c: &Console) -> Result<Vec<Backup>, ViewError> {
+    agent(c, backups::List).await
 }
 
 pub(super) async fn audit(c: &Console) -> Result<Vec<node::audit::AuditEvent>, ViewError> {
@@ -712,8 +676,5 @@ pub(super) async fn audit(c: &Console) -> Result<Vec<node::audit::AuditEvent>, V
         newest_first: true,
         ..Default::default()
     };
-    match agent(c, AgentRequest::Audit(query)).await? {
-        Reply::Events(events) => Ok(events),
-        _ => Err(unexpected()),
-    }
+    agent(c, Audit(query)).await
 }

@@ -173,7 +173,7 @@ async fn reset(
 
 async fn logout(State(c): State<Arc<Console>>, Peer(ip): Peer, headers: HeaderMap) -> Response {
     c.end_session(&headers);
-    c.record(node::api::ConsoleEvent::Logout, ip).await;
+    c.record(node::api::console::ConsoleEvent::Logout, ip).await;
     Json(json!({ "message": "Logged out." })).into_response()
 }
 

@@ -41,7 +41,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use node::NodePath;
-use node::api::{ConsoleEvent, Request as AgentRequest};
+use node::api::console::{ConsoleEvent, Event};
 use node::client::Client;
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -275,11 +275,11 @@ impl Console {
     /// Records a console event in the node's audit log (kept for the next unlock while
     /// locked; lost only if the agent is not running at all, as before setup).
     async fn record(&self, event: ConsoleEvent, client: IpAddr) {
-        let request = AgentRequest::ConsoleEvent {
+        let request = Event {
             event,
             client: client.to_string(),
         };
-        if let Err(e) = self.client.call(&request).await {
+        if let Err(e) = self.client.call(request).await {
             tracing::warn!(event = "console.audit_failed", error = %e, "a console event could not reach the audit log");
         }
     }

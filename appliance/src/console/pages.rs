@@ -498,7 +498,11 @@ pub(super) fn peers(
     )
 }
 
-pub(super) fn backups(list: &[node::api::Backup], csrf: &str, note: Option<&Outcome>) -> String {
+pub(super) fn backups(
+    list: &[node::api::backups::Backup],
+    csrf: &str,
+    note: Option<&Outcome>,
+) -> String {
     layout(
         "Backups",
         html! {

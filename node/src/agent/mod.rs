@@ -24,19 +24,18 @@ use tokio::sync::Notify;
 use zeroize::Zeroizing;
 
 use crate::NodePath;
-use crate::api::{
-    AccountBinding, AccountCheck, AgentStatus, ApiError, Call, ErrorCode, KeyslotEvent, PROTOCOL,
-    Reply, Request, Response, SecretBytes, UnlockParams, Upload, WriteKind,
-};
+use crate::api::agent::Unlock;
+use crate::api::{ApiError, ErrorCode, Hello, PROTOCOL, Request, Response, SecretBytes, Upload};
 use crate::audit;
-use crate::identity::{self, Identity, NodeId};
+use crate::identity::Identity;
 use crate::keyslots::{KeyslotError, Keyslots};
 use crate::rpc::{CHUNK, FrameError, MAX_FRAME, read_frame, write_frame};
-use crate::store::{Read as _, Store, StoreError, Table};
+use crate::store::{Store, StoreError, WriteTx};
 use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
-use crate::vault::{SecretPath, VaultError, Vaults};
+use crate::vault::{VaultError, Vaults};
 
 mod budget;
+mod calls;
 mod peers;
 mod refusals;
 mod trust;
@@ -143,7 +142,7 @@ struct Open {
     /// The GitHub identity provider.
     github: crate::provider::GitHub,
     /// Device authorisations in progress, by the handle given to `pk`.
-    device_auths: Mutex<std::collections::HashMap<u64, zeroize::Zeroizing<String>>>,
+    device_auths: Mutex<std::collections::HashMap<u64, trust::DeviceFlow>>,
     /// Refused peer calls not yet in the audit log (written in aggregate).
     refusals: Mutex<refusals::Refusals>,
     /// What one clone or pull may bring.
@@ -267,7 +266,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
         udp,
     });
     // Unattended unlock: slots that need no secret (a TPM slot whose policy holds).
-    let _ = unlock(&shared, UnlockParams::default()).await;
+    let _ = unlock(&shared, Unlock::default()).await;
     ready();
 
     let own_uid = rustix::process::getuid().as_raw();
@@ -319,7 +318,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
 /// Answers a connection from another user with a refusal, and nothing else.
 async fn refuse(mut stream: UnixStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let _ = read_frame::<_, Call>(&mut stream, MAX_FRAME).await;
+        let _ = read_frame::<_, Hello>(&mut stream, MAX_FRAME).await;
         let _ = write_frame(
             &mut stream,
             &Response::Err(ApiError::new(
@@ -333,7 +332,7 @@ async fn refuse(mut stream: UnixStream) {
 }
 
 async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
-    let request: Request = match read_frame::<_, Call>(&mut stream, MAX_FRAME).await {
+    let request: Request = match read_frame::<_, Hello>(&mut stream, MAX_FRAME).await {
         Ok(Some(call)) if call.protocol == PROTOCOL => call.request,
         Ok(Some(call)) => {
             let _ = write_frame(
@@ -359,7 +358,7 @@ async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
             return;
         }
     };
-    let response = match handle(&shared, request, &mut stream).await {
+    let response = match calls::handle(&shared, request, &mut stream).await {
         Ok(reply) => Response::Ok(reply),
         Err(e) => Response::Err(e),
     };
@@ -374,313 +373,39 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| ApiError::new(ErrorCode::Internal, "the request failed inside the agent"))?
 }
 
-fn parse_path(path: &str, allow_root: bool) -> Result<SecretPath, ApiError> {
-    SecretPath::parse(path, allow_root).map_err(vault_error)
+/// Runs `job` on a blocking thread with the unlocked state (store calls block).
+async fn on_store<T: Send + 'static>(
+    open: &Arc<Open>,
+    job: impl FnOnce(&Open) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let open = open.clone();
+    blocking(move || job(&open)).await
 }
 
-async fn handle(
-    shared: &Arc<Shared>,
-    request: Request,
-    stream: &mut UnixStream,
-) -> Result<Reply, ApiError> {
-    match request {
-        Request::Status => {
-            let open = shared.open().ok();
-            Ok(Reply::Status(AgentStatus {
-                state: if open.is_some() { "unlocked" } else { "locked" }.into(),
-                pid: std::process::id(),
-                node_id: open.as_ref().map(|o| o.identity().node_id().to_string()),
-                unlocked_with: open.as_ref().map(|o| o.slot),
-                uptime_s: shared.started.elapsed().as_secs(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                peer_addr: shared
-                    .udp
-                    .as_ref()
-                    .and_then(|u| u.local_addr().ok())
-                    .map(|a| a.to_string()),
-            }))
-        }
-        Request::Unlock(params) => {
-            unlock(shared, params).await?;
-            Ok(Reply::Done)
-        }
-        Request::Lock => {
-            lock(shared);
-            Ok(Reply::Done)
-        }
-        Request::Stop => {
-            shared.shutdown.notify_one();
-            Ok(Reply::Done)
-        }
-        Request::ConsoleEvent { event, client } => {
-            record_or_remember(shared, event.name(), json!({ "client": client })).await?;
-            Ok(Reply::Done)
-        }
-        Request::KeyslotChanged { event, slot, kind } => {
-            let fields = json!({ "slot": slot, "kind": kind });
-            let event = match event {
-                KeyslotEvent::Enrolled => "keyslot.enrolled",
-                KeyslotEvent::Removed => "keyslot.removed",
-            };
-            record_or_remember(shared, event, fields).await?;
-            Ok(Reply::Done)
-        }
-        Request::SecretsWrite {
-            vault,
-            path,
-            kind,
-            size,
-        } => {
-            let checked = shared
-                .open()
-                .and_then(|open| Ok((open, SecretPath::parse_file(&path).map_err(vault_error)?)));
-            let (open, path) = match checked {
-                Ok(ok) => ok,
-                Err(e) => {
-                    // Read the whole upload even when refusing it: closing a Unix socket
-                    // with unread data resets the connection, and the client would lose
-                    // our answer.
-                    drain(stream).await?;
-                    return Err(e);
-                }
-            };
-            let event = match kind {
-                WriteKind::Create => "secret.created",
-                WriteKind::Write => "secret.written",
-                WriteKind::Edit => "secret.edited",
-                WriteKind::Import => "secret.imported",
-            };
-            // The content flows through a small channel into the blocking writer, which
-            // stores it chunk by chunk inside one transaction.
-            let (tx, mut rx) =
-                tokio::sync::mpsc::channel::<Result<Zeroizing<Vec<u8>>, VaultError>>(4);
-            let writer = tokio::task::spawn_blocking(move || {
-                let mut pieces = std::iter::from_fn(|| rx.blocking_recv());
-                vaults(&open).write_stream(&vault, &path, &mut pieces, size, event)
-            });
-            let received = forward_upload(stream, &tx).await;
-            if received.is_err() {
-                // Tell the writer to abandon its transaction.
-                let _ = tx.send(Err(VaultError::Interrupted)).await;
-            }
-            drop(tx);
-            let written = writer.await.map_err(|_| {
-                ApiError::new(ErrorCode::Internal, "the write failed inside the agent")
-            })?;
-            received?;
-            written.map(Reply::Commit).map_err(vault_error)
-        }
-        Request::SecretsCat { vault, path, via } => {
-            let open = shared.open()?;
-            let path = SecretPath::parse_file(&path).map_err(vault_error)?;
-            stream_out(stream, move |out| {
-                let v = vaults(&open);
-                // Record the reveal before the first byte leaves, so a reader that stops
-                // midway is on record too; a path that does not exist reveals nothing.
-                v.stat(&vault, &path).map_err(vault_error)?;
-                let mut wtx = open.store.write().map_err(store_error)?;
-                audit::append(
-                    &mut wtx,
-                    "secret.revealed",
-                    json!({ "vault": vault, "path": path.to_string(), "via": via.name() }),
-                )
-                .map_err(store_error)?;
-                wtx.commit().map_err(store_error)?;
-                v.read_stream(&vault, &path, &mut |piece| {
-                    std::io::Write::write_all(out, piece).map_err(|_| VaultError::Interrupted)
-                })
-                .map_err(vault_error)
-            })
-            .await?;
-            Ok(Reply::Done)
-        }
-        Request::VaultsExportBundle(vault) => {
-            let open = shared.open()?;
-            stream_out(stream, move |out| {
-                vaults(&open)
-                    .export_bundle(&vault, out)
-                    .map_err(vault_error)?;
-                let mut wtx = open.store.write().map_err(store_error)?;
-                audit::append(&mut wtx, "vault.exported", json!({ "vault": vault }))
-                    .map_err(store_error)?;
-                wtx.commit().map_err(store_error)
-            })
-            .await?;
-            Ok(Reply::Done)
-        }
-        other => {
-            let open = shared.open()?;
-            match peers::handle(&open, other).await {
-                Ok(answer) => answer,
-                Err(other) => match trust::handle(&open, other).await {
-                    Ok(answer) => answer,
-                    Err(other) => blocking(move || call(&open, other)).await,
-                },
-            }
-        }
+impl Open {
+    /// Appends one audit event in its own transaction.
+    fn record(&self, event: &str, fields: serde_json::Value) -> Result<(), ApiError> {
+        self.audited(event, fields, |_| Ok(()))
     }
-}
 
-/// Appends one audit event in its own transaction.
-fn record(open: &Open, event: &str, fields: serde_json::Value) -> Result<(), ApiError> {
-    let mut tx = open.store.write().map_err(store_error)?;
-    audit::append(&mut tx, event, fields).map_err(store_error)?;
-    tx.commit().map_err(store_error)
+    /// Makes `change` and appends the audit event `event` in one write transaction:
+    /// both are written, or (when `change` fails) neither.
+    fn audited<T>(
+        &self,
+        event: &str,
+        fields: serde_json::Value,
+        change: impl FnOnce(&mut WriteTx<'_>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut tx = self.store.write()?;
+        let out = change(&mut tx)?;
+        audit::append(&mut tx, event, fields)?;
+        tx.commit()?;
+        Ok(out)
+    }
 }
 
 fn vaults(open: &Open) -> Vaults<'_> {
     Vaults::new(&open.store, open.identity().node_id())
-}
-
-/// The calls that need only the unlocked state and no streaming.
-fn call(open: &Open, request: Request) -> Result<Reply, ApiError> {
-    let v = vaults(open);
-    let ve = vault_error;
-    Ok(match request {
-        Request::KeysPublic => Reply::NodeId(open.identity().node_id().to_string()),
-        Request::KeysSign(data) => {
-            record(open, "keys.signed", json!({ "bytes": data.0.len() }))?;
-            Reply::Bytes(SecretBytes(open.identity().sign_user(&data.0).to_vec()))
-        }
-        Request::KeysEncrypt { to, data } => {
-            let to: NodeId = to.parse().map_err(|e: identity::IdentityError| {
-                ApiError::new(ErrorCode::BadInput, e.to_string())
-            })?;
-            Reply::Bytes(SecretBytes(
-                identity::encrypt_to(&to, &data.0)
-                    .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?,
-            ))
-        }
-        Request::KeysDecrypt(data) => Reply::Bytes({
-            record(open, "keys.decrypted", json!({ "bytes": data.0.len() }))?;
-            SecretBytes(
-                open.identity()
-                    .decrypt(&data.0)
-                    .map_err(|e| ApiError::new(ErrorCode::BadInput, e.to_string()))?
-                    .to_vec(),
-            )
-        }),
-        Request::VaultsCreate(name) => Reply::Vault(Box::new(v.create(&name).map_err(ve)?)),
-        Request::VaultsList => Reply::Vaults(v.list().map_err(ve)?),
-        Request::VaultsRename { from, to } => {
-            v.rename(&from, &to).map_err(ve)?;
-            Reply::Done
-        }
-        Request::VaultsDelete(name) => {
-            v.delete(&name).map_err(ve)?;
-            Reply::Done
-        }
-        Request::VaultsLog { vault, depth, from } => Reply::Commits(
-            v.log(&vault, depth.map(|d| d as usize), from.as_deref())
-                .map_err(ve)?,
-        ),
-        Request::VaultsVersion { vault, target } => {
-            Reply::Commit(v.version(&vault, &target).map_err(ve)?)
-        }
-        Request::SecretsLs { vault, path } => {
-            Reply::Entries(v.list_dir(&vault, &parse_path(&path, true)?).map_err(ve)?)
-        }
-        Request::SecretsMkdir {
-            vault,
-            path,
-            parents,
-        } => Reply::Commit(
-            v.mkdir(&vault, &parse_path(&path, false)?, parents)
-                .map_err(ve)?,
-        ),
-        Request::SecretsRm {
-            vault,
-            paths,
-            recursive,
-        } => {
-            let paths = paths
-                .iter()
-                .map(|p| parse_path(p, false))
-                .collect::<Result<Vec<_>, _>>()?;
-            Reply::Commit(v.remove(&vault, &paths, recursive).map_err(ve)?)
-        }
-        Request::SecretsRename { vault, from, to } => Reply::Commit(
-            v.rename_path(&vault, &parse_path(&from, false)?, &parse_path(&to, false)?)
-                .map_err(ve)?,
-        ),
-        Request::SecretsStat { vault, path } => {
-            Reply::Stat(v.stat(&vault, &parse_path(&path, true)?).map_err(ve)?)
-        }
-        Request::SecretsTouch { vault, path } => {
-            let path = SecretPath::parse_file(&path).map_err(ve)?;
-            Reply::MaybeCommit(v.touch(&vault, &path).map_err(ve)?)
-        }
-        Request::Audit(query) => {
-            // Refusals counted so far belong in what the reader sees.
-            peers::flush_refusals(open, true);
-            let tx = open.store.read().map_err(store_error)?;
-            Reply::Events(audit::query(&tx, &query).map_err(store_error)?)
-        }
-        Request::ConsoleAccount { account, binding } => {
-            Reply::Account(console_account(open, &account, binding)?)
-        }
-        _ => return Err(ApiError::new(ErrorCode::BadInput, "unexpected request")),
-    })
-}
-
-/// Where the console's bound admin account is kept (sealed like every value).
-const ACCOUNT_KEY: &[u8] = b"console-account";
-
-/// The console's admin account as the node holds it.
-#[derive(Serialize, Deserialize)]
-struct BoundAccount {
-    current: String,
-    /// The account before a password change, until the console shows the new one is on
-    /// disk: a crash between binding the new account and writing its file leaves the old
-    /// one working. Never set by a reset, which must not bring back what it replaced.
-    previous: Option<String>,
-}
-
-/// Checks the console's account against the bound one, or binds a new one.
-fn console_account(
-    open: &Open,
-    account: &str,
-    binding: AccountBinding,
-) -> Result<AccountCheck, ApiError> {
-    let mut tx = open.store.write().map_err(store_error)?;
-    let bound: Option<BoundAccount> = match tx.get(Table::Meta, ACCOUNT_KEY).map_err(store_error)? {
-        Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|_| {
-            ApiError::new(ErrorCode::Internal, "the bound console account is damaged")
-        })?),
-        None => None,
-    };
-    let bind = |previous: Option<String>| BoundAccount {
-        current: account.to_owned(),
-        previous,
-    };
-    let (check, store) = match (binding, bound) {
-        (AccountBinding::Check, None) => {
-            audit::append(&mut tx, "console.account_bound", json!({})).map_err(store_error)?;
-            (AccountCheck::Bound, Some(bind(None)))
-        }
-        (AccountBinding::Check, Some(b)) if b.current == account => (
-            AccountCheck::Matches,
-            b.previous.is_some().then(|| bind(None)),
-        ),
-        (AccountBinding::Check, Some(b)) if b.previous.as_deref() == Some(account) => {
-            (AccountCheck::Matches, Some(bind(None)))
-        }
-        (AccountBinding::Check, Some(_)) => (AccountCheck::Mismatch, None),
-        (AccountBinding::Change { from }, None) => (AccountCheck::Bound, Some(bind(Some(from)))),
-        (AccountBinding::Change { from }, Some(b)) if b.current == from => {
-            (AccountCheck::Bound, Some(bind(Some(from))))
-        }
-        (AccountBinding::Change { .. }, Some(_)) => (AccountCheck::Mismatch, None),
-        (AccountBinding::Reset, _) => (AccountCheck::Bound, Some(bind(None))),
-    };
-    if let Some(store) = store {
-        let bytes = serde_json::to_vec(&store)
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "the console account"))?;
-        tx.put(Table::Meta, ACCOUNT_KEY, &bytes)
-            .map_err(store_error)?;
-    }
-    tx.commit().map_err(store_error)?;
-    Ok(check)
 }
 
 /// Bytes written by a blocking job, sent on as bounded, zeroized chunks.
@@ -808,7 +533,7 @@ async fn record_or_remember(
     }
 }
 
-async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiError> {
+async fn unlock(shared: &Arc<Shared>, params: Unlock) -> Result<(), ApiError> {
     if shared.open().is_ok() {
         return Ok(());
     }
@@ -818,7 +543,7 @@ async fn unlock(shared: &Arc<Shared>, params: UnlockParams) -> Result<(), ApiErr
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let auto = params.slot.is_none() && params.kind.is_none() && params.secret.is_none();
+    let auto = params.is_unattended();
     let requested_slot = params.slot;
     let result = blocking(move || {
         let keyslots = Keyslots::open(&config.node).map_err(keyslot_error)?;
@@ -916,6 +641,18 @@ fn lock(shared: &Shared) {
 
 fn frame_error(e: FrameError) -> ApiError {
     ApiError::new(ErrorCode::BadInput, e.to_string())
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        store_error(e)
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        vault_error(e)
+    }
 }
 
 fn store_error(e: StoreError) -> ApiError {

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{Open, blocking, budget, record, store_error, vault_error, vaults};
-use crate::api::{ApiError, Backup, ConnectionInfo, ErrorCode, Reply, Request, SecretBytes};
+use super::{Open, blocking, budget, store_error, vault_error, vaults};
+use crate::api::backups::Backup;
+use crate::api::nodes::{Add, ConnectionInfo, Direction, Pong};
+use crate::api::notifications::Queued;
+use crate::api::{ApiError, ErrorCode, SecretBytes};
 use crate::gestalt::{Gestalts, Vertex};
 use crate::identity::NodeId;
 use crate::lan::{self, Interfaces};
 use crate::net::{Connection, Endpoint};
-use crate::nodes::{NodePermission, Nodes, VaultPermission};
+use crate::nodes::{NodePermission, NodeRecord, Nodes, Share, VaultPermission};
 use crate::notifications::{Body, Delivery, Mailbox, Notifications};
 use crate::peer::{
     CallStream, FetchRequest, IDLE_DEADLINE, MAX_HAVES, MAX_RECEIVED, MAX_RESPONSE, PeerError,
@@ -61,6 +64,11 @@ struct Pooled {
 }
 
 impl PeerNet {
+    /// The interfaces the node is advertised on over mDNS, if it is.
+    pub(super) fn lan(&self) -> Option<Interfaces> {
+        self.lan
+    }
+
     /// The local address peers dial.
     pub(super) fn local_addr(&self) -> Option<SocketAddr> {
         self.endpoint.local_addr().ok()
@@ -620,8 +628,7 @@ async fn serve_fetch(
                 return Err(VaultError::Interrupted);
             }
             if sent.is_ok() {
-                let _ = record(
-                    &open,
+                let _ = open.record(
                     "vault.served",
                     json!({ "id": vault, "node": peer, "clone": fetch.clone }),
                 );
@@ -770,264 +777,39 @@ fn failed(open: &Open, e: PeerError) -> ApiError {
     e.to_api()
 }
 
-/// Handles the `pk` requests about peers; gives back the requests that are not.
-pub(super) async fn handle(
-    open: &Arc<Open>,
-    request: Request,
-) -> Result<Result<Reply, ApiError>, Request> {
-    Ok(match request {
-        Request::NodesAdd {
-            node,
-            addr,
-            no_notify,
-            no_ping,
-        } => nodes_add(open, &node, addr, no_notify, no_ping).await,
-        Request::NodesRemove(node) => {
-            async {
-                let node = node_id(&node)?;
-                if let Some(net) = open.net.get()
-                    && let Some(p) = net
-                        .pool
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&node)
-                {
-                    p.conn.close("removed");
-                }
-                let open = open.clone();
-                blocking(move || {
-                    if Nodes::new(&open.store).remove(&node).map_err(store_error)? {
-                        Ok(Reply::Done)
-                    } else {
-                        Err(ApiError::new(
-                            ErrorCode::NotFound,
-                            format!("{node} is not in the node graph"),
-                        ))
-                    }
-                })
-                .await
-            }
-            .await
-        }
-        Request::NodesPing(node) => ping(open, &node).await,
-        Request::NodesFind(node) => find(open, &node).await,
-        Request::NodesGetAll => {
-            let open = open.clone();
-            blocking(move || {
-                let tx = open.store.read().map_err(store_error)?;
-                Ok(Reply::Nodes(
-                    Nodes::new(&open.store).all(&tx).map_err(store_error)?,
-                ))
-            })
-            .await
-        }
-        Request::NodesConnections => connections(open),
-        Request::NodesPermit {
-            node,
-            permissions,
-            allow,
-        } => {
-            async {
-                let node = node_id(&node)?;
-                let open = open.clone();
-                blocking(move || {
-                    Nodes::new(&open.store)
-                        .set_permissions(&node, &permissions, allow)
-                        .map_err(store_error)?
-                        .map(Reply::Node)
-                        .ok_or_else(|| {
-                            ApiError::new(
-                                ErrorCode::NotFound,
-                                format!("{node} is not in the node graph"),
-                            )
-                        })
-                })
-                .await
-            }
-            .await
-        }
-        Request::NodesDiscover { wait_ms } => {
-            let interfaces = open
-                .net
-                .get()
-                .and_then(|n| n.lan)
-                .unwrap_or(Interfaces::Lan);
-            let me = open.identity().node_id().to_string();
-            blocking(move || {
-                lan::browse(
-                    Duration::from_millis(u64::from(wait_ms)),
-                    interfaces,
-                    Some(&me),
-                )
-                .map(Reply::Found)
-                .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))
-            })
-            .await
-        }
-        Request::VaultsShare {
-            vault,
-            node,
-            permissions,
-            grant,
-        } => share(open, vault, &node, permissions, grant).await,
-        Request::VaultsPermissions(vault) => {
-            let open = open.clone();
-            blocking(move || {
-                let record = vaults(&open).find(None, &vault).map_err(vault_error)?;
-                let tx = open.store.read().map_err(store_error)?;
-                Ok(Reply::Shares(
-                    Nodes::new(&open.store)
-                        .shares_of(&tx, &record.id)
-                        .map_err(store_error)?,
-                ))
-            })
-            .await
-        }
-        Request::VaultsScan(node) => {
-            async {
-                let node = node_id(&node)?;
-                match call_peer(open, node, PeerRequest::Scan).await?.1 {
-                    PeerReply::Vaults(list) => Ok(Reply::SharedVaults(list)),
-                    _ => Err(lost("an unexpected answer")),
-                }
-            }
-            .await
-        }
-        Request::VaultsClone { vault, node, name } => {
-            async {
-                let node = node_id(&node)?;
-                clone(open, node, &vault, name)
-                    .await
-                    .map(|o| Reply::Fetch(Box::new(o)))
-            }
-            .await
-        }
-        Request::VaultsPull { vault, node } => {
-            async {
-                let node = match node {
-                    Some(n) => Some(node_id(&n)?),
-                    None => None,
-                };
-                pull(open, &vault, node)
-                    .await
-                    .map(|o| Reply::Fetch(Box::new(o)))
-            }
-            .await
-        }
-        Request::BackupsAdd {
-            vault,
-            node,
-            every_s,
-            name,
-        } => {
-            async {
-                let node = node_id(&node)?;
-                if !(MIN_BACKUP_INTERVAL_S..=MAX_BACKUP_INTERVAL_S).contains(&every_s) {
-                    return Err(ApiError::new(
-                        ErrorCode::BadInput,
-                        "the time between scheduled pulls must be at least 10 seconds and at most 366 days",
-                    ));
-                }
-                let backup = Backup {
-                    name: name.unwrap_or_else(|| vault.clone()),
-                    vault,
-                    node: node.to_string(),
-                    every_s,
-                    next_ms: 0,
-                    last: None,
-                };
-                let open = open.clone();
-                blocking(move || {
-                    save_backup(&open, &backup, "backup.added")?;
-                    Ok(Reply::Backups(vec![backup]))
-                })
-                .await
-            }
-            .await
-        }
-        Request::BackupsList => {
-            let open = open.clone();
-            blocking(move || Ok(Reply::Backups(backups(&open)?))).await
-        }
-        Request::BackupsRemove(name) => {
-            let open = open.clone();
-            blocking(move || {
-                let mut tx = open.store.write().map_err(store_error)?;
-                let removed = tx
-                    .delete(Table::Sync, &backup_key(&open, &name))
-                    .map_err(store_error)?;
-                if !removed {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no scheduled pull into {name:?}"),
-                    ));
-                }
-                crate::audit::append(&mut tx, "backup.removed", json!({ "vault": name }))
-                    .map_err(store_error)?;
-                tx.commit().map_err(store_error)?;
-                Ok(Reply::Done)
-            })
-            .await
-        }
-        Request::NotificationsSend { node, text } => {
-            async {
-                let node = node_id(&node)?;
-                let body = Body::Message { text };
-                body.check()
-                    .map_err(|e| ApiError::new(ErrorCode::BadInput, e))?;
-                send_notification(open, node, body).await
-            }
-            .await
-        }
-        Request::NotificationsList { mailbox, unread } => {
-            let open = open.clone();
-            blocking(move || {
-                let mut list = Notifications::new(&open.store)
-                    .list(mailbox)
-                    .map_err(store_error)?;
-                if unread {
-                    list.retain(|n| !n.read);
-                }
-                Ok(Reply::Notifications(list))
-            })
-            .await
-        }
-        Request::NotificationsRead(id) => {
-            let open = open.clone();
-            blocking(move || {
-                Ok(Reply::Count(
-                    Notifications::new(&open.store)
-                        .mark_read(id)
-                        .map_err(store_error)? as u64,
-                ))
-            })
-            .await
-        }
-        Request::NotificationsRemove { mailbox, id } => {
-            let open = open.clone();
-            blocking(move || {
-                let n = Notifications::new(&open.store)
-                    .remove(mailbox, id)
-                    .map_err(store_error)?;
-                if n == 0 && id.is_some() {
-                    return Err(ApiError::new(ErrorCode::NotFound, "no such notification"));
-                }
-                Ok(Reply::Count(n as u64))
-            })
-            .await
-        }
-        other => return Err(other),
-    })
+/// Closes the pooled connection to `node`, if any (the node is being removed).
+pub(super) fn forget(open: &Open, node: &NodeId) {
+    if let Some(net) = open.net.get()
+        && let Some(p) = net
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node)
+    {
+        p.conn.close("removed");
+    }
 }
 
-async fn nodes_add(
-    open: &Arc<Open>,
-    node: &str,
-    addr: String,
-    no_notify: bool,
-    no_ping: bool,
-) -> Result<Reply, ApiError> {
+/// The vaults `node` shares with this one.
+pub(super) async fn scan(open: &Arc<Open>, node: &str) -> Result<Vec<SharedVault>, ApiError> {
     let node = node_id(node)?;
+    match call_peer(open, node, PeerRequest::Scan).await?.1 {
+        PeerReply::Vaults(list) => Ok(list),
+        _ => Err(lost("an unexpected answer")),
+    }
+}
+
+/// Adds a node to the graph (after a ping, unless asked not to).
+pub(super) async fn nodes_add(
+    open: &Arc<Open>,
+    Add {
+        node,
+        addr,
+        no_notify,
+        no_ping,
+    }: Add,
+) -> Result<NodeRecord, ApiError> {
+    let node = node_id(&node)?;
     if node == open.identity().node_id() {
         return Err(ApiError::new(
             ErrorCode::BadInput,
@@ -1068,7 +850,7 @@ async fn nodes_add(
             .get(&tx, &node)
             .map_err(store_error)?
             .ok_or_else(|| lost("the node vanished from the graph"))?;
-        Ok(Reply::Node(record))
+        Ok(record)
     })
     .await
 }
@@ -1093,7 +875,7 @@ pub(super) async fn call_peer(
     }
 }
 
-async fn ping(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
+pub(super) async fn ping(open: &Arc<Open>, node: &str) -> Result<Pong, ApiError> {
     let node = node_id(node)?;
     let started = Instant::now();
     let (conn, _) = call_peer(open, node, PeerRequest::Ping).await?;
@@ -1107,14 +889,14 @@ async fn ping(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
         })
         .await;
     }
-    Ok(Reply::Pong {
+    Ok(Pong {
         node: node.to_string(),
         addr: conn.remote_address().to_string(),
         rtt_ms: rtt.as_millis() as u64,
     })
 }
 
-async fn find(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
+pub(super) async fn find(open: &Arc<Open>, node: &str) -> Result<Vec<String>, ApiError> {
     let target = node_id(node)?;
     let known = {
         let open = open.clone();
@@ -1127,7 +909,7 @@ async fn find(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
     if let Some(record) = known.iter().find(|r| r.node_id == target)
         && !record.addrs.is_empty()
     {
-        return Ok(Reply::Addresses(record.addrs.clone()));
+        return Ok(record.addrs.clone());
     }
     // Ask the nodes this one knows.
     let mut found: Vec<String> = Vec::new();
@@ -1148,10 +930,10 @@ async fn find(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
             format!("no node this one knows has an address for {target}"),
         ));
     }
-    Ok(Reply::Addresses(found))
+    Ok(found)
 }
 
-fn connections(open: &Arc<Open>) -> Result<Reply, ApiError> {
+pub(super) fn connections(open: &Arc<Open>) -> Result<Vec<ConnectionInfo>, ApiError> {
     let net = net_of(open)?;
     let mut out = Vec::new();
     for (node, p) in net.pool.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -1161,7 +943,7 @@ fn connections(open: &Arc<Open>) -> Result<Reply, ApiError> {
         out.push(ConnectionInfo {
             node: node.to_string(),
             addr: p.conn.remote_address().to_string(),
-            direction: "outgoing".into(),
+            direction: Direction::Outgoing,
             age_s: p.since.elapsed().as_secs(),
             rtt_ms: p.conn.rtt().as_millis() as u64,
         });
@@ -1178,22 +960,22 @@ fn connections(open: &Arc<Open>) -> Result<Reply, ApiError> {
         out.push(ConnectionInfo {
             node: node.to_string(),
             addr: addr.to_string(),
-            direction: "incoming".into(),
+            direction: Direction::Incoming,
             age_s: since.elapsed().as_secs(),
             rtt_ms: conn.rtt().as_millis() as u64,
         });
     }
     out.sort_by(|a, b| (&a.node, &a.direction).cmp(&(&b.node, &b.direction)));
-    Ok(Reply::Connections(out))
+    Ok(out)
 }
 
-async fn share(
+pub(super) async fn share(
     open: &Arc<Open>,
     vault: String,
     who: &str,
     permissions: Vec<VaultPermission>,
     grant: bool,
-) -> Result<Reply, ApiError> {
+) -> Result<Vec<Share>, ApiError> {
     let vertex: Vertex = who.parse().map_err(|e: crate::gestalt::BadVertex| {
         ApiError::new(ErrorCode::BadInput, e.to_string())
     })?;
@@ -1257,7 +1039,7 @@ async fn share(
             let _ = send_notification(open, node, body.clone()).await;
         }
     }
-    Ok(Reply::Shares(share.into_iter().collect()))
+    Ok(share.into_iter().collect())
 }
 
 /// Queues a notification and tries to deliver it at once.
@@ -1265,7 +1047,7 @@ pub(super) async fn send_notification(
     open: &Arc<Open>,
     node: NodeId,
     body: Body,
-) -> Result<Reply, ApiError> {
+) -> Result<Queued, ApiError> {
     let queued = {
         let open = open.clone();
         blocking(move || {
@@ -1304,8 +1086,8 @@ pub(super) async fn send_notification(
     if let Some(Delivery::Refused { reason }) = &notification.delivery {
         return Err(ApiError::new(ErrorCode::Denied, reason.clone()));
     }
-    Ok(Reply::Queued {
-        notification: Box::new(notification),
+    Ok(Queued {
+        notification,
         delivered,
     })
 }
@@ -1534,7 +1316,7 @@ async fn fetch(
     }
 }
 
-async fn clone(
+pub(super) async fn clone(
     open: &Arc<Open>,
     node: NodeId,
     vault: &str,
@@ -1563,7 +1345,7 @@ async fn clone(
     fetch(open, node, request, Some(name)).await
 }
 
-async fn pull(
+pub(super) async fn pull(
     open: &Arc<Open>,
     vault: &str,
     node: Option<NodeId>,
@@ -1623,13 +1405,13 @@ async fn pull(
 // ---------------------------------------------------------------------------------------
 // Scheduled pulls
 
-fn backup_key(open: &Open, name: &str) -> Vec<u8> {
+pub(super) fn backup_key(open: &Open, name: &str) -> Vec<u8> {
     let mut key = BACKUP.to_vec();
     key.extend_from_slice(&open.store.name_hash("backup", &[name.as_bytes()]));
     key
 }
 
-fn save_backup(open: &Open, backup: &Backup, event: &str) -> Result<(), ApiError> {
+pub(super) fn save_backup(open: &Open, backup: &Backup, event: &str) -> Result<(), ApiError> {
     let mut tx = open.store.write().map_err(store_error)?;
     let bytes = serde_json::to_vec(backup).expect("a backup always serialises");
     tx.put(Table::Sync, &backup_key(open, &backup.name), &bytes)
@@ -1645,7 +1427,7 @@ fn save_backup(open: &Open, backup: &Backup, event: &str) -> Result<(), ApiError
     tx.commit().map_err(store_error)
 }
 
-fn backups(open: &Open) -> Result<Vec<Backup>, ApiError> {
+pub(super) fn backups(open: &Open) -> Result<Vec<Backup>, ApiError> {
     let tx = open.store.read().map_err(store_error)?;
     let mut out = Vec::new();
     for (key, value) in tx

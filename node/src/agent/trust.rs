@@ -8,8 +8,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::peers::{call_peer, denied, lost, node_id, send_notification};
-use super::{Open, blocking, store_error};
-use crate::api::{ApiError, ErrorCode, GestaltInfo, GestaltMember, Reply, Request};
+use super::{Open, blocking, on_store, store_error};
+use crate::api::identities::{DeviceAuthStarted, GestaltInfo, GestaltMember, IdentityClaimed};
+use crate::api::keys::KeyChanged;
+use crate::api::nodes::Claimed;
+use crate::api::{ApiError, ErrorCode};
 use crate::audit;
 use crate::gestalt::{BadVertex, Gestalts, Link, Vertex};
 use crate::identity::NodeId;
@@ -19,18 +22,27 @@ use crate::peer::{PeerReply, PeerRequest};
 use crate::provider::{GitHub, Poll, ProviderError};
 use crate::sigchain::{self, ClaimToken, ClaimType};
 
+/// A device authorisation in progress: the provider's polling interval is respected,
+/// and each `slow_down` adds 5 seconds to it, as the device flow asks.
+pub(super) struct DeviceFlow {
+    /// Seconds between polls, as the provider asked.
+    interval: u64,
+    /// The code the agent polls with (a credential until it expires).
+    device_code: zeroize::Zeroizing<String>,
+}
+
 /// How old (or how far in the future) a claim presented for countersigning may be.
 const CLAIM_FRESHNESS: Duration = Duration::from_secs(600);
 /// The most vertices one discovery walks.
 const DISCOVERY_LIMIT: usize = 64;
 
-fn vertex(s: &str) -> Result<Vertex, ApiError> {
+pub(super) fn vertex(s: &str) -> Result<Vertex, ApiError> {
     s.parse()
         .map_err(|e: BadVertex| ApiError::new(ErrorCode::BadInput, e.to_string()))
 }
 
 /// `v`, with a NodeId that renewed its key replaced by its current one.
-fn current(open: &Open, v: Vertex) -> Result<Vertex, ApiError> {
+pub(super) fn current(open: &Open, v: Vertex) -> Result<Vertex, ApiError> {
     if let Vertex::Node(node) = &v {
         let tx = open.store.read().map_err(store_error)?;
         if let Some(record) = Nodes::new(&open.store)
@@ -166,185 +178,68 @@ pub(super) fn finish_claim(open: &Open, peer: NodeId, token: ClaimToken) -> Resu
     tx.commit().map_err(store_error)
 }
 
-/// Handles the `pk` requests about trust; gives back the requests that are not.
-pub(super) async fn handle(
-    open: &Arc<Open>,
-    request: Request,
-) -> Result<Result<Reply, ApiError>, Request> {
-    Ok(match request {
-        Request::NodesClaim(node) => claim_node(open, &node).await,
-        Request::IdentitiesInvite(node) => {
-            async {
-                let node = node_id(&node)?;
-                send_notification(open, node, Body::GestaltInvite).await?;
-                Ok(Reply::Claimed {
-                    node: node.to_string(),
-                    invited: true,
-                    seq: None,
-                })
-            }
-            .await
-        }
-        Request::IdentitiesList => {
-            let open = open.clone();
-            blocking(move || list(&open).map(Reply::Gestalts)).await
-        }
-        Request::IdentitiesGet(gestalt) | Request::IdentitiesPermissions(gestalt) => {
-            async {
-                let v = vertex(&gestalt)?;
-                let open = open.clone();
-                blocking(move || {
-                    let v = current(&open, v)?;
-                    let info = info(&open, &v)?;
-                    Ok(Reply::Gestalts(vec![info]))
-                })
-                .await
-            }
-            .await
-        }
-        Request::IdentitiesTrust { gestalt, trust } => {
-            async {
-                let v = vertex(&gestalt)?;
-                let open2 = open.clone();
-                let reply =
-                    blocking(move || set_trust(&open2, &current(&open2, v)?, trust)).await?;
-                Ok(reply)
-            }
-            .await
-        }
-        Request::IdentitiesPermit {
-            gestalt,
-            permissions,
-            allow,
-        } => {
-            async {
-                let v = vertex(&gestalt)?;
-                let open = open.clone();
-                blocking(move || permit(&open, &current(&open, v)?, &permissions, allow)).await
-            }
-            .await
-        }
-        Request::IdentitiesDiscover(gestalt) => {
-            async {
-                let v = vertex(&gestalt)?;
-                let v = {
-                    let open = open.clone();
-                    blocking(move || current(&open, v)).await?
-                };
-                discover(open, v.clone()).await?;
-                let open = open.clone();
-                blocking(move || Ok(Reply::Gestalts(vec![info(&open, &v)?]))).await
-            }
-            .await
-        }
-        Request::IdentitiesQueue => {
-            let open = open.clone();
-            blocking(move || {
-                let tx = open.store.read().map_err(store_error)?;
-                Ok(Reply::Queue(
-                    Gestalts::new(&open.store).queue(&tx).map_err(store_error)?,
-                ))
-            })
-            .await
-        }
-        Request::IdentitiesAuthStart(provider) => {
-            async {
-                github_only(&provider)?;
-                let open = open.clone();
-                blocking(move || {
-                    let (auth, device_code) = open.github.start_auth().map_err(provider_error)?;
-                    let device_code = format!("{}:{device_code}", auth.interval);
-                    let handle = {
-                        use rand_core::RngCore as _;
-                        rand_core::OsRng.next_u64()
-                    };
-                    open.device_auths
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(handle, zeroize::Zeroizing::new(device_code));
-                    Ok(Reply::DeviceAuth { handle, auth })
-                })
-                .await
-            }
-            .await
-        }
-        Request::IdentitiesAuthFinish { provider, handle } => {
-            async {
-                github_only(&provider)?;
-                auth_finish(open, handle).await
-            }
-            .await
-        }
-        Request::IdentitiesAuthenticated => {
-            let open = open.clone();
-            blocking(move || {
-                let tx = open.store.read().map_err(store_error)?;
-                Ok(Reply::Identities(
-                    Gestalts::new(&open.store)
-                        .provider_tokens(&tx)
-                        .map_err(store_error)?
-                        .iter()
-                        .map(|t| format!("{}:{}", t.provider, t.identity))
-                        .collect(),
-                ))
-            })
-            .await
-        }
-        Request::IdentitiesClaim(identity) => {
-            async {
-                let v = vertex(&identity)?;
-                let open = open.clone();
-                blocking(move || claim_identity(&open, &v)).await
-            }
-            .await
-        }
-        Request::IdentitiesSearch { provider, term } => {
-            async {
-                github_only(&provider)?;
-                let open = open.clone();
-                blocking(move || {
-                    Ok(Reply::Identities(
-                        open.github
-                            .search(&term)
-                            .map_err(provider_error)?
-                            .into_iter()
-                            .map(|login| format!("{}:{login}", GitHub::ID))
-                            .collect(),
-                    ))
-                })
-                .await
-            }
-            .await
-        }
-        Request::KeysRenew => rotate(open, false).await,
-        Request::KeysReset => rotate(open, true).await,
-        Request::KeysCert { chain } => {
-            let open = open.clone();
-            blocking(move || {
-                let (leaf, _) = open
-                    .identity()
-                    .tls_certificate()
-                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-                let mut certs = vec![pem(&leaf)];
-                if chain {
-                    let tx = open.store.read().map_err(store_error)?;
-                    certs.extend(
-                        crate::identity::renewals(&tx)
-                            .map_err(store_error)?
-                            .iter()
-                            .map(|c| pem(c)),
-                    );
-                }
-                Ok(Reply::Certificates(certs))
-            })
-            .await
-        }
-        other => return Err(other),
-    })
+/// One gestalt, by any of its vertices (`pk identities get` and `permissions`).
+pub(super) async fn gestalt(open: &Arc<Open>, gestalt: &str) -> Result<GestaltInfo, ApiError> {
+    let v = vertex(gestalt)?;
+    on_store(open, move |open| info(open, &current(open, v)?)).await
 }
 
-/// A certificate in PEM.
-fn pem(cert: &[u8]) -> String {
+/// Discovers the gestalt of `gestalt` now, and answers it.
+pub(super) async fn discover_now(open: &Arc<Open>, gestalt: &str) -> Result<GestaltInfo, ApiError> {
+    let v = vertex(gestalt)?;
+    let v = on_store(open, move |open| current(open, v)).await?;
+    discover(open, v.clone()).await?;
+    on_store(open, move |open| info(open, &v)).await
+}
+
+/// Starts a device authorisation with `provider`: what the user must do, and the handle
+/// that [`auth_finish`] waits on.
+pub(super) async fn auth_start(
+    open: &Arc<Open>,
+    provider: &str,
+) -> Result<DeviceAuthStarted, ApiError> {
+    github_only(provider)?;
+    on_store(open, |open| {
+        let (auth, device_code) = open.github.start_auth().map_err(provider_error)?;
+        let handle = {
+            use rand_core::RngCore as _;
+            rand_core::OsRng.next_u64()
+        };
+        open.device_auths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                handle,
+                DeviceFlow {
+                    interval: auth.interval,
+                    device_code: zeroize::Zeroizing::new(device_code),
+                },
+            );
+        Ok(DeviceAuthStarted { handle, auth })
+    })
+    .await
+}
+
+/// Searches `provider` for identities matching `term`.
+pub(super) async fn search(
+    open: &Arc<Open>,
+    provider: &str,
+    term: String,
+) -> Result<Vec<String>, ApiError> {
+    github_only(provider)?;
+    on_store(open, move |open| {
+        Ok(open
+            .github
+            .search(&term)
+            .map_err(provider_error)?
+            .into_iter()
+            .map(|login| format!("{}:{login}", GitHub::ID))
+            .collect())
+    })
+    .await
+}
+
+pub(super) fn pem(cert: &[u8]) -> String {
     use base64::Engine as _;
     let body = base64::engine::general_purpose::STANDARD.encode(cert);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
@@ -360,7 +255,7 @@ fn pem(cert: &[u8]) -> String {
 /// certified by the old key (a certificate peers follow, and a claim signed by both keys
 /// in the sigchain), so the node's links and everything shared with it carry over. A
 /// reset starts a fresh identity: a new, empty sigchain and no links.
-async fn rotate(open: &Arc<Open>, reset: bool) -> Result<Reply, ApiError> {
+pub(super) async fn rotate(open: &Arc<Open>, reset: bool) -> Result<KeyChanged, ApiError> {
     let old = open.identity();
     let new = Arc::new(crate::identity::Identity::generate());
     let renewals = {
@@ -408,14 +303,14 @@ async fn rotate(open: &Arc<Open>, reset: bool) -> Result<Reply, ApiError> {
     if let Some(net) = open.net.get() {
         net.set_identity(&new, renewals)?;
     }
-    Ok(Reply::KeyChanged {
+    Ok(KeyChanged {
         was: old.node_id().to_string(),
         now: new.node_id().to_string(),
         certified: !reset,
     })
 }
 
-fn github_only(provider: &str) -> Result<(), ApiError> {
+pub(super) fn github_only(provider: &str) -> Result<(), ApiError> {
     if provider == GitHub::ID || provider == "github" {
         Ok(())
     } else {
@@ -437,24 +332,16 @@ fn provider_error(e: ProviderError) -> ApiError {
 
 /// Polls the device flow under `handle` until the user approves, refuses or the code
 /// expires; stores the token.
-async fn auth_finish(open: &Arc<Open>, handle: u64) -> Result<Reply, ApiError> {
-    let device_code = open
+pub(super) async fn auth_finish(open: &Arc<Open>, handle: u64) -> Result<String, ApiError> {
+    let DeviceFlow {
+        interval,
+        device_code,
+    } = open
         .device_auths
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&handle)
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such authorisation in progress"))?;
-    // Stored as "interval:device code": the provider's interval is respected, and each
-    // `slow_down` adds 5 seconds to it, as the device flow asks.
-    let (interval, device_code) = device_code
-        .split_once(':')
-        .map(|(i, c)| {
-            (
-                i.parse().unwrap_or(5),
-                zeroize::Zeroizing::new(c.to_owned()),
-            )
-        })
-        .unwrap_or((5, device_code.clone()));
     let deadline = std::time::Instant::now() + Duration::from_secs(15 * 60);
     let mut interval = Duration::from_secs(interval);
     loop {
@@ -482,7 +369,7 @@ async fn auth_finish(open: &Arc<Open>, handle: u64) -> Result<Reply, ApiError> {
                 )
                 .map_err(store_error)?;
                 tx.commit().map_err(store_error)?;
-                Ok(Reply::Identities(vec![identity]))
+                Ok(identity)
             })
             .await;
         }
@@ -496,7 +383,7 @@ async fn auth_finish(open: &Arc<Open>, handle: u64) -> Result<Reply, ApiError> {
 }
 
 /// `pk identities claim`: a claim in this node's sigchain, published on the provider.
-fn claim_identity(open: &Open, identity: &Vertex) -> Result<Reply, ApiError> {
+pub(super) fn claim_identity(open: &Open, identity: &Vertex) -> Result<IdentityClaimed, ApiError> {
     let Vertex::Identity { provider, id } = identity else {
         return Err(ApiError::new(
             ErrorCode::BadInput,
@@ -555,7 +442,7 @@ fn claim_identity(open: &Open, identity: &Vertex) -> Result<Reply, ApiError> {
     )
     .map_err(store_error)?;
     tx.commit().map_err(store_error)?;
-    Ok(Reply::IdentityClaimed {
+    Ok(IdentityClaimed {
         identity: identity.to_string(),
         url,
         seq,
@@ -563,7 +450,7 @@ fn claim_identity(open: &Open, identity: &Vertex) -> Result<Reply, ApiError> {
 }
 
 /// `pk nodes claim`: links with `node` if it invited this node, else invites it.
-async fn claim_node(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
+pub(super) async fn claim_node(open: &Arc<Open>, node: &str) -> Result<Claimed, ApiError> {
     let node = node_id(node)?;
     let me = open.identity().node_id();
     if node == me {
@@ -585,7 +472,7 @@ async fn claim_node(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
     };
     if !invited_by {
         send_notification(open, node, Body::GestaltInvite).await?;
-        return Ok(Reply::Claimed {
+        return Ok(Claimed {
             node: node.to_string(),
             invited: true,
             seq: None,
@@ -671,7 +558,7 @@ async fn claim_node(open: &Arc<Open>, node: &str) -> Result<Reply, ApiError> {
     .await?;
     // Their chain records the link too, with both signatures.
     call_peer(&open2, node, PeerRequest::ClaimNodeFinish(theirs)).await?;
-    Ok(Reply::Claimed {
+    Ok(Claimed {
         node: node.to_string(),
         invited: false,
         seq: Some(seq),
@@ -720,7 +607,7 @@ fn info(open: &Open, v: &Vertex) -> Result<GestaltInfo, ApiError> {
 }
 
 /// Every gestalt: one per connected group of the known vertices.
-fn list(open: &Open) -> Result<Vec<GestaltInfo>, ApiError> {
+pub(super) fn list(open: &Open) -> Result<Vec<GestaltInfo>, ApiError> {
     let mut vertices: BTreeSet<Vertex> = BTreeSet::new();
     {
         let tx = open.store.read().map_err(store_error)?;
@@ -755,7 +642,7 @@ fn list(open: &Open) -> Result<Vec<GestaltInfo>, ApiError> {
 
 /// `trust` grants `notify` to the vertex (and queues its discovery); `untrust` removes
 /// `notify` from every vertex of its gestalt.
-fn set_trust(open: &Open, v: &Vertex, trust: bool) -> Result<Reply, ApiError> {
+pub(super) fn set_trust(open: &Open, v: &Vertex, trust: bool) -> Result<GestaltInfo, ApiError> {
     let nodes = Nodes::new(&open.store);
     let gestalts = Gestalts::new(&open.store);
     let targets = if trust {
@@ -773,7 +660,7 @@ fn set_trust(open: &Open, v: &Vertex, trust: bool) -> Result<Reply, ApiError> {
         tx.commit().map_err(store_error)?;
     }
     let _ = nodes;
-    Ok(Reply::Gestalts(vec![info(open, v)?]))
+    info(open, v)
 }
 
 /// Sets permissions on one vertex's own record (a node in the graph, or an identity).
@@ -828,14 +715,14 @@ fn grant(
     Ok(())
 }
 
-fn permit(
+pub(super) fn permit(
     open: &Open,
     v: &Vertex,
     permissions: &[NodePermission],
     allow: bool,
-) -> Result<Reply, ApiError> {
+) -> Result<GestaltInfo, ApiError> {
     grant(open, v, permissions, allow, false)?;
-    Ok(Reply::Gestalts(vec![info(open, v)?]))
+    info(open, v)
 }
 
 /// Walks the gestalt of `start`: fetches and verifies the sigchains of its nodes, and

@@ -117,7 +117,8 @@ fn serve(
     secret: Option<&Pin>,
     once: bool,
 ) -> Result<(), String> {
-    use node::api::{Reply, Request, SecretBytes, UnlockParams};
+    use node::api::SecretBytes;
+    use node::api::agent::{Status, Stop, Unlock};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -148,35 +149,31 @@ fn serve(
         }
         let client = node::client::Client::new(node);
         if let Some(secret) = secret {
-            let unlock = UnlockParams {
+            let unlock = Unlock {
                 slot: None,
                 kind: Some(hsm::Kind::Soft),
                 secret: Some(SecretBytes(secret.expose().to_vec())),
             };
-            client.call(&Request::Unlock(unlock)).await.map_err(|e| e.to_string())?;
+            client.call(unlock).await.map_err(|e| e.to_string())?;
         }
-        match client.call(&Request::Status).await.map_err(|e| e.to_string())? {
-            Reply::Status(status) => {
-                say!("  agent: {} (pid {}) on {}", status.state, status.pid, node.agent_socket().display());
-                if let Some(slot) = status.unlocked_with {
-                    say!("  unlocked through keyslot {slot}");
-                } else {
-                    say!("  the agent could not unlock this node; if it was made with another token, remove {} to start over", node.dir().display());
-                }
-                if let Some(id) = status.node_id {
-                    say!("  NodeId: {id}");
-                }
-                if let Some(addr) = status.peer_addr {
-                    say!("  peer endpoint (QUIC, loopback only): UDP {addr}");
-                }
-            }
-            _ => return Err("unexpected reply".into()),
+        let status = client.call(Status).await.map_err(|e| e.to_string())?;
+        say!("  agent: {} (pid {}) on {}", status.state.name(), status.pid, node.agent_socket().display());
+        if let Some(slot) = status.unlocked_with {
+            say!("  unlocked through keyslot {slot}");
+        } else {
+            say!("  the agent could not unlock this node; if it was made with another token, remove {} to start over", node.dir().display());
+        }
+        if let Some(id) = status.node_id {
+            say!("  NodeId: {id}");
+        }
+        if let Some(addr) = status.peer_addr {
+            say!("  peer endpoint (QUIC, loopback only): UDP {addr}");
         }
         say!("  admin console: run the appliance instead (bash .ci/dev) for it");
         let tcti_env = tcti.map(|t| format!(" PK_TPM_TCTI={t}")).unwrap_or_default();
         say!("  try: PK_NODE_PATH={node}{tcti_env} cargo run -q -p node --bin pk -- vaults list");
         if once || !std::io::stdin().is_terminal() {
-            client.call(&Request::Stop).await.map_err(|e| e.to_string())?;
+            client.call(Stop).await.map_err(|e| e.to_string())?;
         } else {
             say!("pk-dev: running; press Ctrl-C to stop");
         }

@@ -9,11 +9,16 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use node::NodePath;
 use node::agent;
-use node::api::{ErrorCode, Reply, Request, SecretBytes, UnlockParams, WriteKind};
+use node::api::agent::{AgentState, AgentStatus};
+use node::api::secrets::{Via, WriteKind};
+use node::api::{
+    Call, ErrorCode, SecretBytes, agent as agent_api, keys as keys_api, secrets as secrets_api,
+    vaults as vaults_api,
+};
 use node::audit::AuditQuery;
 use node::client::{Client, ClientError};
 use node::keyslots::Keyslots;
-use node::vault::EntryType;
+use node::vault::{CommitInfo, EntryType};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -36,10 +41,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// Runs one call and returns its reply.
-pub(crate) fn call(client: &Client, request: Request) -> Result<Reply, CliError> {
-    runtime()?
-        .block_on(client.call(&request))
-        .map_err(CliError::from)
+pub(crate) fn call<C: Call>(client: &Client, c: C) -> Result<C::Reply, CliError> {
+    runtime()?.block_on(client.call(c)).map_err(CliError::from)
 }
 
 /// Splits `vault:path`; `allow_bare` accepts `vault` alone (the root).
@@ -53,10 +56,6 @@ fn split(secret_path: &str, allow_bare: bool) -> Result<(String, String), CliErr
             "{secret_path:?} is not a secret path; write it as vault:path"
         ))),
     }
-}
-
-pub(crate) fn unexpected() -> CliError {
-    CliError::internal("the agent sent an unexpected reply")
 }
 
 pub(crate) fn time(seconds: i64) -> String {
@@ -79,7 +78,7 @@ pub(crate) fn agent(
                 return Err(CliError::internal("the agent runs in pk-node"));
             }
             start_background(cli, node, &client, args)?;
-            if status(&client)?.0 == "locked" {
+            if call(&client, agent_api::Status)?.state == AgentState::Locked {
                 let keyslots = Keyslots::open(node)?;
                 match unlock_via_agent(&keyslots, &args.unlock, &client) {
                     Ok(()) => {}
@@ -99,7 +98,7 @@ pub(crate) fn agent(
                 .ok()
                 .and_then(|b| serde_json::from_slice::<agent::StatusFile>(&b).ok())
                 .map(|s| s.pid);
-            call(&client, Request::Stop)?;
+            call(&client, agent_api::Stop)?;
             // Wait for the socket to go away, so a following start does not race it.
             let deadline = Instant::now() + Duration::from_secs(10);
             while node.agent_socket().exists() && Instant::now() < deadline {
@@ -120,7 +119,7 @@ pub(crate) fn agent(
             other => other,
         },
         AgentCommand::Lock => {
-            call(&client, Request::Lock)?;
+            call(&client, agent_api::Lock)?;
             let _ = out.emit(json!({ "state": "locked" }), || {
                 "Agent locked; keys forgotten\n".into()
             });
@@ -128,7 +127,7 @@ pub(crate) fn agent(
         }
         AgentCommand::Unlock(args) => {
             let keyslots = Keyslots::open(node)?;
-            if status(&client)?.0 == "unlocked" {
+            if call(&client, agent_api::Status)?.state == AgentState::Unlocked {
                 // Say so rather than pretend a secret was checked.
                 let _ = writeln!(std::io::stderr(), "pk: the agent is already unlocked");
             } else {
@@ -158,40 +157,36 @@ fn unlock_via_agent(
                 y.serial
             );
         }
-        let params = UnlockParams {
-            slot: choice.slot,
-            kind: choice.kind,
-            secret: choice
-                .secret
-                .as_ref()
-                .map(|p| SecretBytes(p.expose().to_vec())),
-        };
-        call(client, Request::Unlock(params)).map(|_| ())
+        call(
+            client,
+            agent_api::Unlock {
+                slot: choice.slot,
+                kind: choice.kind,
+                secret: choice
+                    .secret
+                    .as_ref()
+                    .map(|p| SecretBytes(p.expose().to_vec())),
+            },
+        )
     })
 }
 
-fn status(client: &Client) -> Result<(String, Value), CliError> {
-    match call(client, Request::Status)? {
-        Reply::Status(s) => Ok((s.state.clone(), json!(s))),
-        _ => Err(unexpected()),
-    }
-}
-
 fn print_status(client: &Client, out: &Output) -> Result<(), CliError> {
-    let (_, value) = status(client)?;
-    let _ = out.emit(value.clone(), || {
+    let status: AgentStatus = call(client, agent_api::Status)?;
+    let _ = out.emit(json!(status), || {
         let mut text = format!(
             "Agent is running (pid {}), {}\n",
-            value["pid"],
-            value["state"].as_str().unwrap_or("")
+            status.pid,
+            status.state.name()
         );
-        if let Some(id) = value["node_id"].as_str() {
+        if let Some(id) = &status.node_id {
+            // `null` when no keyslot is recorded, as the JSON value reads.
             text += &format!(
                 "NodeId: {id}\nUnlocked with keyslot {}\n",
-                value["unlocked_with"]
+                json!(status.unlocked_with)
             );
         }
-        if let Some(addr) = value["peer_addr"].as_str() {
+        if let Some(addr) = &status.peer_addr {
             text += &format!("Peer endpoint: UDP {addr}\n");
         }
         text
@@ -207,7 +202,7 @@ fn start_background(
 ) -> Result<(), CliError> {
     use std::os::unix::process::CommandExt as _;
     Keyslots::open(node)?;
-    if runtime()?.block_on(client.call(&Request::Status)).is_ok() {
+    if runtime()?.block_on(client.call(agent_api::Status)).is_ok() {
         return Ok(());
     }
     let exe = pk_node()?;
@@ -260,7 +255,7 @@ fn start_background(
     let deadline = Instant::now() + Duration::from_secs(15);
     let rt = runtime()?;
     loop {
-        if rt.block_on(client.call(&Request::Status)).is_ok() {
+        if rt.block_on(client.call(agent_api::Status)).is_ok() {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -312,16 +307,11 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
     };
     match command {
         KeysCommand::Public => {
-            let Reply::NodeId(id) = call(&client, Request::KeysPublic)? else {
-                return Err(unexpected());
-            };
+            let id = call(&client, keys_api::Public)?;
             let _ = out.emit(json!({ "node_id": id }), || format!("{id}\n"));
         }
         KeysCommand::Sign { file } => {
-            let Reply::Bytes(sig) = call(&client, Request::KeysSign(SecretBytes(read(file)?)))?
-            else {
-                return Err(unexpected());
-            };
+            let sig = call(&client, keys_api::Sign(SecretBytes(read(file)?)))?;
             let sig = STANDARD.encode(&sig.0);
             let _ = out.emit(json!({ "signature": sig }), || format!("{sig}\n"));
         }
@@ -332,10 +322,7 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
         } => {
             let signer = match node_id {
                 Some(id) => id.clone(),
-                None => match call(&client, Request::KeysPublic)? {
-                    Reply::NodeId(id) => id,
-                    _ => return Err(unexpected()),
-                },
+                None => call(&client, keys_api::Public)?,
             };
             let signer: node::identity::NodeId = signer
                 .parse()
@@ -357,16 +344,13 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
             }
         }
         KeysCommand::Encrypt { file, node_id } => {
-            let Reply::Bytes(c) = call(
+            let c = call(
                 &client,
-                Request::KeysEncrypt {
+                keys_api::Encrypt {
                     to: node_id.clone(),
                     data: SecretBytes(read(file)?),
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+            )?;
             let c = STANDARD.encode(&c.0);
             let _ = out.emit(json!({ "ciphertext": c }), || format!("{c}\n"));
         }
@@ -375,10 +359,7 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
             let data = STANDARD
                 .decode(String::from_utf8_lossy(&text).trim())
                 .map_err(|_| CliError::usage("the file does not hold base64 ciphertext"))?;
-            let Reply::Bytes(plain) = call(&client, Request::KeysDecrypt(SecretBytes(data)))?
-            else {
-                return Err(unexpected());
-            };
+            let plain = call(&client, keys_api::Decrypt(SecretBytes(data)))?;
             let plain = plain.take();
             if out.format() == Format::Json {
                 let line = Zeroizing::new(match std::str::from_utf8(&plain) {
@@ -392,18 +373,14 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
             }
         }
         KeysCommand::Renew | KeysCommand::Reset => {
-            let request = if matches!(command, KeysCommand::Renew) {
-                Request::KeysRenew
-            } else {
-                Request::KeysReset
-            };
-            let Reply::KeyChanged {
+            let keys_api::KeyChanged {
                 was,
                 now,
                 certified,
-            } = call(&client, request)?
-            else {
-                return Err(unexpected());
+            } = if matches!(command, KeysCommand::Renew) {
+                call(&client, keys_api::Renew)?
+            } else {
+                call(&client, keys_api::Reset)?
             };
             let _ = out.emit(
                 json!({ "was": was, "node_id": now, "certified": certified }),
@@ -422,9 +399,7 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
         }
         KeysCommand::Cert | KeysCommand::Certchain => {
             let chain = matches!(command, KeysCommand::Certchain);
-            let Reply::Certificates(certs) = call(&client, Request::KeysCert { chain })? else {
-                return Err(unexpected());
-            };
+            let certs = call(&client, keys_api::Cert { chain })?;
             let _ = out.emit(json!({ "certificates": certs }), || certs.concat());
         }
     }
@@ -442,17 +417,13 @@ pub(crate) fn vaults(
     let client = Client::new(node);
     match command {
         VaultsCommand::Create { name } => {
-            let Reply::Vault(v) = call(&client, Request::VaultsCreate(name.clone()))? else {
-                return Err(unexpected());
-            };
+            let v = call(&client, vaults_api::Create { name: name.clone() })?;
             let _ = out.emit(json!(v), || {
                 format!("Vault {} created ({})\n", v.name, v.id)
             });
         }
         VaultsCommand::List => {
-            let Reply::Vaults(list) = call(&client, Request::VaultsList)? else {
-                return Err(unexpected());
-            };
+            let list = call(&client, vaults_api::List)?;
             let _ = out.emit(json!(list), || {
                 list.iter()
                     .map(|v| {
@@ -473,7 +444,7 @@ pub(crate) fn vaults(
         VaultsCommand::Rename { name, new_name } => {
             call(
                 &client,
-                Request::VaultsRename {
+                vaults_api::Rename {
                     from: name.clone(),
                     to: new_name.clone(),
                 },
@@ -483,7 +454,7 @@ pub(crate) fn vaults(
             });
         }
         VaultsCommand::Delete { name } => {
-            call(&client, Request::VaultsDelete(name.clone()))?;
+            call(&client, vaults_api::Delete { name: name.clone() })?;
             let _ = out.emit(json!({ "deleted": name }), || {
                 format!("Vault {name} deleted\n")
             });
@@ -493,17 +464,14 @@ pub(crate) fn vaults(
             depth,
             commit_id,
         } => {
-            let Reply::Commits(commits) = call(
+            let commits = call(
                 &client,
-                Request::VaultsLog {
+                vaults_api::Log {
                     vault: name.clone(),
                     depth: *depth,
                     from: commit_id.clone(),
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+            )?;
             let _ = out.emit(json!(commits), || {
                 commits
                     .iter()
@@ -520,16 +488,13 @@ pub(crate) fn vaults(
             });
         }
         VaultsCommand::Version { name, version_id } => {
-            let Reply::Commit(c) = call(
+            let c = call(
                 &client,
-                Request::VaultsVersion {
+                vaults_api::Version {
                     vault: name.clone(),
                     target: version_id.clone(),
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+            )?;
             let _ = out.emit(json!(c), || {
                 format!("Vault {name} is now at commit {} ({})\n", c.oid, c.message)
             });
@@ -552,8 +517,12 @@ pub(crate) fn vaults(
                     _ => CliError::io(destination.display(), e),
                 })?;
             let mut file = tokio::fs::File::from_std(file);
-            let result = runtime()?
-                .block_on(client.download(&Request::VaultsExportBundle(name.clone()), &mut file));
+            let result = runtime()?.block_on(client.download(
+                vaults_api::ExportBundle {
+                    vault: name.clone(),
+                },
+                &mut file,
+            ));
             if let Err(e) = result {
                 drop(file);
                 let _ = std::fs::remove_file(destination);
@@ -600,16 +569,13 @@ pub(crate) fn vaults(
 
 /// The entries of a directory.
 fn ls(client: &Client, vault: &str, path: &str) -> Result<Vec<node::vault::Entry>, CliError> {
-    match call(
+    call(
         client,
-        Request::SecretsLs {
+        secrets_api::Ls {
             vault: vault.to_owned(),
             path: path.to_owned(),
         },
-    )? {
-        Reply::Entries(entries) => Ok(entries),
-        _ => Err(unexpected()),
-    }
+    )
 }
 
 /// Writes the vault's tree below `path` into `dest` (created 0700, files 0600).
@@ -664,10 +630,10 @@ fn export_dir(client: &Client, vault: &str, path: &str, dest: &Path) -> Result<u
                 let mut file = tokio::fs::File::from_std(file);
                 runtime()?
                     .block_on(client.download(
-                        &Request::SecretsCat {
+                        secrets_api::Cat {
                             vault: vault.to_owned(),
                             path: child,
-                            via: node::api::Via::Cli,
+                            via: Via::Cli,
                         },
                         &mut file,
                     ))
@@ -691,7 +657,7 @@ pub(crate) fn secrets(
             let f = std::fs::File::open(file).map_err(|e| CliError::io(file.display(), e))?;
             let reply = runtime()?
                 .block_on(client.upload(
-                    &Request::SecretsWrite {
+                    secrets_api::Write {
                         vault,
                         path,
                         kind: WriteKind::Create,
@@ -705,7 +671,7 @@ pub(crate) fn secrets(
         }
         SecretsCommand::Write { secret_path } => {
             let (vault, path) = split(secret_path, false)?;
-            let request = Request::SecretsWrite {
+            let request = secrets_api::Write {
                 vault,
                 path,
                 kind: WriteKind::Write,
@@ -718,9 +684,9 @@ pub(crate) fn secrets(
                 let mut typed = Zeroizing::new(Vec::new());
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut typed)
                     .map_err(|e| CliError::io("reading the secret from the terminal", e))?;
-                rt.block_on(client.upload(&request, &typed[..]))
+                rt.block_on(client.upload(request, &typed[..]))
             } else {
-                rt.block_on(client.upload(&request, tokio::io::stdin()))
+                rt.block_on(client.upload(request, tokio::io::stdin()))
             }
             .map_err(CliError::from)?;
             let (j, h) = commit_text(&reply, format!("Wrote {secret_path}"));
@@ -746,10 +712,10 @@ pub(crate) fn secrets(
             for secret_path in secret_paths {
                 let (vault, path) = split(secret_path, false)?;
                 rt.block_on(client.download(
-                    &Request::SecretsCat {
+                    secrets_api::Cat {
                         vault,
                         path,
-                        via: node::api::Via::Cli,
+                        via: Via::Cli,
                     },
                     &mut stdout,
                 ))
@@ -778,7 +744,7 @@ pub(crate) fn secrets(
                 let (vault, path) = split(secret_path, false)?;
                 call(
                     &client,
-                    Request::SecretsMkdir {
+                    secrets_api::Mkdir {
                         vault,
                         path,
                         parents: *parents,
@@ -808,7 +774,7 @@ pub(crate) fn secrets(
             };
             let reply = call(
                 &client,
-                Request::SecretsRename {
+                secrets_api::Rename {
                     vault: vault.clone(),
                     from,
                     to: to.clone(),
@@ -833,7 +799,7 @@ pub(crate) fn secrets(
             let vault = vault.unwrap_or_default();
             let reply = call(
                 &client,
-                Request::SecretsRm {
+                secrets_api::Rm {
                     vault,
                     paths,
                     recursive: *recursive,
@@ -844,9 +810,7 @@ pub(crate) fn secrets(
         }
         SecretsCommand::Stat { secret_path } => {
             let (vault, path) = split(secret_path, true)?;
-            let Reply::Stat(s) = call(&client, Request::SecretsStat { vault, path })? else {
-                return Err(unexpected());
-            };
+            let s = call(&client, secrets_api::Stat { vault, path })?;
             let _ = out.emit(json!(s), || {
                 let (kind, unit) = match s.kind {
                     EntryType::Dir => ("directory", "entries"),
@@ -860,12 +824,9 @@ pub(crate) fn secrets(
         }
         SecretsCommand::Touch { secret_path } => {
             let (vault, path) = split(secret_path, false)?;
-            let reply = call(&client, Request::SecretsTouch { vault, path })?;
-            let _ = match reply {
-                Reply::MaybeCommit(Some(c)) => {
-                    out.emit(json!(c), || format!("Created {secret_path}\n"))
-                }
-                _ => out.emit(json!(null), || format!("{secret_path} exists; unchanged\n")),
+            let _ = match call(&client, secrets_api::Touch { vault, path })? {
+                Some(c) => out.emit(json!(c), || format!("Created {secret_path}\n")),
+                None => out.emit(json!(null), || format!("{secret_path} exists; unchanged\n")),
             };
         }
         SecretsCommand::Edit { secret_path } => edit(&client, secret_path, out)?,
@@ -920,7 +881,7 @@ fn import_dir(
                 .map_err(|e| CliError::io(entry.path().display(), e))?;
             runtime()?
                 .block_on(client.upload(
-                    &Request::SecretsWrite {
+                    secrets_api::Write {
                         vault: vault.to_owned(),
                         path,
                         kind: WriteKind::Import,
@@ -940,10 +901,10 @@ fn read_secret(client: &Client, vault: &str, path: &str) -> Result<Zeroizing<Vec
     let mut buf = Zeroizing::new(Vec::new());
     runtime()?
         .block_on(client.download(
-            &Request::SecretsCat {
+            secrets_api::Cat {
                 vault: vault.to_owned(),
                 path: path.to_owned(),
-                via: node::api::Via::Cli,
+                via: Via::Cli,
             },
             &mut *buf,
         ))
@@ -1011,7 +972,7 @@ fn edit(client: &Client, secret_path: &str, out: &Output) -> Result<(), CliError
         Some(edited) => {
             let reply = runtime()?
                 .block_on(client.upload(
-                    &Request::SecretsWrite {
+                    secrets_api::Write {
                         vault,
                         path,
                         kind: WriteKind::Edit,
@@ -1037,11 +998,11 @@ fn known_size(file: &std::fs::File) -> Option<u64> {
 }
 
 /// A write's result: the commit as JSON, and a line naming it.
-fn commit_text(reply: &Reply, what: String) -> (Value, String) {
-    match reply {
-        Reply::Commit(c) => (json!(c), format!("{what} (commit {})\n", &c.oid[..12])),
-        _ => (json!({}), format!("{what}\n")),
-    }
+fn commit_text(commit: &CommitInfo, what: String) -> (Value, String) {
+    (
+        json!(commit),
+        format!("{what} (commit {})\n", &commit.oid[..12]),
+    )
 }
 
 /// Overwrites a file with zeros before it is removed.
@@ -1085,16 +1046,13 @@ fn env_targets(
     path: &str,
     out: &mut Vec<(String, String)>,
 ) -> Result<(), CliError> {
-    let Reply::Stat(stat) = call(
+    let stat = call(
         client,
-        Request::SecretsStat {
+        secrets_api::Stat {
             vault: vault.to_owned(),
             path: path.to_owned(),
         },
-    )?
-    else {
-        return Err(unexpected());
-    };
+    )?;
     match stat.kind {
         EntryType::File => {
             let name = path.rsplit('/').next().unwrap_or(path).to_owned();
@@ -1241,9 +1199,7 @@ pub(crate) fn audit(node: &NodePath, args: &AuditArgs, out: &Output) -> Result<(
         return Ok(());
     }
     loop {
-        let Reply::Events(events) = call(&client, Request::Audit(query.clone()))? else {
-            return Err(unexpected());
-        };
+        let events = call(&client, agent_api::Audit(query.clone()))?;
         for e in &events {
             query.after = Some(query.after.unwrap_or(0).max(e.seq));
             let line = match out.format() {

@@ -8,7 +8,7 @@ use hsm::soft::{Argon2Params, SoftProtector};
 use hsm::tpm::{PcrBank, PcrPolicy, TpmProtector};
 use hsm::{Kind, Protector, Sealed};
 use node::NodePath;
-use node::api::{KeyslotEvent, Request};
+use node::api::keyslots::{Changed, KeyslotEvent};
 use node::client::{Client, ClientError};
 use node::keyslots::KeyslotError;
 use node::keyslots::{Keyslot, Keyslots, Unlocked};
@@ -262,13 +262,13 @@ fn record_keyslot(
     slot: u32,
     kind: Kind,
 ) {
-    let request = Request::KeyslotChanged { event, slot, kind };
+    let changed = Changed { event, slot, kind };
     let via_agent = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
         .and_then(|rt| {
-            rt.block_on(Client::new(node).call(&request))
+            rt.block_on(Client::new(node).call(changed))
                 .map_err(|e| match e {
                     ClientError::NotRunning(_) => String::new(),
                     other => other.to_string(),

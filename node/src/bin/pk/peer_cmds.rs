@@ -2,13 +2,14 @@
 //! (share, unshare, permissions, scan, clone, pull, backup).
 
 use node::NodePath;
-use node::api::{Reply, Request};
+use node::api::backups::{self as backups_api, Backup};
+use node::api::{nodes as nodes_api, notifications as notifications_api, vaults as vaults_api};
 use node::client::Client;
 use node::nodes::{NodePermission, VaultPermission};
 use node::notifications::{Body, Delivery, Mailbox, Notification};
 use serde_json::json;
 
-use crate::agent_cmds::{call, time, unexpected};
+use crate::agent_cmds::{call, time};
 use crate::cli::{
     BackupCommand, InboxCommand, NodePermissionArg, NodesCommand, NotificationsCommand,
     OutboxCommand, VaultPermissionArg, VaultsCommand,
@@ -85,18 +86,15 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
                     ));
                 }
             };
-            let Reply::Node(record) = call(
+            let record = call(
                 &client,
-                Request::NodesAdd {
+                nodes_api::Add {
                     node: node_id.clone(),
                     addr,
                     no_notify: *no_notify,
                     no_ping: *no_ping,
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+            )?;
             let _ = out.emit(json!(record), || {
                 format!(
                     "Added {} at {} (may: {})\n",
@@ -107,35 +105,41 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
             });
         }
         NodesCommand::Remove { node_id } => {
-            call(&client, Request::NodesRemove(node_id.clone()))?;
+            call(
+                &client,
+                nodes_api::Remove {
+                    node: node_id.clone(),
+                },
+            )?;
             let _ = out.emit(json!({ "removed": node_id }), || {
                 format!("Removed {node_id} and its vault permissions\n")
             });
         }
         NodesCommand::Ping { node_id } => {
-            let Reply::Pong { node, addr, rtt_ms } =
-                call(&client, Request::NodesPing(node_id.clone()))?
-            else {
-                return Err(unexpected());
-            };
+            let nodes_api::Pong { node, addr, rtt_ms } = call(
+                &client,
+                nodes_api::Ping {
+                    node: node_id.clone(),
+                },
+            )?;
             let _ = out.emit(
                 json!({ "node": node, "addr": addr, "rtt_ms": rtt_ms, "success": true }),
                 || format!("{node} answered from {addr} in {rtt_ms} ms\n"),
             );
         }
         NodesCommand::Find { node_id } => {
-            let Reply::Addresses(addrs) = call(&client, Request::NodesFind(node_id.clone()))?
-            else {
-                return Err(unexpected());
-            };
+            let addrs = call(
+                &client,
+                nodes_api::Find {
+                    node: node_id.clone(),
+                },
+            )?;
             let _ = out.emit(json!({ "node": node_id, "addrs": addrs }), || {
                 addrs.iter().map(|a| format!("{a}\n")).collect()
             });
         }
         NodesCommand::Getall => {
-            let Reply::Nodes(list) = call(&client, Request::NodesGetAll)? else {
-                return Err(unexpected());
-            };
+            let list = call(&client, nodes_api::GetAll)?;
             let _ = out.emit(json!(list), || {
                 list.iter()
                     .map(|r| {
@@ -153,15 +157,17 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
             });
         }
         NodesCommand::Connections => {
-            let Reply::Connections(list) = call(&client, Request::NodesConnections)? else {
-                return Err(unexpected());
-            };
+            let list = call(&client, nodes_api::Connections)?;
             let _ = out.emit(json!(list), || {
                 list.iter()
                     .map(|c| {
                         format!(
                             "{}\t{}\t{}\t{} s\trtt {} ms\n",
-                            c.node, c.addr, c.direction, c.age_s, c.rtt_ms
+                            c.node,
+                            c.addr,
+                            c.direction.name(),
+                            c.age_s,
+                            c.rtt_ms
                         )
                     })
                     .collect()
@@ -176,32 +182,26 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
             permissions,
         } => {
             let allow = matches!(command, NodesCommand::Allow { .. });
-            let Reply::Node(record) = call(
+            let record = call(
                 &client,
-                Request::NodesPermit {
+                nodes_api::Permit {
                     node: node_id.clone(),
                     permissions: permissions.iter().map(|p| node_permission(*p)).collect(),
                     allow,
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+            )?;
             let _ = out.emit(json!(record), || {
                 format!("{} may: {}\n", record.node_id, names(&record.permissions))
             });
         }
         NodesCommand::Claim { node_id } => return crate::trust_cmds::claim(node, node_id, out),
         NodesCommand::Discover { lan: _, wait } => {
-            let Reply::Found(found) = call(
+            let found = call(
                 &client,
-                Request::NodesDiscover {
+                nodes_api::Discover {
                     wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+            )?;
             let _ = out.emit(json!(found), || {
                 if found.is_empty() {
                     return "No nodes found on the LAN\n".into();
@@ -249,18 +249,15 @@ pub(crate) fn vaults(
                     ]
                 };
                 let permissions = vault_permissions(permissions, default);
-                let Reply::Shares(shares) = call(
+                let shares = call(
                     &client,
-                    Request::VaultsShare {
+                    vaults_api::Share {
                         vault: name.clone(),
                         node: node_id.clone(),
                         permissions: permissions.clone(),
                         grant,
                     },
-                )?
-                else {
-                    return Err(unexpected());
-                };
+                )?;
                 let now = shares.first().map(|s| names(&s.permissions));
                 let _ = out.emit(
                     json!({ "vault": name, "node": node_id, "permissions": shares.first().map(|s| &s.permissions) }),
@@ -271,11 +268,12 @@ pub(crate) fn vaults(
                 );
             }
             VaultsCommand::Permissions { name } => {
-                let Reply::Shares(shares) =
-                    call(&client, Request::VaultsPermissions(name.clone()))?
-                else {
-                    return Err(unexpected());
-                };
+                let shares = call(
+                    &client,
+                    vaults_api::Permissions {
+                        vault: name.clone(),
+                    },
+                )?;
                 let _ = out.emit(json!(shares), || {
                     if shares.is_empty() {
                         return format!("Vault {name} is not shared\n");
@@ -287,11 +285,12 @@ pub(crate) fn vaults(
                 });
             }
             VaultsCommand::Scan { node_id } => {
-                let Reply::SharedVaults(list) =
-                    call(&client, Request::VaultsScan(node_id.clone()))?
-                else {
-                    return Err(unexpected());
-                };
+                let list = call(
+                    &client,
+                    vaults_api::Scan {
+                        node: node_id.clone(),
+                    },
+                )?;
                 let _ = out.emit(json!(list), || {
                     list.iter()
                         .map(|v| format!("{}\t{}\t{}\n", v.name, v.id, names(&v.permissions)))
@@ -303,17 +302,14 @@ pub(crate) fn vaults(
                 node_id,
                 name,
             } => {
-                let Reply::Fetch(outcome) = call(
+                let outcome = call(
                     &client,
-                    Request::VaultsClone {
+                    vaults_api::Clone {
                         vault: vault.clone(),
                         node: node_id.clone(),
                         name: name.clone(),
                     },
-                )?
-                else {
-                    return Err(unexpected());
-                };
+                )?;
                 let _ = out.emit(json!(outcome), || {
                     let mut text = format!(
                         "Cloned {vault} from {node_id} as {} ({} objects, {} bytes",
@@ -327,16 +323,13 @@ pub(crate) fn vaults(
                 });
             }
             VaultsCommand::Pull { name, node_id } => {
-                let Reply::Fetch(outcome) = call(
+                let outcome = call(
                     &client,
-                    Request::VaultsPull {
+                    vaults_api::Pull {
                         vault: name.clone(),
                         node: node_id.clone(),
                     },
-                )?
-                else {
-                    return Err(unexpected());
-                };
+                )?;
                 let _ = out.emit(json!(outcome), || {
                     let mut text = format!(
                         "Pulled {name}: {} ({} objects, {} bytes on the wire)\n",
@@ -368,30 +361,38 @@ pub(crate) fn vaults(
 }
 
 fn backup(client: &Client, command: &BackupCommand, out: &Output) -> Result<(), CliError> {
-    let request = match command {
+    match command {
         BackupCommand::Add {
             vault,
             node_id,
             every,
             name,
-        } => Request::BackupsAdd {
-            vault: vault.clone(),
-            node: node_id.clone(),
-            every_s: every.as_secs(),
-            name: name.clone(),
-        },
-        BackupCommand::List => Request::BackupsList,
+        } => {
+            let added = call(
+                client,
+                backups_api::Add {
+                    vault: vault.clone(),
+                    node: node_id.clone(),
+                    every_s: every.as_secs(),
+                    name: name.clone(),
+                },
+            )?;
+            // Printed as a list of one, as `backup list` prints them.
+            print_backups(&[added], out);
+        }
+        BackupCommand::List => print_backups(&call(client, backups_api::List)?, out),
         BackupCommand::Remove { name } => {
-            call(client, Request::BackupsRemove(name.clone()))?;
+            call(client, backups_api::Remove { name: name.clone() })?;
             let _ = out.emit(json!({ "removed": name }), || {
                 format!("Scheduled pulls into {name} stopped\n")
             });
-            return Ok(());
         }
-    };
-    let Reply::Backups(list) = call(client, request)? else {
-        return Err(unexpected());
-    };
+    }
+    Ok(())
+}
+
+/// Prints scheduled pulls, one a line.
+fn print_backups(list: &[Backup], out: &Output) {
     let _ = out.emit(json!(list), || {
         list.iter()
             .map(|b| {
@@ -414,7 +415,6 @@ fn backup(client: &Client, command: &BackupCommand, out: &Output) -> Result<(), 
             })
             .collect()
     });
-    Ok(())
 }
 
 fn show(n: &Notification, mailbox: Mailbox) -> String {
@@ -487,38 +487,29 @@ pub(crate) fn notifications(
 ) -> Result<(), CliError> {
     let client = Client::new(node);
     let list = |mailbox: Mailbox, unread: bool| -> Result<(), CliError> {
-        let Reply::Notifications(list) =
-            call(&client, Request::NotificationsList { mailbox, unread })?
-        else {
-            return Err(unexpected());
-        };
+        let list = call(&client, notifications_api::List { mailbox, unread })?;
         let _ = out.emit(json!(list), || {
             list.iter().map(|n| show(n, mailbox)).collect()
         });
         Ok(())
     };
     let remove = |mailbox: Mailbox, id: Option<u64>| -> Result<(), CliError> {
-        let Reply::Count(n) = call(&client, Request::NotificationsRemove { mailbox, id })? else {
-            return Err(unexpected());
-        };
+        let n = call(&client, notifications_api::Remove { mailbox, id })?;
         let _ = out.emit(json!({ "removed": n }), || format!("Removed {n}\n"));
         Ok(())
     };
     match command {
         NotificationsCommand::Send { node_id, message } => {
-            let Reply::Queued {
+            let notifications_api::Queued {
                 notification,
                 delivered,
             } = call(
                 &client,
-                Request::NotificationsSend {
+                notifications_api::Send {
                     node: node_id.clone(),
                     text: message.clone(),
                 },
-            )?
-            else {
-                return Err(unexpected());
-            };
+            )?;
             let _ = out.emit(json!({ "notification": notification, "delivered": delivered }), || {
                 if delivered {
                     format!("Delivered to {node_id}\n")
@@ -532,7 +523,7 @@ pub(crate) fn notifications(
         }
         NotificationsCommand::Inbox(InboxCommand::Read { unread }) => {
             list(Mailbox::Inbox, *unread)?;
-            call(&client, Request::NotificationsRead(None))?;
+            call(&client, notifications_api::Read { id: None })?;
             Ok(())
         }
         NotificationsCommand::Inbox(InboxCommand::Remove { id }) => {

@@ -1,12 +1,13 @@
 //! Commands about gestalts: `identities` and `nodes claim`.
 
 use node::NodePath;
-use node::api::{GestaltInfo, Reply, Request};
+use node::api::identities::{self as api, DeviceAuthStarted, GestaltInfo, IdentityClaimed};
+use node::api::nodes::{self as nodes_api, Claimed};
 use node::client::Client;
 use node::nodes::NodePermission;
 use serde_json::json;
 
-use crate::agent_cmds::{call, unexpected};
+use crate::agent_cmds::call;
 use crate::cli::{IdentitiesCommand, NodePermissionArg};
 use crate::commands::Output;
 use crate::error::CliError;
@@ -49,11 +50,12 @@ fn show(gestalt: &GestaltInfo) -> String {
 /// `pk nodes claim`.
 pub(crate) fn claim(node: &NodePath, node_id: &str, out: &Output) -> Result<(), CliError> {
     let client = Client::new(node);
-    let Reply::Claimed { node, invited, seq } =
-        call(&client, Request::NodesClaim(node_id.to_owned()))?
-    else {
-        return Err(unexpected());
-    };
+    let Claimed { node, invited, seq } = call(
+        &client,
+        nodes_api::Claim {
+            node: node_id.to_owned(),
+        },
+    )?;
     let _ = out.emit(
         json!({ "node": node, "invited": invited, "seq": seq }),
         || {
@@ -78,17 +80,32 @@ pub(crate) fn identities(
     out: &Output,
 ) -> Result<(), CliError> {
     let client = Client::new(node);
-    let request = match command {
-        IdentitiesCommand::List => Request::IdentitiesList,
-        IdentitiesCommand::Get { gestalt_id } => Request::IdentitiesGet(gestalt_id.clone()),
-        IdentitiesCommand::Trust { gestalt_id } => Request::IdentitiesTrust {
-            gestalt: gestalt_id.clone(),
-            trust: true,
-        },
-        IdentitiesCommand::Untrust { gestalt_id } => Request::IdentitiesTrust {
-            gestalt: gestalt_id.clone(),
-            trust: false,
-        },
+    // The calls about one gestalt print it as a list of one, as `identities list` does.
+    let gestalt = match command {
+        IdentitiesCommand::List => {
+            print_gestalts(&call(&client, api::List)?, out);
+            return Ok(());
+        }
+        IdentitiesCommand::Get { gestalt_id } => call(
+            &client,
+            api::Get {
+                gestalt: gestalt_id.clone(),
+            },
+        )?,
+        IdentitiesCommand::Trust { gestalt_id } => call(
+            &client,
+            api::Trust {
+                gestalt: gestalt_id.clone(),
+                trust: true,
+            },
+        )?,
+        IdentitiesCommand::Untrust { gestalt_id } => call(
+            &client,
+            api::Trust {
+                gestalt: gestalt_id.clone(),
+                trust: false,
+            },
+        )?,
         IdentitiesCommand::Allow {
             gestalt_id,
             permission: p,
@@ -96,72 +113,70 @@ pub(crate) fn identities(
         | IdentitiesCommand::Disallow {
             gestalt_id,
             permission: p,
-        } => Request::IdentitiesPermit {
-            gestalt: gestalt_id.clone(),
-            permissions: vec![permission(*p)],
-            allow: matches!(command, IdentitiesCommand::Allow { .. }),
-        },
-        IdentitiesCommand::Permissions { gestalt_id } => {
-            Request::IdentitiesPermissions(gestalt_id.clone())
-        }
+        } => call(
+            &client,
+            api::Permit {
+                gestalt: gestalt_id.clone(),
+                permissions: vec![permission(*p)],
+                allow: matches!(command, IdentitiesCommand::Allow { .. }),
+            },
+        )?,
+        IdentitiesCommand::Permissions { gestalt_id } => call(
+            &client,
+            api::Permissions {
+                gestalt: gestalt_id.clone(),
+            },
+        )?,
+        IdentitiesCommand::Discover { gestalt_id } => call(
+            &client,
+            api::Discover {
+                gestalt: gestalt_id.clone(),
+            },
+        )?,
         IdentitiesCommand::Invite { node_id } => {
-            call(&client, Request::IdentitiesInvite(node_id.clone()))?;
+            call(
+                &client,
+                api::Invite {
+                    node: node_id.clone(),
+                },
+            )?;
             let _ = out.emit(json!({ "invited": node_id }), || {
                 format!("Invited {node_id} to this node's gestalt\n")
             });
             return Ok(());
         }
         IdentitiesCommand::Authenticate { provider_id } => {
-            let Reply::DeviceAuth { handle, auth } =
-                call(&client, Request::IdentitiesAuthStart(provider_id.clone()))?
-            else {
-                return Err(unexpected());
-            };
-            // The instructions go to stderr, so that --format json keeps stdout to the result.
-            eprintln!(
-                "Open {} and enter the code {} (it expires in {} minutes); waiting for your approval...",
-                auth.verification_uri,
-                auth.user_code,
-                auth.expires_in / 60
-            );
-            let Reply::Identities(ids) = call(
-                &client,
-                Request::IdentitiesAuthFinish {
-                    provider: provider_id.clone(),
-                    handle,
-                },
-            )?
-            else {
-                return Err(unexpected());
-            };
-            let _ = out.emit(json!({ "authenticated": ids }), || {
-                format!("Authenticated as {}\n", ids.join(", "))
-            });
+            return authenticate(&client, provider_id, out);
+        }
+        IdentitiesCommand::Authenticated => {
+            print_identities(&call(&client, api::Authenticated)?, out);
             return Ok(());
         }
-        IdentitiesCommand::Authenticated => Request::IdentitiesAuthenticated,
-        IdentitiesCommand::Search { provider_id, term } => Request::IdentitiesSearch {
-            provider: provider_id.clone(),
-            term: term.clone(),
-        },
+        IdentitiesCommand::Search { provider_id, term } => {
+            let found = call(
+                &client,
+                api::Search {
+                    provider: provider_id.clone(),
+                    term: term.clone(),
+                },
+            )?;
+            print_identities(&found, out);
+            return Ok(());
+        }
         IdentitiesCommand::Claim { identity } => {
-            let Reply::IdentityClaimed { identity, url, seq } =
-                call(&client, Request::IdentitiesClaim(identity.clone()))?
-            else {
-                return Err(unexpected());
-            };
+            let IdentityClaimed { identity, url, seq } = call(
+                &client,
+                api::Claim {
+                    identity: identity.clone(),
+                },
+            )?;
             let _ = out.emit(json!({ "identity": identity, "url": url, "seq": seq }), || {
                 format!("Claimed {identity}: claim {seq} of this node's sigchain, published at {url}\n")
             });
             return Ok(());
         }
-        IdentitiesCommand::Discover { gestalt_id } => {
-            Request::IdentitiesDiscover(gestalt_id.clone())
-        }
         IdentitiesCommand::Queue => {
-            let Reply::Queue(queue) = call(&client, Request::IdentitiesQueue)? else {
-                return Err(unexpected());
-            };
+            let queue = call(&client, api::Queue)?;
             let _ = out.emit(json!(queue), || {
                 if queue.is_empty() {
                     return "The discovery queue is empty\n".into();
@@ -184,21 +199,53 @@ pub(crate) fn identities(
             return Ok(());
         }
     };
-    let list = match call(&client, request)? {
-        Reply::Gestalts(list) => list,
-        Reply::Identities(ids) => {
-            let _ = out.emit(json!(ids), || {
-                ids.iter().map(|i| format!("{i}\n")).collect()
-            });
-            return Ok(());
-        }
-        _ => return Err(unexpected()),
-    };
+    print_gestalts(&[gestalt], out);
+    Ok(())
+}
+
+/// `pk identities authenticate`: the device flow, the user's part on stderr.
+fn authenticate(client: &Client, provider_id: &str, out: &Output) -> Result<(), CliError> {
+    let DeviceAuthStarted { handle, auth } = call(
+        client,
+        api::AuthStart {
+            provider: provider_id.to_owned(),
+        },
+    )?;
+    // The instructions go to stderr, so that --format json keeps stdout to the result.
+    eprintln!(
+        "Open {} and enter the code {} (it expires in {} minutes); waiting for your approval...",
+        auth.verification_uri,
+        auth.user_code,
+        auth.expires_in / 60
+    );
+    let id = call(
+        client,
+        api::AuthFinish {
+            provider: provider_id.to_owned(),
+            handle,
+        },
+    )?;
+    // A list of one, as before the reply was a single identity.
+    let ids = [id];
+    let _ = out.emit(json!({ "authenticated": ids }), || {
+        format!("Authenticated as {}\n", ids.join(", "))
+    });
+    Ok(())
+}
+
+/// Prints gestalts, or says there are none.
+fn print_gestalts(list: &[GestaltInfo], out: &Output) {
     let _ = out.emit(json!(list), || {
         if list.is_empty() {
             return "No gestalts yet\n".into();
         }
         list.iter().map(show).collect()
     });
-    Ok(())
+}
+
+/// Prints identities (`provider:identity`), one a line.
+fn print_identities(ids: &[String], out: &Output) {
+    let _ = out.emit(json!(ids), || {
+        ids.iter().map(|i| format!("{i}\n")).collect()
+    });
 }

@@ -1,0 +1,67 @@
+//! [`BackupsRequest`]: scheduled pulls (the schedule itself runs in `peers`).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::done;
+use crate::agent::{Open, on_store, peers};
+use crate::api::backups::{Add, Backup, BackupsRequest, List, Remove};
+use crate::api::{ApiError, ErrorCode, SecretBytes};
+use crate::store::Table;
+
+pub(super) async fn handle(
+    open: &Arc<Open>,
+    request: BackupsRequest,
+) -> Result<SecretBytes, ApiError> {
+    match request {
+        BackupsRequest::Add(add) => done::<Add>(self::add(open, add).await),
+        BackupsRequest::List(_) => done::<List>(on_store(open, peers::backups).await),
+        BackupsRequest::Remove(Remove { name }) => done::<Remove>(
+            on_store(open, move |open| {
+                open.audited("backup.removed", json!({ "vault": name }), |tx| {
+                    if tx.delete(Table::Sync, &peers::backup_key(open, &name))? {
+                        Ok(())
+                    } else {
+                        Err(ApiError::new(
+                            ErrorCode::NotFound,
+                            format!("no scheduled pull into {name:?}"),
+                        ))
+                    }
+                })
+            })
+            .await,
+        ),
+    }
+}
+
+async fn add(
+    open: &Arc<Open>,
+    Add {
+        vault,
+        node,
+        every_s,
+        name,
+    }: Add,
+) -> Result<Backup, ApiError> {
+    let node = peers::node_id(&node)?;
+    if !(peers::MIN_BACKUP_INTERVAL_S..=peers::MAX_BACKUP_INTERVAL_S).contains(&every_s) {
+        return Err(ApiError::new(
+            ErrorCode::BadInput,
+            "the time between scheduled pulls must be at least 10 seconds and at most 366 days",
+        ));
+    }
+    let backup = Backup {
+        name: name.unwrap_or_else(|| vault.clone()),
+        vault,
+        node: node.to_string(),
+        every_s,
+        next_ms: 0,
+        last: None,
+    };
+    on_store(open, move |open| {
+        peers::save_backup(open, &backup, "backup.added")?;
+        Ok(backup)
+    })
+    .await
+}

@@ -1,0 +1,94 @@
+//! [`IdentitiesRequest`]: gestalts, trust, discovery, and identity providers.
+
+use std::sync::Arc;
+
+use super::done;
+use crate::agent::{Open, on_store, peers, trust};
+use crate::api::identities::{
+    AuthFinish, AuthStart, Authenticated, Claim, Discover, Get, IdentitiesRequest, Invite, List,
+    Permissions, Permit, Queue, Search, Trust,
+};
+use crate::api::nodes::Claimed;
+use crate::api::{ApiError, SecretBytes};
+use crate::gestalt::Gestalts;
+use crate::notifications::Body;
+
+pub(super) async fn handle(
+    open: &Arc<Open>,
+    request: IdentitiesRequest,
+) -> Result<SecretBytes, ApiError> {
+    use IdentitiesRequest as R;
+    match request {
+        R::List(_) => done::<List>(on_store(open, trust::list).await),
+        R::Get(Get { gestalt }) => done::<Get>(trust::gestalt(open, &gestalt).await),
+        R::Permissions(Permissions { gestalt }) => {
+            done::<Permissions>(trust::gestalt(open, &gestalt).await)
+        }
+        R::Trust(Trust { gestalt, trust }) => {
+            let v = trust::vertex(&gestalt)?;
+            done::<Trust>(
+                on_store(open, move |open| {
+                    trust::set_trust(open, &trust::current(open, v)?, trust)
+                })
+                .await,
+            )
+        }
+        R::Permit(Permit {
+            gestalt,
+            permissions,
+            allow,
+        }) => {
+            let v = trust::vertex(&gestalt)?;
+            done::<Permit>(
+                on_store(open, move |open| {
+                    trust::permit(open, &trust::current(open, v)?, &permissions, allow)
+                })
+                .await,
+            )
+        }
+        R::Invite(Invite { node }) => {
+            let node = peers::node_id(&node)?;
+            let sent = peers::send_notification(open, node, Body::GestaltInvite).await;
+            done::<Invite>(sent.map(|_| Claimed {
+                node: node.to_string(),
+                invited: true,
+                seq: None,
+            }))
+        }
+        R::Discover(Discover { gestalt }) => {
+            done::<Discover>(trust::discover_now(open, &gestalt).await)
+        }
+        R::Queue(_) => done::<Queue>(
+            on_store(open, |open| {
+                let tx = open.store.read()?;
+                Ok(Gestalts::new(&open.store).queue(&tx)?)
+            })
+            .await,
+        ),
+        R::AuthStart(AuthStart { provider }) => {
+            done::<AuthStart>(trust::auth_start(open, &provider).await)
+        }
+        R::AuthFinish(AuthFinish { provider, handle }) => {
+            trust::github_only(&provider)?;
+            done::<AuthFinish>(trust::auth_finish(open, handle).await)
+        }
+        R::Authenticated(_) => done::<Authenticated>(
+            on_store(open, |open| {
+                let tx = open.store.read()?;
+                let tokens = Gestalts::new(&open.store).provider_tokens(&tx)?;
+                Ok(tokens
+                    .iter()
+                    .map(|t| format!("{}:{}", t.provider, t.identity))
+                    .collect())
+            })
+            .await,
+        ),
+        R::Claim(Claim { identity }) => {
+            let v = trust::vertex(&identity)?;
+            done::<Claim>(on_store(open, move |open| trust::claim_identity(open, &v)).await)
+        }
+        R::Search(Search { provider, term }) => {
+            done::<Search>(trust::search(open, &provider, term).await)
+        }
+    }
+}
