@@ -32,11 +32,13 @@ use crate::audit;
 use crate::identity::{NodeId, base32hex};
 use crate::store::{Read, ReadTx, Store, StoreError, Table, WriteTx};
 
+mod merge;
 mod sync;
+pub use merge::merge_conflict_name;
 pub use sync::{
     DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, Fetched, MAX_TRANSFER_OBJECTS,
     ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState, TransferLimits, WireEntry,
-    WireObject, merge_conflict_name,
+    WireObject,
 };
 
 const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;

@@ -25,13 +25,16 @@
 //! (common ancestor, ours, theirs) are merged by path: a secret changed on one side takes
 //! that side's version; a secret changed on both sides keeps ours at its path and theirs
 //! next to it under a conflict name (`name.conflict-<node>`), and the pull says so.
-//! A secret deleted on one side and changed on the other is kept. Nothing is lost.
+//! A secret deleted on one side and changed on the other is kept. Nothing is lost. The
+//! decisions are [`super::merge`]'s, a pure function of the three flattened trees; this
+//! module reads the trees and writes the result.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::merge::{self, Flat, merge_conflict_name};
 use super::{
     HASH, TreeMap, Tx, VaultError, VaultId, VaultRecord, Vaults, bad_name, byte_kind,
     check_vault_name, dir_mode, encode_tree, kind_byte, now, parse_oid,
@@ -291,16 +294,6 @@ impl<'s> Tx<'_, 's, WriteTx<'s>> {
         let key = self.key(oid);
         self.tx.delete(Table::Objects, &key)?;
         Ok(())
-    }
-}
-
-/// The name an incoming version takes when both sides changed `name`.
-pub fn merge_conflict_name(name: &str, node: &NodeId, n: usize) -> String {
-    let short: String = node.to_string().chars().skip(1).take(8).collect();
-    if n <= 1 {
-        format!("{name}.conflict-{short}")
-    } else {
-        format!("{name}.conflict-{short}-{n}")
     }
 }
 
@@ -1469,91 +1462,31 @@ impl<'s> Receiver<'_, 's> {
         Ok(outcome)
     }
 
-    /// Merges `theirs` into `ours` by path; returns the merge commit and the conflicts.
+    /// Merges `theirs` into `ours` by path ([`merge::merge`]); returns the merge commit
+    /// and the conflicts (`path -> copy`).
     fn merge<'t>(
         &self,
         t: &mut Tx<'t, 's, WriteTx<'s>>,
         ours: ObjectId,
         theirs: ObjectId,
     ) -> Result<(ObjectId, Vec<(String, String)>), VaultError> {
-        let mine = t.ancestors(&[ours])?;
-        let mut base = None;
-        let mut queue = std::collections::VecDeque::from([theirs]);
-        let mut seen = HashSet::new();
-        while let Some(oid) = queue.pop_front() {
-            if mine.contains(&oid) {
-                base = Some(oid);
-                break;
-            }
-            if seen.insert(oid) {
-                queue.extend(t.parents(&oid)?);
-            }
-        }
+        let base = merge_base(t, ours, theirs)?;
         let flat = |t: &Tx<'_, '_, WriteTx<'s>>, commit: Option<ObjectId>| match commit {
             Some(c) => flatten(t, &t.commit_tree(&c)?),
-            None => Ok(BTreeMap::new()),
+            None => Ok(Flat::new()),
         };
         let b = flat(t, base)?;
         let l = flat(t, Some(ours))?;
         let r = flat(t, Some(theirs))?;
-        let mut merged: Flat = BTreeMap::new();
-        let mut incoming_copies: Vec<(Vec<BString>, (EntryMode, ObjectId))> = Vec::new();
-        let paths: std::collections::BTreeSet<&Vec<BString>> =
-            b.keys().chain(l.keys()).chain(r.keys()).collect();
-        for path in paths {
-            let (bv, lv, rv) = (b.get(path), l.get(path), r.get(path));
-            let take = if lv == rv || rv == bv {
-                lv
-            } else if lv == bv {
-                rv
-            } else {
-                match (lv, rv) {
-                    (Some(_), Some(theirs)) => {
-                        incoming_copies.push((path.clone(), *theirs));
-                        lv
-                    }
-                    // Deleted on one side, changed on the other: the change stays.
-                    (None, changed) | (changed, None) => changed,
-                }
-            };
-            if let Some(entry) = take {
-                merged.insert(path.clone(), *entry);
-            }
-        }
-        // A file on one side where the other has a directory: the incoming file moves.
-        let leaves: Vec<Vec<BString>> = merged.keys().cloned().collect();
-        for path in &leaves {
-            let is_prefix = merged
-                .range(path.clone()..)
-                .nth(1)
-                .is_some_and(|(next, _)| next.len() > path.len() && next.starts_with(path));
-            if is_prefix && let Some(entry) = merged.remove(path) {
-                incoming_copies.push((path.clone(), entry));
-            }
-        }
-        let mut conflicts = Vec::new();
-        for (path, entry) in incoming_copies {
-            let (last, parent) = path.split_last().ok_or_else(|| corrupt("empty path"))?;
-            let mut n = 1;
-            let renamed = loop {
-                let name = merge_conflict_name(&last.to_string(), &self.node, n);
-                let mut candidate = parent.to_vec();
-                candidate.push(BString::from(name));
-                if !taken(&merged, &candidate) {
-                    break candidate;
-                }
-                n += 1;
-            };
-            let show = |p: &[BString]| {
-                p.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("/")
-            };
-            conflicts.push((show(&path), show(&renamed)));
-            merged.insert(renamed, entry);
-        }
-        let entries: Vec<(Vec<BString>, (EntryMode, ObjectId))> = merged.into_iter().collect();
+        let merged = merge::merge(&b, &l, &r, &|name, n| {
+            merge_conflict_name(name, &self.node, n)
+        })?;
+        let conflicts: Vec<(String, String)> = merged
+            .conflicts
+            .iter()
+            .map(|c| (merge::show(&c.path), merge::show(&c.copy)))
+            .collect();
+        let entries: Vec<(Vec<BString>, (EntryMode, ObjectId))> = merged.tree.into_iter().collect();
         let tree = build(t, &entries, 0)?;
         let message = if conflicts.is_empty() {
             format!("merge from {}", self.node)
@@ -1571,15 +1504,24 @@ impl<'s> Receiver<'_, 's> {
     }
 }
 
-/// A tree flattened to its leaves: secrets, and directories with nothing in them.
-type Flat = BTreeMap<Vec<BString>, (EntryMode, ObjectId)>;
-
-/// Whether `path` is in use in `flat`: a leaf there, or a directory holding leaves.
-fn taken(flat: &Flat, path: &[BString]) -> bool {
-    // Paths under `path` sort right after it.
-    flat.range(path.to_vec()..)
-        .next()
-        .is_some_and(|(next, _)| next.starts_with(path))
+/// The newest commit `theirs` reaches (breadth first) that `ours` reaches too, if any.
+fn merge_base<R: Read>(
+    t: &Tx<'_, '_, R>,
+    ours: ObjectId,
+    theirs: ObjectId,
+) -> Result<Option<ObjectId>, VaultError> {
+    let mine = t.ancestors(&[ours])?;
+    let mut queue = std::collections::VecDeque::from([theirs]);
+    let mut seen = HashSet::new();
+    while let Some(oid) = queue.pop_front() {
+        if mine.contains(&oid) {
+            return Ok(Some(oid));
+        }
+        if seen.insert(oid) {
+            queue.extend(t.parents(&oid)?);
+        }
+    }
+    Ok(None)
 }
 
 fn flatten<R: Read>(t: &Tx<'_, '_, R>, root: &ObjectId) -> Result<Flat, VaultError> {
