@@ -37,10 +37,11 @@ use serde::{Deserialize, Serialize};
 use super::merge::{self, Flat, merge_conflict_name};
 use super::{
     HASH, TreeMap, Tx, VaultError, VaultId, VaultRecord, Vaults, bad_name, byte_kind,
-    check_vault_name, dir_mode, encode_tree, kind_byte, now, parse_oid,
+    check_vault_name, dir_mode, encode_tree, kind_byte, parse_oid,
 };
 use crate::api::SecretBytes;
 use crate::audit;
+use crate::clock::unix_s;
 use crate::identity::NodeId;
 use crate::store::{Read, ReadTx, Store, Table, WriteTx};
 use gix_hash::ObjectId;
@@ -1385,7 +1386,7 @@ impl<'s> Receiver<'_, 's> {
                 let record = VaultRecord {
                     id: self.vault,
                     name: name.clone(),
-                    created: now(),
+                    created: unix_s(),
                     head: tip.to_string(),
                     latest: tip.to_string(),
                     kept: Vec::new(),
@@ -1437,7 +1438,7 @@ impl<'s> Receiver<'_, 's> {
                 record.sync.remotes.insert(node.clone(), tip.to_string());
                 record.sync.last_pull = Some(PullOutcome {
                     node: node.clone(),
-                    time: now(),
+                    time: unix_s(),
                     ok: true,
                     message: outcome.result.clone(),
                 });
