@@ -216,7 +216,7 @@ mod tests {
         conflicts: &'static [(&'static str, &'static str, Clash)],
     }
 
-    /// The conflict names of the table (the agent's add the node pulled from).
+    /// The table's conflict names (the real ones also carry the node pulled from).
     fn namer(name: &str, n: usize) -> String {
         if n <= 1 {
             format!("{name}.conflict")
