@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_ms;
 use crate::store::{Read as _, ReadTx, StoreError, Table, WriteTx};
 
 /// One audit event.
@@ -48,13 +49,6 @@ mod fields_format {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn decode(value: &[u8]) -> Result<AuditEvent, StoreError> {
     serde_json::from_slice(value).map_err(|_| StoreError::Corrupt {
         table: "audit",
@@ -75,7 +69,7 @@ pub fn append(
     };
     let record = AuditEvent {
         seq,
-        time_ms: now_ms(),
+        time_ms: unix_ms(),
         event: event.to_owned(),
         fields: match fields {
             serde_json::Value::Object(map) => map,

@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_s;
 use crate::identity::NodeId;
 use crate::nodes::NodePermission;
 use crate::sigchain::ClaimToken;
@@ -146,13 +147,6 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
     serde_json::from_slice(bytes).map_err(|_| corrupt())
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The gestalt graph on one store.
 pub struct Gestalts<'s> {
     store: &'s Store,
@@ -240,7 +234,7 @@ impl<'s> Gestalts<'s> {
         Ok(self.identity(tx, identity)?.unwrap_or(IdentityRecord {
             identity: identity.clone(),
             permissions: BTreeSet::new(),
-            added: now(),
+            added: unix_s(),
         }))
     }
 
@@ -328,7 +322,7 @@ impl<'s> Gestalts<'s> {
         }
         let queued = Queued {
             vertex: vertex.clone(),
-            queued: now(),
+            queued: unix_s(),
             attempts: 0,
             last_error: None,
         };

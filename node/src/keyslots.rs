@@ -393,10 +393,7 @@ fn add_slot(
         id: file.next_id,
         kind: protector.kind(),
         label: label.to_owned(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: crate::clock::unix_s(),
     };
     let sealed = protector.wrap(key, &aad(&file.store_id, &header))?;
     let id = header.id;

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod client;
+pub mod clock;
 pub mod crypto;
 pub mod gestalt;
 pub mod identity;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit;
+use crate::clock::unix_s;
 use crate::gestalt::{Gestalts, Vertex};
 use crate::identity::NodeId;
 use crate::store::{Read, Store, StoreError, Table, WriteTx};
@@ -79,13 +80,6 @@ pub struct Share {
     pub node: Vertex,
     /// What it may do.
     pub permissions: BTreeSet<VaultPermission>,
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn corrupt(table: &'static str) -> StoreError {
@@ -204,7 +198,7 @@ impl<'s> Nodes<'s> {
         let mut record = existing.unwrap_or(NodeRecord {
             node_id: node,
             addrs: Vec::new(),
-            added: now(),
+            added: unix_s(),
             last_seen: None,
             permissions,
             earlier: Vec::new(),
@@ -277,7 +271,7 @@ impl<'s> Nodes<'s> {
         let Some(mut record) = self.get(&tx, node)? else {
             return Ok(());
         };
-        record.last_seen = Some(now());
+        record.last_seen = Some(unix_s());
         if let Some(addr) = addr
             && record.addrs.iter().any(|a| a == addr)
         {

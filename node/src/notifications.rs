@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit;
+use crate::clock::Clock;
 use crate::identity::NodeId;
 use crate::nodes::VaultPermission;
 use crate::store::{Read, Store, StoreError, Table};
@@ -86,6 +87,39 @@ pub enum Delivery {
     },
 }
 
+impl Delivery {
+    /// Whether an attempt is due at `now_ms`: a pending delivery whose time has come.
+    /// Delivered and refused ones are never tried again (they stay in the outbox until
+    /// removed).
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        matches!(self, Delivery::Pending { next_ms, .. } if *next_ms <= now_ms)
+    }
+
+    /// The state after an attempt made at `now_ms`, from the state before (`previous`):
+    /// delivered; refused by the peer (`Err((true, why))`: given up); or failed
+    /// (`Err((false, why))`: pending, tried again after [`backoff_ms`] of the attempts so
+    /// far, for as long as it stays in the outbox).
+    pub fn after_attempt(
+        previous: Option<&Delivery>,
+        outcome: Result<(), (bool, String)>,
+        now_ms: u64,
+    ) -> Delivery {
+        let attempts = match previous {
+            Some(Delivery::Pending { attempts, .. }) => *attempts + 1,
+            _ => 1,
+        };
+        match outcome {
+            Ok(()) => Delivery::Delivered { at_ms: now_ms },
+            Err((true, reason)) => Delivery::Refused { reason },
+            Err((false, error)) => Delivery::Pending {
+                attempts,
+                next_ms: now_ms.saturating_add(backoff_ms(attempts - 1)),
+                last_error: Some(error),
+            },
+        }
+    }
+}
+
 /// A notification in the inbox or the outbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
@@ -123,14 +157,6 @@ impl Mailbox {
     }
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn key(mailbox: Mailbox, id: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = mailbox.prefix();
@@ -155,12 +181,22 @@ pub fn backoff_ms(attempts: u32) -> u64 {
 /// The inbox and outbox on one store.
 pub struct Notifications<'s> {
     store: &'s Store,
+    /// Times notifications and decides which deliveries are due.
+    clock: Clock,
 }
 
 impl<'s> Notifications<'s> {
-    /// The boxes on `store`.
+    /// The boxes on `store`, on the system clock.
     pub fn new(store: &'s Store) -> Self {
-        Notifications { store }
+        Notifications {
+            store,
+            clock: Clock::system(),
+        }
+    }
+
+    /// The same boxes on `clock`.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Notifications { clock, ..self }
     }
 
     /// Every notification in `mailbox`, oldest first.
@@ -203,7 +239,7 @@ impl<'s> Notifications<'s> {
             Notification {
                 id: 0,
                 peer: from,
-                time_ms: now_ms(),
+                time_ms: self.clock.now_ms(),
                 body,
                 read: false,
                 delivery: None,
@@ -218,7 +254,7 @@ impl<'s> Notifications<'s> {
             Notification {
                 id: 0,
                 peer: to,
-                time_ms: now_ms(),
+                time_ms: self.clock.now_ms(),
                 body,
                 read: false,
                 delivery: Some(Delivery::Pending {
@@ -241,19 +277,11 @@ impl<'s> Notifications<'s> {
             return Ok(());
         };
         let mut n: Notification = serde_json::from_slice(&value).map_err(|_| corrupt())?;
-        let attempts = match &n.delivery {
-            Some(Delivery::Pending { attempts, .. }) => *attempts + 1,
-            _ => 1,
-        };
-        n.delivery = Some(match outcome {
-            Ok(()) => Delivery::Delivered { at_ms: now_ms() },
-            Err((true, reason)) => Delivery::Refused { reason },
-            Err((false, error)) => Delivery::Pending {
-                attempts,
-                next_ms: now_ms() + backoff_ms(attempts - 1),
-                last_error: Some(error),
-            },
-        });
+        n.delivery = Some(Delivery::after_attempt(
+            n.delivery.as_ref(),
+            outcome,
+            self.clock.now_ms(),
+        ));
         let bytes = serde_json::to_vec(&n).expect("a notification always serialises");
         tx.put(Table::Notifications, &key(Mailbox::Outbox, id), &bytes)?;
         if let Some(Delivery::Delivered { .. }) = n.delivery {
@@ -268,13 +296,11 @@ impl<'s> Notifications<'s> {
 
     /// Outbox entries due for an attempt now.
     pub fn due(&self) -> Result<Vec<Notification>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         Ok(self
             .list(Mailbox::Outbox)?
             .into_iter()
-            .filter(
-                |n| matches!(n.delivery, Some(Delivery::Pending { next_ms, .. }) if next_ms <= now),
-            )
+            .filter(|n| n.delivery.as_ref().is_some_and(|d| d.is_due(now)))
             .collect())
     }
 
@@ -329,4 +355,140 @@ fn list_in(tx: &impl Read, mailbox: Mailbox) -> Result<Vec<Notification>, StoreE
         out.push(serde_json::from_slice(&value).map_err(|_| corrupt())?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Delivery retries on a manual clock: no sleeps.
+    use std::time::Duration;
+
+    use super::*;
+    use crate::NodePath;
+    use crate::clock::ManualClock;
+    use crate::identity::Identity;
+    use hsm::DataKey;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&NodePath::new(dir.path()), &DataKey::generate()).unwrap();
+        (dir, store)
+    }
+
+    fn message() -> Body {
+        Body::Message { text: "hi".into() }
+    }
+
+    fn due_ids(boxes: &Notifications<'_>) -> Vec<u64> {
+        boxes.due().unwrap().iter().map(|n| n.id).collect()
+    }
+
+    fn delivery(boxes: &Notifications<'_>, id: u64) -> Delivery {
+        let list = boxes.list(Mailbox::Outbox).unwrap();
+        let n = list.into_iter().find(|n| n.id == id).unwrap();
+        n.delivery.unwrap()
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_a_second_to_an_hour() {
+        let waits: Vec<u64> = (0..15).map(|a| backoff_ms(a) / 1000).collect();
+        assert_eq!(
+            waits,
+            [
+                1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600, 3600, 3600
+            ]
+        );
+        assert_eq!(backoff_ms(u32::MAX), MAX_BACKOFF_S * 1000);
+    }
+
+    #[test]
+    fn the_state_after_an_attempt() {
+        let failed = || Err((false, "unreachable".to_owned()));
+        let first = Delivery::after_attempt(None, failed(), T0);
+        assert_eq!(
+            first,
+            Delivery::Pending {
+                attempts: 1,
+                next_ms: T0 + 1000,
+                last_error: Some("unreachable".into()),
+            }
+        );
+        let third = Delivery::Pending {
+            attempts: 3,
+            next_ms: T0,
+            last_error: None,
+        };
+        let fourth = Delivery::after_attempt(Some(&third), failed(), T0);
+        assert!(
+            matches!(fourth, Delivery::Pending { attempts: 4, next_ms, .. } if next_ms == T0 + 8000)
+        );
+        let refused = Delivery::after_attempt(Some(&third), Err((true, "no".into())), T0);
+        assert_eq!(
+            refused,
+            Delivery::Refused {
+                reason: "no".into()
+            }
+        );
+        let delivered = Delivery::after_attempt(Some(&third), Ok(()), T0);
+        assert_eq!(delivered, Delivery::Delivered { at_ms: T0 });
+        for done in [refused, delivered] {
+            assert!(!done.is_due(u64::MAX), "{done:?}");
+        }
+        assert!(!first.is_due(T0 + 999));
+        assert!(first.is_due(T0 + 1000));
+    }
+
+    #[test]
+    fn a_failing_delivery_is_retried_on_schedule_and_kept() {
+        let (_dir, store) = store();
+        let clock = ManualClock::at_ms(T0);
+        let boxes = Notifications::new(&store).with_clock(clock.clock());
+        let queued = boxes
+            .queue(Identity::generate().node_id(), message())
+            .unwrap();
+        assert_eq!(queued.time_ms, T0);
+        assert_eq!(due_ids(&boxes), [queued.id], "due as soon as it is queued");
+        for attempt in 0..14u32 {
+            boxes
+                .delivered(queued.id, Err((false, "unreachable".into())))
+                .unwrap();
+            clock.advance(Duration::from_millis(backoff_ms(attempt) - 1));
+            assert!(due_ids(&boxes).is_empty(), "attempt {attempt}: too early");
+            clock.advance(Duration::from_millis(1));
+            assert_eq!(due_ids(&boxes), [queued.id], "attempt {attempt}: on time");
+        }
+        assert!(matches!(
+            delivery(&boxes, queued.id),
+            Delivery::Pending { attempts: 14, last_error: Some(e), .. } if e == "unreachable"
+        ));
+    }
+
+    #[test]
+    fn a_refused_delivery_is_given_up_and_a_delivered_one_is_done() {
+        let (_dir, store) = store();
+        let clock = ManualClock::at_ms(T0);
+        let boxes = Notifications::new(&store).with_clock(clock.clock());
+        let peer = Identity::generate().node_id();
+        let refused = boxes.queue(peer, message()).unwrap();
+        let delivered = boxes.queue(peer, message()).unwrap();
+        assert_eq!(due_ids(&boxes), [refused.id, delivered.id]);
+        boxes
+            .delivered(refused.id, Err((true, "no notify permission".into())))
+            .unwrap();
+        clock.advance(Duration::from_secs(5));
+        boxes.delivered(delivered.id, Ok(())).unwrap();
+        clock.advance(Duration::from_secs(24 * 3600));
+        assert!(due_ids(&boxes).is_empty());
+        assert_eq!(
+            delivery(&boxes, refused.id),
+            Delivery::Refused {
+                reason: "no notify permission".into()
+            }
+        );
+        assert_eq!(
+            delivery(&boxes, delivered.id),
+            Delivery::Delivered { at_ms: T0 + 5000 }
+        );
+    }
 }

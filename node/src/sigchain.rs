@@ -26,6 +26,7 @@ use rand_core::{OsRng, RngCore as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::clock::unix_s;
 use crate::identity::{Identity, NodeId, verify};
 use crate::store::{Read, StoreError, Table, WriteTx};
 
@@ -114,13 +115,6 @@ pub enum ClaimError {
         /// What is wrong.
         reason: String,
     },
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl ClaimToken {
@@ -261,7 +255,7 @@ pub fn next_claim(
         sub: sub.to_owned(),
         seq: last.as_ref().map_or(1, |(seq, _)| seq + 1),
         prev_digest: last.map(|(_, token)| token.digest()),
-        iat: now(),
+        iat: unix_s(),
         nonce: B64.encode(nonce),
     })
 }

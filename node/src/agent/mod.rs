@@ -38,6 +38,7 @@ mod budget;
 mod calls;
 mod peers;
 mod refusals;
+mod schedule;
 mod trust;
 
 /// How long an upload may stall between chunks before it is abandoned (it holds the
@@ -147,6 +148,9 @@ struct Open {
     refusals: Mutex<refusals::Refusals>,
     /// What one clone or pull may bring.
     transfer_limits: crate::vault::TransferLimits,
+    /// The time that scheduled pulls, delivery retries and refusal intervals are decided
+    /// by: the system clock.
+    clock: crate::clock::Clock,
 }
 
 struct Shared {
@@ -244,10 +248,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
         peer_addr: peer_addr.clone(),
         pid: std::process::id(),
         socket: socket.clone(),
-        started_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        started_ms: crate::clock::unix_ms(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let status_path = node.agent_status();
@@ -572,6 +573,7 @@ async fn unlock(shared: &Arc<Shared>, params: Unlock) -> Result<(), ApiError> {
             device_auths: Mutex::new(std::collections::HashMap::new()),
             refusals: Mutex::new(refusals::Refusals::default()),
             transfer_limits: transfer_limits().unwrap_or_default(),
+            clock: crate::clock::Clock::system(),
         })
     })
     .await;
@@ -593,10 +595,7 @@ async fn unlock(shared: &Arc<Shared>, params: Unlock) -> Result<(), ApiError> {
         }
         Err(e) => {
             if !auto {
-                let time_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
+                let time_ms = crate::clock::unix_ms();
                 shared.remember(
                     "agent.unlock_failed",
                     json!({ "slot": requested_slot, "reason": e.message, "at_ms": time_ms }),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{Open, blocking, budget, store_error, vault_error, vaults};
+use super::{Open, blocking, budget, schedule, store_error, vault_error, vaults};
 use crate::api::backups::Backup;
 use crate::api::nodes::{Add, ConnectionInfo, Direction, Pong};
 use crate::api::notifications::Queued;
@@ -132,10 +132,6 @@ pub(super) fn node_id(s: &str) -> Result<NodeId, ApiError> {
     s.parse().map_err(|e: crate::identity::IdentityError| {
         ApiError::new(ErrorCode::BadInput, e.to_string())
     })
-}
-
-fn now_ms() -> u64 {
-    crate::notifications::now_ms()
 }
 
 /// Makes the endpoint on the agent's UDP socket and starts the background work.
@@ -304,7 +300,7 @@ pub(super) fn denied(
         .refusals
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .note(*peer, call, vault, now_ms());
+        .note(*peer, call, vault, open.clock.now_ms());
     write_refusals(open, rows);
     ApiError::new(ErrorCode::Denied, message)
 }
@@ -313,7 +309,7 @@ pub(super) fn denied(
 pub(super) fn flush_refusals(open: &Open, now: bool) {
     let rows = {
         let mut refusals = open.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        if now || refusals.due(now_ms()) {
+        if now || refusals.due(open.clock.now_ms()) {
             refusals.take()
         } else {
             Vec::new()
@@ -1121,6 +1117,7 @@ async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body) -> bool {
     let open = open.clone();
     let _ = blocking(move || {
         Notifications::new(&open.store)
+            .with_clock(open.clock.clone())
             .delivered(id, outcome)
             .map_err(store_error)
     })
@@ -1390,7 +1387,7 @@ pub(super) async fn pull(
                     &name,
                     PullOutcome {
                         node: node.to_string(),
-                        time: now_ms() / 1000,
+                        time: open.clock.now_s(),
                         ok: false,
                         message,
                     },
@@ -1460,17 +1457,11 @@ async fn run_backup(open: &Arc<Open>, mut backup: Backup) {
         }
     }
     .await;
-    backup.last = Some(PullOutcome {
-        node: backup.node.clone(),
-        time: now_ms() / 1000,
-        ok: result.is_ok(),
-        message: match &result {
-            Ok(outcome) => outcome.result.clone(),
-            Err(e) => e.message.clone(),
-        },
-    });
-    // Saturating: a record from before the upper bound may hold any number.
-    backup.next_ms = now_ms().saturating_add(backup.every_s.saturating_mul(1000));
+    let summary = match &result {
+        Ok(outcome) => Ok(outcome.result.as_str()),
+        Err(e) => Err(e.message.as_str()),
+    };
+    schedule::ran(&mut backup, summary, open.clock.now_ms());
     let open = open.clone();
     let _ = blocking(move || save_backup(&open, &backup, "")).await;
 }
@@ -1515,7 +1506,13 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
         }
         let due = {
             let open = open.clone();
-            blocking(move || Notifications::new(&open.store).due().map_err(store_error)).await
+            blocking(move || {
+                Notifications::new(&open.store)
+                    .with_clock(open.clock.clone())
+                    .due()
+                    .map_err(store_error)
+            })
+            .await
         };
         for n in due.unwrap_or_default() {
             // Each in its own task: one unreachable node does not hold up the others.
@@ -1532,13 +1529,13 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
             })
             .await;
         }
-        let now = now_ms();
+        let now = open.clock.now_ms();
         let list = {
             let open = open.clone();
             blocking(move || backups(&open)).await
         };
         for backup in list.unwrap_or_default() {
-            if backup.next_ms <= now {
+            if schedule::due(&backup, now) {
                 run_backup(&open, backup).await;
             }
         }

@@ -14,6 +14,7 @@ use crate::api::keys::KeyChanged;
 use crate::api::nodes::Claimed;
 use crate::api::{ApiError, ErrorCode};
 use crate::audit;
+use crate::clock::unix_s;
 use crate::gestalt::{BadVertex, Gestalts, Link, Vertex};
 use crate::identity::NodeId;
 use crate::nodes::{NodePermission, Nodes};
@@ -55,13 +56,6 @@ pub(super) fn current(open: &Open, v: Vertex) -> Result<Vertex, ApiError> {
     Ok(v)
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Serves `ClaimNode`: countersigns `token` from `peer` if this node invited it, records
 /// the link, and returns this node's own claim of the link for `peer` to sign. Refuses
 /// forged, replayed and stale claims.
@@ -86,7 +80,7 @@ pub(super) fn countersign(
     if !token.valid_signers().contains(&peer) {
         return Err(refuse("the claim is not signed by the caller"));
     }
-    if claim.iat.abs_diff(now()) > CLAIM_FRESHNESS.as_secs() {
+    if claim.iat.abs_diff(unix_s()) > CLAIM_FRESHNESS.as_secs() {
         return Err(refuse("the claim is stale or from the future"));
     }
     let invited = Notifications::new(&open.store)

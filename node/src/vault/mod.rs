@@ -29,14 +29,17 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::audit;
+use crate::clock::unix_s;
 use crate::identity::{NodeId, base32hex};
 use crate::store::{Read, ReadTx, Store, StoreError, Table, WriteTx};
 
+mod merge;
 mod sync;
+pub use merge::merge_conflict_name;
 pub use sync::{
     DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, Fetched, MAX_TRANSFER_OBJECTS,
     ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState, TransferLimits, WireEntry,
-    WireObject, merge_conflict_name,
+    WireObject,
 };
 
 const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
@@ -345,13 +348,6 @@ fn check_vault_name(name: &str) -> Result<(), VaultError> {
         return Err(bad("control characters are not allowed"));
     }
     Ok(())
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A tree, decoded: name -> (mode, oid).
@@ -741,7 +737,7 @@ impl<'s> Vaults<'s> {
             name: self.author.to_string().into(),
             email: format!("{}@pk", self.author).into(),
             time: gix_actor::date::Time {
-                seconds: now() as i64,
+                seconds: unix_s() as i64,
                 offset: 0,
             },
         }
@@ -802,7 +798,7 @@ impl<'s> Vaults<'s> {
         let record = VaultRecord {
             id,
             name: name.to_owned(),
-            created: now(),
+            created: unix_s(),
             head: commit.to_string(),
             latest: commit.to_string(),
             kept: Vec::new(),
