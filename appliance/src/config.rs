@@ -37,6 +37,10 @@ pub struct Config {
     pub pkcs11_module: Option<PathBuf>,
     /// Idle time after which a console session ends, in seconds.
     pub session_idle_s: u64,
+    /// What goes to the journal: a level (`error`, `warn`, `info`, `debug`, `trace`,
+    /// `off`) or `RUST_LOG`-style directives such as `warn,pk::sync=debug`.
+    #[serde(deserialize_with = "log_filter")]
+    pub log: String,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             tpm_pcrs: None,
             pkcs11_module: None,
             session_idle_s: 15 * 60,
+            log: node::logging::DEFAULT_FILTER.to_owned(),
         }
     }
 }
@@ -62,6 +67,12 @@ fn pcr_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
         ))
     })?;
     Ok(Some(text))
+}
+
+fn log_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    node::logging::filter(&text).map_err(serde::de::Error::custom)?;
+    Ok(text)
 }
 
 fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -184,6 +195,18 @@ mod tests {
             Config::parse("session_idle_s = 5\n")
                 .unwrap_err()
                 .contains("session_idle_s")
+        );
+        assert_eq!(Config::default().log, "info");
+        assert_eq!(
+            Config::parse("log = \"warn,pk::sync=debug\"\n")
+                .unwrap()
+                .log,
+            "warn,pk::sync=debug"
+        );
+        let err = Config::parse("lan = false\nlog = \"pk=loud\"\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("not a log filter"),
+            "{err}"
         );
     }
 }

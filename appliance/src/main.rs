@@ -42,7 +42,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    init_logging();
+    if let Err(e) = init_logging(&config.log) {
+        eprintln!("pk-appliance: {}: log: {e}", path.display());
+        return ExitCode::from(EX_CONFIG);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -64,25 +67,29 @@ fn main() -> ExitCode {
     }
 }
 
-/// The journal under systemd (structured fields), stderr otherwise; INFO and above in
-/// both (the libraries' DEBUG and TRACE events, one per HTTP/2 frame, would flood the
-/// journal and the screen).
-fn init_logging() {
+/// The journal under systemd (structured fields), stderr otherwise; in both, what the
+/// configuration's `log` filter lets through, the node library's events (`pk::agent`,
+/// `pk::peer`, `pk::sync`, `pk::notify`) included. The default, INFO, keeps out the
+/// libraries' DEBUG and TRACE events (one per HTTP/2 frame) that would flood the journal.
+fn init_logging(filter: &str) -> Result<(), node::logging::BadFilter> {
     use tracing_subscriber::prelude::*;
+    let filter = node::logging::filter(filter)?;
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journald) = tracing_journald::layer()
     {
         tracing_subscriber::registry()
-            .with(journald.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+            .with(journald.with_filter(filter))
             .init();
-        return;
+        return Ok(());
     }
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+    Ok(())
 }
 
 async fn run(config: Config) -> Result<(), String> {

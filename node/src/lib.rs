@@ -20,6 +20,7 @@ pub mod gestalt;
 pub mod identity;
 pub mod keyslots;
 pub mod lan;
+pub mod logging;
 pub mod net;
 mod node_path;
 pub mod nodes;

@@ -29,6 +29,7 @@ use crate::api::{ApiError, ErrorCode, Hello, PROTOCOL, Request, Response, Secret
 use crate::audit;
 use crate::identity::Identity;
 use crate::keyslots::{KeyslotError, Keyslots};
+use crate::logging::AGENT;
 use crate::rpc::{CHUNK, FrameError, MAX_FRAME, read_frame, write_frame};
 use crate::store::{Store, StoreError, WriteTx};
 use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
@@ -180,13 +181,25 @@ impl Shared {
     fn remember(&self, event: &str, fields: serde_json::Value) {
         use std::io::Write as _;
         let line = json!({ "event": event, "fields": fields });
-        if let Ok(mut file) = std::fs::OpenOptions::new()
+        let path = self.config.node.agent_pending();
+        let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.config.node.agent_pending())
-        {
-            let _ = writeln!(file, "{line}");
-            let _ = file.sync_all();
+            .open(&path)
+            .and_then(|mut file| {
+                writeln!(file, "{line}")?;
+                file.sync_all()
+            });
+        if let Err(e) = written {
+            // Still kept in memory: lost only if the agent stops before the next unlock.
+            tracing::warn!(
+                target: AGENT,
+                event,
+                error = %e,
+                "cannot keep an event for the audit log in {}; \
+                 it is lost if the agent stops while locked",
+                path.display()
+            );
         }
         self.pending
             .lock()
@@ -266,7 +279,17 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
         shutdown: Notify::new(),
         udp,
     });
-    // Unattended unlock: slots that need no secret (a TPM slot whose policy holds).
+    tracing::info!(
+        target: AGENT,
+        event = "agent.started",
+        pid = status.pid,
+        socket = %socket.display(),
+        peer_addr = peer_addr.as_deref().unwrap_or("off"),
+        version = status.version,
+        "agent started"
+    );
+    // Unattended unlock: slots that need no secret (a TPM slot whose policy holds). Its
+    // outcome is logged by `unlock`.
     let _ = unlock(&shared, Unlock::default()).await;
     ready();
 
@@ -279,7 +302,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
     let mut watch = tokio::time::interval(std::time::Duration::from_secs(2));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("installing the SIGTERM handler"))?;
-    loop {
+    let why = loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
@@ -293,26 +316,31 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
                     serve(shared, stream).await;
                 });
             }
-            _ = shared.shutdown.notified() => break,
+            _ = shared.shutdown.notified() => break "stop requested",
             _ = watch.tick() => {
                 let now = std::fs::metadata(&socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
                 if now.is_none() || now != socket_inode {
-                    break;
+                    break "its socket was removed or replaced";
                 }
             }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break "SIGTERM",
+            _ = tokio::signal::ctrl_c() => break "SIGINT",
         }
-    }
+    };
     lock(&shared);
     // Remove the socket and status file only if they are still ours.
     let ours = std::fs::metadata(&socket)
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .ok();
     if ours.is_some() && ours == socket_inode {
-        let _ = std::fs::remove_file(&socket);
-        let _ = std::fs::remove_file(&status_path);
+        for path in [&socket, &status_path] {
+            if let Err(e) = std::fs::remove_file(path) {
+                // A later `pk` sees a stale file and recognises it; worth a line all the same.
+                tracing::warn!(target: AGENT, error = %e, "cannot remove {}", path.display());
+            }
+        }
     }
+    tracing::info!(target: AGENT, event = "agent.stopped", reason = why, "agent stopped ({why})");
     Ok(())
 }
 
@@ -369,7 +397,9 @@ async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    // What the job logs belongs to the span it was started in (a peer call, a pull).
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|_| ApiError::new(ErrorCode::Internal, "the request failed inside the agent"))?
 }
@@ -584,23 +614,72 @@ async fn unlock(shared: &Arc<Shared>, params: Unlock) -> Result<(), ApiError> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
-            let _ = std::fs::remove_file(shared.config.node.agent_pending());
+            let pending = shared.config.node.agent_pending();
+            match std::fs::remove_file(&pending) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    // Its events are in the audit log now; left behind, they would be
+                    // written a second time at the next unlock after a restart.
+                    tracing::warn!(
+                        target: AGENT,
+                        error = %e,
+                        "cannot remove {}",
+                        pending.display()
+                    );
+                }
+                _ => {}
+            }
             let open = Arc::new(open);
+            tracing::info!(
+                target: AGENT,
+                event = "agent.unlocked",
+                outcome = "ok",
+                slot = open.slot,
+                node = %open.identity().node_id(),
+                unattended = auto,
+                "agent unlocked with keyslot {}",
+                open.slot
+            );
             if let Some(udp) = &shared.udp {
-                let net = peers::start(&open, udp, shared.config.lan)?;
+                let net = peers::start(&open, udp, shared.config.lan).inspect_err(|e| {
+                    tracing::error!(
+                        target: AGENT,
+                        error = e.message.as_str(),
+                        "the peer endpoint could not start; the agent stays locked"
+                    );
+                })?;
                 let _ = open.net.set(net);
             }
             *shared.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
             Ok(())
         }
+        Err(e) if auto => {
+            // Expected when every keyslot needs a secret; worth knowing when a TPM slot
+            // that used to open by itself no longer does (its PCR policy changed).
+            tracing::info!(
+                target: AGENT,
+                outcome = "locked",
+                error = e.message.as_str(),
+                "no keyslot opens without a secret; the agent waits, locked, for an unlock"
+            );
+            Err(e)
+        }
         Err(e) => {
-            if !auto {
-                let time_ms = crate::clock::unix_ms();
-                shared.remember(
-                    "agent.unlock_failed",
-                    json!({ "slot": requested_slot, "reason": e.message, "at_ms": time_ms }),
-                );
-            }
+            // The slot asked for and the error `pk` shows: never the secret, which no
+            // error carries.
+            tracing::warn!(
+                target: AGENT,
+                event = "agent.unlock_failed",
+                outcome = "failed",
+                slot = requested_slot,
+                code = ?e.code,
+                error = e.message.as_str(),
+                "unlock failed"
+            );
+            let time_ms = crate::clock::unix_ms();
+            shared.remember(
+                "agent.unlock_failed",
+                json!({ "slot": requested_slot, "reason": e.message, "at_ms": time_ms }),
+            );
             Err(e)
         }
     }
@@ -627,11 +706,18 @@ fn lock(shared: &Shared) {
             net.shutdown();
         }
         peers::flush_refusals(&open, true);
-        if let Ok(mut tx) = open.store.write()
-            && audit::append(&mut tx, "agent.locked", json!({})).is_ok()
-        {
-            let _ = tx.commit();
+        let recorded = open.store.write().and_then(|mut tx| {
+            audit::append(&mut tx, "agent.locked", json!({}))?;
+            tx.commit()
+        });
+        if let Err(e) = recorded {
+            tracing::warn!(
+                target: AGENT,
+                error = %e,
+                "the lock could not be written to the audit log"
+            );
         }
+        tracing::info!(target: AGENT, event = "agent.locked", "agent locked; keys dropped");
         // Dropping the last reference closes the store and zeroizes its keys and the
         // identity; requests still in flight finish first.
         drop(open);

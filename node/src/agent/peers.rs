@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use super::{Open, blocking, budget, schedule, store_error, vault_error, vaults};
@@ -18,6 +19,7 @@ use crate::api::{ApiError, ErrorCode, SecretBytes};
 use crate::gestalt::{Gestalts, Vertex};
 use crate::identity::NodeId;
 use crate::lan::{self, Interfaces};
+use crate::logging::{NOTIFY, PEER, SYNC, printable};
 use crate::net::{Connection, Endpoint};
 use crate::nodes::{NodePermission, NodeRecord, Nodes, Share, VaultPermission};
 use crate::notifications::{Body, Delivery, Mailbox, Notifications};
@@ -55,6 +57,8 @@ pub(super) struct PeerNet {
     budget: budget::Budget,
     /// Peer calls allowed on blocking threads at once.
     blocking_calls: tokio::sync::Semaphore,
+    /// Connections turned away for the budget: logged at most once a minute.
+    busy_log: Mutex<super::refusals::LogGate>,
 }
 
 struct Pooled {
@@ -88,9 +92,7 @@ impl PeerNet {
             // Advertise the new NodeId (the old advertisement is withdrawn first).
             let mut advertiser = self.advertiser.lock().unwrap_or_else(|p| p.into_inner());
             advertiser.take();
-            *advertiser =
-                lan::Advertiser::start(&identity.node_id().to_string(), addr.port(), interfaces)
-                    .ok();
+            *advertiser = advertise(&identity.node_id(), addr, interfaces);
         }
         for (_, pooled) in self.pool.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             pooled.conn.close("key renewed");
@@ -160,18 +162,18 @@ pub(super) fn start(
         delivering: Mutex::new(BTreeSet::new()),
         budget: budget::Budget::default(),
         blocking_calls: tokio::sync::Semaphore::new(budget::BLOCKING_CALLS),
+        busy_log: Mutex::new(super::refusals::LogGate::default()),
     });
+    tracing::info!(
+        target: PEER,
+        addr = net.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        node = %open.identity().node_id(),
+        lan = lan.is_some(),
+        "peer endpoint open"
+    );
     if let (Some(interfaces), Some(addr)) = (lan, net.local_addr()) {
-        match lan::Advertiser::start(
-            &open.identity().node_id().to_string(),
-            addr.port(),
-            interfaces,
-        ) {
-            Ok(advertiser) => {
-                *net.advertiser.lock().unwrap_or_else(|p| p.into_inner()) = Some(advertiser)
-            }
-            Err(e) => eprintln!("pk agent: LAN advertisement is off: {e}"),
-        }
+        *net.advertiser.lock().unwrap_or_else(|p| p.into_inner()) =
+            advertise(&open.identity().node_id(), addr, interfaces);
     }
     let tasks = vec![
         tokio::spawn(accept_loop(open.clone(), net.clone())).abort_handle(),
@@ -179,6 +181,24 @@ pub(super) fn start(
     ];
     *net.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
     Ok(net)
+}
+
+/// Starts advertising `node` over mDNS; a failure leaves the node unadvertised, and says so.
+fn advertise(node: &NodeId, addr: SocketAddr, interfaces: Interfaces) -> Option<lan::Advertiser> {
+    match lan::Advertiser::start(&node.to_string(), addr.port(), interfaces) {
+        Ok(advertiser) => {
+            tracing::info!(target: PEER, port = addr.port(), "advertised on the LAN (mDNS)");
+            Some(advertiser)
+        }
+        Err(e) => {
+            tracing::warn!(
+                target: PEER,
+                error = %e,
+                "LAN advertisement is off: other nodes will not discover this one"
+            );
+            None
+        }
+    }
 }
 
 fn net_of(open: &Open) -> Result<Arc<PeerNet>, ApiError> {
@@ -197,6 +217,7 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
     while let Some(incoming) = net.endpoint.incoming().await {
         // Refused before the handshake when the budget is spent: in all, or per address.
         let Some(mut slot) = net.budget.admit(incoming.remote_address().ip()) else {
+            busy(&net, incoming.remote_address());
             incoming.refuse();
             continue;
         };
@@ -211,12 +232,20 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
                 // A node that renewed its key: what it held under its old NodeId is its.
                 let open = open.clone();
                 let earlier = conn.earlier_ids().to_vec();
-                let _ = blocking(move || {
+                if let Err(e) = blocking(move || {
                     Nodes::new(&open.store)
                         .renamed(peer, &earlier)
                         .map_err(store_error)
                 })
-                .await;
+                .await
+                {
+                    tracing::warn!(
+                        target: PEER,
+                        %peer,
+                        error = e.message.as_str(),
+                        "a node that renewed its key could not be moved to its new NodeId"
+                    );
+                }
             }
             let known = {
                 let open = open.clone();
@@ -231,6 +260,7 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
             };
             // A node outside the graph gets less: fewer connections, fewer and smaller calls.
             if !known && !slot.stranger() {
+                busy(&net, conn.remote_address());
                 conn.close("busy");
                 return;
             }
@@ -251,13 +281,22 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id, (peer, addr, Instant::now(), conn.clone()));
             if known {
+                tracing::debug!(target: PEER, %peer, %addr, "connection from a known node");
                 let open = open.clone();
-                let _ = blocking(move || {
+                if let Err(e) = blocking(move || {
                     Nodes::new(&open.store)
                         .seen(&peer, None)
                         .map_err(store_error)
                 })
-                .await;
+                .await
+                {
+                    tracing::debug!(
+                        target: PEER,
+                        %peer,
+                        error = e.message.as_str(),
+                        "cannot note the node as seen"
+                    );
+                }
             }
             while let Ok((mut send, recv)) = conn.accept().await {
                 // Over the calls allowed at once: this one is turned away at once.
@@ -268,10 +307,21 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
                 };
                 let open = open.clone();
                 let net = net.clone();
-                tokio::spawn(async move {
-                    serve_call(open, net, peer, known, max_call, send, recv).await;
-                    drop(permit);
-                });
+                // A span per call: what is logged while serving it names the caller and
+                // the call (a span alone writes nothing, so a stranger's calls cost no line).
+                let span = tracing::info_span!(
+                    target: PEER,
+                    "peer_call",
+                    %peer,
+                    call = tracing::field::Empty
+                );
+                tokio::spawn(
+                    async move {
+                        serve_call(open, net, peer, known, max_call, send, recv).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             net.incoming
                 .lock()
@@ -279,6 +329,26 @@ async fn accept_loop(open: Arc<Open>, net: Arc<PeerNet>) {
                 .remove(&id);
             drop(slot);
         });
+    }
+}
+
+/// Notes a connection turned away because the budget is spent: a line at most once per
+/// minute, however many there are.
+fn busy(net: &PeerNet, from: SocketAddr) {
+    let pass = net
+        .busy_log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pass(crate::clock::unix_ms());
+    if let Some(held) = pass {
+        tracing::warn!(
+            target: PEER,
+            %from,
+            outcome = "refused",
+            more = held,
+            "connections turned away: the peer endpoint's budget is spent \
+             (one such line a minute at most; `more` counts those since the last)"
+        );
     }
 }
 
@@ -300,7 +370,7 @@ pub(super) fn denied(
         .refusals
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .note(*peer, call, vault, open.clock.now_ms());
+        .note(*peer, call, vault, message, open.clock.now_ms());
     write_refusals(open, rows);
     ApiError::new(ErrorCode::Denied, message)
 }
@@ -318,19 +388,46 @@ pub(super) fn flush_refusals(open: &Open, now: bool) {
     write_refusals(open, rows);
 }
 
-fn write_refusals(open: &Open, rows: Vec<serde_json::Value>) {
+/// Writes aggregated refusals to the audit log, and the same rows to the log (so the log
+/// is bounded as the audit log is: a row per node and call per minute).
+fn write_refusals(open: &Open, rows: Vec<super::refusals::Row>) {
     if rows.is_empty() {
         return;
     }
-    let Ok(mut tx) = open.store.write() else {
-        return;
-    };
-    for row in rows {
-        if crate::audit::append(&mut tx, "peer.denied", row).is_err() {
-            return;
-        }
+    for row in &rows {
+        let (first_ms, last_ms) = row.span_ms.unwrap_or_default();
+        tracing::info!(
+            target: PEER,
+            event = "peer.denied",
+            outcome = "refused",
+            peer = row.node.map(tracing::field::display),
+            call = row.call,
+            vault = row.vault.as_deref(),
+            count = row.count,
+            first_ms,
+            last_ms,
+            reason = row.reason.as_str(),
+            "refused {} {} call(s) from {}: {}",
+            row.count,
+            row.call,
+            row.node.map(|n| n.to_string()).unwrap_or_else(|| "other nodes".into()),
+            printable(&row.reason)
+        );
     }
-    let _ = tx.commit();
+    let written = open.store.write().and_then(|mut tx| {
+        for row in &rows {
+            crate::audit::append(&mut tx, "peer.denied", row.audit_fields())?;
+        }
+        tx.commit()
+    });
+    if let Err(e) = written {
+        tracing::warn!(
+            target: PEER,
+            error = %e,
+            rows = rows.len(),
+            "refused calls could not be written to the audit log"
+        );
+    }
 }
 
 async fn serve_call(
@@ -346,6 +443,12 @@ async fn serve_call(
         Ok(request) => request,
         Err(e) => {
             let e = if known {
+                tracing::debug!(
+                    target: PEER,
+                    outcome = "bad call",
+                    error = e.message.as_str(),
+                    "a call that could not be read"
+                );
                 e
             } else {
                 // A stranger's call that does not even parse (or is over its size limit)
@@ -369,6 +472,8 @@ async fn serve_call(
             return;
         }
     };
+    let call = call_name(&request);
+    tracing::Span::current().record("call", call);
     let answer = match request {
         PeerRequest::Fetch(fetch) => serve_fetch(open, &net, peer, fetch, &mut send).await,
         other => {
@@ -381,6 +486,9 @@ async fn serve_call(
             blocking(move || serve_unary(&open, peer, other)).await
         }
     };
+    if known {
+        log_served(&answer);
+    }
     let last = match answer {
         Ok(reply) => PeerResponse::Ok(reply),
         Err(e) => PeerResponse::Err(e),
@@ -388,6 +496,47 @@ async fn serve_call(
     let _ = respond(&mut send, &last).await;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+}
+
+/// A served call's name, as logs and `peer.denied` rows give it.
+fn call_name(request: &PeerRequest) -> &'static str {
+    match request {
+        PeerRequest::Ping => "ping",
+        PeerRequest::FindNode(_) => "find",
+        PeerRequest::Scan => "scan",
+        PeerRequest::Notify(_) => "notify",
+        PeerRequest::Fetch(f) if f.clone => "clone",
+        PeerRequest::Fetch(_) => "pull",
+        PeerRequest::Sigchain => "sigchain",
+        PeerRequest::ClaimNode(_) | PeerRequest::ClaimNodeFinish(_) => "claim",
+    }
+}
+
+/// Logs how a known node's call ended, inside its span (`peer`, `call`). A stranger's
+/// calls are not logged one by one: they end in refusals, which reach the log aggregated
+/// ([`write_refusals`]), or in a pong.
+fn log_served(answer: &Result<PeerReply, ApiError>) {
+    match answer {
+        Ok(_) => tracing::debug!(target: PEER, outcome = "ok", "served"),
+        Err(e) if e.code == ErrorCode::Denied => {
+            tracing::debug!(target: PEER, outcome = "refused", reason = e.message.as_str(), "refused")
+        }
+        // Our own trouble (the store), not the caller's.
+        Err(e) if matches!(e.code, ErrorCode::Internal | ErrorCode::Corrupt) => tracing::warn!(
+            target: PEER,
+            outcome = "failed",
+            code = ?e.code,
+            error = e.message.as_str(),
+            "a peer call failed"
+        ),
+        Err(e) => tracing::debug!(
+            target: PEER,
+            outcome = "failed",
+            code = ?e.code,
+            error = e.message.as_str(),
+            "a peer call failed"
+        ),
+    }
 }
 
 fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerReply, ApiError> {
@@ -624,10 +773,29 @@ async fn serve_fetch(
                 return Err(VaultError::Interrupted);
             }
             if sent.is_ok() {
-                let _ = open.record(
+                tracing::info!(
+                    target: PEER,
+                    event = "vault.served",
+                    outcome = "ok",
+                    %peer,
+                    vault = super::refusals::truncate(&fetch.name),
+                    vault_id = %vault,
+                    clone = fetch.clone,
+                    "served a {} of vault {vault}",
+                    if fetch.clone { "clone" } else { "pull" }
+                );
+                if let Err(e) = open.record(
                     "vault.served",
                     json!({ "id": vault, "node": peer, "clone": fetch.clone }),
-                );
+                ) {
+                    tracing::warn!(
+                        target: PEER,
+                        %peer,
+                        vault_id = %vault,
+                        error = e.message.as_str(),
+                        "a served transfer could not be written to the audit log"
+                    );
+                }
             }
             sent
         })
@@ -1032,7 +1200,14 @@ pub(super) async fn share(
         };
         // The notifications go through the outbox: delivered now or retried later.
         for node in notify {
-            let _ = send_notification(open, node, body.clone()).await;
+            if let Err(e) = send_notification(open, node, body.clone()).await {
+                tracing::debug!(
+                    target: NOTIFY,
+                    peer = %node,
+                    error = e.message.as_str(),
+                    "share notification not sent"
+                );
+            }
         }
     }
     Ok(share.into_iter().collect())
@@ -1113,15 +1288,50 @@ async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body) -> bool {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
     }
+    match &outcome {
+        Ok(()) => tracing::info!(
+            target: NOTIFY,
+            event = "notification.delivered",
+            outcome = "ok",
+            peer = %node,
+            id,
+            "notification {id} delivered"
+        ),
+        Err((true, reason)) => tracing::warn!(
+            target: NOTIFY,
+            outcome = "refused",
+            peer = %node,
+            id,
+            reason = reason.as_str(),
+            "notification {id} refused; it will not be retried"
+        ),
+        Err((false, error)) => tracing::info!(
+            target: NOTIFY,
+            outcome = "failed",
+            peer = %node,
+            id,
+            error = error.as_str(),
+            "notification {id} not delivered; it will be retried"
+        ),
+    }
     let ok = outcome.is_ok();
     let open = open.clone();
-    let _ = blocking(move || {
+    if let Err(e) = blocking(move || {
         Notifications::new(&open.store)
             .with_clock(open.clock.clone())
             .delivered(id, outcome)
             .map_err(store_error)
     })
-    .await;
+    .await
+    {
+        tracing::warn!(
+            target: NOTIFY,
+            peer = %node,
+            id,
+            error = e.message.as_str(),
+            "a delivery attempt could not be recorded in the outbox"
+        );
+    }
     ok
 }
 
@@ -1319,6 +1529,67 @@ pub(super) async fn clone(
     vault: &str,
     name: Option<String>,
 ) -> Result<FetchOutcome, ApiError> {
+    let span = tracing::info_span!(
+        target: SYNC,
+        "clone",
+        peer = %node,
+        vault = super::refusals::truncate(vault)
+    );
+    let result = clone_from(open, node, vault, name)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| log_fetched("clone", &result));
+    result
+}
+
+/// How an outgoing clone or pull ended, inside its span (`peer`, `vault`). Failures are
+/// at INFO: `pk` reports them to whoever asked; the scheduler adds its own warning.
+fn log_fetched(kind: &'static str, result: &Result<FetchOutcome, ApiError>) {
+    match result {
+        Ok(o) if o.result == "up to date" => {
+            tracing::debug!(target: SYNC, outcome = o.result, "{kind}: up to date")
+        }
+        Ok(o) => tracing::info!(
+            target: SYNC,
+            event = if kind == "clone" { "vault.cloned" } else { "vault.pulled" },
+            outcome = o.result,
+            local = o.vault,
+            objects = o.objects,
+            bytes = o.bytes,
+            resumed = o.resumed,
+            conflicts = o.conflicts.len(),
+            wire_bytes = o.wire_bytes,
+            "{kind}: {}",
+            o.result
+        ),
+        // A failed pull is on the vault's record as `vault.pull_failed`; a failed clone
+        // leaves no vault to hold it.
+        Err(e) if kind == "pull" => tracing::info!(
+            target: SYNC,
+            event = "vault.pull_failed",
+            outcome = "failed",
+            code = ?e.code,
+            error = e.message.as_str(),
+            "pull failed: {}",
+            printable(&e.message)
+        ),
+        Err(e) => tracing::info!(
+            target: SYNC,
+            outcome = "failed",
+            code = ?e.code,
+            error = e.message.as_str(),
+            "{kind} failed: {}",
+            printable(&e.message)
+        ),
+    }
+}
+
+async fn clone_from(
+    open: &Arc<Open>,
+    node: NodeId,
+    vault: &str,
+    name: Option<String>,
+) -> Result<FetchOutcome, ApiError> {
     let resume = {
         let open = open.clone();
         let vault = vault.to_owned();
@@ -1347,6 +1618,24 @@ pub(super) async fn pull(
     vault: &str,
     node: Option<NodeId>,
 ) -> Result<FetchOutcome, ApiError> {
+    // The peer is recorded once known (the vault's origin when none is named).
+    let span = tracing::info_span!(
+        target: SYNC,
+        "pull",
+        peer = node.map(tracing::field::display),
+        vault = super::refusals::truncate(vault)
+    );
+    let result = pull_from(open, vault, node).instrument(span.clone()).await;
+    span.in_scope(|| log_fetched("pull", &result));
+    result
+}
+
+async fn pull_from(
+    open: &Arc<Open>,
+    vault: &str,
+    node: Option<NodeId>,
+) -> Result<FetchOutcome, ApiError> {
+    let named = node.is_some();
     let name = vault.to_owned();
     let plan = {
         let open = open.clone();
@@ -1369,6 +1658,9 @@ pub(super) async fn pull(
         .await?
     };
     let (record, node, haves, received) = plan;
+    if !named {
+        tracing::Span::current().record("peer", tracing::field::display(node));
+    }
     let request = FetchRequest {
         vault: Some(record.id),
         name: record.name.clone(),
@@ -1381,7 +1673,7 @@ pub(super) async fn pull(
         let open = open.clone();
         let message = e.message.clone();
         let name = record.name.clone();
-        let _ = blocking(move || {
+        if let Err(e) = blocking(move || {
             vaults(&open)
                 .note_pull(
                     &name,
@@ -1394,7 +1686,14 @@ pub(super) async fn pull(
                 )
                 .map_err(vault_error)
         })
-        .await;
+        .await
+        {
+            tracing::warn!(
+                target: SYNC,
+                error = e.message.as_str(),
+                "the failed pull could not be recorded with the vault"
+            );
+        }
     }
     result
 }
@@ -1442,7 +1741,18 @@ pub(super) fn backups(open: &Open) -> Result<Vec<Backup>, ApiError> {
     Ok(out)
 }
 
-async fn run_backup(open: &Arc<Open>, mut backup: Backup) {
+async fn run_backup(open: &Arc<Open>, backup: Backup) {
+    let span = tracing::info_span!(
+        target: SYNC,
+        "scheduled_pull",
+        vault = backup.name,
+        peer = %backup.node,
+        every_s = backup.every_s
+    );
+    run_backup_in(open, backup).instrument(span).await
+}
+
+async fn run_backup_in(open: &Arc<Open>, mut backup: Backup) {
     let result = async {
         let node = node_id(&backup.node)?;
         let exists = {
@@ -1462,8 +1772,27 @@ async fn run_backup(open: &Arc<Open>, mut backup: Backup) {
         Err(e) => Err(e.message.as_str()),
     };
     schedule::ran(&mut backup, summary, open.clock.now_ms());
+    if let Err(e) = &result {
+        // Nobody is at a terminal to see it: this line is how the operator learns.
+        tracing::warn!(
+            target: SYNC,
+            outcome = "failed",
+            code = ?e.code,
+            error = e.message.as_str(),
+            next_in_s = backup.every_s,
+            "scheduled pull failed: {}",
+            printable(&e.message)
+        );
+    }
     let open = open.clone();
-    let _ = blocking(move || save_backup(&open, &backup, "")).await;
+    if let Err(e) = blocking(move || save_backup(&open, &backup, "")).await {
+        // The next run time is not saved either: the pull is tried again at the next tick.
+        tracing::warn!(
+            target: SYNC,
+            error = e.message.as_str(),
+            "the scheduled pull's outcome could not be saved"
+        );
+    }
 }
 
 /// The shortest and longest time between scheduled pulls.
@@ -1475,6 +1804,18 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut deliveries = tokio::task::JoinSet::new();
     let mut ticks: u64 = 0;
+    // The store failing to answer would fail every tick: one line a minute says so.
+    let mut trouble = super::refusals::LogGate::default();
+    let mut unread = |what: &str, e: &ApiError| {
+        if let Some(held) = trouble.pass(open.clock.now_ms()) {
+            tracing::warn!(
+                target: SYNC,
+                error = e.message.as_str(),
+                more = held,
+                "the background work cannot read {what}; it tries again every second"
+            );
+        }
+    };
     loop {
         tick.tick().await;
         ticks += 1;
@@ -1490,16 +1831,26 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
                 })
                 .await
             };
-            if let Some(q) = queued
-                .unwrap_or_default()
-                .into_iter()
-                .find(|q| q.attempts < 10)
-            {
+            let queued = queued.unwrap_or_else(|e| {
+                unread("the discovery queue", &e);
+                Vec::new()
+            });
+            if let Some(q) = queued.into_iter().find(|q| q.attempts < 10) {
                 // In its own task (stopped with the others by a lock): an unreachable
                 // node does not hold up deliveries and scheduled pulls.
                 let open = open.clone();
                 deliveries.spawn(async move {
-                    let _ = super::trust::discover(&open, q.vertex).await;
+                    let vertex = q.vertex.to_string();
+                    if let Err(e) = super::trust::discover(&open, q.vertex).await {
+                        // Queued again with one more attempt; not worth more than DEBUG.
+                        tracing::debug!(
+                            target: SYNC,
+                            vertex,
+                            attempts = q.attempts + 1,
+                            error = e.message.as_str(),
+                            "background discovery failed"
+                        );
+                    }
                     false
                 });
             }
@@ -1514,7 +1865,11 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
             })
             .await
         };
-        for n in due.unwrap_or_default() {
+        let due = due.unwrap_or_else(|e| {
+            unread("the notification outbox", &e);
+            Vec::new()
+        });
+        for n in due {
             // Each in its own task: one unreachable node does not hold up the others.
             // They live in this task's set, so locking the agent stops them too.
             let open = open.clone();
@@ -1534,7 +1889,11 @@ async fn background(open: Arc<Open>, net: Arc<PeerNet>) {
             let open = open.clone();
             blocking(move || backups(&open)).await
         };
-        for backup in list.unwrap_or_default() {
+        let list = list.unwrap_or_else(|e| {
+            unread("the scheduled pulls", &e);
+            Vec::new()
+        });
+        for backup in list {
             if schedule::due(&backup, now) {
                 run_backup(&open, backup).await;
             }

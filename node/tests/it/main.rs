@@ -10,6 +10,7 @@ mod github;
 mod harness;
 mod hostile;
 mod keyslots;
+mod logs;
 mod peers;
 mod relay;
 mod secrets;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::harness::{AgentGuard, Run, World, agent_pid, kill9};
 use crate::relay::Relay;
 
-const PASS: &str = "peer-test-passphrase";
+pub(crate) const PASS: &str = "peer-test-passphrase";
 
 /// One node: its directory, agent, NodeId and peer address.
 pub(crate) struct Peer<'w> {

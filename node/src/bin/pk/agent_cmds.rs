@@ -202,6 +202,8 @@ fn start_background(
 ) -> Result<(), CliError> {
     use std::os::unix::process::CommandExt as _;
     Keyslots::open(node)?;
+    // Checked here too, so that a mistake is a usage error even when an agent runs.
+    node::logging::filter(&args.log).map_err(|e| CliError::usage(format!("--log: {e}")))?;
     if runtime()?.block_on(client.call(agent_api::Status)).is_ok() {
         return Ok(());
     }
@@ -233,6 +235,7 @@ fn start_background(
     command
         .arg("--github-client-id")
         .arg(&args.github_client_id);
+    command.arg("--log").arg(&args.log);
     if let Some(lan) = args.lan {
         command.arg(match lan {
             LanMode::Lan => "--lan=lan",

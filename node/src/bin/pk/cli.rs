@@ -362,6 +362,16 @@ pub(crate) struct AgentStartArgs {
         default_value = "Iv1.pk-secrets-manager"
     )]
     pub(crate) github_client_id: String,
+    /// What the agent logs (to standard error; a background agent's goes to agent.log in
+    /// the node directory): a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or
+    /// directives such as `warn,pk::sync=debug`.
+    #[arg(
+        long = "log",
+        env = "PK_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub(crate) log: String,
     #[command(flatten)]
     pub(crate) unlock: UnlockArgs,
 }

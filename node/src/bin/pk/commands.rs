@@ -205,6 +205,7 @@ fn run_agent(
         crate::cli::LanMode::Lan => node::lan::Interfaces::Lan,
         crate::cli::LanMode::Loopback => node::lan::Interfaces::LoopbackOnly,
     });
+    log_to_stderr(&args.log)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -225,6 +226,22 @@ fn run_agent(
         eprintln!("pk agent: ready on {}", node.agent_socket().display());
     }))
     .map_err(CliError::from)
+}
+
+/// Sends the agent's log events to standard error (a background agent's is `agent.log`),
+/// those `filter` lets through; a filter that cannot be used is an error before the agent
+/// starts.
+fn log_to_stderr(filter: &str) -> Result<(), CliError> {
+    use std::io::IsTerminal as _;
+    let filter =
+        node::logging::filter(filter).map_err(|e| CliError::usage(format!("--log: {e}")))?;
+    // Only this process sets a subscriber, once; were one set already, it would do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+    Ok(())
 }
 
 /// Creates the node's encrypted store and identity right after `init`, and records the
