@@ -10,6 +10,7 @@ mod github;
 mod harness;
 mod hostile;
 mod keyslots;
+mod linkage;
 mod logs;
 mod peers;
 mod relay;
