@@ -95,7 +95,7 @@ macro_rules! domain {
         #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
         pub enum $domain {
             $(
-                #[doc = concat!("[`", stringify!($call), "`]")]
+                #[doc = concat!("[`", stringify!($call), "`](struct@", stringify!($call), ")")]
                 $call($call),
             )*
         }
