@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::peers::{call_peer, denied, lost, node_id, send_notification};
-use super::{Open, blocking, on_store, store_error};
+use super::peers::commands::send_notification;
+use super::peers::pool::call_peer;
+use super::peers::serve::denied;
+use super::{Open, blocking, lost, node_id, on_store, store_error};
 use crate::api::identities::{DeviceAuthStarted, GestaltInfo, GestaltMember, IdentityClaimed};
 use crate::api::keys::KeyChanged;
 use crate::api::nodes::Claimed;

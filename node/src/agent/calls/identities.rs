@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use super::done;
-use crate::agent::{Open, on_store, peers, trust};
+use crate::agent::peers::commands;
+use crate::agent::{Open, node_id, on_store, trust};
 use crate::api::identities::{
     AuthFinish, AuthStart, Authenticated, Claim, Discover, Get, IdentitiesRequest, Invite, List,
     Permissions, Permit, Queue, Search, Trust,
@@ -47,8 +48,8 @@ pub(super) async fn handle(
             )
         }
         R::Invite(Invite { node }) => {
-            let node = peers::node_id(&node)?;
-            let sent = peers::send_notification(open, node, Body::GestaltInvite).await;
+            let node = node_id(&node)?;
+            let sent = commands::send_notification(open, node, Body::GestaltInvite).await;
             done::<Invite>(sent.map(|_| Claimed {
                 node: node.to_string(),
                 invited: true,
