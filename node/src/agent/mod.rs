@@ -144,7 +144,7 @@ struct Open {
     /// The GitHub identity provider.
     github: crate::provider::GitHub,
     /// Device authorisations in progress, by the handle given to `pk`.
-    device_auths: Mutex<std::collections::HashMap<u64, trust::DeviceFlow>>,
+    device_auths: Mutex<std::collections::HashMap<u64, trust::provider::DeviceFlow>>,
     /// Refused peer calls not yet in the audit log (written in aggregate).
     refusals: Mutex<refusals::Refusals>,
     /// What one clone or pull may bring.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::done;
 use crate::agent::peers::{commands, pool};
-use crate::agent::{Open, node_id, on_store, trust};
+use crate::agent::trust::claims;
+use crate::agent::{Open, node_id, on_store};
 use crate::api::nodes::{
     Add, Claim, Connections, Discover, Find, GetAll, NodesRequest, Permit, Ping, Remove,
 };
@@ -75,7 +76,7 @@ pub(super) async fn handle(
                 .await,
             )
         }
-        NodesRequest::Claim(Claim { node }) => done::<Claim>(trust::claim_node(open, &node).await),
+        NodesRequest::Claim(Claim { node }) => done::<Claim>(claims::claim_node(open, &node).await),
     }
 }
 

@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 use super::commands::{backups, clone, deliver, pull, save_backup};
 use super::pool::PeerNet;
 use super::serve::flush_refusals;
+use crate::agent::trust::discovery;
 use crate::agent::{Open, blocking, node_id, refusals, schedule, store_error, vaults};
 use crate::api::ApiError;
 use crate::api::backups::Backup;
@@ -119,7 +120,7 @@ pub(super) async fn run(open: Arc<Open>, net: Arc<PeerNet>) {
                 let open = open.clone();
                 deliveries.spawn(async move {
                     let vertex = q.vertex.to_string();
-                    if let Err(e) = crate::agent::trust::discover(&open, q.vertex).await {
+                    if let Err(e) = discovery::discover(&open, q.vertex).await {
                         // Queued again with one more attempt; not worth more than DEBUG.
                         tracing::debug!(
                             target: SYNC,

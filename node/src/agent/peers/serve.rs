@@ -14,6 +14,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::pool::{IncomingCall, PeerNet};
+use crate::agent::trust::countersign;
 use crate::agent::{Open, blocking, lost, refusals, store_error, vault_error, vaults};
 use crate::api::{ApiError, ErrorCode, SecretBytes};
 use crate::identity::NodeId;
@@ -302,7 +303,8 @@ fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerRe
         }
         PeerRequest::ClaimNode(token) => {
             drop(tx);
-            crate::agent::trust::countersign(open, peer, token).map(|(countersigned, theirs)| {
+            let refuse = |why: &str| denied(open, &peer, "claim", None, why);
+            countersign::countersign(open, peer, token, refuse).map(|(countersigned, theirs)| {
                 PeerReply::ClaimPair {
                     countersigned,
                     theirs,
@@ -311,7 +313,8 @@ fn serve_unary(open: &Open, peer: NodeId, request: PeerRequest) -> Result<PeerRe
         }
         PeerRequest::ClaimNodeFinish(token) => {
             drop(tx);
-            crate::agent::trust::finish_claim(open, peer, token).map(|()| PeerReply::Done)
+            let refuse = |why: &str| denied(open, &peer, "claim", None, why);
+            countersign::finish(open, peer, token, refuse).map(|()| PeerReply::Done)
         }
         PeerRequest::Fetch(_) => Err(ApiError::new(ErrorCode::BadInput, "unexpected call")),
     }
