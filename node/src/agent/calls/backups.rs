@@ -61,7 +61,11 @@ async fn add(
         last: None,
     };
     on_store(open, move |open| {
-        commands::save_backup(open, &backup, "backup.added")?;
+        let fields =
+            json!({ "vault": backup.name, "node": backup.node, "every_s": backup.every_s });
+        open.audited("backup.added", fields, |tx| {
+            commands::put_backup(open, tx, &backup)
+        })?;
         Ok(backup)
     })
     .await

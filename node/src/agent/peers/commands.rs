@@ -1,20 +1,20 @@
 //! The calls `pk` asks the agent to make on other nodes, and what they store here: add a
 //! node (after a ping), ping, find, the open connections, scan, share (and tell the
 //! gestalt), send a notification (queued, then one delivery attempt: [`deliver`]), clone
-//! and pull (the receiving side of a fetch), and where scheduled pulls are kept.
+//! and pull (their receiving side is `super::fetch`), and where scheduled pulls are kept.
 //!
-//! May depend on the pool (`super::pool`) and the agent's root; not on the serving layer,
-//! the background loop or `trust`.
+//! May depend on the pool (`super::pool`), `super::fetch` and the agent's root; not on
+//! the serving layer, the background loop or `trust`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
 use tracing::Instrument as _;
 
+use super::fetch::fetch;
 use super::pool::{call_peer, dial, failed, net_of};
-use crate::agent::{Open, blocking, lost, node_id, refusals, store_error, vault_error, vaults};
+use crate::agent::{Open, lost, node_id, on_store, refusals, vaults};
 use crate::api::backups::Backup;
 use crate::api::nodes::{Add, ConnectionInfo, Pong};
 use crate::api::notifications::Queued;
@@ -22,16 +22,11 @@ use crate::api::{ApiError, ErrorCode};
 use crate::gestalt::{Gestalts, Vertex};
 use crate::identity::NodeId;
 use crate::logging::{NOTIFY, SYNC, printable};
-use crate::net::Connection;
 use crate::nodes::{NodePermission, NodeRecord, Nodes, Share, VaultPermission};
 use crate::notifications::{Body, Delivery, Mailbox, Notifications};
-use crate::peer::{
-    CallStream, FetchRequest, IDLE_DEADLINE, MAX_RECEIVED, MAX_RESPONSE, PeerError, PeerReply,
-    PeerRequest, PeerResponse, SharedVault, unary,
-};
-use crate::rpc::FrameBuffer;
-use crate::store::{Read as _, Table};
-use crate::vault::{FetchOutcome, PullOutcome, VaultError, VaultId};
+use crate::peer::{FetchRequest, MAX_RECEIVED, PeerReply, PeerRequest, SharedVault, unary};
+use crate::store::{Read as _, ReadTx, Table, WriteTx};
+use crate::vault::{FetchOutcome, PullOutcome, VaultId, VaultRecord};
 
 /// Key prefix of scheduled pulls in the `sync` table.
 const BACKUP: &[u8] = b"bk:";
@@ -40,23 +35,6 @@ const BACKUP: &[u8] = b"bk:";
 pub(in crate::agent) const MIN_BACKUP_INTERVAL_S: u64 = 10;
 /// The longest time between scheduled pulls.
 pub(in crate::agent) const MAX_BACKUP_INTERVAL_S: u64 = 366 * 24 * 3600;
-
-/// The vaults `node` shares with this one.
-pub(in crate::agent) async fn scan(
-    open: &Arc<Open>,
-    node: &str,
-) -> Result<Vec<SharedVault>, ApiError> {
-    let node = node_id(node)?;
-    match call_peer(open, node, PeerRequest::Scan).await?.1 {
-        PeerReply::Vaults(list) => Ok(list),
-        _ => Err(lost("an unexpected answer")),
-    }
-}
-
-/// The open connections, both ways.
-pub(in crate::agent) fn connections(open: &Arc<Open>) -> Result<Vec<ConnectionInfo>, ApiError> {
-    Ok(net_of(open)?.connections())
-}
 
 /// Adds a node to the graph (after a ping, unless asked not to).
 pub(in crate::agent) async fn nodes_add(
@@ -97,37 +75,30 @@ pub(in crate::agent) async fn nodes_add(
     } else {
         BTreeSet::from([NodePermission::Notify])
     };
-    let open = open.clone();
-    blocking(move || {
+    on_store(open, move |open| {
         let nodes = Nodes::new(&open.store);
-        nodes.add(node, &addr, permissions).map_err(store_error)?;
+        nodes.add(node, &addr, permissions)?;
         if !no_ping {
-            nodes.seen(&node, Some(&addr)).map_err(store_error)?;
+            nodes.seen(&node, Some(&addr))?;
         }
-        let tx = open.store.read().map_err(store_error)?;
-        let record = nodes
-            .get(&tx, &node)
-            .map_err(store_error)?
-            .ok_or_else(|| lost("the node vanished from the graph"))?;
-        Ok(record)
+        let tx = open.store.read()?;
+        nodes
+            .get(&tx, &node)?
+            .ok_or_else(|| lost("the node vanished from the graph"))
     })
     .await
 }
 
+/// Pings `node`: the address that answered and the round trip.
 pub(in crate::agent) async fn ping(open: &Arc<Open>, node: &str) -> Result<Pong, ApiError> {
     let node = node_id(node)?;
     let started = Instant::now();
     let (conn, _) = call_peer(open, node, PeerRequest::Ping).await?;
     let rtt = started.elapsed();
-    {
-        let open = open.clone();
-        let _ = blocking(move || {
-            Nodes::new(&open.store)
-                .seen(&node, None)
-                .map_err(store_error)
-        })
-        .await;
-    }
+    let _ = on_store(open, move |open| {
+        Ok(Nodes::new(&open.store).seen(&node, None)?)
+    })
+    .await;
     Ok(Pong {
         node: node.to_string(),
         addr: conn.remote_address().to_string(),
@@ -135,16 +106,14 @@ pub(in crate::agent) async fn ping(open: &Arc<Open>, node: &str) -> Result<Pong,
     })
 }
 
+/// The addresses of `node`: from the graph, or else from the nodes this one knows.
 pub(in crate::agent) async fn find(open: &Arc<Open>, node: &str) -> Result<Vec<String>, ApiError> {
     let target = node_id(node)?;
-    let known = {
-        let open = open.clone();
-        blocking(move || {
-            let tx = open.store.read().map_err(store_error)?;
-            Nodes::new(&open.store).all(&tx).map_err(store_error)
-        })
-        .await?
-    };
+    let known = on_store(open, |open| {
+        let tx = open.store.read()?;
+        Ok(Nodes::new(&open.store).all(&tx)?)
+    })
+    .await?;
     if let Some(record) = known.iter().find(|r| r.node_id == target)
         && !record.addrs.is_empty()
     {
@@ -172,6 +141,25 @@ pub(in crate::agent) async fn find(open: &Arc<Open>, node: &str) -> Result<Vec<S
     Ok(found)
 }
 
+/// The open connections, both ways.
+pub(in crate::agent) fn connections(open: &Arc<Open>) -> Result<Vec<ConnectionInfo>, ApiError> {
+    Ok(net_of(open)?.connections())
+}
+
+/// The vaults `node` shares with this one.
+pub(in crate::agent) async fn scan(
+    open: &Arc<Open>,
+    node: &str,
+) -> Result<Vec<SharedVault>, ApiError> {
+    let node = node_id(node)?;
+    match call_peer(open, node, PeerRequest::Scan).await?.1 {
+        PeerReply::Vaults(list) => Ok(list),
+        _ => Err(lost("an unexpected answer")),
+    }
+}
+
+/// Grants (or revokes) `permissions` on `vault` to `who`, a node or a gestalt; every
+/// node of the gestalt this node can reach hears of a grant.
 pub(in crate::agent) async fn share(
     open: &Arc<Open>,
     vault: String,
@@ -182,52 +170,10 @@ pub(in crate::agent) async fn share(
     let vertex: Vertex = who.parse().map_err(|e: crate::gestalt::BadVertex| {
         ApiError::new(ErrorCode::BadInput, e.to_string())
     })?;
-    let (record, share, notify) = {
-        let open = open.clone();
-        let permissions = permissions.clone();
-        blocking(move || {
-            let record = vaults(&open).find(None, &vault).map_err(vault_error)?;
-            let nodes = Nodes::new(&open.store);
-            let gestalts = Gestalts::new(&open.store);
-            let tx = open.store.read().map_err(store_error)?;
-            let known = match &vertex {
-                Vertex::Node(node) => nodes.get(&tx, node).map_err(store_error)?.is_some(),
-                identity => {
-                    gestalts.identity(&tx, identity).map_err(store_error)?.is_some()
-                        || gestalts.component(&tx, identity).map_err(store_error)?.len() > 1
-                }
-            };
-            if !known {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    match &vertex {
-                        Vertex::Node(node) => format!(
-                            "{node} is not in the node graph: add it with `pk nodes add` first"
-                        ),
-                        identity => format!(
-                            "{identity} is not known here: trust or discover it first (pk identities trust {identity})"
-                        ),
-                    },
-                ));
-            }
-            // Every node of the gestalt this node can reach hears of the share.
-            let mut notify = Vec::new();
-            for v in gestalts.component(&tx, &vertex).map_err(store_error)? {
-                if let Vertex::Node(node) = v
-                    && nodes.get(&tx, &node).map_err(store_error)?.is_some()
-                    && node != open.identity().node_id()
-                {
-                    notify.push(node);
-                }
-            }
-            drop(tx);
-            let share = nodes
-                .set_share(&record.id, &record.name, &vertex, &permissions, grant)
-                .map_err(store_error)?;
-            Ok((record, share, notify))
-        })
-        .await?
-    };
+    let (record, share, notify) = on_store(open, move |open| {
+        set_share(open, &vault, &vertex, &permissions, grant)
+    })
+    .await?;
     if grant {
         let body = Body::VaultShare {
             vault: record.id,
@@ -252,47 +198,95 @@ pub(in crate::agent) async fn share(
     Ok(share.into_iter().collect())
 }
 
+/// What [`share`] changes here: the vault, the share as it now is, and the nodes to tell.
+type Shared = (VaultRecord, Option<Share>, Vec<NodeId>);
+
+/// Records the share, for a vertex this node knows; the vault shared, the share as it
+/// now is, and the nodes of the vertex's gestalt in the graph, but this one.
+fn set_share(
+    open: &Open,
+    vault: &str,
+    vertex: &Vertex,
+    permissions: &[VaultPermission],
+    grant: bool,
+) -> Result<Shared, ApiError> {
+    let record = vaults(open).find(None, vault)?;
+    let nodes = Nodes::new(&open.store);
+    let gestalts = Gestalts::new(&open.store);
+    let tx = open.store.read()?;
+    if !known(&nodes, &gestalts, &tx, vertex)? {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            match vertex {
+                Vertex::Node(node) => {
+                    format!("{node} is not in the node graph: add it with `pk nodes add` first")
+                }
+                identity => format!(
+                    "{identity} is not known here: trust or discover it first (pk identities trust {identity})"
+                ),
+            },
+        ));
+    }
+    // Every node of the gestalt this node can reach hears of the share.
+    let mut notify = Vec::new();
+    for v in gestalts.component(&tx, vertex)? {
+        if let Vertex::Node(node) = v
+            && nodes.get(&tx, &node)?.is_some()
+            && node != open.identity().node_id()
+        {
+            notify.push(node);
+        }
+    }
+    drop(tx);
+    let share = nodes.set_share(&record.id, &record.name, vertex, permissions, grant)?;
+    Ok((record, share, notify))
+}
+
+/// Whether a share can name `vertex`: a node in the graph, or an identity known here
+/// (with a record of its own or linked to something).
+fn known(
+    nodes: &Nodes<'_>,
+    gestalts: &Gestalts<'_>,
+    tx: &ReadTx<'_>,
+    vertex: &Vertex,
+) -> Result<bool, ApiError> {
+    Ok(match vertex {
+        Vertex::Node(node) => nodes.get(tx, node)?.is_some(),
+        identity => {
+            gestalts.identity(tx, identity)?.is_some()
+                || gestalts.component(tx, identity)?.len() > 1
+        }
+    })
+}
+
 /// Queues a notification and tries to deliver it at once.
 pub(in crate::agent) async fn send_notification(
     open: &Arc<Open>,
     node: NodeId,
     body: Body,
 ) -> Result<Queued, ApiError> {
-    let queued = {
-        let open = open.clone();
-        blocking(move || {
-            let tx = open.store.read().map_err(store_error)?;
-            if Nodes::new(&open.store)
-                .get(&tx, &node)
-                .map_err(store_error)?
-                .is_none()
-            {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("{node} is not in the node graph: add it with `pk nodes add` first"),
-                ));
-            }
-            drop(tx);
-            Notifications::new(&open.store)
-                .queue(node, body)
-                .map_err(store_error)
-        })
-        .await?
-    };
+    let queued = on_store(open, move |open| {
+        let tx = open.store.read()?;
+        if Nodes::new(&open.store).get(&tx, &node)?.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("{node} is not in the node graph: add it with `pk nodes add` first"),
+            ));
+        }
+        drop(tx);
+        Ok(Notifications::new(&open.store).queue(node, body)?)
+    })
+    .await?;
     let delivered = deliver(open, queued.id, node, queued.body.clone()).await;
-    let notification = {
-        let open = open.clone();
-        let id = queued.id;
-        blocking(move || {
-            Ok(Notifications::new(&open.store)
-                .list(Mailbox::Outbox)
-                .map_err(store_error)?
-                .into_iter()
-                .find(|n| n.id == id))
-        })
-        .await?
-        .unwrap_or(queued)
-    };
+    let id = queued.id;
+    let notification = on_store(open, move |open| {
+        Ok(Notifications::new(&open.store)
+            .list(Mailbox::Outbox)?
+            .into_iter()
+            .find(|n| n.id == id))
+    })
+    .await?
+    .unwrap_or(queued);
     if let Some(Delivery::Refused { reason }) = &notification.delivery {
         return Err(ApiError::new(ErrorCode::Denied, reason.clone()));
     }
@@ -302,7 +296,8 @@ pub(in crate::agent) async fn send_notification(
     })
 }
 
-/// One delivery attempt of outbox entry `id`; records the outcome.
+/// One delivery attempt of outbox entry `id`; records the outcome. False when it was not
+/// delivered, or was being delivered already.
 pub(super) async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body) -> bool {
     if let Some(net) = open.net.get()
         && !net.begin_delivery(id)
@@ -320,7 +315,29 @@ pub(super) async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body)
     if let Some(net) = open.net.get() {
         net.end_delivery(id);
     }
-    match &outcome {
+    log_delivery(node, id, &outcome);
+    let ok = outcome.is_ok();
+    let recorded = on_store(open, move |open| {
+        Ok(Notifications::new(&open.store)
+            .with_clock(open.clock.clone())
+            .delivered(id, outcome)?)
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(
+            target: NOTIFY,
+            peer = %node,
+            id,
+            error = e.message.as_str(),
+            "a delivery attempt could not be recorded in the outbox"
+        );
+    }
+    ok
+}
+
+/// Logs a delivery attempt's outcome: delivered, refused for good (`true`), or to retry.
+fn log_delivery(node: NodeId, id: u64, outcome: &Result<(), (bool, String)>) {
+    match outcome {
         Ok(()) => tracing::info!(
             target: NOTIFY,
             event = "notification.delivered",
@@ -346,215 +363,10 @@ pub(super) async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body)
             "notification {id} not delivered; it will be retried"
         ),
     }
-    let ok = outcome.is_ok();
-    let open = open.clone();
-    if let Err(e) = blocking(move || {
-        Notifications::new(&open.store)
-            .with_clock(open.clock.clone())
-            .delivered(id, outcome)
-            .map_err(store_error)
-    })
-    .await
-    {
-        tracing::warn!(
-            target: NOTIFY,
-            peer = %node,
-            id,
-            error = e.message.as_str(),
-            "a delivery attempt could not be recorded in the outbox"
-        );
-    }
-    ok
 }
 
-/// How a fetch's receiving side ended, short of success.
-enum FetchFailed {
-    /// Our checks refused what arrived.
-    Vault(VaultError),
-    /// The peer answered with an error.
-    Peer(ApiError),
-    /// The stream ended early; what arrived was kept.
-    Interrupted,
-}
-
-impl From<VaultError> for FetchFailed {
-    fn from(e: VaultError) -> Self {
-        FetchFailed::Vault(e)
-    }
-}
-
-/// An open fetch: the connection, its byte counts before, the call, and `Begin`.
-type OpenFetch = (Connection, (u64, u64), CallStream, crate::vault::Fetched);
-
-/// Opens a fetch: dials (or reuses the connection), sends the request, reads `Begin`.
-/// Errors are ours (`Ok`) or the peer's and the connection's (`Err`).
-async fn open_fetch(
-    open: &Arc<Open>,
-    node: NodeId,
-    request: &FetchRequest,
-) -> Result<OpenFetch, Result<ApiError, PeerError>> {
-    let conn = dial(open, node, None).await.map_err(Ok)?;
-    let wire_before = conn.wire_bytes();
-    let mut call = CallStream::open(&conn, PeerRequest::Fetch(request.clone()))
-        .await
-        .map_err(Err)?;
-    match call.next(IDLE_DEADLINE).await.map_err(Err)? {
-        PeerResponse::Begin(begin) => Ok((conn, wire_before, call, begin)),
-        PeerResponse::Err(error) => Err(Err(PeerError::Refused { node, error })),
-        _ => Err(Err(PeerError::Protocol {
-            node,
-            reason: "the peer answered a fetch with something else".into(),
-        })),
-    }
-}
-
-/// Fetches a vault from `node`: the QUIC stream's bytes go, in large reads, to a blocking
-/// thread that decodes the frames and hands the objects to a [`crate::vault::Receiver`].
-async fn fetch(
-    open: &Arc<Open>,
-    node: NodeId,
-    request: FetchRequest,
-    clone_as: Option<Option<String>>,
-) -> Result<FetchOutcome, ApiError> {
-    let (conn, wire_before, mut call, begin) = match open_fetch(open, node, &request).await {
-        // A pooled connection the peer no longer knows (it restarted): once more, afresh.
-        Err(Err(e @ PeerError::Connection { .. })) => {
-            failed(open, e);
-            open_fetch(open, node, &request).await
-        }
-        other => other,
-    }
-    .map_err(|e| match e {
-        Ok(local) => local,
-        Err(e) => failed(open, e),
-    })?;
-    // The serving node names the vault it sends; the objects are stored under that id. It
-    // must be the vault that was asked for, or a node allowed to serve us vault A could
-    // move (or merge its secrets into) our vault B.
-    if let Some(asked) = request.vault
-        && begin.vault != asked
-    {
-        call.cancel();
-        return Err(failed(
-            open,
-            PeerError::Protocol {
-                node,
-                reason: format!(
-                    "asked for vault {asked}, it answered with vault {}; nothing was stored",
-                    begin.vault
-                ),
-            },
-        ));
-    }
-    let clone_name = clone_as.map(|name| name.unwrap_or_else(|| begin.name.clone()));
-    // `Some(bytes)` as read; `None` once the stream has ended cleanly.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(64);
-    let worker = {
-        let open = open.clone();
-        let begin = begin.clone();
-        tokio::task::spawn_blocking(move || -> Result<FetchOutcome, FetchFailed> {
-            let v = vaults(&open);
-            let mut receiver =
-                v.receiver_with(node, &begin, clone_name.as_deref(), open.transfer_limits)?;
-            let mut frames = FrameBuffer::default();
-            let mut next = || -> Result<Option<PeerResponse>, VaultError> {
-                loop {
-                    if let Some(frame) = frames
-                        .next(MAX_RESPONSE)
-                        .map_err(|e| VaultError::Refused(e.to_string()))?
-                    {
-                        return Ok(Some(frame));
-                    }
-                    match rx.blocking_recv() {
-                        Some(Some(bytes)) => frames.push(&bytes),
-                        Some(None) | None => return Ok(None),
-                    }
-                }
-            };
-            loop {
-                match next()? {
-                    Some(PeerResponse::Object(object)) => {
-                        let mut chunks = std::iter::from_fn(|| match next() {
-                            Ok(Some(PeerResponse::Chunk(bytes))) => Some(Ok(bytes.take())),
-                            Ok(_) => Some(Err(VaultError::Interrupted)),
-                            Err(e) => Some(Err(e)),
-                        });
-                        match receiver.object(object, &mut chunks) {
-                            Ok(()) => {}
-                            Err(VaultError::Interrupted) => {
-                                receiver.save()?;
-                                return Err(FetchFailed::Interrupted);
-                            }
-                            Err(e @ VaultError::Refused(_)) => {
-                                // What a refused transfer brought is not kept.
-                                let _ = receiver.abandon();
-                                return Err(e.into());
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    Some(PeerResponse::Ok(_)) => return Ok(receiver.finish(&begin.tip)?),
-                    Some(PeerResponse::Err(error)) => {
-                        receiver.save()?;
-                        return Err(FetchFailed::Peer(error));
-                    }
-                    Some(_) => {
-                        let _ = receiver.abandon();
-                        return Err(
-                            VaultError::Refused("an unexpected message in a fetch".into()).into(),
-                        );
-                    }
-                    None => {
-                        receiver.save()?;
-                        return Err(FetchFailed::Interrupted);
-                    }
-                }
-            }
-        })
-    };
-    let mut broken: Option<ApiError> = None;
-    loop {
-        match call.read_raw(IDLE_DEADLINE).await {
-            Ok(Some(bytes)) => {
-                if tx.send(Some(bytes)).await.is_err() {
-                    // The receiver refused something: stop the sender too.
-                    call.cancel();
-                    break;
-                }
-            }
-            Ok(None) => {
-                let _ = tx.send(None).await;
-                break;
-            }
-            Err(e) => {
-                broken = Some(failed(open, e));
-                break;
-            }
-        }
-    }
-    drop(tx);
-    match worker.await.map_err(lost)? {
-        Ok(mut outcome) => {
-            let after = conn.wire_bytes();
-            outcome.wire_bytes = (after.0 - wire_before.0) + (after.1 - wire_before.1);
-            Ok(outcome)
-        }
-        Err(FetchFailed::Interrupted) => {
-            let why = broken
-                .map(|e| e.message)
-                .unwrap_or_else(|| "the peer ended the transfer early".into());
-            Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "the transfer from {node} did not finish ({why}); what arrived is kept: run the same command again to resume"
-                ),
-            ))
-        }
-        Err(FetchFailed::Peer(error)) => Err(PeerError::Refused { node, error }.to_api()),
-        Err(FetchFailed::Vault(e)) => Err(vault_error(e)),
-    }
-}
-
+/// Clones `vault` (a name or an id) from `node`, as `name` or under the peer's name;
+/// resumes an interrupted clone.
 pub(in crate::agent) async fn clone(
     open: &Arc<Open>,
     node: NodeId,
@@ -616,6 +428,7 @@ fn log_fetched(kind: &'static str, result: &Result<FetchOutcome, ApiError>) {
     }
 }
 
+/// The clone's request, resuming an interrupted one.
 async fn clone_from(
     open: &Arc<Open>,
     node: NodeId,
@@ -623,12 +436,9 @@ async fn clone_from(
     name: Option<String>,
 ) -> Result<FetchOutcome, ApiError> {
     let resume = {
-        let open = open.clone();
         let vault = vault.to_owned();
-        blocking(move || {
-            vaults(&open)
-                .clone_resume(&node, &vault)
-                .map_err(vault_error)
+        on_store(open, move |open| {
+            Ok(vaults(open).clone_resume(&node, &vault)?)
         })
         .await?
     };
@@ -645,6 +455,7 @@ async fn clone_from(
     fetch(open, node, request, Some(name)).await
 }
 
+/// Pulls `vault` from `node`, or from the node it was cloned from, and merges.
 pub(in crate::agent) async fn pull(
     open: &Arc<Open>,
     vault: &str,
@@ -662,6 +473,8 @@ pub(in crate::agent) async fn pull(
     result
 }
 
+/// The pull's request, from the commits this node has; a failed pull is noted on the
+/// vault's record.
 async fn pull_from(
     open: &Arc<Open>,
     vault: &str,
@@ -669,27 +482,21 @@ async fn pull_from(
 ) -> Result<FetchOutcome, ApiError> {
     let named = node.is_some();
     let name = vault.to_owned();
-    let plan = {
-        let open = open.clone();
-        blocking(move || {
-            let record = vaults(&open).find(None, &name).map_err(vault_error)?;
-            let node = match node.or(record.sync.origin) {
-                Some(node) => node,
-                None => {
-                    return Err(ApiError::new(
-                        ErrorCode::BadInput,
-                        format!("vault {name:?} was not cloned from a node: name one to pull from"),
-                    ));
-                }
-            };
-            let plan = vaults(&open)
-                .pull_request(&name, &node)
-                .map_err(vault_error)?;
-            Ok((plan.record, node, plan.haves, plan.received))
-        })
-        .await?
-    };
-    let (record, node, haves, received) = plan;
+    let (record, node, haves, received) = on_store(open, move |open| {
+        let record = vaults(open).find(None, &name)?;
+        let node = match node.or(record.sync.origin) {
+            Some(node) => node,
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::BadInput,
+                    format!("vault {name:?} was not cloned from a node: name one to pull from"),
+                ));
+            }
+        };
+        let plan = vaults(open).pull_request(&name, &node)?;
+        Ok((plan.record, node, plan.haves, plan.received))
+    })
+    .await?;
     if !named {
         tracing::Span::current().record("peer", tracing::field::display(node));
     }
@@ -702,67 +509,61 @@ async fn pull_from(
     };
     let result = fetch(open, node, request, None).await;
     if let Err(e) = &result {
-        let open = open.clone();
-        let message = e.message.clone();
-        let name = record.name.clone();
-        if let Err(e) = blocking(move || {
-            vaults(&open)
-                .note_pull(
-                    &name,
-                    PullOutcome {
-                        node: node.to_string(),
-                        time: open.clock.now_s(),
-                        ok: false,
-                        message,
-                    },
-                )
-                .map_err(vault_error)
-        })
-        .await
-        {
-            tracing::warn!(
-                target: SYNC,
-                error = e.message.as_str(),
-                "the failed pull could not be recorded with the vault"
-            );
-        }
+        note_failed_pull(open, record.name, node, e.message.clone()).await;
     }
     result
 }
 
+/// Notes a failed pull on the vault's record (`vault.pull_failed`).
+async fn note_failed_pull(open: &Arc<Open>, name: String, node: NodeId, message: String) {
+    let noted = on_store(open, move |open| {
+        let outcome = PullOutcome {
+            node: node.to_string(),
+            time: open.clock.now_s(),
+            ok: false,
+            message,
+        };
+        Ok(vaults(open).note_pull(&name, outcome)?)
+    })
+    .await;
+    if let Err(e) = noted {
+        tracing::warn!(
+            target: SYNC,
+            error = e.message.as_str(),
+            "the failed pull could not be recorded with the vault"
+        );
+    }
+}
+
+/// A scheduled pull's key in the `sync` table.
 pub(in crate::agent) fn backup_key(open: &Open, name: &str) -> Vec<u8> {
     let mut key = BACKUP.to_vec();
     key.extend_from_slice(&open.store.name_hash("backup", &[name.as_bytes()]));
     key
 }
 
-pub(in crate::agent) fn save_backup(
+/// Writes a scheduled pull in `tx` (a new one, or one whose run changed it).
+pub(in crate::agent) fn put_backup(
     open: &Open,
+    tx: &mut WriteTx<'_>,
     backup: &Backup,
-    event: &str,
 ) -> Result<(), ApiError> {
-    let mut tx = open.store.write().map_err(store_error)?;
     let bytes = serde_json::to_vec(backup).expect("a backup always serialises");
-    tx.put(Table::Sync, &backup_key(open, &backup.name), &bytes)
-        .map_err(store_error)?;
-    if !event.is_empty() {
-        crate::audit::append(
-            &mut tx,
-            event,
-            json!({ "vault": backup.name, "node": backup.node, "every_s": backup.every_s }),
-        )
-        .map_err(store_error)?;
-    }
-    tx.commit().map_err(store_error)
+    Ok(tx.put(Table::Sync, &backup_key(open, &backup.name), &bytes)?)
 }
 
+/// Saves a scheduled pull after a run, in a transaction of its own (no audit event).
+pub(super) fn save_backup(open: &Open, backup: &Backup) -> Result<(), ApiError> {
+    let mut tx = open.store.write()?;
+    put_backup(open, &mut tx, backup)?;
+    Ok(tx.commit()?)
+}
+
+/// The scheduled pulls, by name.
 pub(in crate::agent) fn backups(open: &Open) -> Result<Vec<Backup>, ApiError> {
-    let tx = open.store.read().map_err(store_error)?;
+    let tx = open.store.read()?;
     let mut out = Vec::new();
-    for (key, value) in tx
-        .range(Table::Sync, BACKUP, usize::MAX, false)
-        .map_err(store_error)?
-    {
+    for (key, value) in tx.range(Table::Sync, BACKUP, usize::MAX, false)? {
         if !key.starts_with(BACKUP) {
             break;
         }

@@ -5,11 +5,12 @@
 //! - [`serve`]: the calls other nodes make on this one (ping, find, scan, notify,
 //!   sigchain, claims, clone and pull), their permission checks, and refusals.
 //! - [`commands`]: what `pk` asks the agent to do with other nodes (add, ping, find,
-//!   scan, share, notify, clone, pull) and where scheduled pulls are kept.
+//!   scan, share, notify, clone, pull) and where scheduled pulls are kept; [`fetch`] is
+//!   the receiving side of a clone or pull.
 //! - [`background`]: the loop that delivers notifications, runs scheduled pulls and
 //!   discovery, writes refusals and closes idle connections.
 //!
-//! Dependencies go one way: `background` -> `commands` -> `pool`, `serve` -> `pool`
+//! Dependencies go one way: `background` -> `commands` -> `fetch` -> `pool`, `serve` -> `pool`
 //! (and `background` -> `serve` for refusals). `trust` builds on `pool` and `commands`;
 //! `serve` calls `trust` for the claim calls; `pool` uses neither. Only [`start`], here,
 //! wires the layers together.
@@ -22,6 +23,7 @@ use crate::lan::Interfaces;
 
 pub(super) mod background;
 pub(super) mod commands;
+pub(super) mod fetch;
 pub(super) mod pool;
 pub(super) mod serve;
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument as _;
 
-use crate::agent::{Open, blocking, budget, refusals, store_error};
+use crate::agent::{Open, budget, on_store, refusals};
 use crate::api::nodes::{ConnectionInfo, Direction};
 use crate::api::{ApiError, ErrorCode};
 use crate::identity::NodeId;
@@ -126,10 +126,7 @@ impl PeerNet {
         let socket = socket
             .try_clone()
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("peer socket: {e}")))?;
-        let renewals = {
-            let tx = open.store.read().map_err(store_error)?;
-            crate::identity::renewals(&tx).map_err(store_error)?
-        };
+        let renewals = crate::identity::renewals(&open.store.read()?)?;
         let endpoint = Endpoint::from_socket(socket, &open.identity(), renewals)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let net = Arc::new(PeerNet {
@@ -289,126 +286,167 @@ where
 {
     while let Some(incoming) = net.endpoint.incoming().await {
         // Refused before the handshake when the budget is spent: in all, or per address.
-        let Some(mut slot) = net.budget.admit(incoming.remote_address().ip()) else {
+        let Some(slot) = net.budget.admit(incoming.remote_address().ip()) else {
             busy(&net, incoming.remote_address());
             incoming.refuse();
             continue;
         };
-        let open = open.clone();
-        let net = net.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = incoming.accept().await else {
-                return;
-            };
-            let peer = conn.peer();
-            if !conn.earlier_ids().is_empty() {
-                // A node that renewed its key: what it held under its old NodeId is its.
-                let open = open.clone();
-                let earlier = conn.earlier_ids().to_vec();
-                if let Err(e) = blocking(move || {
-                    Nodes::new(&open.store)
-                        .renamed(peer, &earlier)
-                        .map_err(store_error)
-                })
-                .await
-                {
-                    tracing::warn!(
-                        target: PEER,
-                        %peer,
-                        error = e.message.as_str(),
-                        "a node that renewed its key could not be moved to its new NodeId"
-                    );
-                }
+        tokio::spawn(serve_connection(
+            open.clone(),
+            net.clone(),
+            incoming,
+            slot,
+            serve,
+        ));
+    }
+}
+
+/// One accepted connection, until the caller closes it: the handshake, the caller's
+/// place in the graph (a stranger gets less), its calls; `slot` is its place in the
+/// budget, given back at the end.
+async fn serve_connection<S, F>(
+    open: Arc<Open>,
+    net: Arc<PeerNet>,
+    incoming: crate::net::Incoming,
+    mut slot: budget::Slot,
+    serve: S,
+) where
+    S: Fn(Arc<Open>, Arc<PeerNet>, IncomingCall) -> F + Copy + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Ok(conn) = incoming.accept().await else {
+        return;
+    };
+    let known = caller_known(&open, &conn).await;
+    // A node outside the graph gets less: fewer connections, fewer and smaller calls.
+    if !known && !slot.stranger() {
+        busy(&net, conn.remote_address());
+        conn.close("busy");
+        return;
+    }
+    let id = rand_id();
+    net.incoming
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            id,
+            (
+                conn.peer(),
+                conn.remote_address(),
+                Instant::now(),
+                conn.clone(),
+            ),
+        );
+    if known {
+        note_seen(&open, &conn).await;
+    }
+    accept_calls(&open, &net, &conn, known, serve).await;
+    net.incoming
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    drop(slot);
+}
+
+/// Whether the caller of a new connection is in the graph; a caller that renewed its key
+/// first gets what it held under its old NodeId.
+async fn caller_known(open: &Arc<Open>, conn: &Connection) -> bool {
+    let peer = conn.peer();
+    if !conn.earlier_ids().is_empty() {
+        // A node that renewed its key: what it held under its old NodeId is its.
+        let earlier = conn.earlier_ids().to_vec();
+        let renamed = on_store(open, move |open| {
+            Ok(Nodes::new(&open.store).renamed(peer, &earlier)?)
+        })
+        .await;
+        if let Err(e) = renamed {
+            tracing::warn!(
+                target: PEER,
+                %peer,
+                error = e.message.as_str(),
+                "a node that renewed its key could not be moved to its new NodeId"
+            );
+        }
+    }
+    on_store(open, move |open| {
+        let tx = open.store.read()?;
+        Ok(Nodes::new(&open.store).known(&tx, &peer)?)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Notes a known node's connection: a debug line, and the node seen now.
+async fn note_seen(open: &Arc<Open>, conn: &Connection) {
+    let (peer, addr) = (conn.peer(), conn.remote_address());
+    tracing::debug!(target: PEER, %peer, %addr, "connection from a known node");
+    let seen = on_store(open, move |open| {
+        Ok(Nodes::new(&open.store).seen(&peer, None)?)
+    })
+    .await;
+    if let Err(e) = seen {
+        tracing::debug!(
+            target: PEER,
+            %peer,
+            error = e.message.as_str(),
+            "cannot note the node as seen"
+        );
+    }
+}
+
+/// Hands each call on `conn` to `serve` in a task of its own, as many at once as the
+/// caller's budget allows, until the connection closes.
+async fn accept_calls<S, F>(
+    open: &Arc<Open>,
+    net: &Arc<PeerNet>,
+    conn: &Connection,
+    known: bool,
+    serve: S,
+) where
+    S: Fn(Arc<Open>, Arc<PeerNet>, IncomingCall) -> F + Copy + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let peer = conn.peer();
+    let calls = Arc::new(tokio::sync::Semaphore::new(if known {
+        budget::CALLS_PER_CONNECTION
+    } else {
+        budget::STRANGER_CALLS_PER_CONNECTION
+    }));
+    let max_call = if known {
+        crate::rpc::MAX_FRAME
+    } else {
+        budget::STRANGER_MAX_CALL
+    };
+    while let Ok((mut send, recv)) = conn.accept().await {
+        // Over the calls allowed at once: this one is turned away at once.
+        let Ok(permit) = calls.clone().try_acquire_owned() else {
+            let _ = send.reset(0u32.into());
+            drop(recv);
+            continue;
+        };
+        let (open, net) = (open.clone(), net.clone());
+        let call = IncomingCall {
+            peer,
+            known,
+            max_call,
+            send,
+            recv,
+        };
+        // A span per call: what is logged while serving it names the caller and the call
+        // (a span alone writes nothing, so a stranger's calls cost no line).
+        let span = tracing::info_span!(
+            target: PEER,
+            "peer_call",
+            %peer,
+            call = tracing::field::Empty
+        );
+        tokio::spawn(
+            async move {
+                serve(open, net, call).await;
+                drop(permit);
             }
-            let known = {
-                let open = open.clone();
-                blocking(move || {
-                    let tx = open.store.read().map_err(store_error)?;
-                    Nodes::new(&open.store)
-                        .known(&tx, &peer)
-                        .map_err(store_error)
-                })
-                .await
-                .unwrap_or(false)
-            };
-            // A node outside the graph gets less: fewer connections, fewer and smaller calls.
-            if !known && !slot.stranger() {
-                busy(&net, conn.remote_address());
-                conn.close("busy");
-                return;
-            }
-            let calls = Arc::new(tokio::sync::Semaphore::new(if known {
-                budget::CALLS_PER_CONNECTION
-            } else {
-                budget::STRANGER_CALLS_PER_CONNECTION
-            }));
-            let max_call = if known {
-                crate::rpc::MAX_FRAME
-            } else {
-                budget::STRANGER_MAX_CALL
-            };
-            let addr = conn.remote_address();
-            let id = rand_id();
-            net.incoming
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, (peer, addr, Instant::now(), conn.clone()));
-            if known {
-                tracing::debug!(target: PEER, %peer, %addr, "connection from a known node");
-                let open = open.clone();
-                if let Err(e) = blocking(move || {
-                    Nodes::new(&open.store)
-                        .seen(&peer, None)
-                        .map_err(store_error)
-                })
-                .await
-                {
-                    tracing::debug!(
-                        target: PEER,
-                        %peer,
-                        error = e.message.as_str(),
-                        "cannot note the node as seen"
-                    );
-                }
-            }
-            while let Ok((mut send, recv)) = conn.accept().await {
-                // Over the calls allowed at once: this one is turned away at once.
-                let Ok(permit) = calls.clone().try_acquire_owned() else {
-                    let _ = send.reset(0u32.into());
-                    drop(recv);
-                    continue;
-                };
-                let open = open.clone();
-                let net = net.clone();
-                // A span per call: what is logged while serving it names the caller and
-                // the call (a span alone writes nothing, so a stranger's calls cost no line).
-                let span = tracing::info_span!(
-                    target: PEER,
-                    "peer_call",
-                    %peer,
-                    call = tracing::field::Empty
-                );
-                tokio::spawn(
-                    async move {
-                        let call = IncomingCall {
-                            peer,
-                            known,
-                            max_call,
-                            send,
-                            recv,
-                        };
-                        serve(open, net, call).await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
-            }
-            net.incoming
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            drop(slot);
-        });
+            .instrument(span),
+        );
     }
 }
 
@@ -454,85 +492,18 @@ pub(super) async fn dial(
         .clone();
     let _dialing = gate.lock().await;
     if addr.is_none()
-        && let Some(pooled) = net
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&node)
-        && !pooled.conn.is_closed()
+        && let Some(conn) = net.pooled(&node)
     {
-        pooled.last_used = Instant::now();
-        return Ok(pooled.conn.clone());
+        return Ok(conn);
     }
-    let addrs: Vec<String> = match addr {
+    let addrs = match addr {
         Some(addr) => vec![addr.to_owned()],
-        None => {
-            let open = open.clone();
-            let record = blocking(move || {
-                let tx = open.store.read().map_err(store_error)?;
-                Nodes::new(&open.store).get(&tx, &node).map_err(store_error)
-            })
-            .await?;
-            match record {
-                Some(r) if !r.addrs.is_empty() => r.addrs,
-                _ => {
-                    return Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!(
-                            "no address known for {node}: add it with `pk nodes add {node} <host> <port>`"
-                        ),
-                    ));
-                }
-            }
-        }
+        None => addresses(open, node).await?,
     };
     let mut errors = Vec::new();
     for text in &addrs {
-        let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(text.as_str()).await {
-            Ok(found) => found.collect(),
-            Err(e) => {
-                errors.push(format!("{text}: {e}"));
-                continue;
-            }
-        };
-        for sock in resolved {
-            match tokio::time::timeout(DIAL_DEADLINE, net.endpoint.connect(sock, node)).await {
-                Ok(Ok(conn)) => {
-                    if conn.peer() != node {
-                        // It renewed its key; the handshake proved the chain to `node`.
-                        let open = open.clone();
-                        let (peer, earlier) = (conn.peer(), conn.earlier_ids().to_vec());
-                        blocking(move || {
-                            Nodes::new(&open.store)
-                                .renamed(peer, &earlier)
-                                .map_err(store_error)
-                        })
-                        .await?;
-                    }
-                    net.pool.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                        node,
-                        Pooled {
-                            conn: conn.clone(),
-                            since: Instant::now(),
-                            last_used: Instant::now(),
-                        },
-                    );
-                    let open = open.clone();
-                    let text = text.clone();
-                    let _ = blocking(move || {
-                        Nodes::new(&open.store)
-                            .seen(&node, Some(&text))
-                            .map_err(store_error)
-                    })
-                    .await;
-                    return Ok(conn);
-                }
-                Ok(Err(e)) => errors.push(e.to_string()),
-                Err(_) => errors.push(format!(
-                    "{node} at {sock}: no answer within {} s",
-                    DIAL_DEADLINE.as_secs()
-                )),
-            }
+        if let Some(conn) = connect(open, &net, node, text, &mut errors).await? {
+            return Ok(conn);
         }
     }
     let denied = errors.iter().any(|e| e.contains("another node"));
@@ -544,6 +515,94 @@ pub(super) async fn dial(
         },
         errors.join("; "),
     ))
+}
+
+impl PeerNet {
+    /// The pooled connection to `node`, if it is still open (and now used).
+    fn pooled(&self, node: &NodeId) -> Option<Connection> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let pooled = pool.get_mut(node).filter(|p| !p.conn.is_closed())?;
+        pooled.last_used = Instant::now();
+        Some(pooled.conn.clone())
+    }
+}
+
+/// The addresses the graph knows for `node`; an error names the command that adds one.
+async fn addresses(open: &Arc<Open>, node: NodeId) -> Result<Vec<String>, ApiError> {
+    let record = on_store(open, move |open| {
+        let tx = open.store.read()?;
+        Ok(Nodes::new(&open.store).get(&tx, &node)?)
+    })
+    .await?;
+    match record {
+        Some(r) if !r.addrs.is_empty() => Ok(r.addrs),
+        _ => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no address known for {node}: add it with `pk nodes add {node} <host> <port>`"),
+        )),
+    }
+}
+
+/// Tries each address `text` resolves to; the first connection to `node` goes into the
+/// pool. What failed is added to `errors`.
+async fn connect(
+    open: &Arc<Open>,
+    net: &PeerNet,
+    node: NodeId,
+    text: &str,
+    errors: &mut Vec<String>,
+) -> Result<Option<Connection>, ApiError> {
+    let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(text).await {
+        Ok(found) => found.collect(),
+        Err(e) => {
+            errors.push(format!("{text}: {e}"));
+            return Ok(None);
+        }
+    };
+    for sock in resolved {
+        match tokio::time::timeout(DIAL_DEADLINE, net.endpoint.connect(sock, node)).await {
+            Ok(Ok(conn)) => return keep(open, net, node, conn, text).await.map(Some),
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(_) => errors.push(format!(
+                "{node} at {sock}: no answer within {} s",
+                DIAL_DEADLINE.as_secs()
+            )),
+        }
+    }
+    Ok(None)
+}
+
+/// A new connection to `node` (reached at `text`) joins the pool; the graph notes the
+/// node seen there, under its new NodeId if it renewed its key.
+async fn keep(
+    open: &Arc<Open>,
+    net: &PeerNet,
+    node: NodeId,
+    conn: Connection,
+    text: &str,
+) -> Result<Connection, ApiError> {
+    if conn.peer() != node {
+        // It renewed its key; the handshake proved the chain to `node`.
+        let (peer, earlier) = (conn.peer(), conn.earlier_ids().to_vec());
+        on_store(open, move |open| {
+            Ok(Nodes::new(&open.store).renamed(peer, &earlier)?)
+        })
+        .await?;
+    }
+    net.pool.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        node,
+        Pooled {
+            conn: conn.clone(),
+            since: Instant::now(),
+            last_used: Instant::now(),
+        },
+    );
+    let text = text.to_owned();
+    let _ = on_store(open, move |open| {
+        Ok(Nodes::new(&open.store).seen(&node, Some(&text))?)
+    })
+    .await;
+    Ok(conn)
 }
 
 /// The error for `pk`; a connection that broke or went silent leaves the pool, so the
