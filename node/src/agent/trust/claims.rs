@@ -11,11 +11,12 @@ use serde_json::json;
 
 use crate::agent::peers::commands::send_notification;
 use crate::agent::peers::pool::call_peer;
-use crate::agent::{Open, blocking, lost, node_id, store_error};
+use crate::agent::{Open, lost, node_id, on_store};
 use crate::api::nodes::Claimed;
 use crate::api::{ApiError, ErrorCode};
 use crate::audit;
 use crate::gestalt::{Gestalts, Link, Vertex};
+use crate::identity::NodeId;
 use crate::notifications::{Body, Mailbox, Notifications};
 use crate::peer::{PeerReply, PeerRequest};
 use crate::sigchain::{self, ClaimToken, ClaimType};
@@ -33,17 +34,13 @@ pub(in crate::agent) async fn claim_node(
             "that is this node's own NodeId",
         ));
     }
-    let invited_by = {
-        let open = open.clone();
-        blocking(move || {
-            Ok(Notifications::new(&open.store)
-                .list(Mailbox::Inbox)
-                .map_err(store_error)?
-                .iter()
-                .any(|n| n.peer == node && n.body == Body::GestaltInvite))
-        })
-        .await?
-    };
+    let invited_by = on_store(open, move |open| {
+        Ok(Notifications::new(&open.store)
+            .list(Mailbox::Inbox)?
+            .iter()
+            .any(|n| n.peer == node && n.body == Body::GestaltInvite))
+    })
+    .await?;
     if !invited_by {
         send_notification(open, node, Body::GestaltInvite).await?;
         return Ok(Claimed {
@@ -52,16 +49,24 @@ pub(in crate::agent) async fn claim_node(
             seq: None,
         });
     }
-    let token = {
-        let open = open.clone();
-        blocking(move || {
-            let tx = open.store.read().map_err(store_error)?;
-            let claim = sigchain::next_claim(&tx, &me, ClaimType::ClaimLinkNode, &node.to_string())
-                .map_err(store_error)?;
-            Ok(ClaimToken::sign(&claim, &open.identity()))
-        })
-        .await?
-    };
+    let seq = link(open, me, node).await?;
+    Ok(Claimed {
+        node: node.to_string(),
+        invited: false,
+        seq: Some(seq),
+    })
+}
+
+/// Links this node (`me`) with `node`, which invited it: this node's claim of the link,
+/// countersigned by `node`, joins this node's sigchain; `node`'s own claim, signed here
+/// too, joins its chain. The claim's sequence number in this node's chain.
+async fn link(open: &Arc<Open>, me: NodeId, node: NodeId) -> Result<u64, ApiError> {
+    let token = on_store(open, move |open| {
+        let tx = open.store.read()?;
+        let claim = sigchain::next_claim(&tx, &me, ClaimType::ClaimLinkNode, &node.to_string())?;
+        Ok(ClaimToken::sign(&claim, &open.identity()))
+    })
+    .await?;
     let (signed, mut theirs) = match call_peer(open, node, PeerRequest::ClaimNode(token.clone()))
         .await?
         .1
@@ -72,6 +77,23 @@ pub(in crate::agent) async fn claim_node(
         } => (countersigned, theirs),
         _ => return Err(lost("an unexpected answer to a claim")),
     };
+    check_answer(open, me, node, &token, &signed, &mut theirs)?;
+    let seq = on_store(open, move |open| record_link(open, me, node, signed)).await?;
+    // Their chain records the link too, with both signatures.
+    call_peer(open, node, PeerRequest::ClaimNodeFinish(theirs)).await?;
+    Ok(seq)
+}
+
+/// Checks `node`'s answer to a claim: `theirs`, its own claim of the link (signed here
+/// too once checked), and `signed`, this node's `token` with its countersignature.
+fn check_answer(
+    open: &Open,
+    me: NodeId,
+    node: NodeId,
+    token: &ClaimToken,
+    signed: &ClaimToken,
+    theirs: &mut ClaimToken,
+) -> Result<(), ApiError> {
     // Their claim of the same link, for their chain: check it, then sign it too.
     let their_claim = theirs
         .claim()
@@ -99,42 +121,31 @@ pub(in crate::agent) async fn claim_node(
             format!("{node} answered with a claim that does not verify: {e}"),
         )
     })?;
-    let open2 = open.clone();
-    let open = open.clone();
-    let seq = blocking(move || {
-        let mut tx = open.store.write().map_err(store_error)?;
-        let seq = sigchain::append(&mut tx, &signed).map_err(|_| {
-            ApiError::new(
-                ErrorCode::Unavailable,
-                "this node's sigchain moved on while the claim was signed: claim again",
-            )
-        })?;
-        Gestalts::new(&open.store)
-            .add_link(
-                &mut tx,
-                &Link {
-                    a: Vertex::Node(me),
-                    b: Vertex::Node(node),
-                    claim: signed,
-                    url: None,
-                },
-            )
-            .map_err(store_error)?;
-        audit::append(
-            &mut tx,
-            "gestalt.linked",
-            json!({ "node": node, "by": "claim", "seq": seq }),
+    Ok(())
+}
+
+/// Appends the countersigned claim to this node's sigchain and records the link, in one
+/// audited transaction (`gestalt.linked`); its sequence number.
+fn record_link(open: &Open, me: NodeId, node: NodeId, signed: ClaimToken) -> Result<u64, ApiError> {
+    let mut tx = open.store.write()?;
+    let seq = sigchain::append(&mut tx, &signed).map_err(|_| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "this node's sigchain moved on while the claim was signed: claim again",
         )
-        .map_err(store_error)?;
-        tx.commit().map_err(store_error)?;
-        Ok(seq)
-    })
-    .await?;
-    // Their chain records the link too, with both signatures.
-    call_peer(&open2, node, PeerRequest::ClaimNodeFinish(theirs)).await?;
-    Ok(Claimed {
-        node: node.to_string(),
-        invited: false,
-        seq: Some(seq),
-    })
+    })?;
+    let link = Link {
+        a: Vertex::Node(me),
+        b: Vertex::Node(node),
+        claim: signed,
+        url: None,
+    };
+    Gestalts::new(&open.store).add_link(&mut tx, &link)?;
+    audit::append(
+        &mut tx,
+        "gestalt.linked",
+        json!({ "node": node, "by": "claim", "seq": seq }),
+    )?;
+    tx.commit()?;
+    Ok(seq)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::agent::{Open, store_error};
+use crate::agent::Open;
 use crate::api::{ApiError, ErrorCode};
 use crate::audit;
 use crate::clock::unix_s;
@@ -51,8 +51,7 @@ pub(in crate::agent) fn countersign(
         return Err(refuse("the claim is stale or from the future"));
     }
     let invited = Notifications::new(&open.store)
-        .list(Mailbox::Outbox)
-        .map_err(store_error)?
+        .list(Mailbox::Outbox)?
         .iter()
         .any(|n| n.peer == peer && n.body == Body::GestaltInvite);
     if !invited {
@@ -61,10 +60,9 @@ pub(in crate::agent) fn countersign(
         ));
     }
     let gestalts = Gestalts::new(&open.store);
-    let mut tx = open.store.write().map_err(store_error)?;
+    let mut tx = open.store.write()?;
     if gestalts
-        .links(&tx)
-        .map_err(store_error)?
+        .links(&tx)?
         .iter()
         .any(|l| l.claim.claim().is_ok_and(|c| c.nonce == claim.nonce))
     {
@@ -74,26 +72,22 @@ pub(in crate::agent) fn countersign(
     }
     let mut signed = token;
     signed.add_signature(&open.identity());
-    gestalts
-        .add_link(
-            &mut tx,
-            &Link {
-                a: Vertex::Node(peer),
-                b: Vertex::Node(me),
-                claim: signed.clone(),
-                url: None,
-            },
-        )
-        .map_err(store_error)?;
+    gestalts.add_link(
+        &mut tx,
+        &Link {
+            a: Vertex::Node(peer),
+            b: Vertex::Node(me),
+            claim: signed.clone(),
+            url: None,
+        },
+    )?;
     audit::append(
         &mut tx,
         "gestalt.linked",
         json!({ "node": peer, "by": "countersign" }),
-    )
-    .map_err(store_error)?;
-    let ours = sigchain::next_claim(&tx, &me, ClaimType::ClaimLinkNode, &peer.to_string())
-        .map_err(store_error)?;
-    tx.commit().map_err(store_error)?;
+    )?;
+    let ours = sigchain::next_claim(&tx, &me, ClaimType::ClaimLinkNode, &peer.to_string())?;
+    tx.commit()?;
     Ok((signed, ClaimToken::sign(&ours, &open.identity())))
 }
 
@@ -117,10 +111,8 @@ pub(in crate::agent) fn finish(
         return Err(refuse("not this node's claim of a link with the caller"));
     }
     let gestalts = Gestalts::new(&open.store);
-    let mut tx = open.store.write().map_err(store_error)?;
-    let linked = gestalts
-        .has_link(&tx, &Vertex::Node(me), &Vertex::Node(peer))
-        .map_err(store_error)?;
+    let mut tx = open.store.write()?;
+    let linked = gestalts.has_link(&tx, &Vertex::Node(me), &Vertex::Node(peer))?;
     let appended = if linked {
         sigchain::append(&mut tx, &token).ok()
     } else {
@@ -139,7 +131,6 @@ pub(in crate::agent) fn finish(
         &mut tx,
         "sigchain.appended",
         json!({ "seq": seq, "type": "ClaimLinkNode", "node": peer }),
-    )
-    .map_err(store_error)?;
-    tx.commit().map_err(store_error)
+    )?;
+    Ok(tx.commit()?)
 }

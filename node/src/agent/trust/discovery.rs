@@ -14,14 +14,14 @@ use serde_json::json;
 use super::gestalts::{current, info, vertex};
 use super::provider::{github_only, provider_error};
 use crate::agent::peers::pool::call_peer;
-use crate::agent::{Open, blocking, lost, on_store, store_error};
+use crate::agent::{Open, lost, on_store};
 use crate::api::identities::GestaltInfo;
 use crate::api::{ApiError, ErrorCode};
 use crate::audit;
 use crate::gestalt::{Gestalts, Link, Vertex};
 use crate::identity::NodeId;
 use crate::peer::{PeerReply, PeerRequest};
-use crate::sigchain::{self, ClaimType};
+use crate::sigchain::{self, Claim, ClaimToken, ClaimType};
 
 /// The most vertices one discovery walks.
 const DISCOVERY_LIMIT: usize = 64;
@@ -62,14 +62,11 @@ pub(in crate::agent) async fn discover(open: &Arc<Open>, start: Vertex) -> Resul
                 Some(e.message)
             }
         };
-        let open = open.clone();
         let v = v.clone();
-        blocking(move || {
-            let mut tx = open.store.write().map_err(store_error)?;
-            Gestalts::new(&open.store)
-                .dequeue(&mut tx, &v, error)
-                .map_err(store_error)?;
-            tx.commit().map_err(store_error)
+        on_store(open, move |open| {
+            let mut tx = open.store.write()?;
+            Gestalts::new(&open.store).dequeue(&mut tx, &v, error)?;
+            Ok(tx.commit()?)
         })
         .await?;
     }
@@ -93,50 +90,53 @@ async fn discover_node(open: &Arc<Open>, node: NodeId) -> Result<Vec<Vertex>, Ap
             format!("the sigchain of {node} does not verify: {e}"),
         )
     })?;
-    let open = open.clone();
-    blocking(move || {
-        let gestalts = Gestalts::new(&open.store);
-        let mut tx = open.store.write().map_err(store_error)?;
-        let mut found = Vec::new();
-        for (claim, token) in claims.iter().zip(tokens) {
-            // Identity claims are checked on the provider only when the user asks for
-            // that identity (discover or trust it): walking a chain never contacts a
-            // provider unasked. Key renewals are the node's own history, not links.
-            if claim.typ != ClaimType::ClaimLinkNode {
-                continue;
-            }
-            let Ok(other) = claim.sub.parse::<NodeId>() else {
-                continue;
-            };
-            if other == node {
-                continue;
-            }
-            let (a, b) = (Vertex::Node(node), Vertex::Node(other));
-            if !gestalts.has_link(&tx, &a, &b).map_err(store_error)? {
-                gestalts
-                    .add_link(
-                        &mut tx,
-                        &Link {
-                            a,
-                            b: b.clone(),
-                            claim: token,
-                            url: None,
-                        },
-                    )
-                    .map_err(store_error)?;
-                audit::append(
-                    &mut tx,
-                    "gestalt.discovered",
-                    json!({ "node": node, "linked": other }),
-                )
-                .map_err(store_error)?;
-            }
-            found.push(b);
+    on_store(open, move |open| node_links(open, node, &claims, tokens)).await
+}
+
+/// Records the node links of `node`'s verified chain (`claims`, from `tokens`) that are
+/// new here, each with its `gestalt.discovered` event, in one transaction; the vertices
+/// they lead to.
+fn node_links(
+    open: &Open,
+    node: NodeId,
+    claims: &[Claim],
+    tokens: Vec<ClaimToken>,
+) -> Result<Vec<Vertex>, ApiError> {
+    let gestalts = Gestalts::new(&open.store);
+    let mut tx = open.store.write()?;
+    let mut found = Vec::new();
+    for (claim, token) in claims.iter().zip(tokens) {
+        // Identity claims are checked on the provider only when the user asks for that
+        // identity (discover or trust it): walking a chain never contacts a provider
+        // unasked. Key renewals are the node's own history, not links.
+        if claim.typ != ClaimType::ClaimLinkNode {
+            continue;
         }
-        tx.commit().map_err(store_error)?;
-        Ok(found)
-    })
-    .await
+        let Ok(other) = claim.sub.parse::<NodeId>() else {
+            continue;
+        };
+        if other == node {
+            continue;
+        }
+        let (a, b) = (Vertex::Node(node), Vertex::Node(other));
+        if !gestalts.has_link(&tx, &a, &b)? {
+            let link = Link {
+                a,
+                b: b.clone(),
+                claim: token,
+                url: None,
+            };
+            gestalts.add_link(&mut tx, &link)?;
+            audit::append(
+                &mut tx,
+                "gestalt.discovered",
+                json!({ "node": node, "linked": other }),
+            )?;
+        }
+        found.push(b);
+    }
+    tx.commit()?;
+    Ok(found)
 }
 
 /// Finds the claims `provider:id` published, keeps those a node signed for this identity,
@@ -151,48 +151,46 @@ async fn discover_identity(
         provider: provider.to_owned(),
         id: id.to_owned(),
     };
-    let open = open.clone();
     let id = id.to_owned();
-    blocking(move || {
-        let published = open.github.claims(&id).map_err(provider_error)?;
-        let gestalts = Gestalts::new(&open.store);
-        let mut tx = open.store.write().map_err(store_error)?;
-        let mut found = Vec::new();
-        for (token, url) in published {
-            // Only a claim this identity published, signed by the node it names.
-            let Ok(claim) = token.verify_signatures() else {
-                continue;
-            };
-            if claim.typ != ClaimType::ClaimLinkIdentity || claim.sub != identity.to_string() {
-                continue;
-            }
-            let Ok(node) = claim.iss.parse::<NodeId>() else {
-                continue;
-            };
-            let a = Vertex::Node(node);
-            if !gestalts.has_link(&tx, &a, &identity).map_err(store_error)? {
-                gestalts
-                    .add_link(
-                        &mut tx,
-                        &Link {
-                            a: a.clone(),
-                            b: identity.clone(),
-                            claim: token,
-                            url: Some(url),
-                        },
-                    )
-                    .map_err(store_error)?;
-                audit::append(
-                    &mut tx,
-                    "gestalt.discovered",
-                    json!({ "identity": identity, "linked": node }),
-                )
-                .map_err(store_error)?;
-            }
-            found.push(a);
+    on_store(open, move |open| identity_links(open, &identity, &id)).await
+}
+
+/// Records the links in the claims `identity` published (on the provider, as `id`) that
+/// a node signed for it and that are new here, each with its `gestalt.discovered` event,
+/// in one transaction; those nodes.
+fn identity_links(open: &Open, identity: &Vertex, id: &str) -> Result<Vec<Vertex>, ApiError> {
+    let published = open.github.claims(id).map_err(provider_error)?;
+    let gestalts = Gestalts::new(&open.store);
+    let mut tx = open.store.write()?;
+    let mut found = Vec::new();
+    for (token, url) in published {
+        // Only a claim this identity published, signed by the node it names.
+        let Ok(claim) = token.verify_signatures() else {
+            continue;
+        };
+        if claim.typ != ClaimType::ClaimLinkIdentity || claim.sub != identity.to_string() {
+            continue;
         }
-        tx.commit().map_err(store_error)?;
-        Ok(found)
-    })
-    .await
+        let Ok(node) = claim.iss.parse::<NodeId>() else {
+            continue;
+        };
+        let a = Vertex::Node(node);
+        if !gestalts.has_link(&tx, &a, identity)? {
+            let link = Link {
+                a: a.clone(),
+                b: identity.clone(),
+                claim: token,
+                url: Some(url),
+            };
+            gestalts.add_link(&mut tx, &link)?;
+            audit::append(
+                &mut tx,
+                "gestalt.discovered",
+                json!({ "identity": identity, "linked": node }),
+            )?;
+        }
+        found.push(a);
+    }
+    tx.commit()?;
+    Ok(found)
 }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::agent::{Open, on_store, store_error};
+use crate::agent::{Open, on_store};
 use crate::api::identities::{GestaltInfo, GestaltMember};
 use crate::api::{ApiError, ErrorCode};
-use crate::audit;
 use crate::gestalt::{BadVertex, Gestalts, Vertex};
 use crate::nodes::{NodePermission, Nodes};
 
+/// A vertex (a NodeId, or `provider:identity`) given by `pk`, checked.
 pub(in crate::agent) fn vertex(s: &str) -> Result<Vertex, ApiError> {
     s.parse()
         .map_err(|e: BadVertex| ApiError::new(ErrorCode::BadInput, e.to_string()))
@@ -23,11 +23,8 @@ pub(in crate::agent) fn vertex(s: &str) -> Result<Vertex, ApiError> {
 /// `v`, with a NodeId that renewed its key replaced by its current one.
 pub(in crate::agent) fn current(open: &Open, v: Vertex) -> Result<Vertex, ApiError> {
     if let Vertex::Node(node) = &v {
-        let tx = open.store.read().map_err(store_error)?;
-        if let Some(record) = Nodes::new(&open.store)
-            .get(&tx, node)
-            .map_err(store_error)?
-        {
+        let tx = open.store.read()?;
+        if let Some(record) = Nodes::new(&open.store).get(&tx, node)? {
             return Ok(Vertex::Node(record.node_id));
         }
     }
@@ -45,20 +42,18 @@ pub(in crate::agent) async fn gestalt(
 
 /// The gestalt of `v`, as `pk identities get` shows it.
 pub(super) fn info(open: &Open, v: &Vertex) -> Result<GestaltInfo, ApiError> {
-    let tx = open.store.read().map_err(store_error)?;
+    let tx = open.store.read()?;
     let nodes = Nodes::new(&open.store);
     let gestalts = Gestalts::new(&open.store);
-    let component = gestalts.component(&tx, v).map_err(store_error)?;
+    let component = gestalts.component(&tx, v)?;
     let mut members = Vec::new();
     for member in &component {
         let own = match member {
             Vertex::Node(node) => nodes
-                .get(&tx, node)
-                .map_err(store_error)?
+                .get(&tx, node)?
                 .map(|r| r.permissions.into_iter().collect()),
             identity => gestalts
-                .identity(&tx, identity)
-                .map_err(store_error)?
+                .identity(&tx, identity)?
                 .map(|r| r.permissions.into_iter().collect()),
         };
         members.push(GestaltMember {
@@ -67,8 +62,7 @@ pub(super) fn info(open: &Open, v: &Vertex) -> Result<GestaltInfo, ApiError> {
         });
     }
     let links = gestalts
-        .links(&tx)
-        .map_err(store_error)?
+        .links(&tx)?
         .into_iter()
         .filter(|l| component.contains(&l.a))
         .map(|l| (l.a.to_string(), l.b.to_string()))
@@ -76,11 +70,7 @@ pub(super) fn info(open: &Open, v: &Vertex) -> Result<GestaltInfo, ApiError> {
     Ok(GestaltInfo {
         members,
         links,
-        permissions: nodes
-            .permissions_of(&tx, v)
-            .map_err(store_error)?
-            .into_iter()
-            .collect(),
+        permissions: nodes.permissions_of(&tx, v)?.into_iter().collect(),
     })
 }
 
@@ -88,15 +78,15 @@ pub(super) fn info(open: &Open, v: &Vertex) -> Result<GestaltInfo, ApiError> {
 pub(in crate::agent) fn list(open: &Open) -> Result<Vec<GestaltInfo>, ApiError> {
     let mut vertices: BTreeSet<Vertex> = BTreeSet::new();
     {
-        let tx = open.store.read().map_err(store_error)?;
+        let tx = open.store.read()?;
         let gestalts = Gestalts::new(&open.store);
-        for record in Nodes::new(&open.store).all(&tx).map_err(store_error)? {
+        for record in Nodes::new(&open.store).all(&tx)? {
             vertices.insert(Vertex::Node(record.node_id));
         }
-        for record in gestalts.identities(&tx).map_err(store_error)? {
+        for record in gestalts.identities(&tx)? {
             vertices.insert(record.identity);
         }
-        for link in gestalts.links(&tx).map_err(store_error)? {
+        for link in gestalts.links(&tx)? {
             vertices.insert(link.a);
             vertices.insert(link.b);
         }
@@ -125,23 +115,21 @@ pub(in crate::agent) fn set_trust(
     v: &Vertex,
     trust: bool,
 ) -> Result<GestaltInfo, ApiError> {
-    let nodes = Nodes::new(&open.store);
     let gestalts = Gestalts::new(&open.store);
     let targets = if trust {
         vec![v.clone()]
     } else {
-        let tx = open.store.read().map_err(store_error)?;
-        gestalts.component(&tx, v).map_err(store_error)?
+        let tx = open.store.read()?;
+        gestalts.component(&tx, v)?
     };
     for target in &targets {
         grant(open, target, &[NodePermission::Notify], trust, !trust)?;
     }
     if trust {
-        let mut tx = open.store.write().map_err(store_error)?;
-        gestalts.enqueue(&mut tx, v).map_err(store_error)?;
-        tx.commit().map_err(store_error)?;
+        let mut tx = open.store.write()?;
+        gestalts.enqueue(&mut tx, v)?;
+        tx.commit()?;
     }
-    let _ = nodes;
     info(open, v)
 }
 
@@ -155,9 +143,7 @@ fn grant(
 ) -> Result<(), ApiError> {
     match v {
         Vertex::Node(node) => {
-            let changed = Nodes::new(&open.store)
-                .set_permissions(node, permissions, allow)
-                .map_err(store_error)?;
+            let changed = Nodes::new(&open.store).set_permissions(node, permissions, allow)?;
             if changed.is_none() && !quiet_if_unknown {
                 return Err(ApiError::new(
                     ErrorCode::NotFound,
@@ -166,37 +152,30 @@ fn grant(
             }
         }
         identity => {
-            let gestalts = Gestalts::new(&open.store);
-            let mut tx = open.store.write().map_err(store_error)?;
-            let mut record = gestalts
-                .identity_or_new(&tx, identity)
-                .map_err(store_error)?;
-            for p in permissions {
-                if allow {
-                    record.permissions.insert(*p);
-                } else {
-                    record.permissions.remove(p);
+            let event = if allow {
+                "identity.allowed"
+            } else {
+                "identity.disallowed"
+            };
+            let fields = json!({ "identity": identity, "permissions": permissions });
+            open.audited(event, fields, |tx| {
+                let gestalts = Gestalts::new(&open.store);
+                let mut record = gestalts.identity_or_new(tx, identity)?;
+                for p in permissions {
+                    if allow {
+                        record.permissions.insert(*p);
+                    } else {
+                        record.permissions.remove(p);
+                    }
                 }
-            }
-            gestalts
-                .put_identity(&mut tx, &record)
-                .map_err(store_error)?;
-            audit::append(
-                &mut tx,
-                if allow {
-                    "identity.allowed"
-                } else {
-                    "identity.disallowed"
-                },
-                json!({ "identity": identity, "permissions": permissions }),
-            )
-            .map_err(store_error)?;
-            tx.commit().map_err(store_error)?;
+                Ok(gestalts.put_identity(tx, &record)?)
+            })?;
         }
     }
     Ok(())
 }
 
+/// `permit` (or disallow, `allow` false) `permissions` on one vertex's own record.
 pub(in crate::agent) fn permit(
     open: &Open,
     v: &Vertex,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::agent::{Open, blocking, on_store, store_error};
+use crate::agent::{Open, on_store};
 use crate::api::identities::{DeviceAuthStarted, IdentityClaimed};
 use crate::api::{ApiError, ErrorCode};
 use crate::audit;
@@ -73,29 +73,21 @@ pub(in crate::agent) async fn auth_finish(
     let mut interval = Duration::from_secs(interval);
     loop {
         tokio::time::sleep(interval).await;
-        let polled = {
-            let open = open.clone();
-            let code = device_code.clone();
-            blocking(move || open.github.poll_auth(&code).map_err(provider_error)).await?
-        };
+        let code = device_code.clone();
+        let polled = on_store(open, move |open| {
+            open.github.poll_auth(&code).map_err(provider_error)
+        })
+        .await?;
         if let Poll::SlowDown = polled {
             interval += Duration::from_secs(5);
         }
         if let Poll::Approved(token) = polled {
             let identity = format!("{}:{}", token.provider, token.identity);
-            let open = open.clone();
-            return blocking(move || {
-                let mut tx = open.store.write().map_err(store_error)?;
-                Gestalts::new(&open.store)
-                    .put_provider_token(&mut tx, &token)
-                    .map_err(store_error)?;
-                audit::append(
-                    &mut tx,
-                    "identity.authenticated",
-                    json!({ "identity": identity }),
-                )
-                .map_err(store_error)?;
-                tx.commit().map_err(store_error)?;
+            return on_store(open, move |open| {
+                let fields = json!({ "identity": identity });
+                open.audited("identity.authenticated", fields, |tx| {
+                    Ok(Gestalts::new(&open.store).put_provider_token(tx, &token)?)
+                })?;
                 Ok(identity)
             })
             .await;
@@ -142,10 +134,9 @@ pub(in crate::agent) fn claim_identity(
     github_only(provider)?;
     let gestalts = Gestalts::new(&open.store);
     let token = {
-        let tx = open.store.read().map_err(store_error)?;
+        let tx = open.store.read()?;
         gestalts
-            .provider_token(&tx, GitHub::ID)
-            .map_err(store_error)?
+            .provider_token(&tx, GitHub::ID)?
             .filter(|t| t.identity == *id)
             .ok_or_else(|| {
                 ApiError::new(
@@ -157,14 +148,13 @@ pub(in crate::agent) fn claim_identity(
             })?
     };
     let me = open.identity().node_id();
-    let mut tx = open.store.write().map_err(store_error)?;
+    let mut tx = open.store.write()?;
     let claim = sigchain::next_claim(
         &tx,
         &me,
         ClaimType::ClaimLinkIdentity,
         &identity.to_string(),
-    )
-    .map_err(store_error)?;
+    )?;
     let signed = ClaimToken::sign(&claim, &open.identity());
     // Published first: a claim in the chain that the provider never got would prove
     // nothing; a published claim whose append failed is only an orphan gist.
@@ -172,25 +162,22 @@ pub(in crate::agent) fn claim_identity(
         .github
         .publish(&token, &signed)
         .map_err(provider_error)?;
-    let seq = sigchain::append(&mut tx, &signed).map_err(store_error)?;
-    gestalts
-        .add_link(
-            &mut tx,
-            &Link {
-                a: Vertex::Node(me),
-                b: identity.clone(),
-                claim: signed,
-                url: Some(url.clone()),
-            },
-        )
-        .map_err(store_error)?;
+    let seq = sigchain::append(&mut tx, &signed)?;
+    gestalts.add_link(
+        &mut tx,
+        &Link {
+            a: Vertex::Node(me),
+            b: identity.clone(),
+            claim: signed,
+            url: Some(url.clone()),
+        },
+    )?;
     audit::append(
         &mut tx,
         "identity.claimed",
         json!({ "identity": identity, "url": url, "seq": seq }),
-    )
-    .map_err(store_error)?;
-    tx.commit().map_err(store_error)?;
+    )?;
+    tx.commit()?;
     Ok(IdentityClaimed {
         identity: identity.to_string(),
         url,
@@ -198,6 +185,7 @@ pub(in crate::agent) fn claim_identity(
     })
 }
 
+/// Refuses every provider but GitHub, the only one there is.
 pub(in crate::agent) fn github_only(provider: &str) -> Result<(), ApiError> {
     if provider == GitHub::ID || provider == "github" {
         Ok(())
@@ -209,6 +197,7 @@ pub(in crate::agent) fn github_only(provider: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A provider's error, with the code `pk` acts on.
 pub(super) fn provider_error(e: ProviderError) -> ApiError {
     let code = match e {
         ProviderError::Refused { .. } => ErrorCode::Denied,

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::agent::{Open, blocking, store_error};
+use rustls::pki_types::CertificateDer;
+
+use crate::agent::{Open, on_store};
 use crate::api::keys::KeyChanged;
 use crate::api::{ApiError, ErrorCode};
-use crate::audit;
 use crate::gestalt::{Gestalts, Vertex};
+use crate::identity::Identity;
 use crate::sigchain::{self, ClaimToken, ClaimType};
 
 /// `pk keys renew` (`reset` false) and `pk keys reset`: a new node key. A renewal is
@@ -23,47 +25,10 @@ pub(in crate::agent) async fn rotate(
     reset: bool,
 ) -> Result<KeyChanged, ApiError> {
     let old = open.identity();
-    let new = Arc::new(crate::identity::Identity::generate());
+    let new = Arc::new(Identity::generate());
     let renewals = {
-        let (open, old, new) = (open.clone(), old.clone(), new.clone());
-        blocking(move || {
-            let internal = |e: rcgen::Error| ApiError::new(ErrorCode::Internal, e.to_string());
-            let mut tx = open.store.write().map_err(store_error)?;
-            new.store_as_node_key(&mut tx).map_err(store_error)?;
-            let (from, to) = (Vertex::Node(old.node_id()), Vertex::Node(new.node_id()));
-            let gestalts = Gestalts::new(&open.store);
-            if reset {
-                crate::identity::record_renewal(&mut tx, None).map_err(store_error)?;
-                sigchain::clear(&mut tx).map_err(store_error)?;
-                gestalts.unlink(&mut tx, &from).map_err(store_error)?;
-            } else {
-                let cert = old.certify(&new).map_err(internal)?;
-                crate::identity::record_renewal(&mut tx, Some(&cert)).map_err(store_error)?;
-                let claim = sigchain::next_claim(
-                    &tx,
-                    &old.node_id(),
-                    ClaimType::ClaimKeyRenew,
-                    &new.node_id().to_string(),
-                )
-                .map_err(store_error)?;
-                let mut token = ClaimToken::sign(&claim, &old);
-                token.add_signature(&new);
-                sigchain::append(&mut tx, &token).map_err(store_error)?;
-                gestalts
-                    .rename_vertex(&mut tx, &from, &to)
-                    .map_err(store_error)?;
-            }
-            audit::append(
-                &mut tx,
-                if reset { "keys.reset" } else { "keys.renewed" },
-                json!({ "was": old.node_id(), "now": new.node_id() }),
-            )
-            .map_err(store_error)?;
-            tx.commit().map_err(store_error)?;
-            let tx = open.store.read().map_err(store_error)?;
-            crate::identity::renewals(&tx).map_err(store_error)
-        })
-        .await?
+        let (old, new) = (old.clone(), new.clone());
+        on_store(open, move |open| store_key(open, &old, &new, reset)).await?
     };
     *open.identity.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
     if let Some(net) = open.net.get() {
@@ -74,4 +39,44 @@ pub(in crate::agent) async fn rotate(
         now: new.node_id().to_string(),
         certified: !reset,
     })
+}
+
+/// Stores `new` as the node key, renewed from `old` or reset, in one audited transaction
+/// (`keys.renewed` or `keys.reset`); the renewal certificates to present with it.
+fn store_key(
+    open: &Open,
+    old: &Identity,
+    new: &Identity,
+    reset: bool,
+) -> Result<Vec<CertificateDer<'static>>, ApiError> {
+    let event = if reset { "keys.reset" } else { "keys.renewed" };
+    let fields = json!({ "was": old.node_id(), "now": new.node_id() });
+    open.audited(event, fields, |tx| {
+        new.store_as_node_key(tx)?;
+        let (from, to) = (Vertex::Node(old.node_id()), Vertex::Node(new.node_id()));
+        let gestalts = Gestalts::new(&open.store);
+        if reset {
+            crate::identity::record_renewal(tx, None)?;
+            sigchain::clear(tx)?;
+            gestalts.unlink(tx, &from)?;
+        } else {
+            let cert = old
+                .certify(new)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            crate::identity::record_renewal(tx, Some(&cert))?;
+            let claim = sigchain::next_claim(
+                tx,
+                &old.node_id(),
+                ClaimType::ClaimKeyRenew,
+                &new.node_id().to_string(),
+            )?;
+            let mut token = ClaimToken::sign(&claim, old);
+            token.add_signature(new);
+            sigchain::append(tx, &token)?;
+            gestalts.rename_vertex(tx, &from, &to)?;
+        }
+        Ok(())
+    })?;
+    let tx = open.store.read()?;
+    Ok(crate::identity::renewals(&tx)?)
 }
