@@ -50,6 +50,7 @@ pub(in crate::agent) struct PeerNet {
     busy_log: Mutex<refusals::LogGate>,
 }
 
+/// An outgoing connection in the pool: since when, and when last used (for idle close).
 struct Pooled {
     conn: Connection,
     since: Instant,
@@ -271,9 +272,9 @@ pub(in crate::agent) struct IncomingCall {
     pub(in crate::agent) known: bool,
     /// The largest call the caller may send (smaller for strangers).
     pub(in crate::agent) max_call: usize,
-    /// The call's stream, both ways.
+    /// The call's stream, where the answer goes.
     pub(in crate::agent) send: quinn::SendStream,
-    /// The call's stream, both ways.
+    /// The call's stream, where the call comes from.
     pub(in crate::agent) recv: quinn::RecvStream,
 }
 

@@ -92,8 +92,7 @@ pub(in crate::agent) fn countersign(
 }
 
 /// Serves `ClaimNodeFinish`: appends this node's own link claim, now signed by `peer`
-/// too, to this node's sigchain.
-/// Refuses through `refuse`, as [`countersign`] does.
+/// too, to this node's sigchain. Refuses through `refuse`, as [`countersign`] does.
 pub(in crate::agent) fn finish(
     open: &Open,
     peer: NodeId,
