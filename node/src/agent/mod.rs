@@ -140,11 +140,11 @@ struct Open {
     identity: Mutex<Arc<Identity>>,
     slot: u32,
     /// The peer endpoint, made after the unlock.
-    net: std::sync::OnceLock<Arc<peers::PeerNet>>,
+    net: std::sync::OnceLock<Arc<peers::pool::PeerNet>>,
     /// The GitHub identity provider.
     github: crate::provider::GitHub,
     /// Device authorisations in progress, by the handle given to `pk`.
-    device_auths: Mutex<std::collections::HashMap<u64, trust::DeviceFlow>>,
+    device_auths: Mutex<std::collections::HashMap<u64, trust::provider::DeviceFlow>>,
     /// Refused peer calls not yet in the audit log (written in aggregate).
     refusals: Mutex<refusals::Refusals>,
     /// What one clone or pull may bring.
@@ -705,7 +705,7 @@ fn lock(shared: &Shared) {
         if let Some(net) = open.net.get() {
             net.shutdown();
         }
-        peers::flush_refusals(&open, true);
+        peers::serve::flush_refusals(&open, true);
         let recorded = open.store.write().and_then(|mut tx| {
             audit::append(&mut tx, "agent.locked", json!({}))?;
             tx.commit()
@@ -722,6 +722,18 @@ fn lock(shared: &Shared) {
         // identity; requests still in flight finish first.
         drop(open);
     }
+}
+
+/// An error inside the agent that `pk` can do nothing about.
+fn lost(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+/// A NodeId given by `pk`, checked.
+fn node_id(s: &str) -> Result<crate::identity::NodeId, ApiError> {
+    s.parse().map_err(|e: crate::identity::IdentityError| {
+        ApiError::new(ErrorCode::BadInput, e.to_string())
+    })
 }
 
 fn frame_error(e: FrameError) -> ApiError {

@@ -28,7 +28,7 @@ pub(super) async fn handle(
             done::<Audit>(
                 on_store(&open, move |open| {
                     // Refusals counted so far belong in what the reader sees.
-                    peers::flush_refusals(open, true);
+                    peers::serve::flush_refusals(open, true);
                     let tx = open.store.read()?;
                     Ok(audit::query(&tx, &query)?)
                 })

@@ -1,11 +1,12 @@
-//! [`BackupsRequest`]: scheduled pulls (the schedule itself runs in `peers`).
+//! [`BackupsRequest`]: scheduled pulls (kept by `peers::commands`, run by `peers::background`).
 
 use std::sync::Arc;
 
 use serde_json::json;
 
 use super::done;
-use crate::agent::{Open, on_store, peers};
+use crate::agent::peers::commands;
+use crate::agent::{Open, node_id, on_store};
 use crate::api::backups::{Add, Backup, BackupsRequest, List, Remove};
 use crate::api::{ApiError, ErrorCode, SecretBytes};
 use crate::store::Table;
@@ -16,11 +17,11 @@ pub(super) async fn handle(
 ) -> Result<SecretBytes, ApiError> {
     match request {
         BackupsRequest::Add(add) => done::<Add>(self::add(open, add).await),
-        BackupsRequest::List(_) => done::<List>(on_store(open, peers::backups).await),
+        BackupsRequest::List(_) => done::<List>(on_store(open, commands::backups).await),
         BackupsRequest::Remove(Remove { name }) => done::<Remove>(
             on_store(open, move |open| {
                 open.audited("backup.removed", json!({ "vault": name }), |tx| {
-                    if tx.delete(Table::Sync, &peers::backup_key(open, &name))? {
+                    if tx.delete(Table::Sync, &commands::backup_key(open, &name))? {
                         Ok(())
                     } else {
                         Err(ApiError::new(
@@ -44,8 +45,8 @@ async fn add(
         name,
     }: Add,
 ) -> Result<Backup, ApiError> {
-    let node = peers::node_id(&node)?;
-    if !(peers::MIN_BACKUP_INTERVAL_S..=peers::MAX_BACKUP_INTERVAL_S).contains(&every_s) {
+    let node = node_id(&node)?;
+    if !(commands::MIN_BACKUP_INTERVAL_S..=commands::MAX_BACKUP_INTERVAL_S).contains(&every_s) {
         return Err(ApiError::new(
             ErrorCode::BadInput,
             "the time between scheduled pulls must be at least 10 seconds and at most 366 days",
@@ -60,7 +61,11 @@ async fn add(
         last: None,
     };
     on_store(open, move |open| {
-        peers::save_backup(open, &backup, "backup.added")?;
+        let fields =
+            json!({ "vault": backup.name, "node": backup.node, "every_s": backup.every_s });
+        open.audited("backup.added", fields, |tx| {
+            commands::put_backup(open, tx, &backup)
+        })?;
         Ok(backup)
     })
     .await

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use super::done;
-use crate::agent::{Open, on_store, peers, trust};
+use crate::agent::peers::commands;
+use crate::agent::trust::{discovery, gestalts, provider};
+use crate::agent::{Open, node_id, on_store};
 use crate::api::identities::{
     AuthFinish, AuthStart, Authenticated, Claim, Discover, Get, IdentitiesRequest, Invite, List,
     Permissions, Permit, Queue, Search, Trust,
@@ -19,16 +21,16 @@ pub(super) async fn handle(
 ) -> Result<SecretBytes, ApiError> {
     use IdentitiesRequest as R;
     match request {
-        R::List(_) => done::<List>(on_store(open, trust::list).await),
-        R::Get(Get { gestalt }) => done::<Get>(trust::gestalt(open, &gestalt).await),
+        R::List(_) => done::<List>(on_store(open, gestalts::list).await),
+        R::Get(Get { gestalt }) => done::<Get>(gestalts::gestalt(open, &gestalt).await),
         R::Permissions(Permissions { gestalt }) => {
-            done::<Permissions>(trust::gestalt(open, &gestalt).await)
+            done::<Permissions>(gestalts::gestalt(open, &gestalt).await)
         }
         R::Trust(Trust { gestalt, trust }) => {
-            let v = trust::vertex(&gestalt)?;
+            let v = gestalts::vertex(&gestalt)?;
             done::<Trust>(
                 on_store(open, move |open| {
-                    trust::set_trust(open, &trust::current(open, v)?, trust)
+                    gestalts::set_trust(open, &gestalts::current(open, v)?, trust)
                 })
                 .await,
             )
@@ -38,17 +40,17 @@ pub(super) async fn handle(
             permissions,
             allow,
         }) => {
-            let v = trust::vertex(&gestalt)?;
+            let v = gestalts::vertex(&gestalt)?;
             done::<Permit>(
                 on_store(open, move |open| {
-                    trust::permit(open, &trust::current(open, v)?, &permissions, allow)
+                    gestalts::permit(open, &gestalts::current(open, v)?, &permissions, allow)
                 })
                 .await,
             )
         }
         R::Invite(Invite { node }) => {
-            let node = peers::node_id(&node)?;
-            let sent = peers::send_notification(open, node, Body::GestaltInvite).await;
+            let node = node_id(&node)?;
+            let sent = commands::send_notification(open, node, Body::GestaltInvite).await;
             done::<Invite>(sent.map(|_| Claimed {
                 node: node.to_string(),
                 invited: true,
@@ -56,7 +58,7 @@ pub(super) async fn handle(
             }))
         }
         R::Discover(Discover { gestalt }) => {
-            done::<Discover>(trust::discover_now(open, &gestalt).await)
+            done::<Discover>(discovery::discover_now(open, &gestalt).await)
         }
         R::Queue(_) => done::<Queue>(
             on_store(open, |open| {
@@ -66,11 +68,11 @@ pub(super) async fn handle(
             .await,
         ),
         R::AuthStart(AuthStart { provider }) => {
-            done::<AuthStart>(trust::auth_start(open, &provider).await)
+            done::<AuthStart>(provider::auth_start(open, &provider).await)
         }
         R::AuthFinish(AuthFinish { provider, handle }) => {
-            trust::github_only(&provider)?;
-            done::<AuthFinish>(trust::auth_finish(open, handle).await)
+            provider::github_only(&provider)?;
+            done::<AuthFinish>(provider::auth_finish(open, handle).await)
         }
         R::Authenticated(_) => done::<Authenticated>(
             on_store(open, |open| {
@@ -84,11 +86,11 @@ pub(super) async fn handle(
             .await,
         ),
         R::Claim(Claim { identity }) => {
-            let v = trust::vertex(&identity)?;
-            done::<Claim>(on_store(open, move |open| trust::claim_identity(open, &v)).await)
+            let v = gestalts::vertex(&identity)?;
+            done::<Claim>(on_store(open, move |open| provider::claim_identity(open, &v)).await)
         }
         R::Search(Search { provider, term }) => {
-            done::<Search>(trust::search(open, &provider, term).await)
+            done::<Search>(provider::search(open, &provider, term).await)
         }
     }
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::done;
-use crate::agent::{Open, on_store, trust};
+use crate::agent::trust::renewal;
+use crate::agent::{Open, on_store};
 use crate::api::keys::{Cert, Decrypt, Encrypt, KeysRequest, Public, Renew, Reset, Sign};
 use crate::api::{ApiError, ErrorCode, SecretBytes};
 use crate::identity::{self, NodeId};
@@ -32,8 +33,8 @@ pub(super) async fn handle(
             })
             .await,
         ),
-        KeysRequest::Renew(_) => done::<Renew>(trust::rotate(open, false).await),
-        KeysRequest::Reset(_) => done::<Reset>(trust::rotate(open, true).await),
+        KeysRequest::Renew(_) => done::<Renew>(renewal::rotate(open, false).await),
+        KeysRequest::Reset(_) => done::<Reset>(renewal::rotate(open, true).await),
         KeysRequest::Cert(Cert { chain }) => {
             done::<Cert>(on_store(open, move |open| certificates(open, chain)).await)
         }
@@ -57,10 +58,23 @@ fn certificates(open: &Open, chain: bool) -> Result<Vec<String>, ApiError> {
         .identity()
         .tls_certificate()
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    let mut certs = vec![trust::pem(&leaf)];
+    let mut certs = vec![pem(&leaf)];
     if chain {
         let tx = open.store.read()?;
-        certs.extend(identity::renewals(&tx)?.iter().map(|c| trust::pem(c)));
+        certs.extend(identity::renewals(&tx)?.iter().map(|c| pem(c)));
     }
     Ok(certs)
+}
+
+/// A DER certificate as PEM.
+fn pem(cert: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(cert);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }

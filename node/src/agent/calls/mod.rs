@@ -3,8 +3,9 @@
 //! answers a call with its typed reply ([`Call::Reply`]), which [`done`] encodes.
 //!
 //! The work behind a call lives with what it works on: vaults and secrets in
-//! [`crate::vault`], the node graph in [`crate::nodes`], calls to other nodes in the
-//! agent's peer side (`super::peers`), trust and discovery in `super::trust`.
+//! [`crate::vault`], the node graph in [`crate::nodes`], calls to other nodes in
+//! `super::peers::commands` (the calls other nodes make on this one are served in
+//! `super::peers::serve`), trust and discovery in `super::trust`.
 
 use std::sync::Arc;
 

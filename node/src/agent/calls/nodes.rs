@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::done;
-use crate::agent::{Open, on_store, peers, trust};
+use crate::agent::peers::{commands, pool};
+use crate::agent::trust::claims;
+use crate::agent::{Open, node_id, on_store};
 use crate::api::nodes::{
     Add, Claim, Connections, Discover, Find, GetAll, NodesRequest, Permit, Ping, Remove,
 };
@@ -18,10 +20,10 @@ pub(super) async fn handle(
     request: NodesRequest,
 ) -> Result<SecretBytes, ApiError> {
     match request {
-        NodesRequest::Add(add) => done::<Add>(peers::nodes_add(open, add).await),
+        NodesRequest::Add(add) => done::<Add>(commands::nodes_add(open, add).await),
         NodesRequest::Remove(Remove { node }) => {
-            let node = peers::node_id(&node)?;
-            peers::forget(open, &node);
+            let node = node_id(&node)?;
+            pool::forget(open, &node);
             done::<Remove>(
                 on_store(open, move |open| {
                     if Nodes::new(&open.store).remove(&node)? {
@@ -33,8 +35,8 @@ pub(super) async fn handle(
                 .await,
             )
         }
-        NodesRequest::Ping(Ping { node }) => done::<Ping>(peers::ping(open, &node).await),
-        NodesRequest::Find(Find { node }) => done::<Find>(peers::find(open, &node).await),
+        NodesRequest::Ping(Ping { node }) => done::<Ping>(commands::ping(open, &node).await),
+        NodesRequest::Find(Find { node }) => done::<Find>(commands::find(open, &node).await),
         NodesRequest::GetAll(_) => done::<GetAll>(
             on_store(open, |open| {
                 let tx = open.store.read()?;
@@ -42,13 +44,13 @@ pub(super) async fn handle(
             })
             .await,
         ),
-        NodesRequest::Connections(_) => done::<Connections>(peers::connections(open)),
+        NodesRequest::Connections(_) => done::<Connections>(commands::connections(open)),
         NodesRequest::Permit(Permit {
             node,
             permissions,
             allow,
         }) => {
-            let node = peers::node_id(&node)?;
+            let node = node_id(&node)?;
             done::<Permit>(
                 on_store(open, move |open| {
                     Nodes::new(&open.store)
@@ -74,7 +76,7 @@ pub(super) async fn handle(
                 .await,
             )
         }
-        NodesRequest::Claim(Claim { node }) => done::<Claim>(trust::claim_node(open, &node).await),
+        NodesRequest::Claim(Claim { node }) => done::<Claim>(claims::claim_node(open, &node).await),
     }
 }
 

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use super::done;
-use crate::agent::{Open, on_store, peers};
+use crate::agent::peers::commands;
+use crate::agent::{Open, node_id, on_store};
 use crate::api::notifications::{List, NotificationsRequest, Read, Remove, Send};
 use crate::api::{ApiError, ErrorCode, SecretBytes};
 use crate::notifications::{Body, Notifications};
@@ -14,11 +15,11 @@ pub(super) async fn handle(
 ) -> Result<SecretBytes, ApiError> {
     match request {
         NotificationsRequest::Send(Send { node, text }) => {
-            let node = peers::node_id(&node)?;
+            let node = node_id(&node)?;
             let body = Body::Message { text };
             body.check()
                 .map_err(|e| ApiError::new(ErrorCode::BadInput, e))?;
-            done::<Send>(peers::send_notification(open, node, body).await)
+            done::<Send>(commands::send_notification(open, node, body).await)
         }
         NotificationsRequest::List(List { mailbox, unread }) => done::<List>(
             on_store(open, move |open| {

@@ -6,7 +6,8 @@ use serde_json::json;
 use tokio::net::UnixStream;
 
 use super::done;
-use crate::agent::{Shared, on_store, peers, stream_out, vaults};
+use crate::agent::peers::commands;
+use crate::agent::{Shared, node_id, on_store, stream_out, vaults};
 use crate::api::vaults::{
     Clone, Create, Delete, ExportBundle, List, Log, Permissions, Pull, Rename, Scan, Share,
     VaultsRequest, Version,
@@ -60,7 +61,7 @@ pub(super) async fn handle(
             node,
             permissions,
             grant,
-        }) => done::<Share>(peers::share(&open, vault, &node, permissions, grant).await),
+        }) => done::<Share>(commands::share(&open, vault, &node, permissions, grant).await),
         VaultsRequest::Permissions(Permissions { vault }) => done::<Permissions>(
             on_store(&open, move |open| {
                 let record = vaults(open).find(None, &vault)?;
@@ -69,14 +70,14 @@ pub(super) async fn handle(
             })
             .await,
         ),
-        VaultsRequest::Scan(Scan { node }) => done::<Scan>(peers::scan(&open, &node).await),
+        VaultsRequest::Scan(Scan { node }) => done::<Scan>(commands::scan(&open, &node).await),
         VaultsRequest::Clone(Clone { vault, node, name }) => {
-            let node = peers::node_id(&node)?;
-            done::<Clone>(peers::clone(&open, node, &vault, name).await)
+            let node = node_id(&node)?;
+            done::<Clone>(commands::clone(&open, node, &vault, name).await)
         }
         VaultsRequest::Pull(Pull { vault, node }) => {
-            let node = node.as_deref().map(peers::node_id).transpose()?;
-            done::<Pull>(peers::pull(&open, &vault, node).await)
+            let node = node.as_deref().map(node_id).transpose()?;
+            done::<Pull>(commands::pull(&open, &vault, node).await)
         }
     }
 }
