@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
-use std::str::FromStr;
 
 use gix_hash::ObjectId;
 use gix_object::bstr::{BString, ByteSlice};
@@ -30,72 +29,25 @@ use zeroize::Zeroizing;
 
 use crate::audit;
 use crate::clock::unix_s;
-use crate::identity::{NodeId, base32hex};
+use crate::identity::NodeId;
 use crate::store::{Read, ReadTx, Store, StoreError, Table, WriteTx};
 
 mod merge;
 mod sync;
 pub use merge::merge_conflict_name;
 pub use sync::{
-    DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, Fetched, MAX_TRANSFER_OBJECTS,
-    ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState, TransferLimits, WireEntry,
-    WireObject,
+    DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, Fetched, MAX_HAVES, MAX_RECEIVED,
+    MAX_TRANSFER_OBJECTS, ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState,
+    TransferLimits, WireEntry, WireObject,
 };
+
+pub use crate::ids::{BadVaultId, VaultId};
 
 const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
 const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
 /// The most commits `vaults log` returns without a depth.
 pub const DEFAULT_LOG_DEPTH: usize = 1000;
-
-/// A vault's permanent, random identifier (names can change).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VaultId([u8; 16]);
-
-impl VaultId {
-    /// The id's bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-}
-
-impl fmt::Display for VaultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "v{}", base32hex().encode(&self.0))
-    }
-}
-
-impl fmt::Debug for VaultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VaultId({self})")
-    }
-}
-
-impl FromStr for VaultId {
-    type Err = VaultError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = s
-            .strip_prefix('v')
-            .and_then(|rest| base32hex().decode(rest.as_bytes()).ok())
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .ok_or(VaultError::BadVaultId)?;
-        Ok(VaultId(bytes))
-    }
-}
-
-impl Serialize for VaultId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for VaultId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
 
 /// What the store keeps about a vault.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +190,12 @@ pub enum VaultError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<BadVaultId> for VaultError {
+    fn from(_: BadVaultId) -> Self {
+        VaultError::BadVaultId
+    }
 }
 
 /// Why `name` cannot be one component of a secret path (a file or directory name in a

@@ -39,10 +39,10 @@ use super::{
     HASH, TreeMap, Tx, VaultError, VaultId, VaultRecord, Vaults, bad_name, byte_kind,
     check_vault_name, dir_mode, encode_tree, kind_byte, parse_oid,
 };
-use crate::api::SecretBytes;
 use crate::audit;
 use crate::clock::unix_s;
 use crate::identity::NodeId;
+use crate::secret_bytes::SecretBytes;
 use crate::store::{Read, ReadTx, Store, Table, WriteTx};
 use gix_hash::ObjectId;
 use gix_object::bstr::BString;
@@ -67,6 +67,11 @@ pub const DEFAULT_TRANSFER_BYTES: u64 = 8 << 30;
 pub const DEFAULT_MAX_DEPTH: usize = 128;
 /// The most objects one transfer may bring (their ids are kept in memory while it runs).
 pub const MAX_TRANSFER_OBJECTS: u64 = 1_000_000;
+/// The most commits a fetch request may name as had (the receiver samples its history
+/// down to this many).
+pub const MAX_HAVES: usize = 64;
+/// The most object ids a fetch request may name as already received.
+pub const MAX_RECEIVED: usize = 40_000;
 
 /// What one clone or pull may bring: a serving node that sends more is refused, and what
 /// it sent is dropped.
@@ -724,7 +729,7 @@ impl<'s> Vaults<'s> {
             }
         }
         // The serving node takes no more (the newest, and the nearest ancestors, first).
-        haves.truncate(crate::peer::MAX_HAVES);
+        haves.truncate(MAX_HAVES);
         Ok(PullPlan {
             record,
             haves: haves.iter().map(oid_bytes).collect(),
@@ -1717,10 +1722,7 @@ mod tests {
                 (plan.record.id, plan.haves, plan.received)
             }
         };
-        let received: Vec<_> = received
-            .into_iter()
-            .take(crate::peer::MAX_RECEIVED)
-            .collect();
+        let received: Vec<_> = received.into_iter().take(MAX_RECEIVED).collect();
         let mut messages = Vec::new();
         from.vaults().send(&id, &haves, &received, &mut |out| {
             messages.push(match out {
