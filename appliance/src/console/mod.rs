@@ -67,6 +67,10 @@ const CLEAR_COOKIE: &str =
 const HSTS: &str = "max-age=63072000";
 /// The shortest admin password accepted.
 pub const MIN_PASSWORD: usize = 12;
+/// What the console answers when the account on disk is not the one bound to the node.
+const REPLACED: &str = "The admin account on this box was changed outside the \
+    console: it is not the one bound to this node. Every session has ended. Reset the admin \
+    password with the recovery code.";
 
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -414,7 +418,7 @@ async fn account_guard(
     let mut response = if request.uri().path().starts_with("/api/") {
         (
             StatusCode::FORBIDDEN,
-            axum::Json(serde_json::json!({ "error": account::REPLACED })),
+            axum::Json(serde_json::json!({ "error": REPLACED })),
         )
             .into_response()
     } else {
@@ -740,7 +744,7 @@ async fn sign_in(
     .await?;
     if let Err(replaced) = c.account_bound().await {
         c.account_replaced(ip, replaced).await;
-        return Err((StatusCode::FORBIDDEN, account::REPLACED.into()));
+        return Err((StatusCode::FORBIDDEN, REPLACED.into()));
     }
     tracing::info!(event = "console.login", client = %ip, "admin logged in");
     c.record(ConsoleEvent::Login, ip).await;

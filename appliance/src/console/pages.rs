@@ -155,7 +155,7 @@ pub(super) fn replaced() -> String {
     layout(
         "Admin account refused",
         html! {
-            p class="error" { (super::account::REPLACED) }
+            p class="error" { (super::REPLACED) }
             p {
                 "The node keeps a fingerprint of the admin account under its data key; the "
                 "account file on the disk does not match it, so someone changed it without "
