@@ -9,13 +9,13 @@ use node::nodes::{NodePermission, VaultPermission};
 use node::notifications::{Body, Delivery, Mailbox, Notification};
 use serde_json::json;
 
-use crate::agent_cmds::{call, time};
+use crate::call::call;
 use crate::cli::{
     BackupCommand, InboxCommand, NodePermissionArg, NodesCommand, NotificationsCommand,
     OutboxCommand, VaultPermissionArg, VaultsCommand,
 };
-use crate::commands::Output;
 use crate::error::CliError;
+use crate::output::{Output, time};
 
 fn node_permission(p: NodePermissionArg) -> NodePermission {
     match p {

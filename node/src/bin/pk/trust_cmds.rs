@@ -7,10 +7,10 @@ use node::client::Client;
 use node::nodes::NodePermission;
 use serde_json::json;
 
-use crate::agent_cmds::call;
+use crate::call::call;
 use crate::cli::{IdentitiesCommand, NodePermissionArg};
-use crate::commands::Output;
 use crate::error::CliError;
+use crate::output::Output;
 
 fn permission(p: NodePermissionArg) -> NodePermission {
     match p {
