@@ -391,37 +391,59 @@ impl<'s> Tx<'_, 's, WriteTx<'s>> {
         drop(buffer);
         let hasher = match early {
             Some(hasher) => hasher,
-            None => {
-                let mut hasher = gix_hash::hasher(HASH);
-                hasher.update(&gix_object::encode::loose_header(ObjectKind::Blob, total));
-                for index in 0..chunks {
-                    let chunk = self
-                        .tx
-                        .get(Table::Objects, &self.chunk_key(&blob_id, index))?
-                        .ok_or_else(|| VaultError::Corrupt("chunk".into()))?;
-                    hasher.update(&chunk);
-                }
-                hasher
-            }
+            None => self.hash_chunks(&blob_id, chunks, total)?,
         };
         let oid = hasher
             .try_finalize()
             .map_err(|_| VaultError::Corrupt("hash".into()))?;
-        let key = self.key(&oid);
+        self.keep_chunked(&oid, &blob_id, chunks, total)?;
+        Ok(oid)
+    }
+
+    /// The second pass of [`Self::put_blob_stream`] when the size was not announced: the
+    /// git hash of a blob of `total` bytes over its stored chunks.
+    fn hash_chunks(
+        &self,
+        blob_id: &[u8; 16],
+        chunks: u32,
+        total: u64,
+    ) -> Result<gix_hash::Hasher, VaultError> {
+        let mut hasher = gix_hash::hasher(HASH);
+        hasher.update(&gix_object::encode::loose_header(ObjectKind::Blob, total));
+        for index in 0..chunks {
+            let chunk = self
+                .tx
+                .get(Table::Objects, &self.chunk_key(blob_id, index))?
+                .ok_or_else(|| VaultError::Corrupt("chunk".into()))?;
+            hasher.update(&chunk);
+        }
+        Ok(hasher)
+    }
+
+    /// Stores the record of a chunked blob `oid` whose chunks are stored under `blob_id`,
+    /// or deletes those chunks if the same content is stored already.
+    fn keep_chunked(
+        &mut self,
+        oid: &ObjectId,
+        blob_id: &[u8; 16],
+        chunks: u32,
+        total: u64,
+    ) -> Result<(), VaultError> {
+        let key = self.key(oid);
         if self.tx.contains(Table::Objects, &key)? {
             // The same content is stored already: drop this copy.
             for index in 0..chunks {
                 self.tx
-                    .delete(Table::Objects, &self.chunk_key(&blob_id, index))?;
+                    .delete(Table::Objects, &self.chunk_key(blob_id, index))?;
             }
         } else {
             let mut header = vec![FORMAT_CHUNKED, kind_byte(ObjectKind::Blob)];
             header.extend_from_slice(&total.to_be_bytes());
-            header.extend_from_slice(&blob_id);
+            header.extend_from_slice(blob_id);
             header.extend_from_slice(&chunks.to_be_bytes());
             self.tx.put(Table::Objects, &key, &header)?;
         }
-        Ok(oid)
+        Ok(())
     }
 
     fn put(&mut self, kind: ObjectKind, data: &[u8]) -> Result<ObjectId, VaultError> {
