@@ -2,6 +2,7 @@
 //! node's agent (started once the node exists), the console server, systemd
 //! notifications, and a graceful stop on SIGTERM.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use node::NodePath;
@@ -49,29 +50,13 @@ pub async fn run_until(
     let fingerprint = identity.fingerprint();
     tracing::info!(event = "console.certificate", fingerprint = %fingerprint, "console certificate SHA-256 {fingerprint}");
 
-    // Without a TCTI configured, the kernel's TPM resource manager is used if there is one.
-    let tpm_tcti = config.tpm_tcti.clone().or_else(|| {
-        std::path::Path::new("/dev/tpmrm0")
-            .exists()
-            .then(|| "device:/dev/tpmrm0".to_owned())
-    });
+    let tpm_tcti = tpm_tcti(&config);
     let first_token = match &tpm_tcti {
         Some(tcti) => FirstToken::Tpm(tcti.clone(), config.tpm_pcrs.clone()),
         None => FirstToken::Passphrase,
     };
-    let claimed = config.console_dir().join("admin.json").exists();
-    let setup_code = (!claimed).then(console::new_setup_code);
+    let setup_code = setup_code(&config);
     let setup_shown = setup_code.as_ref().map(|c| c.as_str().to_owned());
-    if let Some(code) = &setup_code {
-        // The one-time code that claims the box: for whoever has the serial console or
-        // the journal, and useless once setup is done.
-        tracing::info!(
-            event = "console.setup_code",
-            "setup code: {}",
-            code.as_str()
-        );
-        eprintln!("pk-appliance: setup code {}", code.as_str());
-    }
     let tokens = node::tokens::TokenConfig {
         tcti: tpm_tcti.clone(),
         pkcs11_module: config.pkcs11_module.clone(),
@@ -87,49 +72,10 @@ pub async fn run_until(
         fingerprint: fingerprint.clone(),
         setup_code,
     });
+    let agent = spawn_agent(&config, &node, tokens, &console);
 
-    let agent_config = node::agent::AgentConfig {
-        node: node.clone(),
-        tokens: node::tokens::TokenConfig {
-            // YubiKey touch prompts reach the console's unlock page.
-            yubikey_events: Some(console.yubikey_events()),
-            ..tokens
-        },
-        peer_listen: config.peer_listen,
-        lan: config.lan.then_some(node::lan::Interfaces::Lan),
-        github: node::provider::GitHubConfig::default(),
-    };
-    let agent = {
-        let console = console.clone();
-        let node = node.clone();
-        tokio::spawn(async move {
-            if !node.keyslots().exists() {
-                console.node_created.notified().await;
-            }
-            let result = node::agent::run(agent_config, || {
-                tracing::info!(event = "agent.ready", "the node's agent is serving");
-            })
-            .await;
-            if let Err(e) = &result {
-                tracing::error!(event = "agent.failed", error = %e, "the node's agent stopped");
-            }
-            result
-        })
-    };
-
-    let listener = tokio::net::TcpListener::bind(config.console_listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.console_listen))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| format!("the console's address: {e}"))?;
-    let urls_list = console_urls(address);
+    let (server, urls_list) = serve_console(&config, &console, identity).await?;
     let urls = urls_list.join(" ");
-    tracing::info!(event = "console.listening", address = %address, "console at {urls}");
-    // The serial console (stderr under the unit) sees where to go and what to check.
-    eprintln!("pk-appliance: console at {urls} (certificate SHA-256 {fingerprint})");
-    let app = console::router(console.clone());
-    let server = tokio::spawn(async move { tls::serve(listener, &identity, app).await });
 
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -162,14 +108,110 @@ pub async fn run_until(
     if let Some(w) = watchdog {
         w.abort();
     }
-    let client = node::client::Client::new(&node);
+    stop_agent(&node, agent).await;
+    Ok(())
+}
+
+/// Serves the console on its configured address; returns the server's task and the URLs
+/// a browser reaches it at (logged, and printed with the certificate's fingerprint).
+async fn serve_console(
+    config: &Config,
+    console: &Arc<Console>,
+    identity: tls::Identity,
+) -> Result<(tokio::task::JoinHandle<std::io::Result<()>>, Vec<String>), String> {
+    let listener = tokio::net::TcpListener::bind(config.console_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.console_listen))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("the console's address: {e}"))?;
+    let urls_list = console_urls(address);
+    let urls = urls_list.join(" ");
+    let fingerprint = identity.fingerprint();
+    tracing::info!(event = "console.listening", address = %address, "console at {urls}");
+    // The serial console (stderr under the unit) sees where to go and what to check.
+    eprintln!("pk-appliance: console at {urls} (certificate SHA-256 {fingerprint})");
+    let app = console::router(console.clone());
+    let server = tokio::spawn(async move { tls::serve(listener, &identity, app).await });
+    Ok((server, urls_list))
+}
+
+/// The TPM to use: the configured TCTI, or without one the kernel's TPM resource manager
+/// if there is one.
+fn tpm_tcti(config: &Config) -> Option<String> {
+    config.tpm_tcti.clone().or_else(|| {
+        std::path::Path::new("/dev/tpmrm0")
+            .exists()
+            .then(|| "device:/dev/tpmrm0".to_owned())
+    })
+}
+
+/// A new one-time setup code while the box is unclaimed, logged and printed.
+fn setup_code(config: &Config) -> Option<zeroize::Zeroizing<String>> {
+    let claimed = config.console_dir().join("admin.json").exists();
+    let setup_code = (!claimed).then(console::new_setup_code);
+    if let Some(code) = &setup_code {
+        // The one-time code that claims the box: for whoever has the serial console or
+        // the journal, and useless once setup is done.
+        tracing::info!(
+            event = "console.setup_code",
+            "setup code: {}",
+            code.as_str()
+        );
+        eprintln!("pk-appliance: setup code {}", code.as_str());
+    }
+    setup_code
+}
+
+/// Starts the node's agent in this process: at once if the node exists, else once the
+/// console has created it.
+fn spawn_agent(
+    config: &Config,
+    node: &NodePath,
+    tokens: node::tokens::TokenConfig,
+    console: &Arc<Console>,
+) -> tokio::task::JoinHandle<Result<(), node::agent::AgentError>> {
+    let agent_config = node::agent::AgentConfig {
+        node: node.clone(),
+        tokens: node::tokens::TokenConfig {
+            // YubiKey touch prompts reach the console's unlock page.
+            yubikey_events: Some(console.yubikey_events()),
+            ..tokens
+        },
+        peer_listen: config.peer_listen,
+        lan: config.lan.then_some(node::lan::Interfaces::Lan),
+        github: node::provider::GitHubConfig::default(),
+    };
+    let console = console.clone();
+    let node = node.clone();
+    tokio::spawn(async move {
+        if !node.keyslots().exists() {
+            console.node_created.notified().await;
+        }
+        let result = node::agent::run(agent_config, || {
+            tracing::info!(event = "agent.ready", "the node's agent is serving");
+        })
+        .await;
+        if let Err(e) = &result {
+            tracing::error!(event = "agent.failed", error = %e, "the node's agent stopped");
+        }
+        result
+    })
+}
+
+/// Asks the agent to stop and gives it 10 s; an agent still waiting for setup is
+/// aborted.
+async fn stop_agent(
+    node: &NodePath,
+    agent: tokio::task::JoinHandle<Result<(), node::agent::AgentError>>,
+) {
+    let client = node::client::Client::new(node);
     let _ = client.call(node::api::agent::Stop).await;
     if !node.keyslots().exists() {
         // Never claimed: the agent is still waiting for setup.
         agent.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
-    Ok(())
 }
 
 /// Half the watchdog interval systemd asked for, if it asked.

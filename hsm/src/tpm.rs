@@ -304,6 +304,28 @@ impl Transients<'_> {
         Ok(policy)
     }
 
+    /// What a failed unseal means to the user: a wrong PIN (with the attempts left), a
+    /// lockout, PCRs that no longer match the policy, or another token error.
+    fn unseal_error(&mut self, e: TssError) -> UnwrapError {
+        match tss_kind(&e) {
+            Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
+                match self.retries_left() {
+                    // That attempt used the last one: the TPM is now locked out.
+                    Some(0) => UnwrapError::PinBlocked,
+                    retries_left => UnwrapError::WrongPin { retries_left },
+                }
+            }
+            Some(Tss2ResponseCodeKind::Lockout) => UnwrapError::PinBlocked,
+            Some(Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::PcrChanged) => {
+                UnwrapError::PolicyMismatch
+            }
+            _ => UnwrapError::Token {
+                kind: Kind::Tpm,
+                message: token_error(e),
+            },
+        }
+    }
+
     /// Attempts left before dictionary-attack lockout, as the TPM reports it.
     fn retries_left(&mut self) -> Option<u32> {
         let max = self.ctx.get_tpm_property(PropertyTag::MaxAuthFail).ok()??;
@@ -443,22 +465,7 @@ impl Protector for TpmProtector {
             .execute_with_session(Some(session), |ctx| ctx.unseal(object.into()));
         let unsealed = match unsealed {
             Ok(data) => Zeroizing::new(data.value().to_vec()),
-            Err(e) => {
-                return Err(match tss_kind(&e) {
-                    Some(Tss2ResponseCodeKind::AuthFail | Tss2ResponseCodeKind::BadAuth) => {
-                        match t.retries_left() {
-                            // That attempt used the last one: the TPM is now locked out.
-                            Some(0) => UnwrapError::PinBlocked,
-                            retries_left => UnwrapError::WrongPin { retries_left },
-                        }
-                    }
-                    Some(Tss2ResponseCodeKind::Lockout) => UnwrapError::PinBlocked,
-                    Some(Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::PcrChanged) => {
-                        UnwrapError::PolicyMismatch
-                    }
-                    _ => token(e),
-                });
-            }
+            Err(e) => return Err(t.unseal_error(e)),
         };
         drop(t);
         let kek = DataKey::try_from_slice(&unsealed)

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_s;
 use crate::identity::NodeId;
-use crate::nodes::NodePermission;
+use crate::permissions::NodePermission;
 use crate::sigchain::ClaimToken;
 use crate::store::{Read, Store, StoreError, Table, WriteTx};
 

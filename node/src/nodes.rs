@@ -17,41 +17,10 @@ use crate::audit;
 use crate::clock::unix_s;
 use crate::gestalt::{Gestalts, Vertex};
 use crate::identity::NodeId;
+use crate::ids::VaultId;
 use crate::store::{Read, Store, StoreError, Table, WriteTx};
-use crate::vault::VaultId;
 
-/// What a node may do with one vault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VaultPermission {
-    /// Make a first copy of the vault.
-    Clone,
-    /// Fetch new versions of a copy it has.
-    Pull,
-    /// Send its changes to this node (reserved: no command uses it yet).
-    Push,
-}
-
-impl VaultPermission {
-    /// The permission's name, as the CLI writes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            VaultPermission::Clone => "clone",
-            VaultPermission::Pull => "pull",
-            VaultPermission::Push => "push",
-        }
-    }
-}
-
-/// What a node may do with this node as a whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodePermission {
-    /// Send notifications (vault shares, messages).
-    Notify,
-    /// List the vaults shared with it.
-    Scan,
-}
+pub use crate::permissions::{NodePermission, VaultPermission};
 
 /// A node in the graph.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,9 +12,9 @@ use serde_json::json;
 use crate::audit;
 use crate::clock::Clock;
 use crate::identity::NodeId;
-use crate::nodes::VaultPermission;
+use crate::ids::VaultId;
+use crate::permissions::VaultPermission;
 use crate::store::{Read, Store, StoreError, Table};
-use crate::vault::VaultId;
 
 /// The longest message text accepted.
 pub const MAX_MESSAGE: usize = 4096;

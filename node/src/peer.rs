@@ -18,14 +18,20 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ApiError, ErrorCode, SecretBytes};
+use crate::error::{ApiError, ErrorCode};
 use crate::identity::NodeId;
+use crate::ids::VaultId;
 use crate::net::Connection;
-use crate::nodes::VaultPermission;
 use crate::notifications::Body;
+use crate::permissions::VaultPermission;
 use crate::rpc::{CHUNK, FrameError, MAX_FRAME, read_frame, write_frame};
+use crate::secret_bytes::SecretBytes;
 use crate::sigchain::ClaimToken;
-use crate::vault::{Fetched, VaultId, WireObject};
+use crate::vault::{Fetched, WireObject};
+
+/// The limits on what a fetch request names (they bound the receiver's side, so they
+/// live with [`crate::vault`]'s sync).
+pub use crate::vault::{MAX_HAVES, MAX_RECEIVED};
 
 /// The version of the calls below; a peer of another version is refused with a clear
 /// error. (The ALPN id carries the transport's version.)
@@ -34,11 +40,6 @@ pub const PEER_PROTOCOL: u32 = 2;
 pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
 /// The longest silence inside a streamed call.
 pub const IDLE_DEADLINE: Duration = Duration::from_secs(30);
-/// The most commits a fetch request may name as had (the receiver samples its history
-/// down to this many).
-pub const MAX_HAVES: usize = 64;
-/// The most object ids a fetch request may name as already received.
-pub const MAX_RECEIVED: usize = 40_000;
 /// The largest frame a callee accepts.
 const MAX_REQUEST: usize = MAX_FRAME;
 /// The largest frame a caller accepts (a chunk with its envelope).

@@ -55,20 +55,7 @@ fn run() -> Result<(), String> {
         });
     std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
     say!("pk-appliance-dev: local appliance in {}", base.display());
-    let swtpm = match Swtpm::start(&base.join("swtpm")) {
-        Ok(tpm) => {
-            say!(
-                "  token: software TPM (swtpm, pid {}) at {}",
-                tpm.pid(),
-                tpm.tcti()
-            );
-            Some(tpm)
-        }
-        Err(e) => {
-            say!("  token: soft passphrase, chosen at setup (no TPM simulator: {e})");
-            None
-        }
-    };
+    let swtpm = start_swtpm(&base);
     let port: u16 = std::env::var("PK_DEV_CONSOLE_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -101,20 +88,7 @@ fn run() -> Result<(), String> {
         appliance::daemon::run_until(
             config,
             |started| {
-                say!(
-                    "  console: {} (self-signed; SHA-256 fingerprint {})",
-                    started.console_urls.join(" "),
-                    started.fingerprint
-                );
-                match &started.setup_code {
-                    Some(code) => say!(
-                        "  setup code: {code} (claim the appliance in the console with it; a new code at each start until then)"
-                    ),
-                    None => say!("  claimed already: log in with the admin password"),
-                }
-                if !once {
-                    say!("pk-appliance-dev: running; press Ctrl-C to stop");
-                }
+                announce(started, once);
                 let _ = ready_tx.send(());
             },
             stop,
@@ -123,6 +97,42 @@ fn run() -> Result<(), String> {
     })?;
     drop(swtpm);
     Ok(())
+}
+
+/// A software TPM in `base`, if swtpm is installed; says which token setup will use.
+fn start_swtpm(base: &Path) -> Option<Swtpm> {
+    match Swtpm::start(&base.join("swtpm")) {
+        Ok(tpm) => {
+            say!(
+                "  token: software TPM (swtpm, pid {}) at {}",
+                tpm.pid(),
+                tpm.tcti()
+            );
+            Some(tpm)
+        }
+        Err(e) => {
+            say!("  token: soft passphrase, chosen at setup (no TPM simulator: {e})");
+            None
+        }
+    }
+}
+
+/// Says where the started appliance's console is, and the setup code while unclaimed.
+fn announce(started: &appliance::daemon::Started, once: bool) {
+    say!(
+        "  console: {} (self-signed; SHA-256 fingerprint {})",
+        started.console_urls.join(" "),
+        started.fingerprint
+    );
+    match &started.setup_code {
+        Some(code) => say!(
+            "  setup code: {code} (claim the appliance in the console with it; a new code at each start until then)"
+        ),
+        None => say!("  claimed already: log in with the admin password"),
+    }
+    if !once {
+        say!("pk-appliance-dev: running; press Ctrl-C to stop");
+    }
 }
 
 /// Says whether the node is unlocked (after a moment for the agent's unattended unlock).

@@ -29,8 +29,8 @@ use zeroize::Zeroizing;
 use super::actions::{self, ViewError};
 use super::throttle::{Refused, Ticket};
 use super::{
-    Account, Console, MIN_PASSWORD, Peer, Posted, SESSION_COOKIE, cookie, hash_password, pages,
-    signed_in, verify_password, write_private,
+    Account, Console, MIN_PASSWORD, Peer, Posted, REPLACED, SESSION_COOKIE, cookie, hash_password,
+    pages, signed_in, verify_password, write_private,
 };
 
 /// The password change form (the API sends the same fields but `csrf` and `confirm`).
@@ -68,11 +68,6 @@ impl zeroize::Zeroize for ResetForm {
         self.confirm.zeroize();
     }
 }
-
-/// What the console answers when the account on disk is not the one bound to the node.
-pub(super) const REPLACED: &str = "The admin account on this box was changed outside the \
-    console: it is not the one bound to this node. Every session has ended. Reset the admin \
-    password with the recovery code.";
 
 /// The account on disk is not the one bound to the node.
 #[derive(Clone, Copy, Debug)]

@@ -67,6 +67,10 @@ const CLEAR_COOKIE: &str =
 const HSTS: &str = "max-age=63072000";
 /// The shortest admin password accepted.
 pub const MIN_PASSWORD: usize = 12;
+/// What the console answers when the account on disk is not the one bound to the node.
+const REPLACED: &str = "The admin account on this box was changed outside the \
+    console: it is not the one bound to this node. Every session has ended. Reset the admin \
+    password with the recovery code.";
 
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -414,7 +418,7 @@ async fn account_guard(
     let mut response = if request.uri().path().starts_with("/api/") {
         (
             StatusCode::FORBIDDEN,
-            axum::Json(serde_json::json!({ "error": account::REPLACED })),
+            axum::Json(serde_json::json!({ "error": REPLACED })),
         )
             .into_response()
     } else {
@@ -526,77 +530,12 @@ async fn claim(c: &Console, form: &SetupForm) -> Result<Claimed, (StatusCode, St
         return Err((StatusCode::FORBIDDEN, "This box is set up already.".into()));
     }
     let refuse = |status: StatusCode, message: &str| Err((status, message.to_owned()));
-    let expected = c
-        .setup_code
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let code_ok = expected.as_ref().is_some_and(|code| {
-        constant_time_eq(
-            code.as_bytes(),
-            form.setup_code.trim().to_ascii_uppercase().as_bytes(),
-        )
-    });
-    if !code_ok {
-        tracing::warn!(
-            event = "console.setup_refused",
-            "setup refused: wrong setup code"
-        );
-        return refuse(StatusCode::FORBIDDEN, "That is not the setup code.");
-    }
+    check_setup_code(c, &form.setup_code)?;
     if let Err(message) = account::check_new(&form.password, Some(&form.confirm)) {
         return refuse(StatusCode::BAD_REQUEST, &message);
     }
-    let protector: Box<dyn hsm::Protector> = match &c.config.first_token {
-        FirstToken::Tpm(tcti, pcrs) => {
-            let mut tpm = hsm::tpm::TpmProtector::new(tcti.clone(), None);
-            if let Some(pcrs) = pcrs {
-                match hsm::tpm::PcrPolicy::parse_list(hsm::tpm::PcrBank::Sha256, pcrs) {
-                    Ok(policy) => tpm = tpm.with_pcr_policy(policy),
-                    Err(e) => {
-                        return refuse(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            &format!("tpm_pcrs in config.toml: {e}"),
-                        );
-                    }
-                }
-            }
-            Box::new(tpm)
-        }
-        FirstToken::Passphrase => {
-            if form.passphrase.chars().count() < MIN_PASSWORD {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    &format!("The unlock passphrase needs at least {MIN_PASSWORD} characters."),
-                );
-            }
-            Box::new(hsm::soft::SoftProtector::new(
-                hsm::Pin::from(form.passphrase.as_str()),
-                hsm::soft::Argon2Params::DEFAULT,
-            ))
-        }
-    };
-    let node = c.config.node.clone();
-    let made = tokio::task::spawn_blocking(move || {
-        node::keyslots::Keyslots::init(&node, protector.as_ref(), "appliance")
-    })
-    .await;
-    let recovery = match made {
-        Ok(Ok(init)) => init.recovery_code.to_words(),
-        Ok(Err(e)) => {
-            tracing::error!(event = "console.setup_failed", error = %e, "setup failed");
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("The node could not be created: {e}"),
-            );
-        }
-        Err(_) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The node could not be created.",
-            );
-        }
-    };
+    let protector = first_protector(&c.config.first_token, &form.passphrase)?;
+    let recovery = create_node(c, protector).await?;
     let account = Account {
         password_hash: hash_password(&form.password)
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?,
@@ -621,10 +560,103 @@ async fn claim(c: &Console, form: &SetupForm) -> Result<Claimed, (StatusCode, St
     );
     let (token, csrf) = c.new_session();
     Ok(Claimed {
-        recovery: Zeroizing::new(recovery.as_str().to_owned()),
+        recovery,
         token,
         csrf,
     })
+}
+
+/// Checks the one-time setup code (compared in constant time, case and spaces around it
+/// ignored); a wrong one is logged.
+fn check_setup_code(c: &Console, given: &str) -> Result<(), (StatusCode, String)> {
+    let expected = c
+        .setup_code
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let code_ok = expected.as_ref().is_some_and(|code| {
+        constant_time_eq(
+            code.as_bytes(),
+            given.trim().to_ascii_uppercase().as_bytes(),
+        )
+    });
+    if !code_ok {
+        tracing::warn!(
+            event = "console.setup_refused",
+            "setup refused: wrong setup code"
+        );
+        return Err((
+            StatusCode::FORBIDDEN,
+            "That is not the setup code.".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The protector of the node's first keyslot, as config.toml chooses: the TPM (bound to
+/// the PCRs it names) or the passphrase given at setup.
+fn first_protector(
+    first_token: &FirstToken,
+    passphrase: &str,
+) -> Result<Box<dyn hsm::Protector>, (StatusCode, String)> {
+    Ok(match first_token {
+        FirstToken::Tpm(tcti, pcrs) => {
+            let mut tpm = hsm::tpm::TpmProtector::new(tcti.clone(), None);
+            if let Some(pcrs) = pcrs {
+                match hsm::tpm::PcrPolicy::parse_list(hsm::tpm::PcrBank::Sha256, pcrs) {
+                    Ok(policy) => tpm = tpm.with_pcr_policy(policy),
+                    Err(e) => {
+                        return Err((
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("tpm_pcrs in config.toml: {e}"),
+                        ));
+                    }
+                }
+            }
+            Box::new(tpm)
+        }
+        FirstToken::Passphrase => {
+            if passphrase.chars().count() < MIN_PASSWORD {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("The unlock passphrase needs at least {MIN_PASSWORD} characters."),
+                ));
+            }
+            Box::new(hsm::soft::SoftProtector::new(
+                hsm::Pin::from(passphrase),
+                hsm::soft::Argon2Params::DEFAULT,
+            ))
+        }
+    })
+}
+
+/// Makes the node (its data key, the first keyslot under `protector`, the recovery
+/// slot) on a blocking thread; returns the recovery code's words.
+async fn create_node(
+    c: &Console,
+    protector: Box<dyn hsm::Protector>,
+) -> Result<Zeroizing<String>, (StatusCode, String)> {
+    let node = c.config.node.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        node::keyslots::Keyslots::init(&node, protector.as_ref(), "appliance")
+    })
+    .await;
+    match made {
+        Ok(Ok(init)) => Ok(Zeroizing::new(
+            init.recovery_code.to_words().as_str().to_owned(),
+        )),
+        Ok(Err(e)) => {
+            tracing::error!(event = "console.setup_failed", error = %e, "setup failed");
+            Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The node could not be created: {e}"),
+            ))
+        }
+        Err(_) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The node could not be created.".to_owned(),
+        )),
+    }
 }
 
 fn hash_password(password: &str) -> Result<String, String> {
@@ -740,7 +772,7 @@ async fn sign_in(
     .await?;
     if let Err(replaced) = c.account_bound().await {
         c.account_replaced(ip, replaced).await;
-        return Err((StatusCode::FORBIDDEN, account::REPLACED.into()));
+        return Err((StatusCode::FORBIDDEN, REPLACED.into()));
     }
     tracing::info!(event = "console.login", client = %ip, "admin logged in");
     c.record(ConsoleEvent::Login, ip).await;

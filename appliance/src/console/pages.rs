@@ -155,7 +155,7 @@ pub(super) fn replaced() -> String {
     layout(
         "Admin account refused",
         html! {
-            p class="error" { (super::account::REPLACED) }
+            p class="error" { (super::REPLACED) }
             p {
                 "The node keeps a fingerprint of the admin account under its data key; the "
                 "account file on the disk does not match it, so someone changed it without "
@@ -461,41 +461,49 @@ pub(super) fn peers(
                     li { code { (c.node) } " " (c.addr) " (" (c.direction) ", rtt " (c.rtt_ms) " ms)" }
                 }
             }
-            h2 { "On the LAN" }
-            @match extra.lan {
-                None => {
-                    @if extra.lan_enabled {
-                        p { a href="/peers?discover=1" id="discover" { "Look for nodes on the LAN" } " (listens for a moment)" }
-                    } @else {
-                        p { "LAN discovery is off (lan = true in config.toml turns it on)." }
-                    }
+            (lan_section(extra, csrf))
+        },
+    )
+}
+
+/// The peers page's LAN part: the link that looks for nodes, or what it found, each
+/// with a button that adds it.
+fn lan_section(extra: &PeersExtra<'_>, csrf: &str) -> Markup {
+    html! {
+        h2 { "On the LAN" }
+        @match extra.lan {
+            None => {
+                @if extra.lan_enabled {
+                    p { a href="/peers?discover=1" id="discover" { "Look for nodes on the LAN" } " (listens for a moment)" }
+                } @else {
+                    p { "LAN discovery is off (lan = true in config.toml turns it on)." }
                 }
-                Some(Err(e)) => p class="error" { (e) },
-                Some(Ok(found)) => {
-                    @if found.is_empty() {
-                        p { "No node answered on the LAN." }
-                    }
-                    table {
-                        @for f in found {
-                            @let addr = f.addrs.first().map(ToString::to_string).unwrap_or_default();
-                            tr {
-                                td { code { (f.node_id) } }
-                                td { (addr) }
-                                td {
-                                    form method="post" action="/peers" {
-                                        input type="hidden" name="csrf" value=(csrf);
-                                        input type="hidden" name="node_id" value=(f.node_id);
-                                        input type="hidden" name="addr" value=(addr);
-                                        button type="submit" { "Add" }
-                                    }
+            }
+            Some(Err(e)) => p class="error" { (e) },
+            Some(Ok(found)) => {
+                @if found.is_empty() {
+                    p { "No node answered on the LAN." }
+                }
+                table {
+                    @for f in found {
+                        @let addr = f.addrs.first().map(ToString::to_string).unwrap_or_default();
+                        tr {
+                            td { code { (f.node_id) } }
+                            td { (addr) }
+                            td {
+                                form method="post" action="/peers" {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="node_id" value=(f.node_id);
+                                    input type="hidden" name="addr" value=(addr);
+                                    button type="submit" { "Add" }
                                 }
                             }
                         }
                     }
                 }
             }
-        },
-    )
+        }
+    }
 }
 
 pub(super) fn backups(

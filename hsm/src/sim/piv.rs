@@ -671,16 +671,32 @@ impl PivCard {
         } else {
             return (Vec::new(), SW_WRONG_DATA);
         };
+        if !self.policies_met(&slot, stop) {
+            return (Vec::new(), SW_SECURITY);
+        }
+        let Some(secret) = slot.secret_key() else {
+            return (Vec::new(), SW_UNKNOWN);
+        };
+        match key_operation(&secret, input) {
+            Ok(result) => (ber(0x7C, &ber(0x82, &result)), SW_OK),
+            Err(sw) => (Vec::new(), sw),
+        }
+    }
+
+    /// Whether the slot's PIN policy (a PIN verified in this session, or just before for
+    /// `Always`) and touch policy (a touch now, or within the cache time for `Cached`)
+    /// allow a use of its key; an `Always` PIN is spent by the check.
+    fn policies_met(&mut self, slot: &SlotKey, stop: &AtomicBool) -> bool {
         match slot.pin_policy {
             PinPolicy::Never => {}
             PinPolicy::Once if self.session.pin_verified => {}
             PinPolicy::Always if self.session.pin_fresh => {}
-            _ => return (Vec::new(), SW_SECURITY),
+            _ => return false,
         }
         if slot.pin_policy == PinPolicy::Always {
             self.session.pin_fresh = false;
         }
-        let touched = match slot.touch_policy {
+        match slot.touch_policy {
             TouchPolicy::Never => true,
             TouchPolicy::Cached
                 if self
@@ -697,36 +713,7 @@ impl PivCard {
                 }
                 touched
             }
-        };
-        if !touched {
-            return (Vec::new(), SW_SECURITY);
         }
-        let Some(secret) = slot.secret_key() else {
-            return (Vec::new(), SW_UNKNOWN);
-        };
-        let result = match input {
-            Op::Ecdh(point) => {
-                let Ok(peer) = PublicKey::from_sec1_bytes(point) else {
-                    return (Vec::new(), SW_WRONG_DATA);
-                };
-                let shared =
-                    p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
-                shared.raw_secret_bytes().to_vec()
-            }
-            Op::Sign(digest) => {
-                if digest.len() > 32 {
-                    return (Vec::new(), SW_WRONG_DATA);
-                }
-                let mut prehash = [0u8; 32];
-                prehash[32 - digest.len()..].copy_from_slice(digest);
-                let signer = SigningKey::from(&secret);
-                let Ok(signature): Result<Signature, _> = signer.sign_prehash(&prehash) else {
-                    return (Vec::new(), SW_UNKNOWN);
-                };
-                signature.to_der().as_bytes().to_vec()
-            }
-        };
-        (ber(0x7C, &ber(0x82, &result)), SW_OK)
     }
 
     /// Management key mutual authentication, as the `yubikey` crate and yubico-piv-tool
@@ -929,6 +916,32 @@ impl PivCard {
         };
         let cert = attestation_certificate(&secret, &point, self.state.serial, slot);
         (cert, SW_OK)
+    }
+}
+
+/// The key operation of a GENERAL AUTHENTICATE: ECDH with the peer's point, or an
+/// ECDSA signature over a digest (left-padded to 32 bytes); the status word on failure.
+fn key_operation(secret: &SecretKey, input: Op<'_>) -> Result<Vec<u8>, u16> {
+    match input {
+        Op::Ecdh(point) => {
+            let Ok(peer) = PublicKey::from_sec1_bytes(point) else {
+                return Err(SW_WRONG_DATA);
+            };
+            let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
+            Ok(shared.raw_secret_bytes().to_vec())
+        }
+        Op::Sign(digest) => {
+            if digest.len() > 32 {
+                return Err(SW_WRONG_DATA);
+            }
+            let mut prehash = [0u8; 32];
+            prehash[32 - digest.len()..].copy_from_slice(digest);
+            let signer = SigningKey::from(secret);
+            let Ok(signature): Result<Signature, _> = signer.sign_prehash(&prehash) else {
+                return Err(SW_UNKNOWN);
+            };
+            Ok(signature.to_der().as_bytes().to_vec())
+        }
     }
 }
 

@@ -34,6 +34,7 @@ pub mod vaults;
 #[cfg(test)]
 mod tests;
 
+pub use crate::error::{ApiError, ErrorCode};
 pub use crate::secret_bytes::SecretBytes;
 
 /// The protocol version: the first field of every call. `pk` and an agent of another
@@ -133,47 +134,6 @@ pub enum Upload {
     Chunk(SecretBytes),
     /// The end: commit what was sent.
     End,
-}
-
-/// Kinds of failure, each with its own exit code in `pk`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorCode {
-    /// The request is malformed or a name or path is invalid.
-    BadInput,
-    /// The agent is locked.
-    Locked,
-    /// No such vault, secret or commit.
-    NotFound,
-    /// It exists already.
-    Exists,
-    /// A credential or policy was refused.
-    Denied,
-    /// A token is not available.
-    Unavailable,
-    /// Stored data is damaged.
-    Corrupt,
-    /// Anything else.
-    Internal,
-}
-
-/// A failed call: a code and a message for the user (never a secret).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    /// What kind of failure.
-    pub code: ErrorCode,
-    /// What happened.
-    pub message: String,
-}
-
-impl ApiError {
-    /// An error with `code`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-        }
-    }
 }
 
 /// What the agent sends back.

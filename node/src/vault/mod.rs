@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
-use std::str::FromStr;
 
 use gix_hash::ObjectId;
 use gix_object::bstr::{BString, ByteSlice};
@@ -30,72 +29,25 @@ use zeroize::Zeroizing;
 
 use crate::audit;
 use crate::clock::unix_s;
-use crate::identity::{NodeId, base32hex};
+use crate::identity::NodeId;
 use crate::store::{Read, ReadTx, Store, StoreError, Table, WriteTx};
 
 mod merge;
 mod sync;
 pub use merge::merge_conflict_name;
 pub use sync::{
-    DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, Fetched, MAX_TRANSFER_OBJECTS,
-    ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState, TransferLimits, WireEntry,
-    WireObject,
+    DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, Fetched, MAX_HAVES, MAX_RECEIVED,
+    MAX_TRANSFER_OBJECTS, ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState,
+    TransferLimits, WireEntry, WireObject,
 };
+
+pub use crate::ids::{BadVaultId, VaultId};
 
 const HASH: gix_hash::Kind = gix_hash::Kind::Sha1;
 const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
 /// The most commits `vaults log` returns without a depth.
 pub const DEFAULT_LOG_DEPTH: usize = 1000;
-
-/// A vault's permanent, random identifier (names can change).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VaultId([u8; 16]);
-
-impl VaultId {
-    /// The id's bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-}
-
-impl fmt::Display for VaultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "v{}", base32hex().encode(&self.0))
-    }
-}
-
-impl fmt::Debug for VaultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VaultId({self})")
-    }
-}
-
-impl FromStr for VaultId {
-    type Err = VaultError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = s
-            .strip_prefix('v')
-            .and_then(|rest| base32hex().decode(rest.as_bytes()).ok())
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .ok_or(VaultError::BadVaultId)?;
-        Ok(VaultId(bytes))
-    }
-}
-
-impl Serialize for VaultId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for VaultId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
 
 /// What the store keeps about a vault.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +190,12 @@ pub enum VaultError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<BadVaultId> for VaultError {
+    fn from(_: BadVaultId) -> Self {
+        VaultError::BadVaultId
+    }
 }
 
 /// Why `name` cannot be one component of a secret path (a file or directory name in a
@@ -433,37 +391,59 @@ impl<'s> Tx<'_, 's, WriteTx<'s>> {
         drop(buffer);
         let hasher = match early {
             Some(hasher) => hasher,
-            None => {
-                let mut hasher = gix_hash::hasher(HASH);
-                hasher.update(&gix_object::encode::loose_header(ObjectKind::Blob, total));
-                for index in 0..chunks {
-                    let chunk = self
-                        .tx
-                        .get(Table::Objects, &self.chunk_key(&blob_id, index))?
-                        .ok_or_else(|| VaultError::Corrupt("chunk".into()))?;
-                    hasher.update(&chunk);
-                }
-                hasher
-            }
+            None => self.hash_chunks(&blob_id, chunks, total)?,
         };
         let oid = hasher
             .try_finalize()
             .map_err(|_| VaultError::Corrupt("hash".into()))?;
-        let key = self.key(&oid);
+        self.keep_chunked(&oid, &blob_id, chunks, total)?;
+        Ok(oid)
+    }
+
+    /// The second pass of [`Self::put_blob_stream`] when the size was not announced: the
+    /// git hash of a blob of `total` bytes over its stored chunks.
+    fn hash_chunks(
+        &self,
+        blob_id: &[u8; 16],
+        chunks: u32,
+        total: u64,
+    ) -> Result<gix_hash::Hasher, VaultError> {
+        let mut hasher = gix_hash::hasher(HASH);
+        hasher.update(&gix_object::encode::loose_header(ObjectKind::Blob, total));
+        for index in 0..chunks {
+            let chunk = self
+                .tx
+                .get(Table::Objects, &self.chunk_key(blob_id, index))?
+                .ok_or_else(|| VaultError::Corrupt("chunk".into()))?;
+            hasher.update(&chunk);
+        }
+        Ok(hasher)
+    }
+
+    /// Stores the record of a chunked blob `oid` whose chunks are stored under `blob_id`,
+    /// or deletes those chunks if the same content is stored already.
+    fn keep_chunked(
+        &mut self,
+        oid: &ObjectId,
+        blob_id: &[u8; 16],
+        chunks: u32,
+        total: u64,
+    ) -> Result<(), VaultError> {
+        let key = self.key(oid);
         if self.tx.contains(Table::Objects, &key)? {
             // The same content is stored already: drop this copy.
             for index in 0..chunks {
                 self.tx
-                    .delete(Table::Objects, &self.chunk_key(&blob_id, index))?;
+                    .delete(Table::Objects, &self.chunk_key(blob_id, index))?;
             }
         } else {
             let mut header = vec![FORMAT_CHUNKED, kind_byte(ObjectKind::Blob)];
             header.extend_from_slice(&total.to_be_bytes());
-            header.extend_from_slice(&blob_id);
+            header.extend_from_slice(blob_id);
             header.extend_from_slice(&chunks.to_be_bytes());
             self.tx.put(Table::Objects, &key, &header)?;
         }
-        Ok(oid)
+        Ok(())
     }
 
     fn put(&mut self, kind: ObjectKind, data: &[u8]) -> Result<ObjectId, VaultError> {

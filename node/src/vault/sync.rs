@@ -39,10 +39,10 @@ use super::{
     HASH, TreeMap, Tx, VaultError, VaultId, VaultRecord, Vaults, bad_name, byte_kind,
     check_vault_name, dir_mode, encode_tree, kind_byte, parse_oid,
 };
-use crate::api::SecretBytes;
 use crate::audit;
 use crate::clock::unix_s;
 use crate::identity::NodeId;
+use crate::secret_bytes::SecretBytes;
 use crate::store::{Read, ReadTx, Store, Table, WriteTx};
 use gix_hash::ObjectId;
 use gix_object::bstr::BString;
@@ -67,6 +67,11 @@ pub const DEFAULT_TRANSFER_BYTES: u64 = 8 << 30;
 pub const DEFAULT_MAX_DEPTH: usize = 128;
 /// The most objects one transfer may bring (their ids are kept in memory while it runs).
 pub const MAX_TRANSFER_OBJECTS: u64 = 1_000_000;
+/// The most commits a fetch request may name as had (the receiver samples its history
+/// down to this many).
+pub const MAX_HAVES: usize = 64;
+/// The most object ids a fetch request may name as already received.
+pub const MAX_RECEIVED: usize = 40_000;
 
 /// What one clone or pull may bring: a serving node that sends more is refused, and what
 /// it sent is dropped.
@@ -724,7 +729,7 @@ impl<'s> Vaults<'s> {
             }
         }
         // The serving node takes no more (the newest, and the nearest ancestors, first).
-        haves.truncate(crate::peer::MAX_HAVES);
+        haves.truncate(MAX_HAVES);
         Ok(PullPlan {
             record,
             haves: haves.iter().map(oid_bytes).collect(),
@@ -1216,89 +1221,116 @@ impl<'s> Receiver<'_, 's> {
                 base,
                 removed,
                 changed,
-            } => {
-                let oid = wire_oid(&oid);
-                let base = wire_oid(&base);
-                let base_tree = self.tree_at(&base)?;
-                let mut tree = TreeMap::clone(&base_tree);
-                for entry in removed {
-                    tree.remove(&BString::from(entry.name));
-                }
-                for entry in changed {
-                    let mode = EntryMode::try_from(u32::from(entry.mode)).map_err(|_| {
-                        VaultError::Refused(format!("tree {oid} has an invalid entry mode"))
-                    })?;
-                    tree.insert(BString::from(entry.name), (mode, wire_oid(&entry.oid)));
-                }
-                let data = Zeroizing::new(encode_tree(&tree)?);
-                if data.len() as u64 > MAX_METADATA_OBJECT {
-                    return Err(VaultError::Refused(format!(
-                        "tree {oid} is {} bytes, over the limit for its kind",
-                        data.len()
-                    )));
-                }
-                self.accept(
-                    oid,
-                    ObjectKind::Tree,
-                    data,
-                    Some(tree),
-                    Some((&base, &base_tree)),
-                )
-            }
+            } => self.tree_delta(wire_oid(&oid), wire_oid(&base), removed, changed),
             WireObject::Large { oid, kind, size } => {
                 let oid = wire_oid(&oid);
-                let kind = kind_of(kind)?;
-                if kind != ObjectKind::Blob {
-                    if size > MAX_METADATA_OBJECT {
-                        return Err(VaultError::Refused(format!(
-                            "object {oid} is {size} bytes, over the limit for its kind"
-                        )));
-                    }
-                    let mut data = Zeroizing::new(Vec::new());
-                    while (data.len() as u64) < size {
-                        let piece = chunks.next().ok_or(VaultError::Interrupted)??;
-                        data.extend_from_slice(&piece);
-                    }
-                    if data.len() as u64 != size {
-                        return Err(VaultError::SizeMismatch);
-                    }
-                    return self.accept(oid, kind, data, None, None);
+                match kind_of(kind)? {
+                    ObjectKind::Blob => self.large_blob(oid, size, chunks),
+                    kind => self.large_metadata(oid, kind, size, chunks),
                 }
-                // A large blob streams into its own transaction (after the batch so far),
-                // within the quota, checked before a byte of it is stored.
-                self.charge(size)?;
-                self.flush()?;
-                let mut tx = self.store().write()?;
-                let mut t = Tx {
-                    store: self.store(),
-                    tx: &mut tx,
-                    vault: self.vault,
-                };
-                let mut remaining = size;
-                let mut pieces = std::iter::from_fn(|| {
-                    if remaining == 0 {
-                        return None;
-                    }
-                    let piece = chunks.next().unwrap_or(Err(VaultError::Interrupted));
-                    if let Ok(p) = &piece {
-                        remaining = remaining.saturating_sub(p.len() as u64);
-                    }
-                    Some(piece)
-                });
-                let stored = t.put_blob_stream(&mut pieces, Some(size))?;
-                if stored != oid {
-                    return Err(VaultError::Refused(format!(
-                        "object {oid} does not match its id (its content hashes to {stored})"
-                    )));
-                }
-                self.save_progress(&mut tx, &[oid])?;
-                tx.commit()?;
-                self.received.push(oid);
-                self.snapshot.replace(None);
-                self.kinds.insert(oid, ObjectKind::Blob);
-                Ok(())
             }
         }
+    }
+
+    /// A tree sent as its changes against `base`, a tree received or stored before.
+    fn tree_delta(
+        &mut self,
+        oid: ObjectId,
+        base: ObjectId,
+        removed: Vec<WireEntry>,
+        changed: Vec<WireEntry>,
+    ) -> Result<(), VaultError> {
+        let base_tree = self.tree_at(&base)?;
+        let mut tree = TreeMap::clone(&base_tree);
+        for entry in removed {
+            tree.remove(&BString::from(entry.name));
+        }
+        for entry in changed {
+            let mode = EntryMode::try_from(u32::from(entry.mode)).map_err(|_| {
+                VaultError::Refused(format!("tree {oid} has an invalid entry mode"))
+            })?;
+            tree.insert(BString::from(entry.name), (mode, wire_oid(&entry.oid)));
+        }
+        let data = Zeroizing::new(encode_tree(&tree)?);
+        if data.len() as u64 > MAX_METADATA_OBJECT {
+            return Err(VaultError::Refused(format!(
+                "tree {oid} is {} bytes, over the limit for its kind",
+                data.len()
+            )));
+        }
+        self.accept(
+            oid,
+            ObjectKind::Tree,
+            data,
+            Some(tree),
+            Some((&base, &base_tree)),
+        )
+    }
+
+    /// A large tree or commit, sent in chunks: gathered in memory (it is bounded), then
+    /// taken like any other.
+    fn large_metadata(
+        &mut self,
+        oid: ObjectId,
+        kind: ObjectKind,
+        size: u64,
+        chunks: &mut dyn Iterator<Item = Result<Zeroizing<Vec<u8>>, VaultError>>,
+    ) -> Result<(), VaultError> {
+        if size > MAX_METADATA_OBJECT {
+            return Err(VaultError::Refused(format!(
+                "object {oid} is {size} bytes, over the limit for its kind"
+            )));
+        }
+        let mut data = Zeroizing::new(Vec::new());
+        while (data.len() as u64) < size {
+            let piece = chunks.next().ok_or(VaultError::Interrupted)??;
+            data.extend_from_slice(&piece);
+        }
+        if data.len() as u64 != size {
+            return Err(VaultError::SizeMismatch);
+        }
+        self.accept(oid, kind, data, None, None)
+    }
+
+    /// A large blob: streamed into its own transaction (after the batch so far), within
+    /// the quota, checked before a byte of it is stored.
+    fn large_blob(
+        &mut self,
+        oid: ObjectId,
+        size: u64,
+        chunks: &mut dyn Iterator<Item = Result<Zeroizing<Vec<u8>>, VaultError>>,
+    ) -> Result<(), VaultError> {
+        self.charge(size)?;
+        self.flush()?;
+        let mut tx = self.store().write()?;
+        let mut t = Tx {
+            store: self.store(),
+            tx: &mut tx,
+            vault: self.vault,
+        };
+        let mut remaining = size;
+        let mut pieces = std::iter::from_fn(|| {
+            if remaining == 0 {
+                return None;
+            }
+            let piece = chunks.next().unwrap_or(Err(VaultError::Interrupted));
+            if let Ok(p) = &piece {
+                remaining = remaining.saturating_sub(p.len() as u64);
+            }
+            Some(piece)
+        });
+        let stored = t.put_blob_stream(&mut pieces, Some(size))?;
+        if stored != oid {
+            return Err(VaultError::Refused(format!(
+                "object {oid} does not match its id (its content hashes to {stored})"
+            )));
+        }
+        self.save_progress(&mut tx, &[oid])?;
+        tx.commit()?;
+        self.received.push(oid);
+        self.snapshot.replace(None);
+        self.kinds.insert(oid, ObjectKind::Blob);
+        Ok(())
     }
 
     /// Ends the transfer: checks the tip arrived, then (one transaction) creates the
@@ -1383,67 +1415,10 @@ impl<'s> Receiver<'_, 's> {
         };
         let record = match &self.clone {
             Some(name) => {
-                let record = VaultRecord {
-                    id: self.vault,
-                    name: name.clone(),
-                    created: unix_s(),
-                    head: tip.to_string(),
-                    latest: tip.to_string(),
-                    kept: Vec::new(),
-                    sync: SyncState {
-                        origin: Some(self.node),
-                        remotes: BTreeMap::from([(node.clone(), tip.to_string())]),
-                        last_pull: None,
-                    },
-                };
-                tx.put(
-                    Table::VaultNames,
-                    &self.vaults.name_key(name),
-                    self.vault.as_bytes(),
-                )?;
                 outcome.result = "cloned".into();
-                record
+                self.cloned_record(&mut tx, name, tip)?
             }
-            None => {
-                let mut record = self
-                    .vaults
-                    .record_by_id(t.tx, &self.vault)?
-                    .ok_or_else(|| VaultError::NoVault(self.vault.to_string()))?;
-                let ours = parse_oid(&record.latest)?;
-                let follow_head = record.head == record.latest;
-                // The usual cases first: nothing new, then only their side changed.
-                let new_latest = if ours == tip {
-                    outcome.result = "up to date".into();
-                    ours
-                } else if t.reaches(&tip, &ours)? {
-                    outcome.result = "fast-forward".into();
-                    tip
-                } else if t.reaches(&ours, &tip)? {
-                    outcome.result = "up to date".into();
-                    ours
-                } else {
-                    let (commit, conflicts) = self.merge(&mut t, ours, tip)?;
-                    outcome.result = match conflicts.len() {
-                        0 => "merged".into(),
-                        1 => "merged, 1 conflict kept".into(),
-                        n => format!("merged, {n} conflicts kept"),
-                    };
-                    outcome.conflicts = conflicts;
-                    commit
-                };
-                record.latest = new_latest.to_string();
-                if follow_head {
-                    record.head = new_latest.to_string();
-                }
-                record.sync.remotes.insert(node.clone(), tip.to_string());
-                record.sync.last_pull = Some(PullOutcome {
-                    node: node.clone(),
-                    time: unix_s(),
-                    ok: true,
-                    message: outcome.result.clone(),
-                });
-                record
-            }
+            None => self.pulled_record(&mut t, tip, &mut outcome)?,
         };
         outcome.vault = record.name.clone();
         outcome.commit = record.latest.clone();
@@ -1468,6 +1443,84 @@ impl<'s> Receiver<'_, 's> {
         )?;
         tx.commit()?;
         Ok(outcome)
+    }
+
+    /// The record of a vault cloned at `tip` as `name`, its name taken.
+    fn cloned_record(
+        &self,
+        tx: &mut WriteTx<'s>,
+        name: &str,
+        tip: ObjectId,
+    ) -> Result<VaultRecord, VaultError> {
+        let record = VaultRecord {
+            id: self.vault,
+            name: name.to_owned(),
+            created: unix_s(),
+            head: tip.to_string(),
+            latest: tip.to_string(),
+            kept: Vec::new(),
+            sync: SyncState {
+                origin: Some(self.node),
+                remotes: BTreeMap::from([(self.node.to_string(), tip.to_string())]),
+                last_pull: None,
+            },
+        };
+        tx.put(
+            Table::VaultNames,
+            &self.vaults.name_key(name),
+            self.vault.as_bytes(),
+        )?;
+        Ok(record)
+    }
+
+    /// The vault's record after a pull of `tip`: fast-forwarded, merged or unchanged (the
+    /// head follows when it was at the newest commit), and the pull noted in it and in
+    /// `outcome`.
+    fn pulled_record<'t>(
+        &self,
+        t: &mut Tx<'t, 's, WriteTx<'s>>,
+        tip: ObjectId,
+        outcome: &mut FetchOutcome,
+    ) -> Result<VaultRecord, VaultError> {
+        let node = self.node.to_string();
+        let mut record = self
+            .vaults
+            .record_by_id(t.tx, &self.vault)?
+            .ok_or_else(|| VaultError::NoVault(self.vault.to_string()))?;
+        let ours = parse_oid(&record.latest)?;
+        let follow_head = record.head == record.latest;
+        // The usual cases first: nothing new, then only their side changed.
+        let new_latest = if ours == tip {
+            outcome.result = "up to date".into();
+            ours
+        } else if t.reaches(&tip, &ours)? {
+            outcome.result = "fast-forward".into();
+            tip
+        } else if t.reaches(&ours, &tip)? {
+            outcome.result = "up to date".into();
+            ours
+        } else {
+            let (commit, conflicts) = self.merge(t, ours, tip)?;
+            outcome.result = match conflicts.len() {
+                0 => "merged".into(),
+                1 => "merged, 1 conflict kept".into(),
+                n => format!("merged, {n} conflicts kept"),
+            };
+            outcome.conflicts = conflicts;
+            commit
+        };
+        record.latest = new_latest.to_string();
+        if follow_head {
+            record.head = new_latest.to_string();
+        }
+        record.sync.remotes.insert(node.clone(), tip.to_string());
+        record.sync.last_pull = Some(PullOutcome {
+            node,
+            time: unix_s(),
+            ok: true,
+            message: outcome.result.clone(),
+        });
+        Ok(record)
     }
 
     /// Merges `theirs` into `ours` by path ([`merge::merge`]); returns the merge commit
@@ -1717,10 +1770,7 @@ mod tests {
                 (plan.record.id, plan.haves, plan.received)
             }
         };
-        let received: Vec<_> = received
-            .into_iter()
-            .take(crate::peer::MAX_RECEIVED)
-            .collect();
+        let received: Vec<_> = received.into_iter().take(MAX_RECEIVED).collect();
         let mut messages = Vec::new();
         from.vaults().send(&id, &haves, &received, &mut |out| {
             messages.push(match out {

@@ -9,6 +9,8 @@
 
 #[path = "../pk/agent_cmds.rs"]
 mod agent_cmds;
+#[path = "../pk/call.rs"]
+mod call;
 #[path = "../pk/cli.rs"]
 mod cli;
 #[path = "../pk/commands.rs"]
@@ -17,12 +19,16 @@ mod commands;
 mod entry;
 #[path = "../pk/error.rs"]
 mod error;
+#[path = "../pk/output.rs"]
+mod output;
 #[path = "../pk/peer_cmds.rs"]
 mod peer_cmds;
 #[path = "../pk/secrets.rs"]
 mod secrets;
 #[path = "../pk/trust_cmds.rs"]
 mod trust_cmds;
+#[path = "../pk/unlock.rs"]
+mod unlock;
 
 fn main() -> std::process::ExitCode {
     entry::main_with(commands::run)

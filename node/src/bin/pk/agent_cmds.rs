@@ -12,38 +12,27 @@ use node::agent;
 use node::api::agent::{AgentState, AgentStatus};
 use node::api::secrets::{Via, WriteKind};
 use node::api::{
-    Call, ErrorCode, SecretBytes, agent as agent_api, keys as keys_api, secrets as secrets_api,
+    ErrorCode, SecretBytes, agent as agent_api, keys as keys_api, secrets as secrets_api,
     vaults as vaults_api,
 };
 use node::audit::AuditQuery;
-use node::client::{Client, ClientError};
+use node::client::Client;
 use node::keyslots::Keyslots;
 use node::vault::{CommitInfo, EntryType};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use crate::call::{call, runtime};
 use crate::cli::{
     AgentCommand, AgentStartArgs, AuditArgs, Cli, EnvArgs, EnvDuplicate, EnvFormat, EnvInvalid,
     Format, KeysCommand, LanMode, Order, SecretsCommand, UnlockArgs, VaultsCommand,
 };
-use crate::commands::{Output, unlock_flow};
 use crate::error::CliError;
+use crate::output::{Output, time};
+use crate::unlock::unlock_flow;
 
 /// The largest file `pk keys` sends to the agent (one frame, with room for the envelope).
 const KEYS_MAX_FILE: u64 = (node::rpc::MAX_FRAME as u64 * 3 / 4) - 1024;
-
-/// A tokio runtime for talking to the agent: one thread, started per command.
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::io("cannot start the I/O runtime", e))
-}
-
-/// Runs one call and returns its reply.
-pub(crate) fn call<C: Call>(client: &Client, c: C) -> Result<C::Reply, CliError> {
-    runtime()?.block_on(client.call(c)).map_err(CliError::from)
-}
 
 /// Splits `vault:path`; `allow_bare` accepts `vault` alone (the root).
 fn split(secret_path: &str, allow_bare: bool) -> Result<(String, String), CliError> {
@@ -56,13 +45,6 @@ fn split(secret_path: &str, allow_bare: bool) -> Result<(String, String), CliErr
             "{secret_path:?} is not a secret path; write it as vault:path"
         ))),
     }
-}
-
-pub(crate) fn time(seconds: i64) -> String {
-    humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64),
-    )
-    .to_string()
 }
 
 pub(crate) fn agent(
@@ -214,8 +196,32 @@ fn start_background(
         .append(true)
         .open(node.agent_log())
         .map_err(|e| CliError::io(node.agent_log().display(), e))?;
+    let mut command = agent_command(cli, args, &exe, &dir)?;
+    let child = command
+        // The agent must not carry the user's secrets in its environment for its whole
+        // life (readable in /proc/<pid>/environ); pk unlocks it over the socket instead.
+        .env_remove("PK_PASSWORD")
+        .env_remove("PK_PASSWORD_NEW")
+        .env_remove("PK_RECOVERY_CODE")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| CliError::io("agent log", e))?)
+        .stderr(log)
+        // Its own process group: Ctrl-C in this terminal does not reach the agent.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| CliError::io("cannot start the agent", e))?;
+    wait_until_ready(node, client, child)
+}
+
+/// `pk-node agent start --foreground` for the node in `dir`, with this command's options.
+fn agent_command(
+    cli: &Cli,
+    args: &AgentStartArgs,
+    exe: &Path,
+    dir: &Path,
+) -> Result<std::process::Command, CliError> {
     let mut command = std::process::Command::new(exe);
-    command.arg("--node-path").arg(&dir);
+    command.arg("--node-path").arg(dir);
     if let Some(tcti) = &cli.tcti {
         command.arg("--tcti").arg(tcti);
     }
@@ -242,19 +248,15 @@ fn start_background(
             LanMode::Loopback => "--lan=loopback",
         });
     }
-    let mut child = command
-        // The agent must not carry the user's secrets in its environment for its whole
-        // life (readable in /proc/<pid>/environ); pk unlocks it over the socket instead.
-        .env_remove("PK_PASSWORD")
-        .env_remove("PK_PASSWORD_NEW")
-        .env_remove("PK_RECOVERY_CODE")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().map_err(|e| CliError::io("agent log", e))?)
-        .stderr(log)
-        // Its own process group: Ctrl-C in this terminal does not reach the agent.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| CliError::io("cannot start the agent", e))?;
+    Ok(command)
+}
+
+/// Waits up to 15 s for the agent just started to answer; its last log line if it exits.
+fn wait_until_ready(
+    node: &NodePath,
+    client: &Client,
+    mut child: std::process::Child,
+) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let rt = runtime()?;
     loop {
@@ -295,26 +297,13 @@ pub(crate) fn pk_node() -> Result<std::path::PathBuf, CliError> {
 
 pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Result<(), CliError> {
     let client = Client::new(node);
-    // Keys operations carry their data in one message; files are limited to what fits.
-    let read = |file: &Path| {
-        let len = std::fs::metadata(file)
-            .map_err(|e| CliError::io(file.display(), e))?
-            .len();
-        if len > KEYS_MAX_FILE {
-            return Err(CliError::usage(format!(
-                "{} is {len} bytes; keys commands take files up to {KEYS_MAX_FILE} bytes (sign a hash of a larger file)",
-                file.display()
-            )));
-        }
-        std::fs::read(file).map_err(|e| CliError::io(file.display(), e))
-    };
     match command {
         KeysCommand::Public => {
             let id = call(&client, keys_api::Public)?;
             let _ = out.emit(json!({ "node_id": id }), || format!("{id}\n"));
         }
         KeysCommand::Sign { file } => {
-            let sig = call(&client, keys_api::Sign(SecretBytes(read(file)?)))?;
+            let sig = call(&client, keys_api::Sign(SecretBytes(read_keys_file(file)?)))?;
             let sig = STANDARD.encode(&sig.0);
             let _ = out.emit(json!({ "signature": sig }), || format!("{sig}\n"));
         }
@@ -322,83 +311,21 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
             file,
             signature,
             node_id,
-        } => {
-            let signer = match node_id {
-                Some(id) => id.clone(),
-                None => call(&client, keys_api::Public)?,
-            };
-            let signer: node::identity::NodeId = signer
-                .parse()
-                .map_err(|e: node::identity::IdentityError| CliError::usage(e.to_string()))?;
-            let sig = STANDARD
-                .decode(signature.trim())
-                .map_err(|_| CliError::usage("the signature is not base64"))?;
-            let ok = node::identity::verify_user(&signer, &read(file)?, &sig)
-                .map_err(|e| CliError::usage(e.to_string()))?;
-            let _ = out.emit(json!({ "valid": ok, "node_id": signer }), || {
-                if ok {
-                    "Signature is valid\n".into()
-                } else {
-                    "Signature is NOT valid\n".into()
-                }
-            });
-            if !ok {
-                return Err(CliError::denied("the signature does not verify"));
-            }
-        }
+        } => verify(&client, file, signature, node_id.as_deref(), out)?,
         KeysCommand::Encrypt { file, node_id } => {
             let c = call(
                 &client,
                 keys_api::Encrypt {
                     to: node_id.clone(),
-                    data: SecretBytes(read(file)?),
+                    data: SecretBytes(read_keys_file(file)?),
                 },
             )?;
             let c = STANDARD.encode(&c.0);
             let _ = out.emit(json!({ "ciphertext": c }), || format!("{c}\n"));
         }
-        KeysCommand::Decrypt { file } => {
-            let text = read(file)?;
-            let data = STANDARD
-                .decode(String::from_utf8_lossy(&text).trim())
-                .map_err(|_| CliError::usage("the file does not hold base64 ciphertext"))?;
-            let plain = call(&client, keys_api::Decrypt(SecretBytes(data)))?;
-            let plain = plain.take();
-            if out.format() == Format::Json {
-                let line = Zeroizing::new(match std::str::from_utf8(&plain) {
-                    Ok(text) => json!({ "plaintext": text }).to_string(),
-                    Err(_) => json!({ "plaintext_base64": STANDARD.encode(&*plain) }).to_string(),
-                });
-                out.raw(line.as_bytes())?;
-                out.raw(b"\n")?;
-            } else {
-                out.raw(&plain)?;
-            }
-        }
+        KeysCommand::Decrypt { file } => decrypt(&client, file, out)?,
         KeysCommand::Renew | KeysCommand::Reset => {
-            let keys_api::KeyChanged {
-                was,
-                now,
-                certified,
-            } = if matches!(command, KeysCommand::Renew) {
-                call(&client, keys_api::Renew)?
-            } else {
-                call(&client, keys_api::Reset)?
-            };
-            let _ = out.emit(
-                json!({ "was": was, "node_id": now, "certified": certified }),
-                || {
-                    if certified {
-                        format!(
-                            "New NodeId: {now}\nCertified by the old key ({was}): peers that knew it follow the certificate to the new NodeId\n"
-                        )
-                    } else {
-                        format!(
-                            "New NodeId: {now}\nA fresh identity: peers must add the new NodeId; the sigchain and gestalt links start over\n"
-                        )
-                    }
-                },
-            );
+            renew(&client, matches!(command, KeysCommand::Renew), out)?;
         }
         KeysCommand::Cert | KeysCommand::Certchain => {
             let chain = matches!(command, KeysCommand::Certchain);
@@ -406,6 +333,103 @@ pub(crate) fn keys(node: &NodePath, command: &KeysCommand, out: &Output) -> Resu
             let _ = out.emit(json!({ "certificates": certs }), || certs.concat());
         }
     }
+    Ok(())
+}
+
+/// A file for a `keys` command: its operations carry their data in one message, so files
+/// are limited to what fits.
+fn read_keys_file(file: &Path) -> Result<Vec<u8>, CliError> {
+    let len = std::fs::metadata(file)
+        .map_err(|e| CliError::io(file.display(), e))?
+        .len();
+    if len > KEYS_MAX_FILE {
+        return Err(CliError::usage(format!(
+            "{} is {len} bytes; keys commands take files up to {KEYS_MAX_FILE} bytes (sign a hash of a larger file)",
+            file.display()
+        )));
+    }
+    std::fs::read(file).map_err(|e| CliError::io(file.display(), e))
+}
+
+/// `pk keys verify`: checked here, against the signer's NodeId (this node's by default).
+fn verify(
+    client: &Client,
+    file: &Path,
+    signature: &str,
+    node_id: Option<&str>,
+    out: &Output,
+) -> Result<(), CliError> {
+    let signer = match node_id {
+        Some(id) => id.to_owned(),
+        None => call(client, keys_api::Public)?,
+    };
+    let signer: node::identity::NodeId = signer
+        .parse()
+        .map_err(|e: node::identity::IdentityError| CliError::usage(e.to_string()))?;
+    let sig = STANDARD
+        .decode(signature.trim())
+        .map_err(|_| CliError::usage("the signature is not base64"))?;
+    let ok = node::identity::verify_user(&signer, &read_keys_file(file)?, &sig)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let _ = out.emit(json!({ "valid": ok, "node_id": signer }), || {
+        if ok {
+            "Signature is valid\n".into()
+        } else {
+            "Signature is NOT valid\n".into()
+        }
+    });
+    if !ok {
+        return Err(CliError::denied("the signature does not verify"));
+    }
+    Ok(())
+}
+
+/// `pk keys decrypt`: the plaintext as it is, or in JSON (base64 if it is not text).
+fn decrypt(client: &Client, file: &Path, out: &Output) -> Result<(), CliError> {
+    let text = read_keys_file(file)?;
+    let data = STANDARD
+        .decode(String::from_utf8_lossy(&text).trim())
+        .map_err(|_| CliError::usage("the file does not hold base64 ciphertext"))?;
+    let plain = call(client, keys_api::Decrypt(SecretBytes(data)))?;
+    let plain = plain.take();
+    if out.format() == Format::Json {
+        let line = Zeroizing::new(match std::str::from_utf8(&plain) {
+            Ok(text) => json!({ "plaintext": text }).to_string(),
+            Err(_) => json!({ "plaintext_base64": STANDARD.encode(&*plain) }).to_string(),
+        });
+        out.raw(line.as_bytes())?;
+        out.raw(b"\n")?;
+    } else {
+        out.raw(&plain)?;
+    }
+    Ok(())
+}
+
+/// `pk keys renew` (certified by the old key) and `pk keys reset` (a fresh identity).
+fn renew(client: &Client, renew: bool, out: &Output) -> Result<(), CliError> {
+    let keys_api::KeyChanged {
+        was,
+        now,
+        certified,
+    } = if renew {
+        call(client, keys_api::Renew)?
+    } else {
+        call(client, keys_api::Reset)?
+    };
+    let _ = out.emit(
+        json!({ "was": was, "node_id": now, "certified": certified }),
+        || {
+            if certified {
+                format!(
+                    "New NodeId: {now}\nCertified by the old key ({was}): peers that knew it follow the certificate to the new NodeId\n"
+                )
+            } else {
+                format!(
+                    "New NodeId: {now}\nA fresh identity: peers must add the new NodeId; the sigchain and gestalt links start over\n"
+                )
+            }
+        },
+    );
     Ok(())
 }
 
@@ -425,25 +449,7 @@ pub(crate) fn vaults(
                 format!("Vault {} created ({})\n", v.name, v.id)
             });
         }
-        VaultsCommand::List => {
-            let list = call(&client, vaults_api::List)?;
-            let _ = out.emit(json!(list), || {
-                list.iter()
-                    .map(|v| {
-                        let pulled = match &v.sync.last_pull {
-                            Some(p) => format!(
-                                "\tlast pull {} at {}: {}",
-                                if p.ok { "ok" } else { "FAILED" },
-                                time(p.time as i64),
-                                p.message
-                            ),
-                            None => String::new(),
-                        };
-                        format!("{}\t{}{pulled}\n", v.name, v.id)
-                    })
-                    .collect()
-            });
-        }
+        VaultsCommand::List => vault_list(&client, out)?,
         VaultsCommand::Rename { name, new_name } => {
             call(
                 &client,
@@ -466,30 +472,7 @@ pub(crate) fn vaults(
             name,
             depth,
             commit_id,
-        } => {
-            let commits = call(
-                &client,
-                vaults_api::Log {
-                    vault: name.clone(),
-                    depth: *depth,
-                    from: commit_id.clone(),
-                },
-            )?;
-            let _ = out.emit(json!(commits), || {
-                commits
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "commit {}\nAuthor: {}\nDate:   {}\n\n    {}\n\n",
-                            c.oid,
-                            c.author,
-                            time(c.time),
-                            terminal_safe(&c.message)
-                        )
-                    })
-                    .collect()
-            });
-        }
+        } => vault_log(&client, name, *depth, commit_id.clone(), out)?,
         VaultsCommand::Version { name, version_id } => {
             let c = call(
                 &client,
@@ -506,67 +489,141 @@ pub(crate) fn vaults(
             name,
             destination,
             bundle: true,
-        } => {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let file = std::fs::OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(destination)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => {
-                        CliError::exists(format!("{} already exists", destination.display()))
-                    }
-                    _ => CliError::io(destination.display(), e),
-                })?;
-            let mut file = tokio::fs::File::from_std(file);
-            let result = runtime()?.block_on(client.download(
-                vaults_api::ExportBundle {
-                    vault: name.clone(),
-                },
-                &mut file,
-            ));
-            if let Err(e) = result {
-                drop(file);
-                let _ = std::fs::remove_file(destination);
-                return Err(e.into());
-            }
-            let _ = out.emit(json!({ "vault": name, "bundle": destination }), || {
-                format!(
-                    "Exported the history of {name} as a git bundle: {}\n",
-                    destination.display()
-                )
-            });
-        }
+        } => export_bundle(&client, name, destination, out)?,
         VaultsCommand::Export {
             name,
             destination,
             bundle: false,
-        } => {
-            if destination.exists() {
-                return Err(CliError::exists(format!(
-                    "{} already exists",
-                    destination.display()
-                )));
-            }
-            let count = export_dir(&client, name, "", destination)?;
-            let _ = out.emit(
-                json!({ "vault": name, "destination": destination, "secrets": count }),
-                || {
-                    format!(
-                        "Exported {count} secret{} of {name} to {}\n",
-                        if count == 1 { "" } else { "s" },
-                        destination.display()
-                    )
-                },
-            );
-        }
+        } => export_tree(&client, name, destination, out)?,
         _ => {
             return Err(CliError::internal(
                 "a sharing command reached the local vault commands",
             ));
         }
     }
+    Ok(())
+}
+
+/// `pk vaults list`, with each vault's last pull.
+fn vault_list(client: &Client, out: &Output) -> Result<(), CliError> {
+    let list = call(client, vaults_api::List)?;
+    let _ = out.emit(json!(list), || {
+        list.iter()
+            .map(|v| {
+                let pulled = match &v.sync.last_pull {
+                    Some(p) => format!(
+                        "\tlast pull {} at {}: {}",
+                        if p.ok { "ok" } else { "FAILED" },
+                        time(p.time as i64),
+                        p.message
+                    ),
+                    None => String::new(),
+                };
+                format!("{}\t{}{pulled}\n", v.name, v.id)
+            })
+            .collect()
+    });
+    Ok(())
+}
+
+/// `pk vaults log`.
+fn vault_log(
+    client: &Client,
+    name: &str,
+    depth: Option<u32>,
+    commit_id: Option<String>,
+    out: &Output,
+) -> Result<(), CliError> {
+    let commits = call(
+        client,
+        vaults_api::Log {
+            vault: name.to_owned(),
+            depth,
+            from: commit_id,
+        },
+    )?;
+    let _ = out.emit(json!(commits), || {
+        commits
+            .iter()
+            .map(|c| {
+                format!(
+                    "commit {}\nAuthor: {}\nDate:   {}\n\n    {}\n\n",
+                    c.oid,
+                    c.author,
+                    time(c.time),
+                    terminal_safe(&c.message)
+                )
+            })
+            .collect()
+    });
+    Ok(())
+}
+
+/// `pk vaults export --bundle`: the history as a git bundle, in a new 0600 file (removed
+/// again if the export fails).
+fn export_bundle(
+    client: &Client,
+    name: &str,
+    destination: &Path,
+    out: &Output,
+) -> Result<(), CliError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(destination)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                CliError::exists(format!("{} already exists", destination.display()))
+            }
+            _ => CliError::io(destination.display(), e),
+        })?;
+    let mut file = tokio::fs::File::from_std(file);
+    let result = runtime()?.block_on(client.download(
+        vaults_api::ExportBundle {
+            vault: name.to_owned(),
+        },
+        &mut file,
+    ));
+    if let Err(e) = result {
+        drop(file);
+        let _ = std::fs::remove_file(destination);
+        return Err(e.into());
+    }
+    let _ = out.emit(json!({ "vault": name, "bundle": destination }), || {
+        format!(
+            "Exported the history of {name} as a git bundle: {}\n",
+            destination.display()
+        )
+    });
+    Ok(())
+}
+
+/// `pk vaults export`: the secrets as files in a new directory.
+fn export_tree(
+    client: &Client,
+    name: &str,
+    destination: &Path,
+    out: &Output,
+) -> Result<(), CliError> {
+    if destination.exists() {
+        return Err(CliError::exists(format!(
+            "{} already exists",
+            destination.display()
+        )));
+    }
+    let count = export_dir(client, name, "", destination)?;
+    let _ = out.emit(
+        json!({ "vault": name, "destination": destination, "secrets": count }),
+        || {
+            format!(
+                "Exported {count} secret{} of {name} to {}\n",
+                if count == 1 { "" } else { "s" },
+                destination.display()
+            )
+        },
+    );
     Ok(())
 }
 
@@ -655,76 +712,12 @@ pub(crate) fn secrets(
 ) -> Result<(), CliError> {
     let client = Client::new(node);
     match command {
-        SecretsCommand::Create { file, secret_path } => {
-            let (vault, path) = split(secret_path, false)?;
-            let f = std::fs::File::open(file).map_err(|e| CliError::io(file.display(), e))?;
-            let reply = runtime()?
-                .block_on(client.upload(
-                    secrets_api::Write {
-                        vault,
-                        path,
-                        kind: WriteKind::Create,
-                        size: known_size(&f),
-                    },
-                    tokio::fs::File::from_std(f),
-                ))
-                .map_err(CliError::from)?;
-            let (j, h) = commit_text(&reply, format!("Created {secret_path}"));
-            let _ = out.emit(j, || h);
-        }
-        SecretsCommand::Write { secret_path } => {
-            let (vault, path) = split(secret_path, false)?;
-            let request = secrets_api::Write {
-                vault,
-                path,
-                kind: WriteKind::Write,
-                size: None,
-            };
-            let rt = runtime()?;
-            let reply = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                // Typed by hand: take it all (up to Ctrl-D) before talking to the agent,
-                // so a slow typist does not hold the store's write transaction.
-                let mut typed = Zeroizing::new(Vec::new());
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut typed)
-                    .map_err(|e| CliError::io("reading the secret from the terminal", e))?;
-                rt.block_on(client.upload(request, &typed[..]))
-            } else {
-                rt.block_on(client.upload(request, tokio::io::stdin()))
-            }
-            .map_err(CliError::from)?;
-            let (j, h) = commit_text(&reply, format!("Wrote {secret_path}"));
-            let _ = out.emit(j, || h);
-        }
+        SecretsCommand::Create { file, secret_path } => create(&client, file, secret_path, out)?,
+        SecretsCommand::Write { secret_path } => write(&client, secret_path, out)?,
         SecretsCommand::Cat { secret_paths } if out.format() == Format::Json => {
-            // One JSON object per secret; contents that are not UTF-8 come as base64.
-            for secret_path in secret_paths {
-                let (vault, path) = split(secret_path, false)?;
-                let content = read_secret(&client, &vault, &path)?;
-                let line = Zeroizing::new(match std::str::from_utf8(&content) {
-                    Ok(text) => json!({ "secret_path": secret_path, "content": text }).to_string(),
-                    Err(_) => json!({ "secret_path": secret_path, "content_base64": STANDARD.encode(&content) })
-                        .to_string(),
-                });
-                out.raw(line.as_bytes())?;
-                out.raw(b"\n")?;
-            }
+            cat_json(&client, secret_paths, out)?;
         }
-        SecretsCommand::Cat { secret_paths } => {
-            let rt = runtime()?;
-            let mut stdout = tokio::io::stdout();
-            for secret_path in secret_paths {
-                let (vault, path) = split(secret_path, false)?;
-                rt.block_on(client.download(
-                    secrets_api::Cat {
-                        vault,
-                        path,
-                        via: Via::Cli,
-                    },
-                    &mut stdout,
-                ))
-                .map_err(CliError::from)?;
-            }
-        }
+        SecretsCommand::Cat { secret_paths } => cat(&client, secret_paths)?,
         SecretsCommand::Ls { path } => {
             let (vault, path) = split(path, true)?;
             let entries = ls(&client, &vault, &path)?;
@@ -741,90 +734,16 @@ pub(crate) fn secrets(
         SecretsCommand::Mkdir {
             secret_paths,
             parents,
-        } => {
-            let mut done = Vec::new();
-            for secret_path in secret_paths {
-                let (vault, path) = split(secret_path, false)?;
-                call(
-                    &client,
-                    secrets_api::Mkdir {
-                        vault,
-                        path,
-                        parents: *parents,
-                    },
-                )?;
-                done.push(secret_path.clone());
-            }
-            let _ = out.emit(json!({ "created": done }), || {
-                done.iter()
-                    .map(|d| format!("Created directory {d}\n"))
-                    .collect()
-            });
-        }
+        } => mkdir(&client, secret_paths, *parents, out)?,
         SecretsCommand::Rename {
             secret_path,
             new_name,
-        } => {
-            let (vault, from) = split(secret_path, false)?;
-            let to = match new_name.split_once(':') {
-                Some((v, p)) if v == vault => p.to_owned(),
-                Some(_) => return Err(CliError::usage("rename stays within one vault")),
-                None if new_name.contains('/') => new_name.clone(),
-                None => match from.rsplit_once('/') {
-                    Some((dir, _)) => format!("{dir}/{new_name}"),
-                    None => new_name.clone(),
-                },
-            };
-            let reply = call(
-                &client,
-                secrets_api::Rename {
-                    vault: vault.clone(),
-                    from,
-                    to: to.clone(),
-                },
-            )?;
-            let (j, h) = commit_text(&reply, format!("Renamed {secret_path} to {vault}:{to}"));
-            let _ = out.emit(j, || h);
-        }
+        } => rename(&client, secret_path, new_name, out)?,
         SecretsCommand::Rm {
             secret_paths,
             recursive,
-        } => {
-            let mut vault = None;
-            let mut paths = Vec::new();
-            for secret_path in secret_paths {
-                let (v, p) = split(secret_path, false)?;
-                if vault.get_or_insert_with(|| v.clone()) != &v {
-                    return Err(CliError::usage("rm takes paths in one vault at a time"));
-                }
-                paths.push(p);
-            }
-            let vault = vault.unwrap_or_default();
-            let reply = call(
-                &client,
-                secrets_api::Rm {
-                    vault,
-                    paths,
-                    recursive: *recursive,
-                },
-            )?;
-            let (j, h) = commit_text(&reply, format!("Removed {}", secret_paths.join(" ")));
-            let _ = out.emit(j, || h);
-        }
-        SecretsCommand::Stat { secret_path } => {
-            let (vault, path) = split(secret_path, true)?;
-            let s = call(&client, secrets_api::Stat { vault, path })?;
-            let _ = out.emit(json!(s), || {
-                let (kind, unit) = match s.kind {
-                    EntryType::Dir => ("directory", "entries"),
-                    EntryType::File => ("secret", "bytes"),
-                };
-                format!(
-                    "{secret_path}: {kind}, {} {unit}\nobject: {}\ncommit: {}\n",
-                    s.size, s.oid, s.commit
-                )
-            });
-        }
+        } => rm(&client, secret_paths, *recursive, out)?,
+        SecretsCommand::Stat { secret_path } => stat(&client, secret_path, out)?,
         SecretsCommand::Touch { secret_path } => {
             let (vault, path) = split(secret_path, false)?;
             let _ = match call(&client, secrets_api::Touch { vault, path })? {
@@ -849,6 +768,195 @@ pub(crate) fn secrets(
         }
         SecretsCommand::Env(args) => env(&client, args, out)?,
     }
+    Ok(())
+}
+
+/// `pk secrets create`: a new secret from a file.
+fn create(client: &Client, file: &Path, secret_path: &str, out: &Output) -> Result<(), CliError> {
+    let (vault, path) = split(secret_path, false)?;
+    let f = std::fs::File::open(file).map_err(|e| CliError::io(file.display(), e))?;
+    let reply = runtime()?
+        .block_on(client.upload(
+            secrets_api::Write {
+                vault,
+                path,
+                kind: WriteKind::Create,
+                size: known_size(&f),
+            },
+            tokio::fs::File::from_std(f),
+        ))
+        .map_err(CliError::from)?;
+    let (j, h) = commit_text(&reply, format!("Created {secret_path}"));
+    let _ = out.emit(j, || h);
+    Ok(())
+}
+
+/// `pk secrets write`: a secret's content from stdin.
+fn write(client: &Client, secret_path: &str, out: &Output) -> Result<(), CliError> {
+    let (vault, path) = split(secret_path, false)?;
+    let request = secrets_api::Write {
+        vault,
+        path,
+        kind: WriteKind::Write,
+        size: None,
+    };
+    let rt = runtime()?;
+    let reply = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // Typed by hand: take it all (up to Ctrl-D) before talking to the agent,
+        // so a slow typist does not hold the store's write transaction.
+        let mut typed = Zeroizing::new(Vec::new());
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut typed)
+            .map_err(|e| CliError::io("reading the secret from the terminal", e))?;
+        rt.block_on(client.upload(request, &typed[..]))
+    } else {
+        rt.block_on(client.upload(request, tokio::io::stdin()))
+    }
+    .map_err(CliError::from)?;
+    let (j, h) = commit_text(&reply, format!("Wrote {secret_path}"));
+    let _ = out.emit(j, || h);
+    Ok(())
+}
+
+/// `pk secrets cat --format json`: one JSON object per secret; contents that are not
+/// UTF-8 come as base64.
+fn cat_json(client: &Client, secret_paths: &[String], out: &Output) -> Result<(), CliError> {
+    for secret_path in secret_paths {
+        let (vault, path) = split(secret_path, false)?;
+        let content = read_secret(client, &vault, &path)?;
+        let line = Zeroizing::new(match std::str::from_utf8(&content) {
+            Ok(text) => json!({ "secret_path": secret_path, "content": text }).to_string(),
+            Err(_) => {
+                json!({ "secret_path": secret_path, "content_base64": STANDARD.encode(&content) })
+                    .to_string()
+            }
+        });
+        out.raw(line.as_bytes())?;
+        out.raw(b"\n")?;
+    }
+    Ok(())
+}
+
+/// `pk secrets cat`: the contents streamed to stdout, one after the other.
+fn cat(client: &Client, secret_paths: &[String]) -> Result<(), CliError> {
+    let rt = runtime()?;
+    let mut stdout = tokio::io::stdout();
+    for secret_path in secret_paths {
+        let (vault, path) = split(secret_path, false)?;
+        rt.block_on(client.download(
+            secrets_api::Cat {
+                vault,
+                path,
+                via: Via::Cli,
+            },
+            &mut stdout,
+        ))
+        .map_err(CliError::from)?;
+    }
+    Ok(())
+}
+
+/// `pk secrets mkdir`.
+fn mkdir(
+    client: &Client,
+    secret_paths: &[String],
+    parents: bool,
+    out: &Output,
+) -> Result<(), CliError> {
+    let mut done = Vec::new();
+    for secret_path in secret_paths {
+        let (vault, path) = split(secret_path, false)?;
+        call(
+            client,
+            secrets_api::Mkdir {
+                vault,
+                path,
+                parents,
+            },
+        )?;
+        done.push(secret_path.clone());
+    }
+    let _ = out.emit(json!({ "created": done }), || {
+        done.iter()
+            .map(|d| format!("Created directory {d}\n"))
+            .collect()
+    });
+    Ok(())
+}
+
+/// `pk secrets rename`: within one vault; a bare new name stays in the same directory.
+fn rename(
+    client: &Client,
+    secret_path: &str,
+    new_name: &str,
+    out: &Output,
+) -> Result<(), CliError> {
+    let (vault, from) = split(secret_path, false)?;
+    let to = match new_name.split_once(':') {
+        Some((v, p)) if v == vault => p.to_owned(),
+        Some(_) => return Err(CliError::usage("rename stays within one vault")),
+        None if new_name.contains('/') => new_name.to_owned(),
+        None => match from.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/{new_name}"),
+            None => new_name.to_owned(),
+        },
+    };
+    let reply = call(
+        client,
+        secrets_api::Rename {
+            vault: vault.clone(),
+            from,
+            to: to.clone(),
+        },
+    )?;
+    let (j, h) = commit_text(&reply, format!("Renamed {secret_path} to {vault}:{to}"));
+    let _ = out.emit(j, || h);
+    Ok(())
+}
+
+/// `pk secrets rm`: paths in one vault, removed in one commit.
+fn rm(
+    client: &Client,
+    secret_paths: &[String],
+    recursive: bool,
+    out: &Output,
+) -> Result<(), CliError> {
+    let mut vault = None;
+    let mut paths = Vec::new();
+    for secret_path in secret_paths {
+        let (v, p) = split(secret_path, false)?;
+        if vault.get_or_insert_with(|| v.clone()) != &v {
+            return Err(CliError::usage("rm takes paths in one vault at a time"));
+        }
+        paths.push(p);
+    }
+    let vault = vault.unwrap_or_default();
+    let reply = call(
+        client,
+        secrets_api::Rm {
+            vault,
+            paths,
+            recursive,
+        },
+    )?;
+    let (j, h) = commit_text(&reply, format!("Removed {}", secret_paths.join(" ")));
+    let _ = out.emit(j, || h);
+    Ok(())
+}
+
+/// `pk secrets stat`.
+fn stat(client: &Client, secret_path: &str, out: &Output) -> Result<(), CliError> {
+    let (vault, path) = split(secret_path, true)?;
+    let s = call(client, secrets_api::Stat { vault, path })?;
+    let _ = out.emit(json!(s), || {
+        let (kind, unit) = match s.kind {
+            EntryType::Dir => ("directory", "entries"),
+            EntryType::File => ("secret", "bytes"),
+        };
+        format!(
+            "{secret_path}: {kind}, {} {unit}\nobject: {}\ncommit: {}\n",
+            s.size, s.oid, s.commit
+        )
+    });
     Ok(())
 }
 
@@ -1079,62 +1187,7 @@ fn env_targets(
 fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
     // First decide every variable (names checked, duplicates resolved), then read only
     // the secrets that will be used: a refusal reveals nothing.
-    let mut chosen: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
-    for spec in &args.paths {
-        let (spec, rename) = match spec.rsplit_once('=') {
-            Some((p, n)) if valid_env_name(n) => (p, Some(n.to_owned())),
-            _ => (spec.as_str(), None),
-        };
-        let (vault, path) = split(spec, true)?;
-        let mut targets = Vec::new();
-        env_targets(client, &vault, &path, &mut targets)?;
-        if rename.is_some() && targets.len() != 1 {
-            return Err(CliError::usage(format!(
-                "{spec}=NAME needs a single secret, not a directory"
-            )));
-        }
-        for (name, secret) in targets {
-            let name = rename.clone().unwrap_or(name);
-            if !valid_env_name(&name) {
-                match args.env_invalid {
-                    EnvInvalid::Error => {
-                        return Err(CliError::usage(format!(
-                            "{name:?} ({vault}:{secret}) is not a valid environment variable name"
-                        )));
-                    }
-                    EnvInvalid::Warn => {
-                        let _ = writeln!(
-                            std::io::stderr(),
-                            "pk: skipping {vault}:{secret}: {name:?} is not a valid environment variable name"
-                        );
-                        continue;
-                    }
-                    EnvInvalid::Ignore => continue,
-                }
-            }
-            if chosen.contains_key(&name) {
-                match args.env_duplicate {
-                    EnvDuplicate::Keep => continue,
-                    EnvDuplicate::Overwrite => {}
-                    EnvDuplicate::Warn => {
-                        let _ = writeln!(
-                            std::io::stderr(),
-                            "pk: {name} is set twice; using {vault}:{secret}"
-                        );
-                    }
-                    EnvDuplicate::Error => {
-                        return Err(CliError::usage(format!(
-                            "{name} is set by more than one secret"
-                        )));
-                    }
-                }
-            } else {
-                order.push(name.clone());
-            }
-            chosen.insert(name, (vault.clone(), secret));
-        }
-    }
+    let (chosen, order) = env_choose(client, args)?;
     let mut vars: BTreeMap<String, Zeroizing<String>> = BTreeMap::new();
     for (name, (vault, secret)) in &chosen {
         let value = read_secret(client, vault, secret)?;
@@ -1153,6 +1206,105 @@ fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
             .exec();
         return Err(CliError::io(format!("cannot run {program}"), err));
     }
+    let text = env_text(out.format(), args.env_format, &order, &vars)?;
+    out.raw(text.as_bytes())
+}
+
+/// Variables by name, each `(vault, path)`, and their names in the order given.
+type EnvChoice = (BTreeMap<String, (String, String)>, Vec<String>);
+
+/// Decides the variables `pk secrets env` sets, invalid and duplicate names handled as
+/// the flags say.
+fn env_choose(client: &Client, args: &EnvArgs) -> Result<EnvChoice, CliError> {
+    let mut chosen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for spec in &args.paths {
+        let (spec, rename) = match spec.rsplit_once('=') {
+            Some((p, n)) if valid_env_name(n) => (p, Some(n.to_owned())),
+            _ => (spec.as_str(), None),
+        };
+        let (vault, path) = split(spec, true)?;
+        let mut targets = Vec::new();
+        env_targets(client, &vault, &path, &mut targets)?;
+        if rename.is_some() && targets.len() != 1 {
+            return Err(CliError::usage(format!(
+                "{spec}=NAME needs a single secret, not a directory"
+            )));
+        }
+        for (name, secret) in targets {
+            let name = rename.clone().unwrap_or(name);
+            if !env_name_usable(args, &name, &vault, &secret)? {
+                continue;
+            }
+            if chosen.contains_key(&name) {
+                if !env_duplicate_replaces(args, &name, &vault, &secret)? {
+                    continue;
+                }
+            } else {
+                order.push(name.clone());
+            }
+            chosen.insert(name, (vault.clone(), secret));
+        }
+    }
+    Ok((chosen, order))
+}
+
+/// Whether `name` may be used, per `--env-invalid`: an error, or skipped with or without
+/// a warning, when it is not a valid variable name.
+fn env_name_usable(
+    args: &EnvArgs,
+    name: &str,
+    vault: &str,
+    secret: &str,
+) -> Result<bool, CliError> {
+    if valid_env_name(name) {
+        return Ok(true);
+    }
+    match args.env_invalid {
+        EnvInvalid::Error => Err(CliError::usage(format!(
+            "{name:?} ({vault}:{secret}) is not a valid environment variable name"
+        ))),
+        EnvInvalid::Warn => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "pk: skipping {vault}:{secret}: {name:?} is not a valid environment variable name"
+            );
+            Ok(false)
+        }
+        EnvInvalid::Ignore => Ok(false),
+    }
+}
+
+/// Whether a second secret for `name` replaces the first, per `--env-duplicate`.
+fn env_duplicate_replaces(
+    args: &EnvArgs,
+    name: &str,
+    vault: &str,
+    secret: &str,
+) -> Result<bool, CliError> {
+    match args.env_duplicate {
+        EnvDuplicate::Keep => Ok(false),
+        EnvDuplicate::Overwrite => Ok(true),
+        EnvDuplicate::Warn => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "pk: {name} is set twice; using {vault}:{secret}"
+            );
+            Ok(true)
+        }
+        EnvDuplicate::Error => Err(CliError::usage(format!(
+            "{name} is set by more than one secret"
+        ))),
+    }
+}
+
+/// The variables as text a shell (or JSON) reads, in `order`.
+fn env_text(
+    format: Format,
+    env_format: EnvFormat,
+    order: &[String],
+    vars: &BTreeMap<String, Zeroizing<String>>,
+) -> Result<Zeroizing<String>, CliError> {
     let quote_sh = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
     let quote_ps = |v: &str| format!("'{}'", v.replace('\'', "''"));
     let quote_cmd = |k: &str, v: &str| -> Result<String, CliError> {
@@ -1165,7 +1317,7 @@ fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
         }
         Ok(format!("set \"{k}={}\"\n", v.replace('%', "%%")))
     };
-    let text: Zeroizing<String> = Zeroizing::new(match (out.format(), args.env_format) {
+    Ok(Zeroizing::new(match (format, env_format) {
         (Format::Json, _) | (_, EnvFormat::Json) => {
             let map: serde_json::Map<String, Value> = order
                 .iter()
@@ -1185,8 +1337,7 @@ fn env(client: &Client, args: &EnvArgs, out: &Output) -> Result<(), CliError> {
             .iter()
             .map(|k| format!("$env:{k} = {}\n", quote_ps(&vars[k])))
             .collect(),
-    });
-    out.raw(text.as_bytes())
+    }))
 }
 
 pub(crate) fn audit(node: &NodePath, args: &AuditArgs, out: &Output) -> Result<(), CliError> {
@@ -1224,22 +1375,5 @@ pub(crate) fn audit(node: &NodePath, args: &AuditArgs, out: &Output) -> Result<(
         }
         query.limit = args.limit.map(|l| l - printed);
         std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-impl From<ClientError> for CliError {
-    fn from(e: ClientError) -> Self {
-        match e {
-            ClientError::NotRunning(_) => CliError::unavailable(e.to_string()),
-            ClientError::Connect { ref source, .. }
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                CliError::denied(e.to_string())
-            }
-            ClientError::Connect { .. } => CliError::unavailable(e.to_string()),
-            ClientError::Api(api) => CliError::api(api),
-            ClientError::Io(io) => CliError::io("output", io),
-            other => CliError::internal(other.to_string()),
-        }
     }
 }

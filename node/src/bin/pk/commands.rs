@@ -1,8 +1,8 @@
-//! What each command does.
+//! The dispatch of every command, and the commands that use tokens: `init`, `keyslots`
+//! and the agent process itself.
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use hsm::Pin;
 use hsm::pkcs11::Pkcs11Protector;
 use hsm::soft::{Argon2Params, SoftProtector};
 use hsm::tpm::{PcrBank, PcrPolicy, TpmProtector};
@@ -10,17 +10,19 @@ use hsm::{Kind, Protector, Sealed};
 use node::NodePath;
 use node::api::keyslots::{Changed, KeyslotEvent};
 use node::client::{Client, ClientError};
-use node::keyslots::KeyslotError;
 use node::keyslots::{Keyslot, Keyslots, Unlocked};
-use node::tokens::{TokenConfig, UnlockChoice, secret_name};
+use node::tokens::TokenConfig;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::cli::{
-    AgentCommand, Cli, Command, Format, KeyslotsCommand, TokenArgs, TokenKind, UnlockArgs,
+    AgentCommand, Cli, Command, EnrollArgs, InitArgs, KeyslotsCommand, RemoveArgs, TestArgs,
+    TokenArgs, TokenKind, UnlockArgs,
 };
 use crate::error::CliError;
+use crate::output::Output;
 use crate::secrets::SecretSource;
+use crate::unlock::unlock_flow;
 
 /// The shortest passphrase accepted for a `soft` slot.
 const MIN_PASSPHRASE: usize = 8;
@@ -42,7 +44,7 @@ fn context(cli: &Cli) -> Result<(NodePath, TokenConfig, Output), CliError> {
             }
         })),
     };
-    Ok((node, config, Output(cli.format)))
+    Ok((node, config, Output::new(cli.format)))
 }
 
 /// The commands served by the agent (everything `pk` runs itself).
@@ -68,7 +70,7 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
     let (node, config, out) = context(cli)?;
     match &cli.command {
         Command::Agent(AgentCommand::Start(args)) if args.foreground => {
-            return run_agent(&node, &config, args);
+            run_agent(&node, &config, args)
         }
         Command::Agent(_)
         | Command::Nodes(_)
@@ -77,113 +79,156 @@ pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
         | Command::Keys(_)
         | Command::Vaults(_)
         | Command::Secrets(_)
-        | Command::Audit(_) => return run_client(cli),
-        Command::Init(args) => {
-            let source = SecretSource {
-                file: args.password_file.as_deref(),
-                env: "PK_PASSWORD",
-                flag: "--password-file",
-            };
-            let protector = new_protector(&args.token, &config, &source)?;
-            let label = default_label(&args.token);
-            let init = Keyslots::init(&node, protector.as_ref(), &label)?;
-            let node_id = create_store(&node, &init)?;
-            let words = init.recovery_code.to_words();
-            let slots: Vec<Value> = init.keyslots.slots().iter().map(slot_json).collect();
-            out.emit(
-                json!({ "node_path": node.dir(), "node_id": node_id, "keyslots": slots, "recovery_code": words.as_str() }),
-                || {
-                    let mut text = format!("Initialised a node at {node}\nNodeId: {node_id}\n");
-                    for slot in init.keyslots.slots() {
-                        text += &format!("  keyslot {}\n", slot_line(slot));
-                    }
-                    if init.keyslots.slots().iter().all(|s| !s.is_hardware()) {
-                        text += "\nWarning: no hardware token protects this node; the passphrase is all that stands between a copy of its data and your secrets.\n";
-                    }
-                    text += "\nRecovery code: shown this once, never stored. Write it down and keep it offline;\nit unlocks this node when every token is lost.\n\n";
-                    text += &numbered_words(&words);
-                    text
-                },
-            )
-            .map_err(|e| {
-                CliError::io(
-                    "the node was created but its recovery code could not be written to stdout",
-                    e,
-                )
-            })?;
-        }
-        Command::Keyslots(KeyslotsCommand::List) => {
-            let keyslots = Keyslots::open(&node)?;
-            let slots: Vec<Value> = keyslots.slots().iter().map(slot_json).collect();
-            let _ = out.emit(json!(slots), || {
-                keyslots
-                    .slots()
-                    .iter()
-                    .map(|s| slot_line(s) + "\n")
-                    .collect()
-            });
-        }
+        | Command::Audit(_) => run_client(cli),
+        Command::Init(args) => init(&node, &config, args, &out),
+        Command::Keyslots(KeyslotsCommand::List) => keyslots_list(&node, &out),
         Command::Keyslots(KeyslotsCommand::Enroll(args)) => {
-            let mut keyslots = Keyslots::open(&node)?;
-            let unlocked = unlock(&keyslots, &args.unlock, None, &config)?;
-            let source = SecretSource {
-                file: args.password_new_file.as_deref(),
-                env: "PK_PASSWORD_NEW",
-                flag: "--password-new-file",
-            };
-            let protector = new_protector(&args.token, &config, &source)?;
-            let id = keyslots.enroll(&unlocked, protector.as_ref(), &default_label(&args.token))?;
-            record_keyslot(
-                &node,
-                &unlocked,
-                KeyslotEvent::Enrolled,
-                id,
-                protector.kind(),
-            );
-            let slot = keyslots.slot(id).map(slot_json).unwrap_or(Value::Null);
-            let _ = out.emit(json!({ "enrolled": slot }), || {
-                format!(
-                    "Enrolled keyslot {}\n",
-                    keyslots.slot(id).map(slot_line).unwrap_or_default()
-                )
-            });
+            keyslots_enroll(&node, &config, args, &out)
         }
-        Command::Keyslots(KeyslotsCommand::Test(args)) => {
-            let keyslots = Keyslots::open(&node)?;
-            let unlocked = unlock(&keyslots, &args.unlock, args.slot, &config)?;
-            let slot = keyslots.slot(unlocked.slot);
-            let _ = out.emit(
-                json!({ "slot": unlocked.slot, "ok": true, "kind": slot.map(|s| s.header.kind) }),
-                || {
-                    format!(
-                        "keyslot {} opens this node's data key\n",
-                        slot.map(slot_line).unwrap_or_default()
-                    )
-                },
-            );
-        }
+        Command::Keyslots(KeyslotsCommand::Test(args)) => keyslots_test(&node, &config, args, &out),
         Command::Keyslots(KeyslotsCommand::Remove(args)) => {
-            let mut keyslots = Keyslots::open(&node)?;
-            if keyslots.slot(args.slot).is_none() {
-                return Err(node::keyslots::KeyslotError::NoSuchSlot(args.slot).into());
-            }
-            let unlocked = unlock(&keyslots, &args.unlock, None, &config)?;
-            let kind = keyslots.slot(args.slot).map(|s| s.header.kind);
-            keyslots.remove(&unlocked, args.slot)?;
-            if let Some(kind) = kind {
-                record_keyslot(&node, &unlocked, KeyslotEvent::Removed, args.slot, kind);
-            }
-            let _ = out.emit(
-                json!({ "removed": args.slot, "unlocked_with": unlocked.slot }),
-                || {
-                    format!(
-                        "Removed keyslot {} (unlocked with keyslot {})\n",
-                        args.slot, unlocked.slot
-                    )
-                },
-            );
+            keyslots_remove(&node, &config, args, &out)
         }
     }
+}
+
+/// `pk init`: a new data key, its first keyslot and the recovery code, the store and
+/// the identity.
+fn init(
+    node: &NodePath,
+    config: &TokenConfig,
+    args: &InitArgs,
+    out: &Output,
+) -> Result<(), CliError> {
+    let source = SecretSource {
+        file: args.password_file.as_deref(),
+        env: "PK_PASSWORD",
+        flag: "--password-file",
+    };
+    let protector = new_protector(&args.token, config, &source)?;
+    let label = default_label(&args.token);
+    let init = Keyslots::init(node, protector.as_ref(), &label)?;
+    let node_id = create_store(node, &init)?;
+    let words = init.recovery_code.to_words();
+    let slots: Vec<Value> = init.keyslots.slots().iter().map(slot_json).collect();
+    out.emit(
+        json!({ "node_path": node.dir(), "node_id": node_id, "keyslots": slots, "recovery_code": words.as_str() }),
+        || {
+            let mut text = format!("Initialised a node at {node}\nNodeId: {node_id}\n");
+            for slot in init.keyslots.slots() {
+                text += &format!("  keyslot {}\n", slot_line(slot));
+            }
+            if init.keyslots.slots().iter().all(|s| !s.is_hardware()) {
+                text += "\nWarning: no hardware token protects this node; the passphrase is all that stands between a copy of its data and your secrets.\n";
+            }
+            text += "\nRecovery code: shown this once, never stored. Write it down and keep it offline;\nit unlocks this node when every token is lost.\n\n";
+            text += &numbered_words(&words);
+            text
+        },
+    )
+    .map_err(|e| {
+        CliError::io(
+            "the node was created but its recovery code could not be written to stdout",
+            e,
+        )
+    })
+}
+
+/// `pk keyslots list`.
+fn keyslots_list(node: &NodePath, out: &Output) -> Result<(), CliError> {
+    let keyslots = Keyslots::open(node)?;
+    let slots: Vec<Value> = keyslots.slots().iter().map(slot_json).collect();
+    let _ = out.emit(json!(slots), || {
+        keyslots
+            .slots()
+            .iter()
+            .map(|s| slot_line(s) + "\n")
+            .collect()
+    });
+    Ok(())
+}
+
+/// `pk keyslots enroll`: a new slot, authorised by unlocking an existing one.
+fn keyslots_enroll(
+    node: &NodePath,
+    config: &TokenConfig,
+    args: &EnrollArgs,
+    out: &Output,
+) -> Result<(), CliError> {
+    let mut keyslots = Keyslots::open(node)?;
+    let unlocked = unlock(&keyslots, &args.unlock, None, config)?;
+    let source = SecretSource {
+        file: args.password_new_file.as_deref(),
+        env: "PK_PASSWORD_NEW",
+        flag: "--password-new-file",
+    };
+    let protector = new_protector(&args.token, config, &source)?;
+    let id = keyslots.enroll(&unlocked, protector.as_ref(), &default_label(&args.token))?;
+    record_keyslot(
+        node,
+        &unlocked,
+        KeyslotEvent::Enrolled,
+        id,
+        protector.kind(),
+    );
+    let slot = keyslots.slot(id).map(slot_json).unwrap_or(Value::Null);
+    let _ = out.emit(json!({ "enrolled": slot }), || {
+        format!(
+            "Enrolled keyslot {}\n",
+            keyslots.slot(id).map(slot_line).unwrap_or_default()
+        )
+    });
+    Ok(())
+}
+
+/// `pk keyslots test`: whether a slot opens the data key.
+fn keyslots_test(
+    node: &NodePath,
+    config: &TokenConfig,
+    args: &TestArgs,
+    out: &Output,
+) -> Result<(), CliError> {
+    let keyslots = Keyslots::open(node)?;
+    let unlocked = unlock(&keyslots, &args.unlock, args.slot, config)?;
+    let slot = keyslots.slot(unlocked.slot);
+    let _ = out.emit(
+        json!({ "slot": unlocked.slot, "ok": true, "kind": slot.map(|s| s.header.kind) }),
+        || {
+            format!(
+                "keyslot {} opens this node's data key\n",
+                slot.map(slot_line).unwrap_or_default()
+            )
+        },
+    );
+    Ok(())
+}
+
+/// `pk keyslots remove`, authorised by unlocking another slot.
+fn keyslots_remove(
+    node: &NodePath,
+    config: &TokenConfig,
+    args: &RemoveArgs,
+    out: &Output,
+) -> Result<(), CliError> {
+    let mut keyslots = Keyslots::open(node)?;
+    if keyslots.slot(args.slot).is_none() {
+        return Err(node::keyslots::KeyslotError::NoSuchSlot(args.slot).into());
+    }
+    let unlocked = unlock(&keyslots, &args.unlock, None, config)?;
+    let kind = keyslots.slot(args.slot).map(|s| s.header.kind);
+    keyslots.remove(&unlocked, args.slot)?;
+    if let Some(kind) = kind {
+        record_keyslot(node, &unlocked, KeyslotEvent::Removed, args.slot, kind);
+    }
+    let _ = out.emit(
+        json!({ "removed": args.slot, "unlocked_with": unlocked.slot }),
+        || {
+            format!(
+                "Removed keyslot {} (unlocked with keyslot {})\n",
+                args.slot, unlocked.slot
+            )
+        },
+    );
     Ok(())
 }
 
@@ -313,36 +358,6 @@ fn record_keyslot(
     }
 }
 
-/// Prints a result in the chosen format.
-pub(crate) struct Output(Format);
-
-impl Output {
-    /// The chosen format.
-    pub(crate) fn format(&self) -> Format {
-        self.0
-    }
-
-    /// Writes bytes as they are (secret contents, decrypted data).
-    pub(crate) fn raw(&self, bytes: &[u8]) -> Result<(), CliError> {
-        let mut stdout = std::io::stdout().lock();
-        std::io::Write::write_all(&mut stdout, bytes)
-            .and_then(|()| std::io::Write::flush(&mut stdout))
-            .map_err(|e| CliError::io("writing to stdout", e))
-    }
-
-    /// Writes the result; a reader that went away (`pk ... | head`) is reported by the
-    /// return value, never a panic.
-    pub(crate) fn emit(&self, json: Value, human: impl FnOnce() -> String) -> std::io::Result<()> {
-        let text = match self.0 {
-            Format::Json => format!("{json}\n"),
-            Format::Human => human(),
-        };
-        let mut stdout = std::io::stdout().lock();
-        std::io::Write::write_all(&mut stdout, text.as_bytes())?;
-        std::io::Write::flush(&mut stdout)
-    }
-}
-
 fn default_label(token: &TokenArgs) -> String {
     if !token.label.is_empty() {
         return token.label.clone();
@@ -364,6 +379,17 @@ fn new_protector(
     config: &TokenConfig,
     source: &SecretSource<'_>,
 ) -> Result<Box<dyn Protector>, CliError> {
+    check_token_flags(args)?;
+    Ok(match args.token {
+        TokenKind::Yubikey => Box::new(yubikey_protector(args, source)?),
+        TokenKind::Tpm => Box::new(tpm_protector(args, config, source)?),
+        TokenKind::Pkcs11 => Box::new(pkcs11_protector(args, config, source)?),
+        TokenKind::Soft => Box::new(soft_protector(args, source)?),
+    })
+}
+
+/// Refuses the flags of one token kind given with another.
+fn check_token_flags(args: &TokenArgs) -> Result<(), CliError> {
     let misplaced =
         |flag: &str, kind: &str| CliError::usage(format!("{flag} applies to --token {kind} only"));
     if args.token != TokenKind::Tpm
@@ -388,98 +414,112 @@ fn new_protector(
     {
         return Err(misplaced("--yubikey-*", "yubikey"));
     }
-    Ok(match args.token {
-        TokenKind::Yubikey => {
-            use hsm::yubikey::{PinRule, TouchRule, YubiKeyProtector};
-            let pin_rule = match args.yubikey_pin_policy.as_deref() {
-                Some("never") => PinRule::Never,
-                Some("always") => PinRule::Always,
-                _ => PinRule::Once,
-            };
-            let touch_rule = match args.yubikey_touch_policy.as_deref() {
-                Some("never") => TouchRule::Never,
-                Some("cached") => TouchRule::Cached,
-                _ => TouchRule::Always,
-            };
-            // The PIN authorises key generation now, and unlocking later (per policy).
-            let pin = source.require("YubiKey PIN", false)?;
-            let mut yk = YubiKeyProtector::new(args.yubikey_serial, Some(pin)).with_key(
-                args.yubikey_slot.unwrap_or(0x9d),
-                pin_rule,
-                touch_rule,
-            );
-            if let Some(file) = &args.yubikey_management_key_file {
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(file).map_err(|e| CliError::io(file.display(), e))?,
-                );
-                let bytes = Zeroizing::new(
-                    data_encoding::HEXLOWER_PERMISSIVE
-                        .decode(text.trim().as_bytes())
-                        .map_err(|_| {
-                            CliError::usage("the management key file must hold 48 hex digits")
-                        })?,
-                );
-                let key: [u8; 24] = bytes.as_slice().try_into().map_err(|_| {
-                    CliError::usage("the management key file must hold 48 hex digits")
-                })?;
-                yk = yk.with_management_key(key);
-            }
-            Box::new(yk)
+    Ok(())
+}
+
+/// `--token yubikey`: a key generated on the card, with its PIN and touch policies.
+fn yubikey_protector(
+    args: &TokenArgs,
+    source: &SecretSource<'_>,
+) -> Result<hsm::yubikey::YubiKeyProtector, CliError> {
+    use hsm::yubikey::{PinRule, TouchRule, YubiKeyProtector};
+    let pin_rule = match args.yubikey_pin_policy.as_deref() {
+        Some("never") => PinRule::Never,
+        Some("always") => PinRule::Always,
+        _ => PinRule::Once,
+    };
+    let touch_rule = match args.yubikey_touch_policy.as_deref() {
+        Some("never") => TouchRule::Never,
+        Some("cached") => TouchRule::Cached,
+        _ => TouchRule::Always,
+    };
+    // The PIN authorises key generation now, and unlocking later (per policy).
+    let pin = source.require("YubiKey PIN", false)?;
+    let mut yk = YubiKeyProtector::new(args.yubikey_serial, Some(pin)).with_key(
+        args.yubikey_slot.unwrap_or(0x9d),
+        pin_rule,
+        touch_rule,
+    );
+    if let Some(file) = &args.yubikey_management_key_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(file).map_err(|e| CliError::io(file.display(), e))?,
+        );
+        let bytes = Zeroizing::new(
+            data_encoding::HEXLOWER_PERMISSIVE
+                .decode(text.trim().as_bytes())
+                .map_err(|_| CliError::usage("the management key file must hold 48 hex digits"))?,
+        );
+        let key: [u8; 24] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| CliError::usage("the management key file must hold 48 hex digits"))?;
+        yk = yk.with_management_key(key);
+    }
+    Ok(yk)
+}
+
+/// `--token tpm`: optionally with a PIN and bound to PCRs.
+fn tpm_protector(
+    args: &TokenArgs,
+    config: &TokenConfig,
+    source: &SecretSource<'_>,
+) -> Result<TpmProtector, CliError> {
+    let pin = if args.tpm_pin {
+        let pin = source.require("new TPM PIN", true)?;
+        if pin.is_empty() {
+            return Err(CliError::usage("the TPM PIN is empty"));
         }
-        TokenKind::Tpm => {
-            let pin = if args.tpm_pin {
-                let pin = source.require("new TPM PIN", true)?;
-                if pin.is_empty() {
-                    return Err(CliError::usage("the TPM PIN is empty"));
-                }
-                Some(pin)
-            } else {
-                None
-            };
-            let mut tpm = TpmProtector::new(config.tcti(), pin);
-            match (&args.tpm_pcrs, args.tpm_pcr_bank) {
-                (Some(list), bank) => {
-                    let bank = bank.unwrap_or(PcrBank::Sha256);
-                    tpm = tpm.with_pcr_policy(
-                        PcrPolicy::parse_list(bank, list).map_err(CliError::usage)?,
-                    );
-                }
-                (None, Some(_)) => {
-                    return Err(CliError::usage("--tpm-pcr-bank needs --tpm-pcrs"));
-                }
-                (None, None) => {}
-            }
-            Box::new(tpm)
+        Some(pin)
+    } else {
+        None
+    };
+    let mut tpm = TpmProtector::new(config.tcti(), pin);
+    match (&args.tpm_pcrs, args.tpm_pcr_bank) {
+        (Some(list), bank) => {
+            let bank = bank.unwrap_or(PcrBank::Sha256);
+            tpm = tpm.with_pcr_policy(PcrPolicy::parse_list(bank, list).map_err(CliError::usage)?);
         }
-        TokenKind::Pkcs11 => {
-            let label = args.pkcs11_token_label.as_deref().ok_or_else(|| {
-                CliError::usage("--pkcs11-token-label is required with --token pkcs11")
-            })?;
-            let module = config.pkcs11_module.as_deref().ok_or_else(|| {
-                CliError::usage(
-                    "--pkcs11-module (or PK_PKCS11_MODULE) is required with --token pkcs11",
-                )
-            })?;
-            let pin = source.require("PKCS#11 token PIN", false)?;
-            Box::new(Pkcs11Protector::new(module, label, pin))
+        (None, Some(_)) => {
+            return Err(CliError::usage("--tpm-pcr-bank needs --tpm-pcrs"));
         }
-        TokenKind::Soft => {
-            let pass = source.require("new passphrase", true)?;
-            if pass.expose().len() < MIN_PASSPHRASE {
-                return Err(CliError::usage(format!(
-                    "the passphrase is too short: use at least {MIN_PASSPHRASE} characters"
-                )));
-            }
-            let mut params = Argon2Params::DEFAULT;
-            if let Some(mib) = args.argon2_memory_mib {
-                params.m_kib = mib.saturating_mul(1024);
-            }
-            if let Some(t) = args.argon2_passes {
-                params.t = t;
-            }
-            Box::new(SoftProtector::new(pass, params))
-        }
-    })
+        (None, None) => {}
+    }
+    Ok(tpm)
+}
+
+/// `--token pkcs11`: a token found by its label in the configured module.
+fn pkcs11_protector(
+    args: &TokenArgs,
+    config: &TokenConfig,
+    source: &SecretSource<'_>,
+) -> Result<Pkcs11Protector, CliError> {
+    let label = args
+        .pkcs11_token_label
+        .as_deref()
+        .ok_or_else(|| CliError::usage("--pkcs11-token-label is required with --token pkcs11"))?;
+    let module = config.pkcs11_module.as_deref().ok_or_else(|| {
+        CliError::usage("--pkcs11-module (or PK_PKCS11_MODULE) is required with --token pkcs11")
+    })?;
+    let pin = source.require("PKCS#11 token PIN", false)?;
+    Ok(Pkcs11Protector::new(module, label, pin))
+}
+
+/// `--token soft`: a passphrase under Argon2id.
+fn soft_protector(args: &TokenArgs, source: &SecretSource<'_>) -> Result<SoftProtector, CliError> {
+    let pass = source.require("new passphrase", true)?;
+    if pass.expose().len() < MIN_PASSPHRASE {
+        return Err(CliError::usage(format!(
+            "the passphrase is too short: use at least {MIN_PASSPHRASE} characters"
+        )));
+    }
+    let mut params = Argon2Params::DEFAULT;
+    if let Some(mib) = args.argon2_memory_mib {
+        params.m_kib = mib.saturating_mul(1024);
+    }
+    if let Some(t) = args.argon2_passes {
+        params.t = t;
+    }
+    Ok(SoftProtector::new(pass, params))
 }
 
 /// Unlocks the DEK locally (no agent), as the user asked.
@@ -492,132 +532,6 @@ fn unlock(
     unlock_flow(keyslots, args, only, |choice| {
         Ok(node::tokens::unlock(keyslots, choice, config)?)
     })
-}
-
-/// Decides how to unlock (a named slot, the recovery code, the slots that need no
-/// secret, or the one slot that takes a secret), reads the secret, and runs `attempt`
-/// with that choice, locally or in the agent. Prompts happen here, on the user's side.
-pub(crate) fn unlock_flow<T>(
-    keyslots: &Keyslots,
-    args: &UnlockArgs,
-    only: Option<u32>,
-    mut attempt: impl FnMut(UnlockChoice) -> Result<T, CliError>,
-) -> Result<T, CliError> {
-    let password = SecretSource {
-        file: args.password_file.as_deref(),
-        env: "PK_PASSWORD",
-        flag: "--password-file",
-    };
-    let recovery = SecretSource {
-        file: args.recovery_code_file.as_deref(),
-        env: "PK_RECOVERY_CODE",
-        flag: "--recovery-code-file",
-    };
-    let target = only.or(args.unlock_slot);
-    let recovery_env = std::env::var_os(recovery.env).is_some_and(|v| !v.is_empty());
-
-    if args.recovery_code_file.is_some() || (recovery_env && args.password_file.is_none()) {
-        if let Some(id) = target {
-            let slot = keyslots.slot(id).ok_or(KeyslotError::NoSuchSlot(id))?;
-            if slot.header.kind != Kind::Recovery {
-                return Err(CliError::usage(format!(
-                    "keyslot {id} is a {} slot, not the recovery slot",
-                    slot.header.kind
-                )));
-            }
-        }
-        let slot = keyslots
-            .slots()
-            .iter()
-            .find(|s| s.header.kind == Kind::Recovery && target.is_none_or(|t| t == s.header.id))
-            .ok_or(KeyslotError::NoSlotOfKind(Kind::Recovery))?;
-        let code = recovery.require("recovery code", false)?;
-        return attempt(UnlockChoice {
-            slot: Some(slot.header.id),
-            kind: None,
-            secret: Some(code),
-        });
-    }
-
-    let secret_for = |slot: &Keyslot| -> Result<Option<Pin>, CliError> {
-        let source = if slot.header.kind == Kind::Recovery {
-            &recovery
-        } else {
-            &password
-        };
-        match secret_name(&slot.sealed) {
-            Some(name) => source.read(&format!("{name} for keyslot {}", slot.header.id), false),
-            None => Ok(None),
-        }
-    };
-    let needs = |slot: &Keyslot, source: &SecretSource<'_>| {
-        let name = secret_name(&slot.sealed).unwrap_or("secret");
-        CliError::usage(format!(
-            "keyslot {} needs its {name}: pass {} <file>, set {}, or run on a terminal",
-            slot.header.id, source.flag, source.env
-        ))
-    };
-
-    if let Some(id) = target {
-        let slot = keyslots.slot(id).ok_or(KeyslotError::NoSuchSlot(id))?;
-        let secret = secret_for(slot)?;
-        if secret.is_none() && slot.sealed.needs_secret() {
-            let source = if slot.header.kind == Kind::Recovery {
-                &recovery
-            } else {
-                &password
-            };
-            return Err(needs(slot, source));
-        }
-        return attempt(UnlockChoice {
-            slot: Some(id),
-            kind: None,
-            secret,
-        });
-    }
-
-    let mut first_error = None;
-    if keyslots.slots().iter().any(|s| !s.sealed.needs_secret()) {
-        match attempt(UnlockChoice::default()) {
-            Ok(done) => return Ok(done),
-            Err(e) => first_error = Some(e),
-        }
-    }
-    let with_secret: Vec<&Keyslot> = keyslots
-        .slots()
-        .iter()
-        .filter(|s| s.sealed.needs_secret() && s.header.kind != Kind::Recovery)
-        .collect();
-    match with_secret.as_slice() {
-        [] => Err(first_error.unwrap_or_else(|| {
-            CliError::usage("only the recovery slot is left: pass --recovery-code-file")
-        })),
-        [slot] => match secret_for(slot)? {
-            Some(secret) => attempt(UnlockChoice {
-                slot: Some(slot.header.id),
-                kind: None,
-                secret: Some(secret),
-            }),
-            // Nothing to ask with: the failure of the slots that needed nothing says more.
-            None => Err(first_error.unwrap_or_else(|| needs(slot, &password))),
-        },
-        // Passphrases cost no token retries, so one passphrase may be tried on all.
-        many if many.iter().all(|s| s.header.kind == Kind::Soft) => {
-            let secret = password.require("passphrase", false)?;
-            attempt(UnlockChoice {
-                slot: None,
-                kind: Some(Kind::Soft),
-                secret: Some(secret),
-            })
-        }
-        many => Err(CliError::usage(format!(
-            "several keyslots need a secret ({}); choose one with --unlock-slot",
-            many.iter()
-                .map(|s| format!("{}: {}", s.header.id, s.header.kind))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
 }
 
 fn created(slot: &Keyslot) -> String {

@@ -14,16 +14,19 @@
 #![forbid(unsafe_code)]
 
 mod agent_cmds;
+mod call;
 mod cli;
-// The token-side commands in here are compiled into pk-node; pk uses the unlock flow and
-// the output helpers only.
+// The token-side commands in here are compiled into pk-node; pk uses the dispatch to the
+// agent's commands (`run_client`) only.
 #[allow(dead_code)]
 mod commands;
 mod entry;
 mod error;
+mod output;
 mod peer_cmds;
 mod secrets;
 mod trust_cmds;
+mod unlock;
 
 use std::process::ExitCode;
 

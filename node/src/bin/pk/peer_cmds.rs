@@ -9,13 +9,13 @@ use node::nodes::{NodePermission, VaultPermission};
 use node::notifications::{Body, Delivery, Mailbox, Notification};
 use serde_json::json;
 
-use crate::agent_cmds::{call, time};
+use crate::call::call;
 use crate::cli::{
     BackupCommand, InboxCommand, NodePermissionArg, NodesCommand, NotificationsCommand,
     OutboxCommand, VaultPermissionArg, VaultsCommand,
 };
-use crate::commands::Output;
 use crate::error::CliError;
+use crate::output::{Output, time};
 
 fn node_permission(p: NodePermissionArg) -> NodePermission {
     match p {
@@ -63,46 +63,8 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
             no_ping,
             no_notify,
         } => {
-            let (node_id, addr) = match (node_id.strip_prefix("pk://"), host, port) {
-                (Some(pairing), None, None) => {
-                    let (id, addr) = pairing.split_once('@').ok_or_else(|| {
-                        CliError::usage("a pairing address is pk://NODEID@HOST:PORT")
-                    })?;
-                    (id.to_owned(), addr.to_owned())
-                }
-                (Some(_), _, _) => {
-                    return Err(CliError::usage(
-                        "a pairing address already holds the host and port",
-                    ));
-                }
-                // An IPv6 literal needs brackets in host:port.
-                (None, Some(host), Some(port)) if host.contains(':') && !host.starts_with('[') => {
-                    (node_id.clone(), format!("[{host}]:{port}"))
-                }
-                (None, Some(host), Some(port)) => (node_id.clone(), format!("{host}:{port}")),
-                (None, _, _) => {
-                    return Err(CliError::usage(
-                        "give the node's HOST and PORT, or a pairing address pk://NODEID@HOST:PORT",
-                    ));
-                }
-            };
-            let record = call(
-                &client,
-                nodes_api::Add {
-                    node: node_id.clone(),
-                    addr,
-                    no_notify: *no_notify,
-                    no_ping: *no_ping,
-                },
-            )?;
-            let _ = out.emit(json!(record), || {
-                format!(
-                    "Added {} at {} (may: {})\n",
-                    record.node_id,
-                    record.addrs.join(", "),
-                    names(&record.permissions)
-                )
-            });
+            let (node_id, addr) = node_address(node_id, host.as_deref(), *port)?;
+            add(&client, node_id, addr, *no_ping, *no_notify, out)?;
         }
         NodesCommand::Remove { node_id } => {
             call(
@@ -138,41 +100,8 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
                 addrs.iter().map(|a| format!("{a}\n")).collect()
             });
         }
-        NodesCommand::Getall => {
-            let list = call(&client, nodes_api::GetAll)?;
-            let _ = out.emit(json!(list), || {
-                list.iter()
-                    .map(|r| {
-                        format!(
-                            "{}\t{}\tmay: {}\tlast seen: {}\n",
-                            r.node_id,
-                            r.addrs.join(","),
-                            names(&r.permissions),
-                            r.last_seen
-                                .map(|t| time(t as i64))
-                                .unwrap_or_else(|| "never".into())
-                        )
-                    })
-                    .collect()
-            });
-        }
-        NodesCommand::Connections => {
-            let list = call(&client, nodes_api::Connections)?;
-            let _ = out.emit(json!(list), || {
-                list.iter()
-                    .map(|c| {
-                        format!(
-                            "{}\t{}\t{}\t{} s\trtt {} ms\n",
-                            c.node,
-                            c.addr,
-                            c.direction.name(),
-                            c.age_s,
-                            c.rtt_ms
-                        )
-                    })
-                    .collect()
-            });
-        }
+        NodesCommand::Getall => get_all(&client, out)?,
+        NodesCommand::Connections => connections(&client, out)?,
         NodesCommand::Allow {
             node_id,
             permissions,
@@ -182,40 +111,158 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
             permissions,
         } => {
             let allow = matches!(command, NodesCommand::Allow { .. });
-            let record = call(
-                &client,
-                nodes_api::Permit {
-                    node: node_id.clone(),
-                    permissions: permissions.iter().map(|p| node_permission(*p)).collect(),
-                    allow,
-                },
-            )?;
-            let _ = out.emit(json!(record), || {
-                format!("{} may: {}\n", record.node_id, names(&record.permissions))
-            });
+            permit(&client, node_id, permissions, allow, out)?;
         }
         NodesCommand::Claim { node_id } => return crate::trust_cmds::claim(node, node_id, out),
-        NodesCommand::Discover { lan: _, wait } => {
-            let found = call(
-                &client,
-                nodes_api::Discover {
-                    wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
-                },
-            )?;
-            let _ = out.emit(json!(found), || {
-                if found.is_empty() {
-                    return "No nodes found on the LAN\n".into();
-                }
-                found
-                    .iter()
-                    .map(|f| {
-                        let addrs: Vec<String> = f.addrs.iter().map(ToString::to_string).collect();
-                        format!("{}\t{}\n", f.node_id, addrs.join(","))
-                    })
-                    .collect()
-            });
-        }
+        NodesCommand::Discover { lan: _, wait } => discover(&client, *wait, out)?,
     }
+    Ok(())
+}
+
+/// `pk nodes add`: a node in the graph, pinged and told unless asked not to.
+fn add(
+    client: &Client,
+    node_id: String,
+    addr: String,
+    no_ping: bool,
+    no_notify: bool,
+    out: &Output,
+) -> Result<(), CliError> {
+    let record = call(
+        client,
+        nodes_api::Add {
+            node: node_id,
+            addr,
+            no_notify,
+            no_ping,
+        },
+    )?;
+    let _ = out.emit(json!(record), || {
+        format!(
+            "Added {} at {} (may: {})\n",
+            record.node_id,
+            record.addrs.join(", "),
+            names(&record.permissions)
+        )
+    });
+    Ok(())
+}
+
+/// The NodeId and `host:port` of `pk nodes add`: from a pairing address
+/// (`pk://NODEID@HOST:PORT`), or from a NodeId, a host and a port.
+fn node_address(
+    node_id: &str,
+    host: Option<&str>,
+    port: Option<u16>,
+) -> Result<(String, String), CliError> {
+    Ok(match (node_id.strip_prefix("pk://"), host, port) {
+        (Some(pairing), None, None) => {
+            let (id, addr) = pairing
+                .split_once('@')
+                .ok_or_else(|| CliError::usage("a pairing address is pk://NODEID@HOST:PORT"))?;
+            (id.to_owned(), addr.to_owned())
+        }
+        (Some(_), _, _) => {
+            return Err(CliError::usage(
+                "a pairing address already holds the host and port",
+            ));
+        }
+        // An IPv6 literal needs brackets in host:port.
+        (None, Some(host), Some(port)) if host.contains(':') && !host.starts_with('[') => {
+            (node_id.to_owned(), format!("[{host}]:{port}"))
+        }
+        (None, Some(host), Some(port)) => (node_id.to_owned(), format!("{host}:{port}")),
+        (None, _, _) => {
+            return Err(CliError::usage(
+                "give the node's HOST and PORT, or a pairing address pk://NODEID@HOST:PORT",
+            ));
+        }
+    })
+}
+
+/// `pk nodes getall`: the node graph.
+fn get_all(client: &Client, out: &Output) -> Result<(), CliError> {
+    let list = call(client, nodes_api::GetAll)?;
+    let _ = out.emit(json!(list), || {
+        list.iter()
+            .map(|r| {
+                format!(
+                    "{}\t{}\tmay: {}\tlast seen: {}\n",
+                    r.node_id,
+                    r.addrs.join(","),
+                    names(&r.permissions),
+                    r.last_seen
+                        .map(|t| time(t as i64))
+                        .unwrap_or_else(|| "never".into())
+                )
+            })
+            .collect()
+    });
+    Ok(())
+}
+
+/// `pk nodes connections`: the agent's open peer connections.
+fn connections(client: &Client, out: &Output) -> Result<(), CliError> {
+    let list = call(client, nodes_api::Connections)?;
+    let _ = out.emit(json!(list), || {
+        list.iter()
+            .map(|c| {
+                format!(
+                    "{}\t{}\t{}\t{} s\trtt {} ms\n",
+                    c.node,
+                    c.addr,
+                    c.direction.name(),
+                    c.age_s,
+                    c.rtt_ms
+                )
+            })
+            .collect()
+    });
+    Ok(())
+}
+
+/// `pk nodes allow` and `pk nodes disallow`.
+fn permit(
+    client: &Client,
+    node_id: &str,
+    permissions: &[NodePermissionArg],
+    allow: bool,
+    out: &Output,
+) -> Result<(), CliError> {
+    let record = call(
+        client,
+        nodes_api::Permit {
+            node: node_id.to_owned(),
+            permissions: permissions.iter().map(|p| node_permission(*p)).collect(),
+            allow,
+        },
+    )?;
+    let _ = out.emit(json!(record), || {
+        format!("{} may: {}\n", record.node_id, names(&record.permissions))
+    });
+    Ok(())
+}
+
+/// `pk nodes discover`: nodes found on the LAN within `wait`.
+fn discover(client: &Client, wait: std::time::Duration, out: &Output) -> Result<(), CliError> {
+    let found = call(
+        client,
+        nodes_api::Discover {
+            wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
+        },
+    )?;
+    let _ = out.emit(json!(found), || {
+        if found.is_empty() {
+            return "No nodes found on the LAN\n".into();
+        }
+        found
+            .iter()
+            .map(|f| {
+                let addrs: Vec<String> = f.addrs.iter().map(ToString::to_string).collect();
+                format!("{}\t{}\n", f.node_id, addrs.join(","))
+            })
+            .collect()
+    });
     Ok(())
 }
 
@@ -239,33 +286,7 @@ pub(crate) fn vaults(
                 permissions,
             } => {
                 let grant = matches!(command, VaultsCommand::Share { .. });
-                let default: &[VaultPermission] = if grant {
-                    &[VaultPermission::Clone, VaultPermission::Pull]
-                } else {
-                    &[
-                        VaultPermission::Clone,
-                        VaultPermission::Pull,
-                        VaultPermission::Push,
-                    ]
-                };
-                let permissions = vault_permissions(permissions, default);
-                let shares = call(
-                    &client,
-                    vaults_api::Share {
-                        vault: name.clone(),
-                        node: node_id.clone(),
-                        permissions: permissions.clone(),
-                        grant,
-                    },
-                )?;
-                let now = shares.first().map(|s| names(&s.permissions));
-                let _ = out.emit(
-                    json!({ "vault": name, "node": node_id, "permissions": shares.first().map(|s| &s.permissions) }),
-                    || match now {
-                        Some(now) => format!("{node_id} may now {now} vault {name}\n"),
-                        None => format!("Vault {name} is no longer shared with {node_id}\n"),
-                    },
-                );
+                share(&client, name, node_id, permissions, grant, out)?;
             }
             VaultsCommand::Permissions { name } => {
                 let shares = call(
@@ -301,48 +322,8 @@ pub(crate) fn vaults(
                 vault,
                 node_id,
                 name,
-            } => {
-                let outcome = call(
-                    &client,
-                    vaults_api::Clone {
-                        vault: vault.clone(),
-                        node: node_id.clone(),
-                        name: name.clone(),
-                    },
-                )?;
-                let _ = out.emit(json!(outcome), || {
-                    let mut text = format!(
-                        "Cloned {vault} from {node_id} as {} ({} objects, {} bytes",
-                        outcome.vault, outcome.objects, outcome.bytes
-                    );
-                    if outcome.resumed > 0 {
-                        text +=
-                            &format!("; resumed: {} objects were here already", outcome.resumed);
-                    }
-                    text + ")\n"
-                });
-            }
-            VaultsCommand::Pull { name, node_id } => {
-                let outcome = call(
-                    &client,
-                    vaults_api::Pull {
-                        vault: name.clone(),
-                        node: node_id.clone(),
-                    },
-                )?;
-                let _ = out.emit(json!(outcome), || {
-                    let mut text = format!(
-                        "Pulled {name}: {} ({} objects, {} bytes on the wire)\n",
-                        outcome.result, outcome.objects, outcome.wire_bytes
-                    );
-                    for (path, kept) in &outcome.conflicts {
-                        text += &format!(
-                            "Conflict: {path} changed on both sides; ours stays at {path}, theirs is kept as {kept}\n"
-                        );
-                    }
-                    text
-                });
-            }
+            } => clone(&client, vault, node_id, name.clone(), out)?,
+            VaultsCommand::Pull { name, node_id } => pull(&client, name, node_id.clone(), out)?,
             VaultsCommand::Backup(command) => return backup(&client, command, out),
             _ => return Err(CliError::internal("not a sharing command")),
         }
@@ -358,6 +339,103 @@ pub(crate) fn vaults(
         | VaultsCommand::Backup(_) => Some(run()),
         _ => None,
     }
+}
+
+/// `pk vaults share` (`grant`) and `pk vaults unshare`, with their default permissions.
+fn share(
+    client: &Client,
+    name: &str,
+    node_id: &str,
+    permissions: &[VaultPermissionArg],
+    grant: bool,
+    out: &Output,
+) -> Result<(), CliError> {
+    let default: &[VaultPermission] = if grant {
+        &[VaultPermission::Clone, VaultPermission::Pull]
+    } else {
+        &[
+            VaultPermission::Clone,
+            VaultPermission::Pull,
+            VaultPermission::Push,
+        ]
+    };
+    let permissions = vault_permissions(permissions, default);
+    let shares = call(
+        client,
+        vaults_api::Share {
+            vault: name.to_owned(),
+            node: node_id.to_owned(),
+            permissions: permissions.clone(),
+            grant,
+        },
+    )?;
+    let now = shares.first().map(|s| names(&s.permissions));
+    let _ = out.emit(
+        json!({ "vault": name, "node": node_id, "permissions": shares.first().map(|s| &s.permissions) }),
+        || match now {
+            Some(now) => format!("{node_id} may now {now} vault {name}\n"),
+            None => format!("Vault {name} is no longer shared with {node_id}\n"),
+        },
+    );
+    Ok(())
+}
+
+/// `pk vaults clone`.
+fn clone(
+    client: &Client,
+    vault: &str,
+    node_id: &str,
+    name: Option<String>,
+    out: &Output,
+) -> Result<(), CliError> {
+    let outcome = call(
+        client,
+        vaults_api::Clone {
+            vault: vault.to_owned(),
+            node: node_id.to_owned(),
+            name,
+        },
+    )?;
+    let _ = out.emit(json!(outcome), || {
+        let mut text = format!(
+            "Cloned {vault} from {node_id} as {} ({} objects, {} bytes",
+            outcome.vault, outcome.objects, outcome.bytes
+        );
+        if outcome.resumed > 0 {
+            text += &format!("; resumed: {} objects were here already", outcome.resumed);
+        }
+        text + ")\n"
+    });
+    Ok(())
+}
+
+/// `pk vaults pull`, with the conflicts the merge kept.
+fn pull(
+    client: &Client,
+    name: &str,
+    node_id: Option<String>,
+    out: &Output,
+) -> Result<(), CliError> {
+    let outcome = call(
+        client,
+        vaults_api::Pull {
+            vault: name.to_owned(),
+            node: node_id,
+        },
+    )?;
+    let _ = out.emit(json!(outcome), || {
+        let mut text = format!(
+            "Pulled {name}: {} ({} objects, {} bytes on the wire)\n",
+            outcome.result, outcome.objects, outcome.wire_bytes
+        );
+        for (path, kept) in &outcome.conflicts {
+            text += &format!(
+                "Conflict: {path} changed on both sides; ours stays at {path}, theirs is kept as {kept}\n"
+            );
+        }
+        text
+    });
+    Ok(())
 }
 
 fn backup(client: &Client, command: &BackupCommand, out: &Output) -> Result<(), CliError> {

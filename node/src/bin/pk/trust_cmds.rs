@@ -7,10 +7,10 @@ use node::client::Client;
 use node::nodes::NodePermission;
 use serde_json::json;
 
-use crate::agent_cmds::call;
+use crate::call::call;
 use crate::cli::{IdentitiesCommand, NodePermissionArg};
-use crate::commands::Output;
 use crate::error::CliError;
+use crate::output::Output;
 
 fn permission(p: NodePermissionArg) -> NodePermission {
     match p {
@@ -92,20 +92,15 @@ pub(crate) fn identities(
                 gestalt: gestalt_id.clone(),
             },
         )?,
-        IdentitiesCommand::Trust { gestalt_id } => call(
-            &client,
-            api::Trust {
-                gestalt: gestalt_id.clone(),
-                trust: true,
-            },
-        )?,
-        IdentitiesCommand::Untrust { gestalt_id } => call(
-            &client,
-            api::Trust {
-                gestalt: gestalt_id.clone(),
-                trust: false,
-            },
-        )?,
+        IdentitiesCommand::Trust { gestalt_id } | IdentitiesCommand::Untrust { gestalt_id } => {
+            call(
+                &client,
+                api::Trust {
+                    gestalt: gestalt_id.clone(),
+                    trust: matches!(command, IdentitiesCommand::Trust { .. }),
+                },
+            )?
+        }
         IdentitiesCommand::Allow {
             gestalt_id,
             permission: p,
@@ -133,18 +128,7 @@ pub(crate) fn identities(
                 gestalt: gestalt_id.clone(),
             },
         )?,
-        IdentitiesCommand::Invite { node_id } => {
-            call(
-                &client,
-                api::Invite {
-                    node: node_id.clone(),
-                },
-            )?;
-            let _ = out.emit(json!({ "invited": node_id }), || {
-                format!("Invited {node_id} to this node's gestalt\n")
-            });
-            return Ok(());
-        }
+        IdentitiesCommand::Invite { node_id } => return invite(&client, node_id, out),
         IdentitiesCommand::Authenticate { provider_id } => {
             return authenticate(&client, provider_id, out);
         }
@@ -163,43 +147,64 @@ pub(crate) fn identities(
             print_identities(&found, out);
             return Ok(());
         }
-        IdentitiesCommand::Claim { identity } => {
-            let IdentityClaimed { identity, url, seq } = call(
-                &client,
-                api::Claim {
-                    identity: identity.clone(),
-                },
-            )?;
-            let _ = out.emit(json!({ "identity": identity, "url": url, "seq": seq }), || {
-                format!("Claimed {identity}: claim {seq} of this node's sigchain, published at {url}\n")
-            });
-            return Ok(());
-        }
-        IdentitiesCommand::Queue => {
-            let queue = call(&client, api::Queue)?;
-            let _ = out.emit(json!(queue), || {
-                if queue.is_empty() {
-                    return "The discovery queue is empty\n".into();
-                }
-                queue
-                    .iter()
-                    .map(|q| {
-                        format!(
-                            "{}\tattempts: {}{}\n",
-                            q.vertex,
-                            q.attempts,
-                            q.last_error
-                                .as_ref()
-                                .map(|e| format!("\tlast error: {e}"))
-                                .unwrap_or_default()
-                        )
-                    })
-                    .collect()
-            });
-            return Ok(());
-        }
+        IdentitiesCommand::Claim { identity } => return claim_identity(&client, identity, out),
+        IdentitiesCommand::Queue => return queue(&client, out),
     };
     print_gestalts(&[gestalt], out);
+    Ok(())
+}
+
+/// `pk identities invite`: a node invited into this node's gestalt.
+fn invite(client: &Client, node_id: &str, out: &Output) -> Result<(), CliError> {
+    call(
+        client,
+        api::Invite {
+            node: node_id.to_owned(),
+        },
+    )?;
+    let _ = out.emit(json!({ "invited": node_id }), || {
+        format!("Invited {node_id} to this node's gestalt\n")
+    });
+    Ok(())
+}
+
+/// `pk identities claim`: an identity claimed in the sigchain and published.
+fn claim_identity(client: &Client, identity: &str, out: &Output) -> Result<(), CliError> {
+    let IdentityClaimed { identity, url, seq } = call(
+        client,
+        api::Claim {
+            identity: identity.to_owned(),
+        },
+    )?;
+    let _ = out.emit(
+        json!({ "identity": identity, "url": url, "seq": seq }),
+        || format!("Claimed {identity}: claim {seq} of this node's sigchain, published at {url}\n"),
+    );
+    Ok(())
+}
+
+/// `pk identities queue`: the discovery queue.
+fn queue(client: &Client, out: &Output) -> Result<(), CliError> {
+    let queue = call(client, api::Queue)?;
+    let _ = out.emit(json!(queue), || {
+        if queue.is_empty() {
+            return "The discovery queue is empty\n".into();
+        }
+        queue
+            .iter()
+            .map(|q| {
+                format!(
+                    "{}\tattempts: {}{}\n",
+                    q.vertex,
+                    q.attempts,
+                    q.last_error
+                        .as_ref()
+                        .map(|e| format!("\tlast error: {e}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    });
     Ok(())
 }
 
