@@ -35,6 +35,7 @@ use crate::store::{Store, StoreError, WriteTx};
 use crate::tokens::{TokenConfig, UnlockChoice, UnlockError};
 use crate::vault::{VaultError, Vaults};
 
+mod background;
 mod budget;
 mod calls;
 mod peers;
@@ -234,18 +235,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
     transfer_limits()?;
     let node = config.node.clone();
     Keyslots::open(&node)?;
-    let socket = node.agent_socket();
-    if UnixStream::connect(&socket).await.is_ok() {
-        return Err(AgentError::AlreadyRunning(node.dir().to_owned()));
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("restricting the socket"))?;
-    }
+    let (listener, socket) = bind_socket(&node).await?;
     let udp = match config.peer_listen {
         Some(addr) => Some(
             std::net::UdpSocket::bind(addr)
@@ -293,16 +283,62 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
     let _ = unlock(&shared, Unlock::default()).await;
     ready();
 
-    let own_uid = rustix::process::getuid().as_raw();
     // An agent whose socket was removed (its node directory deleted or replaced) can no
     // longer be reached: it stops instead of lingering.
-    let socket_inode = std::fs::metadata(&socket)
+    let socket_inode = inode(&socket);
+    let why = serve_until_stopped(&shared, &listener, &socket, socket_inode).await?;
+    lock(&shared);
+    // Remove the socket and status file only if they are still ours.
+    let ours = inode(&socket);
+    if ours.is_some() && ours == socket_inode {
+        for path in [&socket, &status_path] {
+            if let Err(e) = std::fs::remove_file(path) {
+                // A later `pk` sees a stale file and recognises it; worth a line all the same.
+                tracing::warn!(target: AGENT, error = %e, "cannot remove {}", path.display());
+            }
+        }
+    }
+    tracing::info!(target: AGENT, event = "agent.stopped", reason = why, "agent stopped ({why})");
+    Ok(())
+}
+
+/// The inode of `path`, to tell our socket from one that replaced it.
+fn inode(path: &std::path::Path) -> Option<u64> {
+    std::fs::metadata(path)
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .ok();
+        .ok()
+}
+
+/// Binds the agent socket (mode 0600), unless another agent answers on it.
+async fn bind_socket(node: &NodePath) -> Result<(UnixListener, std::path::PathBuf), AgentError> {
+    let socket = node.agent_socket();
+    if UnixStream::connect(&socket).await.is_ok() {
+        return Err(AgentError::AlreadyRunning(node.dir().to_owned()));
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io("restricting the socket"))?;
+    }
+    Ok((listener, socket))
+}
+
+/// Serves connections from this user (refusing others) until a stop request, a signal,
+/// or the socket's removal; why it stopped.
+async fn serve_until_stopped(
+    shared: &Arc<Shared>,
+    listener: &UnixListener,
+    socket: &std::path::Path,
+    socket_inode: Option<u64>,
+) -> Result<&'static str, AgentError> {
+    let own_uid = rustix::process::getuid().as_raw();
     let mut watch = tokio::time::interval(std::time::Duration::from_secs(2));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("installing the SIGTERM handler"))?;
-    let why = loop {
+    Ok(loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
@@ -318,7 +354,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
             }
             _ = shared.shutdown.notified() => break "stop requested",
             _ = watch.tick() => {
-                let now = std::fs::metadata(&socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+                let now = inode(socket);
                 if now.is_none() || now != socket_inode {
                     break "its socket was removed or replaced";
                 }
@@ -326,22 +362,7 @@ pub async fn run(config: AgentConfig, ready: impl FnOnce()) -> Result<(), AgentE
             _ = term.recv() => break "SIGTERM",
             _ = tokio::signal::ctrl_c() => break "SIGINT",
         }
-    };
-    lock(&shared);
-    // Remove the socket and status file only if they are still ours.
-    let ours = std::fs::metadata(&socket)
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .ok();
-    if ours.is_some() && ours == socket_inode {
-        for path in [&socket, &status_path] {
-            if let Err(e) = std::fs::remove_file(path) {
-                // A later `pk` sees a stale file and recognises it; worth a line all the same.
-                tracing::warn!(target: AGENT, error = %e, "cannot remove {}", path.display());
-            }
-        }
-    }
-    tracing::info!(target: AGENT, event = "agent.stopped", reason = why, "agent stopped ({why})");
-    Ok(())
+    })
 }
 
 /// Answers a connection from another user with a refusal, and nothing else.
@@ -576,82 +597,8 @@ async fn unlock(shared: &Arc<Shared>, params: Unlock) -> Result<(), ApiError> {
         .clone();
     let auto = params.is_unattended();
     let requested_slot = params.slot;
-    let result = blocking(move || {
-        let keyslots = Keyslots::open(&config.node).map_err(keyslot_error)?;
-        let choice = UnlockChoice {
-            slot: params.slot,
-            kind: params.kind,
-            secret: params.secret.as_ref().map(|s| hsm::Pin::new(s.0.clone())),
-        };
-        let unlocked =
-            crate::tokens::unlock(&keyslots, choice, &config.tokens).map_err(unlock_error)?;
-        let store = Store::open(&config.node, &unlocked.key).map_err(store_error)?;
-        let mut tx = store.write().map_err(store_error)?;
-        let identity = Identity::load_or_create(&mut tx).map_err(store_error)?;
-        for (event, fields) in &failed {
-            audit::append(&mut tx, event, fields.clone()).map_err(store_error)?;
-        }
-        audit::append(&mut tx, "agent.unlocked", json!({ "slot": unlocked.slot }))
-            .map_err(store_error)?;
-        tx.commit().map_err(store_error)?;
-        Ok(Open {
-            store,
-            identity: Mutex::new(Arc::new(identity)),
-            slot: unlocked.slot,
-            net: std::sync::OnceLock::new(),
-            github: crate::provider::GitHub::new(config.github.clone()),
-            device_auths: Mutex::new(std::collections::HashMap::new()),
-            refusals: Mutex::new(refusals::Refusals::default()),
-            transfer_limits: transfer_limits().unwrap_or_default(),
-            clock: crate::clock::Clock::system(),
-        })
-    })
-    .await;
-    match result {
-        Ok(open) => {
-            shared
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-            let pending = shared.config.node.agent_pending();
-            match std::fs::remove_file(&pending) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    // Its events are in the audit log now; left behind, they would be
-                    // written a second time at the next unlock after a restart.
-                    tracing::warn!(
-                        target: AGENT,
-                        error = %e,
-                        "cannot remove {}",
-                        pending.display()
-                    );
-                }
-                _ => {}
-            }
-            let open = Arc::new(open);
-            tracing::info!(
-                target: AGENT,
-                event = "agent.unlocked",
-                outcome = "ok",
-                slot = open.slot,
-                node = %open.identity().node_id(),
-                unattended = auto,
-                "agent unlocked with keyslot {}",
-                open.slot
-            );
-            if let Some(udp) = &shared.udp {
-                let net = peers::start(&open, udp, shared.config.lan).inspect_err(|e| {
-                    tracing::error!(
-                        target: AGENT,
-                        error = e.message.as_str(),
-                        "the peer endpoint could not start; the agent stays locked"
-                    );
-                })?;
-                let _ = open.net.set(net);
-            }
-            *shared.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
-            Ok(())
-        }
+    match blocking(move || open_store(&config, &params, &failed)).await {
+        Ok(open) => unlocked(shared, open, auto),
         Err(e) if auto => {
             // Expected when every keyslot needs a secret; worth knowing when a TPM slot
             // that used to open by itself no longer does (its PCR policy changed).
@@ -683,6 +630,89 @@ async fn unlock(shared: &Arc<Shared>, params: Unlock) -> Result<(), ApiError> {
             Err(e)
         }
     }
+}
+
+/// Unwraps the DEK through the keyslots as `params` asks, opens the store with it, and
+/// writes the events kept while locked (`failed`) and the unlock in one transaction.
+fn open_store(
+    config: &AgentConfig,
+    params: &Unlock,
+    failed: &[(String, serde_json::Value)],
+) -> Result<Open, ApiError> {
+    let keyslots = Keyslots::open(&config.node).map_err(keyslot_error)?;
+    let choice = UnlockChoice {
+        slot: params.slot,
+        kind: params.kind,
+        secret: params.secret.as_ref().map(|s| hsm::Pin::new(s.0.clone())),
+    };
+    let unlocked =
+        crate::tokens::unlock(&keyslots, choice, &config.tokens).map_err(unlock_error)?;
+    let store = Store::open(&config.node, &unlocked.key)?;
+    let mut tx = store.write()?;
+    let identity = Identity::load_or_create(&mut tx)?;
+    for (event, fields) in failed {
+        audit::append(&mut tx, event, fields.clone())?;
+    }
+    audit::append(&mut tx, "agent.unlocked", json!({ "slot": unlocked.slot }))?;
+    tx.commit()?;
+    Ok(Open {
+        store,
+        identity: Mutex::new(Arc::new(identity)),
+        slot: unlocked.slot,
+        net: std::sync::OnceLock::new(),
+        github: crate::provider::GitHub::new(config.github.clone()),
+        device_auths: Mutex::new(std::collections::HashMap::new()),
+        refusals: Mutex::new(refusals::Refusals::default()),
+        transfer_limits: transfer_limits().unwrap_or_default(),
+        clock: crate::clock::Clock::system(),
+    })
+}
+
+/// The store is open: forgets the events kept while locked (now in the audit log),
+/// starts the peer side, and makes the unlocked state the agent's.
+fn unlocked(shared: &Arc<Shared>, open: Open, auto: bool) -> Result<(), ApiError> {
+    shared
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    let pending = shared.config.node.agent_pending();
+    match std::fs::remove_file(&pending) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            // Its events are in the audit log now; left behind, they would be written a
+            // second time at the next unlock after a restart.
+            tracing::warn!(
+                target: AGENT,
+                error = %e,
+                "cannot remove {}",
+                pending.display()
+            );
+        }
+        _ => {}
+    }
+    let open = Arc::new(open);
+    tracing::info!(
+        target: AGENT,
+        event = "agent.unlocked",
+        outcome = "ok",
+        slot = open.slot,
+        node = %open.identity().node_id(),
+        unattended = auto,
+        "agent unlocked with keyslot {}",
+        open.slot
+    );
+    if let Some(udp) = &shared.udp {
+        let net = background::start(&open, udp, shared.config.lan).inspect_err(|e| {
+            tracing::error!(
+                target: AGENT,
+                error = e.message.as_str(),
+                "the peer endpoint could not start; the agent stays locked"
+            );
+        })?;
+        let _ = open.net.set(net);
+    }
+    *shared.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
+    Ok(())
 }
 
 /// Events a previous run kept while locked (see [`Shared::remember`]).

@@ -51,9 +51,22 @@ impl<'w> Peer<'w> {
         let pass = self.pass.to_str().unwrap().to_owned();
         let mut args = vec!["agent", "start", "--password-file", &pass];
         args.extend(self.agent_args.iter().map(String::as_str));
-        self.w
-            .pk_env(&self.path, &args, &[("PK_PEER_LISTEN", &listen)])
-            .ok();
+        // A restart asks for the port the agent had: it can be briefly taken (the killed
+        // agent's socket not yet released, or another test's agent given it by the
+        // kernel meanwhile), which is the machine's doing, not the node's: try again.
+        let mut tries = 0;
+        loop {
+            let run = self
+                .w
+                .pk_env(&self.path, &args, &[("PK_PEER_LISTEN", &listen)]);
+            tries += 1;
+            if port.is_some() && tries < 40 && run.stderr.contains("Address already in use") {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                continue;
+            }
+            run.ok();
+            break;
+        }
         self.agent = Some(AgentGuard::new(&self.path));
         let status = self.json(&["agent", "status"]);
         self.id = status["node_id"].as_str().unwrap().to_owned();

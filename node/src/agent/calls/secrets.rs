@@ -23,25 +23,7 @@ pub(super) async fn handle(
     let open = shared.open();
     match request {
         SecretsRequest::Write(w) => done::<Write>(write(open, w, stream).await),
-        SecretsRequest::Cat(Cat { vault, path, via }) => {
-            let open = open?;
-            let path = SecretPath::parse_file(&path)?;
-            let revealed = stream_out(stream, move |out| {
-                let v = vaults(&open);
-                // Record the reveal before the first byte leaves, so a reader that stops
-                // midway is on record too; a path that does not exist reveals nothing.
-                v.stat(&vault, &path)?;
-                open.record(
-                    "secret.revealed",
-                    json!({ "vault": vault, "path": path.to_string(), "via": via.name() }),
-                )?;
-                Ok(v.read_stream(&vault, &path, &mut |piece| {
-                    std::io::Write::write_all(out, piece).map_err(|_| VaultError::Interrupted)
-                })?)
-            })
-            .await;
-            done::<Cat>(revealed)
-        }
+        SecretsRequest::Cat(cat) => done::<Cat>(self::cat(open?, cat, stream).await),
         SecretsRequest::Ls(Ls { vault, path }) => done::<Ls>(
             on_store(&open?, move |open| {
                 Ok(vaults(open).list_dir(&vault, &SecretPath::parse(&path, true)?)?)
@@ -96,6 +78,29 @@ pub(super) async fn handle(
             .await,
         ),
     }
+}
+
+/// Streams a secret to the caller, recording the reveal first.
+async fn cat(
+    open: Arc<Open>,
+    Cat { vault, path, via }: Cat,
+    stream: &mut UnixStream,
+) -> Result<(), ApiError> {
+    let path = SecretPath::parse_file(&path)?;
+    stream_out(stream, move |out| {
+        let v = vaults(&open);
+        // Record the reveal before the first byte leaves, so a reader that stops midway
+        // is on record too; a path that does not exist reveals nothing.
+        v.stat(&vault, &path)?;
+        open.record(
+            "secret.revealed",
+            json!({ "vault": vault, "path": path.to_string(), "via": via.name() }),
+        )?;
+        Ok(v.read_stream(&vault, &path, &mut |piece| {
+            std::io::Write::write_all(out, piece).map_err(|_| VaultError::Interrupted)
+        })?)
+    })
+    .await
 }
 
 /// Stores an upload chunk by chunk in one transaction, as it arrives.

@@ -298,7 +298,7 @@ pub(in crate::agent) async fn send_notification(
 
 /// One delivery attempt of outbox entry `id`; records the outcome. False when it was not
 /// delivered, or was being delivered already.
-pub(super) async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body) -> bool {
+pub(in crate::agent) async fn deliver(open: &Arc<Open>, id: u64, node: NodeId, body: Body) -> bool {
     if let Some(net) = open.net.get()
         && !net.begin_delivery(id)
     {
@@ -553,7 +553,7 @@ pub(in crate::agent) fn put_backup(
 }
 
 /// Saves a scheduled pull after a run, in a transaction of its own (no audit event).
-pub(super) fn save_backup(open: &Open, backup: &Backup) -> Result<(), ApiError> {
+pub(in crate::agent) fn save_backup(open: &Open, backup: &Backup) -> Result<(), ApiError> {
     let mut tx = open.store.write()?;
     put_backup(open, &mut tx, backup)?;
     Ok(tx.commit()?)

@@ -42,7 +42,7 @@ type OpenFetch = (Connection, (u64, u64), CallStream, Fetched);
 
 /// Fetches a vault from `node`, stored as a new vault (`clone_as`: under the name given,
 /// or the peer's) or into the one `request` names.
-pub(super) async fn fetch(
+pub(in crate::agent) async fn fetch(
     open: &Arc<Open>,
     node: NodeId,
     request: FetchRequest,

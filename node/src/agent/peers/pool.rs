@@ -119,7 +119,7 @@ impl PeerNet {
 impl PeerNet {
     /// Makes the endpoint on the agent's UDP socket (presenting the node key and its
     /// renewals) and advertises it on the LAN when asked to.
-    pub(super) fn open(
+    pub(in crate::agent) fn open(
         open: &Open,
         socket: &std::net::UdpSocket,
         lan: Option<Interfaces>,
@@ -158,19 +158,21 @@ impl PeerNet {
     }
 
     /// Keeps the tasks that [`PeerNet::shutdown`] stops.
-    pub(super) fn hold_tasks(&self, tasks: Vec<tokio::task::AbortHandle>) {
+    pub(in crate::agent) fn hold_tasks(&self, tasks: Vec<tokio::task::AbortHandle>) {
         *self.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
     }
 
     /// A permit to serve one call on a blocking thread: blocking threads are shared by
     /// every caller, so a bounded number of calls use them at once and the others wait
     /// here without holding one. `None` once the endpoint is shutting down.
-    pub(super) async fn blocking_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    pub(in crate::agent) async fn blocking_permit(
+        &self,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
         self.blocking_calls.acquire().await.ok()
     }
 
     /// Marks outbox entry `id` as being delivered; false if it already is.
-    pub(super) fn begin_delivery(&self, id: u64) -> bool {
+    pub(in crate::agent) fn begin_delivery(&self, id: u64) -> bool {
         self.delivering
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -178,7 +180,7 @@ impl PeerNet {
     }
 
     /// Outbox entry `id` is no longer being delivered.
-    pub(super) fn end_delivery(&self, id: u64) {
+    pub(in crate::agent) fn end_delivery(&self, id: u64) {
         self.delivering
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -186,7 +188,7 @@ impl PeerNet {
     }
 
     /// Closes the outgoing connections that are closed already or unused for `idle`.
-    pub(super) fn close_idle(&self, idle: Duration) {
+    pub(in crate::agent) fn close_idle(&self, idle: Duration) {
         self.pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -200,7 +202,7 @@ impl PeerNet {
     }
 
     /// The open connections, both ways.
-    pub(super) fn connections(&self) -> Vec<ConnectionInfo> {
+    pub(in crate::agent) fn connections(&self) -> Vec<ConnectionInfo> {
         let mut out = Vec::new();
         for (node, p) in self.pool.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             if p.conn.is_closed() {
@@ -255,7 +257,7 @@ fn advertise(node: &NodeId, addr: SocketAddr, interfaces: Interfaces) -> Option<
 }
 
 /// The endpoint, or why there is none.
-pub(super) fn net_of(open: &Open) -> Result<Arc<PeerNet>, ApiError> {
+pub(in crate::agent) fn net_of(open: &Open) -> Result<Arc<PeerNet>, ApiError> {
     open.net.get().cloned().ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unavailable,
@@ -280,7 +282,7 @@ pub(in crate::agent) struct IncomingCall {
 
 /// Accepts connections within the budget until the endpoint closes, and hands each call
 /// on them to `serve` in a task of its own, inside a `peer_call` span.
-pub(super) async fn accept_loop<S, F>(open: Arc<Open>, net: Arc<PeerNet>, serve: S)
+pub(in crate::agent) async fn accept_loop<S, F>(open: Arc<Open>, net: Arc<PeerNet>, serve: S)
 where
     S: Fn(Arc<Open>, Arc<PeerNet>, IncomingCall) -> F + Copy + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
@@ -478,7 +480,7 @@ fn rand_id() -> usize {
 
 /// A connection to `node`: the pooled one, or a new one to an address from the graph (or
 /// `addr`). Fails unless the peer proves it is `node`.
-pub(super) async fn dial(
+pub(in crate::agent) async fn dial(
     open: &Arc<Open>,
     node: NodeId,
     addr: Option<&str>,
@@ -608,7 +610,7 @@ async fn keep(
 
 /// The error for `pk`; a connection that broke or went silent leaves the pool, so the
 /// next call dials afresh instead of waiting on a dead peer.
-pub(super) fn failed(open: &Open, e: PeerError) -> ApiError {
+pub(in crate::agent) fn failed(open: &Open, e: PeerError) -> ApiError {
     if let PeerError::Connection { node, .. } | PeerError::Timeout { node, .. } = &e
         && let Some(net) = open.net.get()
         && let Some(pooled) = net

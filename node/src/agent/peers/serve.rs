@@ -1,12 +1,12 @@
 //! The calls other nodes make on this one, one accepted call at a time: [`serve_call`]
 //! (handed each call by the pool's accept loop) reads it and matches it, one call, one
 //! function: [`find`], [`scan`], [`notify`], [`sigchain`], the claim calls ([`claim`],
-//! [`claim_finish`], answered by `trust::countersign`) and the sending side of a clone or
+//! [`claim_finish`], answered by `countersign`) and the sending side of a clone or
 //! pull ([`fetch`]). Each checks who may make it first; a refused call is counted by
 //! [`denied`] and written to the audit log and the log in aggregate.
 //!
 //! May depend on the pool (`super::pool`), the agent's root and its no-I/O `refusals`,
-//! and `trust::countersign`; the pool does not know this module (it is handed
+//! and `countersign`; the pool does not know this module (it is handed
 //! [`serve_call`]).
 
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::countersign;
 use super::pool::{IncomingCall, PeerNet};
-use crate::agent::trust::countersign;
 use crate::agent::{Open, lost, on_store, refusals, vaults};
 use crate::api::{ApiError, ErrorCode, SecretBytes};
 use crate::identity::NodeId;
@@ -39,7 +39,7 @@ const LINGER: Duration = Duration::from_secs(5);
 
 /// Serves one call from another node: reads it, answers it, and logs how a known node's
 /// call ended.
-pub(super) async fn serve_call(open: Arc<Open>, net: Arc<PeerNet>, call: IncomingCall) {
+pub(in crate::agent) async fn serve_call(open: Arc<Open>, net: Arc<PeerNet>, call: IncomingCall) {
     let IncomingCall {
         peer,
         known,

@@ -1,6 +1,6 @@
 //! `pk nodes claim`, the asking side of a node claim: invite the other node, or (once it
 //! has invited this one) sign a claim of the link, have it countersigned
-//! (`ClaimNode`, answered in [`super::countersign`]), sign the other node's own claim,
+//! (`ClaimNode`, answered in `peers::countersign`), sign the other node's own claim,
 //! and hand it back (`ClaimNodeFinish`).
 //!
 //! May depend on the peer pool and commands and the agent's root.

@@ -7,18 +7,16 @@
 //!   `pk identities claim`.
 //! - [`claims`]: `pk nodes claim`, the asking side of a node claim (invite, or sign and
 //!   have the other node countersign).
-//! - [`countersign`]: the answering side, the `ClaimNode` and `ClaimNodeFinish` calls,
-//!   served through `peers::serve`.
 //! - [`discovery`]: walking a gestalt on demand and, one queued vertex at a time, from
-//!   `peers::background`.
+//!   `agent::background`.
 //! - [`renewal`]: `pk keys renew` and `pk keys reset`.
 //!
 //! Trust builds on the peer pool (`peers::pool`: calls to other nodes, the endpoint's
-//! key) and the commands (`peers::commands`: notifications); the peer side uses trust
-//! only from the serving layer (the claim calls) and the background loop (discovery).
+//! key) and the commands (`peers::commands`: notifications); the peer side does not use
+//! trust (the answering side of a node claim is `peers::countersign`, a served call).
+//! The background loop (`agent::background`) runs queued discoveries.
 
 pub(super) mod claims;
-pub(super) mod countersign;
 pub(super) mod discovery;
 pub(super) mod gestalts;
 pub(super) mod provider;

@@ -4,9 +4,11 @@
 //! closed. Discoveries and deliveries run in tasks of their own, so that an unreachable
 //! node holds up nothing else; locking the agent stops them with the loop.
 //!
-//! May depend on the commands (`super::commands`), the serving layer's refusals, the
-//! pool, `trust`'s discovery and the agent's root; nothing depends on it but
-//! [`super::start`].
+//! [`start`] makes the peer endpoint at each unlock and starts the accept loop (handing
+//! calls to `peers::serve`) and this loop: it is the one place that wires the peer
+//! layers together. This module may depend on `peers` (commands, the serving layer's
+//! refusals, the pool), `trust`'s discovery and the agent's root; nothing but the
+//! unlock depends on it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +16,37 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use super::commands::{backups, clone, deliver, pull, save_backup};
-use super::pool::PeerNet;
-use super::serve::flush_refusals;
-use crate::agent::trust::discovery;
+use super::peers::commands::{backups, clone, deliver, pull, save_backup};
+use super::peers::pool::{self, PeerNet};
+use super::peers::serve::{self, flush_refusals};
+use super::trust::discovery;
 use crate::agent::{Open, node_id, on_store, refusals, schedule, vaults};
 use crate::api::ApiError;
 use crate::api::backups::Backup;
 use crate::gestalt::Gestalts;
+use crate::lan::Interfaces;
 use crate::logging::{SYNC, printable};
 use crate::notifications::Notifications;
+
+/// Makes the endpoint on the agent's UDP socket and starts serving calls and the
+/// background work.
+pub(super) fn start(
+    open: &Arc<Open>,
+    socket: &std::net::UdpSocket,
+    lan: Option<Interfaces>,
+) -> Result<Arc<PeerNet>, ApiError> {
+    let net = PeerNet::open(open, socket, lan)?;
+    net.hold_tasks(vec![
+        tokio::spawn(pool::accept_loop(
+            open.clone(),
+            net.clone(),
+            serve::serve_call,
+        ))
+        .abort_handle(),
+        tokio::spawn(run(open.clone(), net.clone())).abort_handle(),
+    ]);
+    Ok(net)
+}
 
 /// Outgoing connections unused this long are closed.
 const IDLE_CLOSE: Duration = Duration::from_secs(120);
