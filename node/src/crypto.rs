@@ -22,10 +22,10 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 
 /// Bytes added to every sealed value.
-pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+pub(crate) const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 /// Derives the key for `purpose` from the DEK.
-pub fn derive(dek: &DataKey, purpose: &str) -> DataKey {
+pub(crate) fn derive(dek: &DataKey, purpose: &str) -> DataKey {
     let hk = Hkdf::<Sha256>::new(Some(b"pk store v1"), dek.expose());
     let mut out = Zeroizing::new([0u8; 32]);
     hk.expand(purpose.as_bytes(), out.as_mut())
@@ -34,20 +34,20 @@ pub fn derive(dek: &DataKey, purpose: &str) -> DataKey {
 }
 
 /// An AEAD key for one purpose, with its cipher ready.
-pub struct SealKey {
+pub(crate) struct SealKey {
     cipher: XChaCha20Poly1305,
 }
 
 impl SealKey {
     /// The cipher for `key`.
-    pub fn new(key: &DataKey) -> Self {
+    pub(crate) fn new(key: &DataKey) -> Self {
         SealKey {
             cipher: XChaCha20Poly1305::new(key.expose().into()),
         }
     }
 
     /// Encrypts `plain`, bound to `aad`.
-    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
@@ -61,7 +61,7 @@ impl SealKey {
     }
 
     /// Decrypts what [`SealKey::seal`] made with the same `aad`; `None` if anything differs.
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < OVERHEAD {
             return None;
         }
@@ -86,17 +86,17 @@ impl std::fmt::Debug for SealKey {
 }
 
 /// A keyed hash (HMAC-SHA256) for turning names into opaque table keys.
-pub struct NameKey(Zeroizing<[u8; 32]>);
+pub(crate) struct NameKey(Zeroizing<[u8; 32]>);
 
 impl NameKey {
     /// The hash key for `key`.
-    pub fn new(key: &DataKey) -> Self {
+    pub(crate) fn new(key: &DataKey) -> Self {
         NameKey(Zeroizing::new(*key.expose()))
     }
 
     /// HMAC-SHA256 over the parts, each prefixed by its length so that no two different
     /// lists of parts hash alike.
-    pub fn hash(&self, parts: &[&[u8]]) -> [u8; 32] {
+    pub(crate) fn hash(&self, parts: &[&[u8]]) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref())
             .expect("HMAC accepts any key length");
         for part in parts {

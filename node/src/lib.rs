@@ -1,12 +1,43 @@
-//! The pk node library.
+//! The pk node library: a Polykey-style secrets node whose keys live behind a hardware
+//! token. Everything a node does is here; the binaries (`pk`, `pk-node`, `pk-dev`, and
+//! the appliance in its own crate) are front ends over it.
 //!
-//! Today it holds what everything else stands on: the node's data directory
-//! ([`NodePath`]), its data key (DEK) and the keyslots that wrap it ([`keyslots`]), and
-//! the choice of token for each keyslot ([`tokens`]). Identity, encrypted storage, vaults
-//! and the peer network build on the unlocked [`hsm::DataKey`].
+//! # What holds, always
 //!
-//! The `pk` binary (`src/bin/pk`) is the command-line front end; `pk-dev` brings up a
-//! local development node.
+//! - **Keys behind a token.** The data key (DEK) exists only unwrapped from a keyslot
+//!   ([`keyslots`], [`tokens`]: TPM, PKCS#11, YubiKey, passphrase or recovery code); the
+//!   store's keys derive from it, and locking the agent zeroizes them all.
+//! - **Nothing in the clear at rest.** Every value in the store ([`store`]) is sealed
+//!   under its table's key, bound to its place; row keys are random ids or keyed hashes.
+//! - **One mutation, one transaction.** A change, its objects and its audit event
+//!   ([`audit`]) commit together with immediate durability: what `pk` reports done
+//!   survives `kill -9`.
+//! - **Peers are checked, bounded and counted.** Every call from another node is checked
+//!   against the NodeId its TLS handshake proved; what a peer can make the node hold has a
+//!   stated bound ([`net`], [`vault::TransferLimits`]); refusals are audited in
+//!   aggregate.
+//! - **No secret in a message.** No PIN, passphrase, key, recovery word or secret value
+//!   reaches an error, a log line ([`logging`]) or a `Debug` form.
+//!
+//! # Map, bottom up
+//!
+//! - Leaves: [`NodePath`] (the data directory), [`clock`], `error` ([`api::ApiError`]),
+//!   `ids` ([`vault::VaultId`]), `permissions` ([`nodes::NodePermission`],
+//!   [`nodes::VaultPermission`]), `secret_bytes` ([`api::SecretBytes`]), [`logging`].
+//! - Keys and storage: [`keyslots`], [`tokens`], `crypto` (per-purpose keys from the
+//!   DEK), [`store`], [`identity`] (the node key and [`identity::NodeId`]), [`audit`].
+//! - Data: [`vault`] (vaults as git object graphs; `vault::sync` sends and receives
+//!   them, `vault::merge` merges), [`nodes`] (the node graph and shares),
+//!   [`notifications`], [`sigchain`], [`gestalt`], [`provider`] (GitHub).
+//! - Wire: [`rpc`] (frames), [`api`] (the agent's calls, by domain, with typed replies),
+//!   [`peer`] (calls between nodes), [`net`] (QUIC with mutual TLS), [`lan`] (mDNS).
+//! - Processes: [`agent`] (the long-running holder of the unlocked keys: the socket
+//!   `pk` talks to, the peer endpoint, the background work) and [`client`] (the other end
+//!   of the socket).
+//!
+//! A module names only modules at or below its own level, and no two modules name each
+//! other (the workspace's tidy test checks it). `ARCHITECTURE.md` at the root says where
+//! each request is handled.
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +46,7 @@ pub mod api;
 pub mod audit;
 pub mod client;
 pub mod clock;
-pub mod crypto;
+mod crypto;
 mod error;
 pub mod gestalt;
 pub mod identity;

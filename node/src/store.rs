@@ -1,7 +1,7 @@
 //! Encrypted storage on redb.
 //!
 //! One redb file, `<node-path>/db.redb`, with byte-keyed tables. Every value is sealed
-//! ([`crate::crypto::SealKey`]) under a key derived from the DEK for its table, with the
+//! (`crypto::SealKey`) under a key derived from the DEK for its table, with the
 //! table name and the row key as associated data. Row keys that would carry names (vault
 //! names, object ids) are keyed hashes made by the caller with [`Store::name_hash`]; the
 //! file holds no plaintext name, path or value.
