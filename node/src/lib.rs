@@ -6,7 +6,7 @@
 //! and the peer network build on the unlocked [`hsm::DataKey`].
 //!
 //! The `pk` binary (`src/bin/pk`) is the command-line front end; `pk-dev` brings up a
-//! local development node.
+//! local development node (with [`dev`], which `pk-appliance-dev` shares).
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,7 @@ pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod crypto;
+pub mod dev;
 pub mod gestalt;
 pub mod identity;
 pub mod keyslots;
