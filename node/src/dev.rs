@@ -10,8 +10,16 @@ use std::process::ExitCode;
 
 use hsm::sim::Swtpm;
 
-/// Writes one line to standard output, and does not panic when it is closed
-/// (`pk-dev | head`).
+/// `println!` that does not panic when standard output is closed (`pk-dev | head`).
+#[macro_export]
+macro_rules! dev_say {
+    ($($arg:tt)*) => {
+        $crate::dev::say(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to standard output, and does not panic when it is closed; through
+/// [`dev_say!`](crate::dev_say).
 pub fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
@@ -48,15 +56,15 @@ pub fn base_dir(default: &str) -> PathBuf {
 pub fn start_swtpm(base: &Path, fallback: &str) -> Option<Swtpm> {
     match Swtpm::start(&base.join("swtpm")) {
         Ok(tpm) => {
-            say(format_args!(
+            crate::dev_say!(
                 "  token: software TPM (swtpm, pid {}) at {}",
                 tpm.pid(),
                 tpm.tcti()
-            ));
+            );
             Some(tpm)
         }
         Err(e) => {
-            say(format_args!("  token: {fallback} (no TPM simulator: {e})"));
+            crate::dev_say!("  token: {fallback} (no TPM simulator: {e})");
             None
         }
     }

@@ -14,13 +14,7 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use appliance::config::Config;
-
-/// `println!` that does not panic when stdout is closed.
-macro_rules! say {
-    ($($arg:tt)*) => {
-        node::dev::say(format_args!($($arg)*))
-    };
-}
+use node::dev_say as say;
 
 fn main() -> ExitCode {
     node::dev::main("pk-appliance-dev", run)

@@ -21,14 +21,8 @@ use hsm::soft::{Argon2Params, SoftProtector};
 use hsm::tpm::TpmProtector;
 use hsm::{Pin, Protector};
 use node::NodePath;
+use node::dev_say as say;
 use node::keyslots::Keyslots;
-
-/// `println!` that does not panic when stdout is closed (`pk-dev | head`).
-macro_rules! say {
-    ($($arg:tt)*) => {
-        node::dev::say(format_args!($($arg)*))
-    };
-}
 
 fn main() -> ExitCode {
     node::dev::main("pk-dev", run)
