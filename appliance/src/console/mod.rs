@@ -480,7 +480,7 @@ async fn setup_page(State(c): State<Arc<Console>>) -> Response {
 }
 
 /// The setup form.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct SetupForm {
     setup_code: String,
     password: String,
@@ -677,24 +677,9 @@ async fn login_page(State(c): State<Arc<Console>>) -> Response {
 }
 
 /// The login form.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct LoginForm {
     password: String,
-}
-
-impl zeroize::Zeroize for LoginForm {
-    fn zeroize(&mut self) {
-        self.password.zeroize();
-    }
-}
-
-impl zeroize::Zeroize for SetupForm {
-    fn zeroize(&mut self) {
-        self.setup_code.zeroize();
-        self.password.zeroize();
-        self.confirm.zeroize();
-        self.passphrase.zeroize();
-    }
 }
 
 async fn login(
@@ -758,6 +743,18 @@ pub struct CsrfForm {
 fn signed_in(c: &Console, headers: &HeaderMap) -> Result<String, Box<Response>> {
     c.session(headers)
         .ok_or_else(|| Box::new(Redirect::to("/login").into_response()))
+}
+
+/// A page request from a live session: the session's CSRF token, for the forms the page
+/// shows. Without a session, the way to the login page.
+struct SignedIn(String);
+
+impl FromRequestParts<Arc<Console>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
+        signed_in(c, &parts.headers).map(SignedIn).map_err(|r| *r)
+    }
 }
 
 /// Checks the session and the CSRF token of a state-changing request; hands back the
@@ -857,11 +854,8 @@ async fn logout(
     response
 }
 
-async fn status_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => status_view(&c, &csrf, None).await,
-        Err(r) => *r,
-    }
+async fn status_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -> Response {
+    status_view(&c, &csrf, None).await
 }
 
 async fn status_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
@@ -874,19 +868,13 @@ async fn lock(State(c): State<Arc<Console>>, Posted { csrf, .. }: Posted<CsrfFor
 }
 
 /// The unlock form.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct UnlockForm {
     #[serde(default)]
     csrf: String,
     method: String,
     #[serde(default)]
     secret: String,
-}
-
-impl zeroize::Zeroize for UnlockForm {
-    fn zeroize(&mut self) {
-        self.secret.zeroize();
-    }
 }
 
 async fn unlock(
@@ -912,11 +900,11 @@ async fn unlock(
     status_view(&c, &csrf, Some(&outcome)).await
 }
 
-async fn unlock_wait(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let csrf = match signed_in(&c, &headers) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
+async fn unlock_wait(
+    State(c): State<Arc<Console>>,
+    SignedIn(csrf): SignedIn,
+    headers: HeaderMap,
+) -> Response {
     let Some(job) = c.job(&headers) else {
         return Redirect::to("/status").into_response();
     };
@@ -934,11 +922,8 @@ async fn unlock_wait(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respo
     }
 }
 
-async fn vaults_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => vaults_view(&c, &csrf, None).await,
-        Err(r) => *r,
-    }
+async fn vaults_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -> Response {
+    vaults_view(&c, &csrf, None).await
 }
 
 async fn vaults_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
@@ -966,13 +951,10 @@ async fn vault_create(
 
 async fn vault_page(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(csrf): SignedIn,
     Path(name): Path<String>,
 ) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => vault_view(&c, &name, &csrf, None, None).await,
-        Err(r) => *r,
-    }
+    vault_view(&c, &name, &csrf, None, None).await
 }
 
 async fn vault_view(
@@ -989,18 +971,12 @@ async fn vault_view(
 }
 
 /// The new-secret form.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct SecretForm {
     #[serde(default)]
     csrf: String,
     path: String,
     value: String,
-}
-
-impl zeroize::Zeroize for SecretForm {
-    fn zeroize(&mut self) {
-        self.value.zeroize();
-    }
 }
 
 async fn secret_write(
@@ -1100,14 +1076,10 @@ pub struct PeersQuery {
 
 async fn peers_page(
     State(c): State<Arc<Console>>,
+    SignedIn(csrf): SignedIn,
     ConsoleHost(host): ConsoleHost,
-    headers: HeaderMap,
     Query(query): Query<PeersQuery>,
 ) -> Response {
-    let csrf = match signed_in(&c, &headers) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let lan = match query.discover {
         Some(_) if !c.config.lan => Some(Err(
             "LAN discovery is off: set lan = true in config.toml.".to_owned(),
@@ -1179,12 +1151,9 @@ async fn peers_view(
 /// The pairing QR code (NodeId and address) as SVG.
 async fn pairing_qr(
     State(c): State<Arc<Console>>,
+    SignedIn(_): SignedIn,
     ConsoleHost(host): ConsoleHost,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = signed_in(&c, &headers) {
-        return *r;
-    }
     let status = actions::status(&c).await;
     let Some(text) = pairing(host.as_deref(), &status) else {
         return (StatusCode::NOT_FOUND, "unlock the node first").into_response();
@@ -1201,11 +1170,8 @@ async fn pairing_qr(
     }
 }
 
-async fn backups_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => backups_view(&c, &csrf, None).await,
-        Err(r) => *r,
-    }
+async fn backups_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -> Response {
+    backups_view(&c, &csrf, None).await
 }
 
 async fn backups_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
@@ -1257,11 +1223,8 @@ async fn backup_remove(
     backups_view(&c, &csrf, Some(&outcome)).await
 }
 
-async fn keyslots_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => keyslots_view(&c, &csrf, None),
-        Err(r) => *r,
-    }
+async fn keyslots_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -> Response {
+    keyslots_view(&c, &csrf, None)
 }
 
 fn keyslots_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
@@ -1292,7 +1255,7 @@ async fn keyslot_enroll(
 }
 
 /// The test and remove forms of a keyslot.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct SlotForm {
     #[serde(default)]
     csrf: String,
@@ -1303,13 +1266,6 @@ pub struct SlotForm {
     auth_method: String,
     #[serde(default)]
     auth_secret: String,
-}
-
-impl zeroize::Zeroize for SlotForm {
-    fn zeroize(&mut self) {
-        self.secret.zeroize();
-        self.auth_secret.zeroize();
-    }
 }
 
 async fn keyslot_test(
@@ -1336,10 +1292,7 @@ async fn keyslot_remove(
     keyslots_view(&c, &csrf, Some(&outcome))
 }
 
-async fn audit_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if let Err(r) = signed_in(&c, &headers) {
-        return *r;
-    }
+async fn audit_page(State(c): State<Arc<Console>>, SignedIn(_): SignedIn) -> Response {
     match actions::audit(&c).await {
         Ok(events) => Html(pages::audit(&events)).into_response(),
         Err(e) => view_failed(e),
