@@ -59,17 +59,7 @@ impl VaultId {
     }
 }
 
-impl fmt::Display for VaultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "v{}", base32hex().encode(&self.0))
-    }
-}
-
-impl fmt::Debug for VaultId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VaultId({self})")
-    }
-}
+crate::identity::v_id_text!(VaultId);
 
 impl FromStr for VaultId {
     type Err = VaultError;
@@ -80,20 +70,6 @@ impl FromStr for VaultId {
             .and_then(|b| <[u8; 16]>::try_from(b).ok())
             .ok_or(VaultError::BadVaultId)?;
         Ok(VaultId(bytes))
-    }
-}
-
-impl Serialize for VaultId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for VaultId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 
