@@ -830,6 +830,14 @@ where
     }
 }
 
+/// The page `render` makes of a view, or the page saying why the view could not be read.
+fn page<T>(view: Result<T, ViewError>, render: impl FnOnce(&T) -> String) -> Response {
+    match view {
+        Ok(view) => Html(render(&view)).into_response(),
+        Err(e) => view_failed(e),
+    }
+}
+
 /// A view that could not be read, as a page.
 fn view_failed(e: ViewError) -> Response {
     match e {
@@ -927,10 +935,9 @@ async fn vaults_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) ->
 }
 
 async fn vaults_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
-    match actions::vaults(c).await {
-        Ok(list) => Html(pages::vaults(&list, csrf, note)).into_response(),
-        Err(e) => view_failed(e),
-    }
+    page(actions::vaults(c).await, |list| {
+        pages::vaults(list, csrf, note)
+    })
 }
 
 /// The new-vault form.
@@ -964,10 +971,9 @@ async fn vault_view(
     note: Option<&Outcome>,
     revealed: Option<(&str, &[u8])>,
 ) -> Response {
-    match actions::vault(c, name).await {
-        Ok(detail) => Html(pages::vault(&detail, csrf, note, revealed)).into_response(),
-        Err(e) => view_failed(e),
-    }
+    page(actions::vault(c, name).await, |detail| {
+        pages::vault(detail, csrf, note, revealed)
+    })
 }
 
 /// The new-secret form.
@@ -1175,10 +1181,9 @@ async fn backups_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -
 }
 
 async fn backups_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
-    match actions::backups(c).await {
-        Ok(list) => Html(pages::backups(&list, csrf, note)).into_response(),
-        Err(e) => view_failed(e),
-    }
+    page(actions::backups(c).await, |list| {
+        pages::backups(list, csrf, note)
+    })
 }
 
 /// The new scheduled pull form.
@@ -1293,8 +1298,5 @@ async fn keyslot_remove(
 }
 
 async fn audit_page(State(c): State<Arc<Console>>, SignedIn(_): SignedIn) -> Response {
-    match actions::audit(&c).await {
-        Ok(events) => Html(pages::audit(&events)).into_response(),
-        Err(e) => view_failed(e),
-    }
+    page(actions::audit(&c).await, |events| pages::audit(events))
 }
