@@ -23,12 +23,8 @@
 # Environment: PK_QEMU_SMP (default 2), PK_QEMU_MEM (default 2048).
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-die() { echo "boot-test.sh: error: $*" >&2; exit 1; }
-say() { echo "boot-test.sh: $*" >&2; }
-# shellcheck source=require.sh
-source "$here/require.sh"
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 check_only=0
 img=
@@ -41,7 +37,7 @@ while [[ $# -gt 0 ]]; do
         --timeout) timeout=${2:?--timeout needs seconds}; shift 2 ;;
         --workdir) work=${2:?--workdir needs a directory}; shift 2 ;;
         --check-tools) check_only=1; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         -*) die "unknown option '$1' (try --help)" ;;
         *) img=$1; shift ;;
     esac

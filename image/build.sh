@@ -32,14 +32,10 @@
 # Runs as root (mmdebstrap in root mode, chroot); needs host-packages.txt installed.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-die() { echo "build.sh: error: $*" >&2; exit 1; }
-say() { echo "build.sh: $*" >&2; }
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 # shellcheck source=image.conf
 source "$here/image.conf"
-# shellcheck source=require.sh
-source "$here/require.sh"
 
 arch=amd64
 out=
@@ -55,7 +51,7 @@ while [[ $# -gt 0 ]]; do
         --from-manifest) pin=${2:?--from-manifest needs a file}; shift 2 ;;
         --debug) debug=1; shift ;;
         --check-tools) check_only=1; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
 done

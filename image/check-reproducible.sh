@@ -12,21 +12,17 @@
 #   Exit 0 if the two disk images are identical; otherwise the differing artifacts and
 #   files of the two root file systems are listed and it exits 1.
 set -euo pipefail
-# shellcheck source=require.sh
-source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 pk_require check-reproducible.sh cp=coreutils diff=diffutils cmp=diffutils find=findutils || exit 1
 
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-die() { echo "check-reproducible.sh: error: $*" >&2; exit 1; }
-say() { echo "check-reproducible.sh: $*" >&2; }
 args=()
 arch=amd64
 while [[ $# -gt 0 ]]; do
     case $1 in
         --arch|--bin) args+=("$1" "${2:?$1 needs a value}"); [[ $1 == --arch ]] && arch=$2; shift 2 ;;
         --debug) args+=(--debug); shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
 done

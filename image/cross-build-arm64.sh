@@ -24,14 +24,10 @@
 # mmdebstrap, pkgconf; and rustup. mmdebstrap runs as root, or in unshare mode otherwise.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
-die() { echo "cross-build-arm64.sh: error: $*" >&2; exit 1; }
-say() { echo "cross-build-arm64.sh: $*" >&2; }
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 # shellcheck source=image.conf
 source "$here/image.conf"
-# shellcheck source=require.sh
-source "$here/require.sh"
 
 refresh=0
 check_only=0
@@ -39,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --refresh-sysroot) refresh=1; shift ;;
         --check-tools) check_only=1; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
 done

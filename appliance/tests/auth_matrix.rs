@@ -25,28 +25,24 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use appliance::console::{self, ClientAddr, Console, ConsoleConfig, FirstToken};
+use std::collections::BTreeSet;
+
+use appliance::console;
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt as _;
+use axum::http::{Request, StatusCode, header};
+use common::{Answer, CODE, HERE, api, console, log_in, send_request, set_up, start_agent};
 use node::api::{agent as calls, nodes, secrets, vaults};
 use node::client::Client;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
-const CODE: &str = "ABCD-EFGH-JKLM";
 const PASSWORD: &str = "the first admin password";
 const NEW_PASSWORD: &str = "the second admin password";
 const INTRUDER_PASSWORD: &str = "an intruder's own password";
 const PASSPHRASE: &str = "the unlock passphrase of this box";
 const SECRET: &str = "the database password 7Hq2xV";
 const VAULT: &str = "team-vault";
-const HERE: [u8; 4] = [127, 0, 0, 1];
 /// Where the forty guesses come from.
 const ATTACKER: [u8; 4] = [192, 0, 2, 66];
 /// Where the old password is tried after the change.
@@ -242,6 +238,22 @@ fn api_body(template: &str, f: &Fixture) -> Value {
     }
 }
 
+/// A POST of the form `fields` to `path`.
+fn form_post(path: &str, fields: &[(&str, String)]) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(form(fields)))
+        .unwrap()
+}
+
+/// A POST of the JSON `body` to `path`.
+fn json_post(path: &str, body: Value) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
 /// `application/x-www-form-urlencoded`.
 fn form(fields: &[(&str, String)]) -> String {
     let encode = |s: &str| {
@@ -260,117 +272,6 @@ fn form(fields: &[(&str, String)]) -> String {
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-fn console(dir: &std::path::Path) -> Arc<Console> {
-    Console::new(ConsoleConfig {
-        node: node::NodePath::new(dir.join("node")),
-        dir: dir.join("console"),
-        first_token: FirstToken::Passphrase,
-        session_idle: Duration::from_secs(600),
-        fingerprint: "AA:BB".into(),
-        setup_code: Some(zeroize::Zeroizing::new(CODE.into())),
-        tokens: node::tokens::TokenConfig::default(),
-        lan: false,
-    })
-}
-
-/// Sends `request` from `from` through the console's router.
-async fn send(c: &Arc<Console>, mut request: Request<Body>, from: [u8; 4]) -> Answer {
-    request
-        .extensions_mut()
-        .insert(ClientAddr(SocketAddr::from((IpAddr::from(from), 50000))));
-    let response = console::router(c.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes())
-        .into_owned();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// A JSON API call with an optional cookie and CSRF header.
-async fn api(
-    c: &Arc<Console>,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-    csrf: Option<&str>,
-    body: Value,
-) -> (Answer, Value) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    if let Some(csrf) = csrf {
-        request = request.header(console::api::CSRF_HEADER, csrf);
-    }
-    let answer = send(c, request.body(Body::from(body.to_string())).unwrap(), HERE).await;
-    let value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-    (answer, value)
-}
-
-/// The `__Host-pk_session=...` pair an answer sets.
-fn set_cookie(answer: &Answer) -> String {
-    answer.headers[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-/// Logs in through the API from here; the cookie and the CSRF token.
-async fn log_in(c: &Arc<Console>, password: &str) -> (String, String) {
-    let (answer, body) = api(
-        c,
-        "POST",
-        "/api/login",
-        None,
-        None,
-        json!({ "password": password }),
-    )
-    .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    (
-        set_cookie(&answer),
-        body["csrf"].as_str().unwrap().to_owned(),
-    )
-}
-
-/// Starts the node's agent for a console set up in `dir` (as the daemon does after
-/// setup), and waits until it answers.
-async fn start_agent(dir: &std::path::Path) -> Client {
-    let node = node::NodePath::new(dir.join("node"));
-    let config = node::agent::AgentConfig {
-        node: node.clone(),
-        tokens: node::tokens::TokenConfig::default(),
-        peer_listen: None,
-        lan: None,
-        github: node::provider::GitHubConfig::default(),
-    };
-    tokio::spawn(async move { node::agent::run(config, || {}).await });
-    let client = Client::new(&node);
-    for _ in 0..100 {
-        if client.call(calls::Status).await.is_ok() {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the agent did not start");
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -508,26 +409,15 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     let c = console(dir.path());
 
     // A claimed box (passphrase keyslot), its agent, unlocked; the admin's session.
-    let (answer, body) = api(
-        &c,
-        "POST",
-        "/api/setup",
-        None,
-        None,
-        json!({ "setup_code": CODE, "password": PASSWORD, "confirm": PASSWORD, "passphrase": PASSPHRASE }),
-    )
-    .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    let admin = set_cookie(&answer);
-    let admin_csrf = body["csrf"].as_str().unwrap().to_owned();
-    let recovery = body["recovery_code"].as_str().unwrap().to_owned();
+    let (session, recovery) = set_up(&c, PASSWORD, PASSPHRASE).await;
+    let (admin, admin_csrf) = (session.cookie, session.csrf);
     let agent = start_agent(dir.path()).await;
     let admin_api = |method: &'static str, path: String, body: Value| {
         let (c, admin, admin_csrf) = (c.clone(), admin.clone(), admin_csrf.clone());
         async move {
-            let (answer, value) =
+            let (status, _, value) =
                 api(&c, method, &path, Some(&admin), Some(&admin_csrf), body).await;
-            assert_eq!(answer.status, StatusCode::OK, "{method} {path}: {value}");
+            assert_eq!(status, StatusCode::OK, "{method} {path}: {value}");
             value
         }
     };
@@ -579,7 +469,8 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
 
     // A second browser logs in; the admin changes the password in the first, which ends
     // the second; a third logs in with the new password.
-    let (stale, stale_csrf) = log_in(&c, PASSWORD).await;
+    let stale_session = log_in(&c, PASSWORD).await;
+    let (stale, stale_csrf) = (stale_session.cookie, stale_session.csrf);
     let changed = admin_api(
         "POST",
         "/api/account/password".into(),
@@ -593,7 +484,8 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
             .contains("1 other session"),
         "{changed}"
     );
-    let (other, other_csrf) = log_in(&c, NEW_PASSWORD).await;
+    let other_session = log_in(&c, NEW_PASSWORD).await;
+    let (other, other_csrf) = (other_session.cookie, other_session.csrf);
 
     let words: Vec<&str> = recovery.split_whitespace().collect();
     let mut wrong_words = words.clone();
@@ -696,18 +588,12 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     }
     rows.push((
         "3. the old password: POST /login".into(),
-        Request::post("/login")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(form(&[("password", PASSWORD.into())])))
-            .unwrap(),
+        form_post("/login", &[("password", PASSWORD.into())]),
         OLD_PASSWORD_FROM,
     ));
     rows.push((
         "3. the old password: POST /api/login".into(),
-        Request::post("/api/login")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(json!({ "password": PASSWORD }).to_string()))
-            .unwrap(),
+        json_post("/api/login", json!({ "password": PASSWORD })),
         OLD_PASSWORD_FROM,
     ));
 
@@ -767,54 +653,40 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
         ));
     }
 
-    // The routes anyone may reach: a second setup, resets with a wrong recovery code.
+    // The routes anyone may reach: a second setup, resets with a wrong recovery code;
+    // each as a page form and as an API call.
     let setup = [
         ("setup_code", CODE.to_owned()),
         ("password", INTRUDER_PASSWORD.to_owned()),
         ("confirm", INTRUDER_PASSWORD.to_owned()),
         ("passphrase", INTRUDER_PASSWORD.to_owned()),
     ];
-    rows.push((
-        "public: POST /setup of a claimed box".into(),
-        Request::post("/setup")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(form(&setup)))
-            .unwrap(),
-        HERE,
-    ));
-    rows.push((
-        "public: POST /api/setup of a claimed box".into(),
-        Request::post("/api/setup")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                json!({ "setup_code": CODE, "password": INTRUDER_PASSWORD, "confirm": INTRUDER_PASSWORD, "passphrase": INTRUDER_PASSWORD }).to_string(),
-            ))
-            .unwrap(),
-        HERE,
-    ));
     let reset = [
         ("recovery", wrong_recovery.clone()),
         ("new", INTRUDER_PASSWORD.to_owned()),
         ("confirm", INTRUDER_PASSWORD.to_owned()),
     ];
-    rows.push((
-        "public: POST /reset with a wrong recovery code".into(),
-        Request::post("/reset")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(form(&reset)))
-            .unwrap(),
-        RESET_FROM,
-    ));
-    rows.push((
-        "public: POST /api/reset with a wrong recovery code".into(),
-        Request::post("/api/reset")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                json!({ "recovery": wrong_recovery, "new": INTRUDER_PASSWORD }).to_string(),
-            ))
-            .unwrap(),
-        RESET_FROM,
-    ));
+    for (path, what, fields, from) in [
+        ("setup", "of a claimed box", &setup[..], HERE),
+        (
+            "reset",
+            "with a wrong recovery code",
+            &reset[..],
+            RESET_FROM,
+        ),
+    ] {
+        let json = fields.iter().map(|(k, v)| ((*k).to_owned(), json!(v)));
+        rows.push((
+            format!("public: POST /{path} {what}"),
+            form_post(&format!("/{path}"), fields),
+            from,
+        ));
+        rows.push((
+            format!("public: POST /api/{path} {what}"),
+            json_post(&format!("/api/{path}"), Value::Object(json.collect())),
+            from,
+        ));
+    }
 
     let mut tried = 0;
     let mut refused = 0;
@@ -824,7 +696,7 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     for (what, request, from) in rows {
         let path = request.uri().path().to_owned();
         tried += 1;
-        let answer = send(&c, request, from).await;
+        let answer = send_request(&c, request, from).await;
         match not_refused(&answer, &secrets) {
             None => refused += 1,
             Some(why) => answered.push(format!("{what}: {why}")),
@@ -844,11 +716,8 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
         let c = c.clone();
         guesses.spawn(async move {
             let guess = format!("guess number {i} for the admin");
-            let request = Request::post("/login")
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(form(&[("password", guess.clone())])))
-                .unwrap();
-            (guess, send(&c, request, ATTACKER).await)
+            let request = form_post("/login", &[("password", guess.clone())]);
+            (guess, send_request(&c, request, ATTACKER).await)
         });
     }
     let mut checked = 0;
@@ -918,10 +787,10 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     assert_eq!(stored, SECRET.as_bytes(), "the secret changed");
 
     // ... nor ended a session that was live: the admin's and the other browser's go on.
-    let (answer, status) = api(&c, "GET", "/api/status", Some(&admin), None, json!({})).await;
-    assert_eq!(answer.status, StatusCode::OK, "the admin's session ended");
-    assert_eq!(status["state"], "unlocked", "{status}");
-    let page = send(
+    let (status, _, body) = api(&c, "GET", "/api/status", Some(&admin), None, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "the admin's session ended");
+    assert_eq!(body["state"], "unlocked", "{body}");
+    let page = send_request(
         &c,
         with_cookie(Request::get("/status").body(Body::empty()).unwrap(), &other),
         HERE,
@@ -952,15 +821,8 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     assert_eq!(resets_checked, 2, "both wrong recovery codes were checked");
 
     // And the admin, from their own address, still logs in.
-    let login = send(
-        &c,
-        Request::post("/login")
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(form(&[("password", NEW_PASSWORD.into())])))
-            .unwrap(),
-        HERE,
-    )
-    .await;
+    let login = form_post("/login", &[("password", NEW_PASSWORD.into())]);
+    let login = send_request(&c, login, HERE).await;
     assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.body);
     assert_eq!(login.headers[header::LOCATION], "/status");
 }

@@ -9,11 +9,14 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
+mod common;
+
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use appliance::config::Config;
+use common::{InProcess, free_port};
 use thirtyfour::prelude::*;
 
 const ADMIN_PASSWORD: &str = "browser-admin-password-7";
@@ -36,14 +39,6 @@ impl std::io::Write for Captured {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// chromedriver on a loopback port; killed when dropped.
@@ -141,6 +136,33 @@ async fn el(driver: &WebDriver, by: By) -> WebElement {
     driver.find(by).await.unwrap()
 }
 
+/// Clicks the element `by` finds.
+async fn click(driver: &WebDriver, by: By) {
+    el(driver, by).await.click().await.unwrap();
+}
+
+/// Chooses `value` in the `<select>` with the id `select`.
+async fn choose(driver: &WebDriver, select: &str, value: &str) {
+    let option = format!("select#{select} option[value='{value}']");
+    click(driver, By::Css(option)).await;
+}
+
+/// The text of the element `by` finds.
+async fn text(driver: &WebDriver, by: By) -> String {
+    el(driver, by).await.text().await.unwrap()
+}
+
+/// Opens the console's page at `path`.
+async fn go(driver: &WebDriver, console: &str, path: &str) {
+    driver.goto(format!("{console}{path}")).await.unwrap();
+}
+
+/// Checks that the browser is at the console's page `path`.
+async fn at(driver: &WebDriver, path: &str) {
+    let url = driver.current_url().await.unwrap();
+    assert!(url.as_str().ends_with(path), "at {url}, not {path}");
+}
+
 async fn fill(driver: &WebDriver, id: &str, text: &str) {
     el(driver, By::Id(id)).await.send_keys(text).await.unwrap();
 }
@@ -208,6 +230,26 @@ async fn page_with(driver: &WebDriver, needle: &str) -> String {
     panic!("the page never showed {needle:?}: {text}");
 }
 
+/// Logs in on the login page with `password`; waits for the page that shows `then`.
+async fn log_in(driver: &WebDriver, password: &str, then: &str) {
+    fill(driver, "password", password).await;
+    submit(driver, "/login").await;
+    page_with(driver, then).await;
+}
+
+/// Opens the audit page, waits until it shows the first of `events`, and checks that it
+/// shows every one.
+async fn audit_shows(driver: &WebDriver, console: &str, events: &[&str]) {
+    go(driver, console, "/audit").await;
+    let audit = page_with(driver, events[0]).await;
+    for event in events {
+        assert!(
+            audit.contains(event),
+            "{event} missing from the audit page: {audit}"
+        );
+    }
+}
+
 /// Waits (reloading the page) until the status page's state is `want`.
 async fn state_is(driver: &WebDriver, want: &str, reload: bool) {
     for _ in 0..60 {
@@ -242,18 +284,8 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         tpm_tcti: Some(tpm.tcti()),
         ..Config::default()
     };
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(appliance::daemon::run_until(
-        config,
-        move |started| {
-            let _ = ready_tx.send(started.clone());
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let started = ready_rx.await.unwrap();
+    let daemon = InProcess::start(config).await;
+    let started = &daemon.started;
     let code = started.setup_code.clone().unwrap();
     let (node2, node2_addr, node2_client) = second_node(dir.path()).await;
 
@@ -280,19 +312,12 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     let driver = WebDriver::new(format!("http://127.0.0.1:{}", chromedriver.1), caps)
         .await
         .unwrap();
-    let console = started.console_urls[0].trim_end_matches('/').to_owned();
+    let console = daemon.console_url();
 
     // Setup: the fingerprint shown is the one logged; the setup code claims the box.
     driver.goto(&console).await.unwrap();
     page_with(&driver, &started.fingerprint).await;
-    assert!(
-        driver
-            .current_url()
-            .await
-            .unwrap()
-            .as_str()
-            .ends_with("/setup")
-    );
+    at(&driver, "/setup").await;
     shot(&driver, "setup").await;
     fill(&driver, "setup_code", "WRONG-CODE-0000").await;
     fill(&driver, "password", ADMIN_PASSWORD).await;
@@ -303,16 +328,12 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     fill(&driver, "password", ADMIN_PASSWORD).await;
     fill(&driver, "confirm", ADMIN_PASSWORD).await;
     submit(&driver, "/setup").await;
-    let words = el(&driver, By::Id("recovery-code"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let words = text(&driver, By::Id("recovery-code")).await;
     assert_eq!(words.split_whitespace().count(), 24);
     shot(&driver, "recovery-code").await;
 
     // The node was sealed by the TPM: it unlocks by itself.
-    driver.goto(format!("{console}/status")).await.unwrap();
+    go(&driver, &console, "/status").await;
     state_is(&driver, "unlocked", true).await;
     assert!(
         body(&driver).await.contains("tpm"),
@@ -323,38 +344,27 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     page_with(&driver, "Locked: the keys are gone from memory.").await;
     state_is(&driver, "locked", false).await;
     shot(&driver, "locked").await;
-    el(&driver, By::Css("select#method option[value='tpm']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    choose(&driver, "method", "tpm").await;
     submit(&driver, "/unlock").await;
     page_with(&driver, "Unlocked.").await;
     state_is(&driver, "unlocked", false).await;
 
     // A vault and a secret.
-    driver.goto(format!("{console}/vaults")).await.unwrap();
+    go(&driver, &console, "/vaults").await;
     fill(&driver, "name", "family").await;
     submit(&driver, "/vaults").await;
     page_with(&driver, "Vault family created.").await;
     shot(&driver, "vaults").await;
-    driver
-        .goto(format!("{console}/vaults/family"))
-        .await
-        .unwrap();
+    go(&driver, &console, "/vaults/family").await;
     fill(&driver, "path", "wifi").await;
     fill(&driver, "value", SECRET_VALUE).await;
     submit(&driver, "/vaults/family/secrets").await;
     let page = page_with(&driver, "Saved family:wifi.").await;
     assert!(!page.contains(SECRET_VALUE), "values are never shown");
     // ...until the admin reveals one, which the audit log records.
-    el(&driver, By::Id("reveal-wifi"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&driver, By::Id("reveal-wifi")).await;
     page_with(&driver, "the reveal is in the audit log").await;
-    let revealed = el(&driver, By::Id("revealed")).await.text().await.unwrap();
+    let revealed = text(&driver, By::Id("revealed")).await;
     assert_eq!(revealed, SECRET_VALUE);
     shot(&driver, "reveal").await;
 
@@ -371,13 +381,13 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         })
         .await
         .unwrap();
-    driver.goto(format!("{console}/peers")).await.unwrap();
+    go(&driver, &console, "/peers").await;
     fill(&driver, "node_id", &node2).await;
     fill(&driver, "addr", &node2_addr).await;
     submit(&driver, "/peers").await;
     page_with(&driver, &format!("Added {node2}.")).await;
     // The pairing code carries this node's NodeId and the address the browser used.
-    let pairing = el(&driver, By::Id("pairing")).await.text().await.unwrap();
+    let pairing = text(&driver, By::Id("pairing")).await;
     let my_id = me.node_id.clone().unwrap();
     let my_port = me
         .peer_addr
@@ -388,28 +398,19 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         .unwrap()
         .to_owned();
     assert_eq!(pairing, format!("pk://{my_id}@127.0.0.1:{my_port}"));
-    el(
+    click(
         &driver,
         By::Css(format!(
             "form[action='/peers/ping'] input[value='{node2}'] ~ button"
         )),
     )
-    .await
-    .click()
-    .await
-    .unwrap();
+    .await;
     page_with(&driver, &format!("{node2} answered from")).await;
     shot(&driver, "peers").await;
-    driver
-        .goto(format!("{console}/peers/pair.svg"))
-        .await
-        .unwrap();
+    go(&driver, &console, "/peers/pair.svg").await;
     let svg = driver.source().await.unwrap();
     assert!(svg.contains("<svg"), "the QR code is an SVG image: {svg}");
-    driver
-        .goto(format!("{console}/vaults/family"))
-        .await
-        .unwrap();
+    go(&driver, &console, "/vaults/family").await;
     fill(&driver, "who", &node2).await;
     submit(&driver, "/vaults/family/share").await;
     page_with(&driver, &format!("Shared family with {node2}.")).await;
@@ -447,7 +448,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         })
         .await
         .unwrap();
-    driver.goto(format!("{console}/backups")).await.unwrap();
+    go(&driver, &console, "/backups").await;
     fill(&driver, "vault", "laptop").await;
     fill(&driver, "node_id", &node2).await;
     el(&driver, By::Id("every_min"))
@@ -460,12 +461,8 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     page_with(&driver, "laptop from").await;
     let mut result = String::new();
     for _ in 0..100 {
-        driver.goto(format!("{console}/backups")).await.unwrap();
-        result = el(&driver, By::Css("td.result"))
-            .await
-            .text()
-            .await
-            .unwrap();
+        go(&driver, &console, "/backups").await;
+        result = text(&driver, By::Css("td.result")).await;
         if result.starts_with("ok") {
             break;
         }
@@ -473,26 +470,15 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     }
     assert!(result.starts_with("ok"), "the scheduled pull ran: {result}");
     shot(&driver, "backups").await;
-    driver.goto(format!("{console}/status")).await.unwrap();
+    go(&driver, &console, "/status").await;
     page_with(&driver, "laptop from").await;
 
     // Keyslots: a spare passphrase, enrolled with the TPM's say-so, tested, removed.
-    driver.goto(format!("{console}/keyslots")).await.unwrap();
-    el(&driver, By::Css("select#kind option[value='passphrase']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    go(&driver, &console, "/keyslots").await;
+    choose(&driver, "kind", "passphrase").await;
     fill(&driver, "secret", SPARE_PASSPHRASE).await;
     fill(&driver, "label", "spare").await;
-    el(
-        &driver,
-        By::Css("select#enrol-auth_method option[value='tpm']"),
-    )
-    .await
-    .click()
-    .await
-    .unwrap();
+    choose(&driver, "enrol-auth_method", "tpm").await;
     submit(&driver, "/keyslots").await;
     page_with(&driver, "Enrolled keyslot 2 (soft).").await;
     fill_css(
@@ -501,24 +487,13 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         "not the spare passphrase",
     )
     .await;
-    el(&driver, By::Id("test-2")).await.click().await.unwrap();
+    click(&driver, By::Id("test-2")).await;
     page_with(&driver, "Keyslot 2 did not open").await;
     fill_css(&driver, "input[placeholder='passphrase']", SPARE_PASSPHRASE).await;
-    el(&driver, By::Id("test-2")).await.click().await.unwrap();
+    click(&driver, By::Id("test-2")).await;
     page_with(&driver, "Keyslot 2 opens this node's data key.").await;
-    el(&driver, By::Css("select#slot option[value='2']"))
-        .await
-        .click()
-        .await
-        .unwrap();
-    el(
-        &driver,
-        By::Css("select#remove-auth_method option[value='tpm']"),
-    )
-    .await
-    .click()
-    .await
-    .unwrap();
+    choose(&driver, "slot", "2").await;
+    choose(&driver, "remove-auth_method", "tpm").await;
     submit(&driver, "/keyslots/remove").await;
     page_with(&driver, "Removed keyslot 2 (soft).").await;
 
@@ -532,48 +507,29 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
         .unwrap();
     let touch = card.touch();
     change_pin(hsm::sim::piv::DEFAULT_PIN, YUBIKEY_PIN).await;
-    el(&driver, By::Css("select#kind option[value='yubikey']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    choose(&driver, "kind", "yubikey").await;
     fill(&driver, "secret", YUBIKEY_PIN).await;
-    el(
-        &driver,
-        By::Css("select#enrol-auth_method option[value='tpm']"),
-    )
-    .await
-    .click()
-    .await
-    .unwrap();
+    choose(&driver, "enrol-auth_method", "tpm").await;
     submit(&driver, "/keyslots").await;
     page_with(&driver, "Enrolled keyslot 3 (yubikey).").await;
     shot(&driver, "keyslots").await;
-    driver.goto(format!("{console}/status")).await.unwrap();
+    go(&driver, &console, "/status").await;
     submit(&driver, "/lock").await;
     state_is(&driver, "locked", false).await;
     // Nobody touches the key: the prompt shows, then the unlock fails.
     touch.set_mode(hsm::sim::piv::TouchMode::Never);
     touch.set_timeout(Duration::from_secs(4));
-    el(&driver, By::Css("select#method option[value='yubikey']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    choose(&driver, "method", "yubikey").await;
     fill(&driver, "secret", YUBIKEY_PIN).await;
     submit(&driver, "/unlock").await;
-    let prompt = el(&driver, By::Id("touch")).await.text().await.unwrap();
+    let prompt = text(&driver, By::Id("touch")).await;
     assert!(prompt.contains("Touch your key now."), "{prompt}");
     shot(&driver, "touch-your-key").await;
     page_with(&driver, "Not unlocked").await;
     state_is(&driver, "locked", false).await;
     // Now the key is touched.
     touch.set_mode(hsm::sim::piv::TouchMode::Approve);
-    el(&driver, By::Css("select#method option[value='yubikey']"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    choose(&driver, "method", "yubikey").await;
     fill(&driver, "secret", YUBIKEY_PIN).await;
     submit(&driver, "/unlock").await;
     page_with(&driver, "Unlocked.").await;
@@ -582,52 +538,35 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     drop(pcscd);
 
     // All of it is in the audit log.
-    driver.goto(format!("{console}/audit")).await.unwrap();
-    let audit = page_with(&driver, "vault.shared").await;
-    for event in [
-        "agent.locked",
-        "agent.unlocked",
-        "vault.created",
-        "secret.written",
-        "node.added",
-        "vault.shared",
-        "secret.revealed",
-        "backup.added",
-        "keyslot.enrolled",
-        "keyslot.removed",
-    ] {
-        assert!(
-            audit.contains(event),
-            "{event} missing from the audit page: {audit}"
-        );
-    }
+    audit_shows(
+        &driver,
+        &console,
+        &[
+            "vault.shared",
+            "agent.locked",
+            "agent.unlocked",
+            "vault.created",
+            "secret.written",
+            "node.added",
+            "secret.revealed",
+            "backup.added",
+            "keyslot.enrolled",
+            "keyslot.removed",
+        ],
+    )
+    .await;
     shot(&driver, "audit").await;
 
     // Log out; a wrong password is refused; the right one logs in.
-    driver.goto(format!("{console}/status")).await.unwrap();
+    go(&driver, &console, "/status").await;
     submit(&driver, "/logout").await;
-    fill(&driver, "password", "not the password").await;
-    submit(&driver, "/login").await;
-    page_with(&driver, "Wrong password.").await;
+    log_in(&driver, "not the password", "Wrong password.").await;
     shot(&driver, "login").await;
-    fill(&driver, "password", ADMIN_PASSWORD).await;
-    submit(&driver, "/login").await;
-    page_with(&driver, "Last backups").await;
-    assert!(
-        driver
-            .current_url()
-            .await
-            .unwrap()
-            .as_str()
-            .ends_with("/status")
-    );
+    log_in(&driver, ADMIN_PASSWORD, "Last backups").await;
+    at(&driver, "/status").await;
 
     // The admin changes the password: the old one stops working, the new one works.
-    el(&driver, By::LinkText("Account"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&driver, By::LinkText("Account")).await;
     fill(&driver, "current", ADMIN_PASSWORD).await;
     fill(&driver, "new", NEW_ADMIN_PASSWORD).await;
     fill(&driver, "confirm", NEW_ADMIN_PASSWORD).await;
@@ -635,30 +574,24 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     page_with(&driver, "Password changed.").await;
     shot(&driver, "account").await;
     submit(&driver, "/logout").await;
-    fill(&driver, "password", ADMIN_PASSWORD).await;
-    submit(&driver, "/login").await;
-    page_with(&driver, "Wrong password.").await;
-    fill(&driver, "password", NEW_ADMIN_PASSWORD).await;
-    submit(&driver, "/login").await;
-    page_with(&driver, "Last backups").await;
+    log_in(&driver, ADMIN_PASSWORD, "Wrong password.").await;
+    log_in(&driver, NEW_ADMIN_PASSWORD, "Last backups").await;
 
-    driver.goto(format!("{console}/audit")).await.unwrap();
-    let audit = page_with(&driver, "console.login").await;
-    for event in [
-        "console.login_failed",
-        "console.logout",
-        "console.password_changed",
-        "\"via\":\"console\"",
-    ] {
-        assert!(
-            audit.contains(event),
-            "{event} missing from the audit page: {audit}"
-        );
-    }
+    audit_shows(
+        &driver,
+        &console,
+        &[
+            "console.login_failed",
+            "console.logout",
+            "console.password_changed",
+            "\"via\":\"console\"",
+        ],
+    )
+    .await;
 
     // The way back from a forgotten password, for the screenshots (the reset itself is
     // in tests/console.rs).
-    driver.goto(format!("{console}/reset")).await.unwrap();
+    go(&driver, &console, "/reset").await;
     page_with(&driver, "Recovery code").await;
     shot(&driver, "reset").await;
 
@@ -678,8 +611,7 @@ async fn a_user_claims_and_runs_the_appliance_in_a_browser() {
     );
 
     driver.quit().await.unwrap();
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(20), daemon).await;
+    let _ = daemon.stop().await;
     let _ = node2_client.call(node::api::agent::Stop).await;
 
     let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();

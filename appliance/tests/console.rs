@@ -3,17 +3,19 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use appliance::console::{self, ClientAddr, Console, ConsoleConfig, FirstToken};
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt as _;
-use tower::ServiceExt as _;
-
-const CODE: &str = "ABCD-EFGH-JKLM";
+use appliance::console::{self, Console};
+use axum::http::{StatusCode, header};
+use common::{
+    Answer, CODE, HERE, Session, api, api_get, console, get_page, log_in, post_form,
+    session_cookie, start_agent,
+};
+use serde_json::json;
 
 /// Every page and form but setup, login and the stylesheet.
 const PAGES: &[(&str, &str)] = &[
@@ -43,75 +45,12 @@ const PAGES: &[(&str, &str)] = &[
     ("GET", "/account"),
     ("POST", "/account/password"),
 ];
+/// The fields of every form in [`PAGES`] (the CSRF token left out).
+const FORM: &str = "method=tpm&who=x&action=grant&name=x&path=x&value=x&node_id=x&addr=x\
+                    &kind=tpm&auth_method=tpm&slot=0&current=x&new=x";
 const PASSWORD: &str = "a long admin password";
 /// The API routes that need no session: they are how one starts.
 const PUBLIC_API: &[&str] = &["/api/setup", "/api/login", "/api/reset"];
-
-struct Answer {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: String,
-}
-
-fn console(dir: &std::path::Path) -> Arc<Console> {
-    Console::new(ConsoleConfig {
-        node: node::NodePath::new(dir.join("node")),
-        dir: dir.join("console"),
-        first_token: FirstToken::Passphrase,
-        session_idle: Duration::from_secs(600),
-        fingerprint: "AA:BB".into(),
-        setup_code: Some(zeroize::Zeroizing::new(CODE.into())),
-        tokens: node::tokens::TokenConfig::default(),
-        lan: false,
-    })
-}
-
-async fn send(
-    console: &Arc<Console>,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-    form: Option<&str>,
-    from: impl Into<IpAddr>,
-) -> Answer {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    if form.is_some() {
-        request = request.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-    }
-    let mut request = request
-        .body(Body::from(form.unwrap_or("").to_owned()))
-        .unwrap();
-    request
-        .extensions_mut()
-        .insert(ClientAddr(SocketAddr::from((from.into(), 50000))));
-    let response = console::router(console.clone())
-        .oneshot(request)
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes())
-        .into_owned();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn session_cookie(answer: &Answer) -> String {
-    let set = answer
-        .headers
-        .get(header::SET_COOKIE)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
-    set.split(';').next().unwrap().to_owned()
-}
 
 fn csrf(body: &str) -> String {
     let at = body.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
@@ -126,24 +65,15 @@ fn enc(s: &str) -> String {
 async fn setup_login_sessions_and_csrf() {
     let dir = tempfile::tempdir().unwrap();
     let c = console(dir.path());
-    let here = [127, 0, 0, 1];
 
     // Before setup everything leads to setup, and nothing works without a session.
-    let home = send(&c, "GET", "/", None, None, here).await;
+    let home = get_page(&c, "/", None, HERE).await;
     assert_eq!(home.headers[header::LOCATION], "/setup");
     for (method, path) in PAGES {
-        let answer = send(
-            &c,
-            method,
-            path,
-            None,
-            Some(
-                "csrf=x&method=tpm&who=x&action=grant&name=x&path=x&value=x&node_id=x&addr=x\
-                 &kind=tpm&auth_method=tpm&slot=0&current=x&new=x",
-            ),
-            here,
-        )
-        .await;
+        let answer = match *method {
+            "GET" => get_page(&c, path, None, HERE).await,
+            _ => post_form(&c, path, None, &format!("csrf=x&{FORM}"), HERE).await,
+        };
         assert_eq!(answer.status, StatusCode::SEE_OTHER, "{method} {path}");
         assert_eq!(
             answer.headers[header::LOCATION],
@@ -151,7 +81,7 @@ async fn setup_login_sessions_and_csrf() {
             "{method} {path}"
         );
     }
-    let api = send(&c, "GET", "/api/status", None, None, here).await;
+    let api = get_page(&c, "/api/status", None, HERE).await;
     assert_eq!(api.status, StatusCode::UNAUTHORIZED);
     assert!(
         api.headers[header::CONTENT_SECURITY_POLICY]
@@ -167,30 +97,14 @@ async fn setup_login_sessions_and_csrf() {
             p = enc(password)
         )
     };
-    let wrong = send(
-        &c,
-        "POST",
-        "/setup",
-        None,
-        Some(&form("WXYZ-WXYZ-WXYZ", PASSWORD)),
-        here,
-    )
-    .await;
+    let wrong = post_form(&c, "/setup", None, &form("WXYZ-WXYZ-WXYZ", PASSWORD), HERE).await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     assert!(wrong.body.contains("not the setup code"));
-    let weak = send(&c, "POST", "/setup", None, Some(&form(CODE, "short")), here).await;
+    let weak = post_form(&c, "/setup", None, &form(CODE, "short"), HERE).await;
     assert_eq!(weak.status, StatusCode::BAD_REQUEST);
     assert!(!dir.path().join("node").exists(), "nothing was made");
 
-    let done = send(
-        &c,
-        "POST",
-        "/setup",
-        None,
-        Some(&form(CODE, PASSWORD)),
-        here,
-    )
-    .await;
+    let done = post_form(&c, "/setup", None, &form(CODE, PASSWORD), HERE).await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     let words_at = done.body.find("id=\"recovery-code\">").unwrap();
     let words = done.body[words_at..]
@@ -214,21 +128,13 @@ async fn setup_login_sessions_and_csrf() {
         "the cookie lives as long as the browser; the server ends idle sessions"
     );
     assert!(dir.path().join("node/keyslots").exists());
-    let again = send(
-        &c,
-        "POST",
-        "/setup",
-        None,
-        Some(&form(CODE, PASSWORD)),
-        here,
-    )
-    .await;
+    let again = post_form(&c, "/setup", None, &form(CODE, PASSWORD), HERE).await;
     assert_eq!(
         again.status,
         StatusCode::FORBIDDEN,
         "the box is claimed once"
     );
-    let page = send(&c, "GET", "/setup", None, None, here).await;
+    let page = get_page(&c, "/setup", None, HERE).await;
     assert_eq!(page.headers[header::LOCATION], "/login");
     let mode = std::fs::metadata(dir.path().join("console/admin.json")).unwrap();
     assert_eq!(
@@ -237,44 +143,29 @@ async fn setup_login_sessions_and_csrf() {
     );
 
     // A session works; a state-changing POST without its CSRF token does not.
-    let cookie = session_cookie(&done);
-    let status = send(&c, "GET", "/status", Some(&cookie), None, here).await;
+    let cookie = session_cookie(&done.headers);
+    let status = get_page(&c, "/status", Some(&cookie), HERE).await;
     assert_eq!(status.status, StatusCode::OK);
     let token = csrf(&status.body);
-    let forged = send(&c, "POST", "/lock", Some(&cookie), Some("csrf=wrong"), here).await;
+    let forged = post_form(&c, "/lock", Some(&cookie), "csrf=wrong", HERE).await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
-    let missing = send(&c, "POST", "/lock", Some(&cookie), Some(""), here).await;
+    let missing = post_form(&c, "/lock", Some(&cookie), "", HERE).await;
     assert_eq!(missing.status, StatusCode::FORBIDDEN);
     for (method, path) in PAGES.iter().filter(|(m, _)| *m == "POST") {
-        let forged = send(
-            &c,
-            method,
-            path,
-            Some(&cookie),
-            Some("csrf=wrong&method=tpm&name=x&path=x&value=x&node_id=x&kind=tpm&auth_method=tpm&slot=0&who=x&action=grant&current=x&new=x"),
-            here,
-        )
-        .await;
+        let forged = format!("csrf=wrong&{FORM}");
+        let forged = post_form(&c, path, Some(&cookie), &forged, HERE).await;
         assert_eq!(forged.status, StatusCode::FORBIDDEN, "{method} {path}");
     }
-    let api = send(&c, "GET", "/api/status", Some(&cookie), None, here).await;
+    let api = get_page(&c, "/api/status", Some(&cookie), HERE).await;
     assert_eq!(api.status, StatusCode::OK);
     assert!(
         api.body.contains("\"fingerprint\":\"AA:BB\""),
         "{}",
         api.body
     );
-    let out = send(
-        &c,
-        "POST",
-        "/logout",
-        Some(&cookie),
-        Some(&format!("csrf={token}")),
-        here,
-    )
-    .await;
+    let out = post_form(&c, "/logout", Some(&cookie), &format!("csrf={token}"), HERE).await;
     assert_eq!(out.headers[header::LOCATION], "/login");
-    let after = send(&c, "GET", "/status", Some(&cookie), None, here).await;
+    let after = get_page(&c, "/status", Some(&cookie), HERE).await;
     assert_eq!(
         after.headers[header::LOCATION],
         "/login",
@@ -285,75 +176,22 @@ async fn setup_login_sessions_and_csrf() {
     // so is the right one from that address; another address still logs in.
     let attacker = [192, 0, 2, 7];
     for _ in 0..5 {
-        let r = send(
-            &c,
-            "POST",
-            "/login",
-            None,
-            Some("password=guess+one"),
-            attacker,
-        )
-        .await;
+        let r = post_form(&c, "/login", None, "password=guess+one", attacker).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
-    let sixth = send(
-        &c,
-        "POST",
-        "/login",
-        None,
-        Some("password=guess+six"),
-        attacker,
-    )
-    .await;
+    let sixth = post_form(&c, "/login", None, "password=guess+six", attacker).await;
     assert_eq!(sixth.status, StatusCode::TOO_MANY_REQUESTS);
     let right = format!("password={}", enc(PASSWORD));
-    let blocked = send(&c, "POST", "/login", None, Some(&right), attacker).await;
+    let blocked = post_form(&c, "/login", None, &right, attacker).await;
     assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
-    let admin = send(&c, "POST", "/login", None, Some(&right), here).await;
+    let admin = post_form(&c, "/login", None, &right, HERE).await;
     assert_eq!(admin.status, StatusCode::SEE_OTHER);
     assert_eq!(admin.headers[header::LOCATION], "/status");
-    let cookie = session_cookie(&admin);
+    let cookie = session_cookie(&admin.headers);
     assert_eq!(
-        send(&c, "GET", "/status", Some(&cookie), None, here)
-            .await
-            .status,
+        get_page(&c, "/status", Some(&cookie), HERE).await.status,
         StatusCode::OK
     );
-}
-
-/// Sends a JSON API call; `csrf` goes in the `X-CSRF-Token` header.
-async fn api(
-    console: &Arc<Console>,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-    csrf: Option<&str>,
-    body: serde_json::Value,
-) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    if let Some(csrf) = csrf {
-        request = request.header(console::api::CSRF_HEADER, csrf);
-    }
-    let mut request = request.body(Body::from(body.to_string())).unwrap();
-    request
-        .extensions_mut()
-        .insert(ClientAddr(SocketAddr::from(([127, 0, 0, 1], 50000))));
-    let response = console::router(console.clone())
-        .oneshot(request)
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, headers, value)
 }
 
 /// Every route the OpenAPI document lists, with its method, `{...}` filled in.
@@ -387,43 +225,21 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
         if PUBLIC_API.contains(&path.as_str()) {
             continue;
         }
-        let (status, headers, body) =
-            api(&c, method, path, None, None, serde_json::json!({})).await;
+        let (status, headers, body) = api(&c, method, path, None, None, json!({})).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
         assert!(body["error"].is_string(), "{method} {path}: {body}");
         assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
     }
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/login",
-        None,
-        None,
-        serde_json::json!({ "password": PASSWORD }),
-    )
-    .await;
+    let login = json!({ "password": PASSWORD });
+    let (status, _, body) = api(&c, "POST", "/api/login", None, None, login).await;
     assert_eq!(status, StatusCode::CONFLICT, "not set up yet: {body}");
 
     // Setup through the API (as the QEMU suite does): the recovery code, a cookie, a token.
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/setup",
-        None,
-        None,
-        serde_json::json!({ "setup_code": "WRONG-CODE", "password": PASSWORD, "confirm": PASSWORD, "passphrase": PASSWORD }),
-    )
-    .await;
+    let setup = |code: &str| json!({ "setup_code": code, "password": PASSWORD, "confirm": PASSWORD, "passphrase": PASSWORD });
+    let (status, _, body) = api(&c, "POST", "/api/setup", None, None, setup("WRONG-CODE")).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, headers, body) = api(
-        &c,
-        "POST",
-        "/api/setup",
-        None,
-        None,
-        serde_json::json!({ "setup_code": CODE.to_lowercase(), "password": PASSWORD, "confirm": PASSWORD, "passphrase": PASSWORD }),
-    )
-    .await;
+    let lowercase = setup(&CODE.to_lowercase());
+    let (status, headers, body) = api(&c, "POST", "/api/setup", None, None, lowercase).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["recovery_code"]
@@ -433,92 +249,38 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
             .count(),
         24
     );
-    let cookie = headers[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let token = body["csrf"].as_str().unwrap().to_owned();
+    let admin = Session::from_answer(&c, &headers, &body);
 
     // With the session, a POST without the header (or with a wrong one) is refused.
     for (method, path) in routes
         .iter()
         .filter(|(m, p)| m == "POST" && !PUBLIC_API.contains(&p.as_str()))
     {
-        let (status, _, body) =
-            api(&c, method, path, Some(&cookie), None, serde_json::json!({})).await;
+        let cookie = Some(admin.cookie.as_str());
+        let (status, _, body) = api(&c, method, path, cookie, None, json!({})).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
-        let (status, _, _) = api(
-            &c,
-            method,
-            path,
-            Some(&cookie),
-            Some("wrong"),
-            serde_json::json!({}),
-        )
-        .await;
+        let (status, _, _) = api(&c, method, path, cookie, Some("wrong"), json!({})).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
     }
-    let (status, _, doc) = api(
-        &c,
-        "GET",
-        "/api/openapi.json",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (status, _, doc) = admin.get("/api/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["paths"]["/api/keyslots"].is_object());
 
     // Views need the agent, which is not running yet: a clear error, no panic.
-    let (status, _, body) = api(
-        &c,
-        "GET",
-        "/api/vaults",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (status, _, body) = admin.get("/api/vaults").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 
     // Keyslots change only once the admin account has been checked against the unlocked
     // node: refused while it is locked.
     let _agent = start_agent(dir.path()).await;
-    let locked_enrol = serde_json::json!({ "kind": "passphrase", "secret": "a passphrase while locked", "auth_method": "passphrase", "auth_secret": PASSWORD });
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/keyslots",
-        Some(&cookie),
-        Some(&token),
-        locked_enrol,
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("Unlock the node first"),
-        "{body}"
-    );
-    unlock(&c, &cookie, &token).await;
+    let locked_enrol = json!({ "kind": "passphrase", "secret": "a passphrase while locked", "auth_method": "passphrase", "auth_secret": PASSWORD });
+    let (status, _, body) = admin.post("/api/keyslots", locked_enrol).await;
+    refused_while_locked(status, StatusCode::BAD_REQUEST, &body);
+    unlock(&admin).await;
 
     // Keyslots through the API: a second passphrase slot, authorised by the first;
     // tested with the right and a wrong passphrase; removed; the last words are kept.
-    let (status, _, slots) = api(
-        &c,
-        "GET",
-        "/api/keyslots",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (status, _, slots) = admin.get("/api/keyslots").await;
     assert_eq!(status, StatusCode::OK);
     let kinds: Vec<&str> = slots
         .as_array()
@@ -528,16 +290,10 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
         .collect();
     assert_eq!(kinds, ["soft", "recovery"]);
     let second = "the second unlock passphrase";
-    let enrol = |auth: &str| serde_json::json!({ "kind": "passphrase", "secret": second, "label": "spare", "auth_method": "passphrase", "auth_secret": auth });
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/keyslots",
-        Some(&cookie),
-        Some(&token),
-        enrol("not the passphrase"),
-    )
-    .await;
+    let enrol = |auth: &str| json!({ "kind": "passphrase", "secret": second, "label": "spare", "auth_method": "passphrase", "auth_secret": auth });
+    let (status, _, body) = admin
+        .post("/api/keyslots", enrol("not the passphrase"))
+        .await;
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
@@ -547,25 +303,9 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
         !body.to_string().contains("not the passphrase"),
         "no secret in an error: {body}"
     );
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/keyslots",
-        Some(&cookie),
-        Some(&token),
-        enrol(PASSWORD),
-    )
-    .await;
+    let (status, _, body) = admin.post("/api/keyslots", enrol(PASSWORD)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, _, slots) = api(
-        &c,
-        "GET",
-        "/api/keyslots",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (_, _, slots) = admin.get("/api/keyslots").await;
     let spare = slots
         .as_array()
         .unwrap()
@@ -574,222 +314,89 @@ async fn the_json_api_needs_a_session_and_its_csrf_header() {
         .unwrap()["id"]
         .as_u64()
         .unwrap();
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        &format!("/api/keyslots/{spare}/test"),
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({ "secret": second }),
-    )
-    .await;
+    let test = format!("/api/keyslots/{spare}/test");
+    let (status, _, body) = admin.post(&test, json!({ "secret": second })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        &format!("/api/keyslots/{spare}/test"),
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({ "secret": "a wrong passphrase here" }),
-    )
-    .await;
+    let wrong = json!({ "secret": "a wrong passphrase here" });
+    let (status, _, body) = admin.post(&test, wrong).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        &format!("/api/keyslots/{spare}/remove"),
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({ "auth_method": "passphrase", "auth_secret": second }),
-    )
-    .await;
+    let remove = format!("/api/keyslots/{spare}/remove");
+    let authorised_by =
+        |secret: &str| json!({ "auth_method": "passphrase", "auth_secret": secret });
+    let (status, _, body) = admin.post(&remove, authorised_by(second)).await;
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
         "the slot that authorises cannot be removed: {body}"
     );
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        &format!("/api/keyslots/{spare}/remove"),
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({ "auth_method": "passphrase", "auth_secret": PASSWORD }),
-    )
-    .await;
+    let (status, _, body) = admin.post(&remove, authorised_by(PASSWORD)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, _, slots) = api(
-        &c,
-        "GET",
-        "/api/keyslots",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (_, _, slots) = admin.get("/api/keyslots").await;
     assert_eq!(slots.as_array().unwrap().len(), 2);
 
     // Logging in through the API, and out.
-    let (status, headers, body) = api(
-        &c,
-        "POST",
-        "/api/login",
-        None,
-        None,
-        serde_json::json!({ "password": PASSWORD }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let cookie = headers[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let token = body["csrf"].as_str().unwrap().to_owned();
-    let (status, _, _) = api(
-        &c,
-        "POST",
-        "/api/logout",
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({}),
-    )
-    .await;
+    let again = log_in(&c, PASSWORD).await;
+    let (status, _, _) = again.post("/api/logout", json!({})).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = api(
-        &c,
-        "GET",
-        "/api/status",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (status, _, _) = again.get("/api/status").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-/// The `pk_session=...` pair from an API answer's `Set-Cookie`.
-fn api_cookie(headers: &axum::http::HeaderMap) -> String {
-    headers[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-/// Starts the node's agent for a console set up in `dir` (as the daemon does after
-/// setup), and waits until it answers.
-async fn start_agent(dir: &std::path::Path) -> node::client::Client {
-    let node = node::NodePath::new(dir.join("node"));
-    let config = node::agent::AgentConfig {
-        node: node.clone(),
-        tokens: node::tokens::TokenConfig::default(),
-        peer_listen: None,
-        lan: None,
-        github: node::provider::GitHubConfig::default(),
-    };
-    tokio::spawn(async move { node::agent::run(config, || {}).await });
-    let client = node::client::Client::new(&node);
-    for _ in 0..100 {
-        if client.call(node::api::agent::Status).await.is_ok() {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the agent did not start");
-}
-
-/// Sets up a console with a passphrase keyslot through the API; its cookie, CSRF token
-/// and recovery code.
-async fn set_up(c: &Arc<Console>) -> (String, String, String) {
-    let (status, headers, body) = api(
-        c,
-        "POST",
-        "/api/setup",
-        None,
-        None,
-        serde_json::json!({ "setup_code": CODE, "password": PASSWORD, "confirm": PASSWORD, "passphrase": PASSWORD }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    (
-        api_cookie(&headers),
-        body["csrf"].as_str().unwrap().to_owned(),
-        body["recovery_code"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// Unlocks the node through the API with the setup passphrase.
-async fn unlock(c: &Arc<Console>, cookie: &str, token: &str) {
-    let (status, _, body) = api(
-        c,
-        "POST",
-        "/api/unlock",
-        Some(cookie),
-        Some(token),
-        serde_json::json!({ "method": "passphrase", "secret": PASSWORD }),
-    )
-    .await;
+async fn unlock(admin: &Session) {
+    let unlock = json!({ "method": "passphrase", "secret": PASSWORD });
+    let (status, _, body) = admin.post("/api/unlock", unlock).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// Checks that a change was refused with `expected` because the node is locked.
+fn refused_while_locked(status: StatusCode, expected: StatusCode, body: &serde_json::Value) {
+    assert_eq!(status, expected, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("Unlock the node first"), "{body}");
+}
+
+/// A box claimed through the API (its passphrase keyslot opened by the admin password),
+/// its agent running, the node unlocked; the admin's session, the recovery code and the
+/// agent.
+async fn claimed_and_unlocked(
+    c: &Arc<Console>,
+    dir: &std::path::Path,
+) -> (Session, String, node::client::Client) {
+    let (admin, recovery) = common::set_up(c, PASSWORD, PASSWORD).await;
+    let agent = start_agent(dir).await;
+    unlock(&admin).await;
+    (admin, recovery, agent)
+}
+
+/// Logs in through the login page from `from`.
 async fn login_status(c: &Arc<Console>, password: &str, from: impl Into<IpAddr>) -> Answer {
-    send(
-        c,
-        "POST",
-        "/login",
-        None,
-        Some(&format!("password={}", enc(password))),
-        from,
-    )
-    .await
+    let form = format!("password={}", enc(password));
+    post_form(c, "/login", None, &form, from).await
 }
 
 #[tokio::test]
 async fn the_admin_changes_the_password_and_other_sessions_end() {
     let dir = tempfile::tempdir().unwrap();
     let c = console(dir.path());
-    let here = [127, 0, 0, 1];
-    let (cookie, token, _) = set_up(&c).await;
+    let (admin, _) = common::set_up(&c, PASSWORD, PASSWORD).await;
+    let cookie = admin.cookie.clone();
     let _agent = start_agent(dir.path()).await;
     // A second session (another browser) that must end with the change.
-    let other = login_status(&c, PASSWORD, here).await;
+    let other = login_status(&c, PASSWORD, HERE).await;
     assert_eq!(other.status, StatusCode::SEE_OTHER);
-    let other = session_cookie(&other);
+    let other = session_cookie(&other.headers);
     let stored = || std::fs::read(dir.path().join("console/admin.json")).unwrap();
     let before = stored();
 
     let new = "another admin password";
-    let change = |current: &str, new: &str| serde_json::json!({ "current": current, "new": new });
-    let post = |body: serde_json::Value| {
-        let (c, cookie, token) = (c.clone(), cookie.clone(), token.clone());
-        async move {
-            api(
-                &c,
-                "POST",
-                "/api/account/password",
-                Some(&cookie),
-                Some(&token),
-                body,
-            )
-            .await
-        }
-    };
+    let change = |current: &str, new: &str| json!({ "current": current, "new": new });
+    let post = |body: serde_json::Value| admin.post("/api/account/password", body);
     // The account is bound to the node, so a change needs it unlocked.
     let (status, _, body) = post(change(PASSWORD, new)).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("Unlock the node first")
-    );
+    refused_while_locked(status, StatusCode::CONFLICT, &body);
     assert_eq!(stored(), before, "nothing changed while locked");
-    unlock(&c, &cookie, &token).await;
+    unlock(&admin).await;
 
     let refusals = [
         (
@@ -808,7 +415,7 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
             "is the current one",
         ),
         (
-            serde_json::json!({ "current": PASSWORD, "new": new, "confirm": "something else" }),
+            json!({ "current": PASSWORD, "new": new, "confirm": "something else" }),
             StatusCode::BAD_REQUEST,
             "differ",
         ),
@@ -824,7 +431,7 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
         );
         assert_eq!(stored(), before, "a refused change changes nothing");
     }
-    let status = send(&c, "GET", "/status", Some(&other), None, here).await;
+    let status = get_page(&c, "/status", Some(&other), HERE).await;
     assert_eq!(status.status, StatusCode::OK, "refusals end no session");
 
     // The change: the old password stops working, the new one works, the other session
@@ -838,17 +445,17 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
             .contains("1 other session"),
         "{body}"
     );
-    let ended = send(&c, "GET", "/status", Some(&other), None, here).await;
+    let ended = get_page(&c, "/status", Some(&other), HERE).await;
     assert_eq!(ended.headers[header::LOCATION], "/login");
-    let still = send(&c, "GET", "/account", Some(&cookie), None, here).await;
+    let still = get_page(&c, "/account", Some(&cookie), HERE).await;
     assert_eq!(still.status, StatusCode::OK);
     assert!(still.body.contains("Change the admin password"));
     assert_eq!(
-        login_status(&c, PASSWORD, here).await.status,
+        login_status(&c, PASSWORD, HERE).await.status,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        login_status(&c, new, here).await.status,
+        login_status(&c, new, HERE).await.status,
         StatusCode::SEE_OTHER
     );
     let stored_text = String::from_utf8(stored()).unwrap();
@@ -866,7 +473,7 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
     // The page's form: the confirmation must match; wrong current passwords count
     // towards the login throttle of that address (the sixth in a minute is throttled,
     // and so is a login with the right password from there).
-    let page = send(&c, "GET", "/account", Some(&cookie), None, here).await;
+    let page = get_page(&c, "/account", Some(&cookie), HERE).await;
     let csrf_token = csrf(&page.body);
     let form = |current: &str, confirm: &str| {
         format!(
@@ -876,41 +483,21 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
             enc(confirm)
         )
     };
-    let mismatch = send(
-        &c,
-        "POST",
-        "/account/password",
-        Some(&cookie),
-        Some(&form(new, "a third admin passwort")),
-        here,
-    )
-    .await;
+    let change_on_page = |current: &str, confirm: &str, from: [u8; 4]| {
+        let (c, cookie, form) = (&c, &cookie, form(current, confirm));
+        async move { post_form(c, "/account/password", Some(cookie), &form, from).await }
+    };
+    let mismatch = change_on_page(new, "a third admin passwort", HERE).await;
     assert_eq!(mismatch.status, StatusCode::BAD_REQUEST);
     assert!(mismatch.body.contains("The two passwords differ."));
     let attacker = [192, 0, 2, 9];
     for _ in 0..5 {
-        let r = send(
-            &c,
-            "POST",
-            "/account/password",
-            Some(&cookie),
-            Some(&form("a guessed password", "a third admin password")),
-            attacker,
-        )
-        .await;
+        let r = change_on_page("a guessed password", "a third admin password", attacker).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(r.body.contains("The current password is wrong."));
     }
     for guess in ["a sixth guess", new] {
-        let r = send(
-            &c,
-            "POST",
-            "/account/password",
-            Some(&cookie),
-            Some(&form(guess, "a third admin password")),
-            attacker,
-        )
-        .await;
+        let r = change_on_page(guess, "a third admin password", attacker).await;
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     }
     assert_eq!(
@@ -918,7 +505,7 @@ async fn the_admin_changes_the_password_and_other_sessions_end() {
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(
-        login_status(&c, new, here).await.status,
+        login_status(&c, new, HERE).await.status,
         StatusCode::SEE_OTHER,
         "the password is still the second one"
     );
@@ -931,19 +518,16 @@ fn forged_account(password: &str) -> String {
     let hash = argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .unwrap();
-    serde_json::json!({ "password_hash": hash.to_string() }).to_string()
+    json!({ "password_hash": hash.to_string() }).to_string()
 }
 
 #[tokio::test]
 async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() {
     let dir = tempfile::tempdir().unwrap();
     let c = console(dir.path());
-    let here = [127, 0, 0, 1];
-    let (cookie, token, recovery) = set_up(&c).await;
-    let agent = start_agent(dir.path()).await;
-    unlock(&c, &cookie, &token).await;
+    let (admin, recovery, agent) = claimed_and_unlocked(&c, dir.path()).await;
     // The first page seen while unlocked binds the account to the node.
-    let status = send(&c, "GET", "/status", Some(&cookie), None, here).await;
+    let status = get_page(&c, "/status", Some(&admin.cookie), HERE).await;
     assert_eq!(status.status, StatusCode::OK);
 
     // Someone takes the disk out while the box is off, writes a hash of their own
@@ -960,45 +544,22 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
     let from = [192, 0, 2, 50];
     // While the node is locked the account cannot be checked: a login works, but
     // keyslots stay out of reach.
-    let (status, headers, body) = api(
-        &c,
-        "POST",
-        "/api/login",
-        None,
-        None,
-        serde_json::json!({ "password": intruder }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (api_cookie, api_token) = (
-        api_cookie(&headers),
-        body["csrf"].as_str().unwrap().to_owned(),
-    );
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/keyslots",
-        Some(&api_cookie),
-        Some(&api_token),
-        serde_json::json!({ "kind": "passphrase", "secret": "the intruder's own slot", "auth_method": "passphrase", "auth_secret": PASSWORD }),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("Unlock the node first"),
-        "{body}"
-    );
+    let intruding = log_in(&c, intruder).await;
+    let (status, _, body) = intruding
+        .post(
+            "/api/keyslots",
+            json!({ "kind": "passphrase", "secret": "the intruder's own slot", "auth_method": "passphrase", "auth_secret": PASSWORD }),
+        )
+        .await;
+    refused_while_locked(status, StatusCode::BAD_REQUEST, &body);
     let page_session = login_status(&c, intruder, from).await;
     assert_eq!(page_session.status, StatusCode::SEE_OTHER);
-    let page_session = session_cookie(&page_session);
+    let page_session = session_cookie(&page_session.headers);
 
     // Once the node is unlocked (the TPM, or here the passphrase), the next request
     // finds the account replaced: refused, and every session ends.
-    unlock(&c, &api_cookie, &api_token).await;
-    let page = send(&c, "GET", "/status", Some(&page_session), None, from).await;
+    unlock(&intruding).await;
+    let page = get_page(&c, "/status", Some(&page_session), from).await;
     assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
     assert!(
         page.body
@@ -1011,15 +572,7 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
             .contains("Max-Age=0"),
         "the cookie is cleared"
     );
-    let (status, _, body) = api(
-        &c,
-        "GET",
-        "/api/vaults",
-        Some(&api_cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (status, _, body) = intruding.get("/api/vaults").await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
@@ -1037,12 +590,12 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
         "no session"
     );
     // The reset page stays reachable from a browser that still sends its old cookie.
-    let reset_page = send(&c, "GET", "/reset", Some(&page_session), None, here).await;
+    let reset_page = get_page(&c, "/reset", Some(&page_session), HERE).await;
     assert_eq!(reset_page.status, StatusCode::OK, "{}", reset_page.body);
     // Locking the node does not let the replaced account in.
     agent.call(node::api::agent::Lock).await.unwrap();
     assert_eq!(
-        login_status(&c, intruder, here).await.status,
+        login_status(&c, intruder, HERE).await.status,
         StatusCode::FORBIDDEN
     );
 
@@ -1063,13 +616,12 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
     } else {
         "abandon"
     };
-    let wrong = send(
+    let wrong = post_form(
         &c,
-        "POST",
         "/reset",
         None,
-        Some(&reset(&wrong_words.join(" "), "the reset admin password")),
-        here,
+        &reset(&wrong_words.join(" "), "the reset admin password"),
+        HERE,
     )
     .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN, "{}", wrong.body);
@@ -1078,46 +630,29 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
         !wrong.body.contains(words[2]),
         "no recovery word in the answer"
     );
-    let done = send(
+    let done = post_form(
         &c,
-        "POST",
         "/reset",
         Some(&page_session),
-        Some(&reset(&recovery, "the reset admin password")),
-        here,
+        &reset(&recovery, "the reset admin password"),
+        HERE,
     )
     .await;
     assert_eq!(done.status, StatusCode::OK, "{}", done.body);
     assert!(done.body.contains("The admin password was reset."));
     assert_eq!(
-        login_status(&c, intruder, here).await.status,
+        login_status(&c, intruder, HERE).await.status,
         StatusCode::UNAUTHORIZED
     );
-    let admin = login_status(&c, "the reset admin password", here).await;
+    let admin = login_status(&c, "the reset admin password", HERE).await;
     assert_eq!(admin.status, StatusCode::SEE_OTHER);
-    let admin = session_cookie(&admin);
-    let (status, _, body) = api(
-        &c,
-        "GET",
-        "/api/status",
-        Some(&admin),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let admin = Some(session_cookie(&admin.headers));
+    let (status, _, body) = api_get(&c, "/api/status", admin.as_deref()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["state"], "unlocked", "{body}");
 
     // The audit log has the story.
-    let (status, _, events) = api(
-        &c,
-        "GET",
-        "/api/audit",
-        Some(&admin),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (status, _, events) = api_get(&c, "/api/audit", admin.as_deref()).await;
     assert_eq!(status, StatusCode::OK, "{events}");
     let names: Vec<&str> = events
         .as_array()
@@ -1144,9 +679,7 @@ async fn a_replaced_account_file_is_refused_until_the_recovery_code_resets_it() 
 async fn concurrent_guesses_from_one_address_are_not_all_checked() {
     let dir = tempfile::tempdir().unwrap();
     let c = console(dir.path());
-    let (cookie, token, _) = set_up(&c).await;
-    let _agent = start_agent(dir.path()).await;
-    unlock(&c, &cookie, &token).await;
+    let (admin, _, _agent) = claimed_and_unlocked(&c, dir.path()).await;
 
     let attacker = [192, 0, 2, 66];
     let mut guesses = tokio::task::JoinSet::new();
@@ -1179,15 +712,7 @@ async fn concurrent_guesses_from_one_address_are_not_all_checked() {
         "{checked} of 40 concurrent guesses were checked ({refused} refused at once)"
     );
 
-    let (status, _, events) = api(
-        &c,
-        "GET",
-        "/api/audit",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (status, _, events) = admin.get("/api/audit").await;
     assert_eq!(status, StatusCode::OK, "{events}");
     let failed = events
         .as_array()
@@ -1197,7 +722,7 @@ async fn concurrent_guesses_from_one_address_are_not_all_checked() {
         .count();
     assert_eq!(failed, checked, "each checked guess is audited: {events}");
 
-    let admin = login_status(&c, PASSWORD, [127, 0, 0, 1]).await;
+    let admin = login_status(&c, PASSWORD, HERE).await;
     assert_eq!(admin.status, StatusCode::SEE_OTHER, "{}", admin.body);
     assert_eq!(admin.headers[header::LOCATION], "/status");
 }
@@ -1209,7 +734,7 @@ async fn concurrent_guesses_from_one_address_are_not_all_checked() {
 async fn wrong_passwords_count_per_ipv6_64() {
     let dir = tempfile::tempdir().unwrap();
     let c = console(dir.path());
-    set_up(&c).await;
+    common::set_up(&c, PASSWORD, PASSWORD).await;
     let in_64 = |host: u16| IpAddr::from([0x2001, 0xdb8, 0, 7, 0, 0, 0, host]);
     for host in 1..=5 {
         let r = login_status(&c, "a wrong guess", in_64(host)).await;
@@ -1254,15 +779,14 @@ async fn wrong_passwords_count_per_ipv6_64() {
 async fn answers_carry_hsts_and_the_session_cookie_is_host_only() {
     let dir = tempfile::tempdir().unwrap();
     let c = console(dir.path());
-    let here = [127, 0, 0, 1];
     let hsts = |headers: &axum::http::HeaderMap| {
         headers
             .get(header::STRICT_TRANSPORT_SECURITY)
             .map(|v| v.to_str().unwrap().to_owned())
     };
-    let redirect = send(&c, "GET", "/", None, None, here).await;
+    let redirect = get_page(&c, "/", None, HERE).await;
     assert_eq!(redirect.status, StatusCode::SEE_OTHER);
-    let refused = send(&c, "GET", "/api/status", None, None, here).await;
+    let refused = get_page(&c, "/api/status", None, HERE).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     for answer in [&redirect, &refused] {
         let value = hsts(&answer.headers).expect("a Strict-Transport-Security header");
@@ -1277,9 +801,10 @@ async fn answers_carry_hsts_and_the_session_cookie_is_host_only() {
         assert!(max_age >= 365 * 24 * 3600, "{value}");
     }
 
-    let (cookie, _, _) = set_up(&c).await;
+    let (admin, _) = common::set_up(&c, PASSWORD, PASSWORD).await;
+    let cookie = &admin.cookie;
     assert!(cookie.starts_with("__Host-pk_session="), "{cookie}");
-    let login = login_status(&c, PASSWORD, here).await;
+    let login = login_status(&c, PASSWORD, HERE).await;
     assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.body);
     assert!(hsts(&login.headers).is_some());
     let set_cookie = login.headers[header::SET_COOKIE].to_str().unwrap();
@@ -1293,39 +818,22 @@ async fn answers_carry_hsts_and_the_session_cookie_is_host_only() {
     assert!(!set_cookie.contains("Domain"), "{set_cookie}");
 
     // The pages and the API read the new cookie; the old name opens nothing.
-    let session = session_cookie(&login);
-    let page = send(&c, "GET", "/status", Some(&session), None, here).await;
+    let session = session_cookie(&login.headers);
+    let page = get_page(&c, "/status", Some(&session), HERE).await;
     assert_eq!(page.status, StatusCode::OK);
     let value = session.split_once('=').unwrap().1;
-    let old = send(
-        &c,
-        "GET",
-        "/status",
-        Some(&format!("pk_session={value}")),
-        None,
-        here,
-    )
-    .await;
+    let old = get_page(&c, "/status", Some(&format!("pk_session={value}")), HERE).await;
     assert_eq!(old.headers[header::LOCATION], "/login");
-    let (status, _, _) = api(
-        &c,
-        "GET",
-        "/api/status",
-        Some(&cookie),
-        None,
-        serde_json::json!({}),
-    )
-    .await;
+    let (status, _, _) = admin.get("/api/status").await;
     assert_eq!(status, StatusCode::OK);
     // Logging out clears the cookie (a browser takes a `__Host-` cookie, even an empty
     // one, only with `Secure` and `Path=/`).
-    let out = send(
+    let out = post_form(
         &c,
-        "POST",
         "/logout",
         Some(&session),
-        Some(&format!("csrf={}", csrf(&page.body))),
-        here,
+        &format!("csrf={}", csrf(&page.body)),
+        HERE,
     )
     .await;
     let cleared = out.headers[header::SET_COOKIE].to_str().unwrap();
@@ -1446,77 +954,16 @@ fn start_daemon(dir: &std::path::Path, nofile: u64) -> Daemon {
     daemon
 }
 
-/// Accepts the console's own certificate only, as an admin who compared its fingerprint.
-#[derive(Debug)]
-struct Pinned {
-    cert: rustls::pki_types::CertificateDer<'static>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "not the console's certificate".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A TLS client for the daemon's console (HTTP/1.1).
+/// A TLS client (HTTP/1.1) for the daemon's console that trusts its own certificate only,
+/// as an admin who compared its fingerprint.
 fn connector(cert: &rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            cert: cert.clone(),
-            provider,
-        }))
+        .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -1532,7 +979,7 @@ async fn https_login(
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut stream = tls.connect(name, tcp).await?;
-    let body = serde_json::json!({ "password": password }).to_string();
+    let body = json!({ "password": password }).to_string();
     let request = format!(
         "POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -1635,30 +1082,21 @@ async fn idle_connections_do_not_lock_the_admin_out() {
 async fn a_schedule_out_of_range_is_refused_in_words() {
     let dir = tempfile::tempdir().unwrap();
     let c = console(dir.path());
-    let here = [127, 0, 0, 1];
-    let (cookie, token, _) = set_up(&c).await;
-    let _agent = start_agent(dir.path()).await;
-    unlock(&c, &cookie, &token).await;
-    let page = send(&c, "GET", "/backups", Some(&cookie), None, here).await;
+    let (admin, _, _agent) = claimed_and_unlocked(&c, dir.path()).await;
+    let cookie = &admin.cookie;
+    let page = get_page(&c, "/backups", Some(cookie), HERE).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let token = csrf(&page.body);
     let node = node::identity::Identity::generate().node_id().to_string();
     for every in ["18446744073709551615", "527041", "0"] {
         let form = format!("csrf={token}&vault=v&node_id={node}&every_min={every}&name=");
-        let answer = send(&c, "POST", "/backups", Some(&cookie), Some(&form), here).await;
+        let answer = post_form(&c, "/backups", Some(cookie), &form, HERE).await;
         assert_eq!(answer.status, StatusCode::OK, "{every}: {}", answer.body);
         assert!(answer.body.contains("366 days"), "{every}: {}", answer.body);
     }
     // Through the API, the agent's own bound answers.
-    let (status, _, body) = api(
-        &c,
-        "POST",
-        "/api/backups",
-        Some(&cookie),
-        Some(&token),
-        serde_json::json!({ "vault": "v", "node_id": node, "every_s": u64::MAX, "name": "" }),
-    )
-    .await;
+    let pull = json!({ "vault": "v", "node_id": node, "every_s": u64::MAX, "name": "" });
+    let (status, _, body) = admin.post("/api/backups", pull).await;
     assert_ne!(status, StatusCode::OK, "{body}");
     assert!(body.to_string().contains("366 days"), "{body}");
 }

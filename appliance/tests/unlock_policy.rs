@@ -6,21 +6,16 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use appliance::config::Config;
+use common::{InProcess, free_port};
 
 const PASSWORD: &str = "policy admin password";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A JSON call to the console with `curl` (self-signed certificate: `-k`), a cookie jar,
 /// and the CSRF header when given.
@@ -63,29 +58,9 @@ where
     F: FnOnce(String, Option<String>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(appliance::daemon::run_until(
-        config.clone(),
-        move |started| {
-            let _ = ready_tx.send(started.clone());
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let started = ready_rx.await.unwrap();
-    check(
-        started.console_urls[0].trim_end_matches('/').to_owned(),
-        started.setup_code,
-    )
-    .await;
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(20), daemon)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let daemon = InProcess::start(config.clone()).await;
+    check(daemon.console_url(), daemon.started.setup_code.clone()).await;
+    daemon.stop().await.unwrap().unwrap().unwrap();
 }
 
 /// Waits for the node's state to settle at `want` (the agent unlocks in the background).

@@ -10,7 +10,7 @@ use hsm::pkcs11::Pkcs11Sealed;
 use hsm::soft::{Argon2Params, SoftProtector};
 use hsm::tpm::{PcrBank, PcrPolicy, TpmSealed};
 use hsm::yubikey::{PinRule, TouchRule, YubiKeySealed};
-use hsm::{DataKey, Kind, Pin, Sealed};
+use hsm::{DataKey, Kind, Pin, Sealed, Wrapped};
 use node::NodePath;
 use node::api::agent::{AgentState, AgentStatus};
 use node::api::console::{AccountBinding, ConsoleEvent};
@@ -737,8 +737,10 @@ fn keyslots(out: &mut Out<'_>) -> io::Result<()> {
                 pcrs: vec![0, 4, 7, 11],
             }),
             pin: true,
-            nonce: vec![7; 24],
-            ciphertext: vec![9; 48],
+            wrapped: Wrapped {
+                nonce: vec![7; 24],
+                ciphertext: vec![9; 48],
+            },
         }),
         Sealed::Pkcs11(Pkcs11Sealed {
             module: "/usr/lib/softhsm/libsofthsm2.so".into(),
@@ -754,8 +756,10 @@ fn keyslots(out: &mut Out<'_>) -> io::Result<()> {
             touch_policy: TouchRule::Cached,
             public_key: vec![4; 65],
             ephemeral: vec![4; 65],
-            nonce: vec![5; 24],
-            ciphertext: vec![6; 48],
+            wrapped: Wrapped {
+                nonce: vec![5; 24],
+                ciphertext: vec![6; 48],
+            },
         }),
     ];
     let next = body["next_id"].as_u64().expect("next_id");

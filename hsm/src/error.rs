@@ -3,7 +3,7 @@
 //! No variant ever carries a PIN, passphrase, recovery word or key. Messages from token
 //! libraries are kept only where they describe the token, never the input.
 
-use crate::Kind;
+use crate::{Kind, Sealed};
 
 /// Why a key could not be wrapped (enrolling a new unlock method).
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,34 @@ pub enum UnwrapError {
         /// What the token reported.
         message: String,
     },
+}
+
+impl WrapError {
+    /// A failure of the `kind` token, as its library describes it.
+    pub(crate) fn token(kind: Kind, message: impl std::fmt::Display) -> Self {
+        WrapError::Token {
+            kind,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl UnwrapError {
+    /// A failure of the `kind` token, as its library describes it.
+    pub(crate) fn token(kind: Kind, message: impl std::fmt::Display) -> Self {
+        UnwrapError::Token {
+            kind,
+            message: message.to_string(),
+        }
+    }
+
+    /// `sealed` was handed to a protector of the `expected` kind.
+    pub(crate) fn wrong_kind(expected: Kind, sealed: &Sealed) -> Self {
+        UnwrapError::WrongKind {
+            expected,
+            found: sealed.kind(),
+        }
+    }
 }
 
 fn retries_suffix(retries_left: Option<u32>) -> String {

@@ -33,6 +33,7 @@ pub mod soft;
 pub mod tpm;
 pub mod yubikey;
 
+pub use aead::Wrapped;
 pub use error::{UnwrapError, WrapError};
 pub use secret::{DataKey, Pin};
 

@@ -115,6 +115,21 @@ impl Pkcs11Protector {
             Err(refused())
         }
     }
+
+    /// Logs in to the token of a stored record and finds the record's key on it.
+    fn open_key(&self, s: &Pkcs11Sealed) -> Result<(Token, ObjectHandle), UnwrapError> {
+        let module = self.module_for(s)?;
+        let token = Token::open(&module, &s.token_label, &self.pin)?;
+        let handle = find_key(&token.session, &s.key_id)
+            .map_err(|e| UnwrapError::token(Kind::Pkcs11, e))?
+            .ok_or_else(|| {
+                UnwrapError::KeyNotOnToken(format!(
+                    "token {:?} has no key with this slot's id",
+                    s.token_label
+                ))
+            })?;
+        Ok((token, handle))
+    }
 }
 
 /// Loads (once per process) and initialises the module at `path`.
@@ -160,33 +175,23 @@ enum LoginError {
     Other(String),
 }
 
-impl From<LoginError> for WrapError {
-    fn from(e: LoginError) -> Self {
-        match e {
-            LoginError::Absent(what) => WrapError::TokenAbsent { what },
-            LoginError::WrongPin(retries_left) => WrapError::WrongPin { retries_left },
-            LoginError::Blocked => WrapError::PinBlocked,
-            LoginError::Other(message) => WrapError::Token {
-                kind: Kind::Pkcs11,
-                message,
-            },
-        }
-    }
+/// Both operations log in the same way, and report a failed login alike.
+macro_rules! from_login_error {
+    ($($error:ident),*) => {
+        $(impl From<LoginError> for $error {
+            fn from(e: LoginError) -> Self {
+                match e {
+                    LoginError::Absent(what) => $error::TokenAbsent { what },
+                    LoginError::WrongPin(retries_left) => $error::WrongPin { retries_left },
+                    LoginError::Blocked => $error::PinBlocked,
+                    LoginError::Other(message) => $error::token(Kind::Pkcs11, message),
+                }
+            }
+        })*
+    };
 }
 
-impl From<LoginError> for UnwrapError {
-    fn from(e: LoginError) -> Self {
-        match e {
-            LoginError::Absent(what) => UnwrapError::TokenAbsent { what },
-            LoginError::WrongPin(retries_left) => UnwrapError::WrongPin { retries_left },
-            LoginError::Blocked => UnwrapError::PinBlocked,
-            LoginError::Other(message) => UnwrapError::Token {
-                kind: Kind::Pkcs11,
-                message,
-            },
-        }
-    }
-}
+from_login_error!(WrapError, UnwrapError);
 
 impl Token {
     fn open(module_path: &Path, label: &str, pin: &Pin) -> Result<Token, LoginError> {
@@ -285,20 +290,10 @@ impl Pkcs11Protector {
     /// its value can be read. The value, if a broken token returned it, is discarded.
     pub fn key_report(&self, sealed: &Sealed) -> Result<KeyReport, UnwrapError> {
         let Sealed::Pkcs11(s) = sealed else {
-            return Err(UnwrapError::WrongKind {
-                expected: Kind::Pkcs11,
-                found: sealed.kind(),
-            });
+            return Err(UnwrapError::wrong_kind(Kind::Pkcs11, sealed));
         };
-        let token_err = |e: CkError| UnwrapError::Token {
-            kind: Kind::Pkcs11,
-            message: e.to_string(),
-        };
-        let module = self.module_for(s)?;
-        let token = Token::open(&module, &s.token_label, &self.pin)?;
-        let handle = find_key(&token.session, &s.key_id)
-            .map_err(token_err)?
-            .ok_or_else(|| UnwrapError::KeyNotOnToken(format!("token {:?}", s.token_label)))?;
+        let token_err = |e: CkError| UnwrapError::token(Kind::Pkcs11, e);
+        let (token, handle) = self.open_key(s)?;
         let mut report = KeyReport {
             sensitive: false,
             extractable: true,
@@ -338,10 +333,7 @@ impl Protector for Pkcs11Protector {
     }
 
     fn wrap(&self, key: &DataKey, aad: &[u8]) -> Result<Sealed, WrapError> {
-        let token_err = |e: CkError| WrapError::Token {
-            kind: Kind::Pkcs11,
-            message: e.to_string(),
-        };
+        let token_err = |e: CkError| WrapError::token(Kind::Pkcs11, e);
         let module = self
             .module
             .clone()
@@ -401,28 +393,13 @@ impl Protector for Pkcs11Protector {
 
     fn unwrap(&self, sealed: &Sealed, aad: &[u8]) -> Result<DataKey, UnwrapError> {
         let Sealed::Pkcs11(s) = sealed else {
-            return Err(UnwrapError::WrongKind {
-                expected: Kind::Pkcs11,
-                found: sealed.kind(),
-            });
+            return Err(UnwrapError::wrong_kind(Kind::Pkcs11, sealed));
         };
-        let token_err = |e: CkError| UnwrapError::Token {
-            kind: Kind::Pkcs11,
-            message: e.to_string(),
-        };
+        let token_err = |e: CkError| UnwrapError::token(Kind::Pkcs11, e);
         if s.iv.len() != IV_LEN {
             return Err(UnwrapError::Corrupt("AES-GCM IV has the wrong length"));
         }
-        let module = self.module_for(s)?;
-        let token = Token::open(&module, &s.token_label, &self.pin)?;
-        let handle = find_key(&token.session, &s.key_id)
-            .map_err(token_err)?
-            .ok_or_else(|| {
-                UnwrapError::KeyNotOnToken(format!(
-                    "token {:?} has no key with this slot's id",
-                    s.token_label
-                ))
-            })?;
+        let (token, handle) = self.open_key(s)?;
         let mut iv = s.iv.clone();
         let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(token_err)?;
         let plain = token

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::{DataKey, Kind, Protector, Sealed, UnwrapError, WrapError, aead};
+use crate::{DataKey, Kind, Protector, Sealed, UnwrapError, WrapError, Wrapped};
 
 /// Number of words in a recovery code.
 pub const WORDS: usize = 24;
@@ -103,12 +103,9 @@ pub struct RecoverySealed {
     /// HKDF salt.
     #[serde(with = "crate::b64")]
     pub salt: Vec<u8>,
-    /// XChaCha20-Poly1305 nonce.
-    #[serde(with = "crate::b64")]
-    pub nonce: Vec<u8>,
-    /// The wrapped key and its tag.
-    #[serde(with = "crate::b64")]
-    pub ciphertext: Vec<u8>,
+    /// The key wrapped under the key derived from the recovery code.
+    #[serde(flatten)]
+    pub wrapped: Wrapped,
 }
 
 /// Unlock by recovery code. Not hardware.
@@ -131,22 +128,16 @@ impl Protector for RecoveryProtector {
     fn wrap(&self, key: &DataKey, aad: &[u8]) -> Result<Sealed, WrapError> {
         let mut salt = vec![0u8; 16];
         OsRng.fill_bytes(&mut salt);
-        let (nonce, ciphertext) = aead::seal(&self.code.kek(&salt), key, aad);
-        Ok(Sealed::Recovery(RecoverySealed {
-            salt,
-            nonce,
-            ciphertext,
-        }))
+        let wrapped = Wrapped::seal(&self.code.kek(&salt), key, aad);
+        Ok(Sealed::Recovery(RecoverySealed { salt, wrapped }))
     }
 
     fn unwrap(&self, sealed: &Sealed, aad: &[u8]) -> Result<DataKey, UnwrapError> {
         let Sealed::Recovery(s) = sealed else {
-            return Err(UnwrapError::WrongKind {
-                expected: Kind::Recovery,
-                found: sealed.kind(),
-            });
+            return Err(UnwrapError::wrong_kind(Kind::Recovery, sealed));
         };
-        aead::open(&self.code.kek(&s.salt), &s.nonce, &s.ciphertext, aad)
+        s.wrapped
+            .open(&self.code.kek(&s.salt), aad)
             .ok_or(UnwrapError::WrongRecoveryCode)
     }
 }

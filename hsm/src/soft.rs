@@ -9,7 +9,7 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, aead};
+use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, Wrapped};
 
 /// Argon2id cost parameters, stored with every `soft` slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,12 +75,9 @@ pub struct SoftSealed {
     /// Argon2 salt.
     #[serde(with = "crate::b64")]
     pub salt: Vec<u8>,
-    /// XChaCha20-Poly1305 nonce.
-    #[serde(with = "crate::b64")]
-    pub nonce: Vec<u8>,
-    /// The wrapped key and its tag.
-    #[serde(with = "crate::b64")]
-    pub ciphertext: Vec<u8>,
+    /// The key wrapped under the key derived from the passphrase.
+    #[serde(flatten)]
+    pub wrapped: Wrapped,
 }
 
 /// Unlock by passphrase. Clearly labelled as not hardware ([`Kind::is_hardware`]).
@@ -120,25 +117,23 @@ impl Protector for SoftProtector {
         let kek = self
             .derive(self.params, &salt)
             .ok_or_else(|| WrapError::Invalid("Argon2id parameters out of range".into()))?;
-        let (nonce, ciphertext) = aead::seal(&kek, key, aad);
+        let wrapped = Wrapped::seal(&kek, key, aad);
         Ok(Sealed::Soft(SoftSealed {
             argon2: self.params,
             salt,
-            nonce,
-            ciphertext,
+            wrapped,
         }))
     }
 
     fn unwrap(&self, sealed: &Sealed, aad: &[u8]) -> Result<DataKey, UnwrapError> {
         let Sealed::Soft(s) = sealed else {
-            return Err(UnwrapError::WrongKind {
-                expected: Kind::Soft,
-                found: sealed.kind(),
-            });
+            return Err(UnwrapError::wrong_kind(Kind::Soft, sealed));
         };
         let kek = self
             .derive(s.argon2, &s.salt)
             .ok_or(UnwrapError::Corrupt("Argon2id parameters out of range"))?;
-        aead::open(&kek, &s.nonce, &s.ciphertext, aad).ok_or(UnwrapError::WrongPassphrase)
+        s.wrapped
+            .open(&kek, aad)
+            .ok_or(UnwrapError::WrongPassphrase)
     }
 }

@@ -38,7 +38,7 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, Error as TssError};
 use zeroize::Zeroizing;
 
-use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, aead};
+use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, Wrapped};
 
 /// The TCTI used when none is configured: the kernel's resource manager.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
@@ -135,12 +135,9 @@ pub struct TpmSealed {
     pub pcr_policy: Option<PcrPolicy>,
     /// Whether the object has a PIN (authValue).
     pub pin: bool,
-    /// XChaCha20-Poly1305 nonce of the wrapped key.
-    #[serde(with = "crate::b64")]
-    pub nonce: Vec<u8>,
     /// The node key wrapped under the sealed KEK.
-    #[serde(with = "crate::b64")]
-    pub ciphertext: Vec<u8>,
+    #[serde(flatten)]
+    pub wrapped: Wrapped,
 }
 
 /// Unlock by TPM 2.0.
@@ -187,10 +184,6 @@ fn tss_kind(e: &TssError) -> Option<Tss2ResponseCodeKind> {
         TssError::Tss2Error(rc) => rc.kind(),
         TssError::WrapperError(_) => None,
     }
-}
-
-fn token_error(e: TssError) -> String {
-    e.to_string()
 }
 
 /// The owner hierarchy's ECC P-256 storage primary key template (TCG "SRK" shape).
@@ -246,7 +239,14 @@ struct Transients<'a> {
     handles: Vec<ObjectHandle>,
 }
 
-impl Transients<'_> {
+impl<'a> Transients<'a> {
+    fn new(ctx: &'a mut Context) -> Self {
+        Transients {
+            ctx,
+            handles: Vec::new(),
+        }
+    }
+
     fn keep(&mut self, handle: impl Into<ObjectHandle>) {
         self.handles.push(handle.into());
     }
@@ -319,10 +319,7 @@ impl Transients<'_> {
             Some(Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::PcrChanged) => {
                 UnwrapError::PolicyMismatch
             }
-            _ => UnwrapError::Token {
-                kind: Kind::Tpm,
-                message: token_error(e),
-            },
+            _ => UnwrapError::token(Kind::Tpm, e),
         }
     }
 
@@ -353,17 +350,11 @@ impl Protector for TpmProtector {
     }
 
     fn wrap(&self, key: &DataKey, aad: &[u8]) -> Result<Sealed, WrapError> {
-        let token = |e: TssError| WrapError::Token {
-            kind: Kind::Tpm,
-            message: token_error(e),
-        };
+        let token = |e: TssError| WrapError::token(Kind::Tpm, e);
         let mut ctx = self
             .connect()
             .map_err(|what| WrapError::TokenAbsent { what })?;
-        let mut t = Transients {
-            ctx: &mut ctx,
-            handles: Vec::new(),
-        };
+        let mut t = Transients::new(&mut ctx);
         let has_pin = self.pin.as_ref().is_some_and(|p| !p.is_empty());
         let primary = t.primary().map_err(token)?;
 
@@ -396,31 +387,24 @@ impl Protector for TpmProtector {
         let private = created.out_private.value().to_vec();
         drop(t);
 
-        let (nonce, ciphertext) = aead::seal(&kek, key, aad);
+        let wrapped = Wrapped::seal(&kek, key, aad);
         Ok(Sealed::Tpm(TpmSealed {
             public,
             private,
             pcr_policy: self.pcr_policy.clone(),
             pin: has_pin,
-            nonce,
-            ciphertext,
+            wrapped,
         }))
     }
 
     fn unwrap(&self, sealed: &Sealed, aad: &[u8]) -> Result<DataKey, UnwrapError> {
         let Sealed::Tpm(s) = sealed else {
-            return Err(UnwrapError::WrongKind {
-                expected: Kind::Tpm,
-                found: sealed.kind(),
-            });
+            return Err(UnwrapError::wrong_kind(Kind::Tpm, sealed));
         };
         if s.pin && self.pin.as_ref().is_none_or(|p| p.is_empty()) {
             return Err(UnwrapError::PinRequired);
         }
-        let token = |e: TssError| UnwrapError::Token {
-            kind: Kind::Tpm,
-            message: token_error(e),
-        };
+        let token = |e: TssError| UnwrapError::token(Kind::Tpm, e);
         let public =
             Public::unmarshall(&s.public).map_err(|_| UnwrapError::Corrupt("TPM public blob"))?;
         let private = Private::try_from(s.private.clone())
@@ -429,10 +413,7 @@ impl Protector for TpmProtector {
         let mut ctx = self
             .connect()
             .map_err(|what| UnwrapError::TokenAbsent { what })?;
-        let mut t = Transients {
-            ctx: &mut ctx,
-            handles: Vec::new(),
-        };
+        let mut t = Transients::new(&mut ctx);
         let primary = t.primary().map_err(token)?;
         let object = t
             .ctx
@@ -470,7 +451,8 @@ impl Protector for TpmProtector {
         drop(t);
         let kek = DataKey::try_from_slice(&unsealed)
             .ok_or(UnwrapError::Corrupt("TPM sealed object has the wrong size"))?;
-        aead::open(&kek, &s.nonce, &s.ciphertext, aad)
+        s.wrapped
+            .open(&kek, aad)
             .ok_or(UnwrapError::Corrupt("wrapped key does not authenticate"))
     }
 }

@@ -26,7 +26,7 @@ use yubikey::piv::{self, AlgorithmId, SlotId};
 use yubikey::{MgmKey, PinPolicy, TouchPolicy, YubiKey};
 use zeroize::Zeroizing;
 
-use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, aead};
+use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, Wrapped};
 
 const HKDF_INFO: &[u8] = b"pk yubikey keyslot v1";
 /// A touch that fails after this long was not given in time; sooner, it was refused.
@@ -110,12 +110,9 @@ pub struct YubiKeySealed {
     /// The ephemeral public point, SEC1 uncompressed.
     #[serde(with = "crate::b64")]
     pub ephemeral: Vec<u8>,
-    /// XChaCha20-Poly1305 nonce.
-    #[serde(with = "crate::b64")]
-    pub nonce: Vec<u8>,
-    /// The wrapped key and its tag.
-    #[serde(with = "crate::b64")]
-    pub ciphertext: Vec<u8>,
+    /// The key wrapped under the key derived from the ECDH shared secret.
+    #[serde(flatten)]
+    pub wrapped: Wrapped,
 }
 
 /// Unlock by a YubiKey (PIV, P-256 ECDH).
@@ -226,10 +223,7 @@ impl Protector for YubiKeyProtector {
     }
 
     fn wrap(&self, key: &DataKey, aad: &[u8]) -> Result<Sealed, WrapError> {
-        let token = |message: String| WrapError::Token {
-            kind: Kind::YubiKey,
-            message,
-        };
+        let token = |message: String| WrapError::token(Kind::YubiKey, message);
         let slot = SlotId::try_from(self.slot)
             .map_err(|_| WrapError::Invalid(format!("0x{:02x} is not a PIV slot", self.slot)))?;
         let mut card = open(self.serial).map_err(|e| match e {
@@ -281,7 +275,7 @@ impl Protector for YubiKeyProtector {
             .to_vec();
         let shared = ephemeral.diffie_hellman(&card_point);
         let kek = kek(shared.raw_secret_bytes(), &ephemeral_point, &public_key);
-        let (nonce, ciphertext) = aead::seal(&kek, key, aad);
+        let wrapped = Wrapped::seal(&kek, key, aad);
         Ok(Sealed::YubiKey(YubiKeySealed {
             serial,
             slot: self.slot,
@@ -289,22 +283,15 @@ impl Protector for YubiKeyProtector {
             touch_policy: self.touch_policy,
             public_key,
             ephemeral: ephemeral_point,
-            nonce,
-            ciphertext,
+            wrapped,
         }))
     }
 
     fn unwrap(&self, sealed: &Sealed, aad: &[u8]) -> Result<DataKey, UnwrapError> {
         let Sealed::YubiKey(s) = sealed else {
-            return Err(UnwrapError::WrongKind {
-                expected: Kind::YubiKey,
-                found: sealed.kind(),
-            });
+            return Err(UnwrapError::wrong_kind(Kind::YubiKey, sealed));
         };
-        let token = |message: String| UnwrapError::Token {
-            kind: Kind::YubiKey,
-            message,
-        };
+        let token = |message: String| UnwrapError::token(Kind::YubiKey, message);
         let slot = SlotId::try_from(s.slot).map_err(|_| UnwrapError::Corrupt("PIV slot"))?;
         if s.pin_policy != PinRule::Never && self.pin.as_ref().is_none_or(|p| p.is_empty()) {
             return Err(UnwrapError::PinRequired);
@@ -353,7 +340,7 @@ impl Protector for YubiKeyProtector {
             )));
         }
         let kek = kek(&shared, &s.ephemeral, &s.public_key);
-        aead::open(&kek, &s.nonce, &s.ciphertext, aad).ok_or_else(|| {
+        s.wrapped.open(&kek, aad).ok_or_else(|| {
             UnwrapError::KeyNotOnToken(format!(
                 "slot 0x{:02x} of card {} holds another key than at enrolment",
                 s.slot, s.serial

@@ -27,7 +27,6 @@ use hsm::soft::SoftProtector;
 use hsm::{DataKey, Pin, Protector as _};
 use node::api::agent::Status;
 use node::client::Client;
-use node::keyslots::Keyslots;
 
 use common::*;
 
@@ -141,7 +140,7 @@ fn main() -> Result<()> {
         None,
         "",
     ));
-    let floor = measure(plan.ops, |_| timed(&mut node.pk(["--version"])))?;
+    let floor = node.time(plan.ops, &["--version"])?;
     rows.push(Row::timed(
         "`pk --version` (process floor, no agent)",
         &floor,
@@ -338,6 +337,16 @@ fn finish_foreground(node: &Node, child: &mut Child, answered: bool) -> Result<(
     Ok(())
 }
 
+/// Times `runs` runs of `pk vaults version v <target>`, with an untimed `last` in
+/// between so that every timed run really moves the head.
+fn time_version(node: &Node, runs: usize, target: &str) -> Result<Stats> {
+    measure(runs, |_| {
+        let t = timed(&mut node.pk(["vaults", "version", "v", target]))?;
+        quiet(&mut node.pk(["vaults", "version", "v", "last"]))?;
+        Ok(t)
+    })
+}
+
 fn commands(plan: &Plan, node: &Node, rows: &mut Vec<Row>) -> Result<()> {
     let small = node.scratch().join("small-secret");
     std::fs::write(&small, b"a small secret value, 32 bytes!!")?;
@@ -354,21 +363,21 @@ fn commands(plan: &Plan, node: &Node, rows: &mut Vec<Row>) -> Result<()> {
         "2,467 ms",
     ));
 
-    let cat = measure(plan.ops, |_| {
-        timed(&mut node.pk(["secrets", "cat", "v:app/s0"]))
-    })?;
-    rows.push(Row::timed(
-        "`pk secrets cat v:app/s0`",
-        &cat,
-        Some(3.0),
-        "515 ms",
-    ));
-
-    let ls = measure(plan.ops, |_| timed(&mut node.pk(["secrets", "ls", "v"])))?;
-    rows.push(Row::timed("`pk secrets ls v`", &ls, None, ""));
+    for (args, target_ms, polykey) in [
+        (&["secrets", "cat", "v:app/s0"][..], Some(3.0), "515 ms"),
+        (&["secrets", "ls", "v"], None, ""),
+    ] {
+        let what = format!("`pk {}`", args.join(" "));
+        rows.push(Row::timed(
+            what,
+            &node.time(plan.ops, args)?,
+            target_ms,
+            polykey,
+        ));
+    }
 
     let commits = node.log("v")?;
-    let log = measure(plan.ops, |_| timed(&mut node.pk(["vaults", "log", "v"])))?;
+    let log = node.time(plan.ops, &["vaults", "log", "v"])?;
     rows.push(Row::timed(
         format!("`pk vaults log v` ({} commits)", commits.len()),
         &log,
@@ -379,11 +388,7 @@ fn commands(plan: &Plan, node: &Node, rows: &mut Vec<Row>) -> Result<()> {
     // Back to the commit before the newest, by an 8-digit prefix; `last` (untimed) in
     // between, so every timed run really moves the head.
     let target = commits.get(1).ok_or("vault has too few commits")?[..8].to_owned();
-    let version = measure(plan.ops, |_| {
-        let t = timed(&mut node.pk(["vaults", "version", "v", &target]))?;
-        quiet(&mut node.pk(["vaults", "version", "v", "last"]))?;
-        Ok(t)
-    })?;
+    let version = time_version(node, plan.ops, &target)?;
     rows.push(Row::timed(
         format!(
             "`pk vaults version v <8-digit prefix>` ({} commits)",
@@ -408,7 +413,7 @@ fn big_secret(plan: &Plan, node: &Node, openssl: Option<f64>, rows: &mut Vec<Row
         timed(&mut cmd)
     })?;
     let last = format!("v:big/r{}", plan.big - 1);
-    let read = measure(plan.big, |_| timed(&mut node.pk(["secrets", "cat", &last])))?;
+    let read = node.time(plan.big, &["secrets", "cat", &last])?;
 
     // One untimed check that what comes back is what went in (compared here, not shown).
     let back = node.scratch().join("big-secret-back");
@@ -459,13 +464,7 @@ fn big_secret(plan: &Plan, node: &Node, openssl: Option<f64>, rows: &mut Vec<Row
 /// Commit latency as one vault grows: populate through the library up to each size,
 /// then time whole `pk` processes against an agent on that node.
 fn scale(plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<()> {
-    let node = Node::new()?;
-    let init = Keyslots::init(
-        &node.path,
-        &SoftProtector::new(Pin::from(PASSPHRASE), ARGON2),
-        "bench",
-    )?;
-    let key = init.unlocked.key;
+    let (node, key) = Node::through_library()?;
     let mut have = 0;
     let mut populated = Duration::ZERO;
     for &size in plan.sizes {
@@ -504,18 +503,14 @@ fn scale(plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<()
             "",
         ));
         let cat_path = format!("v:{}", fanout("s", size / 2));
-        let cat = measure(plan.scale_writes, |_| {
-            timed(&mut node.pk(["secrets", "cat", &cat_path]))
-        })?;
+        let cat = node.time(plan.scale_writes, &["secrets", "cat", &cat_path])?;
         rows.push(Row::timed(
             format!("`pk secrets cat` with {label} secrets"),
             &cat,
             Some(3.0),
             "",
         ));
-        let log = measure(plan.scale_history, |_| {
-            timed(&mut node.pk(["vaults", "log", "v"]))
-        })?;
+        let log = node.time(plan.scale_history, &["vaults", "log", "v"])?;
         rows.push(Row::timed(
             format!("`pk vaults log v` (default depth 1000) with {label} commits"),
             &log,
@@ -530,11 +525,7 @@ fn scale(plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<()
             ("full commit id", full.clone(), Some(10.0)),
             ("8-digit prefix", full[..8].to_owned(), None),
         ] {
-            let version = measure(plan.scale_history, |_| {
-                let t = timed(&mut node.pk(["vaults", "version", "v", &target]))?;
-                quiet(&mut node.pk(["vaults", "version", "v", "last"]))?;
-                Ok(t)
-            })?;
+            let version = time_version(&node, plan.scale_history, &target)?;
             rows.push(Row::timed(
                 format!("`pk vaults version v <{what}>` with {label} commits"),
                 &version,

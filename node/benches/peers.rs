@@ -16,9 +16,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hsm::soft::SoftProtector;
-use hsm::{DataKey, Pin};
-use node::keyslots::Keyslots;
 use serde_json::Value;
 
 struct Plan {
@@ -27,17 +24,6 @@ struct Plan {
     clones: usize,
     pulls: usize,
     big: usize,
-}
-
-/// A node made through the library (so vaults can be filled before its agent starts).
-fn library_node() -> Result<(Node, DataKey)> {
-    let node = Node::new()?;
-    let init = Keyslots::init(
-        &node.path,
-        &SoftProtector::new(Pin::from(PASSPHRASE), ARGON2),
-        "bench",
-    )?;
-    Ok((node, init.unlocked.key))
 }
 
 /// Starts the node's agent with its peer endpoint on loopback; its NodeId and address.
@@ -104,7 +90,7 @@ fn main() -> Result<()> {
     let mut notes: Vec<String> = Vec::new();
 
     eprintln!("bench: filling the serving node (1,000 and 10,000 secrets)");
-    let (server, key) = library_node()?;
+    let (server, key) = Node::through_library()?;
     let filled = populate(&server.path, &key, "thousand", 0, 1000, 1024)?;
     let filled_10k = populate(&server.path, &key, "tenk", 0, 10_000, 32)?;
     notes.push(format!(
@@ -112,7 +98,7 @@ fn main() -> Result<()> {
         filled.as_secs_f64(),
         filled_10k.as_secs_f64()
     ));
-    let (client, _) = library_node()?;
+    let (client, _) = Node::through_library()?;
     let (server_id, server_addr) = start(&server)?;
     let (client_id, client_addr) = start(&client)?;
     add(&client, &server_id, &server_addr)?;

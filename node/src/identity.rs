@@ -40,7 +40,6 @@ use data_encoding::{Encoding, Specification};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -60,6 +59,39 @@ pub(crate) fn base32hex() -> Encoding {
     let mut spec = Specification::new();
     spec.symbols.push_str("0123456789abcdefghijklmnopqrstuv");
     spec.encoding().expect("a valid base32hex specification")
+}
+
+/// The text form the `v`-ids share (a `v`, then Multibase base32hex of the id's bytes):
+/// `Display`, a `Debug` that names the type, and serde through that text. Each id type
+/// parses it (`FromStr`) with its own checks.
+macro_rules! v_id_text {
+    ($id:ident) => {
+        impl std::fmt::Display for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "v{}", $crate::identity::base32hex().encode(&self.0))
+            }
+        }
+
+        impl std::fmt::Debug for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($id), "({})"), self)
+            }
+        }
+
+        impl serde::Serialize for $id {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $id {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <String as serde::Deserialize>::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
 /// A node's identifier: its Ed25519 public key.
@@ -108,17 +140,7 @@ impl NodeId {
     }
 }
 
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "v{}", base32hex().encode(&self.0))
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({self})")
-    }
-}
+v_id_text!(NodeId);
 
 impl FromStr for NodeId {
     type Err = IdentityError;
@@ -136,19 +158,6 @@ impl FromStr for NodeId {
             .try_into()
             .map_err(|_| IdentityError::BadNodeId("wrong length"))?;
         NodeId::from_bytes(bytes)
-    }
-}
-
-impl Serialize for NodeId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for NodeId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -47,6 +47,7 @@ pub mod audit;
 pub mod client;
 pub mod clock;
 mod crypto;
+pub mod dev;
 mod error;
 pub mod gestalt;
 pub mod identity;

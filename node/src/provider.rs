@@ -203,20 +203,27 @@ impl GitHub {
             .map_err(|e| self.unavailable(format!("{what}: unreadable answer ({e})")))
     }
 
+    /// A form POST to the web site at `path` (the device flow), with this app's client id
+    /// before `fields`; the answer is asked for as JSON.
+    fn post_form(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let client_id = ("client_id", self.config.client_id.as_str());
+        self.agent
+            .post(format!("{}{path}", self.config.web_url))
+            .header("Accept", "application/json")
+            .send_form(std::iter::once(&client_id).chain(fields).copied())
+    }
+
     fn bearer(token: &ProviderToken) -> String {
         format!("Bearer {}", token.access_token)
     }
 
     /// Starts the device flow; the `device_code` stays with the caller.
     pub fn start_auth(&self) -> Result<(DeviceAuth, String), ProviderError> {
-        let response = self
-            .agent
-            .post(format!("{}/login/device/code", self.config.web_url))
-            .header("Accept", "application/json")
-            .send_form([
-                ("client_id", self.config.client_id.as_str()),
-                ("scope", "gist"),
-            ]);
+        let response = self.post_form("/login/device/code", &[("scope", "gist")]);
         let code: DeviceCode = self.answer("starting the device authorisation", response)?;
         Ok((
             DeviceAuth {
@@ -231,15 +238,13 @@ impl GitHub {
 
     /// One poll of the device flow.
     pub fn poll_auth(&self, device_code: &str) -> Result<Poll, ProviderError> {
-        let response = self
-            .agent
-            .post(format!("{}/login/oauth/access_token", self.config.web_url))
-            .header("Accept", "application/json")
-            .send_form([
-                ("client_id", self.config.client_id.as_str()),
+        let response = self.post_form(
+            "/login/oauth/access_token",
+            &[
                 ("device_code", device_code),
                 ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-            ]);
+            ],
+        );
         let answer: AccessToken = self.answer("checking the device authorisation", response)?;
         match (answer.access_token, answer.error.as_deref()) {
             (Some(access_token), _) => {

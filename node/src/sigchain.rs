@@ -210,30 +210,27 @@ impl ClaimToken {
         let claim = self.claim()?;
         let seq = claim.seq;
         let signers = self.valid_signers();
-        let iss: NodeId = claim.iss.parse().map_err(|_| ClaimError::Malformed {
-            seq,
-            reason: "the issuer is not a NodeId",
-        })?;
-        if !signers.contains(&iss) {
-            return Err(ClaimError::BadSignature {
+        // A node the claim names must have signed it.
+        let signed_by = |node: &str, not_a_node: &'static str, who: &str| {
+            let node: NodeId = node.parse().map_err(|_| ClaimError::Malformed {
                 seq,
-                reason: format!("no valid signature by its issuer {iss}"),
-            });
-        }
+                reason: not_a_node,
+            })?;
+            if signers.contains(&node) {
+                Ok(())
+            } else {
+                Err(ClaimError::BadSignature {
+                    seq,
+                    reason: format!("no valid signature by {who} {node}"),
+                })
+            }
+        };
+        signed_by(&claim.iss, "the issuer is not a NodeId", "its issuer")?;
         if matches!(
             claim.typ,
             ClaimType::ClaimLinkNode | ClaimType::ClaimKeyRenew
         ) {
-            let sub: NodeId = claim.sub.parse().map_err(|_| ClaimError::Malformed {
-                seq,
-                reason: "the subject is not a NodeId",
-            })?;
-            if !signers.contains(&sub) {
-                return Err(ClaimError::BadSignature {
-                    seq,
-                    reason: format!("no valid signature by the linked node {sub}"),
-                });
-            }
+            signed_by(&claim.sub, "the subject is not a NodeId", "the linked node")?;
         }
         Ok(claim)
     }

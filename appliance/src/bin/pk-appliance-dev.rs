@@ -10,28 +10,14 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use appliance::config::Config;
-use hsm::sim::Swtpm;
-
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
+use node::dev_say as say;
 
 fn main() -> ExitCode {
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pk-appliance-dev: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    node::dev::main("pk-appliance-dev", run)
 }
 
 fn run() -> Result<(), String> {
@@ -44,18 +30,10 @@ fn run() -> Result<(), String> {
         .with_target(false)
         .with_max_level(tracing::Level::WARN)
         .init();
-    let base = std::env::var_os("PK_DEV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-            manifest
-                .parent()
-                .unwrap_or(manifest)
-                .join("target/pk-dev-appliance")
-        });
+    let base = node::dev::base_dir("pk-dev-appliance");
     std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
     say!("pk-appliance-dev: local appliance in {}", base.display());
-    let swtpm = start_swtpm(&base);
+    let swtpm = node::dev::start_swtpm(&base, "soft passphrase, chosen at setup");
     let port: u16 = std::env::var("PK_DEV_CONSOLE_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -97,24 +75,6 @@ fn run() -> Result<(), String> {
     })?;
     drop(swtpm);
     Ok(())
-}
-
-/// A software TPM in `base`, if swtpm is installed; says which token setup will use.
-fn start_swtpm(base: &Path) -> Option<Swtpm> {
-    match Swtpm::start(&base.join("swtpm")) {
-        Ok(tpm) => {
-            say!(
-                "  token: software TPM (swtpm, pid {}) at {}",
-                tpm.pid(),
-                tpm.tcti()
-            );
-            Some(tpm)
-        }
-        Err(e) => {
-            say!("  token: soft passphrase, chosen at setup (no TPM simulator: {e})");
-            None
-        }
-    }
 }
 
 /// Says where the started appliance's console is, and the setup code while unclaimed.

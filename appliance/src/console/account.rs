@@ -29,12 +29,12 @@ use zeroize::Zeroizing;
 use super::actions::{self, ViewError};
 use super::throttle::{Refused, Ticket};
 use super::{
-    Account, Console, MIN_PASSWORD, Peer, Posted, REPLACED, SESSION_COOKIE, cookie, hash_password,
-    pages, signed_in, verify_password, write_private,
+    Account, Console, MIN_PASSWORD, Peer, Posted, REPLACED, SESSION_COOKIE, SignedIn, cookie,
+    hash_password, pages, verify_password, write_private,
 };
 
 /// The password change form (the API sends the same fields but `csrf` and `confirm`).
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub(super) struct PasswordForm {
     #[serde(default)]
     pub(super) csrf: String,
@@ -44,29 +44,13 @@ pub(super) struct PasswordForm {
     pub(super) confirm: Option<String>,
 }
 
-impl zeroize::Zeroize for PasswordForm {
-    fn zeroize(&mut self) {
-        self.current.zeroize();
-        self.new.zeroize();
-        self.confirm.zeroize();
-    }
-}
-
 /// The reset form: the recovery code and the new password.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub(super) struct ResetForm {
     pub(super) recovery: String,
     pub(super) new: String,
     #[serde(default)]
     pub(super) confirm: Option<String>,
-}
-
-impl zeroize::Zeroize for ResetForm {
-    fn zeroize(&mut self) {
-        self.recovery.zeroize();
-        self.new.zeroize();
-        self.confirm.zeroize();
-    }
 }
 
 /// The account on disk is not the one bound to the node.
@@ -410,11 +394,8 @@ pub(super) async fn reset_password(
     Ok("The admin password was reset. Log in with the new one.".into())
 }
 
-pub(super) async fn account_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => Html(pages::account(&csrf, None)).into_response(),
-        Err(r) => *r,
-    }
+pub(super) async fn account_page(SignedIn(csrf): SignedIn) -> Response {
+    Html(pages::account(&csrf, None)).into_response()
 }
 
 pub(super) async fn password_change(

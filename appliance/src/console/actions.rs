@@ -317,7 +317,7 @@ pub(super) fn keyslots(c: &Console) -> Vec<SlotView> {
 }
 
 /// A new keyslot, and the existing token that authorises adding it.
-#[derive(Default, serde::Deserialize)]
+#[derive(Default, serde::Deserialize, zeroize::Zeroize)]
 pub struct Enrolment {
     /// `tpm`, `pkcs11`, `yubikey` or `passphrase`.
     pub kind: String,
@@ -338,13 +338,6 @@ pub struct Enrolment {
     /// Its PIN, passphrase or recovery code.
     #[serde(default)]
     pub auth_secret: String,
-}
-
-impl zeroize::Zeroize for Enrolment {
-    fn zeroize(&mut self) {
-        self.secret.zeroize();
-        self.auth_secret.zeroize();
-    }
 }
 
 fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, String> {

@@ -200,17 +200,11 @@ async fn lock(State(c): State<Arc<Console>>) -> Response {
 }
 
 /// An unlock: the method and its secret.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 struct UnlockBody {
     method: String,
     #[serde(default)]
     secret: String,
-}
-
-impl zeroize::Zeroize for UnlockBody {
-    fn zeroize(&mut self) {
-        self.secret.zeroize();
-    }
 }
 
 async fn unlock(State(c): State<Arc<Console>>, Json(body): Json<UnlockBody>) -> Response {
@@ -235,16 +229,10 @@ async fn vault(State(c): State<Arc<Console>>, Path(name): Path<String>) -> Respo
     view(actions::vault(&c, &name).await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 struct SecretBody {
     path: String,
     value: String,
-}
-
-impl zeroize::Zeroize for SecretBody {
-    fn zeroize(&mut self) {
-        self.value.zeroize();
-    }
 }
 
 async fn secret_write(
@@ -351,7 +339,7 @@ async fn keyslot_enroll(State(c): State<Arc<Console>>, Json(body): Json<Enrolmen
 }
 
 /// A keyslot test (`secret`) or removal (`auth_method`, `auth_secret`).
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, zeroize::Zeroize)]
 struct SlotBody {
     #[serde(default)]
     secret: String,
@@ -359,13 +347,6 @@ struct SlotBody {
     auth_method: String,
     #[serde(default)]
     auth_secret: String,
-}
-
-impl zeroize::Zeroize for SlotBody {
-    fn zeroize(&mut self) {
-        self.secret.zeroize();
-        self.auth_secret.zeroize();
-    }
 }
 
 async fn keyslot_test(

@@ -484,7 +484,7 @@ async fn setup_page(State(c): State<Arc<Console>>) -> Response {
 }
 
 /// The setup form.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct SetupForm {
     setup_code: String,
     password: String,
@@ -709,24 +709,9 @@ async fn login_page(State(c): State<Arc<Console>>) -> Response {
 }
 
 /// The login form.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct LoginForm {
     password: String,
-}
-
-impl zeroize::Zeroize for LoginForm {
-    fn zeroize(&mut self) {
-        self.password.zeroize();
-    }
-}
-
-impl zeroize::Zeroize for SetupForm {
-    fn zeroize(&mut self) {
-        self.setup_code.zeroize();
-        self.password.zeroize();
-        self.confirm.zeroize();
-        self.passphrase.zeroize();
-    }
 }
 
 async fn login(
@@ -790,6 +775,18 @@ pub struct CsrfForm {
 fn signed_in(c: &Console, headers: &HeaderMap) -> Result<String, Box<Response>> {
     c.session(headers)
         .ok_or_else(|| Box::new(Redirect::to("/login").into_response()))
+}
+
+/// A page request from a live session: the session's CSRF token, for the forms the page
+/// shows. Without a session, the way to the login page.
+struct SignedIn(String);
+
+impl FromRequestParts<Arc<Console>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Console>) -> Result<Self, Response> {
+        signed_in(c, &parts.headers).map(SignedIn).map_err(|r| *r)
+    }
 }
 
 /// Checks the session and the CSRF token of a state-changing request; hands back the
@@ -865,6 +862,14 @@ where
     }
 }
 
+/// The page `render` makes of a view, or the page saying why the view could not be read.
+fn page<T>(view: Result<T, ViewError>, render: impl FnOnce(&T) -> String) -> Response {
+    match view {
+        Ok(view) => Html(render(&view)).into_response(),
+        Err(e) => view_failed(e),
+    }
+}
+
 /// A view that could not be read, as a page.
 fn view_failed(e: ViewError) -> Response {
     match e {
@@ -889,11 +894,8 @@ async fn logout(
     response
 }
 
-async fn status_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => status_view(&c, &csrf, None).await,
-        Err(r) => *r,
-    }
+async fn status_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -> Response {
+    status_view(&c, &csrf, None).await
 }
 
 async fn status_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
@@ -906,19 +908,13 @@ async fn lock(State(c): State<Arc<Console>>, Posted { csrf, .. }: Posted<CsrfFor
 }
 
 /// The unlock form.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct UnlockForm {
     #[serde(default)]
     csrf: String,
     method: String,
     #[serde(default)]
     secret: String,
-}
-
-impl zeroize::Zeroize for UnlockForm {
-    fn zeroize(&mut self) {
-        self.secret.zeroize();
-    }
 }
 
 async fn unlock(
@@ -944,11 +940,11 @@ async fn unlock(
     status_view(&c, &csrf, Some(&outcome)).await
 }
 
-async fn unlock_wait(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let csrf = match signed_in(&c, &headers) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
+async fn unlock_wait(
+    State(c): State<Arc<Console>>,
+    SignedIn(csrf): SignedIn,
+    headers: HeaderMap,
+) -> Response {
     let Some(job) = c.job(&headers) else {
         return Redirect::to("/status").into_response();
     };
@@ -966,18 +962,14 @@ async fn unlock_wait(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respo
     }
 }
 
-async fn vaults_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => vaults_view(&c, &csrf, None).await,
-        Err(r) => *r,
-    }
+async fn vaults_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -> Response {
+    vaults_view(&c, &csrf, None).await
 }
 
 async fn vaults_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
-    match actions::vaults(c).await {
-        Ok(list) => Html(pages::vaults(&list, csrf, note)).into_response(),
-        Err(e) => view_failed(e),
-    }
+    page(actions::vaults(c).await, |list| {
+        pages::vaults(list, csrf, note)
+    })
 }
 
 /// The new-vault form.
@@ -998,13 +990,10 @@ async fn vault_create(
 
 async fn vault_page(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(csrf): SignedIn,
     Path(name): Path<String>,
 ) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => vault_view(&c, &name, &csrf, None, None).await,
-        Err(r) => *r,
-    }
+    vault_view(&c, &name, &csrf, None, None).await
 }
 
 async fn vault_view(
@@ -1014,25 +1003,18 @@ async fn vault_view(
     note: Option<&Outcome>,
     revealed: Option<(&str, &[u8])>,
 ) -> Response {
-    match actions::vault(c, name).await {
-        Ok(detail) => Html(pages::vault(&detail, csrf, note, revealed)).into_response(),
-        Err(e) => view_failed(e),
-    }
+    page(actions::vault(c, name).await, |detail| {
+        pages::vault(detail, csrf, note, revealed)
+    })
 }
 
 /// The new-secret form.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct SecretForm {
     #[serde(default)]
     csrf: String,
     path: String,
     value: String,
-}
-
-impl zeroize::Zeroize for SecretForm {
-    fn zeroize(&mut self) {
-        self.value.zeroize();
-    }
 }
 
 async fn secret_write(
@@ -1132,14 +1114,10 @@ pub struct PeersQuery {
 
 async fn peers_page(
     State(c): State<Arc<Console>>,
+    SignedIn(csrf): SignedIn,
     ConsoleHost(host): ConsoleHost,
-    headers: HeaderMap,
     Query(query): Query<PeersQuery>,
 ) -> Response {
-    let csrf = match signed_in(&c, &headers) {
-        Ok(csrf) => csrf,
-        Err(r) => return *r,
-    };
     let lan = match query.discover {
         Some(_) if !c.config.lan => Some(Err(
             "LAN discovery is off: set lan = true in config.toml.".to_owned(),
@@ -1211,12 +1189,9 @@ async fn peers_view(
 /// The pairing QR code (NodeId and address) as SVG.
 async fn pairing_qr(
     State(c): State<Arc<Console>>,
+    SignedIn(_): SignedIn,
     ConsoleHost(host): ConsoleHost,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = signed_in(&c, &headers) {
-        return *r;
-    }
     let status = actions::status(&c).await;
     let Some(text) = pairing(host.as_deref(), &status) else {
         return (StatusCode::NOT_FOUND, "unlock the node first").into_response();
@@ -1233,18 +1208,14 @@ async fn pairing_qr(
     }
 }
 
-async fn backups_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => backups_view(&c, &csrf, None).await,
-        Err(r) => *r,
-    }
+async fn backups_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -> Response {
+    backups_view(&c, &csrf, None).await
 }
 
 async fn backups_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
-    match actions::backups(c).await {
-        Ok(list) => Html(pages::backups(&list, csrf, note)).into_response(),
-        Err(e) => view_failed(e),
-    }
+    page(actions::backups(c).await, |list| {
+        pages::backups(list, csrf, note)
+    })
 }
 
 /// The new scheduled pull form.
@@ -1289,11 +1260,8 @@ async fn backup_remove(
     backups_view(&c, &csrf, Some(&outcome)).await
 }
 
-async fn keyslots_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    match signed_in(&c, &headers) {
-        Ok(csrf) => keyslots_view(&c, &csrf, None),
-        Err(r) => *r,
-    }
+async fn keyslots_page(State(c): State<Arc<Console>>, SignedIn(csrf): SignedIn) -> Response {
+    keyslots_view(&c, &csrf, None)
 }
 
 fn keyslots_view(c: &Console, csrf: &str, note: Option<&Outcome>) -> Response {
@@ -1324,7 +1292,7 @@ async fn keyslot_enroll(
 }
 
 /// The test and remove forms of a keyslot.
-#[derive(Deserialize)]
+#[derive(Deserialize, zeroize::Zeroize)]
 pub struct SlotForm {
     #[serde(default)]
     csrf: String,
@@ -1335,13 +1303,6 @@ pub struct SlotForm {
     auth_method: String,
     #[serde(default)]
     auth_secret: String,
-}
-
-impl zeroize::Zeroize for SlotForm {
-    fn zeroize(&mut self) {
-        self.secret.zeroize();
-        self.auth_secret.zeroize();
-    }
 }
 
 async fn keyslot_test(
@@ -1368,12 +1329,6 @@ async fn keyslot_remove(
     keyslots_view(&c, &csrf, Some(&outcome))
 }
 
-async fn audit_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if let Err(r) = signed_in(&c, &headers) {
-        return *r;
-    }
-    match actions::audit(&c).await {
-        Ok(events) => Html(pages::audit(&events)).into_response(),
-        Err(e) => view_failed(e),
-    }
+async fn audit_page(State(c): State<Arc<Console>>, SignedIn(_): SignedIn) -> Response {
+    page(actions::audit(&c).await, |events| pages::audit(events))
 }

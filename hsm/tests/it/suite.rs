@@ -174,12 +174,12 @@ fn tampered_record_refused(s: Setup) -> TestResult {
     let sealed = s.good.wrap(&DataKey::generate(), AAD)?;
     for damage in [flip_last_bit as fn(&mut Vec<u8>), truncate_half, clear] {
         let mut bad = sealed.clone();
-        damage(ciphertext_mut(&mut bad));
+        damage(nonce_and_ciphertext(&mut bad).1);
         if s.good.unwrap(&bad, AAD).is_ok() {
             return Err("a damaged ciphertext unwrapped".into());
         }
         let mut bad = sealed.clone();
-        damage(nonce_mut(&mut bad));
+        damage(nonce_and_ciphertext(&mut bad).0);
         if s.good.unwrap(&bad, AAD).is_ok() {
             return Err("a damaged nonce/IV unwrapped".into());
         }
@@ -223,24 +223,16 @@ fn clear(bytes: &mut Vec<u8>) {
     bytes.clear();
 }
 
-pub(crate) fn ciphertext_mut(sealed: &mut Sealed) -> &mut Vec<u8> {
-    match sealed {
-        Sealed::Tpm(s) => &mut s.ciphertext,
-        Sealed::Pkcs11(s) => &mut s.ciphertext,
-        Sealed::Soft(s) => &mut s.ciphertext,
-        Sealed::Recovery(s) => &mut s.ciphertext,
+/// The record's nonce (the IV for PKCS#11) and ciphertext, to damage.
+fn nonce_and_ciphertext(sealed: &mut Sealed) -> (&mut Vec<u8>, &mut Vec<u8>) {
+    let wrapped = match sealed {
+        Sealed::Pkcs11(s) => return (&mut s.iv, &mut s.ciphertext),
+        Sealed::Tpm(s) => &mut s.wrapped,
+        Sealed::Soft(s) => &mut s.wrapped,
+        Sealed::Recovery(s) => &mut s.wrapped,
         _ => unreachable!("new backend: add it here"),
-    }
-}
-
-fn nonce_mut(sealed: &mut Sealed) -> &mut Vec<u8> {
-    match sealed {
-        Sealed::Tpm(s) => &mut s.nonce,
-        Sealed::Pkcs11(s) => &mut s.iv,
-        Sealed::Soft(s) => &mut s.nonce,
-        Sealed::Recovery(s) => &mut s.nonce,
-        _ => unreachable!("new backend: add it here"),
-    }
+    };
+    (&mut wrapped.nonce, &mut wrapped.ciphertext)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

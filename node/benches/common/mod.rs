@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hsm::DataKey;
-use hsm::soft::Argon2Params;
+use hsm::soft::{Argon2Params, SoftProtector};
+use hsm::{DataKey, Pin};
 use node::NodePath;
 use node::identity::Identity;
+use node::keyslots::Keyslots;
 use node::store::Store;
 use node::vault::{SecretPath, Vaults};
 
@@ -139,6 +140,15 @@ impl Node {
         })
     }
 
+    /// A node made through the library, with a `soft` keyslot (so vaults can be filled
+    /// before its agent starts); the node and its data key.
+    pub(crate) fn through_library() -> Result<(Node, DataKey)> {
+        let node = Node::new()?;
+        let protector = SoftProtector::new(Pin::from(PASSPHRASE), ARGON2);
+        let init = Keyslots::init(&node.path, &protector, "bench")?;
+        Ok((node, init.unlocked.key))
+    }
+
     pub(crate) fn scratch(&self) -> &Path {
         self._dir.path()
     }
@@ -167,6 +177,11 @@ impl Node {
             .args(["--argon2-memory-mib", "8", "--argon2-passes", "1"]);
         quiet(&mut cmd)?;
         Ok(())
+    }
+
+    /// Times `runs` runs of `pk args`.
+    pub(crate) fn time(&self, runs: usize, args: &[&str]) -> Result<Stats> {
+        measure(runs, |_| timed(&mut self.pk(args)))
     }
 
     pub(crate) fn start_agent(&self) -> Result<Duration> {

@@ -13,60 +13,28 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal as _;
+use std::path::Path;
 use std::process::ExitCode;
 
-use hsm::sim::Swtpm;
 use hsm::soft::{Argon2Params, SoftProtector};
 use hsm::tpm::TpmProtector;
 use hsm::{Pin, Protector};
 use node::NodePath;
+use node::dev_say as say;
 use node::keyslots::Keyslots;
 
-/// `println!` that does not panic when stdout is closed (`pk-dev | head`).
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
 fn main() -> ExitCode {
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pk-dev: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    node::dev::main("pk-dev", run)
 }
 
 fn run() -> Result<(), String> {
     let once = std::env::args().any(|a| a == "--once");
-    let base = std::env::var_os("PK_DEV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-            manifest.parent().unwrap_or(manifest).join("target/pk-dev")
-        });
+    let base = node::dev::base_dir("pk-dev");
     let node = NodePath::new(base.join("node"));
     say!("pk-dev: development node at {node}");
 
-    let swtpm = match Swtpm::start(&base.join("swtpm")) {
-        Ok(tpm) => {
-            say!(
-                "  token: software TPM (swtpm, pid {}) at {}",
-                tpm.pid(),
-                tpm.tcti()
-            );
-            Some(tpm)
-        }
-        Err(e) => {
-            say!("  token: soft passphrase (no TPM simulator: {e})");
-            None
-        }
-    };
+    let swtpm = node::dev::start_swtpm(&base, "soft passphrase");
     let dev_secret = match &swtpm {
         Some(_) => None,
         None => Some(dev_passphrase(&base)?),

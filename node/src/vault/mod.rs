@@ -868,29 +868,24 @@ impl<'s> Vaults<'s> {
         depth: Option<usize>,
         from: Option<&str>,
     ) -> Result<Vec<CommitInfo>, VaultError> {
-        let mut tx = self.store.read()?;
-        let record = self.record(&tx, name)?;
-        let t = Tx {
-            store: self.store,
-            tx: &mut tx,
-            vault: record.id,
-        };
-        let start = match from {
-            Some("last" | "latest") => parse_oid(&record.latest)?,
-            Some(prefix) => resolve(&t, &record, prefix)?,
-            None => parse_oid(&record.head)?,
-        };
-        let mut out = Vec::new();
-        let mut next = Some(start);
-        while let Some(oid) = next {
-            if out.len() >= depth.unwrap_or(DEFAULT_LOG_DEPTH) {
-                break;
+        self.reading(name, |t, record| {
+            let start = match from {
+                Some("last" | "latest") => parse_oid(&record.latest)?,
+                Some(prefix) => resolve(t, record, prefix)?,
+                None => parse_oid(&record.head)?,
+            };
+            let mut out = Vec::new();
+            let mut next = Some(start);
+            while let Some(oid) = next {
+                if out.len() >= depth.unwrap_or(DEFAULT_LOG_DEPTH) {
+                    break;
+                }
+                let info = t.commit_info(&oid)?;
+                next = info.parents.first().map(|p| parse_oid(p)).transpose()?;
+                out.push(info);
             }
-            let info = t.commit_info(&oid)?;
-            next = info.parents.first().map(|p| parse_oid(p)).transpose()?;
-            out.push(info);
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Moves the vault's head to `target` (a commit id or prefix, or `last` for the newest
@@ -974,6 +969,21 @@ impl<'s> Vaults<'s> {
             (EntryMode, ObjectId),
         ) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
+        self.reading(name, |t, record| {
+            let root = t.commit_tree(&parse_oid(&record.head)?)?;
+            let found = t
+                .lookup(&root, path)?
+                .ok_or_else(|| VaultError::NotFound(format!("{name}:{path}")))?;
+            f(t, record, found)
+        })
+    }
+
+    /// The vault's record and its objects, in one read snapshot, handed to `f`.
+    fn reading<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Tx<'_, '_, ReadTx<'_>>, &VaultRecord) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
         let mut tx = self.store.read()?;
         let record = self.record(&tx, name)?;
         let t = Tx {
@@ -981,11 +991,7 @@ impl<'s> Vaults<'s> {
             tx: &mut tx,
             vault: record.id,
         };
-        let root = t.commit_tree(&parse_oid(&record.head)?)?;
-        let found = t
-            .lookup(&root, path)?
-            .ok_or_else(|| VaultError::NotFound(format!("{name}:{path}")))?;
-        f(&t, &record, found)
+        f(&t, &record)
     }
 
     /// Describes a secret or directory at the head.
@@ -1181,77 +1187,72 @@ impl<'s> Vaults<'s> {
         out: &mut dyn std::io::Write,
     ) -> Result<u64, VaultError> {
         use std::io::Write as _;
-        let mut tx = self.store.read()?;
-        let record = self.record(&tx, name)?;
-        let t = Tx {
-            store: self.store,
-            tx: &mut tx,
-            vault: record.id,
-        };
-        // Everything reachable from the tips: commits, their trees, and what those hold.
-        let mut objects: Vec<ObjectId> = Vec::new();
-        let mut seen = HashSet::new();
-        let tips: Vec<ObjectId> = std::iter::once(&record.latest)
-            .chain(&record.kept)
-            .chain(std::iter::once(&record.head))
-            .map(|h| parse_oid(h))
-            .collect::<Result<_, _>>()?;
-        let mut queue: VecDeque<ObjectId> = tips.iter().copied().collect();
-        while let Some(oid) = queue.pop_front() {
-            if !seen.insert(oid) {
-                continue;
-            }
-            objects.push(oid);
-            let object = t.object(&oid)?;
-            match object.kind {
-                ObjectKind::Commit => {
-                    queue.push_back(t.commit_tree(&oid)?);
-                    for parent in t.commit_info(&oid)?.parents {
-                        queue.push_back(parse_oid(&parent)?);
-                    }
+        self.reading(name, |t, record| {
+            // Everything reachable from the tips: commits, their trees, and what those hold.
+            let mut objects: Vec<ObjectId> = Vec::new();
+            let mut seen = HashSet::new();
+            let tips: Vec<ObjectId> = std::iter::once(&record.latest)
+                .chain(&record.kept)
+                .chain(std::iter::once(&record.head))
+                .map(|h| parse_oid(h))
+                .collect::<Result<_, _>>()?;
+            let mut queue: VecDeque<ObjectId> = tips.iter().copied().collect();
+            while let Some(oid) = queue.pop_front() {
+                if !seen.insert(oid) {
+                    continue;
                 }
-                ObjectKind::Tree => {
-                    for (_, (_, child)) in t.tree(&oid)? {
-                        queue.push_back(child);
+                objects.push(oid);
+                let object = t.object(&oid)?;
+                match object.kind {
+                    ObjectKind::Commit => {
+                        queue.push_back(t.commit_tree(&oid)?);
+                        for parent in t.commit_info(&oid)?.parents {
+                            queue.push_back(parse_oid(&parent)?);
+                        }
                     }
+                    ObjectKind::Tree => {
+                        for (_, (_, child)) in t.tree(&oid)? {
+                            queue.push_back(child);
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        let io = |_: std::io::Error| VaultError::Interrupted;
-        let mut header = String::from("# v2 git bundle\n");
-        header += &format!("{} HEAD\n", record.head);
-        header += &format!("{} refs/heads/main\n", record.latest);
-        for (i, kept) in record.kept.iter().enumerate() {
-            header += &format!("{kept} refs/heads/kept/{}\n", i + 1);
-        }
-        header += "\n";
-        out.write_all(header.as_bytes()).map_err(io)?;
+            let io = |_: std::io::Error| VaultError::Interrupted;
+            let mut header = String::from("# v2 git bundle\n");
+            header += &format!("{} HEAD\n", record.head);
+            header += &format!("{} refs/heads/main\n", record.latest);
+            for (i, kept) in record.kept.iter().enumerate() {
+                header += &format!("{kept} refs/heads/kept/{}\n", i + 1);
+            }
+            header += "\n";
+            out.write_all(header.as_bytes()).map_err(io)?;
 
-        let mut pack = HashingWriter {
-            out,
-            hasher: gix_hash::hasher(HASH),
-            written: 0,
-        };
-        pack.write_all(b"PACK").map_err(io)?;
-        pack.write_all(&2u32.to_be_bytes()).map_err(io)?;
-        pack.write_all(&(objects.len() as u32).to_be_bytes())
-            .map_err(io)?;
-        for oid in &objects {
-            let object = t.object(oid)?;
-            pack.write_all(&pack_entry_header(object.kind, object.size))
+            let mut pack = HashingWriter {
+                out,
+                hasher: gix_hash::hasher(HASH),
+                written: 0,
+            };
+            pack.write_all(b"PACK").map_err(io)?;
+            pack.write_all(&2u32.to_be_bytes()).map_err(io)?;
+            pack.write_all(&(objects.len() as u32).to_be_bytes())
                 .map_err(io)?;
-            let mut z = flate2::write::ZlibEncoder::new(&mut pack, flate2::Compression::fast());
-            t.stream(oid, &mut |piece| z.write_all(piece).map_err(io))?;
-            z.finish().map_err(io)?;
-        }
-        let HashingWriter { out, hasher, .. } = pack;
-        let digest = hasher
-            .try_finalize()
-            .map_err(|_| VaultError::Corrupt("pack checksum".into()))?;
-        out.write_all(digest.as_bytes()).map_err(io)?;
-        out.flush().map_err(io)?;
-        Ok(objects.len() as u64)
+            for oid in &objects {
+                let object = t.object(oid)?;
+                pack.write_all(&pack_entry_header(object.kind, object.size))
+                    .map_err(io)?;
+                let mut z = flate2::write::ZlibEncoder::new(&mut pack, flate2::Compression::fast());
+                t.stream(oid, &mut |piece| z.write_all(piece).map_err(io))?;
+                z.finish().map_err(io)?;
+            }
+            let HashingWriter { out, hasher, .. } = pack;
+            let digest = hasher
+                .try_finalize()
+                .map_err(|_| VaultError::Corrupt("pack checksum".into()))?;
+            out.write_all(digest.as_bytes()).map_err(io)?;
+            out.flush().map_err(io)?;
+            Ok(objects.len() as u64)
+        })
     }
 
     /// Runs `change` on the head's tree and commits the result, all in one transaction.

@@ -96,8 +96,8 @@ fn now_s() -> u64 {
         .as_secs()
 }
 
-/// A node-link claim by `iss` about `sub`, first in `iss`'s chain.
-fn link_claim(iss: &str, sub: &str) -> Claim {
+/// A node-link claim by `iss` about `sub`, first in `iss`'s chain, made now.
+pub(crate) fn link_claim(iss: &str, sub: &str, nonce: &str) -> Claim {
     Claim {
         typ: ClaimType::ClaimLinkNode,
         iss: iss.into(),
@@ -105,7 +105,7 @@ fn link_claim(iss: &str, sub: &str) -> Claim {
         seq: 1,
         prev_digest: None,
         iat: now_s(),
-        nonce: format!("n{}", now_s()),
+        nonce: nonce.into(),
     }
 }
 
@@ -132,40 +132,33 @@ fn state(owner: &Peer<'_>) -> (String, Vec<String>) {
 fn every_way_in_that_must_be_refused_is_refused_and_changes_nothing() {
     let w = World::new();
     let owner = Peer::new(&w, "owner");
-    owner.pk(&["vaults", "create", "shared"]).ok();
-    owner.write("shared:s", "the shared secret");
-    owner.pk(&["vaults", "create", "private"]).ok();
-    owner.write("private:p", "the private secret");
+    owner.vault_with("shared", &[("s", "the shared secret")]);
+    owner.vault_with("private", &[("p", "the private secret")]);
     let id = |i: &Identity| i.node_id().to_string();
-    let add = |i: &Identity| {
-        owner
-            .pk(&["nodes", "add", "--no-ping", &id(i), "127.0.0.1", "9"])
-            .ok();
-    };
 
     // The cast: a stranger, a removed node, a node with nothing, a puller, a cloner, a
     // node that renewed its key away, and a node that may not notify.
     let stranger = Identity::generate();
     let removed = Identity::generate();
-    add(&removed);
+    owner.add_key(&removed);
     owner.pk(&["nodes", "allow", &id(&removed), "scan"]).ok();
     owner.pk(&["vaults", "share", "shared", &id(&removed)]).ok();
     owner.pk(&["nodes", "remove", &id(&removed)]).ok();
     let bare = Identity::generate();
-    add(&bare);
+    owner.add_key(&bare);
     owner.pk(&["nodes", "disallow", &id(&bare), "notify"]).ok();
     let puller = Identity::generate();
-    add(&puller);
+    owner.add_key(&puller);
     owner
         .pk(&["vaults", "share", "shared", &id(&puller), "-p", "pull"])
         .ok();
     let cloner = Identity::generate();
-    add(&cloner);
+    owner.add_key(&cloner);
     owner
         .pk(&["vaults", "share", "shared", &id(&cloner), "-p", "clone"])
         .ok();
     let renewed = Identity::generate();
-    add(&renewed);
+    owner.add_key(&renewed);
     owner.pk(&["nodes", "allow", &id(&renewed), "scan"]).ok();
     let successor = Identity::generate();
     let renewal = renewed.certify(&successor).unwrap();
@@ -196,8 +189,9 @@ fn every_way_in_that_must_be_refused_is_refused_and_changes_nothing() {
         ("a renewed-away key", Caller::connect(&owner, &renewed)),
     ];
     let caller = |who: &str| &callers.iter().find(|(name, _)| *name == who).unwrap().1;
-    let forged = ClaimToken::sign(&link_claim(&id(&bare), &owner.id), &stranger);
-    let uninvited = ClaimToken::sign(&link_claim(&id(&stranger), &owner.id), &stranger);
+    let nonce = format!("n{}", now_s());
+    let forged = ClaimToken::sign(&link_claim(&id(&bare), &owner.id, &nonce), &stranger);
+    let uninvited = ClaimToken::sign(&link_claim(&id(&stranger), &owner.id, &nonce), &stranger);
 
     let mut rows: Vec<(String, PeerRequest)> = Vec::new();
     for who in ["a stranger", "a removed node", "a renewed-away key"] {

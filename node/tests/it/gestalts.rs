@@ -3,7 +3,7 @@
 
 use crate::github::FakeGitHub;
 use crate::harness::World;
-use crate::peers::Peer;
+use crate::peers::{Peer, peers};
 
 /// Links two nodes into one gestalt: `a` invites, `b` claims.
 fn cross_claim(a: &Peer<'_>, b: &Peer<'_>) {
@@ -11,6 +11,19 @@ fn cross_claim(a: &Peer<'_>, b: &Peer<'_>) {
     assert!(first.contains("Invited"), "{first}");
     let linked = b.pk(&["nodes", "claim", &a.id]).ok();
     assert!(linked.contains("signed by both nodes"), "{linked}");
+}
+
+/// Laptop `a`, a new laptop `b` and a stranger around `server`: the laptops know each
+/// other, and all three know the server.
+fn around<'w>(w: &'w World, server: &Peer<'_>, a: Peer<'w>) -> [Peer<'w>; 3] {
+    let b = Peer::new(w, "laptop-b");
+    let stranger = Peer::new(w, "stranger");
+    a.add(&b);
+    b.add(&a);
+    for p in [&a, &b, &stranger] {
+        p.add(server);
+    }
+    [a, b, stranger]
 }
 
 #[test]
@@ -23,14 +36,7 @@ fn a_gestalt_of_two_nodes_and_a_github_identity() {
     ];
     let args: Vec<&str> = urls.iter().map(String::as_str).collect();
     let server = Peer::with_agent_args(&w, "server", &args);
-    let a = Peer::with_agent_args(&w, "laptop-a", &args);
-    let b = Peer::new(&w, "laptop-b");
-    let stranger = Peer::new(&w, "stranger");
-    a.add(&b);
-    b.add(&a);
-    for p in [&a, &b, &stranger] {
-        p.add(&server);
-    }
+    let [a, b, stranger] = around(&w, &server, Peer::with_agent_args(&w, "laptop-a", &args));
     cross_claim(&a, &b);
 
     // A authenticates as alice through the device flow and claims the identity.
@@ -79,8 +85,7 @@ fn a_gestalt_of_two_nodes_and_a_github_identity() {
         .ok();
     assert_eq!(found, "github.com:alice\n");
     server.pk(&["identities", "trust", "github.com:alice"]).ok();
-    server.pk(&["vaults", "create", "family"]).ok();
-    server.write("family:wifi", "pa55");
+    server.vault_with("family", &[("wifi", "pa55")]);
     server
         .pk(&["vaults", "share", "family", "github.com:alice"])
         .ok();
@@ -117,14 +122,7 @@ fn a_gestalt_of_two_nodes_and_a_github_identity() {
 fn claimed_nodes_form_a_gestalt_that_shares_trust_and_vaults() {
     let w = World::new();
     let server = Peer::new(&w, "server");
-    let a = Peer::new(&w, "laptop-a");
-    let b = Peer::new(&w, "laptop-b");
-    let stranger = Peer::new(&w, "stranger");
-    a.add(&b);
-    b.add(&a);
-    for p in [&a, &b, &stranger] {
-        p.add(&server);
-    }
+    let [a, b, stranger] = around(&w, &server, Peer::new(&w, "laptop-a"));
     server.add(&a);
 
     // A claim without an invitation sends one; the invited node's claim links them.
@@ -142,8 +140,7 @@ fn claimed_nodes_form_a_gestalt_that_shares_trust_and_vaults() {
         );
     }
 
-    server.pk(&["vaults", "create", "team"]).ok();
-    server.write("team:db", "hunter2");
+    server.vault_with("team", &[("db", "hunter2")]);
     server.pk(&["vaults", "share", "team", &a.id]).ok();
     // The server knows A only; until it discovers A's gestalt, B is a stranger to it.
     b.pk(&["vaults", "clone", "team", &server.id])
@@ -193,7 +190,7 @@ mod rogue {
     use node::identity::Identity;
     use node::net::{Connection, Endpoint};
     use node::peer::{PeerReply, PeerRequest, PeerResponse, read_call, respond, unary};
-    use node::sigchain::{self, Claim, ClaimToken, ClaimType};
+    use node::sigchain::{self, ClaimToken};
 
     pub(super) struct Rogue {
         pub(super) rt: tokio::runtime::Runtime,
@@ -252,22 +249,6 @@ mod rogue {
             self.rt.block_on(self.endpoint.connect(addr, node)).unwrap()
         }
 
-        /// A node-link claim for the first place of `iss`'s chain, about `sub`.
-        pub(super) fn claim(&self, iss: &str, sub: &str, nonce: &str) -> Claim {
-            Claim {
-                typ: ClaimType::ClaimLinkNode,
-                iss: iss.into(),
-                sub: sub.into(),
-                seq: 1,
-                prev_digest: None,
-                iat: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs(),
-                nonce: nonce.into(),
-            }
-        }
-
         /// Calls the node at `conn`; the refusal message, or the answer.
         pub(super) fn call(
             &self,
@@ -296,9 +277,10 @@ fn forged_replayed_and_tampered_claims_are_refused() {
     use node::peer::{PeerReply, PeerRequest};
     use node::sigchain::ClaimToken;
 
+    use crate::auth_matrix::link_claim;
+
     let w = World::new();
-    let target = Peer::new(&w, "target");
-    let other = Peer::new(&w, "other");
+    let [target, other] = peers(&w, ["target", "other"]);
     let rogue = rogue::Rogue::start();
     let (host, port) = (
         rogue.addr().ip().to_string(),
@@ -308,7 +290,7 @@ fn forged_replayed_and_tampered_claims_are_refused() {
     let conn = rogue.connect(&target.addr, &target.id);
 
     // Not invited yet: no countersignature.
-    let honest = ClaimToken::sign(&rogue.claim(&rogue.id(), &target.id, "n1"), &rogue.identity);
+    let honest = ClaimToken::sign(&link_claim(&rogue.id(), &target.id, "n1"), &rogue.identity);
     let refused = rogue
         .call(&conn, PeerRequest::ClaimNode(honest.clone()))
         .unwrap_err();
@@ -316,14 +298,14 @@ fn forged_replayed_and_tampered_claims_are_refused() {
     target.pk(&["identities", "invite", &rogue.id()]).ok();
 
     // Forged: a claim in another node's name, signed with the rogue's key.
-    let forged = ClaimToken::sign(&rogue.claim(&other.id, &target.id, "n2"), &rogue.identity);
+    let forged = ClaimToken::sign(&link_claim(&other.id, &target.id, "n2"), &rogue.identity);
     let refused = rogue
         .call(&conn, PeerRequest::ClaimNode(forged))
         .unwrap_err();
     assert!(refused.contains("issued by the caller"), "{refused}");
     // Forged: the rogue's own claim with a signature by a key that is not the rogue's.
     let mallory = Identity::generate();
-    let mut bad_signature = ClaimToken::sign(&rogue.claim(&rogue.id(), &target.id, "n3"), &mallory);
+    let mut bad_signature = ClaimToken::sign(&link_claim(&rogue.id(), &target.id, "n3"), &mallory);
     bad_signature.signatures[0].protected = honest.signatures[0].protected.clone();
     let refused = rogue
         .call(&conn, PeerRequest::ClaimNode(bad_signature))
@@ -381,9 +363,7 @@ fn forged_replayed_and_tampered_claims_are_refused() {
 #[test]
 fn after_a_key_renewal_peers_still_reach_the_node_and_its_shares_work() {
     let w = World::new();
-    let server = Peer::new(&w, "server");
-    let mut laptop = Peer::new(&w, "laptop");
-    let friend = Peer::new(&w, "friend");
+    let [server, mut laptop, friend] = peers(&w, ["server", "laptop", "friend"]);
     for (a, b) in [
         (&laptop, &server),
         (&server, &laptop),
@@ -392,12 +372,10 @@ fn after_a_key_renewal_peers_still_reach_the_node_and_its_shares_work() {
     ] {
         a.add(b);
     }
-    server.pk(&["vaults", "create", "team"]).ok();
-    server.write("team:k1", "v1");
+    server.vault_with("team", &[("k1", "v1")]);
     server.pk(&["vaults", "share", "team", &laptop.id]).ok();
     laptop.json(&["vaults", "clone", "team", &server.id]);
-    friend.pk(&["vaults", "create", "notes"]).ok();
-    friend.write("notes:n", "from friend");
+    friend.vault_with("notes", &[("n", "from friend")]);
     friend.pk(&["vaults", "share", "notes", &laptop.id]).ok();
 
     let old = laptop.id.clone();

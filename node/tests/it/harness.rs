@@ -6,6 +6,15 @@ use std::process::{Command, Output};
 use hsm::sim::{SoftHsm, Swtpm};
 use tempfile::TempDir;
 
+/// Cheap Argon2id parameters for `soft` keyslots (8 MiB, one pass): tests of everything
+/// but Argon2 itself.
+pub(crate) const CHEAP_ARGON2: &[&str] = &["--argon2-memory-mib", "8", "--argon2-passes", "1"];
+
+/// `base` followed by `extra`, as one argument list.
+pub(crate) fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    base.iter().chain(extra).copied().collect()
+}
+
 /// A temporary home for one test: node directories, simulator state, secret files.
 pub(crate) struct World {
     pub(crate) dir: TempDir,
@@ -74,6 +83,12 @@ impl World {
         let path = self.path(name);
         std::fs::write(&path, format!("{value}\n")).expect("write secret file");
         path
+    }
+
+    /// [`World::secret_file`], as the command-line argument that names it.
+    pub(crate) fn secret_arg(&self, name: &str, value: &str) -> String {
+        let path = self.secret_file(name, value);
+        path.to_str().expect("UTF-8 temporary path").to_owned()
     }
 
     /// Starts a swtpm with state under this world; killed when dropped.
@@ -265,25 +280,23 @@ impl World {
         let node = self.path(name);
         let pass = self.secret_file(&format!("{name}-pass"), passphrase);
         let pass_arg = pass.to_str().expect("UTF-8 temporary path");
-        let init = self
-            .pk(
-                &node,
-                &[
-                    "--format",
-                    "json",
-                    "init",
-                    "--token",
-                    "soft",
-                    "--argon2-memory-mib",
-                    "8",
-                    "--argon2-passes",
-                    "1",
-                    "--password-file",
-                    pass_arg,
-                ],
-            )
-            .ok();
+        let init = ["--format", "json", "init", "--token", "soft"];
+        let init = args(&args(&init, CHEAP_ARGON2), &["--password-file", pass_arg]);
+        let init = self.pk(&node, &init).ok();
         (node, pass, recovery_code(&init))
+    }
+
+    /// A node in directory `node` with a PIN-less TPM keyslot on a new swtpm with state
+    /// in `tpm`; the swtpm, the node's path, the TCTI and the recovery code `init` printed.
+    pub(crate) fn tpm_node(&self, tpm: &str) -> (Swtpm, PathBuf, String, String) {
+        let tpm = self.swtpm(tpm);
+        let node = self.path("node");
+        let tcti = tpm.tcti();
+        let init = [
+            "--format", "json", "--tcti", &tcti, "init", "--token", "tpm",
+        ];
+        let code = recovery_code(&self.pk(&node, &init).ok());
+        (tpm, node, tcti, code)
     }
 
     /// Starts the node's agent in the background with `args` (unlock options).

@@ -12,7 +12,7 @@ use node::vault::{Fetched, WireObject};
 
 use crate::auth_matrix::Caller;
 use crate::harness::World;
-use crate::peers::{Peer, denied_count};
+use crate::peers::{Peer, denied_count, peers};
 
 /// What the rogue answers a fetch with, given the request.
 type Script = dyn Fn(&node::peer::FetchRequest) -> Vec<PeerResponse> + Send + Sync;
@@ -138,6 +138,33 @@ fn vault_state(peer: &Peer<'_>, name: &str) -> (String, String) {
     )
 }
 
+/// A node that answers with a tampered object: the clone is refused, nothing appears.
+#[test]
+fn a_tampered_object_is_refused() {
+    let w = World::new();
+    let victim = Peer::new(&w, "victim");
+    // A blob whose bytes do not hash to the id it is sent under.
+    let (oid, _) = object(gix_object::Kind::Blob, b"real");
+    let forged = WireObject::Full {
+        oid,
+        kind: 1,
+        data: SecretBytes(b"forged".to_vec()),
+    };
+    let rogue = RogueServer::start(Arc::new(move |_request: &node::peer::FetchRequest| {
+        vec![
+            begin(&format!("v{}", "0".repeat(26)), "evil", &[0x11; 20]),
+            PeerResponse::Object(forged.clone()),
+            PeerResponse::Ok(PeerReply::Done),
+        ]
+    }));
+    rogue.add_to(&victim);
+    victim
+        .pk(&["vaults", "clone", "evil", &rogue.id])
+        .fails(65, "does not match its id");
+    let listed = victim.json(&["vaults", "list"]);
+    assert_eq!(listed, serde_json::json!([]), "nothing became visible");
+}
+
 /// Issue 13, 1.1: a pull of vault A answered with vault B's id must not touch B.
 #[test]
 fn a_pull_answered_with_another_vaults_id_changes_nothing() {
@@ -244,8 +271,7 @@ fn node_params(id: &str) -> rcgen::CertificateParams {
 #[test]
 fn a_certificate_signed_through_keys_sign_is_no_renewal() {
     let w = World::new();
-    let victim = Peer::new(&w, "victim");
-    let friend = Peer::new(&w, "friend");
+    let [victim, friend] = peers(&w, ["victim", "friend"]);
     friend.add(&victim);
     friend.pk(&["nodes", "allow", &victim.id, "notify"]).ok();
 
@@ -344,16 +370,7 @@ fn a_thousand_refused_calls_with_huge_names_cost_almost_nothing() {
     let stranger = Caller::connect(&target, &Identity::generate());
     let mut answers = refused_fetches(&stranger, &name, calls / 2);
     let acquaintance = Identity::generate();
-    target
-        .pk(&[
-            "nodes",
-            "add",
-            "--no-ping",
-            &acquaintance.node_id().to_string(),
-            "127.0.0.1",
-            "9",
-        ])
-        .ok();
+    target.add_key(&acquaintance);
     let acquaintance = Caller::connect(&target, &acquaintance);
     answers.extend(refused_fetches(&acquaintance, &name, calls / 2));
     assert_eq!(answers.len(), calls);
@@ -511,10 +528,7 @@ fn a_renewed_away_key_keeps_no_rights() {
     let w = World::new();
     let target = Peer::new(&w, "target");
     let old = Identity::generate();
-    let old_id = old.node_id().to_string();
-    target
-        .pk(&["nodes", "add", "--no-ping", &old_id, "127.0.0.1", "9"])
-        .ok();
+    let old_id = target.add_key(&old);
     target
         .pk(&["nodes", "allow", &old_id, "notify", "scan"])
         .ok();
@@ -562,9 +576,7 @@ fn out_of_range_schedules_are_refused() {
     let w = World::new();
     let peer = Peer::new(&w, "peer");
     peer.pk(&["vaults", "create", "v"]).ok();
-    let other = Identity::generate().node_id().to_string();
-    peer.pk(&["nodes", "add", "--no-ping", &other, "127.0.0.1", "9"])
-        .ok();
+    let other = peer.add_key(&Identity::generate());
     for every in ["400d", "5s", "18446744073709551615s"] {
         let err = peer
             .pk(&["vaults", "backup", "add", "v", &other, "--every", every])
@@ -586,13 +598,9 @@ fn out_of_range_schedules_are_refused() {
 fn pull_without_a_commit_you_have_is_no_clone() {
     let w = World::new();
     let owner = Peer::new(&w, "owner");
-    owner.pk(&["vaults", "create", "v"]).ok();
-    owner.write("v:s", "secret value");
+    owner.vault_with("v", &[("s", "secret value")]);
     let puller = Identity::generate();
-    let puller_id = puller.node_id().to_string();
-    owner
-        .pk(&["nodes", "add", "--no-ping", &puller_id, "127.0.0.1", "9"])
-        .ok();
+    let puller_id = owner.add_key(&puller);
     owner
         .pk(&["vaults", "share", "v", &puller_id, "-p", "pull"])
         .ok();

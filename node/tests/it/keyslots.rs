@@ -1,29 +1,43 @@
 //! Keyslots through the CLI: every backend, the invariants, and damaged files.
 
-use crate::harness::{World, copy_dir, recovery_code};
+use std::path::{Path, PathBuf};
+
+use crate::harness::{CHEAP_ARGON2 as CHEAP, World, args, copy_dir};
 
 const PASS: &str = "correct horse battery staple";
-const CHEAP: &[&str] = &["--argon2-memory-mib", "8", "--argon2-passes", "1"];
 
-fn args<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
-    base.iter().chain(extra).copied().collect()
+/// A node in directory `node` whose first keyslot is a key on the SoftHSM2 token
+/// `pk-node` (PIN 123456); the node's path, the module, the PIN file and what `init`
+/// printed.
+fn pkcs11_node(w: &mut World) -> (PathBuf, PathBuf, String, String) {
+    w.softhsm_token("pk-node", "123456");
+    let node = w.path("node");
+    let module = w.softhsm_module();
+    let pin = w.secret_arg("pin", "123456");
+    let init = [
+        "--pkcs11-module",
+        module.to_str().unwrap(),
+        "init",
+        "--token",
+        "pkcs11",
+        "--pkcs11-token-label",
+        "pk-node",
+        "--password-file",
+        &pin,
+    ];
+    let out = w.pk(&node, &init).ok();
+    (node, module, pin, out)
+}
+
+/// `pk` on `node` with `--tcti tcti` before `extra`.
+fn with_tpm<'a>(w: &World, node: &Path, tcti: &'a str, extra: &[&'a str]) -> crate::harness::Run {
+    w.pk(node, &args(&["--tcti", tcti], extra))
 }
 
 #[test]
 fn tpm_slot_unlocks_and_copy_next_to_fresh_tpm_does_not() {
     let w = World::new();
-    let tpm = w.swtpm("tpm-a");
-    let node = w.path("node");
-    let tcti = tpm.tcti();
-    let out = w
-        .pk(
-            &node,
-            &[
-                "--format", "json", "--tcti", &tcti, "init", "--token", "tpm",
-            ],
-        )
-        .ok();
-    let code = recovery_code(&out);
+    let (tpm, node, tcti, code) = w.tpm_node("tpm-a");
     // A PIN-less TPM slot unlocks without asking anything.
     let listed = w.pk(&node, &["keyslots", "list"]).ok();
     assert!(listed.contains("0: tpm (hardware)"), "{listed}");
@@ -73,40 +87,17 @@ fn pcr_bound_slot_refused_after_pcr_change_until_reset() {
     let tpm = w.swtpm("tpm");
     let node = w.path("node");
     let tcti = tpm.tcti();
-    let pin = w.secret_file("pin", "2468");
-    let pin = pin.to_str().unwrap();
-    w.pk(
+    let pin = w.secret_arg("pin", "2468");
+    let init = ["init", "--token", "tpm", "--tpm-pcrs", "16", "--tpm-pin"];
+    with_tpm(&w, &node, &tcti, &args(&init, &["--password-file", &pin])).ok();
+    let test = ["keyslots", "test", "--password-file", &pin];
+    with_tpm(&w, &node, &tcti, &test).ok();
+    let wrong = w.secret_arg("wrong", "1111");
+    with_tpm(
+        &w,
         &node,
-        &[
-            "--tcti",
-            &tcti,
-            "init",
-            "--token",
-            "tpm",
-            "--tpm-pcrs",
-            "16",
-            "--tpm-pin",
-            "--password-file",
-            pin,
-        ],
-    )
-    .ok();
-    w.pk(
-        &node,
-        &["--tcti", &tcti, "keyslots", "test", "--password-file", pin],
-    )
-    .ok();
-    let wrong = w.secret_file("wrong", "1111");
-    w.pk(
-        &node,
-        &[
-            "--tcti",
-            &tcti,
-            "keyslots",
-            "test",
-            "--password-file",
-            wrong.to_str().unwrap(),
-        ],
+        &tcti,
+        &["keyslots", "test", "--password-file", &wrong],
     )
     .fails(77, "attempts left");
 
@@ -115,96 +106,43 @@ fn pcr_bound_slot_refused_after_pcr_change_until_reset() {
         "tpm2_pcrextend",
         &["16:sha256=00000000000000000000000000000000000000000000000000000000000000ff"],
     );
-    w.pk(
-        &node,
-        &["--tcti", &tcti, "keyslots", "test", "--password-file", pin],
-    )
-    .fails(77, "PCR values differ");
+    with_tpm(&w, &node, &tcti, &test).fails(77, "PCR values differ");
     w.tpm_tool(&tpm, "tpm2_pcrreset", &["16"]);
-    w.pk(
-        &node,
-        &["--tcti", &tcti, "keyslots", "test", "--password-file", pin],
-    )
-    .ok();
+    with_tpm(&w, &node, &tcti, &test).ok();
 }
 
 #[test]
 fn pkcs11_slot_with_tpm_slot_enrolled_then_pkcs11_removed() {
     let mut w = World::new();
-    w.softhsm_token("pk-node", "123456");
+    let (node, _, pin, out) = pkcs11_node(&mut w);
     let tpm = w.swtpm("tpm");
-    let node = w.path("node");
-    let module = w.softhsm_module();
-    let module = module.to_str().unwrap();
     let tcti = tpm.tcti();
-    let pin = w.secret_file("pin", "123456");
-    let pin = pin.to_str().unwrap();
-    let out = w
-        .pk(
-            &node,
-            &[
-                "--pkcs11-module",
-                module,
-                "init",
-                "--token",
-                "pkcs11",
-                "--pkcs11-token-label",
-                "pk-node",
-                "--password-file",
-                pin,
-            ],
-        )
-        .ok();
     assert!(out.contains("0: pkcs11 (hardware)"), "{out}");
-    w.pk(&node, &["keyslots", "test", "--password-file", pin])
+    w.pk(&node, &["keyslots", "test", "--password-file", &pin])
         .ok();
     w.pk_env(&node, &["keyslots", "test"], &[("PK_PASSWORD", "654321")])
         .fails(77, "wrong PIN");
 
     // Enrol the TPM, unlocking through the token.
-    w.pk(
-        &node,
-        &[
-            "--tcti",
-            &tcti,
-            "keyslots",
-            "enroll",
-            "--token",
-            "tpm",
-            "--password-file",
-            pin,
-        ],
-    )
-    .ok();
+    let enroll = [
+        "keyslots",
+        "enroll",
+        "--token",
+        "tpm",
+        "--password-file",
+        &pin,
+    ];
+    with_tpm(&w, &node, &tcti, &enroll).ok();
     // Removing the PKCS#11 slot with itself is refused; through the TPM slot it works.
-    w.pk(
+    let remove = ["keyslots", "remove", "0", "--unlock-slot"];
+    with_tpm(
+        &w,
         &node,
-        &[
-            "--tcti",
-            &tcti,
-            "keyslots",
-            "remove",
-            "0",
-            "--unlock-slot",
-            "0",
-            "--password-file",
-            pin,
-        ],
+        &tcti,
+        &args(&remove, &["0", "--password-file", &pin]),
     )
     .fails(1, "unlock with another keyslot");
-    w.pk(
-        &node,
-        &[
-            "--tcti",
-            &tcti,
-            "keyslots",
-            "remove",
-            "0",
-            "--unlock-slot",
-            "2",
-        ],
-    )
-    .ok();
+    with_tpm(&w, &node, &tcti, &args(&remove, &["2"])).ok();
     let listed = w.pk(&node, &["--format", "json", "keyslots", "list"]).ok();
     let slots: serde_json::Value = serde_json::from_str(&listed).unwrap();
     let kinds: Vec<&str> = slots
@@ -214,33 +152,15 @@ fn pkcs11_slot_with_tpm_slot_enrolled_then_pkcs11_removed() {
         .map(|s| s["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["recovery", "tpm"]);
-    w.pk(&node, &["--tcti", &tcti, "keyslots", "test"]).ok();
+    with_tpm(&w, &node, &tcti, &["keyslots", "test"]).ok();
 }
 
 #[test]
 fn last_slot_cannot_be_removed() {
     let w = World::new();
-    let node = w.path("node");
-    let pass = w.secret_file("pass", PASS);
+    let (node, pass, code) = w.soft_node_with_code(PASS);
     let pass = pass.to_str().unwrap();
-    let out = w
-        .pk(
-            &node,
-            &args(
-                &[
-                    "--format",
-                    "json",
-                    "init",
-                    "--token",
-                    "soft",
-                    "--password-file",
-                    pass,
-                ],
-                CHEAP,
-            ),
-        )
-        .ok();
-    let code = w.secret_file("code", &recovery_code(&out));
+    let code = w.secret_arg("code", &code);
     // Remove the recovery slot through the passphrase: allowed, one working slot remains.
     w.pk(&node, &["keyslots", "remove", "1", "--password-file", pass])
         .ok();
@@ -248,16 +168,8 @@ fn last_slot_cannot_be_removed() {
     w.pk(&node, &["keyslots", "remove", "0", "--password-file", pass])
         .fails(1, "it is the last one");
     // The recovery slot is gone, so the recovery code opens nothing any more.
-    w.pk(
-        &node,
-        &[
-            "keyslots",
-            "test",
-            "--recovery-code-file",
-            code.to_str().unwrap(),
-        ],
-    )
-    .fails(64, "no recovery keyslot");
+    w.pk(&node, &["keyslots", "test", "--recovery-code-file", &code])
+        .fails(64, "no recovery keyslot");
     w.pk(&node, &["keyslots", "test", "--password-file", pass])
         .ok();
 }
@@ -265,14 +177,8 @@ fn last_slot_cannot_be_removed() {
 #[test]
 fn damaged_keyslot_file_is_a_clear_error_and_changes_nothing() {
     let w = World::new();
-    let node = w.path("node");
-    let pass = w.secret_file("pass", PASS);
+    let (node, pass) = w.soft_node(PASS);
     let pass = pass.to_str().unwrap();
-    w.pk(
-        &node,
-        &args(&["init", "--token", "soft", "--password-file", pass], CHEAP),
-    )
-    .ok();
     let file = node.join("keyslots");
     let good = std::fs::read(&file).unwrap();
 
@@ -310,22 +216,17 @@ fn damaged_keyslot_file_is_a_clear_error_and_changes_nothing() {
             assert!(err.contains("keyslot file"), "{name}: {err}");
         }
         // Enrolling on a damaged file must not rewrite it.
-        w.pk_env(
-            &node,
-            &args(
-                &[
-                    "keyslots",
-                    "enroll",
-                    "--token",
-                    "soft",
-                    "--password-file",
-                    pass,
-                ],
-                CHEAP,
-            ),
-            &[("PK_PASSWORD_NEW", "another long passphrase")],
-        )
-        .fails(65, needle);
+        let enroll = [
+            "keyslots",
+            "enroll",
+            "--token",
+            "soft",
+            "--password-file",
+            pass,
+        ];
+        let new = [("PK_PASSWORD_NEW", "another long passphrase")];
+        w.pk_env(&node, &args(&enroll, CHEAP), &new)
+            .fails(65, needle);
         assert_eq!(
             std::fs::read(&file).unwrap(),
             bytes,
@@ -371,15 +272,9 @@ fn usage_errors_exit_64_and_secrets_never_echo() {
     .fails(64, "too short");
 
     let secret = "s3cret-passphrase-do-not-print";
-    let pass = w.secret_file("pass", secret);
+    let pass = w.secret_arg("pass", secret);
     let init = args(
-        &[
-            "init",
-            "--token",
-            "soft",
-            "--password-file",
-            pass.to_str().unwrap(),
-        ],
+        &["init", "--token", "soft", "--password-file", &pass],
         CHEAP,
     );
     let out = w.pk(&node, &init).ok();
@@ -424,32 +319,10 @@ fn rewrite_keyslot_body(file: &std::path::Path, edit: impl Fn(&str) -> String) {
 #[test]
 fn a_pkcs11_module_named_only_by_the_keyslot_file_is_not_loaded_from_elsewhere() {
     let mut w = World::new();
-    w.softhsm_token("pk-node", "123456");
-    let node = w.path("node");
-    let module = w.softhsm_module();
-    let pin = w.secret_file("pin", "123456");
-    let pin = pin.to_str().unwrap();
-    w.pk(
-        &node,
-        &[
-            "--pkcs11-module",
-            module.to_str().unwrap(),
-            "init",
-            "--token",
-            "pkcs11",
-            "--pkcs11-token-label",
-            "pk-node",
-            "--password-file",
-            pin,
-        ],
-    )
-    .ok();
+    let (node, module, pin, _) = pkcs11_node(&mut w);
     // The system module, named by the slot alone, is fine.
-    w.pk(
-        &node,
-        &["keyslots", "test", "--slot", "0", "--password-file", pin],
-    )
-    .ok();
+    let test = ["keyslots", "test", "--slot", "0", "--password-file", &pin];
+    w.pk(&node, &test).ok();
 
     // A "module" planted in a writable place (here a copy of the real one, so that loading
     // it would work) and named by the slot.
@@ -462,34 +335,15 @@ fn a_pkcs11_module_named_only_by_the_keyslot_file_is_not_loaded_from_elsewhere()
         body.replace(real, fake)
     });
     let err = w
-        .pk(
-            &node,
-            &["keyslots", "test", "--slot", "0", "--password-file", pin],
-        )
+        .pk(&node, &test)
         .fails(77, "outside the system library directories");
     assert!(err.contains(fake), "the error names the module: {err}");
     assert!(!err.contains("123456"), "{err}");
     // A path that climbs out of a system directory is no better.
     let climbing = format!("/usr/lib/../..{fake}");
     rewrite_keyslot_body(&file, |body| body.replace(fake, &climbing));
-    w.pk(
-        &node,
-        &["keyslots", "test", "--slot", "0", "--password-file", pin],
-    )
-    .fails(77, "outside the system library directories");
+    w.pk(&node, &test)
+        .fails(77, "outside the system library directories");
     // Named by the configuration, the same module is the machine owner's choice.
-    w.pk(
-        &node,
-        &[
-            "--pkcs11-module",
-            fake,
-            "keyslots",
-            "test",
-            "--slot",
-            "0",
-            "--password-file",
-            pin,
-        ],
-    )
-    .ok();
+    w.pk(&node, &args(&["--pkcs11-module", fake], &test)).ok();
 }

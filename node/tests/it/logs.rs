@@ -174,17 +174,8 @@ fn a_failed_scheduled_pull_a_refused_call_and_an_unlock_are_logged_with_fields()
     // A scheduled pull that works, then fails once the laptop stops sharing the vault.
     laptop.add(&backup);
     backup.add(&laptop);
-    laptop.pk(&["vaults", "create", "home"]).ok();
-    laptop.write("home:wifi", SECRET);
-    laptop.pk(&["vaults", "share", "home", &backup.id]).ok();
-    backup
-        .pk(&[
-            "vaults", "backup", "add", "home", &laptop.id, "--every", "10s",
-        ])
-        .ok();
-    wait_for("the first scheduled pull", Duration::from_secs(30), || {
-        backup.pk(&["secrets", "cat", "home:wifi"]).code == 0
-    });
+    laptop.vault_with("home", &[("wifi", SECRET)]);
+    laptop.back_up_to(&backup, "home", "home:wifi", Duration::from_secs(30));
     laptop.pk(&["vaults", "unshare", "home", &backup.id]).ok();
     wait_for(
         "the failed scheduled pull in the log",

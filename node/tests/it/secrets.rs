@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::{World, recovery_code};
+use crate::harness::{CHEAP_ARGON2, World};
 
 const PASS: &str = "correct horse battery staple";
 
@@ -588,7 +588,6 @@ fn audit_log_records_and_filters() {
     // Keyslot changes made by `pk keyslots` (without the agent's help) are recorded too:
     // through the running agent, or directly when none runs.
     let second = n.file("second", b"a second passphrase");
-    let cheap = ["--argon2-memory-mib", "8", "--argon2-passes", "1"];
     let mut enroll = vec![
         "keyslots",
         "enroll",
@@ -599,7 +598,7 @@ fn audit_log_records_and_filters() {
         "--password-new-file",
         s(&second),
     ];
-    enroll.extend(cheap);
+    enroll.extend(CHEAP_ARGON2);
     n.pk(&enroll).ok();
     n.pk(&[
         "keyslots",
@@ -690,18 +689,8 @@ fn raw_database_holds_no_plaintext(n: Node) {
 #[test]
 fn tpm_agent_unlocks_unattended() {
     let w = World::new();
-    let tpm = w.swtpm("tpm");
-    let node = w.path("node");
-    let tcti = tpm.tcti();
-    let init = w
-        .pk(
-            &node,
-            &[
-                "--format", "json", "--tcti", &tcti, "init", "--token", "tpm",
-            ],
-        )
-        .ok();
-    let code = w.secret_file("code", &recovery_code(&init));
+    let (_tpm, node, tcti, code) = w.tpm_node("tpm");
+    let code = w.secret_file("code", &code);
     let _agent = w.agent(&node, &["--tcti", &tcti]);
     let status: serde_json::Value =
         serde_json::from_str(&w.pk(&node, &["--format", "json", "agent", "status"]).ok()).unwrap();

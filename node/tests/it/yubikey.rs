@@ -21,9 +21,8 @@ fn yubikey_slot_unlocks_with_pin_and_touch_only() {
 
     let (node, pass, code) = w.soft_node_with_code("correct horse battery staple");
     let pass = pass.to_str().unwrap();
-    let pin = w.secret_file("pin", PIN);
-    let pin = pin.to_str().unwrap();
-    let code = w.secret_file("code", &code);
+    let pin = &w.secret_arg("pin", PIN);
+    let code = w.secret_arg("code", &code);
 
     // Enrol: the card generates the key. Right after pcscd starts the reader may not show
     // the card yet; give it a moment.
@@ -52,20 +51,14 @@ fn yubikey_slot_unlocks_with_pin_and_touch_only() {
     );
 
     // PIN and touch: unlocks, and the user was told to touch.
-    let run = w.pk(
-        &node,
-        &["keyslots", "test", "--slot", "2", "--password-file", pin],
-    );
+    let test_pin = ["keyslots", "test", "--slot", "2", "--password-file", pin];
+    let run = w.pk(&node, &test_pin);
     assert!(run.stderr.contains("Touch your YubiKey"), "{}", run.stderr);
     assert!(run.ok().contains("keyslot 2: yubikey"));
 
     // No touch: refused, clearly.
     touch.set_mode(TouchMode::Deny);
-    w.pk(
-        &node,
-        &["keyslots", "test", "--slot", "2", "--password-file", pin],
-    )
-    .fails(77, "touch");
+    w.pk(&node, &test_pin).fails(77, "touch");
     touch.set_mode(TouchMode::Approve);
 
     // Through the agent: lock, then unlock with the YubiKey slot.
@@ -86,27 +79,14 @@ fn yubikey_slot_unlocks_with_pin_and_touch_only() {
     assert!(run.ok().contains("Unlocked with keyslot 2"));
 
     // Wrong PINs count down and block the card; the recovery code still opens the node.
-    let wrong = w.secret_file("wrong", "000000");
-    let wrong = wrong.to_str().unwrap();
+    let wrong = &w.secret_arg("wrong", "000000");
     let test_wrong = ["keyslots", "test", "--slot", "2", "--password-file", wrong];
     w.pk(&node, &test_wrong).fails(77, "2 attempts left");
     w.pk(&node, &test_wrong).fails(77, "1 attempt left");
     w.pk(&node, &test_wrong).fails(77, "PIN blocked");
-    w.pk(
-        &node,
-        &["keyslots", "test", "--slot", "2", "--password-file", pin],
-    )
-    .fails(77, "PIN blocked");
-    w.pk(
-        &node,
-        &[
-            "keyslots",
-            "test",
-            "--recovery-code-file",
-            code.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    w.pk(&node, &test_pin).fails(77, "PIN blocked");
+    w.pk(&node, &["keyslots", "test", "--recovery-code-file", &code])
+        .ok();
 
     // Another card in the reader: the slot names the one it needs.
     drop(card);
@@ -115,10 +95,7 @@ fn yubikey_slot_unlocks_with_pin_and_touch_only() {
         .and_then(|card| card.connect(pcscd.card_addr()))
         .unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_millis(1500));
-    w.pk(
-        &node,
-        &["keyslots", "test", "--slot", "2", "--password-file", pin],
-    )
-    .fails(77, &format!("serial {SERIAL}"));
+    w.pk(&node, &test_pin)
+        .fails(77, &format!("serial {SERIAL}"));
     drop(pcscd);
 }
