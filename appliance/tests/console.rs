@@ -874,11 +874,7 @@ fn start_daemon(dir: &std::path::Path, nofile: u64) -> Daemon {
     let state = dir.join("state");
     std::fs::create_dir_all(state.join("console")).unwrap();
     std::fs::write(state.join("console/admin.json"), forged_account(PASSWORD)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,

@@ -13,6 +13,8 @@ use node::api::{agent, backups, nodes};
 use node::identity::Identity;
 use node::peer::{PeerRequest, unary};
 
+mod common;
+
 const PASSPHRASE: &str = "an appliance passphrase 7731";
 
 /// The daemon, killed and reaped on drop; `log` is its standard error so far.
@@ -58,11 +60,7 @@ fn start(dir: &std::path::Path) -> Appliance {
     let soft =
         hsm::soft::SoftProtector::new(hsm::Pin::from(PASSPHRASE), hsm::soft::Argon2Params::DEFAULT);
     node::keyslots::Keyslots::init(&node, &soft, "passphrase").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
