@@ -647,7 +647,7 @@ fn open_store(
     };
     let unlocked =
         crate::tokens::unlock(&keyslots, choice, &config.tokens).map_err(unlock_error)?;
-    let store = Store::open(&config.node, &unlocked.key)?;
+    let store = open_when_released(&config.node, &unlocked.key)?;
     let mut tx = store.write()?;
     let identity = Identity::load_or_create(&mut tx)?;
     for (event, fields) in failed {
@@ -666,6 +666,23 @@ fn open_store(
         transfer_limits: transfer_limits().unwrap_or_default(),
         clock: crate::clock::Clock::system(),
     })
+}
+
+/// Opens the store; right after a lock, the work the lock stopped (aborted background
+/// tasks, requests finishing) may still hold the previous handle for a moment, so a
+/// store "in use" by this process is tried again for a few seconds before it is an
+/// error (another process holding it stays an error, after the same wait).
+fn open_when_released(node: &NodePath, key: &hsm::DataKey) -> Result<Store, ApiError> {
+    let mut tries = 0;
+    loop {
+        match Store::open(node, key) {
+            Err(StoreError::InUse(_)) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// The store is open: forgets the events kept while locked (now in the audit log),
