@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::NodePath;
+use crate::error::ErrorCode;
 
 const MAGIC: &[u8; 8] = b"PKSLOTS\n";
 const VERSION: u16 = 1;
@@ -155,6 +156,52 @@ pub enum KeyslotError {
     /// The recovery kind is created by `init` only.
     #[error("a recovery-code slot is created by `init`; enrol a token or passphrase instead")]
     RecoveryEnrol,
+}
+
+impl KeyslotError {
+    /// The kind of failure, for the agent's callers and `pk`'s exit code alike; `None`
+    /// for one of no particular kind (a refused removal, an I/O error), which `pk` exits
+    /// 1 for and the agent reports as internal.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            KeyslotError::NotInitialised(_) => Some(ErrorCode::NotFound),
+            KeyslotError::AlreadyInitialised(_) => Some(ErrorCode::Exists),
+            KeyslotError::Truncated(_)
+            | KeyslotError::Corrupt { .. }
+            | KeyslotError::UnsupportedVersion { .. }
+            | KeyslotError::ForeignKey(_) => Some(ErrorCode::Corrupt),
+            KeyslotError::NoSuchSlot(_)
+            | KeyslotError::NoSlotOfKind(_)
+            | KeyslotError::RecoveryEnrol => Some(ErrorCode::BadInput),
+            KeyslotError::Unwrap { source, .. } => unwrap_code(source),
+            KeyslotError::Wrap(WrapError::TokenAbsent { .. }) => Some(ErrorCode::Unavailable),
+            KeyslotError::Wrap(WrapError::WrongPin { .. } | WrapError::PinBlocked) => {
+                Some(ErrorCode::Denied)
+            }
+            KeyslotError::Wrap(WrapError::Invalid(_)) => Some(ErrorCode::BadInput),
+            _ => None,
+        }
+    }
+}
+
+/// The kind of a token's refusal to unwrap.
+fn unwrap_code(e: &UnwrapError) -> Option<ErrorCode> {
+    match e {
+        UnwrapError::TokenAbsent { .. } | UnwrapError::NoReader => Some(ErrorCode::Unavailable),
+        UnwrapError::PinRequired => Some(ErrorCode::BadInput),
+        UnwrapError::Corrupt(_) => Some(ErrorCode::Corrupt),
+        UnwrapError::WrongPin { .. }
+        | UnwrapError::PinBlocked
+        | UnwrapError::PolicyMismatch
+        | UnwrapError::KeyNotOnToken(_)
+        | UnwrapError::WrongPassphrase
+        | UnwrapError::WrongRecoveryCode
+        | UnwrapError::WrongCard { .. }
+        | UnwrapError::TouchDenied
+        | UnwrapError::TouchTimeout
+        | UnwrapError::UntrustedModule { .. } => Some(ErrorCode::Denied),
+        _ => None,
+    }
 }
 
 /// The DEK, unlocked, and the slot that unlocked it.

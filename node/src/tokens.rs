@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use hsm::pkcs11::Pkcs11Protector;
 use hsm::recovery::{RecoveryCode, RecoveryCodeError, RecoveryProtector};
 use hsm::soft::{Argon2Params, SoftProtector};
-use hsm::tpm::{DEFAULT_TCTI, TpmProtector};
-use hsm::yubikey::{EventSink, YubiKeyProtector};
+use hsm::tpm::{DEFAULT_TCTI, PcrPolicy, TpmProtector};
+use hsm::yubikey::{EventSink, PinRule, TouchRule, YubiKeyProtector};
 use hsm::{Kind, Pin, Protector, Sealed};
 
 use crate::keyslots::{KeyslotError, Keyslots, Unlocked};
@@ -111,6 +111,85 @@ pub fn protector_for(
         }
         other => return Err(ProtectorError::Unsupported(other.kind())),
     })
+}
+
+/// A new keyslot's token and its options, as `pk keyslots add` or the console's form
+/// asked for them. Each front end checks its own input and words its own errors; the
+/// protector is built in one place, [`new_protector`].
+pub enum NewSlot {
+    /// A sealed object in the TPM, optionally behind a PIN and bound to PCR values.
+    Tpm {
+        /// The PIN the object will need.
+        pin: Option<Pin>,
+        /// The PCR values it will be bound to.
+        pcrs: Option<PcrPolicy>,
+    },
+    /// A key generated inside a PKCS#11 token.
+    Pkcs11 {
+        /// The module.
+        module: PathBuf,
+        /// The token's label.
+        label: String,
+        /// The token's PIN.
+        pin: Pin,
+    },
+    /// A key generated in a YubiKey's PIV slot.
+    YubiKey {
+        /// The card's serial; any card when `None`.
+        serial: Option<u32>,
+        /// The PIV slot.
+        slot: u8,
+        /// When the card asks for its PIN.
+        pin_rule: PinRule,
+        /// When it asks for a touch.
+        touch_rule: TouchRule,
+        /// The PIN, which authorises the key's generation now.
+        pin: Pin,
+        /// The card's management key, when it is not the factory default.
+        management_key: Option<Zeroizing<[u8; 24]>>,
+    },
+    /// A passphrase stretched with Argon2id.
+    Soft {
+        /// The passphrase.
+        passphrase: Pin,
+        /// The Argon2id cost.
+        params: Argon2Params,
+    },
+}
+
+/// The protector that enrols `slot` on this machine's tokens.
+pub fn new_protector(slot: NewSlot, config: &TokenConfig) -> Box<dyn Protector> {
+    match slot {
+        NewSlot::Tpm { pin, pcrs } => {
+            let mut tpm = TpmProtector::new(config.tcti(), pin);
+            if let Some(pcrs) = pcrs {
+                tpm = tpm.with_pcr_policy(pcrs);
+            }
+            Box::new(tpm)
+        }
+        NewSlot::Pkcs11 { module, label, pin } => {
+            Box::new(Pkcs11Protector::new(module, label, pin))
+        }
+        NewSlot::YubiKey {
+            serial,
+            slot,
+            pin_rule,
+            touch_rule,
+            pin,
+            management_key,
+        } => {
+            let mut yk =
+                YubiKeyProtector::new(serial, Some(pin)).with_key(slot, pin_rule, touch_rule);
+            if let Some(key) = management_key {
+                yk = yk.with_management_key(*key);
+            }
+            if let Some(events) = &config.yubikey_events {
+                yk = yk.with_events(events.clone());
+            }
+            Box::new(yk)
+        }
+        NewSlot::Soft { passphrase, params } => Box::new(SoftProtector::new(passphrase, params)),
+    }
 }
 
 /// Which keyslots to unlock through, and with what.

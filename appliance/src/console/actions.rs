@@ -17,7 +17,7 @@ use node::api::vaults::{self, Permissions};
 use node::api::{Call, SecretBytes};
 use node::client::ClientError;
 use node::keyslots::Keyslots;
-use node::tokens::UnlockChoice;
+use node::tokens::{NewSlot, UnlockChoice};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -345,17 +345,17 @@ fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, St
     if form.kind != "tpm" && !form.pcrs.trim().is_empty() {
         return Err("PCRs apply to a TPM keyslot only.".into());
     }
-    Ok(match form.kind.as_str() {
-        "tpm" => {
-            let mut tpm = hsm::tpm::TpmProtector::new(tokens.tcti(), None);
-            if !form.pcrs.trim().is_empty() {
-                tpm = tpm.with_pcr_policy(
-                    hsm::tpm::PcrPolicy::parse_list(hsm::tpm::PcrBank::Sha256, &form.pcrs)
+    let slot = match form.kind.as_str() {
+        "tpm" => NewSlot::Tpm {
+            pin: None,
+            pcrs: match form.pcrs.trim() {
+                "" => None,
+                list => Some(
+                    hsm::tpm::PcrPolicy::parse_list(hsm::tpm::PcrBank::Sha256, list)
                         .map_err(|e| format!("PCRs: {e}"))?,
-                );
-            }
-            Box::new(tpm)
-        }
+                ),
+            },
+        },
         "pkcs11" => {
             let module = tokens
                 .pkcs11_module
@@ -364,26 +364,20 @@ fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, St
             if form.token_label.trim().is_empty() {
                 return Err("A PKCS#11 keyslot needs the token's label.".into());
             }
-            let pin = pin(&form.secret).ok_or("A PKCS#11 keyslot needs the token's PIN.")?;
-            Box::new(hsm::pkcs11::Pkcs11Protector::new(
+            NewSlot::Pkcs11 {
                 module,
-                form.token_label.trim(),
-                pin,
-            ))
-        }
-        "yubikey" => {
-            use hsm::yubikey::{PinRule, TouchRule, YubiKeyProtector};
-            let pin = pin(&form.secret).ok_or("A YubiKey keyslot needs the YubiKey's PIN.")?;
-            let mut yk = YubiKeyProtector::new(None, Some(pin)).with_key(
-                0x9d,
-                PinRule::Once,
-                TouchRule::Always,
-            );
-            if let Some(events) = tokens.yubikey_events {
-                yk = yk.with_events(events);
+                label: form.token_label.trim().to_owned(),
+                pin: pin(&form.secret).ok_or("A PKCS#11 keyslot needs the token's PIN.")?,
             }
-            Box::new(yk)
         }
+        "yubikey" => NewSlot::YubiKey {
+            serial: None,
+            slot: 0x9d,
+            pin_rule: hsm::yubikey::PinRule::Once,
+            touch_rule: hsm::yubikey::TouchRule::Always,
+            pin: pin(&form.secret).ok_or("A YubiKey keyslot needs the YubiKey's PIN.")?,
+            management_key: None,
+        },
         "passphrase" => {
             if form.secret.chars().count() < super::MIN_PASSWORD {
                 return Err(format!(
@@ -391,17 +385,18 @@ fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, St
                     super::MIN_PASSWORD
                 ));
             }
-            Box::new(hsm::soft::SoftProtector::new(
-                hsm::Pin::from(form.secret.as_str()),
-                hsm::soft::Argon2Params::DEFAULT,
-            ))
+            NewSlot::Soft {
+                passphrase: hsm::Pin::from(form.secret.as_str()),
+                params: hsm::soft::Argon2Params::DEFAULT,
+            }
         }
         other => {
             return Err(format!(
                 "{other:?} is not a token kind (tpm, pkcs11, yubikey, passphrase)"
             ));
         }
-    })
+    };
+    Ok(node::tokens::new_protector(slot, &tokens))
 }
 
 pub(super) fn authorise(
@@ -533,11 +528,34 @@ pub(super) async fn keyslot_remove(
     Ok(format!("Removed keyslot {slot} ({kind})."))
 }
 
+/// The node's state as the console shows it: the agent's, or `starting` until the agent
+/// answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// The agent has not answered yet.
+    Starting,
+    /// No keys in memory.
+    Locked,
+    /// The node's keys are in memory.
+    Unlocked,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Starting => "starting",
+            NodeState::Locked => "locked",
+            NodeState::Unlocked => "unlocked",
+        })
+    }
+}
+
 /// What the status page and `/api/status` show.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusView {
     /// `locked`, `unlocked`, or `starting`.
-    pub state: String,
+    pub state: NodeState,
     /// The NodeId when unlocked.
     pub node_id: Option<String>,
     /// The peer endpoint.
@@ -588,7 +606,11 @@ pub(super) async fn status(c: &Console) -> StatusView {
         .unwrap_or((0, 0));
     StatusView {
         // Until the agent answers, the node is still starting.
-        state: state.map_or("starting", AgentState::name).to_owned(),
+        state: match state {
+            None => NodeState::Starting,
+            Some(AgentState::Locked) => NodeState::Locked,
+            Some(AgentState::Unlocked) => NodeState::Unlocked,
+        },
         node_id,
         peer_addr,
         uptime_s: c.started.elapsed().as_secs(),

@@ -830,23 +830,7 @@ pub fn vault_error(e: VaultError) -> ApiError {
 }
 
 fn keyslot_error(e: KeyslotError) -> ApiError {
-    use hsm::UnwrapError as U;
-    let code = match &e {
-        KeyslotError::NotInitialised(_) => ErrorCode::NotFound,
-        KeyslotError::Truncated(_)
-        | KeyslotError::Corrupt { .. }
-        | KeyslotError::UnsupportedVersion { .. }
-        | KeyslotError::ForeignKey(_) => ErrorCode::Corrupt,
-        KeyslotError::NoSuchSlot(_) | KeyslotError::NoSlotOfKind(_) => ErrorCode::BadInput,
-        KeyslotError::Unwrap { source, .. } => match source {
-            U::TokenAbsent { .. } | U::NoReader => ErrorCode::Unavailable,
-            U::PinRequired => ErrorCode::BadInput,
-            U::Corrupt(_) => ErrorCode::Corrupt,
-            _ => ErrorCode::Denied,
-        },
-        _ => ErrorCode::Internal,
-    };
-    ApiError::new(code, e.to_string())
+    ApiError::new(e.code().unwrap_or(ErrorCode::Internal), e.to_string())
 }
 
 fn unlock_error(e: UnlockError) -> ApiError {

@@ -3,15 +3,15 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use hsm::pkcs11::Pkcs11Protector;
-use hsm::soft::{Argon2Params, SoftProtector};
-use hsm::tpm::{PcrBank, PcrPolicy, TpmProtector};
+use hsm::soft::Argon2Params;
+use hsm::tpm::{PcrBank, PcrPolicy};
+use hsm::yubikey::{PinRule, TouchRule};
 use hsm::{Kind, Protector, Sealed};
 use node::NodePath;
 use node::api::keyslots::{Changed, KeyslotEvent};
 use node::client::{Client, ClientError};
 use node::keyslots::{Keyslot, Keyslots, Unlocked};
-use node::tokens::TokenConfig;
+use node::tokens::{NewSlot, TokenConfig};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -328,17 +328,18 @@ fn record_keyslot(
     let via_agent = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| Some(e.to_string()))
         .and_then(|rt| {
             rt.block_on(Client::new(node).call(changed))
                 .map_err(|e| match e {
-                    ClientError::NotRunning(_) => String::new(),
-                    other => other.to_string(),
+                    // No agent holds the store: this command may open it itself.
+                    ClientError::NotRunning(_) => None,
+                    other => Some(other.to_string()),
                 })
         });
     let result = match via_agent {
         Ok(_) => Ok(()),
-        Err(e) if e.is_empty() => node::store::Store::open(node, &unlocked.key)
+        Err(None) => node::store::Store::open(node, &unlocked.key)
             .and_then(|store| {
                 let mut tx = store.write()?;
                 let name = match event {
@@ -349,7 +350,7 @@ fn record_keyslot(
                 tx.commit()
             })
             .map_err(|e| e.to_string()),
-        Err(e) => Err(e),
+        Err(Some(e)) => Err(e),
     };
     if let Err(e) = result {
         eprintln!(
@@ -380,12 +381,13 @@ fn new_protector(
     source: &SecretSource<'_>,
 ) -> Result<Box<dyn Protector>, CliError> {
     check_token_flags(args)?;
-    Ok(match args.token {
-        TokenKind::Yubikey => Box::new(yubikey_protector(args, source)?),
-        TokenKind::Tpm => Box::new(tpm_protector(args, config, source)?),
-        TokenKind::Pkcs11 => Box::new(pkcs11_protector(args, config, source)?),
-        TokenKind::Soft => Box::new(soft_protector(args, source)?),
-    })
+    let slot = match args.token {
+        TokenKind::Yubikey => yubikey_slot(args, source)?,
+        TokenKind::Tpm => tpm_slot(args, source)?,
+        TokenKind::Pkcs11 => pkcs11_slot(args, config, source)?,
+        TokenKind::Soft => soft_slot(args, source)?,
+    };
+    Ok(node::tokens::new_protector(slot, config))
 }
 
 /// Refuses the flags of one token kind given with another.
@@ -418,11 +420,7 @@ fn check_token_flags(args: &TokenArgs) -> Result<(), CliError> {
 }
 
 /// `--token yubikey`: a key generated on the card, with its PIN and touch policies.
-fn yubikey_protector(
-    args: &TokenArgs,
-    source: &SecretSource<'_>,
-) -> Result<hsm::yubikey::YubiKeyProtector, CliError> {
-    use hsm::yubikey::{PinRule, TouchRule, YubiKeyProtector};
+fn yubikey_slot(args: &TokenArgs, source: &SecretSource<'_>) -> Result<NewSlot, CliError> {
     let pin_rule = match args.yubikey_pin_policy.as_deref() {
         Some("never") => PinRule::Never,
         Some("always") => PinRule::Always,
@@ -435,35 +433,38 @@ fn yubikey_protector(
     };
     // The PIN authorises key generation now, and unlocking later (per policy).
     let pin = source.require("YubiKey PIN", false)?;
-    let mut yk = YubiKeyProtector::new(args.yubikey_serial, Some(pin)).with_key(
-        args.yubikey_slot.unwrap_or(0x9d),
+    let management_key = match &args.yubikey_management_key_file {
+        Some(file) => Some(management_key(file)?),
+        None => None,
+    };
+    Ok(NewSlot::YubiKey {
+        serial: args.yubikey_serial,
+        slot: args.yubikey_slot.unwrap_or(0x9d),
         pin_rule,
         touch_rule,
+        pin,
+        management_key,
+    })
+}
+
+/// A YubiKey management key from a file of 48 hex digits.
+fn management_key(file: &std::path::Path) -> Result<Zeroizing<[u8; 24]>, CliError> {
+    let text =
+        Zeroizing::new(std::fs::read_to_string(file).map_err(|e| CliError::io(file.display(), e))?);
+    let bytes = Zeroizing::new(
+        data_encoding::HEXLOWER_PERMISSIVE
+            .decode(text.trim().as_bytes())
+            .map_err(|_| CliError::usage("the management key file must hold 48 hex digits"))?,
     );
-    if let Some(file) = &args.yubikey_management_key_file {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(file).map_err(|e| CliError::io(file.display(), e))?,
-        );
-        let bytes = Zeroizing::new(
-            data_encoding::HEXLOWER_PERMISSIVE
-                .decode(text.trim().as_bytes())
-                .map_err(|_| CliError::usage("the management key file must hold 48 hex digits"))?,
-        );
-        let key: [u8; 24] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| CliError::usage("the management key file must hold 48 hex digits"))?;
-        yk = yk.with_management_key(key);
-    }
-    Ok(yk)
+    let key: [u8; 24] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| CliError::usage("the management key file must hold 48 hex digits"))?;
+    Ok(Zeroizing::new(key))
 }
 
 /// `--token tpm`: optionally with a PIN and bound to PCRs.
-fn tpm_protector(
-    args: &TokenArgs,
-    config: &TokenConfig,
-    source: &SecretSource<'_>,
-) -> Result<TpmProtector, CliError> {
+fn tpm_slot(args: &TokenArgs, source: &SecretSource<'_>) -> Result<NewSlot, CliError> {
     let pin = if args.tpm_pin {
         let pin = source.require("new TPM PIN", true)?;
         if pin.is_empty() {
@@ -473,41 +474,44 @@ fn tpm_protector(
     } else {
         None
     };
-    let mut tpm = TpmProtector::new(config.tcti(), pin);
-    match (&args.tpm_pcrs, args.tpm_pcr_bank) {
+    let pcrs = match (&args.tpm_pcrs, args.tpm_pcr_bank) {
         (Some(list), bank) => {
             let bank = bank.unwrap_or(PcrBank::Sha256);
-            tpm = tpm.with_pcr_policy(PcrPolicy::parse_list(bank, list).map_err(CliError::usage)?);
+            Some(PcrPolicy::parse_list(bank, list).map_err(CliError::usage)?)
         }
         (None, Some(_)) => {
             return Err(CliError::usage("--tpm-pcr-bank needs --tpm-pcrs"));
         }
-        (None, None) => {}
-    }
-    Ok(tpm)
+        (None, None) => None,
+    };
+    Ok(NewSlot::Tpm { pin, pcrs })
 }
 
 /// `--token pkcs11`: a token found by its label in the configured module.
-fn pkcs11_protector(
+fn pkcs11_slot(
     args: &TokenArgs,
     config: &TokenConfig,
     source: &SecretSource<'_>,
-) -> Result<Pkcs11Protector, CliError> {
+) -> Result<NewSlot, CliError> {
     let label = args
         .pkcs11_token_label
         .as_deref()
         .ok_or_else(|| CliError::usage("--pkcs11-token-label is required with --token pkcs11"))?;
-    let module = config.pkcs11_module.as_deref().ok_or_else(|| {
+    let module = config.pkcs11_module.clone().ok_or_else(|| {
         CliError::usage("--pkcs11-module (or PK_PKCS11_MODULE) is required with --token pkcs11")
     })?;
     let pin = source.require("PKCS#11 token PIN", false)?;
-    Ok(Pkcs11Protector::new(module, label, pin))
+    Ok(NewSlot::Pkcs11 {
+        module,
+        label: label.to_owned(),
+        pin,
+    })
 }
 
 /// `--token soft`: a passphrase under Argon2id.
-fn soft_protector(args: &TokenArgs, source: &SecretSource<'_>) -> Result<SoftProtector, CliError> {
-    let pass = source.require("new passphrase", true)?;
-    if pass.expose().len() < MIN_PASSPHRASE {
+fn soft_slot(args: &TokenArgs, source: &SecretSource<'_>) -> Result<NewSlot, CliError> {
+    let passphrase = source.require("new passphrase", true)?;
+    if passphrase.expose().len() < MIN_PASSPHRASE {
         return Err(CliError::usage(format!(
             "the passphrase is too short: use at least {MIN_PASSPHRASE} characters"
         )));
@@ -519,7 +523,7 @@ fn soft_protector(args: &TokenArgs, source: &SecretSource<'_>) -> Result<SoftPro
     if let Some(t) = args.argon2_passes {
         params.t = t;
     }
-    Ok(SoftProtector::new(pass, params))
+    Ok(NewSlot::Soft { passphrase, params })
 }
 
 /// Unlocks the DEK locally (no agent), as the user asked.

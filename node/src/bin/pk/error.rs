@@ -1,6 +1,5 @@
 //! The CLI's error: a message for the user and a sysexits-style exit code.
 
-use hsm::UnwrapError;
 use node::api::{ApiError, ErrorCode};
 use node::keyslots::KeyslotError;
 use node::tokens::ProtectorError;
@@ -67,19 +66,9 @@ impl CliError {
 
     /// An error reported by the agent, with the exit code for its kind.
     pub(crate) fn api(e: ApiError) -> Self {
-        let code = match e.code {
-            ErrorCode::BadInput => USAGE,
-            ErrorCode::Locked => TEMPFAIL,
-            ErrorCode::NotFound => NOINPUT,
-            ErrorCode::Exists => CANTCREAT,
-            ErrorCode::Denied => NOPERM,
-            ErrorCode::Unavailable => UNAVAILABLE,
-            ErrorCode::Corrupt => DATAERR,
-            _ => SOFTWARE,
-        };
         CliError {
+            code: exit_code(e.code),
             message: e.message,
-            code,
             api: Some(e.code),
         }
     }
@@ -111,45 +100,23 @@ impl std::fmt::Display for CliError {
     }
 }
 
-fn unwrap_code(e: &UnwrapError) -> u8 {
-    match e {
-        UnwrapError::TokenAbsent { .. } | UnwrapError::NoReader => UNAVAILABLE,
-        UnwrapError::PinRequired => USAGE,
-        UnwrapError::Corrupt(_) => DATAERR,
-        UnwrapError::WrongPin { .. }
-        | UnwrapError::PinBlocked
-        | UnwrapError::PolicyMismatch
-        | UnwrapError::KeyNotOnToken(_)
-        | UnwrapError::WrongPassphrase
-        | UnwrapError::WrongRecoveryCode
-        | UnwrapError::WrongCard { .. }
-        | UnwrapError::TouchDenied
-        | UnwrapError::TouchTimeout
-        | UnwrapError::UntrustedModule { .. } => NOPERM,
-        _ => FAILURE,
+/// The exit code for a kind of failure, wherever it was found.
+fn exit_code(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::BadInput => USAGE,
+        ErrorCode::Locked => TEMPFAIL,
+        ErrorCode::NotFound => NOINPUT,
+        ErrorCode::Exists => CANTCREAT,
+        ErrorCode::Denied => NOPERM,
+        ErrorCode::Unavailable => UNAVAILABLE,
+        ErrorCode::Corrupt => DATAERR,
+        _ => SOFTWARE,
     }
 }
 
 impl From<KeyslotError> for CliError {
     fn from(e: KeyslotError) -> Self {
-        let code = match &e {
-            KeyslotError::NotInitialised(_) => NOINPUT,
-            KeyslotError::AlreadyInitialised(_) => CANTCREAT,
-            KeyslotError::Truncated(_)
-            | KeyslotError::Corrupt { .. }
-            | KeyslotError::UnsupportedVersion { .. }
-            | KeyslotError::ForeignKey(_) => DATAERR,
-            KeyslotError::NoSuchSlot(_)
-            | KeyslotError::NoSlotOfKind(_)
-            | KeyslotError::RecoveryEnrol => USAGE,
-            KeyslotError::Unwrap { source, .. } => unwrap_code(source),
-            KeyslotError::Wrap(hsm::WrapError::TokenAbsent { .. }) => UNAVAILABLE,
-            KeyslotError::Wrap(hsm::WrapError::WrongPin { .. } | hsm::WrapError::PinBlocked) => {
-                NOPERM
-            }
-            KeyslotError::Wrap(hsm::WrapError::Invalid(_)) => USAGE,
-            _ => FAILURE,
-        };
+        let code = e.code().map_or(FAILURE, exit_code);
         Self::new(code, e.to_string())
     }
 }
