@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -54,6 +55,15 @@ pub enum NetError {
         addr: SocketAddr,
         /// Why.
         reason: String,
+    },
+    /// The node that answered at that address is not the one asked for (the handshake
+    /// proved another key).
+    #[error("cannot connect to {node} at {addr}: the peer is another node than the one asked for")]
+    WrongNode {
+        /// The node meant.
+        node: NodeId,
+        /// Where.
+        addr: SocketAddr,
     },
     /// An incoming connection failed its handshake.
     #[error("incoming connection failed: {0}")]
@@ -148,6 +158,8 @@ macro_rules! handshake_signatures {
 struct PinnedServer {
     expected: NodeId,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Set when another node's key answered, so the dialer can say so by type.
+    other_node: Arc<AtomicBool>,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -165,9 +177,12 @@ impl ServerCertVerifier for PinnedServer {
             Some(found) if earlier_ids(found, intermediates).contains(&self.expected) => {
                 Ok(ServerCertVerified::assertion())
             }
-            Some(_) => Err(rustls::Error::General(
-                "the peer is another node than the one asked for".into(),
-            )),
+            Some(_) => {
+                self.other_node.store(true, Ordering::Relaxed);
+                Err(rustls::Error::General(
+                    "the peer is another node than the one asked for".into(),
+                ))
+            }
             None => Err(rustls::Error::General(
                 "the peer's certificate is not an Ed25519 node key".into(),
             )),
@@ -346,6 +361,7 @@ impl Endpoint {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let algorithms = provider().signature_verification_algorithms;
+        let other_node = Arc::new(AtomicBool::new(false));
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| fail(e.to_string()))?
@@ -353,6 +369,7 @@ impl Endpoint {
             .with_custom_certificate_verifier(Arc::new(PinnedServer {
                 expected: node,
                 algorithms,
+                other_node: other_node.clone(),
             }))
             .with_client_auth_cert(chain, PrivateKeyDer::Pkcs8(key.as_slice().to_vec().into()))
             .map_err(|e| fail(e.to_string()))?;
@@ -366,7 +383,13 @@ impl Endpoint {
             .inner
             .connect_with(client, addr, &node.to_string())
             .map_err(|e| fail(e.to_string()))?;
-        let connection = connecting.await.map_err(|e| fail(e.to_string()))?;
+        let connection = connecting.await.map_err(|e| {
+            if other_node.load(Ordering::Relaxed) {
+                NetError::WrongNode { node, addr }
+            } else {
+                fail(e.to_string())
+            }
+        })?;
         let (peer, earlier) = peer_ids(&connection)
             .ok_or_else(|| fail("the peer presented no node certificate".into()))?;
         Ok(Connection {
@@ -560,5 +583,6 @@ mod tests {
         // Alice dials Bob's NodeId, but Mallory answers at that address.
         let err = a.connect(m_addr, bob.node_id()).await.unwrap_err();
         assert!(err.to_string().contains("another node"), "{err}");
+        assert!(matches!(err, NetError::WrongNode { .. }), "{err:?}");
     }
 }

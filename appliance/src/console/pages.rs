@@ -3,7 +3,7 @@
 use maud::{DOCTYPE, Markup, html};
 
 use super::FirstToken;
-use super::actions::{Outcome, PeersView, SlotView, StatusView, VaultDetail};
+use super::actions::{NodeState, Outcome, PeersView, SlotView, StatusView, VaultDetail};
 
 /// The one stylesheet (served from the console itself: the CSP allows nothing else).
 pub(super) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#1d2125}\
@@ -232,7 +232,7 @@ pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&Outcome>) -> S
                     li { (b.name) " from " code { (b.node) } ": " (pull_result(b.last.as_ref())) }
                 }
             }
-            @if view.state == "unlocked" {
+            @if view.state == NodeState::Unlocked {
                 form method="post" action="/lock" {
                     input type="hidden" name="csrf" value=(csrf);
                     button type="submit" { "Lock (forget the keys)" }

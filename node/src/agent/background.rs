@@ -27,6 +27,7 @@ use crate::gestalt::Gestalts;
 use crate::lan::Interfaces;
 use crate::logging::{SYNC, printable};
 use crate::notifications::Notifications;
+use crate::vault::FetchOutcome;
 
 /// Makes the endpoint on the agent's UDP socket and starts serving calls and the
 /// background work.
@@ -188,8 +189,9 @@ async fn run_backup_in(open: &Arc<Open>, mut backup: Backup) {
         }
     }
     .await;
-    let summary = match &result {
-        Ok(outcome) => Ok(outcome.result.as_str()),
+    let summary = result.as_ref().map(FetchOutcome::summary);
+    let summary = match &summary {
+        Ok(text) => Ok(text.as_str()),
         Err(e) => Err(e.message.as_str()),
     };
     schedule::ran(&mut backup, summary, open.clock.now_ms());

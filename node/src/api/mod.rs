@@ -39,8 +39,8 @@ pub use crate::secret_bytes::SecretBytes;
 
 /// The protocol version: the first field of every call. `pk` and an agent of another
 /// version refuse each other with a clear error instead of misreading messages (3: calls
-/// grouped by domain, typed replies).
-pub const PROTOCOL: u32 = 3;
+/// grouped by domain, typed replies; 4: a clone's or pull's result as a typed value).
+pub const PROTOCOL: u32 = 4;
 
 /// What a client sends first on a connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -308,6 +308,39 @@ fn encoded() -> String {
     for (name, bytes) in frames {
         out.push_str(&format!("{name} {}\n", hex(&bytes.expect("encodes"))));
     }
+    // Replies with enums or many fields, whose order decides their bytes too.
+    let replies = [
+        (
+            "Reply.Agent.Status",
+            encode_reply::<agent::Status>(&agent::AgentStatus {
+                state: agent::AgentState::Unlocked,
+                pid: 1,
+                node_id: Some(s(NODE)),
+                unlocked_with: Some(0),
+                uptime_s: 3,
+                version: s("0.1.0"),
+                peer_addr: None,
+            }),
+        ),
+        (
+            "Reply.Vaults.Pull",
+            encode_reply::<vaults::Pull>(&crate::vault::FetchOutcome {
+                vault: s("team"),
+                id: crate::vault::VaultId([7; 16]),
+                result: crate::vault::FetchResult::Merged,
+                objects: 3,
+                bytes: 1058,
+                resumed: 0,
+                conflicts: vec![(s("a"), s("a.conflict"))],
+                commit: s("c0ffee"),
+                wire_bytes: 2048,
+            }),
+        ),
+    ];
+    for (name, bytes) in replies {
+        let bytes = bytes.expect("encodes");
+        out.push_str(&format!("{name} {}\n", hex(&bytes.0)));
+    }
     out
 }
 

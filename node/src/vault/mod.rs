@@ -36,9 +36,9 @@ mod merge;
 mod sync;
 pub use merge::merge_conflict_name;
 pub use sync::{
-    DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, Fetched, MAX_HAVES, MAX_RECEIVED,
-    MAX_TRANSFER_OBJECTS, ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver, SyncState,
-    TransferLimits, WireEntry, WireObject,
+    DEFAULT_MAX_DEPTH, DEFAULT_TRANSFER_BYTES, FetchOutcome, FetchResult, Fetched, MAX_HAVES,
+    MAX_RECEIVED, MAX_TRANSFER_OBJECTS, ObjectIds, Outgoing, PullOutcome, PullPlan, Receiver,
+    SyncState, TransferLimits, WireEntry, WireObject,
 };
 
 pub use crate::ids::{BadVaultId, VaultId};

@@ -210,8 +210,8 @@ pub struct FetchOutcome {
     pub vault: String,
     /// Its id.
     pub id: VaultId,
-    /// `cloned`, `up to date`, `fast-forward` or `merged`.
-    pub result: String,
+    /// What the transfer did to the vault.
+    pub result: FetchResult,
     /// Objects received in this transfer.
     pub objects: u64,
     /// Bytes of object data received in this transfer.
@@ -225,6 +225,53 @@ pub struct FetchOutcome {
     /// Bytes on the wire (UDP payloads both ways) while the transfer ran; set by the
     /// transport.
     pub wire_bytes: u64,
+}
+
+/// What a clone or pull did to the vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchResult {
+    /// A new vault, the other node's copy.
+    #[serde(rename = "cloned")]
+    Cloned,
+    /// Nothing new: the other node had nothing this one lacks.
+    #[serde(rename = "up to date")]
+    UpToDate,
+    /// Only the other node had changed: this one now has its commit.
+    #[serde(rename = "fast-forward")]
+    FastForward,
+    /// Both had changed: a merge commit joins the two (see `conflicts`).
+    #[serde(rename = "merged")]
+    Merged,
+}
+
+impl FetchResult {
+    /// The result in a word or two, as logs and JSON show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchResult::Cloned => "cloned",
+            FetchResult::UpToDate => "up to date",
+            FetchResult::FastForward => "fast-forward",
+            FetchResult::Merged => "merged",
+        }
+    }
+}
+
+impl std::fmt::Display for FetchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FetchOutcome {
+    /// The result for a person: the word, and how many conflicts a merge kept.
+    pub fn summary(&self) -> String {
+        match (self.result, self.conflicts.len()) {
+            (FetchResult::Merged, 0) => "merged".into(),
+            (FetchResult::Merged, 1) => "merged, 1 conflict kept".into(),
+            (FetchResult::Merged, n) => format!("merged, {n} conflicts kept"),
+            (result, _) => result.to_string(),
+        }
+    }
 }
 
 /// A transfer in progress, in the `sync` table: this header, then one row per batch of
@@ -1405,7 +1452,8 @@ impl<'s> Receiver<'_, 's> {
         let mut outcome = FetchOutcome {
             vault: String::new(),
             id: self.vault,
-            result: String::new(),
+            // A pull's record says what it did (below).
+            result: FetchResult::Cloned,
             objects: self.objects,
             bytes: self.bytes,
             resumed: self.resumed,
@@ -1414,10 +1462,7 @@ impl<'s> Receiver<'_, 's> {
             wire_bytes: 0,
         };
         let record = match &self.clone {
-            Some(name) => {
-                outcome.result = "cloned".into();
-                self.cloned_record(&mut tx, name, tip)?
-            }
+            Some(name) => self.cloned_record(&mut tx, name, tip)?,
             None => self.pulled_record(&mut t, tip, &mut outcome)?,
         };
         outcome.vault = record.name.clone();
@@ -1436,7 +1481,7 @@ impl<'s> Receiver<'_, 's> {
                 "vault": record.name,
                 "id": record.id,
                 "node": node,
-                "result": outcome.result,
+                "result": outcome.summary(),
                 "conflicts": outcome.conflicts.len(),
                 "objects": outcome.objects,
             }),
@@ -1491,21 +1536,17 @@ impl<'s> Receiver<'_, 's> {
         let follow_head = record.head == record.latest;
         // The usual cases first: nothing new, then only their side changed.
         let new_latest = if ours == tip {
-            outcome.result = "up to date".into();
+            outcome.result = FetchResult::UpToDate;
             ours
         } else if t.reaches(&tip, &ours)? {
-            outcome.result = "fast-forward".into();
+            outcome.result = FetchResult::FastForward;
             tip
         } else if t.reaches(&ours, &tip)? {
-            outcome.result = "up to date".into();
+            outcome.result = FetchResult::UpToDate;
             ours
         } else {
             let (commit, conflicts) = self.merge(t, ours, tip)?;
-            outcome.result = match conflicts.len() {
-                0 => "merged".into(),
-                1 => "merged, 1 conflict kept".into(),
-                n => format!("merged, {n} conflicts kept"),
-            };
+            outcome.result = FetchResult::Merged;
             outcome.conflicts = conflicts;
             commit
         };
@@ -1518,7 +1559,7 @@ impl<'s> Receiver<'_, 's> {
             node,
             time: unix_s(),
             ok: true,
-            message: outcome.result.clone(),
+            message: outcome.summary(),
         });
         Ok(record)
     }
@@ -1970,11 +2011,13 @@ mod tests {
     }
 
     /// The outcome's fields that do not depend on where the transfer was cut.
-    fn settled(outcome: &FetchOutcome) -> (String, VaultId, String, Vec<(String, String)>, String) {
+    fn settled(
+        outcome: &FetchOutcome,
+    ) -> (String, VaultId, FetchResult, Vec<(String, String)>, String) {
         (
             outcome.vault.clone(),
             outcome.id,
-            outcome.result.clone(),
+            outcome.result,
             outcome.conflicts.clone(),
             outcome.commit.clone(),
         )
@@ -2040,7 +2083,7 @@ mod tests {
         let messages = serve(&from, &whole_node, "v", None).unwrap();
         let (whole, batches) = receive_cut(&whole_node, from.id, messages, None, u32::MAX);
         let whole = whole.unwrap();
-        assert_eq!(whole.result, "fast-forward");
+        assert_eq!(whole.result, FetchResult::FastForward);
         assert!(batches >= 8, "{batches} batches");
         let expected = landed(&whole_node, "v");
         assert!(!expected.unfinished);
@@ -2113,11 +2156,11 @@ mod tests {
         a.vaults().create("v").unwrap();
         a.write("v", "x", b"base");
         let cloned = transfer(&a, &b, "v", Some("v")).unwrap();
-        assert_eq!(cloned.result, "cloned");
+        assert_eq!(cloned.result, FetchResult::Cloned);
         a.write("v", "x", b"theirs");
         b.write("v", "y", b"ours");
         let pulled = transfer(&a, &b, "v", None).unwrap();
-        assert_eq!(pulled.result, "merged");
+        assert_eq!(pulled.result, FetchResult::Merged);
         assert_eq!(b.read("v", "x").unwrap(), b"theirs");
         assert_eq!(b.read("v", "y").unwrap(), b"ours");
     }

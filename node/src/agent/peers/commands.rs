@@ -26,7 +26,7 @@ use crate::nodes::{NodePermission, NodeRecord, Nodes, Share, VaultPermission};
 use crate::notifications::{Body, Delivery, Mailbox, Notifications};
 use crate::peer::{FetchRequest, MAX_RECEIVED, PeerReply, PeerRequest, SharedVault, unary};
 use crate::store::{Read as _, ReadTx, Table, WriteTx};
-use crate::vault::{FetchOutcome, PullOutcome, VaultId, VaultRecord};
+use crate::vault::{FetchOutcome, FetchResult, PullOutcome, VaultId, VaultRecord};
 
 /// Key prefix of scheduled pulls in the `sync` table.
 const BACKUP: &[u8] = b"bk:";
@@ -382,21 +382,40 @@ pub(in crate::agent) async fn clone(
     let result = clone_from(open, node, vault, name)
         .instrument(span.clone())
         .await;
-    span.in_scope(|| log_fetched("clone", &result));
+    span.in_scope(|| log_fetched(Fetch::Clone, &result));
     result
+}
+
+/// An outgoing transfer: a new vault, or new commits for one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    Clone,
+    Pull,
+}
+
+impl std::fmt::Display for Fetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fetch::Clone => "clone",
+            Fetch::Pull => "pull",
+        })
+    }
 }
 
 /// How an outgoing clone or pull ended, inside its span (`peer`, `vault`). Failures are
 /// at INFO: `pk` reports them to whoever asked; the scheduler adds its own warning.
-fn log_fetched(kind: &'static str, result: &Result<FetchOutcome, ApiError>) {
+fn log_fetched(kind: Fetch, result: &Result<FetchOutcome, ApiError>) {
     match result {
-        Ok(o) if o.result == "up to date" => {
-            tracing::debug!(target: SYNC, outcome = o.result, "{kind}: up to date")
+        Ok(o) if o.result == FetchResult::UpToDate => {
+            tracing::debug!(target: SYNC, outcome = o.result.as_str(), "{kind}: up to date")
         }
         Ok(o) => tracing::info!(
             target: SYNC,
-            event = if kind == "clone" { "vault.cloned" } else { "vault.pulled" },
-            outcome = o.result,
+            event = match kind {
+                Fetch::Clone => "vault.cloned",
+                Fetch::Pull => "vault.pulled",
+            },
+            outcome = o.result.as_str(),
             local = o.vault,
             objects = o.objects,
             bytes = o.bytes,
@@ -404,11 +423,11 @@ fn log_fetched(kind: &'static str, result: &Result<FetchOutcome, ApiError>) {
             conflicts = o.conflicts.len(),
             wire_bytes = o.wire_bytes,
             "{kind}: {}",
-            o.result
+            o.summary()
         ),
         // A failed pull is on the vault's record as `vault.pull_failed`; a failed clone
         // leaves no vault to hold it.
-        Err(e) if kind == "pull" => tracing::info!(
+        Err(e) if kind == Fetch::Pull => tracing::info!(
             target: SYNC,
             event = "vault.pull_failed",
             outcome = "failed",
@@ -469,7 +488,7 @@ pub(in crate::agent) async fn pull(
         vault = refusals::truncate(vault)
     );
     let result = pull_from(open, vault, node).instrument(span.clone()).await;
-    span.in_scope(|| log_fetched("pull", &result));
+    span.in_scope(|| log_fetched(Fetch::Pull, &result));
     result
 }
 

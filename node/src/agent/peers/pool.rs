@@ -22,7 +22,7 @@ use crate::api::{ApiError, ErrorCode};
 use crate::identity::NodeId;
 use crate::lan::{self, Interfaces};
 use crate::logging::PEER;
-use crate::net::{Connection, Endpoint};
+use crate::net::{Connection, Endpoint, NetError};
 use crate::nodes::Nodes;
 use crate::peer::{PeerError, PeerReply, PeerRequest, unary};
 
@@ -503,20 +503,20 @@ pub(in crate::agent) async fn dial(
         Some(addr) => vec![addr.to_owned()],
         None => addresses(open, node).await?,
     };
-    let mut errors = Vec::new();
+    let mut failed = Failed::default();
     for text in &addrs {
-        if let Some(conn) = connect(open, &net, node, text, &mut errors).await? {
+        if let Some(conn) = connect(open, &net, node, text, &mut failed).await? {
             return Ok(conn);
         }
     }
-    let denied = errors.iter().any(|e| e.contains("another node"));
     Err(ApiError::new(
-        if denied {
+        // Another key at a known address is a refusal to trust it, not a network fault.
+        if failed.other_node {
             ErrorCode::Denied
         } else {
             ErrorCode::Unavailable
         },
-        errors.join("; "),
+        failed.reasons.join("; "),
     ))
 }
 
@@ -547,32 +547,44 @@ async fn addresses(open: &Arc<Open>, node: NodeId) -> Result<Vec<String>, ApiErr
 }
 
 /// Tries each address `text` resolves to; the first connection to `node` goes into the
-/// pool. What failed is added to `errors`.
+/// pool. What failed is added to `failed`.
 async fn connect(
     open: &Arc<Open>,
     net: &PeerNet,
     node: NodeId,
     text: &str,
-    errors: &mut Vec<String>,
+    failed: &mut Failed,
 ) -> Result<Option<Connection>, ApiError> {
     let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(text).await {
         Ok(found) => found.collect(),
         Err(e) => {
-            errors.push(format!("{text}: {e}"));
+            failed.reasons.push(format!("{text}: {e}"));
             return Ok(None);
         }
     };
     for sock in resolved {
         match tokio::time::timeout(DIAL_DEADLINE, net.endpoint.connect(sock, node)).await {
             Ok(Ok(conn)) => return keep(open, net, node, conn, text).await.map(Some),
-            Ok(Err(e)) => errors.push(e.to_string()),
-            Err(_) => errors.push(format!(
+            Ok(Err(e)) => {
+                failed.other_node |= matches!(e, NetError::WrongNode { .. });
+                failed.reasons.push(e.to_string());
+            }
+            Err(_) => failed.reasons.push(format!(
                 "{node} at {sock}: no answer within {} s",
                 DIAL_DEADLINE.as_secs()
             )),
         }
     }
     Ok(None)
+}
+
+/// Why every address tried for a node failed.
+#[derive(Default)]
+struct Failed {
+    /// What each attempt said, for the user.
+    reasons: Vec<String>,
+    /// Whether another node's key answered at one of them.
+    other_node: bool,
 }
 
 /// A new connection to `node` (reached at `text`) joins the pool; the graph notes the

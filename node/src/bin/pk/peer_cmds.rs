@@ -423,10 +423,15 @@ fn pull(
             node: node_id,
         },
     )?;
-    let _ = out.emit(json!(outcome), || {
+    let mut shown = json!(outcome);
+    // Scripts have read the conflicts' count in `result` since it first appeared.
+    shown["result"] = json!(outcome.summary());
+    let _ = out.emit(shown, || {
         let mut text = format!(
             "Pulled {name}: {} ({} objects, {} bytes on the wire)\n",
-            outcome.result, outcome.objects, outcome.wire_bytes
+            outcome.summary(),
+            outcome.objects,
+            outcome.wire_bytes
         );
         for (path, kept) in &outcome.conflicts {
             text += &format!(
