@@ -102,7 +102,7 @@ impl Kind {
     }
 
     /// The lowercase name used on the command line and in stored records.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Tpm => "tpm",
             Kind::Pkcs11 => "pkcs11",
