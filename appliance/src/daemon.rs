@@ -13,7 +13,8 @@ use crate::console::{self, Console, ConsoleConfig, FirstToken, tls};
 /// What a started daemon tells its caller.
 #[derive(Clone, Debug)]
 pub struct Started {
-    /// Where a browser reaches the console ([`console_urls`]).
+    /// Where a browser reaches the console: the bound address, or with every address
+    /// bound, this machine's own (loopback and IPv6 link-local ones left out).
     pub console_urls: Vec<String>,
     /// The console certificate's SHA-256 fingerprint.
     pub fingerprint: String,
@@ -224,7 +225,7 @@ fn watchdog_interval() -> Option<Duration> {
 /// address, this machine's own addresses but loopback and IPv6 link-local ones (a URL
 /// cannot name their interface). An unspecified IPv6 address also takes IPv4 (Linux's
 /// dual stack). With no such address (no network yet), the bound address.
-pub fn console_urls(bound: std::net::SocketAddr) -> Vec<String> {
+fn console_urls(bound: std::net::SocketAddr) -> Vec<String> {
     use std::net::{IpAddr, SocketAddr};
     if !bound.ip().is_unspecified() {
         return vec![format!("https://{bound}/")];

@@ -84,8 +84,9 @@ pub enum UnwrapError {
     Corrupt(&'static str),
     /// The keyslot names a PKCS#11 module outside the system library directories, and
     /// this machine's configuration does not name one. A module is code run with the PIN:
-    /// it is loaded only from the configuration or from [`crate::pkcs11::SYSTEM_MODULE_DIRS`],
-    /// never from a path that whoever can write the data directory chose.
+    /// it is loaded only from the configuration or from the system library directories
+    /// (`/usr/lib`, `/usr/lib64`, `/usr/local/lib`, after resolving links), never from a
+    /// path that whoever can write the data directory chose.
     #[error(
         "the keyslot names the PKCS#11 module {module}, outside the system library directories; \
          name the module in this machine's configuration (--pkcs11-module, pkcs11_module) to use it"

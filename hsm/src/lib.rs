@@ -1,24 +1,59 @@
-//! Every token that can hold the node's root key, behind one trait.
+//! The token layer: every way a node's data key can be kept, behind one trait.
 //!
-//! A node's data key (the DEK, see [`DataKey`]) is never stored in the clear. It is
-//! *wrapped* once per enrolled unlock method, and each unlock method is a [`Protector`]:
+//! A node's data key (the DEK, a [`DataKey`]) is never stored in the clear. It is
+//! *wrapped* once per enrolled unlock method (a keyslot, as in LUKS2), and each unlock
+//! method is a [`Protector`]: [`Protector::wrap`] turns the key into a [`Sealed`] record,
+//! [`Protector::unwrap`] turns the record back into the key. The protectors:
 //!
-//! - [`tpm::TpmProtector`]: a TPM 2.0 sealed data object, optionally bound to PCR values
-//!   and/or a PIN (tss-esapi 7.x);
+//! - [`tpm::TpmProtector`]: a TPM 2.0 sealed object holding a per-slot key-encryption
+//!   key, optionally bound to PCR values and/or a PIN (tss-esapi 7.x);
 //! - [`pkcs11::Pkcs11Protector`]: a non-extractable AES-256 key generated inside a PKCS#11
-//!   token (cryptoki), used with AES-GCM;
+//!   token, used with AES-GCM (cryptoki);
+//! - [`yubikey::YubiKeyProtector`]: a P-256 key generated on a YubiKey's PIV application,
+//!   ECDH against an ephemeral key, touch prompts as [`yubikey::YubiKeyEvent`]s;
 //! - [`soft::SoftProtector`]: a passphrase stretched with Argon2id (not hardware);
 //! - [`recovery::RecoveryProtector`]: a 24-word BIP39 recovery code (not hardware).
 //!
-//! What a protector hands back from [`Protector::wrap`] is a [`Sealed`] record: public
-//! parameters plus ciphertext, safe to store on disk. Only the same protector (the same
-//! TPM, the same token, the same passphrase) turns it back into the key.
+//! # What holds, always
 //!
-//! This is the only crate of the workspace with C libraries (libtss2, the PKCS#11 module
-//! loaded at run time), and the only one that may ever carry `unsafe`; today it needs
-//! none and forbids it.
-//! [`sim`] starts the software stand-ins (swtpm, SoftHSM2) used by tests and by the
-//! local development command.
+//! - **The only crate with C libraries.** libtss2 and (through the `yubikey` crate)
+//!   libpcsclite are linked here, and PKCS#11 modules are loaded here at run time: from
+//!   the configuration, or from the system library directories when only a stored record
+//!   names one. No `unsafe` all the same (`#![forbid(unsafe_code)]`); should it ever need
+//!   some, this is the one crate allowed it, with a `// SAFETY:` line on each block.
+//! - **Sealed records are safe on disk.** A [`Sealed`] record holds public parameters and
+//!   ciphertext, nothing secret. Only the same protector (the same TPM, token, card,
+//!   passphrase or code) unwraps it, and only with the same `aad`: callers bind the
+//!   header of the record they store it in, so a tampered header fails.
+//! - **Secrets zeroize and redact.** [`DataKey`], [`Pin`] and [`recovery::RecoveryCode`]
+//!   are zeroized on drop and print as `DataKey(..)`, `Pin(..)`, `RecoveryCode(..)` in
+//!   `Debug`. A `DataKey` has no `Clone`, `Display` or `Serialize`: it leaves memory only
+//!   wrapped.
+//! - **Errors a user can act on, and no secret in them.** [`WrapError`] and
+//!   [`UnwrapError`] name what happened (`WrongPin { retries_left }`, `PinBlocked`,
+//!   `PolicyMismatch`, `KeyNotOnToken`, `TokenAbsent`, `KeyWouldBeExtractable`, ...); no
+//!   variant carries a PIN, passphrase, recovery word or key.
+//! - **Software is never taken for hardware.** [`Kind::is_hardware`] is false for `soft`
+//!   and `recovery`.
+//! - **A token is opened per operation.** A protector holds its configuration and
+//!   credentials only, so it is cheap to keep and can be shared between threads; the TPM
+//!   backend flushes every transient object and session before it returns.
+//!
+//! # Map, bottom up
+//!
+//! - Leaves: `secret` ([`DataKey`], [`Pin`]), `error` ([`WrapError`], [`UnwrapError`]),
+//!   `b64` (how stored records write bytes), `aead` ([`Wrapped`]: XChaCha20-Poly1305
+//!   under a key-encryption key, shared by every backend but PKCS#11).
+//! - Backends, each a protector and its stored record: [`soft`], [`recovery`], [`tpm`],
+//!   [`pkcs11`], [`yubikey`]. The root ties them together: [`Kind`], [`Sealed`] (one
+//!   variant per backend's record) and [`Protector`].
+//! - [`sim`]: the software stand-ins that tests and the local development command start
+//!   (swtpm, SoftHSM2 token directories) and, behind the `testing` feature, `sim::pcsc`
+//!   (a private pcscd with one vpcd reader) and `sim::piv` (an emulated YubiKey 5 PIV
+//!   card).
+//!
+//! `ARCHITECTURE.md` at the workspace root places this crate among the others;
+//! `docs/theory/keys-and-keyslots.md` explains the keys and keyslots built on it.
 
 #![forbid(unsafe_code)]
 
@@ -67,7 +102,7 @@ impl Kind {
     }
 
     /// The lowercase name used on the command line and in stored records.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Tpm => "tpm",
             Kind::Pkcs11 => "pkcs11",

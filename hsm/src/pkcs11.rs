@@ -29,12 +29,12 @@ use zeroize::Zeroizing;
 use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError};
 
 /// Where the PKCS#11 module usually is on Debian for SoftHSM2.
-pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub(crate) const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// The directories a module named only by a stored keyslot may be loaded from (after
 /// resolving symbolic links and `..`): places only the system's packages write. A module
 /// anywhere else must be named by this machine's configuration ([`Pkcs11Protector::with_module`]).
-pub const SYSTEM_MODULE_DIRS: &[&str] = &["/usr/lib", "/usr/lib64", "/usr/local/lib"];
+pub(crate) const SYSTEM_MODULE_DIRS: &[&str] = &["/usr/lib", "/usr/lib64", "/usr/local/lib"];
 
 const IV_LEN: usize = 12;
 const TAG_BITS: u64 = 128;

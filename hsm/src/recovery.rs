@@ -15,7 +15,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::{DataKey, Kind, Protector, Sealed, UnwrapError, WrapError, Wrapped};
 
 /// Number of words in a recovery code.
-pub const WORDS: usize = 24;
+pub(crate) const WORDS: usize = 24;
 
 const HKDF_INFO: &[u8] = b"pk recovery keyslot v1";
 
@@ -102,7 +102,7 @@ impl std::fmt::Debug for RecoveryCode {
 pub struct RecoverySealed {
     /// HKDF salt.
     #[serde(with = "crate::b64")]
-    pub salt: Vec<u8>,
+    pub(crate) salt: Vec<u8>,
     /// The key wrapped under the key derived from the recovery code.
     #[serde(flatten)]
     pub wrapped: Wrapped,

@@ -24,7 +24,7 @@ impl DataKey {
     }
 
     /// Copies a key out of a slice, failing unless it is exactly 32 bytes long.
-    pub fn try_from_slice(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn try_from_slice(bytes: &[u8]) -> Option<Self> {
         let array: [u8; 32] = bytes.try_into().ok()?;
         Some(DataKey(array))
     }

@@ -74,7 +74,7 @@ pub struct SoftSealed {
     pub argon2: Argon2Params,
     /// Argon2 salt.
     #[serde(with = "crate::b64")]
-    pub salt: Vec<u8>,
+    pub(crate) salt: Vec<u8>,
     /// The key wrapped under the key derived from the passphrase.
     #[serde(flatten)]
     pub wrapped: Wrapped,

@@ -17,6 +17,15 @@
 //!
 //! Known exceptions sit in the short allow-lists in the test below, each with its reason;
 //! an entry that no longer matches fails the test too, so the lists only shrink.
+//!
+//! # Map, bottom up
+//!
+//! - `lexer`: just enough of Rust's lexical grammar to match brackets and read paths.
+//! - `items`: what a file's tokens hold: test code to drop, `mod` declarations,
+//!   functions and their length.
+//! - `tree`: a crate's module tree, from its root file through its `mod` declarations.
+//! - `cycles`: the edges between sibling modules, and the cycles they make.
+//! - This file: every crate root of the workspace, [`check`] over them, and the test.
 
 use std::path::{Path, PathBuf};
 

@@ -13,7 +13,7 @@
 //! - Every response carries a strict Content-Security-Policy (no scripts, no third-party
 //!   assets), `Strict-Transport-Security`, `X-Content-Type-Options`, `Referrer-Policy`
 //!   and `Cache-Control: no-store`.
-//! - The server ([`tls::serve`]) caps its connections and closes idle ones.
+//! - The server (`tls.rs`) caps its connections and closes idle ones.
 //!
 //! Nothing secret (passwords, PINs, recovery words, the setup code once used, session
 //! tokens) reaches a log line.
@@ -23,7 +23,7 @@ mod actions;
 pub mod api;
 mod pages;
 mod throttle;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -53,10 +53,10 @@ use actions::{Outcome, ViewError};
 /// a right password does not count.
 pub const LOGIN_ATTEMPTS_PER_MINUTE: usize = 5;
 /// Password checks all clients together may have per minute.
-pub const GLOBAL_ATTEMPTS_PER_MINUTE: usize = 60;
+const GLOBAL_ATTEMPTS_PER_MINUTE: usize = 60;
 /// Password checks (each an Argon2id of 19 MiB, or a recovery code's) running at once;
 /// a request beyond them is refused at once.
-pub const CONCURRENT_PASSWORD_CHECKS: usize = 4;
+const CONCURRENT_PASSWORD_CHECKS: usize = 4;
 /// The session cookie. The `__Host-` prefix makes the browser take it only with `Secure`,
 /// `Path=/` and no `Domain`.
 pub const SESSION_COOKIE: &str = "__Host-pk_session";
@@ -66,7 +66,7 @@ const CLEAR_COOKIE: &str =
 /// How long browsers keep to HTTPS for the console once told (two years).
 const HSTS: &str = "max-age=63072000";
 /// The shortest admin password accepted.
-pub const MIN_PASSWORD: usize = 12;
+const MIN_PASSWORD: usize = 12;
 /// What the console answers when the account on disk is not the one bound to the node.
 const REPLACED: &str = "The admin account on this box was changed outside the \
     console: it is not the one bound to this node. Every session has ended. Reset the admin \
@@ -134,7 +134,7 @@ pub struct Console {
     /// A YubiKey waits for a touch.
     touch: Arc<AtomicBool>,
     /// Told once setup has made the node (the daemon then starts its agent).
-    pub node_created: tokio::sync::Notify,
+    pub(crate) node_created: tokio::sync::Notify,
     /// Whether the admin account file, since the console last wrote it (or started), was
     /// found to be the one bound to the node; `None` until the node could tell.
     account_checked: Mutex<Option<bool>>,
@@ -155,7 +155,7 @@ fn random_token(bytes: usize) -> String {
 }
 
 /// A fresh one-time setup code (easy to type from a serial console: groups of letters).
-pub fn new_setup_code() -> Zeroizing<String> {
+pub(crate) fn new_setup_code() -> Zeroizing<String> {
     use rand_core::RngCore as _;
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut raw = [0u8; 12];
@@ -204,7 +204,7 @@ impl Console {
     }
 
     /// Whether the box has been claimed (an admin exists).
-    pub fn is_set_up(&self) -> bool {
+    pub(crate) fn is_set_up(&self) -> bool {
         self.account_path().exists()
     }
 
@@ -257,7 +257,7 @@ impl Console {
 
     /// Where YubiKey touch prompts go: the agent's and the console's own token
     /// operations report them here, and the unlock page shows "touch your key now".
-    pub fn yubikey_events(&self) -> hsm::yubikey::EventSink {
+    pub(crate) fn yubikey_events(&self) -> hsm::yubikey::EventSink {
         let touch = self.touch.clone();
         Arc::new(move |event| {
             let waiting = matches!(event, hsm::yubikey::YubiKeyEvent::TouchNeeded { .. });

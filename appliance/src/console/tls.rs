@@ -19,15 +19,15 @@ use tokio::time::Instant;
 use super::ClientAddr;
 
 /// The console's certificate and key.
-pub struct Identity {
+pub(crate) struct Identity {
     /// The certificate (DER).
-    pub cert: CertificateDer<'static>,
+    cert: CertificateDer<'static>,
     key: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl Identity {
     /// The certificate's SHA-256 fingerprint, as browsers show it (`AB:CD:...`).
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         sha2::Sha256::digest(self.cert.as_ref())
             .iter()
             .map(|b| format!("{b:02X}"))
@@ -38,7 +38,7 @@ impl Identity {
 
 /// Loads the console's certificate from `dir`, or makes one (for `names`) the first time.
 /// The key file is readable by the daemon's user only.
-pub fn load_or_create(dir: &Path, names: Vec<String>) -> std::io::Result<Identity> {
+pub(crate) fn load_or_create(dir: &Path, names: Vec<String>) -> std::io::Result<Identity> {
     let cert_path = dir.join("console-cert.der");
     let key_path = dir.join("console-key.der");
     if let (Ok(cert), Ok(key)) = (std::fs::read(&cert_path), std::fs::read(&key_path)) {
@@ -63,14 +63,14 @@ pub fn load_or_create(dir: &Path, names: Vec<String>) -> std::io::Result<Identit
 
 /// The most connections the console serves at once; more are closed as soon as they are
 /// accepted. Half the process's open-file limit if that is lower ([`connection_cap`]).
-pub const MAX_CONNECTIONS: usize = 1024;
+const MAX_CONNECTIONS: usize = 1024;
 /// How long a client has to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has, once its handshake is done, to send its first request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection stays open with no request in progress after its last answer
 /// (the next request's headers included).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection closed for idleness has to say goodbye (HTTP/2's GOAWAY).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The pause after a failed `accept` (out of file descriptors, say) before the next.
@@ -79,7 +79,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How many connections the console serves at once, given the process's open-file limit
 /// (`None`: unlimited): [`MAX_CONNECTIONS`], or half the limit if that is lower, since
 /// each connection is a file and the node's agent, its store and its calls need the rest.
-pub fn connection_cap(open_files: Option<u64>) -> usize {
+fn connection_cap(open_files: Option<u64>) -> usize {
     let half = open_files.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX));
     MAX_CONNECTIONS.min(half).max(1)
 }
@@ -88,7 +88,11 @@ pub fn connection_cap(open_files: Option<u64>) -> usize {
 /// [`connection_cap`] connections at once, each closed when its handshake, its first
 /// request or its idleness last too long ([`HANDSHAKE_TIMEOUT`], [`HEADER_TIMEOUT`],
 /// [`IDLE_TIMEOUT`]). A failing `accept` is retried after a pause, not in a loop.
-pub async fn serve(listener: TcpListener, identity: &Identity, app: Router) -> std::io::Result<()> {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    identity: &Identity,
+    app: Router,
+) -> std::io::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

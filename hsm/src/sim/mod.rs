@@ -113,11 +113,6 @@ impl Swtpm {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 
-    /// The TPM command port; the control port is the next one.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// The process id, for callers that record it.
     pub fn pid(&self) -> u32 {
         self.child.id()

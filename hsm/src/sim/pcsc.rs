@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use super::{SimError, io_err, require_program};
 
 /// The vpcd reader driver as Debian's `vsmartcard-vpcd` installs it.
-pub const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
+pub(crate) const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
 /// How many ports [`Pcscd::start`] tries for vpcd before it gives up.
 const PORT_ATTEMPTS: u32 = 5;
 /// The reader's name as PC/SC clients see it (they match "Yubico" or "YubiKey").
-pub const READER_NAME: &str = "Yubico YubiKey Virtual";
+pub(crate) const READER_NAME: &str = "Yubico YubiKey Virtual";
 /// pcscd's client socket.
 const PCSCD_SOCKET: &str = "/run/pcscd/pcscd.comm";
 /// How long [`Pcscd::start`] waits for another process's pcscd to go away.
@@ -126,11 +126,6 @@ impl Pcscd {
     /// Where the card connects (vpcd on loopback).
     pub fn card_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// What pcscd logged so far.

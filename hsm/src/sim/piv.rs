@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use super::{SimError, io_err};
 
 /// The answer to reset of a YubiKey 5 (CCID interface).
-pub const YUBIKEY5_ATR: [u8; 23] = [
+pub(crate) const YUBIKEY5_ATR: [u8; 23] = [
     0x3B, 0xFD, 0x13, 0x00, 0x00, 0x81, 0x31, 0xFE, 0x15, 0x80, 0x73, 0xC0, 0x21, 0xC0, 0x57, 0x59,
     0x75, 0x62, 0x69, 0x4B, 0x65, 0x79, 0x40,
 ];
@@ -57,13 +57,13 @@ pub const YUBIKEY5_ATR: [u8; 23] = [
 /// The default PIN of a new YubiKey.
 pub const DEFAULT_PIN: &str = "123456";
 /// The default PUK of a new YubiKey.
-pub const DEFAULT_PUK: &str = "12345678";
+pub(crate) const DEFAULT_PUK: &str = "12345678";
 /// The default 3DES management key of a new YubiKey (before firmware 5.7).
 pub const DEFAULT_MGM_KEY: [u8; 24] = [
     1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
 ];
 /// The firmware version the card reports.
-pub const FIRMWARE: [u8; 3] = [5, 4, 3];
+pub(crate) const FIRMWARE: [u8; 3] = [5, 4, 3];
 /// PIN and PUK tries of a new card.
 const DEFAULT_TRIES: u8 = 3;
 /// How long a touch stays valid for keys with the "cached" touch policy.
@@ -98,7 +98,7 @@ fn is_key_slot(slot: u8) -> bool {
 
 /// The PIN policy byte (`0xAA` tag) of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PinPolicy {
+pub(crate) enum PinPolicy {
     /// Never ask for the PIN.
     Never,
     /// The PIN once per session.
@@ -131,7 +131,7 @@ impl PinPolicy {
 
 /// The touch policy byte (`0xAB` tag) of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TouchPolicy {
+pub(crate) enum TouchPolicy {
     /// No touch.
     Never,
     /// A touch for every use.
@@ -352,24 +352,9 @@ impl PivCard {
         })
     }
 
-    /// The serial number the card reports.
-    pub fn serial(&self) -> u32 {
-        self.state.serial
-    }
-
     /// The handle that decides what the emulated user does on touch requests.
     pub fn touch(&self) -> TouchControl {
         self.touch.clone()
-    }
-
-    /// PIN tries left.
-    pub fn pin_tries_left(&self) -> u8 {
-        self.state.pin_tries_left
-    }
-
-    /// The uncompressed SEC1 public point of the key in `slot`, if there is one.
-    pub fn public_key(&self, slot: u8) -> Option<Vec<u8>> {
-        self.state.keys.get(&slot)?.public_point()
     }
 
     /// Connects to vpcd at `addr` (retrying for up to 10 s while the reader driver comes
