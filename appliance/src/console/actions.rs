@@ -277,7 +277,7 @@ pub(super) async fn backup_remove(c: &Console, name: &str) -> Outcome {
 
 /// A keyslot as the console shows it.
 #[derive(Clone, Debug, Serialize)]
-pub struct SlotView {
+pub(crate) struct SlotView {
     /// Its number.
     pub id: u32,
     /// Its token kind.
@@ -532,7 +532,7 @@ pub(super) async fn keyslot_remove(
 /// answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum NodeState {
+pub(crate) enum NodeState {
     /// The agent has not answered yet.
     Starting,
     /// No keys in memory.
@@ -553,7 +553,7 @@ impl std::fmt::Display for NodeState {
 
 /// What the status page and `/api/status` show.
 #[derive(Clone, Debug, Serialize)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     /// `locked`, `unlocked`, or `starting`.
     pub state: NodeState,
     /// The NodeId when unlocked.

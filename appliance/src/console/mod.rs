@@ -46,7 +46,7 @@ use node::client::Client;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-pub use actions::{Enrolment, SlotView, StatusView};
+pub use actions::Enrolment;
 use actions::{Outcome, ViewError};
 
 /// Password (or recovery-code) checks one address, or one IPv6 /64, may have per minute;
