@@ -220,12 +220,12 @@ fn sync(out: &mut Out<'_>) -> io::Result<Sync> {
     for local in [false, true] {
         let d = Node::new(0);
         let clone = crate::fetch(&d.vaults(), a.id, &[&clone_stream[..]], Some("fuzz0"));
-        assert_eq!(clone.map(|o| o.result).ok().as_deref(), Some("cloned"));
+        assert_eq!(clone.map(|o| o.summary()).ok().as_deref(), Some("cloned"));
         if local {
             d.write("fuzz0", "db/password", b"changed here");
             d.write("fuzz0", "local", b"only here");
         }
-        let pull = crate::fetch(&d.vaults(), a.id, &[&pull_stream[..]], None).map(|o| o.result);
+        let pull = crate::fetch(&d.vaults(), a.id, &[&pull_stream[..]], None).map(|o| o.summary());
         let expected = if local {
             "merged, 1 conflict kept"
         } else {
@@ -459,11 +459,11 @@ fn rpc_and_api(out: &mut Out<'_>, sync: &Sync) -> io::Result<()> {
         0,
         &AgentStatus {
             state: AgentState::Unlocked,
-        pid: 4242,
-        node_id: Some(crate::fixed_node(0).to_string()),
-        unlocked_with: Some(0),
-        uptime_s: 60,
-        version: "0.1.0".into(),
+            pid: 4242,
+            node_id: Some(crate::fixed_node(0).to_string()),
+            unlocked_with: Some(0),
+            uptime_s: 60,
+            version: "0.1.0".into(),
             peer_addr: Some("0.0.0.0:1314".into()),
         },
     ));
@@ -532,7 +532,10 @@ fn rpc_and_api(out: &mut Out<'_>, sync: &Sync) -> io::Result<()> {
         Response::Ok(done),
     ];
     put(out, "download", 1, 3, &frames(&answer))?;
-    answer = replies.iter().map(|(_, r)| Response::Ok(r.clone())).collect();
+    answer = replies
+        .iter()
+        .map(|(_, r)| Response::Ok(r.clone()))
+        .collect();
     answer.push(Response::Err(error));
     put(out, "replies", 1, 0, &frames(&answer))?;
     let fetch = frames(&[PeerCall {
