@@ -34,6 +34,8 @@
 //! - Processes: [`agent`] (the long-running holder of the unlocked keys: the socket
 //!   `pk` talks to, the peer endpoint, the background work) and [`client`] (the other end
 //!   of the socket).
+//! - Front end: [`cli`], the `pk` command line, which the `pk` and `pk-node` binaries
+//!   run (their `main`s are one line each).
 //!
 //! A module names only modules at or below its own level, and no two modules name each
 //! other (the workspace's tidy test checks it). `ARCHITECTURE.md` at the root says where
@@ -44,6 +46,7 @@
 pub mod agent;
 pub mod api;
 pub mod audit;
+pub mod cli;
 pub mod client;
 pub mod clock;
 mod crypto;

@@ -1,10 +1,10 @@
 //! Talking to the agent: one call per connection, on a one-thread runtime started per
 //! command, and the agent's errors as `pk`'s.
 
-use node::api::Call;
-use node::client::{Client, ClientError};
+use crate::api::Call;
+use crate::client::{Client, ClientError};
 
-use crate::error::CliError;
+use super::error::CliError;
 
 /// A tokio runtime for talking to the agent: one thread, started per command.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

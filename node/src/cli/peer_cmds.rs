@@ -1,21 +1,22 @@
 //! Commands about other nodes: `nodes`, `notifications`, and the sharing half of `vaults`
 //! (share, unshare, permissions, scan, clone, pull, backup).
 
-use node::NodePath;
-use node::api::backups::{self as backups_api, Backup};
-use node::api::{nodes as nodes_api, notifications as notifications_api, vaults as vaults_api};
-use node::client::Client;
-use node::nodes::{NodePermission, VaultPermission};
-use node::notifications::{Body, Delivery, Mailbox, Notification};
 use serde_json::json;
 
-use crate::call::call;
-use crate::cli::{
+use crate::NodePath;
+use crate::api::backups::{self as backups_api, Backup};
+use crate::api::{nodes as nodes_api, notifications as notifications_api, vaults as vaults_api};
+use crate::client::Client;
+use crate::nodes::{NodePermission, VaultPermission};
+use crate::notifications::{Body, Delivery, Mailbox, Notification};
+
+use super::args::{
     BackupCommand, InboxCommand, NodePermissionArg, NodesCommand, NotificationsCommand,
     OutboxCommand, VaultPermissionArg, VaultsCommand,
 };
-use crate::error::CliError;
-use crate::output::{Output, time};
+use super::call::call;
+use super::error::CliError;
+use super::output::{Output, time};
 
 fn node_permission(p: NodePermissionArg) -> NodePermission {
     match p {
@@ -113,7 +114,7 @@ pub(crate) fn nodes(node: &NodePath, command: &NodesCommand, out: &Output) -> Re
             let allow = matches!(command, NodesCommand::Allow { .. });
             permit(&client, node_id, permissions, allow, out)?;
         }
-        NodesCommand::Claim { node_id } => return crate::trust_cmds::claim(node, node_id, out),
+        NodesCommand::Claim { node_id } => return super::trust_cmds::claim(node, node_id, out),
         NodesCommand::Discover { lan: _, wait } => discover(&client, *wait, out)?,
     }
     Ok(())

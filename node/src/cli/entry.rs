@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::Cli;
-use crate::error::{CliError, USAGE};
+use super::args::Cli;
+use super::error::{CliError, USAGE};
 
 /// Parses the command line and runs `dispatch`, turning its error into a message on
 /// stderr and a sysexits code.

@@ -7,22 +7,23 @@ use hsm::soft::Argon2Params;
 use hsm::tpm::{PcrBank, PcrPolicy};
 use hsm::yubikey::{PinRule, TouchRule};
 use hsm::{Kind, Protector, Sealed};
-use node::NodePath;
-use node::api::keyslots::{Changed, KeyslotEvent};
-use node::client::{Client, ClientError};
-use node::keyslots::{Keyslot, Keyslots, Unlocked};
-use node::tokens::{NewSlot, TokenConfig};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::cli::{
+use crate::NodePath;
+use crate::api::keyslots::{Changed, KeyslotEvent};
+use crate::client::{Client, ClientError};
+use crate::keyslots::{Keyslot, Keyslots, Unlocked};
+use crate::tokens::{NewSlot, TokenConfig};
+
+use super::args::{
     AgentCommand, Cli, Command, EnrollArgs, InitArgs, KeyslotsCommand, RemoveArgs, TestArgs,
     TokenArgs, TokenKind, UnlockArgs,
 };
-use crate::error::CliError;
-use crate::output::Output;
-use crate::secrets::SecretSource;
-use crate::unlock::unlock_flow;
+use super::error::CliError;
+use super::output::Output;
+use super::secrets::SecretSource;
+use super::unlock::unlock_flow;
 
 /// The shortest passphrase accepted for a `soft` slot.
 const MIN_PASSPHRASE: usize = 8;
@@ -51,14 +52,14 @@ fn context(cli: &Cli) -> Result<(NodePath, TokenConfig, Output), CliError> {
 pub(crate) fn run_client(cli: &Cli) -> Result<(), CliError> {
     let (node, _, out) = context(cli)?;
     match &cli.command {
-        Command::Agent(c) => crate::agent_cmds::agent(cli, &node, c, &out),
-        Command::Keys(c) => crate::agent_cmds::keys(&node, c, &out),
-        Command::Vaults(c) => crate::agent_cmds::vaults(&node, c, &out),
-        Command::Secrets(c) => crate::agent_cmds::secrets(&node, c, &out),
-        Command::Audit(a) => crate::agent_cmds::audit(&node, a, &out),
-        Command::Nodes(c) => crate::peer_cmds::nodes(&node, c, &out),
-        Command::Notifications(c) => crate::peer_cmds::notifications(&node, c, &out),
-        Command::Identities(c) => crate::trust_cmds::identities(&node, c, &out),
+        Command::Agent(c) => super::agent_cmds::agent(cli, &node, c, &out),
+        Command::Keys(c) => super::agent_cmds::keys(&node, c, &out),
+        Command::Vaults(c) => super::agent_cmds::vaults(&node, c, &out),
+        Command::Secrets(c) => super::agent_cmds::secrets(&node, c, &out),
+        Command::Audit(a) => super::agent_cmds::audit(&node, a, &out),
+        Command::Nodes(c) => super::peer_cmds::nodes(&node, c, &out),
+        Command::Notifications(c) => super::peer_cmds::notifications(&node, c, &out),
+        Command::Identities(c) => super::trust_cmds::identities(&node, c, &out),
         Command::Init(_) | Command::Keyslots(_) => {
             Err(CliError::internal("this command runs in pk-node"))
         }
@@ -212,7 +213,7 @@ fn keyslots_remove(
 ) -> Result<(), CliError> {
     let mut keyslots = Keyslots::open(node)?;
     if keyslots.slot(args.slot).is_none() {
-        return Err(node::keyslots::KeyslotError::NoSuchSlot(args.slot).into());
+        return Err(crate::keyslots::KeyslotError::NoSuchSlot(args.slot).into());
     }
     let unlocked = unlock(&keyslots, &args.unlock, None, config)?;
     let kind = keyslots.slot(args.slot).map(|s| s.header.kind);
@@ -236,7 +237,7 @@ fn keyslots_remove(
 fn run_agent(
     node: &NodePath,
     config: &TokenConfig,
-    args: &crate::cli::AgentStartArgs,
+    args: &super::args::AgentStartArgs,
 ) -> Result<(), CliError> {
     let peer_listen = match args.peer_listen.as_str() {
         "off" | "" => None,
@@ -247,8 +248,8 @@ fn run_agent(
         })?),
     };
     let lan = args.lan.map(|mode| match mode {
-        crate::cli::LanMode::Lan => node::lan::Interfaces::Lan,
-        crate::cli::LanMode::Loopback => node::lan::Interfaces::LoopbackOnly,
+        super::args::LanMode::Lan => crate::lan::Interfaces::Lan,
+        super::args::LanMode::Loopback => crate::lan::Interfaces::LoopbackOnly,
     });
     log_to_stderr(&args.log)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -256,18 +257,18 @@ fn run_agent(
         .enable_all()
         .build()
         .map_err(|e| CliError::io("cannot start the runtime", e))?;
-    let config = node::agent::AgentConfig {
+    let config = crate::agent::AgentConfig {
         node: node.clone(),
         tokens: config.clone(),
         peer_listen,
         lan,
-        github: node::provider::GitHubConfig {
+        github: crate::provider::GitHubConfig {
             web_url: args.github_url.trim_end_matches('/').to_owned(),
             api_url: args.github_api_url.trim_end_matches('/').to_owned(),
             client_id: args.github_client_id.clone(),
         },
     };
-    rt.block_on(node::agent::run(config, || {
+    rt.block_on(crate::agent::run(config, || {
         eprintln!("pk agent: ready on {}", node.agent_socket().display());
     }))
     .map_err(CliError::from)
@@ -279,7 +280,7 @@ fn run_agent(
 fn log_to_stderr(filter: &str) -> Result<(), CliError> {
     use std::io::IsTerminal as _;
     let filter =
-        node::logging::filter(filter).map_err(|e| CliError::usage(format!("--log: {e}")))?;
+        crate::logging::filter(filter).map_err(|e| CliError::usage(format!("--log: {e}")))?;
     // Only this process sets a subscriber, once; were one set already, it would do.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -291,19 +292,19 @@ fn log_to_stderr(filter: &str) -> Result<(), CliError> {
 
 /// Creates the node's encrypted store and identity right after `init`, and records the
 /// first events. Returns the NodeId.
-fn create_store(node: &NodePath, init: &node::keyslots::Initialised) -> Result<String, CliError> {
-    let store_err = |e: node::store::StoreError| CliError::internal(e.to_string());
-    let store = node::store::Store::open(node, &init.unlocked.key).map_err(store_err)?;
+fn create_store(node: &NodePath, init: &crate::keyslots::Initialised) -> Result<String, CliError> {
+    let store_err = |e: crate::store::StoreError| CliError::internal(e.to_string());
+    let store = crate::store::Store::open(node, &init.unlocked.key).map_err(store_err)?;
     let mut tx = store.write().map_err(store_err)?;
-    let identity = node::identity::Identity::load_or_create(&mut tx).map_err(store_err)?;
-    node::audit::append(
+    let identity = crate::identity::Identity::load_or_create(&mut tx).map_err(store_err)?;
+    crate::audit::append(
         &mut tx,
         "node.initialised",
         json!({ "node_id": identity.node_id() }),
     )
     .map_err(store_err)?;
     for slot in init.keyslots.slots() {
-        node::audit::append(
+        crate::audit::append(
             &mut tx,
             "keyslot.enrolled",
             json!({ "slot": slot.header.id, "kind": slot.header.kind }),
@@ -339,14 +340,14 @@ fn record_keyslot(
         });
     let result = match via_agent {
         Ok(_) => Ok(()),
-        Err(None) => node::store::Store::open(node, &unlocked.key)
+        Err(None) => crate::store::Store::open(node, &unlocked.key)
             .and_then(|store| {
                 let mut tx = store.write()?;
                 let name = match event {
                     KeyslotEvent::Enrolled => "keyslot.enrolled",
                     KeyslotEvent::Removed => "keyslot.removed",
                 };
-                node::audit::append(&mut tx, name, json!({ "slot": slot, "kind": kind }))?;
+                crate::audit::append(&mut tx, name, json!({ "slot": slot, "kind": kind }))?;
                 tx.commit()
             })
             .map_err(|e| e.to_string()),
@@ -387,7 +388,7 @@ fn new_protector(
         TokenKind::Pkcs11 => pkcs11_slot(args, config, source)?,
         TokenKind::Soft => soft_slot(args, source)?,
     };
-    Ok(node::tokens::new_protector(slot, config))
+    Ok(crate::tokens::new_protector(slot, config))
 }
 
 /// Refuses the flags of one token kind given with another.
@@ -534,7 +535,7 @@ fn unlock(
     config: &TokenConfig,
 ) -> Result<Unlocked, CliError> {
     unlock_flow(keyslots, args, only, |choice| {
-        Ok(node::tokens::unlock(keyslots, choice, config)?)
+        Ok(crate::tokens::unlock(keyslots, choice, config)?)
     })
 }
 

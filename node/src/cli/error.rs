@@ -1,8 +1,8 @@
 //! The CLI's error: a message for the user and a sysexits-style exit code.
 
-use node::api::{ApiError, ErrorCode};
-use node::keyslots::KeyslotError;
-use node::tokens::ProtectorError;
+use crate::api::{ApiError, ErrorCode};
+use crate::keyslots::KeyslotError;
+use crate::tokens::ProtectorError;
 
 /// Command line usage error.
 pub(crate) const USAGE: u8 = 64;
@@ -121,22 +121,21 @@ impl From<KeyslotError> for CliError {
     }
 }
 
-impl From<node::agent::AgentError> for CliError {
-    fn from(e: node::agent::AgentError) -> Self {
+impl From<crate::agent::AgentError> for CliError {
+    fn from(e: crate::agent::AgentError) -> Self {
         match e {
-            node::agent::AgentError::Keyslots(k) => k.into(),
-            node::agent::AgentError::AlreadyRunning(_) => Self::new(CANTCREAT, e.to_string()),
+            crate::agent::AgentError::Keyslots(k) => k.into(),
+            crate::agent::AgentError::AlreadyRunning(_) => Self::new(CANTCREAT, e.to_string()),
             other => Self::new(FAILURE, other.to_string()),
         }
     }
 }
 
-impl From<node::tokens::UnlockError> for CliError {
-    fn from(e: node::tokens::UnlockError) -> Self {
+impl From<crate::tokens::UnlockError> for CliError {
+    fn from(e: crate::tokens::UnlockError) -> Self {
         match e {
-            node::tokens::UnlockError::Keyslot(e) => e.into(),
-            node::tokens::UnlockError::Protector(e) => e.into(),
-            other => Self::new(FAILURE, other.to_string()),
+            crate::tokens::UnlockError::Keyslot(e) => e.into(),
+            crate::tokens::UnlockError::Protector(e) => e.into(),
         }
     }
 }

@@ -3,12 +3,13 @@
 //! which keyslot to try and with which secret. Prompts happen here, on the user's side.
 
 use hsm::{Kind, Pin};
-use node::keyslots::{Keyslot, KeyslotError, Keyslots};
-use node::tokens::{UnlockChoice, secret_name};
 
-use crate::cli::UnlockArgs;
-use crate::error::CliError;
-use crate::secrets::SecretSource;
+use crate::keyslots::{Keyslot, KeyslotError, Keyslots};
+use crate::tokens::{UnlockChoice, secret_name};
+
+use super::args::UnlockArgs;
+use super::error::CliError;
+use super::secrets::SecretSource;
 
 /// Decides how to unlock (a named slot, the recovery code, the slots that need no
 /// secret, or the one slot that takes a secret), reads the secret, and runs `attempt`

@@ -1,16 +1,17 @@
 //! Commands about gestalts: `identities` and `nodes claim`.
 
-use node::NodePath;
-use node::api::identities::{self as api, DeviceAuthStarted, GestaltInfo, IdentityClaimed};
-use node::api::nodes::{self as nodes_api, Claimed};
-use node::client::Client;
-use node::nodes::NodePermission;
 use serde_json::json;
 
-use crate::call::call;
-use crate::cli::{IdentitiesCommand, NodePermissionArg};
-use crate::error::CliError;
-use crate::output::Output;
+use crate::NodePath;
+use crate::api::identities::{self as api, DeviceAuthStarted, GestaltInfo, IdentityClaimed};
+use crate::api::nodes::{self as nodes_api, Claimed};
+use crate::client::Client;
+use crate::nodes::NodePermission;
+
+use super::args::{IdentitiesCommand, NodePermissionArg};
+use super::call::call;
+use super::error::CliError;
+use super::output::Output;
 
 fn permission(p: NodePermissionArg) -> NodePermission {
     match p {

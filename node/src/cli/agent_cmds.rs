@@ -7,32 +7,33 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use node::NodePath;
-use node::agent;
-use node::api::agent::{AgentState, AgentStatus};
-use node::api::secrets::{Via, WriteKind};
-use node::api::{
-    ErrorCode, SecretBytes, agent as agent_api, keys as keys_api, secrets as secrets_api,
-    vaults as vaults_api,
-};
-use node::audit::AuditQuery;
-use node::client::Client;
-use node::keyslots::Keyslots;
-use node::vault::{CommitInfo, EntryType};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::call::{call, runtime};
-use crate::cli::{
+use crate::NodePath;
+use crate::agent;
+use crate::api::agent::{AgentState, AgentStatus};
+use crate::api::secrets::{Via, WriteKind};
+use crate::api::{
+    ErrorCode, SecretBytes, agent as agent_api, keys as keys_api, secrets as secrets_api,
+    vaults as vaults_api,
+};
+use crate::audit::AuditQuery;
+use crate::client::Client;
+use crate::keyslots::Keyslots;
+use crate::vault::{CommitInfo, EntryType};
+
+use super::args::{
     AgentCommand, AgentStartArgs, AuditArgs, Cli, EnvArgs, EnvDuplicate, EnvFormat, EnvInvalid,
     Format, KeysCommand, LanMode, Order, SecretsCommand, UnlockArgs, VaultsCommand,
 };
-use crate::error::CliError;
-use crate::output::{Output, time};
-use crate::unlock::unlock_flow;
+use super::call::{call, runtime};
+use super::error::CliError;
+use super::output::{Output, time};
+use super::unlock::unlock_flow;
 
 /// The largest file `pk keys` sends to the agent (one frame, with room for the envelope).
-const KEYS_MAX_FILE: u64 = (node::rpc::MAX_FRAME as u64 * 3 / 4) - 1024;
+const KEYS_MAX_FILE: u64 = (crate::rpc::MAX_FRAME as u64 * 3 / 4) - 1024;
 
 /// Splits `vault:path`; `allow_bare` accepts `vault` alone (the root).
 fn split(secret_path: &str, allow_bare: bool) -> Result<(String, String), CliError> {
@@ -64,7 +65,7 @@ pub(crate) fn agent(
                 let keyslots = Keyslots::open(node)?;
                 match unlock_via_agent(&keyslots, &args.unlock, &client) {
                     Ok(()) => {}
-                    Err(e) if e.exit_code() == crate::error::USAGE => {
+                    Err(e) if e.exit_code() == super::error::USAGE => {
                         let _ = writeln!(
                             std::io::stderr(),
                             "pk: the agent is running but locked: {e}"
@@ -92,7 +93,7 @@ pub(crate) fn agent(
             Ok(())
         }
         AgentCommand::Status => match print_status(&client, out) {
-            Err(e) if e.exit_code() == crate::error::UNAVAILABLE => {
+            Err(e) if e.exit_code() == super::error::UNAVAILABLE => {
                 let _ = out.emit(json!({ "state": "stopped" }), || {
                     "Agent is not running\n".into()
                 });
@@ -185,7 +186,7 @@ fn start_background(
     use std::os::unix::process::CommandExt as _;
     Keyslots::open(node)?;
     // Checked here too, so that a mistake is a usage error even when an agent runs.
-    node::logging::filter(&args.log).map_err(|e| CliError::usage(format!("--log: {e}")))?;
+    crate::logging::filter(&args.log).map_err(|e| CliError::usage(format!("--log: {e}")))?;
     if runtime()?.block_on(client.call(agent_api::Status)).is_ok() {
         return Ok(());
     }
@@ -363,13 +364,13 @@ fn verify(
         Some(id) => id.to_owned(),
         None => call(client, keys_api::Public)?,
     };
-    let signer: node::identity::NodeId = signer
+    let signer: crate::identity::NodeId = signer
         .parse()
-        .map_err(|e: node::identity::IdentityError| CliError::usage(e.to_string()))?;
+        .map_err(|e: crate::identity::IdentityError| CliError::usage(e.to_string()))?;
     let sig = STANDARD
         .decode(signature.trim())
         .map_err(|_| CliError::usage("the signature is not base64"))?;
-    let ok = node::identity::verify_user(&signer, &read_keys_file(file)?, &sig)
+    let ok = crate::identity::verify_user(&signer, &read_keys_file(file)?, &sig)
         .map_err(|e| CliError::usage(e.to_string()))?;
     let _ = out.emit(json!({ "valid": ok, "node_id": signer }), || {
         if ok {
@@ -438,7 +439,7 @@ pub(crate) fn vaults(
     command: &VaultsCommand,
     out: &Output,
 ) -> Result<(), CliError> {
-    if let Some(done) = crate::peer_cmds::vaults(node, command, out) {
+    if let Some(done) = super::peer_cmds::vaults(node, command, out) {
         return done;
     }
     let client = Client::new(node);
@@ -628,7 +629,7 @@ fn export_tree(
 }
 
 /// The entries of a directory.
-fn ls(client: &Client, vault: &str, path: &str) -> Result<Vec<node::vault::Entry>, CliError> {
+fn ls(client: &Client, vault: &str, path: &str) -> Result<Vec<crate::vault::Entry>, CliError> {
     call(
         client,
         secrets_api::Ls {
@@ -671,7 +672,7 @@ fn export_dir(client: &Client, vault: &str, path: &str, dest: &Path) -> Result<u
         };
         // The names come from the vault, which may hold what a peer sent: each must be one
         // plain component, or the export could write outside `dest`.
-        if let Some(reason) = node::vault::bad_name(entry.name.as_bytes()) {
+        if let Some(reason) = crate::vault::bad_name(entry.name.as_bytes()) {
             return Err(CliError::data(format!(
                 "the vault holds an entry named {:?} under {:?}: {reason}; nothing more was exported",
                 entry.name, path

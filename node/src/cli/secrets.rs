@@ -7,7 +7,7 @@ use std::path::Path;
 
 use hsm::Pin;
 
-use crate::error::CliError;
+use super::error::CliError;
 
 /// Where a secret may come from.
 pub(crate) struct SecretSource<'a> {

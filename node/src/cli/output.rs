@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli::Format;
-use crate::error::CliError;
+use super::args::Format;
+use super::error::CliError;
 
 /// Prints a result in the chosen format.
 pub(crate) struct Output(Format);
