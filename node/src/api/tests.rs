@@ -24,6 +24,19 @@ fn bytes(text: &str) -> SecretBytes {
     SecretBytes(text.as_bytes().to_vec())
 }
 
+/// A sample status reply.
+fn status() -> agent::AgentStatus {
+    agent::AgentStatus {
+        state: agent::AgentState::Unlocked,
+        pid: 1,
+        node_id: Some(s(NODE)),
+        unlocked_with: Some(0),
+        uptime_s: 3,
+        version: s("0.1.0"),
+        peer_addr: None,
+    }
+}
+
 /// One sample of every call.
 fn samples() -> Vec<Request> {
     vec![
@@ -312,15 +325,7 @@ fn encoded() -> String {
     let replies = [
         (
             "Reply.Agent.Status",
-            encode_reply::<agent::Status>(&agent::AgentStatus {
-                state: agent::AgentState::Unlocked,
-                pid: 1,
-                node_id: Some(s(NODE)),
-                unlocked_with: Some(0),
-                uptime_s: 3,
-                version: s("0.1.0"),
-                peer_addr: None,
-            }),
+            encode_reply::<agent::Status>(&status()),
         ),
         (
             "Reply.Vaults.Pull",
@@ -389,15 +394,7 @@ fn wire_encoding_is_pinned() {
 
 #[test]
 fn a_reply_decodes_only_as_its_own_type() {
-    let status = agent::AgentStatus {
-        state: agent::AgentState::Unlocked,
-        pid: 1,
-        node_id: Some(s(NODE)),
-        unlocked_with: Some(0),
-        uptime_s: 3,
-        version: s("0.1.0"),
-        peer_addr: None,
-    };
+    let status = status();
     let encoded = encode_reply::<agent::Status>(&status).expect("encodes");
     assert_eq!(decode_reply::<agent::Status>(&encoded), Ok(status));
     let wrong = decode_reply::<vaults::Log>(&encoded).expect_err("not a log");
