@@ -9,6 +9,9 @@
 //!
 //! A PKCS#11 module is process-global (`C_Initialize` may run once per process), so loaded
 //! modules are kept in one process-wide table and shared by every protector.
+//!
+//! The stored record ([`Pkcs11Sealed`]) and [`KeyReport`] are `hsm-core`'s `pkcs11`
+//! module, re-exported here, so that keyslots can be read without loading a module.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -17,6 +17,10 @@
 //! primary key, with parameter encryption both ways. Each operation opens its own
 //! connection and flushes every transient object and session it made, because a TPM
 //! without a resource manager (swtpm) holds only about three transient objects.
+//!
+//! The stored record ([`TpmSealed`]) and the options it keeps ([`PcrPolicy`], [`PcrBank`],
+//! [`DEFAULT_TCTI`]) are `hsm-core`'s `tpm` module, re-exported here, so that keyslots can be
+//! read without linking libtss2.
 
 use std::str::FromStr;
 

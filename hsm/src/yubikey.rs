@@ -13,6 +13,11 @@
 //! Talks to the card through PC/SC (pcscd) with the `yubikey` crate 0.8 and its
 //! `untested` feature, which carries ECDH (`piv::decrypt_data`); 0.9 is a release
 //! candidate.
+//!
+//! The stored record ([`YubiKeySealed`]), the policies it keeps ([`PinRule`],
+//! [`TouchRule`]) and the events ([`YubiKeyEvent`], [`EventSink`]) are `hsm-core`'s
+//! `yubikey` module, re-exported here, so that keyslots can be read without linking
+//! libpcsclite.
 
 use std::time::{Duration, Instant};
 
