@@ -9,6 +9,9 @@
 //!
 //! A PKCS#11 module is process-global (`C_Initialize` may run once per process), so loaded
 //! modules are kept in one process-wide table and shared by every protector.
+//!
+//! The stored record ([`Pkcs11Sealed`]) and [`KeyReport`] are `hsm-core`'s `pkcs11`
+//! module, re-exported here, so that keyslots can be read without loading a module.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +26,6 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError};
@@ -39,23 +41,7 @@ pub(crate) const SYSTEM_MODULE_DIRS: &[&str] = &["/usr/lib", "/usr/lib64", "/usr
 const IV_LEN: usize = 12;
 const TAG_BITS: u64 = 128;
 
-/// A `pkcs11` keyslot's stored record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pkcs11Sealed {
-    /// The module the token was reached through at enrolment (may be overridden).
-    pub module: PathBuf,
-    /// The token's label.
-    pub token_label: String,
-    /// `CKA_ID` of the AES key on the token.
-    #[serde(with = "crate::b64")]
-    pub key_id: Vec<u8>,
-    /// AES-GCM IV.
-    #[serde(with = "crate::b64")]
-    pub iv: Vec<u8>,
-    /// The wrapped key followed by the GCM tag.
-    #[serde(with = "crate::b64")]
-    pub ciphertext: Vec<u8>,
-}
+pub use hsm_core::pkcs11::*;
 
 /// Unlock by a key inside a PKCS#11 token.
 pub struct Pkcs11Protector {
@@ -270,19 +256,6 @@ fn key_is_locked_in(session: &Session, key: ObjectHandle) -> Result<bool, CkErro
         };
     }
     Ok(ok)
-}
-
-/// What a token says about the key behind a `pkcs11` slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct KeyReport {
-    /// `CKA_SENSITIVE`: the value may not be revealed in plaintext.
-    pub sensitive: bool,
-    /// `CKA_EXTRACTABLE`: the key may be wrapped out of the token.
-    pub extractable: bool,
-    /// `CKA_NEVER_EXTRACTABLE`: the key has never been extractable.
-    pub never_extractable: bool,
-    /// Whether asking the token for `CKA_VALUE` returned the key bytes (it must not).
-    pub value_readable: bool,
 }
 
 impl Pkcs11Protector {

@@ -17,10 +17,13 @@
 //! primary key, with parameter encryption both ways. Each operation opens its own
 //! connection and flushes every transient object and session it made, because a TPM
 //! without a resource manager (swtpm) holds only about three transient objects.
+//!
+//! The stored record ([`TpmSealed`]) and the options it keeps ([`PcrPolicy`], [`PcrBank`],
+//! [`DEFAULT_TCTI`]) are `hsm-core`'s `tpm` module, re-exported here, so that keyslots can be
+//! read without linking libtss2.
 
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::{PropertyTag, SessionType, Tss2ResponseCodeKind};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
@@ -40,104 +43,27 @@ use zeroize::Zeroizing;
 
 use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, Wrapped};
 
-/// The TCTI used when none is configured: the kernel's resource manager.
-pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+pub use hsm_core::tpm::*;
 
-/// The PCR bank a policy reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PcrBank {
-    /// SHA-1 bank (legacy firmware).
-    Sha1,
-    /// SHA-256 bank (the default).
-    Sha256,
-    /// SHA-384 bank.
-    Sha384,
-}
-
-impl PcrBank {
-    fn algorithm(self) -> HashingAlgorithm {
-        match self {
-            PcrBank::Sha1 => HashingAlgorithm::Sha1,
-            PcrBank::Sha256 => HashingAlgorithm::Sha256,
-            PcrBank::Sha384 => HashingAlgorithm::Sha384,
-        }
+/// The TPM's name for the hash algorithm of `bank`.
+fn algorithm(bank: PcrBank) -> HashingAlgorithm {
+    match bank {
+        PcrBank::Sha1 => HashingAlgorithm::Sha1,
+        PcrBank::Sha256 => HashingAlgorithm::Sha256,
+        PcrBank::Sha384 => HashingAlgorithm::Sha384,
     }
 }
 
-impl FromStr for PcrBank {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "sha1" => Ok(PcrBank::Sha1),
-            "sha256" => Ok(PcrBank::Sha256),
-            "sha384" => Ok(PcrBank::Sha384),
-            other => Err(format!(
-                "unknown PCR bank {other:?}; use sha1, sha256 or sha384"
-            )),
-        }
-    }
-}
-
-/// PCRs a sealed object is bound to: it unseals only while they hold their enrolment values.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PcrPolicy {
-    /// The bank to read.
-    pub bank: PcrBank,
-    /// PCR indices, 0 to 23.
-    pub pcrs: Vec<u8>,
-}
-
-impl PcrPolicy {
-    /// Parses a comma-separated list of PCR indices, such as `0,7,16`.
-    pub fn parse_list(bank: PcrBank, list: &str) -> Result<Self, String> {
-        let mut pcrs = Vec::new();
-        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let n: u8 = part
-                .parse()
-                .map_err(|_| format!("{part:?} is not a PCR index"))?;
-            if n > 23 {
-                return Err(format!("PCR index {n} is out of range 0-23"));
-            }
-            if !pcrs.contains(&n) {
-                pcrs.push(n);
-            }
-        }
-        if pcrs.is_empty() {
-            return Err("the PCR list is empty".into());
-        }
-        pcrs.sort_unstable();
-        Ok(PcrPolicy { bank, pcrs })
-    }
-
-    fn selection(&self) -> Result<PcrSelectionList, TssError> {
-        let slots = self
-            .pcrs
-            .iter()
-            .map(|&n| PcrSlot::try_from(1u32 << n))
-            .collect::<Result<Vec<_>, _>>()?;
-        PcrSelectionListBuilder::new()
-            .with_selection(self.bank.algorithm(), &slots)
-            .build()
-    }
-}
-
-/// A `tpm` keyslot's stored record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TpmSealed {
-    /// The sealed object's public area (TPMT_PUBLIC), marshalled.
-    #[serde(with = "crate::b64")]
-    pub public: Vec<u8>,
-    /// The sealed object's TPM2B_PRIVATE, encrypted by the TPM under its primary key.
-    #[serde(with = "crate::b64")]
-    pub private: Vec<u8>,
-    /// The PCR policy the object is bound to, if any.
-    pub pcr_policy: Option<PcrPolicy>,
-    /// Whether the object has a PIN (authValue).
-    pub pin: bool,
-    /// The node key wrapped under the sealed KEK.
-    #[serde(flatten)]
-    pub wrapped: Wrapped,
+/// The PCRs of `policy`, as the TPM selects them.
+fn selection(policy: &PcrPolicy) -> Result<PcrSelectionList, TssError> {
+    let slots = policy
+        .pcrs
+        .iter()
+        .map(|&n| PcrSlot::try_from(1u32 << n))
+        .collect::<Result<Vec<_>, _>>()?;
+    PcrSelectionListBuilder::new()
+        .with_selection(algorithm(policy.bank), &slots)
+        .build()
 }
 
 /// Unlock by TPM 2.0.
@@ -292,7 +218,7 @@ impl<'a> Transients<'a> {
         pin: bool,
     ) -> Result<PolicySession, TssError> {
         let policy = PolicySession::try_from(session)?;
-        let selection = pcr_policy.selection()?;
+        let selection = selection(pcr_policy)?;
         self.ctx.execute_without_session(|ctx| {
             // An empty digest makes the TPM use the PCRs' current values.
             ctx.policy_pcr(policy, Digest::default(), selection)?;
@@ -361,8 +287,7 @@ impl Protector for TpmProtector {
         let policy_digest = match &self.pcr_policy {
             None => None,
             Some(pcr_policy) => {
-                pcr_policy
-                    .selection()
+                selection(pcr_policy)
                     .map_err(|e| WrapError::Invalid(format!("PCR selection not supported: {e}")))?;
                 let trial = t.session(primary, SessionType::Trial).map_err(token)?;
                 let policy = t.policy(trial, pcr_policy, has_pin).map_err(token)?;

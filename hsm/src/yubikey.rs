@@ -13,14 +13,17 @@
 //! Talks to the card through PC/SC (pcscd) with the `yubikey` crate 0.8 and its
 //! `untested` feature, which carries ECDH (`piv::decrypt_data`); 0.9 is a release
 //! candidate.
+//!
+//! The stored record ([`YubiKeySealed`]), the policies it keeps ([`PinRule`],
+//! [`TouchRule`]) and the events ([`YubiKeyEvent`], [`EventSink`]) are `hsm-core`'s
+//! `yubikey` module, re-exported here, so that keyslots can be read without linking
+//! libpcsclite.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hkdf::Hkdf;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use rand_core::OsRng;
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use yubikey::piv::{self, AlgorithmId, SlotId};
 use yubikey::{MgmKey, PinPolicy, TouchPolicy, YubiKey};
@@ -32,87 +35,24 @@ const HKDF_INFO: &[u8] = b"pk yubikey keyslot v1";
 /// A touch that fails after this long was not given in time; sooner, it was refused.
 const TOUCH_TIMEOUT_HINT: Duration = Duration::from_secs(5);
 
-/// What the protector tells its user while it works, for a CLI to print or a console to
-/// show.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum YubiKeyEvent {
-    /// The card waits for a touch now.
-    TouchNeeded {
-        /// The card's serial number.
-        serial: u32,
-    },
-    /// The operation that needed a touch is over (touched or not).
-    TouchDone,
-}
+pub use hsm_core::yubikey::*;
 
-/// Receives [`YubiKeyEvent`]s.
-pub type EventSink = Arc<dyn Fn(YubiKeyEvent) + Send + Sync>;
-
-/// A PIN policy as stored in a keyslot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PinRule {
-    /// No PIN for key operations.
-    Never,
-    /// The PIN once per session.
-    Once,
-    /// The PIN before every operation.
-    Always,
-}
-
-/// A touch policy as stored in a keyslot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TouchRule {
-    /// No touch.
-    Never,
-    /// A touch for every operation.
-    Always,
-    /// A touch, remembered for 15 seconds.
-    Cached,
-}
-
-impl PinRule {
-    fn policy(self) -> PinPolicy {
-        match self {
-            PinRule::Never => PinPolicy::Never,
-            PinRule::Once => PinPolicy::Once,
-            PinRule::Always => PinPolicy::Always,
-        }
+/// The card's PIN policy for a key generated under `rule`.
+fn pin_policy(rule: PinRule) -> PinPolicy {
+    match rule {
+        PinRule::Never => PinPolicy::Never,
+        PinRule::Once => PinPolicy::Once,
+        PinRule::Always => PinPolicy::Always,
     }
 }
 
-impl TouchRule {
-    fn policy(self) -> TouchPolicy {
-        match self {
-            TouchRule::Never => TouchPolicy::Never,
-            TouchRule::Always => TouchPolicy::Always,
-            TouchRule::Cached => TouchPolicy::Cached,
-        }
+/// The card's touch policy for a key generated under `rule`.
+fn touch_policy(rule: TouchRule) -> TouchPolicy {
+    match rule {
+        TouchRule::Never => TouchPolicy::Never,
+        TouchRule::Always => TouchPolicy::Always,
+        TouchRule::Cached => TouchPolicy::Cached,
     }
-}
-
-/// A `yubikey` keyslot's stored record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct YubiKeySealed {
-    /// The card's serial number.
-    pub serial: u32,
-    /// The PIV slot (0x9d, or a retired slot 0x82-0x95).
-    pub slot: u8,
-    /// PIN policy of the key.
-    pub pin_policy: PinRule,
-    /// Touch policy of the key.
-    pub touch_policy: TouchRule,
-    /// The card key's public point, SEC1 uncompressed.
-    #[serde(with = "crate::b64")]
-    pub public_key: Vec<u8>,
-    /// The ephemeral public point, SEC1 uncompressed.
-    #[serde(with = "crate::b64")]
-    pub ephemeral: Vec<u8>,
-    /// The key wrapped under the key derived from the ECDH shared secret.
-    #[serde(flatten)]
-    pub wrapped: Wrapped,
 }
 
 /// Unlock by a YubiKey (PIV, P-256 ECDH).
@@ -259,8 +199,8 @@ impl Protector for YubiKeyProtector {
             &mut card,
             slot,
             AlgorithmId::EccP256,
-            self.pin_policy.policy(),
-            self.touch_policy.policy(),
+            pin_policy(self.pin_policy),
+            touch_policy(self.touch_policy),
         )
         .map_err(|e| token(format!("key generation failed: {e}")))?;
         let public_key = spki.subject_public_key.raw_bytes().to_vec();

@@ -27,7 +27,10 @@ pub struct Wrapped {
 
 impl Wrapped {
     /// Encrypts `key` under `kek` with `aad`, under a fresh random nonce.
-    pub(crate) fn seal(kek: &DataKey, key: &DataKey, aad: &[u8]) -> Wrapped {
+    ///
+    /// Public for the token backends in `hsm`, which wrap under a key-encryption key
+    /// their token keeps; callers outside the token layer have no key-encryption key.
+    pub fn seal(kek: &DataKey, key: &DataKey, aad: &[u8]) -> Wrapped {
         let cipher = XChaCha20Poly1305::new(kek.expose().into());
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
@@ -48,7 +51,10 @@ impl Wrapped {
 
     /// Decrypts what [`Wrapped::seal`] produced; `None` when the key, nonce, ciphertext
     /// or aad differ.
-    pub(crate) fn open(&self, kek: &DataKey, aad: &[u8]) -> Option<DataKey> {
+    ///
+    /// Public for the token backends in `hsm`, which open under a key-encryption key
+    /// their token gives back; callers outside the token layer use [`crate::Protector`].
+    pub fn open(&self, kek: &DataKey, aad: &[u8]) -> Option<DataKey> {
         if self.nonce.len() != NONCE_LEN {
             return None;
         }

@@ -130,7 +130,9 @@ pub enum UnwrapError {
 
 impl WrapError {
     /// A failure of the `kind` token, as its library describes it.
-    pub(crate) fn token(kind: Kind, message: impl std::fmt::Display) -> Self {
+    ///
+    /// Public for the token backends in `hsm`, which report their library's errors so.
+    pub fn token(kind: Kind, message: impl std::fmt::Display) -> Self {
         WrapError::Token {
             kind,
             message: message.to_string(),
@@ -140,7 +142,9 @@ impl WrapError {
 
 impl UnwrapError {
     /// A failure of the `kind` token, as its library describes it.
-    pub(crate) fn token(kind: Kind, message: impl std::fmt::Display) -> Self {
+    ///
+    /// Public for the token backends in `hsm`, which report their library's errors so.
+    pub fn token(kind: Kind, message: impl std::fmt::Display) -> Self {
         UnwrapError::Token {
             kind,
             message: message.to_string(),
@@ -148,7 +152,9 @@ impl UnwrapError {
     }
 
     /// `sealed` was handed to a protector of the `expected` kind.
-    pub(crate) fn wrong_kind(expected: Kind, sealed: &Sealed) -> Self {
+    ///
+    /// Public for the token backends in `hsm`, whose `unwrap` is handed any record.
+    pub fn wrong_kind(expected: Kind, sealed: &Sealed) -> Self {
         UnwrapError::WrongKind {
             expected,
             found: sealed.kind(),

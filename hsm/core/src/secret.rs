@@ -24,7 +24,10 @@ impl DataKey {
     }
 
     /// Copies a key out of a slice, failing unless it is exactly 32 bytes long.
-    pub(crate) fn try_from_slice(bytes: &[u8]) -> Option<Self> {
+    ///
+    /// Public for the token backends in `hsm`, which get key bytes back from a token;
+    /// the caller's copy should be zeroized.
+    pub fn try_from_slice(bytes: &[u8]) -> Option<Self> {
         let array: [u8; 32] = bytes.try_into().ok()?;
         Some(DataKey(array))
     }
@@ -66,7 +69,9 @@ impl Pin {
     }
 
     /// The PIN as UTF-8, for APIs that insist on text; `None` if it is not UTF-8.
-    pub(crate) fn expose_str(&self) -> Option<Zeroizing<String>> {
+    ///
+    /// Public for the token backends in `hsm` (a PKCS#11 login takes text).
+    pub fn expose_str(&self) -> Option<Zeroizing<String>> {
         std::str::from_utf8(&self.0)
             .ok()
             .map(|s| Zeroizing::new(s.to_owned()))
