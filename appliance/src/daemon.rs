@@ -59,6 +59,7 @@ pub async fn run_until(
     let setup_code = setup_code(&config);
     let setup_shown = setup_code.as_ref().map(|c| c.as_str().to_owned());
     let tokens = node::tokens::TokenConfig {
+        drivers: Some(std::sync::Arc::new(hsm::Hardware)),
         tcti: tpm_tcti.clone(),
         pkcs11_module: config.pkcs11_module.clone(),
         yubikey_events: None,

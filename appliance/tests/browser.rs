@@ -90,7 +90,7 @@ async fn second_node(dir: &std::path::Path) -> (String, String, node::client::Cl
     .unwrap();
     let config = node::agent::AgentConfig {
         node: path.clone(),
-        tokens: node::tokens::TokenConfig::default(),
+        tokens: common::hardware(),
         peer_listen: Some("127.0.0.1:0".parse().unwrap()),
         lan: None,
         github: node::provider::GitHubConfig::default(),

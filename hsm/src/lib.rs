@@ -18,9 +18,13 @@
 //!
 //! This crate is the token drivers on top of `hsm-core`, which it re-exports whole. The
 //! trait, [`Kind`], [`Sealed`], the secrets and errors, every backend's stored record and
-//! the two software protectors are `hsm-core`'s, with no C library beneath them; this crate
-//! adds the three hardware protectors and [`sim`]. Every path stays as it was: the root
-//! re-exports `hsm-core`'s root, [`soft`] and [`recovery`] are `hsm-core`'s modules, and
+//! the two software protectors, the [`Drivers`] trait and the simulators ([`sim`]) are
+//! `hsm-core`'s, with no C library beneath them; this crate adds the three hardware
+//! protectors and [`Hardware`], which hands them out behind [`Drivers`]: a program that
+//! uses tokens (`pk-node`, the appliance) gives `Hardware` to the node library, which
+//! depends on `hsm-core` alone. Every path stays as it was: the root re-exports
+//! `hsm-core`'s root, [`soft`], [`recovery`], [`drivers`] and [`sim`] are `hsm-core`'s
+//! modules, and
 //! [`tpm`], [`pkcs11`] and [`yubikey`] each re-export `hsm-core`'s module of the same name
 //! (the records, such as [`tpm::PcrPolicy`] and [`yubikey::PinRule`]) beside their driver.
 //! A crate that needs only the records, the trait or the software protectors can depend
@@ -47,20 +51,24 @@
 //!   [`recovery`].
 //! - The drivers, each beside its records re-exported from `hsm-core`: [`tpm`] (libtss2),
 //!   [`pkcs11`] (PKCS#11 modules), [`yubikey`] (PC/SC).
-//! - [`sim`]: the software stand-ins that tests and the local development command start
-//!   (swtpm, SoftHSM2 token directories) and, behind the `testing` feature, `sim::pcsc`
-//!   (a private pcscd with one vpcd reader) and `sim::piv` (an emulated YubiKey 5 PIV
-//!   card).
+//! - [`Hardware`]: the three drivers behind `hsm-core`'s [`Drivers`] trait.
+//! - [`sim`] (`hsm-core`'s, re-exported): the software stand-ins that tests and the local
+//!   development command start (swtpm, SoftHSM2 token directories) and, behind the
+//!   `testing` feature, `sim::pcsc` (a private pcscd with one vpcd reader) and `sim::piv`
+//!   (an emulated YubiKey 5 PIV card).
 //!
 //! `ARCHITECTURE.md` at the workspace root places this crate among the others;
 //! `docs/theory/keys-and-keyslots.md` explains the keys and keyslots built on it.
 
 #![forbid(unsafe_code)]
 
+mod hardware;
 pub mod pkcs11;
-pub mod sim;
 pub mod tpm;
 pub mod yubikey;
 
-pub use hsm_core::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, Wrapped};
-pub use hsm_core::{recovery, soft};
+pub use hardware::Hardware;
+pub use hsm_core::{
+    DataKey, Drivers, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, Wrapped, drivers,
+};
+pub use hsm_core::{recovery, sim, soft};

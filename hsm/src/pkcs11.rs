@@ -30,9 +30,6 @@ use zeroize::Zeroizing;
 
 use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError};
 
-/// Where the PKCS#11 module usually is on Debian for SoftHSM2.
-pub(crate) const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
 /// The directories a module named only by a stored keyslot may be loaded from (after
 /// resolving symbolic links and `..`): places only the system's packages write. A module
 /// anywhere else must be named by this machine's configuration ([`Pkcs11Protector::with_module`]).

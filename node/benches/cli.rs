@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{AeadInPlace as _, KeyInit as _};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use hsm::soft::SoftProtector;
-use hsm::{DataKey, Pin, Protector as _};
+use hsm_core::soft::SoftProtector;
+use hsm_core::{DataKey, Pin, Protector as _};
 use node::api::agent::Status;
 use node::client::Client;
 

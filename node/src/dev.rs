@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use hsm::sim::Swtpm;
+use hsm_core::sim::Swtpm;
 
 /// `println!` that does not panic when standard output is closed (`pk-dev | head`).
 #[macro_export]

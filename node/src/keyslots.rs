@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use hkdf::Hkdf;
-use hsm::recovery::{RecoveryCode, RecoveryProtector};
-use hsm::{DataKey, Kind, Protector, Sealed, UnwrapError, WrapError};
+use hsm_core::recovery::{RecoveryCode, RecoveryProtector};
+use hsm_core::{DataKey, Kind, Protector, Sealed, UnwrapError, WrapError};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -617,8 +617,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeyslotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hsm::Pin;
-    use hsm::soft::{Argon2Params, SoftProtector};
+    use hsm_core::Pin;
+    use hsm_core::soft::{Argon2Params, SoftProtector};
 
     fn soft(pass: &str) -> SoftProtector {
         SoftProtector::new(Pin::from(pass), Argon2Params::INSECURE_FOR_TESTS)

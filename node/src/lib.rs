@@ -1,6 +1,6 @@
 //! The pk node library: a Polykey-style secrets node whose keys live behind a hardware
-//! token. Everything a node does is here; the binaries (`pk`, `pk-node`, `pk-dev`, and
-//! the appliance in its own crate) are front ends over it.
+//! token. Everything a node does is here; the binaries (`pk` in this crate, `pk-node` and
+//! `pk-dev` in `node/pk-node`, and the appliance in its own crate) are front ends over it.
 //!
 //! # What holds, always
 //!
@@ -16,6 +16,10 @@
 //!   against the NodeId its TLS handshake proved; what a peer can make the node hold has a
 //!   stated bound ([`net`], [`vault::TransferLimits`]); refusals are audited in
 //!   aggregate.
+//! - **No token library.** This crate depends on `hsm-core` (the records, the trait, the
+//!   software protectors), not on `hsm`: the hardware drivers reach it as a
+//!   `hsm_core::Drivers` in [`tokens::TokenConfig`], from the program that links them.
+//!   So `pk`, built here, cannot link libtss2 or libpcsclite.
 //! - **No secret in a message.** No PIN, passphrase, key, recovery word or secret value
 //!   reaches an error, a log line ([`logging`]) or a `Debug` form.
 //!
@@ -35,7 +39,7 @@
 //!   `pk` talks to, the peer endpoint, the background work) and [`client`] (the other end
 //!   of the socket).
 //! - Front end: [`cli`], the `pk` command line, which the `pk` and `pk-node` binaries
-//!   run (their `main`s are one line each).
+//!   run (their `main`s are one line each; `pk-node`'s hands in `hsm::Hardware`).
 //!
 //! A module names only modules at or below its own level, and no two modules name each
 //! other (the workspace's tidy test checks it). `ARCHITECTURE.md` at the root says where

@@ -366,7 +366,7 @@ mod tests {
     use crate::NodePath;
     use crate::clock::ManualClock;
     use crate::identity::Identity;
-    use hsm::DataKey;
+    use hsm_core::DataKey;
 
     const T0: u64 = 1_700_000_000_000;
 

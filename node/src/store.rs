@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use hsm::DataKey;
+use hsm_core::DataKey;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use zeroize::Zeroizing;
 

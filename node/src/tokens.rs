@@ -5,20 +5,25 @@
 //! code). This module puts the three together.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use hsm::pkcs11::Pkcs11Protector;
-use hsm::recovery::{RecoveryCode, RecoveryCodeError, RecoveryProtector};
-use hsm::soft::{Argon2Params, SoftProtector};
-use hsm::tpm::{DEFAULT_TCTI, PcrPolicy, TpmProtector};
-use hsm::yubikey::{EventSink, PinRule, TouchRule, YubiKeyProtector};
-use hsm::{Kind, Pin, Protector, Sealed};
+use hsm_core::drivers::{PivKey, Pkcs11Key};
+use hsm_core::recovery::{RecoveryCode, RecoveryCodeError, RecoveryProtector};
+use hsm_core::soft::{Argon2Params, SoftProtector};
+use hsm_core::tpm::{DEFAULT_TCTI, PcrPolicy};
+use hsm_core::yubikey::{EventSink, PinRule, TouchRule};
+use hsm_core::{Drivers, Kind, Pin, Protector, Sealed};
 
 use crate::keyslots::{KeyslotError, Keyslots, Unlocked};
 use zeroize::Zeroizing;
 
-/// Where this machine's tokens are. Overrides what slots recorded at enrolment.
+/// Where this machine's tokens are, and the drivers to reach them with. Overrides what
+/// slots recorded at enrolment.
 #[derive(Clone, Default)]
 pub struct TokenConfig {
+    /// The hardware drivers (`hsm_core::Hardware`), from the program that links them; without
+    /// them only the software keyslots (passphrase, recovery code) open.
+    pub drivers: Option<Arc<dyn Drivers>>,
     /// TPM TCTI; [`DEFAULT_TCTI`] when `None`.
     pub tcti: Option<String>,
     /// PKCS#11 module to use instead of the one recorded in the slot.
@@ -32,6 +37,7 @@ impl std::fmt::Debug for TokenConfig {
         f.debug_struct("TokenConfig")
             .field("tcti", &self.tcti)
             .field("pkcs11_module", &self.pkcs11_module)
+            .field("drivers", &self.drivers.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -40,6 +46,13 @@ impl TokenConfig {
     /// The TCTI to use.
     pub fn tcti(&self) -> &str {
         self.tcti.as_deref().unwrap_or(DEFAULT_TCTI)
+    }
+
+    /// The hardware drivers, or why a slot of `kind` cannot be used without them.
+    fn drivers(&self, kind: Kind) -> Result<&dyn Drivers, ProtectorError> {
+        self.drivers
+            .as_deref()
+            .ok_or(ProtectorError::Unsupported(kind))
     }
 }
 
@@ -50,9 +63,10 @@ pub enum ProtectorError {
     /// The slot needs a secret and none was supplied.
     #[error("this keyslot needs a {0}")]
     SecretNeeded(&'static str),
-    /// This build of pk cannot open this kind of slot.
-    #[error("this pk cannot open {0} keyslots")]
-    Unsupported(hsm::Kind),
+    /// This program has no driver for this kind of slot (`pk` hands token work to
+    /// `pk-node`).
+    #[error("this program cannot use {0} keyslots: run it through pk-node")]
+    Unsupported(Kind),
     /// The recovery code is malformed.
     #[error(transparent)]
     RecoveryCode(#[from] RecoveryCodeError),
@@ -66,7 +80,7 @@ pub fn secret_name(sealed: &Sealed) -> Option<&'static str> {
         Sealed::Pkcs11(_) => Some("PKCS#11 token PIN"),
         Sealed::Soft(_) => Some("passphrase"),
         Sealed::Recovery(_) => Some("recovery code"),
-        Sealed::YubiKey(y) if y.pin_policy == hsm::yubikey::PinRule::Never => None,
+        Sealed::YubiKey(y) if y.pin_policy == PinRule::Never => None,
         Sealed::YubiKey(_) => Some("YubiKey PIN"),
         _ => Some("secret"),
     }
@@ -84,14 +98,13 @@ pub fn protector_for(
         (_, secret) => secret,
     };
     Ok(match sealed {
-        Sealed::Tpm(_) => Box::new(TpmProtector::new(config.tcti(), secret)),
+        Sealed::Tpm(_) => config.drivers(Kind::Tpm)?.tpm(config.tcti(), secret, None),
         Sealed::Pkcs11(_) => {
             let pin = secret.ok_or(ProtectorError::SecretNeeded("PKCS#11 token PIN"))?;
-            let mut p = Pkcs11Protector::for_unlock(pin);
-            if let Some(module) = &config.pkcs11_module {
-                p = p.with_module(module);
-            }
-            Box::new(p)
+            let module = config.pkcs11_module.as_deref();
+            config
+                .drivers(Kind::Pkcs11)?
+                .pkcs11(Pkcs11Key::Stored { module }, pin)
         }
         Sealed::Soft(_) => Box::new(SoftProtector::new(
             secret.ok_or(ProtectorError::SecretNeeded("passphrase"))?,
@@ -102,13 +115,12 @@ pub fn protector_for(
             let text = Zeroizing::new(String::from_utf8_lossy(secret.expose()).into_owned());
             Box::new(RecoveryProtector::new(RecoveryCode::parse(&text)?))
         }
-        Sealed::YubiKey(y) => {
-            let mut p = YubiKeyProtector::new(Some(y.serial), secret);
-            if let Some(events) = &config.yubikey_events {
-                p = p.with_events(events.clone());
-            }
-            Box::new(p)
-        }
+        Sealed::YubiKey(y) => config.drivers(Kind::YubiKey)?.yubikey(
+            Some(y.serial),
+            secret,
+            None,
+            config.yubikey_events.clone(),
+        ),
         other => return Err(ProtectorError::Unsupported(other.kind())),
     })
 }
@@ -158,18 +170,19 @@ pub enum NewSlot {
 }
 
 /// The protector that enrols `slot` on this machine's tokens.
-pub fn new_protector(slot: NewSlot, config: &TokenConfig) -> Box<dyn Protector> {
-    match slot {
-        NewSlot::Tpm { pin, pcrs } => {
-            let mut tpm = TpmProtector::new(config.tcti(), pin);
-            if let Some(pcrs) = pcrs {
-                tpm = tpm.with_pcr_policy(pcrs);
-            }
-            Box::new(tpm)
-        }
-        NewSlot::Pkcs11 { module, label, pin } => {
-            Box::new(Pkcs11Protector::new(module, label, pin))
-        }
+pub fn new_protector(
+    slot: NewSlot,
+    config: &TokenConfig,
+) -> Result<Box<dyn Protector>, ProtectorError> {
+    Ok(match slot {
+        NewSlot::Tpm { pin, pcrs } => config.drivers(Kind::Tpm)?.tpm(config.tcti(), pin, pcrs),
+        NewSlot::Pkcs11 { module, label, pin } => config.drivers(Kind::Pkcs11)?.pkcs11(
+            Pkcs11Key::New {
+                module: &module,
+                label: &label,
+            },
+            pin,
+        ),
         NewSlot::YubiKey {
             serial,
             slot,
@@ -177,19 +190,19 @@ pub fn new_protector(slot: NewSlot, config: &TokenConfig) -> Box<dyn Protector> 
             touch_rule,
             pin,
             management_key,
-        } => {
-            let mut yk =
-                YubiKeyProtector::new(serial, Some(pin)).with_key(slot, pin_rule, touch_rule);
-            if let Some(key) = management_key {
-                yk = yk.with_management_key(*key);
-            }
-            if let Some(events) = &config.yubikey_events {
-                yk = yk.with_events(events.clone());
-            }
-            Box::new(yk)
-        }
+        } => config.drivers(Kind::YubiKey)?.yubikey(
+            serial,
+            Some(pin),
+            Some(PivKey {
+                slot,
+                pin_rule,
+                touch_rule,
+                management_key,
+            }),
+            config.yubikey_events.clone(),
+        ),
         NewSlot::Soft { passphrase, params } => Box::new(SoftProtector::new(passphrase, params)),
-    }
+    })
 }
 
 /// Which keyslots to unlock through, and with what.

@@ -133,7 +133,7 @@ fn check_tools(args: &Args) -> Result<(), String> {
         .collect();
     if !args.pk.is_file() {
         missing.push(format!(
-            "  {} (cargo build -p node --bin pk --bin pk-node)",
+            "  {} (cargo build -p node -p pk-node --bin pk --bin pk-node)",
             args.pk.display()
         ));
     }

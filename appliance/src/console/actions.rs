@@ -396,7 +396,7 @@ fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, St
             ));
         }
     };
-    Ok(node::tokens::new_protector(slot, &tokens))
+    node::tokens::new_protector(slot, &tokens).map_err(|e| format!("{e}."))
 }
 
 pub(super) fn authorise(

@@ -42,9 +42,17 @@ pub(crate) fn console(dir: &std::path::Path) -> Arc<Console> {
         session_idle: Duration::from_secs(600),
         fingerprint: "AA:BB".into(),
         setup_code: Some(zeroize::Zeroizing::new(CODE.into())),
-        tokens: node::tokens::TokenConfig::default(),
+        tokens: hardware(),
         lan: false,
     })
+}
+
+/// The token configuration a box has: the real drivers, no overrides.
+pub(crate) fn hardware() -> node::tokens::TokenConfig {
+    node::tokens::TokenConfig {
+        drivers: Some(Arc::new(hsm::Hardware)),
+        ..Default::default()
+    }
 }
 
 /// A request with the session `cookie` when given.
@@ -215,7 +223,7 @@ pub(crate) async fn start_agent(dir: &std::path::Path) -> node::client::Client {
     let node = node::NodePath::new(dir.join("node"));
     let config = node::agent::AgentConfig {
         node: node.clone(),
-        tokens: node::tokens::TokenConfig::default(),
+        tokens: hardware(),
         peer_listen: None,
         lan: None,
         github: node::provider::GitHubConfig::default(),

@@ -56,7 +56,13 @@
 //!   under a key-encryption key, shared by every backend but PKCS#11).
 //! - The software backends, each a protector and its stored record: [`soft`],
 //!   [`recovery`].
-//! - The hardware backends' records and options only: [`tpm`], [`pkcs11`], [`yubikey`].
+//! - The hardware backends' records and options only: [`tpm`], [`pkcs11`], [`yubikey`];
+//!   and [`drivers`], the trait ([`Drivers`]) through which a program that links them
+//!   (`hsm::Hardware`) hands them to one that does not.
+//! - [`sim`]: the software stand-ins that tests and the local development command start
+//!   (swtpm, SoftHSM2 token directories; pure Rust, they spawn the programs) and, behind
+//!   the `testing` feature, `sim::pcsc` (a private pcscd with one vpcd reader) and
+//!   `sim::piv` (an emulated YubiKey 5 PIV card).
 //! - The root ties them together: [`Kind`], [`Sealed`] (one variant per backend's record)
 //!   and [`Protector`].
 //!
@@ -67,15 +73,18 @@
 
 mod aead;
 mod b64;
+pub mod drivers;
 mod error;
 pub mod pkcs11;
 pub mod recovery;
 mod secret;
+pub mod sim;
 pub mod soft;
 pub mod tpm;
 pub mod yubikey;
 
 pub use aead::Wrapped;
+pub use drivers::Drivers;
 pub use error::{UnwrapError, WrapError};
 pub use secret::{DataKey, Pin};
 

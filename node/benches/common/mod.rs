@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hsm::soft::{Argon2Params, SoftProtector};
-use hsm::{DataKey, Pin};
+use hsm_core::soft::{Argon2Params, SoftProtector};
+use hsm_core::{DataKey, Pin};
 use node::NodePath;
 use node::identity::Identity;
 use node::keyslots::Keyslots;
@@ -159,6 +159,15 @@ impl Node {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        static CHECKED: std::sync::Once = std::sync::Once::new();
+        CHECKED.call_once(|| {
+            // pk executes the pk-node beside it, another crate's binary.
+            let pk_node = Path::new(PK).with_file_name("pk-node");
+            assert!(
+                pk_node.is_file(),
+                "{pk_node:?} is not built: cargo build --release -p pk-node first"
+            );
+        });
         let mut cmd = Command::new(PK);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PK_") {

@@ -643,7 +643,10 @@ fn open_store(
     let choice = UnlockChoice {
         slot: params.slot,
         kind: params.kind,
-        secret: params.secret.as_ref().map(|s| hsm::Pin::new(s.0.clone())),
+        secret: params
+            .secret
+            .as_ref()
+            .map(|s| hsm_core::Pin::new(s.0.clone())),
     };
     let unlocked =
         crate::tokens::unlock(&keyslots, choice, &config.tokens).map_err(unlock_error)?;
@@ -672,7 +675,7 @@ fn open_store(
 /// tasks, requests finishing) may still hold the previous handle for a moment, so a
 /// store "in use" by this process is tried again for a few seconds before it is an
 /// error (another process holding it stays an error, after the same wait).
-fn open_when_released(node: &NodePath, key: &hsm::DataKey) -> Result<Store, ApiError> {
+fn open_when_released(node: &NodePath, key: &hsm_core::DataKey) -> Result<Store, ApiError> {
     let mut tries = 0;
     loop {
         match Store::open(node, key) {

@@ -26,7 +26,7 @@ pub struct Unlock {
     /// This slot only.
     pub slot: Option<u32>,
     /// Every slot of this kind (when no slot is named).
-    pub kind: Option<hsm::Kind>,
+    pub kind: Option<hsm_core::Kind>,
     /// The PIN, passphrase or recovery code.
     pub secret: Option<SecretBytes>,
 }

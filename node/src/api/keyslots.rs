@@ -20,7 +20,7 @@ pub struct Changed {
     /// The slot.
     pub slot: u32,
     /// Its kind.
-    pub kind: hsm::Kind,
+    pub kind: hsm_core::Kind,
 }
 
 /// A keyslot change for the audit log.

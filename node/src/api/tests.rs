@@ -43,7 +43,7 @@ fn samples() -> Vec<Request> {
         agent::Status.into(),
         agent::Unlock {
             slot: Some(1),
-            kind: Some(hsm::Kind::Soft),
+            kind: Some(hsm_core::Kind::Soft),
             secret: Some(bytes("pin")),
         }
         .into(),
@@ -59,7 +59,7 @@ fn samples() -> Vec<Request> {
         keyslots::Changed {
             event: keyslots::KeyslotEvent::Removed,
             slot: 2,
-            kind: hsm::Kind::Tpm,
+            kind: hsm_core::Kind::Tpm,
         }
         .into(),
         console::Event {

@@ -128,11 +128,11 @@ fn unlock_via_agent(
 ) -> Result<(), CliError> {
     unlock_flow(keyslots, args, None, |choice| {
         // The agent cannot reach this terminal: say here that the card waits for a touch.
-        if let Some(hsm::Sealed::YubiKey(y)) = choice
+        if let Some(hsm_core::Sealed::YubiKey(y)) = choice
             .slot
             .and_then(|id| keyslots.slot(id))
             .map(|s| &s.sealed)
-            && y.touch_policy != hsm::yubikey::TouchRule::Never
+            && y.touch_policy != hsm_core::yubikey::TouchRule::Never
         {
             let _ = writeln!(
                 std::io::stderr(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hsm::tpm::PcrBank;
+use hsm_core::tpm::PcrBank;
 
 /// pk: a hardware-token-backed, peer-to-peer secrets manager.
 #[derive(Debug, Parser)]

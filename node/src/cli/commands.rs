@@ -1,12 +1,13 @@
 //! The dispatch of every command, and the commands that use tokens: `init`, `keyslots`
 //! and the agent process itself.
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use hsm::soft::Argon2Params;
-use hsm::tpm::{PcrBank, PcrPolicy};
-use hsm::yubikey::{PinRule, TouchRule};
-use hsm::{Kind, Protector, Sealed};
+use hsm_core::soft::Argon2Params;
+use hsm_core::tpm::{PcrBank, PcrPolicy};
+use hsm_core::yubikey::{PinRule, TouchRule};
+use hsm_core::{Drivers, Kind, Protector, Sealed};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -29,18 +30,22 @@ use super::unlock::unlock_flow;
 const MIN_PASSPHRASE: usize = 8;
 
 /// The node path, token configuration and output format the command line gives.
-fn context(cli: &Cli) -> Result<(NodePath, TokenConfig, Output), CliError> {
+fn context(
+    cli: &Cli,
+    drivers: Option<Arc<dyn Drivers>>,
+) -> Result<(NodePath, TokenConfig, Output), CliError> {
     let node = match &cli.node_path {
         Some(path) => NodePath::new(path),
         None => NodePath::default_location()
             .ok_or_else(|| CliError::usage("no --node-path given and no HOME to default to"))?,
     };
     let config = TokenConfig {
+        drivers,
         tcti: cli.tcti.clone(),
         pkcs11_module: cli.pkcs11_module.clone(),
         // On the command line the touch prompt goes to the terminal.
-        yubikey_events: Some(std::sync::Arc::new(|event| {
-            if let hsm::yubikey::YubiKeyEvent::TouchNeeded { serial } = event {
+        yubikey_events: Some(Arc::new(|event| {
+            if let hsm_core::yubikey::YubiKeyEvent::TouchNeeded { serial } = event {
                 eprintln!("Touch your YubiKey (serial {serial}) now");
             }
         })),
@@ -50,7 +55,7 @@ fn context(cli: &Cli) -> Result<(NodePath, TokenConfig, Output), CliError> {
 
 /// The commands served by the agent (everything `pk` runs itself).
 pub(crate) fn run_client(cli: &Cli) -> Result<(), CliError> {
-    let (node, _, out) = context(cli)?;
+    let (node, _, out) = context(cli, None)?;
     match &cli.command {
         Command::Agent(c) => super::agent_cmds::agent(cli, &node, c, &out),
         Command::Keys(c) => super::agent_cmds::keys(&node, c, &out),
@@ -66,9 +71,10 @@ pub(crate) fn run_client(cli: &Cli) -> Result<(), CliError> {
     }
 }
 
-/// Every command, including those that use tokens (what `pk-node` runs).
-pub(crate) fn run(cli: &Cli) -> Result<(), CliError> {
-    let (node, config, out) = context(cli)?;
+/// Every command, including those that use tokens through `drivers` (what `pk-node`
+/// runs).
+pub(crate) fn run(cli: &Cli, drivers: Arc<dyn Drivers>) -> Result<(), CliError> {
+    let (node, config, out) = context(cli, Some(drivers))?;
     match &cli.command {
         Command::Agent(AgentCommand::Start(args)) if args.foreground => {
             run_agent(&node, &config, args)
@@ -388,7 +394,7 @@ fn new_protector(
         TokenKind::Pkcs11 => pkcs11_slot(args, config, source)?,
         TokenKind::Soft => soft_slot(args, source)?,
     };
-    Ok(crate::tokens::new_protector(slot, config))
+    Ok(crate::tokens::new_protector(slot, config)?)
 }
 
 /// Refuses the flags of one token kind given with another.

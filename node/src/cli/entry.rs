@@ -9,7 +9,7 @@ use super::error::{CliError, USAGE};
 
 /// Parses the command line and runs `dispatch`, turning its error into a message on
 /// stderr and a sysexits code.
-pub(crate) fn main_with(dispatch: fn(&Cli) -> Result<(), CliError>) -> ExitCode {
+pub(crate) fn main_with(dispatch: impl FnOnce(&Cli) -> Result<(), CliError>) -> ExitCode {
     // Everything pk and its agent create (database, status file, log, exports) is for
     // this user only.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));

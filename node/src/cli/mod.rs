@@ -10,7 +10,8 @@
 //! (`secrets cat`) does not load the TPM and PKCS#11 libraries. The commands that use
 //! tokens (`init`, `keyslots`, and the agent itself) run in `pk-node` ([`pk_node_main`]),
 //! the binary installed next to it, which `pk` executes in its place with the same
-//! arguments. `node/tests/it/linkage.rs` checks that `pk` links no token library.
+//! arguments, and which hands in the drivers. This crate depends on `hsm-core` alone, so
+//! `pk` cannot link libtss2 or libpcsclite; `node/pk-node/tests/linkage.rs` checks it.
 //!
 //! Map: `args` (the clap definitions), `entry` (umask, parsing, exit codes), `error`
 //! (the error and its exit code), `output` (human or JSON), `secrets` (PINs and
@@ -33,6 +34,9 @@ mod trust_cmds;
 mod unlock;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use hsm_core::Drivers;
 
 use args::{AgentCommand, Cli, Command};
 use error::CliError;
@@ -43,9 +47,10 @@ pub fn pk_main() -> ExitCode {
     entry::main_with(dispatch)
 }
 
-/// `pk-node`: runs every command, the token-side ones included.
-pub fn pk_node_main() -> ExitCode {
-    entry::main_with(commands::run)
+/// `pk-node`: runs every command, the token-side ones included, through `drivers`
+/// (`hsm::Hardware`, which this crate does not depend on).
+pub fn pk_node_main(drivers: Arc<dyn Drivers>) -> ExitCode {
+    entry::main_with(|cli| commands::run(cli, drivers))
 }
 
 fn dispatch(cli: &Cli) -> Result<(), CliError> {

@@ -5,7 +5,7 @@ use std::io::IsTerminal as _;
 use std::os::unix::ffi::OsStringExt as _;
 use std::path::Path;
 
-use hsm::Pin;
+use hsm_core::Pin;
 
 use super::error::CliError;
 

@@ -2,7 +2,7 @@
 //! `pk-node`) and those that unlock the agent (`pk agent start`, `pk agent unlock`):
 //! which keyslot to try and with which secret. Prompts happen here, on the user's side.
 
-use hsm::{Kind, Pin};
+use hsm_core::{Kind, Pin};
 
 use crate::keyslots::{Keyslot, KeyslotError, Keyslots};
 use crate::tokens::{UnlockChoice, secret_name};

@@ -1457,7 +1457,7 @@ mod tests {
     use super::*;
     use crate::NodePath;
     use crate::identity::Identity;
-    use hsm::DataKey;
+    use hsm_core::DataKey;
 
     fn path(p: &str) -> SecretPath {
         SecretPath::parse(p, true).unwrap()

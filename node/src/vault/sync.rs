@@ -1696,7 +1696,7 @@ mod tests {
     use crate::NodePath;
     use crate::identity::Identity;
     use crate::vault::SecretPath;
-    use hsm::DataKey;
+    use hsm_core::DataKey;
 
     /// A node's store and its identity, in a temporary directory.
     struct Node {

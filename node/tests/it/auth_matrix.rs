@@ -283,7 +283,7 @@ fn every_way_in_that_must_be_refused_is_refused_and_changes_nothing() {
             }
             let out = std::process::Command::new("setpriv")
                 .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                .arg(env!("CARGO_BIN_EXE_pk"))
+                .arg(crate::harness::pk())
                 .arg("--node-path")
                 .arg(&owner.path)
                 .args(["secrets", "cat", "shared:s"])

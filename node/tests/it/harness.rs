@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hsm::sim::{SoftHsm, Swtpm};
+use hsm_core::sim::{SoftHsm, Swtpm};
 use tempfile::TempDir;
 
 /// Cheap Argon2id parameters for `soft` keyslots (8 MiB, one pass): tests of everything
@@ -143,7 +143,7 @@ impl World {
     }
 
     fn command(&self, node: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pk"));
+        let mut cmd = Command::new(pk());
         cmd.arg("--node-path").arg(node).args(args);
         for var in [
             "PK_PASSWORD",
@@ -169,7 +169,7 @@ impl World {
 
     /// Runs a tpm2-tools command against `tpm`.
     pub(crate) fn tpm_tool(&self, tpm: &Swtpm, program: &str, args: &[&str]) {
-        hsm::sim::require_program(program, "tpm2-tools").unwrap_or_else(|e| panic!("{e}"));
+        hsm_core::sim::require_program(program, "tpm2-tools").unwrap_or_else(|e| panic!("{e}"));
         let out = Command::new(program)
             .args(args)
             .env("TPM2TOOLS_TCTI", tpm.tcti())
@@ -308,4 +308,20 @@ impl World {
             node: node.to_owned(),
         }
     }
+}
+
+/// The `pk` binary, after checking that the `pk-node` it executes for token commands is
+/// built beside it: it is another crate's binary (`node/pk-node`), which `cargo test
+/// --workspace` builds; `cargo test -p node` alone does not.
+pub(crate) fn pk() -> &'static str {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    let pk = env!("CARGO_BIN_EXE_pk");
+    CHECKED.call_once(|| {
+        let pk_node = Path::new(pk).with_file_name("pk-node");
+        assert!(
+            pk_node.is_file(),
+            "{pk_node:?} is not built: run cargo test --workspace, or cargo build -p pk-node first"
+        );
+    });
+    pk
 }

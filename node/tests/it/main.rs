@@ -10,7 +10,6 @@ mod github;
 mod harness;
 mod hostile;
 mod keyslots;
-mod linkage;
 mod logs;
 mod peers;
 mod relay;

@@ -434,7 +434,7 @@ fn a_clone_interrupted_by_killing_the_server_resumes() {
 
 fn w_command(w: &World, peer: &Peer<'_>, args: &[&str]) -> std::process::Child {
     let _ = w;
-    std::process::Command::new(env!("CARGO_BIN_EXE_pk"))
+    std::process::Command::new(crate::harness::pk())
         .arg("--node-path")
         .arg(&peer.path)
         .args(args)

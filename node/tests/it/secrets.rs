@@ -11,7 +11,7 @@ const PASS: &str = "correct horse battery staple";
 struct Node {
     // Fields drop in order: the agent must go before its directory and its TPM.
     _agent: crate::harness::AgentGuard,
-    _tpm: Option<hsm::sim::Swtpm>,
+    _tpm: Option<hsm_core::sim::Swtpm>,
     w: World,
     node: PathBuf,
     pass: PathBuf,
@@ -205,7 +205,7 @@ fn agent_lifecycle_and_keys() {
     assert!(!n.node.join("agent.json").exists());
 
     // Start in the foreground too: it serves until stopped.
-    let mut fg = std::process::Command::new(env!("CARGO_BIN_EXE_pk"))
+    let mut fg = std::process::Command::new(crate::harness::pk())
         .args(["--node-path", s(&n.node), "agent", "start", "--foreground"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -326,7 +326,7 @@ fn secrets_commands(n: Node) {
     // Binary content survives byte for byte.
     let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     n.stdin(&["secrets", "write", "v:bin"], &binary).ok();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pk"))
+    let out = std::process::Command::new(crate::harness::pk())
         .args(["--node-path", s(&n.node), "secrets", "cat", "v:bin"])
         .output()
         .unwrap();
@@ -626,7 +626,7 @@ fn audit_log_records_and_filters() {
     assert!(lines[4].contains("keyslot.enrolled") && lines[4].contains("slot=3"));
 
     // --follow prints new events as they happen.
-    let follow = std::process::Command::new(env!("CARGO_BIN_EXE_pk"))
+    let follow = std::process::Command::new(crate::harness::pk())
         .args([
             "--node-path",
             s(&n.node),

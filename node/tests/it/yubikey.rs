@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use hsm::sim::pcsc::Pcscd;
-use hsm::sim::piv::{PivCard, TouchMode};
+use hsm_core::sim::pcsc::Pcscd;
+use hsm_core::sim::piv::{PivCard, TouchMode};
 
 use crate::harness::World;
 

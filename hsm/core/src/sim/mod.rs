@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pkcs11::SOFTHSM2_MODULE;
+/// Where the PKCS#11 module usually is on Debian for SoftHSM2.
+const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 #[cfg(feature = "testing")]
 pub mod pcsc;

@@ -95,6 +95,7 @@ fn serve(
     let config = node::agent::AgentConfig {
         node: node.clone(),
         tokens: node::tokens::TokenConfig {
+            drivers: Some(std::sync::Arc::new(hsm::Hardware)),
             tcti: tcti.clone(),
             pkcs11_module: None,
             yubikey_events: None,
