@@ -6,8 +6,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 
 use node::identity::NodeId;
-use node::peer::{MAX_RESPONSE, PeerResponse};
-use node::rpc::FrameBuffer;
+use node::peer::{FetchFailed, FetchStream, PeerResponse};
 use node::vault::{FetchOutcome, VaultError, Vaults};
 
 pub mod seeds;
@@ -112,11 +111,11 @@ pub fn postcard_round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(va
     assert_eq!(once, twice, "encoding is not stable across a round trip");
 }
 
-/// The receiving side of a fetch from `from`, as the agent's fetch worker runs it
-/// (`node/src/agent/peers.rs`, `fetch`): `reads` are the stream's bytes as they arrived,
-/// decoded as `PeerResponse` frames with the real limit; `Begin` first (which the agent
-/// reads before it starts the worker), then objects with their chunks, then `Ok`. What
-/// arrived before an interruption is kept, as the agent keeps it.
+/// The receiving side of a fetch from `from`, through the code the agent's fetch worker
+/// runs ([`FetchStream`]): `reads` are the stream's bytes as they arrived, decoded as
+/// `PeerResponse` frames with the real limit; `Begin` first (which the agent reads before
+/// it starts the worker), then objects with their chunks, then `Ok`. What arrived before
+/// an interruption is kept, as the agent keeps it.
 pub fn fetch(
     vaults: &Vaults<'_>,
     from: NodeId,
@@ -124,54 +123,17 @@ pub fn fetch(
     clone: Option<&str>,
 ) -> Result<FetchOutcome, VaultError> {
     let mut reads = reads.iter();
-    let mut frames = FrameBuffer::default();
-    let mut next = || -> Result<Option<PeerResponse>, VaultError> {
-        loop {
-            if let Some(frame) = frames
-                .next(MAX_RESPONSE)
-                .map_err(|e| VaultError::Refused(e.to_string()))?
-            {
-                return Ok(Some(frame));
-            }
-            match reads.next() {
-                Some(bytes) => frames.push(bytes),
-                None => return Ok(None),
-            }
-        }
-    };
-    let Some(PeerResponse::Begin(begin)) = next()? else {
+    let mut stream = FetchStream::new(|| reads.next().map(|bytes| bytes.to_vec()));
+    let Some(PeerResponse::Begin(begin)) = stream.frame()? else {
         return Err(VaultError::Refused(
             "a fetch that does not begin with Begin".into(),
         ));
     };
-    let mut receiver = vaults.receiver(from, &begin, clone)?;
-    loop {
-        match next()? {
-            Some(PeerResponse::Object(object)) => {
-                let mut chunks = std::iter::from_fn(|| match next() {
-                    Ok(Some(PeerResponse::Chunk(bytes))) => Some(Ok(bytes.take())),
-                    Ok(_) => Some(Err(VaultError::Interrupted)),
-                    Err(e) => Some(Err(e)),
-                });
-                match receiver.object(object, &mut chunks) {
-                    Ok(()) => {}
-                    Err(VaultError::Interrupted) => {
-                        receiver.save()?;
-                        return Err(VaultError::Interrupted);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Some(PeerResponse::Ok(_)) => return receiver.finish(&begin.tip),
-            Some(PeerResponse::Err(_)) | None => {
-                receiver.save()?;
-                return Err(VaultError::Interrupted);
-            }
-            Some(_) => {
-                return Err(VaultError::Refused(
-                    "an unexpected message in a fetch".into(),
-                ));
-            }
-        }
-    }
+    let receiver = vaults.receiver(from, &begin, clone)?;
+    stream
+        .receive(receiver, &begin.tip)
+        .map_err(|failed| match failed {
+            FetchFailed::Vault(e) => e,
+            _ => VaultError::Interrupted,
+        })
 }

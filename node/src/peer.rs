@@ -24,10 +24,10 @@ use crate::ids::VaultId;
 use crate::net::Connection;
 use crate::notifications::Body;
 use crate::permissions::VaultPermission;
-use crate::rpc::{CHUNK, FrameError, MAX_FRAME, read_frame, write_frame};
+use crate::rpc::{CHUNK, FrameBuffer, FrameError, MAX_FRAME, read_frame, write_frame};
 use crate::secret_bytes::SecretBytes;
 use crate::sigchain::ClaimToken;
-use crate::vault::{Fetched, WireObject};
+use crate::vault::{FetchOutcome, Fetched, Receiver, VaultError, WireObject};
 
 /// The limits on what a fetch request names (they bound the receiver's side, so they
 /// live with [`crate::vault`]'s sync).
@@ -333,4 +333,106 @@ pub async fn respond(
     response: &PeerResponse,
 ) -> Result<(), FrameError> {
     write_frame(send, response).await
+}
+
+/// How a fetch that did not finish ended.
+#[derive(Debug)]
+pub enum FetchFailed {
+    /// Our checks refused what arrived; nothing of it was kept.
+    Vault(VaultError),
+    /// The peer answered with an error; what arrived was kept.
+    Peer(ApiError),
+    /// The stream ended early; what arrived was kept, for a resumed fetch.
+    Interrupted,
+}
+
+impl From<VaultError> for FetchFailed {
+    fn from(e: VaultError) -> Self {
+        FetchFailed::Vault(e)
+    }
+}
+
+/// The receiving side of a fetch's response stream, without I/O: `read` hands over the
+/// bytes as they arrive (`None` at the end), which are decoded as [`PeerResponse`] frames
+/// under [`MAX_RESPONSE`]. The agent feeds it from its QUIC stream; the fuzzer from
+/// its input.
+pub struct FetchStream<R> {
+    frames: FrameBuffer,
+    read: R,
+}
+
+impl<R: FnMut() -> Option<Vec<u8>>> FetchStream<R> {
+    /// A stream over what `read` hands over.
+    pub fn new(read: R) -> Self {
+        FetchStream {
+            frames: FrameBuffer::default(),
+            read,
+        }
+    }
+
+    /// The next frame; `None` once the bytes end.
+    pub fn frame(&mut self) -> Result<Option<PeerResponse>, VaultError> {
+        loop {
+            if let Some(frame) = self
+                .frames
+                .next(MAX_RESPONSE)
+                .map_err(|e| VaultError::Refused(e.to_string()))?
+            {
+                return Ok(Some(frame));
+            }
+            match (self.read)() {
+                Some(bytes) => self.frames.push(&bytes),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Everything after the `Begin` (whose `tip` the fetch must end at), stored through
+    /// `receiver`: objects with their chunks, then `Ok`. An interrupted stream or the
+    /// peer's error keeps what arrived (a later fetch resumes from it); a refused one
+    /// keeps nothing.
+    pub fn receive(
+        mut self,
+        mut receiver: Receiver<'_, '_>,
+        tip: &str,
+    ) -> Result<FetchOutcome, FetchFailed> {
+        loop {
+            match self.frame()? {
+                Some(PeerResponse::Object(object)) => {
+                    let mut chunks = std::iter::from_fn(|| match self.frame() {
+                        Ok(Some(PeerResponse::Chunk(bytes))) => Some(Ok(bytes.take())),
+                        Ok(_) => Some(Err(VaultError::Interrupted)),
+                        Err(e) => Some(Err(e)),
+                    });
+                    match receiver.object(object, &mut chunks) {
+                        Ok(()) => {}
+                        Err(VaultError::Interrupted) => {
+                            receiver.save()?;
+                            return Err(FetchFailed::Interrupted);
+                        }
+                        Err(e @ VaultError::Refused(_)) => {
+                            let _ = receiver.abandon();
+                            return Err(e.into());
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Some(PeerResponse::Ok(_)) => return Ok(receiver.finish(tip)?),
+                Some(PeerResponse::Err(error)) => {
+                    receiver.save()?;
+                    return Err(FetchFailed::Peer(error));
+                }
+                Some(_) => {
+                    let _ = receiver.abandon();
+                    return Err(
+                        VaultError::Refused("an unexpected message in a fetch".into()).into(),
+                    );
+                }
+                None => {
+                    receiver.save()?;
+                    return Err(FetchFailed::Interrupted);
+                }
+            }
+        }
+    }
 }

@@ -16,26 +16,10 @@ use crate::api::{ApiError, ErrorCode};
 use crate::identity::NodeId;
 use crate::net::Connection;
 use crate::peer::{
-    CallStream, FetchRequest, IDLE_DEADLINE, MAX_RESPONSE, PeerError, PeerRequest, PeerResponse,
+    CallStream, FetchFailed, FetchRequest, FetchStream, IDLE_DEADLINE, PeerError, PeerRequest,
+    PeerResponse,
 };
-use crate::rpc::FrameBuffer;
-use crate::vault::{FetchOutcome, Fetched, VaultError};
-
-/// How a fetch's receiving side ended, short of success.
-enum FetchFailed {
-    /// Our checks refused what arrived.
-    Vault(VaultError),
-    /// The peer answered with an error.
-    Peer(ApiError),
-    /// The stream ended early; what arrived was kept.
-    Interrupted,
-}
-
-impl From<VaultError> for FetchFailed {
-    fn from(e: VaultError) -> Self {
-        FetchFailed::Vault(e)
-    }
-}
+use crate::vault::{FetchOutcome, Fetched};
 
 /// An open fetch: the connection, its byte counts before, the call, and `Begin`.
 type OpenFetch = (Connection, (u64, u64), CallStream, Fetched);
@@ -168,57 +152,6 @@ fn receive(
     mut rx: mpsc::Receiver<Option<Vec<u8>>>,
 ) -> Result<FetchOutcome, FetchFailed> {
     let v = vaults(open);
-    let mut receiver = v.receiver_with(node, begin, clone_name.as_deref(), open.transfer_limits)?;
-    let mut frames = FrameBuffer::default();
-    let mut next = || -> Result<Option<PeerResponse>, VaultError> {
-        loop {
-            if let Some(frame) = frames
-                .next(MAX_RESPONSE)
-                .map_err(|e| VaultError::Refused(e.to_string()))?
-            {
-                return Ok(Some(frame));
-            }
-            match rx.blocking_recv() {
-                Some(Some(bytes)) => frames.push(&bytes),
-                Some(None) | None => return Ok(None),
-            }
-        }
-    };
-    loop {
-        match next()? {
-            Some(PeerResponse::Object(object)) => {
-                let mut chunks = std::iter::from_fn(|| match next() {
-                    Ok(Some(PeerResponse::Chunk(bytes))) => Some(Ok(bytes.take())),
-                    Ok(_) => Some(Err(VaultError::Interrupted)),
-                    Err(e) => Some(Err(e)),
-                });
-                match receiver.object(object, &mut chunks) {
-                    Ok(()) => {}
-                    Err(VaultError::Interrupted) => {
-                        receiver.save()?;
-                        return Err(FetchFailed::Interrupted);
-                    }
-                    Err(e @ VaultError::Refused(_)) => {
-                        // What a refused transfer brought is not kept.
-                        let _ = receiver.abandon();
-                        return Err(e.into());
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Some(PeerResponse::Ok(_)) => return Ok(receiver.finish(&begin.tip)?),
-            Some(PeerResponse::Err(error)) => {
-                receiver.save()?;
-                return Err(FetchFailed::Peer(error));
-            }
-            Some(_) => {
-                let _ = receiver.abandon();
-                return Err(VaultError::Refused("an unexpected message in a fetch".into()).into());
-            }
-            None => {
-                receiver.save()?;
-                return Err(FetchFailed::Interrupted);
-            }
-        }
-    }
+    let receiver = v.receiver_with(node, begin, clone_name.as_deref(), open.transfer_limits)?;
+    FetchStream::new(|| rx.blocking_recv().flatten()).receive(receiver, &begin.tip)
 }
