@@ -6,7 +6,10 @@
 #      127.0.0.1:18443 to the guest's 8443, and UDP 127.0.0.1:11314 to its 1314), and
 #   3. systemd reports "Started pk-appliance.service" (Type=notify: READY=1 was sent).
 # The disk and the UEFI variables are copies, so the image itself is never written.
-#   amd64: qemu-system-x86_64 -machine q35 -cpu max, OVMF, a software TPM (swtpm, tpm-tis).
+#   amd64: qemu-system-x86_64 -machine q35,smm=on -cpu max, OVMF with Secure Boot (its variable
+#          store empty: systemd-boot enrols the image's keys on the first start and restarts;
+#          the check fails unless the kernel then reports Secure Boot on), a software TPM
+#          (swtpm, tpm-tis).
 #   arm64: qemu-system-aarch64 -machine virt -cpu cortex-a72, AAVMF (qemu-efi-aarch64),
 #          virtio-rng (a Raspberry Pi has a hardware RNG; cortex-a72 has no RNDR), no TPM:
 #          Debian's arm64 kernel has no driver for QEMU's tpm-tis-device, so the appliance
@@ -52,7 +55,7 @@ case $arch in
     *) die "unknown architecture '$arch' (amd64 or arm64)" ;;
 esac
 case $arch in
-    amd64) code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd
+    amd64) code=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd
            tools=(qemu-system-x86_64=qemu-system-x86 "$code=ovmf" "$vars=ovmf" swtpm=swtpm) ;;
     arm64) code=/usr/share/AAVMF/AAVMF_CODE.fd vars=/usr/share/AAVMF/AAVMF_VARS.fd
            tools=(qemu-system-aarch64=qemu-system-arm "$code=qemu-efi-aarch64" "$vars=qemu-efi-aarch64") ;;
@@ -96,7 +99,8 @@ if [[ $tpm == 1 ]]; then
 fi
 case $arch in
     amd64)
-        machine=(-machine q35 -accel tcg -cpu max
+        # The Secure Boot build of OVMF, whose variable store only SMM code may write.
+        machine=(-machine q35,smm=on -accel tcg -cpu max -global driver=cfi.pflash01,property=secure,value=on
                  -chardev socket,id=chrtpm,path="$work/swtpm.sock"
                  -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0) ;;
     arm64)
@@ -109,7 +113,7 @@ start=$SECONDS
     -drive if=pflash,format=raw,unit=1,file="$work/UEFI_VARS.fd" \
     -drive if=virtio,format=raw,file="$work/disk.img" \
     -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:18443-:8443,hostfwd=udp:127.0.0.1:11314-:1314 \
-    -serial file:"$serial" -display none -monitor none -no-reboot \
+    -serial file:"$serial" -display none -monitor none \
     > "$work/qemu.log" 2>&1 &
 qemu=$!
 pids+=("$qemu")
@@ -143,6 +147,16 @@ for _ in $(seq 60); do
 done
 [[ $ready == 1 ]] || die "no 'Started pk-appliance.service' on the serial console: READY=1 was not seen"
 say "systemd: Started pk-appliance.service (READY=1) after $((SECONDS - start)) s"
+# The firmware starts in setup mode (no keys): systemd-boot enrols the image's Secure Boot
+# keys and restarts, and from then on only UKIs signed with them boot.
+if grep -a -q 'Custom Secure Boot keys successfully enrolled' "$serial"; then
+    say "systemd-boot enrolled the image's Secure Boot keys"
+fi
+if grep -a -q 'secureboot: Secure boot enabled' "$serial"; then
+    say "the kernel booted with Secure Boot on"
+elif [[ $arch == amd64 ]]; then
+    die "the kernel did not boot with Secure Boot on"
+fi
 
 # What the serial console shows besides: failed units, and whether a login prompt is offered.
 if grep -a -q 'FAILED' "$serial"; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pk appliance OS image: Debian 12 (bookworm, -updates, -security) with
+# Builds the pk appliance OS image: Debian 13 (trixie, -updates, -security) with
 # pk-appliance, on a read-only erofs root, booted by a unified kernel image from a GPT
 # disk. Reproducible: the same package versions, the same pk-appliance binary and the same
 # image.conf give the same bytes (check-reproducible.sh checks that).
@@ -10,10 +10,17 @@
 #      manifest.txt    the installed packages: name, version, arch, sha256 of the .deb
 #   2. vmlinuz, initrd.img   taken out of rootfs/boot (the root file system has no /boot)
 #   3. root.erofs      mkfs.erofs -zlz4hc, every timestamp SOURCE_DATE_EPOCH, fixed UUID
-#   4. uki.efi         mkuki.sh: stub + kernel + initrd + command line + os-release
-#   5. esp.img         FAT32 (mkfs.vfat, fixed volume id) with \EFI\BOOT\BOOT<ARCH>.EFI
+#      root.verity     its dm-verity hash tree (fixed salt and UUID); verity.txt
+#   4. uki.efi         mkuki.sh: stub + kernel + initrd + command line (the root hash) +
+#                      os-release + the PCR 11 signature (pcrsig.json, systemd-measure),
+#                      signed for Secure Boot (sbsign, the db key); systemd-boot.efi signed
+#   5. esp.img         FAT32 (mkfs.vfat, fixed volume id): systemd-boot as
+#                      \EFI\BOOT\BOOT<ARCH>.EFI, the UKI in \EFI\Linux\, loader.conf, the
+#                      Secure Boot keys to enrol in \loader\keys\auto\
 #      data.ext4       empty ext4 (fixed UUID and hash seed) for the persistent /var
-#   6. pk-appliance-<arch>.img   mkdisk.sh: the GPT disk; SHA256SUMS for everything above
+#   6. pk-appliance-<arch>.img   mkdisk.sh: the GPT disk (slot A filled, slot B empty);
+#                      SHA256SUMS for everything above
+#   7. pk-appliance-<arch>-<version>.pkupdate   the same slot as a signed update bundle
 #
 # Usage: image/build.sh [--arch amd64|arm64] [--out DIR] [--bin PATH] [--from-manifest FILE] [--debug]
 #                       [--check-tools]
@@ -27,6 +34,10 @@
 #   --from-manifest FILE      install exactly the versions in FILE (a manifest.txt of an
 #                             earlier build); fails if the mirror no longer has one of them
 #   --debug, PK_IMAGE_DEBUG=1 the debug variant: a root shell on the serial console
+#   --keys DIR, PK_IMAGE_KEYS the signing keys (make-keys.sh lists the files). Default:
+#                             throwaway keys, made once in ${CARGO_TARGET_DIR:-target}/image/keys
+#   --version V, PK_IMAGE_VERSION   the image's version (dot-separated numbers; default
+#                             the workspace's version in Cargo.toml)
 #   --check-tools             only check that every host program the build needs is
 #                             installed (naming the Debian package of each missing one)
 # Runs as root (mmdebstrap in root mode, chroot); needs host-packages.txt installed.
@@ -43,6 +54,8 @@ bin=${PK_APPLIANCE_BIN:-}
 pin=
 debug=${PK_IMAGE_DEBUG:-0}
 check_only=0
+keys=${PK_IMAGE_KEYS:-}
+version=${PK_IMAGE_VERSION:-}
 while [[ $# -gt 0 ]]; do
     case $1 in
         --arch) arch=${2:?--arch needs a value}; shift 2 ;;
@@ -51,6 +64,8 @@ while [[ $# -gt 0 ]]; do
         --from-manifest) pin=${2:?--from-manifest needs a file}; shift 2 ;;
         --debug) debug=1; shift ;;
         --check-tools) check_only=1; shift ;;
+        --keys) keys=${2:?--keys needs a directory}; shift 2 ;;
+        --version) version=${2:?--version needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
@@ -59,18 +74,18 @@ done
 suffix=; [[ $debug == 1 ]] && suffix=-debug
 out=$(realpath -m "${out:-$repo/target/image/$arch$suffix}")
 
-# Per architecture: the ESP file name, the systemd-boot stub, the serial console, the
+# Per architecture: the ESP file name, the systemd-boot stub (from the image's own
+# systemd-boot-efi, packages.<arch>.txt, so the stub is the image's systemd version and is
+# in the manifest like every package; the host's is older), the serial console, the
 # binutils that handle the stub's PE format, the ELF machine of pk-appliance (e_machine).
 case $arch in
     amd64)
-        efi_name=BOOTX64.EFI stub=/usr/lib/systemd/boot/efi/linuxx64.efi.stub console=ttyS0
+        efi_name=BOOTX64.EFI efi_arch=x64 stub=rootfs/usr/lib/systemd/boot/efi/linuxx64.efi.stub console=ttyS0
         cross= elf_machine=62 qemu_binfmt=
         bin_pkg=binutils
         bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/release/pk-appliance} ;;
     arm64)
-        # The stub comes from the image's own systemd-boot-efi (packages.arm64.txt): the
-        # amd64 host package has only the x64 one. It is in the manifest like every package.
-        efi_name=BOOTAA64.EFI stub=rootfs/usr/lib/systemd/boot/efi/linuxaa64.efi.stub console=ttyAMA0
+        efi_name=BOOTAA64.EFI efi_arch=aa64 stub=rootfs/usr/lib/systemd/boot/efi/linuxaa64.efi.stub console=ttyAMA0
         cross=aarch64-linux-gnu- elf_machine=183 qemu_binfmt=qemu-aarch64
         bin_pkg=binutils-aarch64-linux-gnu
         bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/aarch64-unknown-linux-gnu/release/pk-appliance} ;;
@@ -82,7 +97,9 @@ tools=(mmdebstrap=mmdebstrap apt-cache=apt dpkg=dpkg mkfs.erofs=erofs-utils mkfs
        mkfs.ext4=e2fsprogs mcopy=mtools mmd=mtools sfdisk=fdisk systemctl=systemd
        chroot=coreutils install=coreutils sha256sum=coreutils od=coreutils truncate=coreutils
        realpath=coreutils dd=coreutils comm=coreutils find=findutils gzip=gzip awk=mawk
-       diff=diffutils "${cross}objcopy=$bin_pkg" "${cross}objdump=$bin_pkg" "${cross}strip=$bin_pkg")
+       diff=diffutils "${cross}objcopy=$bin_pkg" "${cross}objdump=$bin_pkg" "${cross}strip=$bin_pkg"
+       veritysetup=cryptsetup-bin sbsign=sbsigntool openssl=openssl cert-to-efi-sig-list=efitools
+       sign-efi-sig-list=efitools)
 [[ $stub == /* ]] && tools+=("$stub=systemd-boot-efi")
 if [[ -n $qemu_binfmt && $(dpkg --print-architecture 2>/dev/null) != "$arch" ]]; then
     # mmdebstrap refuses a foreign architecture without arch-test (only a Recommends of it);
@@ -111,6 +128,38 @@ if [[ -n $qemu_binfmt && $(dpkg --print-architecture) != "$arch" ]]; then
     [[ $(head -1 "$binfmt/$qemu_binfmt" 2>/dev/null) == enabled ]] ||
         die "$arch programs cannot run here: no enabled $binfmt/$qemu_binfmt (packages qemu-user-static binfmt-support)"
 fi
+# The version: IMAGE_VERSION in os-release, the bundle's version; default the workspace's.
+if [[ -z $version ]]; then
+    version=$(awk -F'"' '/^version *=/ { print $2; exit }' "$repo/Cargo.toml")
+fi
+[[ $version =~ ^[0-9]+(\.[0-9]+)*$ ]] || die "version '$version' is not dot-separated numbers"
+# The signing keys (make-keys.sh lists them). Without --keys: throwaway ones, made once
+# under target/image/keys; a release passes its own.
+if [[ -z $keys ]]; then
+    keys=${CARGO_TARGET_DIR:-$repo/target}/image/keys
+    if [[ ! -d $keys ]]; then
+        say "no --keys: making throwaway signing keys in $keys (never for a release)"
+        "$here/make-keys.sh" "$keys"
+    fi
+fi
+keys=$(realpath "$keys")
+for k in PK.auth KEK.auth db.auth PK.cer KEK.cer db.cer db.key db.crt tpm2-pcr-private-key.pem \
+         tpm2-pcr-public-key.pem update-key.pem update-key.pub; do
+    [[ -f $keys/$k ]] || die "the key directory $keys has no $k (image/make-keys.sh makes a set)"
+done
+# systemd-measure of the image's own systemd (the version of its stub), run from the root
+# file system: through its dynamic loader on the same architecture, qemu-user on another.
+measure() {
+    local r=$out/rootfs
+    if [[ -n $qemu_binfmt && $(dpkg --print-architecture) != "$arch" ]]; then
+        "/usr/bin/$qemu_binfmt-static" -L "$r" "$r/usr/lib/systemd/systemd-measure" "$@"
+    else
+        local libs=$r/usr/lib/x86_64-linux-gnu
+        "$r/usr/lib64/ld-linux-x86-64.so.2" --library-path "$libs:$libs/systemd" \
+            "$r/usr/lib/systemd/systemd-measure" "$@"
+    fi
+}
+
 pkglist=$here/packages.$arch.txt
 [[ -f $pkglist ]] || die "$pkglist not found"
 if [[ -n $pin ]]; then
@@ -123,11 +172,13 @@ export PK_IMAGE_DIR=$here PK_APPLIANCE_BIN=$(realpath "$bin") PK_IMAGE_DEBUG=$de
 export PK_UNIT=$repo/appliance/systemd/pk-appliance.service
 export PK_MANIFEST_OUT=$out/manifest.txt PK_MANIFEST_PIN=$pin PK_DATA_PARTUUID
 export PK_IMAGE_ARCH=$arch PK_SERIAL_TTY=$console PK_STRIP=${cross}strip
+export PK_IMAGE_VERSION=$version PK_IMAGE_KEYS=$keys PK_ESP_PARTUUID
 [[ -f $PK_UNIT ]] || die "$PK_UNIT not found"
 
 start=$SECONDS
 mkdir -p "$out"
-rm -rf "$out/rootfs" "$out"/*.img "$out"/*.erofs "$out"/*.ext4 "$out"/*.efi "$out/SHA256SUMS"
+rm -rf "$out/rootfs" "$out"/*.img "$out"/*.erofs "$out"/*.verity "$out"/*.ext4 "$out"/*.efi \
+    "$out"/*.pkupdate "$out/SHA256SUMS"
 
 # --- 1. The root file system.
 packages=$(sed 's/#.*//' "$pkglist" | xargs | tr ' ' ',')
@@ -166,7 +217,7 @@ kver=${kernels[0]##*/vmlinuz-}
 [[ -f $out/rootfs/boot/initrd.img-$kver ]] || die "no initrd for kernel $kver"
 mv "${kernels[0]}" "$out/vmlinuz"
 # systemd-stub starts the kernel as an EFI application: the UKI needs a PE kernel. Debian
-# 12's amd64 bzImage and arm64 Image both are; a gzip-compressed arm64 Image (other
+# 13's amd64 bzImage and arm64 Image both are; a gzip-compressed arm64 Image (other
 # kernels ship those) would not be, so it is decompressed.
 if [[ $(od -An -t x1 -N 2 "$out/vmlinuz" | tr -d ' ') == 1f8b ]]; then
     gzip -dc "$out/vmlinuz" > "$out/vmlinuz.tmp"
@@ -178,23 +229,55 @@ find "$out/rootfs/boot" -mindepth 1 -delete
 rm -f "$out"/rootfs/vmlinuz* "$out"/rootfs/initrd.img*
 say "kernel $kver, initrd $(du -h "$out/initrd.img" | cut -f1)"
 
-# --- 3. The read-only root.
-say "mkfs.erofs"
+# --- 3. The read-only root and its dm-verity hash tree.
+say "mkfs.erofs, veritysetup format"
 mkfs.erofs --quiet -zlz4hc -T"$SOURCE_DATE_EPOCH" -U"$PK_EROFS_UUID" "$out/root.erofs" "$out/rootfs"
+veritysetup format --data-block-size=4096 --hash-block-size=4096 --salt="$PK_VERITY_SALT" \
+    --uuid="$PK_VERITY_UUID" "$out/root.erofs" "$out/root.verity" > "$out/verity.txt"
+roothash=$(awk '$1 == "Root" && $2 == "hash:" { print $3 }' "$out/verity.txt")
+[[ $roothash =~ ^[0-9a-f]{64}$ ]] || die "no root hash in veritysetup's output ($out/verity.txt)"
+data_blocks=$(( $(stat -c %s "$out/root.erofs") / 4096 ))
+hash_offset=$(( data_blocks * 4096 ))
+# The slot's PARTUUID: the root hash's first 128 bits (what the initrd looks for).
+root_uuid=$(sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/' <<<"$roothash")
 
-# --- 4. The UKI.
-cmdline="root=PARTUUID=$PK_ROOT_PARTUUID rootfstype=erofs ro console=tty0 console=$console,115200 systemd.gpt_auto=0 panic=30"
+# --- 4. The UKI: its PCR 11 signature, then the Secure Boot signatures.
+cmdline="roothash=$roothash systemd.verity_root_options=hash-offset=$hash_offset,data-blocks=$data_blocks root=/dev/mapper/root rootfstype=erofs ro console=tty0 console=$console,115200 systemd.gpt_auto=0 panic=30"
 say "UKI, command line: $cmdline"
 [[ $stub == /* ]] || stub=$out/$stub
 [[ -f $stub ]] || die "$stub not found (packages.$arch.txt must list systemd-boot-efi)"
-OBJCOPY=${cross}objcopy OBJDUMP=${cross}objdump "$here/mkuki.sh" "$stub" "$out/vmlinuz" "$out/initrd.img" "$out/rootfs/usr/lib/os-release" "$cmdline" "$out/uki.efi"
+sdboot=$out/rootfs/usr/lib/systemd/boot/efi/systemd-boot$efi_arch.efi
+[[ -f $sdboot ]] || die "$sdboot not found (packages.$arch.txt must list systemd-boot-efi)"
+printf '%s' "$cmdline" > "$out/cmdline.txt"
+"${cross}objcopy" -O binary --only-section=.sbat "$stub" "$out/stub.sbat"
+# systemd-stub measures these sections (and the stub's own .sbat) into PCR 11; the image's
+# own systemd-measure (the stub's version) predicts that value and signs it. The phase is
+# empty: the image masks systemd-pcrphase (customize.sh), so PCR 11 keeps the stub's value.
+measure sign --bank=sha256 --phase=: --linux="$out/vmlinuz" --osrel="$out/rootfs/usr/lib/os-release" \
+    --cmdline="$out/cmdline.txt" --initrd="$out/initrd.img" --sbat="$out/stub.sbat" \
+    --pcrpkey="$keys/tpm2-pcr-public-key.pem" --private-key="$keys/tpm2-pcr-private-key.pem" \
+    --public-key="$keys/tpm2-pcr-public-key.pem" > "$out/pcrsig.json"
+PCRPKEY=$keys/tpm2-pcr-public-key.pem PCRSIG=$out/pcrsig.json OBJCOPY=${cross}objcopy OBJDUMP=${cross}objdump \
+    "$here/mkuki.sh" "$stub" "$out/vmlinuz" "$out/initrd.img" "$out/rootfs/usr/lib/os-release" "$cmdline" "$out/uki.unsigned.efi"
+sbsign --key "$keys/db.key" --cert "$keys/db.crt" --output "$out/uki.efi" "$out/uki.unsigned.efi" 2>/dev/null
+sbsign --key "$keys/db.key" --cert "$keys/db.crt" --output "$out/systemd-boot.efi" "$sdboot" 2>/dev/null
+rm -f "$out/uki.unsigned.efi"
 
 # --- 5. The ESP and the data partition.
 say "ESP and data partition"
 mkfs.vfat -C -F 32 -S 512 -s 1 --invariant -i "$PK_ESP_VOLID" -n ESP "$out/esp.img" $((PK_ESP_MIB * 1024)) >/dev/null
-mmd -i "$out/esp.img" ::/EFI ::/EFI/BOOT
-touch -d "@$SOURCE_DATE_EPOCH" "$out/uki.efi"
-mcopy -m -i "$out/esp.img" "$out/uki.efi" "::/EFI/BOOT/$efi_name"
+mmd -i "$out/esp.img" ::/EFI ::/EFI/BOOT ::/EFI/Linux ::/loader ::/loader/keys ::/loader/keys/auto
+esp_files=("$out/systemd-boot.efi" "$out/uki.efi" "$here/esp/loader/loader.conf")
+for k in PK KEK db; do esp_files+=("$keys/$k.auth" "$keys/$k.cer"); done
+touch -d "@$SOURCE_DATE_EPOCH" "${esp_files[@]}"
+mcopy -m -i "$out/esp.img" "$out/systemd-boot.efi" "::/EFI/BOOT/$efi_name"
+# The first slot's entry has no tries counter: it is good from the start (there is no
+# other slot to fall back to). Updates install theirs with one (pk-update).
+mcopy -m -i "$out/esp.img" "$out/uki.efi" "::/EFI/Linux/pk-appliance-${roothash:0:16}.efi"
+mcopy -m -i "$out/esp.img" "$here/esp/loader/loader.conf" ::/loader/loader.conf
+for k in PK KEK db; do
+    mcopy -m -i "$out/esp.img" "$keys/$k.auth" "$keys/$k.cer" ::/loader/keys/auto/
+done
 empty=$(mktemp -d)
 truncate -s $((PK_DATA_MIB * 1024 * 1024)) "$out/data.ext4"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -L pk-data -U "$PK_DATA_FS_UUID" \
@@ -203,11 +286,13 @@ rmdir "$empty"
 
 # --- 6. The disk.
 img=$out/pk-appliance-$arch$suffix.img
-"$here/mkdisk.sh" "$arch" "$out/esp.img" "$out/root.erofs" "$out/data.ext4" "$img"
-( cd "$out" && sha256sum "${img##*/}" uki.efi root.erofs esp.img data.ext4 vmlinuz initrd.img manifest.txt > SHA256SUMS )
+"$here/mkdisk.sh" "$arch" "$out/esp.img" "$out/root.erofs" "$out/root.verity" "$root_uuid" "$out/data.ext4" "$img"
+( cd "$out" && sha256sum "${img##*/}" uki.efi systemd-boot.efi root.erofs root.verity esp.img data.ext4 \
+    vmlinuz initrd.img pcrsig.json manifest.txt > SHA256SUMS )
 {
     echo "# pk-appliance binary: $(sha256sum "$PK_APPLIANCE_BIN" | cut -d' ' -f1)"
     echo "# kernel: $kver; SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH; debug=$debug"
+    echo "# version: $version; roothash: $roothash; keys: $(sha256sum "$keys/db.crt" | cut -c1-16) (db.crt)"
 } >> "$out/SHA256SUMS"
 say "done in $((SECONDS - start)) s: $img ($(du -h --apparent-size "$img" | cut -f1))"
 cat "$out/SHA256SUMS" >&2

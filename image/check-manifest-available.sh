@@ -2,7 +2,7 @@
 # mmdebstrap --extract-hook of build.sh --from-manifest: fails the build, naming them, if
 # package versions of the pinned manifest are no longer offered by the mirror (apt would
 # otherwise quietly take the newer version that replaced them). Debian's mirror keeps only
-# the newest version of each package in bookworm, -updates and -security, so an old
+# the newest version of each package in the suite, -updates and -security, so an old
 # manifest stops building at the next point release or security update; rebuild it
 # without --from-manifest to take the new versions, and commit the new manifest.
 #

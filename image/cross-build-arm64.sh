@@ -66,13 +66,13 @@ if ! rustup target list --installed | grep -qx "$triple"; then
 fi
 
 # --- 2. The arm64 sysroot (headers, .so links and .pc files of the C libraries).
-stamp="$PK_IMAGE_SUITE $sysroot_packages"
+stamp="$PK_BUILD_SUITE $sysroot_packages"
 if [[ $refresh == 1 || ! -f $sysroot/.pk-sysroot || $(cat "$sysroot/.pk-sysroot") != "$stamp" ]]; then
-    say "unpacking $sysroot_packages ($PK_IMAGE_SUITE, arm64) into $sysroot"
+    say "unpacking $sysroot_packages ($PK_BUILD_SUITE, arm64) into $sysroot"
     rm -rf "$sysroot"
     mkdir -p "$target_dir"
     mmdebstrap --quiet --variant=extract --arch=arm64 --include="$sysroot_packages" \
-        "$PK_IMAGE_SUITE" "$sysroot" >&2
+        "$PK_BUILD_SUITE" "$sysroot" >&2
     echo "$stamp" > "$sysroot/.pk-sysroot"
 fi
 libdir=$sysroot/usr/lib/aarch64-linux-gnu

@@ -15,6 +15,11 @@
 #   PK_MANIFEST_OUT   where to write the manifest of installed packages
 #   PK_MANIFEST_PIN   (optional) the manifest this build must reproduce exactly
 #   PK_DATA_PARTUUID  the data partition (for /etc/fstab); the rest of image.conf too
+#   PK_ESP_PARTUUID   the ESP (for /etc/fstab: /efi, where systemd-bless-boot and pk-update
+#                     find the boot entries)
+#   PK_IMAGE_VERSION  the image's version: IMAGE_VERSION in os-release
+#   PK_IMAGE_KEYS     the signing keys' directory: the image gets the public halves of the
+#                     update-signing key and the PCR-signing key
 #
 # Steps: write the package manifest (and compare it with the pinned one), install the
 # appliance, its configuration and the system configuration from rootfs/, check the
@@ -28,7 +33,8 @@ root=${1:?usage: customize.sh CHROOT}
 die() { echo "customize.sh: error: $*" >&2; exit 1; }
 say() { echo "customize.sh: $*" >&2; }
 
-for v in PK_IMAGE_DIR PK_APPLIANCE_BIN PK_UNIT PK_MANIFEST_OUT PK_DATA_PARTUUID SOURCE_DATE_EPOCH; do
+for v in PK_IMAGE_DIR PK_APPLIANCE_BIN PK_UNIT PK_MANIFEST_OUT PK_DATA_PARTUUID PK_ESP_PARTUUID \
+         PK_IMAGE_VERSION PK_IMAGE_KEYS SOURCE_DATE_EPOCH; do
     [[ -n ${!v:-} ]] || die "$v is not set (run image/build.sh, not this hook)"
 done
 
@@ -69,6 +75,17 @@ install -D -m 0755 -o root -g root "$PK_APPLIANCE_BIN" "$root/usr/bin/pk-applian
 install -D -m 0644 -o root -g root "$PK_UNIT" "$root/usr/lib/systemd/system/pk-appliance.service"
 install -D -m 0644 -o root -g root "$PK_IMAGE_DIR/README.md" "$root/usr/share/doc/pk-appliance/image.md"
 install_tree "$PK_IMAGE_DIR/rootfs"
+# The initramfs-tools hook and scripts must be executable.
+chmod 0755 "$root/etc/initramfs-tools/hooks/pk-verity" "$root/etc/initramfs-tools/scripts/local-top/pk-verity" \
+    "$root/etc/initramfs-tools/scripts/init-bottom/pk-boot"
+# What the image trusts: update bundles signed by this key (pk-update), and PCR 11 values
+# signed by this one (the TPM keyslot's policy; the same key is in every UKI's .pcrpkey).
+install -D -m 0644 -o root -g root "$PK_IMAGE_KEYS/update-key.pub" "$root/usr/share/pk-appliance/update-key.pub"
+install -D -m 0644 -o root -g root "$PK_IMAGE_KEYS/tpm2-pcr-public-key.pem" \
+    "$root/usr/share/pk-appliance/tpm2-pcr-public-key.pem"
+# The version, for systemd-boot (which sorts the UKIs by it), pk-update and the console.
+grep -q '^IMAGE_' "$root/usr/lib/os-release" && die "os-release has IMAGE_ fields already"
+printf 'IMAGE_ID=pk-appliance\nIMAGE_VERSION=%s\n' "$PK_IMAGE_VERSION" >> "$root/usr/lib/os-release"
 # Per-architecture additions (rootfs-arm64/: the Raspberry Pi storage drivers in the initrd).
 if [[ -d $PK_IMAGE_DIR/rootfs-${PK_IMAGE_ARCH:-amd64} ]]; then
     install_tree "$PK_IMAGE_DIR/rootfs-${PK_IMAGE_ARCH:-amd64}"
@@ -92,16 +109,18 @@ cat > "$root/etc/fstab" <<EOF
 # command line. Written by image/customize.sh.
 PARTUUID=$PK_DATA_PARTUUID  /data  ext4  defaults,nosuid,nodev,noexec,x-systemd.growfs  0  2
 overlay  /var  overlay  lowerdir=/var,upperdir=/data/var,workdir=/data/.var-work,nosuid,nodev,x-systemd.requires=pk-data-setup.service  0  0
+PARTUUID=$PK_ESP_PARTUUID  /efi  vfat  umask=0077,nosuid,nodev,noexec  0  0
 EOF
 chmod 0644 "$root/etc/fstab"
-install -d -m 0700 "$root/data"
+install -d -m 0700 "$root/data" "$root/efi"
 # systemd-logind needs it on a read-only root (before /var is mounted over it, too).
 install -d -m 0755 "$root/var/lib/systemd/linger"
 # No DNS configured yet: nothing in the image resolves names (and mmdebstrap copied the
 # build host's file, which would make the image depend on the host).
 printf '# The appliance resolves no names yet (image/README.md).\n' > "$root/etc/resolv.conf"
-# The temporary directories: /tmp a tmpfs.
-install -m 0644 "$root/usr/share/systemd/tmp.mount" "$root/etc/systemd/system/tmp.mount"
+# /tmp is a tmpfs: Debian 13's systemd enables tmp.mount by itself.
+[[ -e $root/usr/lib/systemd/system/local-fs.target.wants/tmp.mount ]] ||
+    die "tmp.mount is not enabled by the image's systemd: /tmp would be on the read-only root"
 
 # --- 3. The binary's shared libraries must all be in the image.
 say "checking pk-appliance's shared libraries inside the image"
@@ -120,7 +139,7 @@ chroot "$root" getent group tss >/dev/null || die "there is no tss group in the 
 # --- 4. Units.
 say "enabling and masking units"
 systemctl --root="$root" enable pk-appliance.service pk-appliance-screen.service systemd-networkd.service \
-    nftables.service tmp.mount >&2
+    nftables.service pk-appliance-health.service >&2
 systemctl --root="$root" enable pcscd.socket >&2
 systemctl --root="$root" set-default multi-user.target >&2
 # No login on any console, no shell on Ctrl-Alt-Del or a key combination.
@@ -133,6 +152,11 @@ else
     mask+=(serial-getty@.service)
 fi
 systemctl --root="$root" mask "${mask[@]}" >&2
+# PCR 11 keeps what systemd-stub measured: the UKI's signed PCR 11 value is for that
+# (systemd-measure --phase=:). With an initramfs-tools initrd there is no enter-initrd
+# phase to sign for anyway; the unlock happens in the full system.
+systemctl --root="$root" mask systemd-pcrphase.service systemd-pcrphase-sysinit.service \
+    systemd-pcrphase-initrd.service >&2
 # Nothing that talks to the outside by itself (none of these is installed today; the mask
 # keeps them off if a dependency ever brings one in).
 systemctl --root="$root" mask systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \

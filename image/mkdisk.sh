@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# Assembles the appliance's GPT disk image from three file-system images, without loop
-# devices or mounts:
+# Assembles the appliance's GPT disk image from its partition images, without loop devices
+# or mounts:
 #
 #   1 MiB   GPT header and table
-#   p1      ESP      FAT32, \EFI\BOOT\BOOTX64.EFI (or BOOTAA64.EFI) = the UKI
-#   p2      root     erofs, read-only (mounted by the initrd: root=PARTUUID=...)
-#   p3      data     ext4, /data: the persistent /var (see customize.sh, /etc/fstab)
+#   p1      esp      FAT32: systemd-boot, the slot's UKI, loader.conf, the Secure Boot keys
+#   p2      root-a   slot A: the erofs root, then its dm-verity hash tree (4 KiB aligned);
+#                    PARTUUID = the first 128 bits of the root hash
+#   p3      root-b   slot B: empty (zeros) until the first update; PARTUUID = the empty value
+#   p4      pk-data  ext4, /data: the persistent /var (see customize.sh, /etc/fstab)
 #   1 MiB   backup GPT
 #
-# Partition and disk GUIDs come from image.conf, so sfdisk writes the same bytes each time.
+# Partition and disk GUIDs come from image.conf (and the root hash), so sfdisk writes the
+# same bytes each time.
 #
-#   mkdisk.sh ARCH ESP.img ROOT.erofs DATA.ext4 OUT.img
+#   mkdisk.sh ARCH ESP.img ROOT.erofs ROOT.verity ROOT_PARTUUID DATA.ext4 OUT.img
 set -euo pipefail
 # shellcheck source=require.sh
 source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
 pk_require mkdisk.sh sfdisk=fdisk truncate=coreutils dd=coreutils stat=coreutils || exit 1
 
 die() { echo "mkdisk.sh: error: $*" >&2; exit 1; }
-[[ $# -eq 5 ]] || die "usage: mkdisk.sh ARCH ESP.img ROOT.erofs DATA.ext4 OUT.img"
-arch=$1 esp=$2 rootfs=$3 data=$4 out=$5
+[[ $# -eq 7 ]] || die "usage: mkdisk.sh ARCH ESP.img ROOT.erofs ROOT.verity ROOT_PARTUUID DATA.ext4 OUT.img"
+arch=$1 esp=$2 erofs=$3 verity=$4 root_uuid=$5 data=$6 out=$7
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=image.conf
 source "$here/image.conf"
@@ -33,17 +36,22 @@ sectors() { echo $(( $1 * mib / 512 )); }
 mib_of() { local s; s=$(stat -c %s "$1"); echo $(( (s + mib - 1) / mib )); }
 
 esp_mib=$(mib_of "$esp")
-root_mib=$(( $(mib_of "$rootfs") + PK_ROOT_HEADROOM_MIB ))
+slot_mib=$PK_ROOT_SLOT_MIB
 data_mib=$(mib_of "$data")
-total_mib=$(( 1 + esp_mib + root_mib + data_mib + 1 ))
+erofs_bytes=$(stat -c %s "$erofs")
+(( erofs_bytes % 4096 == 0 )) || die "$erofs is not a whole number of 4 KiB blocks"
+(( erofs_bytes + $(stat -c %s "$verity") <= slot_mib * mib )) ||
+    die "the root and its hash tree do not fit a ${slot_mib} MiB slot (PK_ROOT_SLOT_MIB)"
+total_mib=$(( 1 + esp_mib + 2 * slot_mib + data_mib + 1 ))
 
 esp_start=1
-root_start=$(( esp_start + esp_mib ))
-data_start=$(( root_start + root_mib ))
+a_start=$(( esp_start + esp_mib ))
+b_start=$(( a_start + slot_mib ))
+data_start=$(( b_start + slot_mib ))
 
 rm -f "$out"
 truncate -s $(( total_mib * mib )) "$out"
-sfdisk --quiet --no-reread --no-tell-kernel "$out" <<EOF
+sfdisk --quiet --no-reread --no-tell-kernel "$out" <<EOT
 label: gpt
 label-id: $PK_DISK_GUID
 unit: sectors
@@ -51,14 +59,16 @@ sector-size: 512
 first-lba: 2048
 
 start=$(sectors $esp_start), size=$(sectors "$esp_mib"), type=$PK_TYPE_ESP, uuid=$PK_ESP_PARTUUID, name="esp"
-start=$(sectors $root_start), size=$(sectors "$root_mib"), type=$root_type, uuid=$PK_ROOT_PARTUUID, name="root-$arch"
+start=$(sectors $a_start), size=$(sectors "$slot_mib"), type=$root_type, uuid=$root_uuid, name="root-a"
+start=$(sectors $b_start), size=$(sectors "$slot_mib"), type=$root_type, uuid=$PK_EMPTY_SLOT_B_PARTUUID, name="root-b"
 start=$(sectors $data_start), size=$(sectors "$data_mib"), type=$PK_TYPE_DATA, uuid=$PK_DATA_PARTUUID, name="pk-data"
-EOF
+EOT
 
-put() { # IMAGE START_MIB
-    dd if="$1" of="$out" bs=1M seek="$2" conv=notrunc,sparse status=none
+put() { # IMAGE BYTE_OFFSET
+    dd if="$1" of="$out" bs=4096 seek=$(( $2 / 4096 )) conv=notrunc,sparse status=none
 }
-put "$esp" $esp_start
-put "$rootfs" $root_start
-put "$data" $data_start
-echo "mkdisk.sh: $out: ${total_mib} MiB (ESP ${esp_mib}, root ${root_mib}, data ${data_mib})" >&2
+put "$esp" $(( esp_start * mib ))
+put "$erofs" $(( a_start * mib ))
+put "$verity" $(( a_start * mib + erofs_bytes ))
+put "$data" $(( data_start * mib ))
+echo "mkdisk.sh: $out: ${total_mib} MiB (ESP ${esp_mib}, slots A and B ${slot_mib} each, data ${data_mib})" >&2

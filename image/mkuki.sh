@@ -8,7 +8,10 @@
 #
 #   mkuki.sh STUB KERNEL INITRD OS_RELEASE CMDLINE_TEXT OUT.efi
 # Environment: OBJCOPY, OBJDUMP (default objcopy, objdump: the host's binutils, which
-# handle x86-64 PE files; an arm64 stub needs aarch64-linux-gnu-objcopy/-objdump).
+# handle x86-64 PE files; an arm64 stub needs aarch64-linux-gnu-objcopy/-objdump);
+# PCRPKEY, PCRSIG (optional files): the .pcrpkey section (the PEM public key that signed
+# the UKI's PCR 11 value) and the .pcrsig section (systemd-measure sign's JSON), which
+# systemd-stub hands to the initrd as /.extra/tpm2-pcr-{public-key.pem,signature.json}.
 set -euo pipefail
 # shellcheck source=require.sh
 source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
@@ -40,6 +43,14 @@ add_section() { # NAME FILE
 }
 add_section .osrel "$osrel"
 add_section .cmdline "$work/cmdline"
+if [[ -n ${PCRPKEY:-} ]]; then
+    [[ -f $PCRPKEY ]] || die "$PCRPKEY: no such file"
+    add_section .pcrpkey "$PCRPKEY"
+fi
+if [[ -n ${PCRSIG:-} ]]; then
+    [[ -f $PCRSIG ]] || die "$PCRSIG: no such file"
+    add_section .pcrsig "$PCRSIG"
+fi
 add_section .initrd "$initrd"
 # .linux last: the kernel may decompress itself into the space after it.
 add_section .linux "$kernel"

@@ -88,6 +88,8 @@ pub async fn run_until(
         fingerprint: fingerprint.clone(),
         setup_code: setup_shown,
     });
+    // For the health check of a newly installed slot (crate::health).
+    let health = tokio::spawn(crate::health::record(node.clone()));
     let watchdog = watchdog_interval().map(|every| {
         tokio::spawn(async move {
             loop {
@@ -107,6 +109,7 @@ pub async fn run_until(
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(event = "appliance.stopping", "stopping");
     server.abort();
+    health.abort();
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -55,3 +55,4 @@
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod health;

@@ -1,4 +1,6 @@
 //! `pk-appliance [--config PATH]`: the appliance daemon. See the library docs.
+//! `pk-appliance health [--config PATH] [--timeout SECONDS]`: whether the daemon of this
+//! boot is healthy (`appliance::health`), for the image's health check of a new slot.
 
 #![forbid(unsafe_code)]
 
@@ -12,10 +14,19 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
     let mut path = PathBuf::from(DEFAULT_PATH);
+    let health = args.next_if(|a| a == "health").is_some();
+    let mut timeout_s: u64 = 240;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--timeout" if health => match args.next().and_then(|t| t.parse().ok()) {
+                Some(t) => timeout_s = t,
+                None => {
+                    eprintln!("pk-appliance: --timeout needs a number of seconds");
+                    return ExitCode::from(64);
+                }
+            },
             "--config" => match args.next() {
                 Some(p) => path = PathBuf::from(p),
                 None => {
@@ -25,7 +36,9 @@ fn main() -> ExitCode {
             },
             "--help" | "-h" => {
                 println!(
-                    "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})"
+                    "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})\n\
+                     pk-appliance health [--config PATH] [--timeout SECONDS]: exit 0 once this boot's daemon is healthy\n\
+                     \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -42,6 +55,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    if health {
+        let dir = std::path::Path::new(appliance::health::DEFAULT_RUNTIME_DIR);
+        return match appliance::health::check(&config, dir, std::time::Duration::from_secs(timeout_s)) {
+            Ok(words) => {
+                println!("pk-appliance: healthy: {words}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pk-appliance: not healthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = init_logging(&config.log) {
         eprintln!("pk-appliance: {}: log: {e}", path.display());
         return ExitCode::from(EX_CONFIG);
