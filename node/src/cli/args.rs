@@ -712,6 +712,8 @@ pub(crate) struct InitArgs {
     pub(crate) password_file: Option<PathBuf>,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeyslotsCommand {
     /// List the enrolled keyslots.
