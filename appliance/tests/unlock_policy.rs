@@ -224,18 +224,23 @@ fn sign_pcr11(tpm: &hsm::sim::Swtpm, dir: &Path, public: &Path, file: &Path) {
             dir.join("pol.bin").to_str().unwrap(),
         ],
     );
-    let pem = std::fs::read_to_string(public).unwrap();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(
-            pem.lines()
-                .filter(|l| !l.starts_with("-----"))
-                .collect::<String>(),
-        )
-        .unwrap();
+    // systemd's pkfp: SHA-256 of the key's own PKCS#1 encoding.
+    let pkcs1 = run(
+        "openssl",
+        &[
+            "rsa",
+            "-pubin",
+            "-in",
+            public.to_str().unwrap(),
+            "-RSAPublicKey_out",
+            "-outform",
+            "DER",
+        ],
+    );
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let entry = serde_json::json!({
         "pcrs": [11],
-        "pkfp": hex(&Sha256::digest(&der)),
+        "pkfp": hex(&Sha256::digest(&pkcs1)),
         "pol": hex(&pol),
         "sig": base64::engine::general_purpose::STANDARD.encode(sig),
     });

@@ -98,8 +98,8 @@ pub struct SignedPcrPolicy {
     /// The signing key's public half, a DER SubjectPublicKeyInfo (RSA, or ECC P-256).
     #[serde(with = "crate::b64")]
     pub public_key: Vec<u8>,
-    /// Lowercase hex SHA-256 of `public_key`: systemd's `pkfp`, which picks this key's
-    /// entries in a signature file.
+    /// The key's fingerprint as systemd computes it ([`fingerprint`]): its `pkfp`, which
+    /// picks this key's entries in a signature file.
     pub fingerprint: String,
 }
 
@@ -157,7 +157,7 @@ impl SignedPcrPolicy {
         let policy = SignedPcrPolicy {
             bank: pcrs.bank,
             pcrs: pcrs.pcrs,
-            fingerprint: fingerprint(&der),
+            fingerprint: fingerprint(&der)?,
             public_key: der,
         };
         policy.key()?;
@@ -169,16 +169,11 @@ impl SignedPcrPolicy {
     pub fn key(&self) -> Result<PcrSigningKey<'_>, String> {
         if !self
             .fingerprint
-            .eq_ignore_ascii_case(&fingerprint(&self.public_key))
+            .eq_ignore_ascii_case(&fingerprint(&self.public_key)?)
         {
             return Err("the fingerprint does not match the public key".into());
         }
-        let info = spki::SubjectPublicKeyInfoRef::from_der(&self.public_key)
-            .map_err(|e| format!("not a SubjectPublicKeyInfo: {e}"))?;
-        let bits = info
-            .subject_public_key
-            .as_bytes()
-            .ok_or("the public key is not a whole number of bytes")?;
+        let (info, bits) = subject_public_key(&self.public_key)?;
         let oid = info.algorithm.oid;
         if oid == RSA_ENCRYPTION {
             return rsa_key(bits);
@@ -228,12 +223,27 @@ fn rsa_key(bits: &[u8]) -> Result<PcrSigningKey<'_>, String> {
     Ok(PcrSigningKey::Rsa { modulus, exponent })
 }
 
-/// Lowercase hex SHA-256 of `der`: systemd's public key fingerprint (`pkfp`).
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
+/// The SubjectPublicKeyInfo in `der`, and its public key's own encoding.
+fn subject_public_key(der: &[u8]) -> Result<(spki::SubjectPublicKeyInfoRef<'_>, &[u8]), String> {
+    let info = spki::SubjectPublicKeyInfoRef::from_der(der)
+        .map_err(|e| format!("not a SubjectPublicKeyInfo: {e}"))?;
+    let bits = info
+        .subject_public_key
+        .as_bytes()
+        .ok_or("the public key is not a whole number of bytes")?;
+    Ok((info, bits))
+}
+
+/// systemd's fingerprint (`pkfp`) of the key in `spki_der`, a DER SubjectPublicKeyInfo:
+/// lowercase hex SHA-256 of the key's own encoding inside it, which is what OpenSSL's
+/// `i2d_PublicKey` gives (for RSA the PKCS#1 RSAPublicKey, for EC the uncompressed point),
+/// not of the SubjectPublicKeyInfo as a whole.
+pub fn fingerprint(spki_der: &[u8]) -> Result<String, String> {
+    let (_, key) = subject_public_key(spki_der)?;
+    Ok(Sha256::digest(key)
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect()
+        .collect())
 }
 
 /// What a TPM protector binds a new keyslot to, and where it finds the PCR signatures a
@@ -288,15 +298,15 @@ pub struct TpmSealed {
 mod tests {
     use super::*;
 
-    /// An ECC P-256 public key, as `openssl pkey -pubout` writes it; SHA-256 of its DER from
-    /// `openssl pkey -pubout -outform DER | sha256sum`.
+    /// An ECC P-256 public key, as `openssl pkey -pubout` writes it; SHA-256 of its point
+    /// from `openssl pkey -pubout -outform DER | tail -c 65 | sha256sum`.
     const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEiLUKlrCqjMFgWfw16hukpXT28K1p
 9pSVkN0SxW7yVJXPw/mlPjBxnPXpzqy0p1Drcy58saZ2+r0RnqAmT+VFwQ==
 -----END PUBLIC KEY-----
 ";
     const P256_FINGERPRINT: &str =
-        "360b2888eb5caf2bfed06e0527225692738217d422c8e81de1f3b6a69d9c3c8e";
+        "51aeb7822b91330f52f417f59067f2b515eb07a423510e71db0daabced5570e9";
     const P384_PEM: &str = "-----BEGIN PUBLIC KEY-----
 MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAE3TU1VwsM5fjZ49c3STZ7oTEb1hmyPsQw
 SFmII7F3KBcsvqDkfG3SH4gHOmFZ5DwmCwQxS0LUPoLTIptC0ExtwZW2IHHUjqV5
@@ -324,7 +334,7 @@ EOKkbONkE4hgaSCJmig/zxiPlIkougCX
         assert!(debug.contains(P256_FINGERPRINT) && !debug.contains("public_key"));
 
         let mut tampered = policy.clone();
-        tampered.fingerprint = fingerprint(b"another key");
+        tampered.fingerprint = "00".repeat(32);
         assert!(tampered.key().unwrap_err().contains("fingerprint"));
         let err = SignedPcrPolicy::from_pem(P384_PEM, pcr11()).unwrap_err();
         assert!(err.contains("not P-256"), "{err}");

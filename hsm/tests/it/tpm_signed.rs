@@ -42,6 +42,10 @@ pub(crate) fn trials(trials: &mut Vec<Trial>) {
             "tpm::signed::policy_digest_matches_the_documented_formula",
             policy_digest_matches_the_documented_formula,
         ),
+        trial(
+            "tpm::signed::systemd_measure_signs_what_unlocks",
+            systemd_measure_signs_what_unlocks,
+        ),
     ]);
 }
 
@@ -82,20 +86,25 @@ impl Signer {
         Ok(std::fs::read_to_string(self.dir.path().join("public.pem"))?)
     }
 
-    /// The public key's DER, as openssl writes it.
-    fn public_der(&self) -> Result<Vec<u8>, Failed> {
+    /// The public key's DER (a SubjectPublicKeyInfo), as openssl writes it; with
+    /// `pkcs1`, the RSA key's own PKCS#1 RSAPublicKey instead.
+    fn public_der(&self, pkcs1: bool) -> Result<Vec<u8>, Failed> {
         let der = self.dir.path().join("public.der");
-        let key = self.dir.path().join("key.pem");
-        openssl(&[
-            "pkey",
+        let public = self.dir.path().join("public.pem");
+        let (command, out): (&str, &[&str]) = match pkcs1 {
+            true => ("rsa", &["-RSAPublicKey_out"]),
+            false => ("pkey", &[]),
+        };
+        let input = [
+            "-pubin",
             "-in",
-            path(&key)?,
-            "-pubout",
+            path(&public)?,
             "-outform",
             "DER",
             "-out",
             path(&der)?,
-        ])?;
+        ];
+        openssl(&[&[command], &input[..], out].concat())?;
         Ok(std::fs::read(der)?)
     }
 
@@ -145,8 +154,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Extends a PCR of the SHA-256 bank with the digest of `what`.
-fn extend(tpm: &TestTpm, pcr: u8, what: &str) -> TestResult {
-    let digest = hex(&Sha256::digest(what.as_bytes()));
+fn extend(tpm: &TestTpm, pcr: u8, what: impl AsRef<[u8]>) -> TestResult {
+    let digest = hex(&Sha256::digest(what.as_ref()));
     tpm.tool("tpm2_pcrextend", &[&format!("{pcr}:sha256={digest}")])?;
     Ok(())
 }
@@ -249,10 +258,11 @@ fn unlocks_with_a_signature_of_pcr11_and_after_a_signed_update() -> TestResult {
     else {
         return Err("the record keeps no signed policy".into());
     };
-    // The record keeps systemd's pkfp: SHA-256 of the DER SubjectPublicKeyInfo.
-    let der = signer.public_der()?;
-    assert_eq!(recorded.public_key, der);
-    assert_eq!(recorded.fingerprint, hex(&Sha256::digest(&der)));
+    // The record keeps the DER SubjectPublicKeyInfo, and systemd's pkfp: SHA-256 of the
+    // key's own PKCS#1 encoding.
+    assert_eq!(recorded.public_key, signer.public_der(false)?);
+    let pkcs1 = signer.public_der(true)?;
+    assert_eq!(recorded.fingerprint, hex(&Sha256::digest(&pkcs1)));
     assert_eq!(recorded.pcrs, [11]);
 
     // The boot measures a kernel into PCR 11; its value is signed; the slot opens.
@@ -403,4 +413,71 @@ fn no_transients(tpm: &TestTpm) -> TestResult {
         assert!(listed.trim().is_empty(), "{cap} left in the TPM: {listed}");
     }
     Ok(())
+}
+
+/// systemd-measure, from the systemd package (252 on Debian 12 signs through a TPM).
+fn systemd_measure() -> Result<PathBuf, Failed> {
+    [
+        "/usr/lib/systemd/systemd-measure",
+        "/lib/systemd/systemd-measure",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .ok_or_else(|| "systemd-measure not found: install the systemd package".into())
+}
+
+/// Runs systemd-measure with `args`; its standard output.
+fn measure(args: &[&str]) -> Result<String, Failed> {
+    let out = Command::new(systemd_measure()?)
+        .args(args)
+        .env("TSS2_LOG", "all+NONE")
+        .output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("systemd-measure {args:?} failed: {err}").into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The whole chain with systemd's own tools: the TPM's PCR 11 is extended as systemd-stub
+/// measures a UKI's sections (checked against `systemd-measure calculate --phase=:`), and
+/// the signature file is `systemd-measure sign`'s output, unchanged: its `pkfp`, `pol` and
+/// `sig` open the keyslot.
+fn systemd_measure_signs_what_unlocks() -> TestResult {
+    let tpm = TestTpm::start()?;
+    let signer = Signer::rsa()?;
+    let dir = signer.dir.path();
+    let sections = [
+        (".linux", "linux", "a kernel image"),
+        (".osrel", "osrel", "ID=pk-appliance\nIMAGE_VERSION=2\n"),
+        (".cmdline", "cmdline", "roothash=0123 ro"),
+    ];
+    let mut args = Vec::new();
+    for (name, file, contents) in sections {
+        std::fs::write(dir.join(file), contents)?;
+        args.push(format!("--{file}={}", path(&dir.join(file))?));
+        // systemd-stub: the section's name with its NUL, then its contents.
+        extend(&tpm, 11, format!("{name}\0"))?;
+        extend(&tpm, 11, contents)?;
+    }
+    args.extend(["--phase=:", "--bank=sha256", "--json=short"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let calculated: serde_json::Value =
+        serde_json::from_str(&measure(&[&["calculate"], &args[..]].concat())?)?;
+    let expected = calculated["sha256"][0]["hash"].as_str().unwrap_or_default();
+    assert_eq!(hex(&pcr_values(&tpm, &[11])?), expected, "{calculated}");
+
+    let file = signature_file(&tpm);
+    let protector = protector(&tpm, &signer, &file)?;
+    let key = DataKey::generate();
+    let sealed = protector.wrap(&key, AAD)?;
+    let (private, public) = (dir.join("key.pem"), dir.join("public.pem"));
+    let private = format!("--private-key={}", path(&private)?);
+    let public = format!("--public-key={}", path(&public)?);
+    let device = format!("--tpm2-device={}", tpm.tcti());
+    let sign = [&["sign", &private, &public, &device], &args[..]].concat();
+    std::fs::write(&file, measure(&sign)?)?;
+    assert_eq!(protector.unwrap(&sealed, AAD)?.expose(), key.expose());
+    no_transients(&tpm)
 }
