@@ -30,6 +30,16 @@ pub struct Config {
     /// None: not bound to PCRs (the TPM alone opens it).
     #[serde(deserialize_with = "pcr_list")]
     pub tpm_pcrs: Option<String>,
+    /// The public key (PEM) whose signatures of PCR 11 (`systemd-measure sign`, in each
+    /// UKI's `.pcrsig`) the first TPM keyslot accepts, e.g.
+    /// `/usr/share/pk-appliance/tpm2-pcr-public-key.pem`: when set and the file exists at
+    /// setup, the keyslot opens while PCR 11 holds a value this key signed (and the
+    /// `tpm_pcrs` hold their setup values), so a signed update keeps it working. None: no
+    /// signed policy.
+    pub tpm_pcr_public_key: Option<PathBuf>,
+    /// Where the booted UKI's PCR signatures are (systemd's `tpm2-pcr-signature.json`):
+    /// what a TPM keyslot with a signed policy unlocks with.
+    pub tpm_pcr_signature: PathBuf,
     /// The PKCS#11 module for PKCS#11 keyslots, e.g. `/usr/lib/softhsm/libsofthsm2.so`:
     /// the console enrols PKCS#11 keyslots with it, and unlocking uses it instead of the
     /// module a slot recorded at enrolment. None: the console cannot enrol PKCS#11
@@ -52,6 +62,8 @@ impl Default for Config {
             lan: false,
             tpm_tcti: None,
             tpm_pcrs: None,
+            tpm_pcr_public_key: None,
+            tpm_pcr_signature: PathBuf::from(hsm::tpm::DEFAULT_PCR_SIGNATURE),
             pkcs11_module: None,
             session_idle_s: 15 * 60,
             log: node::logging::DEFAULT_FILTER.to_owned(),
@@ -191,6 +203,18 @@ mod tests {
         );
         let err = Config::parse("lan = false\ntpm_pcrs = \"0,99\"\n").unwrap_err();
         assert!(err.contains("line 2") && err.contains("PCR"), "{err}");
+        assert_eq!(
+            Config::default().tpm_pcr_signature,
+            Path::new("/run/pk-boot/tpm2-pcr-signature.json")
+        );
+        let signed = Config::parse(
+            "tpm_pcrs = \"0,7\"\ntpm_pcr_public_key = \"/usr/share/pk-appliance/tpm2-pcr-public-key.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            signed.tpm_pcr_public_key.as_deref(),
+            Some(Path::new("/usr/share/pk-appliance/tpm2-pcr-public-key.pem"))
+        );
         assert!(
             Config::parse("session_idle_s = 5\n")
                 .unwrap_err()

@@ -52,15 +52,13 @@ pub async fn run_until(
     tracing::info!(event = "console.certificate", fingerprint = %fingerprint, "console certificate SHA-256 {fingerprint}");
 
     let tpm_tcti = tpm_tcti(&config);
-    let first_token = match &tpm_tcti {
-        Some(tcti) => FirstToken::Tpm(tcti.clone(), config.tpm_pcrs.clone()),
-        None => FirstToken::Passphrase,
-    };
+    let first_token = first_token(&config, &node, tpm_tcti.as_deref())?;
     let setup_code = setup_code(&config);
     let setup_shown = setup_code.as_ref().map(|c| c.as_str().to_owned());
     let tokens = node::tokens::TokenConfig {
         drivers: Some(std::sync::Arc::new(hsm::Hardware)),
         tcti: tpm_tcti.clone(),
+        tpm_pcr_signature: Some(config.tpm_pcr_signature.clone()),
         pkcs11_module: config.pkcs11_module.clone(),
         yubikey_events: None,
     };
@@ -139,6 +137,33 @@ async fn serve_console(
     let app = console::router(console.clone());
     let server = tokio::spawn(async move { tls::serve(listener, &identity, app).await });
     Ok((server, urls_list))
+}
+
+/// How setup makes the first keyslot: with a TPM, bound to `tpm_pcrs` and, when the PCR
+/// signing key is there (and the node not made yet), to PCR 11 values it signs.
+fn first_token(config: &Config, node: &NodePath, tcti: Option<&str>) -> Result<FirstToken, String> {
+    let Some(tcti) = tcti else {
+        return Ok(FirstToken::Passphrase);
+    };
+    let signed_pcrs = match &config.tpm_pcr_public_key {
+        Some(path) if path.exists() && !node.keyslots().exists() => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("tpm_pcr_public_key {}: {e}", path.display()))?;
+            let pcrs = hsm::tpm::PcrPolicy {
+                bank: hsm::tpm::PcrBank::Sha256,
+                pcrs: hsm::tpm::DEFAULT_SIGNED_PCRS.to_vec(),
+            };
+            let policy = hsm::tpm::SignedPcrPolicy::from_pem(&pem, pcrs)
+                .map_err(|e| format!("tpm_pcr_public_key {}: {e}", path.display()))?;
+            Some(policy)
+        }
+        _ => None,
+    };
+    Ok(FirstToken::Tpm {
+        tcti: tcti.to_owned(),
+        pcrs: config.tpm_pcrs.clone(),
+        signed_pcrs,
+    })
 }
 
 /// The TPM to use: the configured TCTI, or without one the kernel's TPM resource manager

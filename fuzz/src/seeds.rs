@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hsm::pkcs11::Pkcs11Sealed;
 use hsm::soft::{Argon2Params, SoftProtector};
-use hsm::tpm::{PcrBank, PcrPolicy, TpmSealed};
+use hsm::tpm::{PcrBank, PcrPolicy, SignedPcrPolicy, TpmSealed};
 use hsm::yubikey::{PinRule, TouchRule, YubiKeySealed};
 use hsm::{DataKey, Kind, Pin, Sealed, Wrapped};
 use node::NodePath;
@@ -739,7 +739,27 @@ fn keyslots(out: &mut Out<'_>) -> io::Result<()> {
                 bank: PcrBank::Sha256,
                 pcrs: vec![0, 4, 7, 11],
             }),
+            signed_pcr_policy: None,
             pin: true,
+            wrapped: Wrapped {
+                nonce: vec![7; 24],
+                ciphertext: vec![9; 48],
+            },
+        }),
+        Sealed::Tpm(TpmSealed {
+            public: vec![0, 8, 0, 11, 0, 0, 0, 18],
+            private: vec![0, 32, 1, 2, 3],
+            pcr_policy: Some(PcrPolicy {
+                bank: PcrBank::Sha256,
+                pcrs: vec![0, 7],
+            }),
+            signed_pcr_policy: Some(SignedPcrPolicy {
+                bank: PcrBank::Sha256,
+                pcrs: vec![11],
+                public_key: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+                fingerprint: "d44bedc1f45b4b5e1ad0a7b4bbb6d4fae759b3b7d267d53a3384f48c9c86afcc".into(),
+            }),
+            pin: false,
             wrapped: Wrapped {
                 nonce: vec![7; 24],
                 ciphertext: vec![9; 48],

@@ -1,7 +1,7 @@
 //! [`Hardware`]: this crate's drivers behind hsm-core's [`Drivers`] trait.
 
 use hsm_core::drivers::{PivKey, Pkcs11Key};
-use hsm_core::tpm::PcrPolicy;
+use hsm_core::tpm::TpmOptions;
 use hsm_core::yubikey::EventSink;
 use hsm_core::{Drivers, Pin, Protector};
 
@@ -15,12 +15,8 @@ use crate::yubikey::YubiKeyProtector;
 pub struct Hardware;
 
 impl Drivers for Hardware {
-    fn tpm(&self, tcti: &str, pin: Option<Pin>, pcrs: Option<PcrPolicy>) -> Box<dyn Protector> {
-        let mut tpm = TpmProtector::new(tcti, pin);
-        if let Some(pcrs) = pcrs {
-            tpm = tpm.with_pcr_policy(pcrs);
-        }
-        Box::new(tpm)
+    fn tpm(&self, tcti: &str, pin: Option<Pin>, options: TpmOptions) -> Box<dyn Protector> {
+        Box::new(TpmProtector::new(tcti, pin).with_options(options))
     }
 
     fn pkcs11(&self, key: Pkcs11Key<'_>, pin: Pin) -> Box<dyn Protector> {

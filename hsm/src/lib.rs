@@ -69,6 +69,7 @@ pub mod yubikey;
 
 pub use hardware::Hardware;
 pub use hsm_core::{
-    DataKey, Drivers, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, Wrapped, drivers,
+    DataKey, Drivers, Kind, Pin, PolicyFailure, Protector, Sealed, UnwrapError, WrapError, Wrapped,
+    drivers,
 };
 pub use hsm_core::{recovery, sim, soft};

@@ -10,6 +10,10 @@
 //! Options chosen at enrolment:
 //! - a PCR policy (a bank and a set of PCR indices): the object unseals only while those
 //!   PCRs hold the values they had at enrolment (TPM2_PolicyPCR);
+//! - a signed PCR policy (a public key and PCRs, usually 11): the object unseals while
+//!   those PCRs hold any values the key's owner has signed, in systemd's
+//!   `tpm2-pcr-signature.json` (TPM2_PolicyAuthorize, before the PCR policy; see
+//!   `signed`), so that a signed kernel update keeps the keyslot;
 //! - a PIN: the object's authValue. Dictionary-attack protection stays on, so wrong PINs
 //!   count towards the TPM's lockout.
 //!
@@ -18,10 +22,13 @@
 //! connection and flushes every transient object and session it made, because a TPM
 //! without a resource manager (swtpm) holds only about three transient objects.
 //!
-//! The stored record ([`TpmSealed`]) and the options it keeps ([`PcrPolicy`], [`PcrBank`],
-//! [`DEFAULT_TCTI`]) are `hsm-core`'s `tpm` module, re-exported here, so that keyslots can be
+//! The stored record ([`TpmSealed`]) and the options it keeps ([`PcrPolicy`],
+//! [`SignedPcrPolicy`], [`PcrBank`], [`TpmOptions`], [`DEFAULT_TCTI`]) are `hsm-core`'s `tpm` module, re-exported here, so that keyslots can be
 //! read without linking libtss2.
 
+mod signed;
+
+use std::path::Path;
 use std::str::FromStr;
 
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
@@ -41,7 +48,9 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, Error as TssError};
 use zeroize::Zeroizing;
 
-use crate::{DataKey, Kind, Pin, Protector, Sealed, UnwrapError, WrapError, Wrapped};
+use crate::{
+    DataKey, Kind, Pin, PolicyFailure, Protector, Sealed, UnwrapError, WrapError, Wrapped,
+};
 
 pub use hsm_core::tpm::*;
 
@@ -70,7 +79,7 @@ fn selection(policy: &PcrPolicy) -> Result<PcrSelectionList, TssError> {
 pub struct TpmProtector {
     tcti: String,
     pin: Option<Pin>,
-    pcr_policy: Option<PcrPolicy>,
+    options: TpmOptions,
 }
 
 impl TpmProtector {
@@ -80,15 +89,42 @@ impl TpmProtector {
         TpmProtector {
             tcti: tcti.into(),
             pin,
-            pcr_policy: None,
+            options: TpmOptions::default(),
         }
     }
 
     /// Binds objects sealed by this protector to `policy`. Unsealing reads the policy
     /// from the stored record, so this only matters for [`Protector::wrap`].
     pub fn with_pcr_policy(mut self, policy: PcrPolicy) -> Self {
-        self.pcr_policy = Some(policy);
+        self.options.pcrs = Some(policy);
         self
+    }
+
+    /// Binds objects sealed by this protector to `policy` as well: any values of its PCRs
+    /// that its key signs. Like [`TpmProtector::with_pcr_policy`], for wrapping only.
+    pub fn with_signed_pcr_policy(mut self, policy: SignedPcrPolicy) -> Self {
+        self.options.signed_pcrs = Some(policy);
+        self
+    }
+
+    /// Reads the PCR signatures from `path` when unsealing an object with a signed
+    /// policy, instead of [`DEFAULT_PCR_SIGNATURE`].
+    pub fn with_pcr_signature(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.options.pcr_signature = Some(path.into());
+        self
+    }
+
+    /// All the options at once, as [`crate::Drivers::tpm`] hands them over.
+    pub fn with_options(mut self, options: TpmOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    fn pcr_signature(&self) -> &Path {
+        self.options
+            .pcr_signature
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_PCR_SIGNATURE))
     }
 
     fn connect(&self) -> Result<Context, String> {
@@ -210,24 +246,33 @@ impl<'a> Transients<'a> {
         Ok(session)
     }
 
-    /// Runs the policy commands for `pcr_policy` and `pin` in `session`.
+    /// Runs the policy commands that follow any PolicyAuthorize in `policy`: PolicyPCR for
+    /// `pcr_policy`, PolicyAuthValue for `pin`.
     fn policy(
         &mut self,
-        session: AuthSession,
-        pcr_policy: &PcrPolicy,
+        policy: PolicySession,
+        pcr_policy: Option<&PcrPolicy>,
         pin: bool,
-    ) -> Result<PolicySession, TssError> {
-        let policy = PolicySession::try_from(session)?;
-        let selection = selection(pcr_policy)?;
+    ) -> Result<(), TssError> {
+        let selection = pcr_policy.map(selection).transpose()?;
         self.ctx.execute_without_session(|ctx| {
-            // An empty digest makes the TPM use the PCRs' current values.
-            ctx.policy_pcr(policy, Digest::default(), selection)?;
+            if let Some(selection) = selection {
+                // An empty digest makes the TPM use the PCRs' current values.
+                ctx.policy_pcr(policy, Digest::default(), selection)?;
+            }
             if pin {
                 ctx.policy_auth_value(policy)?;
             }
             Ok::<_, TssError>(())
-        })?;
-        Ok(policy)
+        })
+    }
+
+    /// Flushes `handle` now rather than when the operation ends, to make room: swtpm
+    /// holds about three transient objects.
+    fn release(&mut self, handle: impl Into<ObjectHandle>) {
+        let handle = handle.into();
+        self.handles.retain(|&h| h != handle);
+        let _ = self.ctx.flush_context(handle);
     }
 
     /// What a failed unseal means to the user: a wrong PIN (with the attempts left), a
@@ -243,7 +288,9 @@ impl<'a> Transients<'a> {
             }
             Some(Tss2ResponseCodeKind::Lockout) => UnwrapError::PinBlocked,
             Some(Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::PcrChanged) => {
-                UnwrapError::PolicyMismatch
+                UnwrapError::PolicyMismatch {
+                    reason: PolicyFailure::PcrsChanged,
+                }
             }
             _ => UnwrapError::token(Kind::Tpm, e),
         }
@@ -270,6 +317,90 @@ impl Drop for Transients<'_> {
     }
 }
 
+impl TpmProtector {
+    /// The sealed object's policy digest, computed in a trial session: PolicyAuthorize for
+    /// a signed policy, then PolicyPCR, then PolicyAuthValue with a PIN. `None` without
+    /// PCRs of either kind: the object's authValue alone then authorises it.
+    fn trial_policy(
+        &self,
+        t: &mut Transients<'_>,
+        primary: KeyHandle,
+        has_pin: bool,
+    ) -> Result<Option<Digest>, WrapError> {
+        let token = |e: TssError| WrapError::token(Kind::Tpm, e);
+        if self.options.pcrs.is_none() && self.options.signed_pcrs.is_none() {
+            return Ok(None);
+        }
+        if let Some(pcr_policy) = &self.options.pcrs {
+            selection(pcr_policy)
+                .map_err(|e| WrapError::Invalid(format!("PCR selection not supported: {e}")))?;
+        }
+        let trial = t.session(primary, SessionType::Trial).map_err(token)?;
+        let trial = PolicySession::try_from(trial).map_err(token)?;
+        if let Some(signed) = &self.options.signed_pcrs {
+            t.trial_authorize(trial, signed)?;
+        }
+        t.policy(trial, self.options.pcrs.as_ref(), has_pin)
+            .map_err(token)?;
+        Ok(Some(t.ctx.policy_get_digest(trial).map_err(token)?))
+    }
+}
+
+/// Loads the sealed object of `s` under `primary`, with the PIN as its authValue.
+fn load_sealed(
+    t: &mut Transients<'_>,
+    primary: KeyHandle,
+    s: &TpmSealed,
+    auth: Option<Auth>,
+) -> Result<KeyHandle, UnwrapError> {
+    let token = |e: TssError| UnwrapError::token(Kind::Tpm, e);
+    let public =
+        Public::unmarshall(&s.public).map_err(|_| UnwrapError::Corrupt("TPM public blob"))?;
+    let private = Private::try_from(s.private.clone())
+        .map_err(|_| UnwrapError::Corrupt("TPM private blob"))?;
+    let object = t
+        .ctx
+        .execute_with_nullauth_session(|ctx| ctx.load(primary, private, public))
+        .map_err(|e| match tss_kind(&e) {
+            Some(Tss2ResponseCodeKind::Integrity) => UnwrapError::KeyNotOnToken(
+                "the object was sealed by another TPM, or this TPM was cleared".into(),
+            ),
+            _ => token(e),
+        })?;
+    t.keep(object);
+    if let Some(auth) = auth {
+        t.ctx.tr_set_auth(object.into(), auth).map_err(token)?;
+    }
+    Ok(object)
+}
+
+/// The session that authorises unsealing `s`: a policy session that has run the object's
+/// policy, or without one an HMAC session (the authValue alone).
+fn unseal_session(
+    t: &mut Transients<'_>,
+    primary: KeyHandle,
+    s: &TpmSealed,
+    signatures: &[signed::Candidate],
+) -> Result<AuthSession, UnwrapError> {
+    let token = |e: TssError| UnwrapError::token(Kind::Tpm, e);
+    if s.pcr_policy.is_none() && s.signed_pcr_policy.is_none() {
+        return t.session(primary, SessionType::Hmac).map_err(token);
+    }
+    let session = t.session(primary, SessionType::Policy).map_err(token)?;
+    let policy = PolicySession::try_from(session).map_err(token)?;
+    if let Some(signed) = &s.signed_pcr_policy {
+        t.authorize(policy, signed, signatures)?;
+    }
+    t.policy(policy, s.pcr_policy.as_ref(), s.pin)
+        .map_err(|e| match tss_kind(&e) {
+            Some(Tss2ResponseCodeKind::PcrChanged) => UnwrapError::PolicyMismatch {
+                reason: PolicyFailure::PcrsChanged,
+            },
+            _ => token(e),
+        })?;
+    Ok(session)
+}
+
 impl Protector for TpmProtector {
     fn kind(&self) -> Kind {
         Kind::Tpm
@@ -283,17 +414,7 @@ impl Protector for TpmProtector {
         let mut t = Transients::new(&mut ctx);
         let has_pin = self.pin.as_ref().is_some_and(|p| !p.is_empty());
         let primary = t.primary().map_err(token)?;
-
-        let policy_digest = match &self.pcr_policy {
-            None => None,
-            Some(pcr_policy) => {
-                selection(pcr_policy)
-                    .map_err(|e| WrapError::Invalid(format!("PCR selection not supported: {e}")))?;
-                let trial = t.session(primary, SessionType::Trial).map_err(token)?;
-                let policy = t.policy(trial, pcr_policy, has_pin).map_err(token)?;
-                Some(t.ctx.policy_get_digest(policy).map_err(token)?)
-            }
-        };
+        let policy_digest = self.trial_policy(&mut t, primary, has_pin)?;
 
         let kek = DataKey::generate();
         let sensitive = SensitiveData::try_from(kek.expose().to_vec()).map_err(token)?;
@@ -316,7 +437,8 @@ impl Protector for TpmProtector {
         Ok(Sealed::Tpm(TpmSealed {
             public,
             private,
-            pcr_policy: self.pcr_policy.clone(),
+            pcr_policy: self.options.pcrs.clone(),
+            signed_pcr_policy: self.options.signed_pcrs.clone(),
             pin: has_pin,
             wrapped,
         }))
@@ -329,43 +451,28 @@ impl Protector for TpmProtector {
         if s.pin && self.pin.as_ref().is_none_or(|p| p.is_empty()) {
             return Err(UnwrapError::PinRequired);
         }
+        let auth = match s.pin {
+            true => Some(
+                self.auth()
+                    .map_err(|_| UnwrapError::WrongPin { retries_left: None })?
+                    .unwrap_or_default(),
+            ),
+            false => None,
+        };
+        // The signatures are read before the TPM is touched: a boot without them fails
+        // plainly, whatever the TPM's state.
+        let signatures = match &s.signed_pcr_policy {
+            Some(policy) => signed::read_signatures(self.pcr_signature(), policy)?,
+            None => Vec::new(),
+        };
         let token = |e: TssError| UnwrapError::token(Kind::Tpm, e);
-        let public =
-            Public::unmarshall(&s.public).map_err(|_| UnwrapError::Corrupt("TPM public blob"))?;
-        let private = Private::try_from(s.private.clone())
-            .map_err(|_| UnwrapError::Corrupt("TPM private blob"))?;
-
         let mut ctx = self
             .connect()
             .map_err(|what| UnwrapError::TokenAbsent { what })?;
         let mut t = Transients::new(&mut ctx);
         let primary = t.primary().map_err(token)?;
-        let object = t
-            .ctx
-            .execute_with_nullauth_session(|ctx| ctx.load(primary, private, public))
-            .map_err(|e| match tss_kind(&e) {
-                Some(Tss2ResponseCodeKind::Integrity) => UnwrapError::KeyNotOnToken(
-                    "the object was sealed by another TPM, or this TPM was cleared".into(),
-                ),
-                _ => token(e),
-            })?;
-        t.keep(object);
-        if s.pin {
-            let auth = self
-                .auth()
-                .map_err(|_| UnwrapError::WrongPin { retries_left: None })?
-                .unwrap_or_default();
-            t.ctx.tr_set_auth(object.into(), auth).map_err(token)?;
-        }
-
-        let session = match &s.pcr_policy {
-            Some(pcr_policy) => {
-                let session = t.session(primary, SessionType::Policy).map_err(token)?;
-                t.policy(session, pcr_policy, s.pin).map_err(token)?;
-                session
-            }
-            None => t.session(primary, SessionType::Hmac).map_err(token)?,
-        };
+        let object = load_sealed(&mut t, primary, s, auth)?;
+        let session = unseal_session(&mut t, primary, s, &signatures)?;
         let unsealed = t
             .ctx
             .execute_with_session(Some(session), |ctx| ctx.unseal(object.into()));

@@ -187,12 +187,14 @@ impl KeyslotError {
 /// The kind of a token's refusal to unwrap.
 fn unwrap_code(e: &UnwrapError) -> Option<ErrorCode> {
     match e {
-        UnwrapError::TokenAbsent { .. } | UnwrapError::NoReader => Some(ErrorCode::Unavailable),
+        UnwrapError::TokenAbsent { .. }
+        | UnwrapError::NoReader
+        | UnwrapError::PcrSignatureFile { .. } => Some(ErrorCode::Unavailable),
         UnwrapError::PinRequired => Some(ErrorCode::BadInput),
         UnwrapError::Corrupt(_) => Some(ErrorCode::Corrupt),
         UnwrapError::WrongPin { .. }
         | UnwrapError::PinBlocked
-        | UnwrapError::PolicyMismatch
+        | UnwrapError::PolicyMismatch { .. }
         | UnwrapError::KeyNotOnToken(_)
         | UnwrapError::WrongPassphrase
         | UnwrapError::WrongRecoveryCode

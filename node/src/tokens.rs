@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hsm_core::drivers::{PivKey, Pkcs11Key};
 use hsm_core::recovery::{RecoveryCode, RecoveryCodeError, RecoveryProtector};
 use hsm_core::soft::{Argon2Params, SoftProtector};
-use hsm_core::tpm::{DEFAULT_TCTI, PcrPolicy};
+use hsm_core::tpm::{DEFAULT_TCTI, PcrPolicy, SignedPcrPolicy, TpmOptions};
 use hsm_core::yubikey::{EventSink, PinRule, TouchRule};
 use hsm_core::{Drivers, Kind, Pin, Protector, Sealed};
 
@@ -26,6 +26,10 @@ pub struct TokenConfig {
     pub drivers: Option<Arc<dyn Drivers>>,
     /// TPM TCTI; [`DEFAULT_TCTI`] when `None`.
     pub tcti: Option<String>,
+    /// The PCR signature file (systemd's `tpm2-pcr-signature.json`) that TPM keyslots
+    /// with a signed PCR policy unlock with; `hsm_core::tpm::DEFAULT_PCR_SIGNATURE` when
+    /// `None`.
+    pub tpm_pcr_signature: Option<PathBuf>,
     /// PKCS#11 module to use instead of the one recorded in the slot.
     pub pkcs11_module: Option<PathBuf>,
     /// Where YubiKey touch prompts go (a CLI prints them; the agent records them).
@@ -36,6 +40,7 @@ impl std::fmt::Debug for TokenConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenConfig")
             .field("tcti", &self.tcti)
+            .field("tpm_pcr_signature", &self.tpm_pcr_signature)
             .field("pkcs11_module", &self.pkcs11_module)
             .field("drivers", &self.drivers.is_some())
             .finish_non_exhaustive()
@@ -46,6 +51,20 @@ impl TokenConfig {
     /// The TCTI to use.
     pub fn tcti(&self) -> &str {
         self.tcti.as_deref().unwrap_or(DEFAULT_TCTI)
+    }
+
+    /// The TPM protector's options: a new keyslot's PCR bindings, and where this
+    /// machine's PCR signatures are.
+    fn tpm_options(
+        &self,
+        pcrs: Option<PcrPolicy>,
+        signed_pcrs: Option<SignedPcrPolicy>,
+    ) -> TpmOptions {
+        TpmOptions {
+            pcrs,
+            signed_pcrs,
+            pcr_signature: self.tpm_pcr_signature.clone(),
+        }
     }
 
     /// The hardware drivers, or why a slot of `kind` cannot be used without them.
@@ -98,7 +117,11 @@ pub fn protector_for(
         (_, secret) => secret,
     };
     Ok(match sealed {
-        Sealed::Tpm(_) => config.drivers(Kind::Tpm)?.tpm(config.tcti(), secret, None),
+        Sealed::Tpm(_) => {
+            config
+                .drivers(Kind::Tpm)?
+                .tpm(config.tcti(), secret, config.tpm_options(None, None))
+        }
         Sealed::Pkcs11(_) => {
             let pin = secret.ok_or(ProtectorError::SecretNeeded("PKCS#11 token PIN"))?;
             let module = config.pkcs11_module.as_deref();
@@ -135,6 +158,8 @@ pub enum NewSlot {
         pin: Option<Pin>,
         /// The PCR values it will be bound to.
         pcrs: Option<PcrPolicy>,
+        /// The PCRs whose values it opens with while this key has signed them.
+        signed_pcrs: Option<SignedPcrPolicy>,
     },
     /// A key generated inside a PKCS#11 token.
     Pkcs11 {
@@ -175,7 +200,15 @@ pub fn new_protector(
     config: &TokenConfig,
 ) -> Result<Box<dyn Protector>, ProtectorError> {
     Ok(match slot {
-        NewSlot::Tpm { pin, pcrs } => config.drivers(Kind::Tpm)?.tpm(config.tcti(), pin, pcrs),
+        NewSlot::Tpm {
+            pin,
+            pcrs,
+            signed_pcrs,
+        } => config.drivers(Kind::Tpm)?.tpm(
+            config.tcti(),
+            pin,
+            config.tpm_options(pcrs, signed_pcrs),
+        ),
         NewSlot::Pkcs11 { module, label, pin } => config.drivers(Kind::Pkcs11)?.pkcs11(
             Pkcs11Key::New {
                 module: &module,

@@ -290,6 +290,9 @@ pub(crate) struct SlotView {
     pub needs: Option<&'static str>,
     /// A TPM slot's PCR binding (`sha256:0,4,7`), if any.
     pub pcrs: Option<String>,
+    /// A TPM slot's signed PCR binding (`sha256:11`), if any: those PCRs may hold any
+    /// value its key signed.
+    pub signed_pcrs: Option<String>,
 }
 
 pub(super) fn keyslots(c: &Console) -> Vec<SlotView> {
@@ -304,10 +307,14 @@ pub(super) fn keyslots(c: &Console) -> Vec<SlotView> {
                     hardware: s.is_hardware(),
                     needs: node::tokens::secret_name(&s.sealed),
                     pcrs: match &s.sealed {
-                        hsm::Sealed::Tpm(t) => t.pcr_policy.as_ref().map(|p| {
-                            let list: Vec<String> = p.pcrs.iter().map(u8::to_string).collect();
-                            format!("{:?}:{}", p.bank, list.join(",")).to_lowercase()
-                        }),
+                        hsm::Sealed::Tpm(t) => t.pcr_policy.as_ref().map(|p| p.to_string()),
+                        _ => None,
+                    },
+                    signed_pcrs: match &s.sealed {
+                        hsm::Sealed::Tpm(t) => t
+                            .signed_pcr_policy
+                            .as_ref()
+                            .map(|p| p.pcr_policy().to_string()),
                         _ => None,
                     },
                 })
@@ -348,6 +355,7 @@ fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, St
     let slot = match form.kind.as_str() {
         "tpm" => NewSlot::Tpm {
             pin: None,
+            signed_pcrs: None,
             pcrs: match form.pcrs.trim() {
                 "" => None,
                 list => Some(

@@ -81,9 +81,16 @@ pub struct ClientAddr(pub SocketAddr);
 /// How the first keyslot is made at setup.
 #[derive(Clone, Debug)]
 pub enum FirstToken {
-    /// A TPM at this TCTI; with PCRs (`0,4,7,11`), the slot opens only while they hold
-    /// the values they had at setup (an unchanged boot chain).
-    Tpm(String, Option<String>),
+    /// A TPM.
+    Tpm {
+        /// Its TCTI.
+        tcti: String,
+        /// With PCRs (`0,4,7,11`), the slot opens only while they hold the values they
+        /// had at setup (an unchanged boot chain).
+        pcrs: Option<String>,
+        /// With a signed policy, only while its PCRs (11) hold values its key signed.
+        signed_pcrs: Option<hsm::tpm::SignedPcrPolicy>,
+    },
     /// No TPM: a passphrase (`soft`, clearly not hardware).
     Passphrase,
 }
@@ -594,13 +601,18 @@ fn check_setup_code(c: &Console, given: &str) -> Result<(), (StatusCode, String)
 }
 
 /// The protector of the node's first keyslot, as config.toml chooses: the TPM (bound to
-/// the PCRs it names) or the passphrase given at setup.
+/// the PCRs it names, and to PCR 11 values its signing key signed) or the passphrase given
+/// at setup.
 fn first_protector(
     first_token: &FirstToken,
     passphrase: &str,
 ) -> Result<Box<dyn hsm::Protector>, (StatusCode, String)> {
     Ok(match first_token {
-        FirstToken::Tpm(tcti, pcrs) => {
+        FirstToken::Tpm {
+            tcti,
+            pcrs,
+            signed_pcrs,
+        } => {
             let mut tpm = hsm::tpm::TpmProtector::new(tcti.clone(), None);
             if let Some(pcrs) = pcrs {
                 match hsm::tpm::PcrPolicy::parse_list(hsm::tpm::PcrBank::Sha256, pcrs) {
@@ -612,6 +624,9 @@ fn first_protector(
                         ));
                     }
                 }
+            }
+            if let Some(signed) = signed_pcrs {
+                tpm = tpm.with_signed_pcr_policy(signed.clone());
             }
             Box::new(tpm)
         }

@@ -73,13 +73,20 @@ pub(super) fn setup(fingerprint: &str, token: &FirstToken, error: Option<&str>) 
                 label for="confirm" { "Admin password again" }
                 input id="confirm" name="confirm" type="password" autocomplete="new-password" required;
                 @match token {
-                    FirstToken::Tpm(_, None) => {
-                        p { "The node's data key will be sealed by this machine's TPM." }
-                    }
-                    FirstToken::Tpm(_, Some(pcrs)) => {
+                    FirstToken::Tpm { pcrs, signed_pcrs, .. } => {
                         p {
-                            "The node's data key will be sealed by this machine's TPM, bound to PCRs "
-                            (pcrs) ": it unlocks by itself only while the boot chain is unchanged."
+                            "The node's data key will be sealed by this machine's TPM"
+                            @if let Some(pcrs) = pcrs {
+                                ", bound to PCRs " (pcrs)
+                            }
+                            @if let Some(signed) = signed_pcrs {
+                                " and to PCR " (signed.pcr_policy()) " values signed by the image's key"
+                            }
+                            @if pcrs.is_some() || signed_pcrs.is_some() {
+                                ": it unlocks by itself only while the boot chain is unchanged"
+                                @if signed_pcrs.is_some() { " or updated by a signed image" }
+                            }
+                            "."
                         }
                     }
                     FirstToken::Passphrase => {
@@ -589,6 +596,7 @@ pub(super) fn keyslots(
                         td {
                             (slot.needs.unwrap_or("nothing"))
                             @if let Some(pcrs) = &slot.pcrs { " (while PCRs " (pcrs) " hold)" }
+                            @if let Some(signed) = &slot.signed_pcrs { " (while PCRs " (signed) " hold signed values)" }
                         }
                         td {
                             form method="post" action="/keyslots/test" {

@@ -10,15 +10,15 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use crate::tpm::PcrPolicy;
+use crate::tpm::TpmOptions;
 use crate::yubikey::{EventSink, PinRule, TouchRule};
 use crate::{Pin, Protector};
 
 /// The protectors of the hardware tokens, each ready to wrap (enrol) or unwrap (open).
 pub trait Drivers: Send + Sync {
-    /// A TPM 2.0 protector through `tcti`; `pin` authorises the sealed object, and a new
-    /// one is bound to `pcrs`.
-    fn tpm(&self, tcti: &str, pin: Option<Pin>, pcrs: Option<PcrPolicy>) -> Box<dyn Protector>;
+    /// A TPM 2.0 protector through `tcti`; `pin` authorises the sealed object, a new one is
+    /// bound as `options` says, and a signed one finds its PCR signatures where they say.
+    fn tpm(&self, tcti: &str, pin: Option<Pin>, options: TpmOptions) -> Box<dyn Protector>;
 
     /// A PKCS#11 protector with the token's `pin`.
     fn pkcs11(&self, key: Pkcs11Key<'_>, pin: Pin) -> Box<dyn Protector>;

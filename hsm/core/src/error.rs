@@ -66,9 +66,23 @@ pub enum UnwrapError {
         "PIN blocked: too many wrong attempts; wait for the lockout to expire or unblock the token"
     )]
     PinBlocked,
-    /// The TPM's policy does not hold: the bound PCR values have changed since enrolment.
-    #[error("the TPM policy does not hold: PCR values differ from those at enrolment")]
-    PolicyMismatch,
+    /// The TPM's policy does not hold: the bound PCR values have changed since enrolment,
+    /// or no valid signature covers the current values of the signed PCRs.
+    #[error("the TPM policy does not hold: {reason}")]
+    PolicyMismatch {
+        /// Which part of the policy failed.
+        reason: PolicyFailure,
+    },
+    /// A keyslot bound to signed PCR values cannot read the signatures it needs: the
+    /// signature file is missing, unreadable, too large, or not in systemd's
+    /// `tpm2-pcr-signature.json` format.
+    #[error("the PCR signature file {path}: {problem}")]
+    PcrSignatureFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The key this slot was wrapped with is not on this token (another TPM, a reset TPM,
     /// another PKCS#11 token, or the key was deleted).
     #[error("the key of this slot is not on this token ({0})")]
@@ -125,6 +139,34 @@ pub enum UnwrapError {
         kind: Kind,
         /// What the token reported.
         message: String,
+    },
+}
+
+/// Which part of a TPM policy failed, in [`UnwrapError::PolicyMismatch`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyFailure {
+    /// PCRs bound at their enrolment values hold other values now.
+    #[error("PCR values differ from those at enrolment")]
+    PcrsChanged,
+    /// The signature file has no entry, by the enrolled key, for the current values of the
+    /// signed PCRs: the booted kernel (unified kernel image) is not one that key signed.
+    #[error(
+        "no signature by the enrolled key matches the current value of PCR {pcrs}: this \
+         kernel (UKI) is not one that key signed"
+    )]
+    Unsigned {
+        /// The signed PCRs, as `sha256:11`.
+        pcrs: String,
+    },
+    /// The entry for the current PCR values is there, but its signature is not the
+    /// enrolled key's.
+    #[error(
+        "the signature for the current value of PCR {pcrs} does not verify with the enrolled key"
+    )]
+    BadSignature {
+        /// The signed PCRs, as `sha256:11`.
+        pcrs: String,
     },
 }
 

@@ -85,7 +85,7 @@ pub mod yubikey;
 
 pub use aead::Wrapped;
 pub use drivers::Drivers;
-pub use error::{UnwrapError, WrapError};
+pub use error::{PolicyFailure, UnwrapError, WrapError};
 pub use secret::{DataKey, Pin};
 
 use serde::{Deserialize, Serialize};

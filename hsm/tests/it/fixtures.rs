@@ -52,18 +52,23 @@ pub(crate) fn init_process() {
 /// A running swtpm with its state in a temporary directory; both go away on drop.
 pub(crate) struct TestTpm {
     pub(crate) tpm: Swtpm,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl TestTpm {
     pub(crate) fn start() -> Result<TestTpm, Failed> {
         let dir = tempfile::tempdir()?;
         let tpm = Swtpm::start(&dir.path().join("state")).map_err(|e| e.to_string())?;
-        Ok(TestTpm { tpm, _dir: dir })
+        Ok(TestTpm { tpm, dir })
     }
 
     pub(crate) fn tcti(&self) -> String {
         self.tpm.tcti()
+    }
+
+    /// The temporary directory the simulator's state is in, for a test's own files.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Runs a tpm2-tools command against this TPM.

@@ -1,6 +1,6 @@
 //! Backend test suite: one set of tests, instantiated once per protector, against real
-//! simulators (swtpm, SoftHSM2), plus the tests only one backend can have, and the
-//! emulated PIV card behind a private pcscd.
+//! simulators (swtpm, SoftHSM2), plus the tests only one backend can have (the TPM's
+//! signed PCR policies among them), and the emulated PIV card behind a private pcscd.
 //!
 //! Custom harness (libtest-mimic) so that `SOFTHSM2_CONF` is set before any thread
 //! exists: SoftHSM2 reads it once per process, at `C_Initialize`.
@@ -10,6 +10,7 @@ mod piv;
 mod pkcs11;
 mod suite;
 mod tpm;
+mod tpm_signed;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -22,6 +23,7 @@ fn main() {
     let mut trials = Vec::new();
     suite::trials(&mut trials);
     tpm::trials(&mut trials);
+    tpm_signed::trials(&mut trials);
     pkcs11::trials(&mut trials);
     piv::trials(&mut trials);
     libtest_mimic::run(&args, trials).exit();

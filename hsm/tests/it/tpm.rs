@@ -104,7 +104,7 @@ fn pcr_change_refused_until_reset() -> TestResult {
         &["16:sha256=0000000000000000000000000000000000000000000000000000000000000001"],
     )?;
     match protector.unwrap(&sealed, AAD) {
-        Err(UnwrapError::PolicyMismatch) => {}
+        Err(UnwrapError::PolicyMismatch { .. }) => {}
         other => {
             return Err(format!("expected PolicyMismatch, got {:?}", other.map(|_| ())).into());
         }

@@ -226,6 +226,9 @@ fn agent_command(
     if let Some(tcti) = &cli.tcti {
         command.arg("--tcti").arg(tcti);
     }
+    if let Some(file) = &cli.tpm_pcr_signature {
+        command.arg("--tpm-pcr-signature").arg(file);
+    }
     if let Some(module) = &cli.pkcs11_module {
         command.arg("--pkcs11-module").arg(module);
     }

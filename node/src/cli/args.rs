@@ -26,6 +26,15 @@ pub(crate) struct Cli {
     #[arg(long = "pkcs11-module", global = true, env = "PK_PKCS11_MODULE")]
     pub(crate) pkcs11_module: Option<PathBuf>,
 
+    /// The PCR signatures (systemd's tpm2-pcr-signature.json) that TPM keyslots with a
+    /// signed PCR policy unlock with [default: /run/pk-boot/tpm2-pcr-signature.json].
+    #[arg(
+        long = "tpm-pcr-signature",
+        global = true,
+        env = "PK_TPM_PCR_SIGNATURE"
+    )]
+    pub(crate) tpm_pcr_signature: Option<PathBuf>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -703,6 +712,8 @@ pub(crate) struct InitArgs {
     pub(crate) password_file: Option<PathBuf>,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeyslotsCommand {
     /// List the enrolled keyslots.
@@ -771,6 +782,14 @@ pub(crate) struct TokenArgs {
     /// tpm: the PCR bank the policy reads [default: sha256].
     #[arg(long = "tpm-pcr-bank", value_parser = parse_bank)]
     pub(crate) tpm_pcr_bank: Option<PcrBank>,
+    /// tpm: also accept any values of the signed PCRs (--tpm-signed-pcrs) that this key
+    /// has signed (a PEM public key, as `systemd-measure sign` uses): a signed kernel
+    /// update keeps the slot working.
+    #[arg(long = "tpm-pcr-public-key")]
+    pub(crate) tpm_pcr_public_key: Option<PathBuf>,
+    /// tpm: the PCRs the --tpm-pcr-public-key signs [default: 11].
+    #[arg(long = "tpm-signed-pcrs")]
+    pub(crate) tpm_signed_pcrs: Option<String>,
     /// tpm: protect the slot with a PIN as well (counts towards the TPM's lockout).
     #[arg(long = "tpm-pin")]
     pub(crate) tpm_pin: bool,

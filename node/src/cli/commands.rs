@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hsm_core::soft::Argon2Params;
-use hsm_core::tpm::{PcrBank, PcrPolicy};
+use hsm_core::tpm::{DEFAULT_SIGNED_PCRS, PcrBank, PcrPolicy, SignedPcrPolicy};
 use hsm_core::yubikey::{PinRule, TouchRule};
 use hsm_core::{Drivers, Kind, Protector, Sealed};
 use serde_json::{Value, json};
@@ -42,6 +42,7 @@ fn context(
     let config = TokenConfig {
         drivers,
         tcti: cli.tcti.clone(),
+        tpm_pcr_signature: cli.tpm_pcr_signature.clone(),
         pkcs11_module: cli.pkcs11_module.clone(),
         // On the command line the touch prompt goes to the terminal.
         yubikey_events: Some(Arc::new(|event| {
@@ -402,9 +403,13 @@ fn check_token_flags(args: &TokenArgs) -> Result<(), CliError> {
     let misplaced =
         |flag: &str, kind: &str| CliError::usage(format!("{flag} applies to --token {kind} only"));
     if args.token != TokenKind::Tpm
-        && (args.tpm_pcrs.is_some() || args.tpm_pin || args.tpm_pcr_bank.is_some())
+        && (args.tpm_pcrs.is_some()
+            || args.tpm_pin
+            || args.tpm_pcr_bank.is_some()
+            || args.tpm_pcr_public_key.is_some()
+            || args.tpm_signed_pcrs.is_some())
     {
-        return Err(misplaced("--tpm-pcrs/--tpm-pcr-bank/--tpm-pin", "tpm"));
+        return Err(misplaced("--tpm-*", "tpm"));
     }
     if args.token != TokenKind::Pkcs11 && args.pkcs11_token_label.is_some() {
         return Err(misplaced("--pkcs11-token-label", "pkcs11"));
@@ -481,17 +486,44 @@ fn tpm_slot(args: &TokenArgs, source: &SecretSource<'_>) -> Result<NewSlot, CliE
     } else {
         None
     };
-    let pcrs = match (&args.tpm_pcrs, args.tpm_pcr_bank) {
-        (Some(list), bank) => {
-            let bank = bank.unwrap_or(PcrBank::Sha256);
-            Some(PcrPolicy::parse_list(bank, list).map_err(CliError::usage)?)
-        }
-        (None, Some(_)) => {
-            return Err(CliError::usage("--tpm-pcr-bank needs --tpm-pcrs"));
-        }
-        (None, None) => None,
+    if args.tpm_pcrs.is_none() && args.tpm_pcr_public_key.is_none() && args.tpm_pcr_bank.is_some() {
+        return Err(CliError::usage(
+            "--tpm-pcr-bank needs --tpm-pcrs or --tpm-pcr-public-key",
+        ));
+    }
+    let bank = args.tpm_pcr_bank.unwrap_or(PcrBank::Sha256);
+    let pcrs = match &args.tpm_pcrs {
+        Some(list) => Some(PcrPolicy::parse_list(bank, list).map_err(CliError::usage)?),
+        None => None,
     };
-    Ok(NewSlot::Tpm { pin, pcrs })
+    Ok(NewSlot::Tpm {
+        pin,
+        pcrs,
+        signed_pcrs: signed_pcr_policy(args, bank)?,
+    })
+}
+
+/// `--tpm-pcr-public-key` and `--tpm-signed-pcrs`: the signed PCR policy, if any.
+fn signed_pcr_policy(args: &TokenArgs, bank: PcrBank) -> Result<Option<SignedPcrPolicy>, CliError> {
+    let Some(file) = &args.tpm_pcr_public_key else {
+        if args.tpm_signed_pcrs.is_some() {
+            return Err(CliError::usage(
+                "--tpm-signed-pcrs needs --tpm-pcr-public-key",
+            ));
+        }
+        return Ok(None);
+    };
+    let pcrs = match &args.tpm_signed_pcrs {
+        Some(list) => PcrPolicy::parse_list(bank, list).map_err(CliError::usage)?,
+        None => PcrPolicy {
+            bank,
+            pcrs: DEFAULT_SIGNED_PCRS.to_vec(),
+        },
+    };
+    let pem = std::fs::read_to_string(file).map_err(|e| CliError::io(file.display(), e))?;
+    SignedPcrPolicy::from_pem(&pem, pcrs)
+        .map(Some)
+        .map_err(|e| CliError::usage(format!("--tpm-pcr-public-key {}: {e}", file.display())))
 }
 
 /// `--token pkcs11`: a token found by its label in the configured module.
@@ -554,6 +586,11 @@ fn details(sealed: &Sealed) -> Value {
     match sealed {
         Sealed::Tpm(t) => json!({
             "pcr_policy": t.pcr_policy.as_ref().map(|p| json!({ "bank": p.bank, "pcrs": p.pcrs })),
+            "signed_pcr_policy": t.signed_pcr_policy.as_ref().map(|p| json!({
+                "bank": p.bank,
+                "pcrs": p.pcrs,
+                "public_key_fingerprint": p.fingerprint,
+            })),
             "pin": t.pin,
         }),
         Sealed::Pkcs11(p) => json!({ "token_label": p.token_label, "module": p.module }),
@@ -584,12 +621,11 @@ fn slot_line(slot: &Keyslot) -> String {
         Sealed::Tpm(t) => {
             let mut parts = Vec::new();
             if let Some(p) = &t.pcr_policy {
-                let list: Vec<String> = p.pcrs.iter().map(u8::to_string).collect();
-                parts.push(format!(
-                    "PCRs {}:{}",
-                    json!(p.bank).as_str().unwrap_or(""),
-                    list.join(",")
-                ));
+                parts.push(format!("PCRs {p}"));
+            }
+            if let Some(p) = &t.signed_pcr_policy {
+                let key = p.fingerprint.get(..16).unwrap_or(&p.fingerprint);
+                parts.push(format!("signed PCRs {} (key {key})", p.pcr_policy()));
             }
             if t.pin {
                 parts.push("PIN".into());

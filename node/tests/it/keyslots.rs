@@ -347,3 +347,120 @@ fn a_pkcs11_module_named_only_by_the_keyslot_file_is_not_loaded_from_elsewhere()
     // Named by the configuration, the same module is the machine owner's choice.
     w.pk(&node, &args(&["--pkcs11-module", fake], &test)).ok();
 }
+
+/// Runs `openssl` with `args`, which must succeed.
+fn openssl(args: &[&str]) {
+    hsm_core::sim::require_program("openssl", "openssl").unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Signs the current value of PCR 11 of `tpm` with `key` into `file`, in systemd's
+/// tpm2-pcr-signature.json format (what `systemd-measure sign` writes).
+fn sign_pcr11(w: &World, tpm: &hsm_core::sim::Swtpm, key: &Path, pkfp: &str, file: &Path) {
+    use base64::Engine as _;
+    use sha2::{Digest as _, Sha256};
+    let value = w.path("pcr11.bin");
+    w.tpm_tool(
+        tpm,
+        "tpm2_pcrread",
+        &["sha256:11", "-o", value.to_str().unwrap()],
+    );
+    // TPM2_PolicyPCR's digest from a fresh session: zeros, TPM_CC_PolicyPCR, the
+    // selection (one, SHA-256, three bytes, PCR 11), SHA-256 of the value.
+    let mut h = Sha256::new();
+    h.update([0u8; 32]);
+    h.update([0, 0, 1, 0x7f, 0, 0, 0, 1, 0, 0x0b, 3, 0, 0x08, 0]);
+    h.update(Sha256::digest(std::fs::read(&value).unwrap()));
+    let pol = h.finalize();
+    let message = w.path("pol.bin");
+    std::fs::write(&message, pol).unwrap();
+    let sig = w.path("sig.bin");
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        key.to_str().unwrap(),
+        "-out",
+        sig.to_str().unwrap(),
+        message.to_str().unwrap(),
+    ]);
+    let sig = base64::engine::general_purpose::STANDARD.encode(std::fs::read(sig).unwrap());
+    let pol: String = pol.iter().map(|b| format!("{b:02x}")).collect();
+    let json =
+        format!(r#"{{"sha256":[{{"pcrs":[11],"pkfp":"{pkfp}","pol":"{pol}","sig":"{sig}"}}]}}"#);
+    std::fs::write(file, json).unwrap();
+}
+
+#[test]
+fn signed_pcr_slot_opens_while_the_booted_kernel_is_signed() {
+    let w = World::new();
+    let tpm = w.swtpm("tpm");
+    let node = w.path("node");
+    let tcti = tpm.tcti();
+    let key = w.path("pcr-key.pem");
+    let public = w.path("pcr-public.pem");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    let (key_arg, public_arg) = (key.to_str().unwrap(), public.to_str().unwrap());
+    openssl(&["pkey", "-in", key_arg, "-pubout", "-out", public_arg]);
+    let signatures = w.path("tpm2-pcr-signature.json");
+    let sig_arg = signatures.to_str().unwrap();
+    let init = ["init", "--token", "tpm", "--tpm-pcrs", "7"];
+    let init = args(
+        &init,
+        &["--tpm-pcr-public-key", public_arg, "--format", "json"],
+    );
+    with_tpm(&w, &node, &tcti, &init).ok();
+    let listed = w.pk(&node, &["keyslots", "list", "--format", "json"]).ok();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let signed = &listed[0]["details"]["signed_pcr_policy"];
+    assert_eq!(signed["pcrs"], serde_json::json!([11]), "{listed}");
+    let pkfp = signed["public_key_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let human = w.pk(&node, &["keyslots", "list"]).ok();
+    assert!(
+        human.contains("PCRs sha256:7, signed PCRs sha256:11 (key "),
+        "{human}"
+    );
+
+    let test = ["--tpm-pcr-signature", sig_arg, "keyslots", "test"];
+    with_tpm(&w, &node, &tcti, &test).fails(69, "PCR signature file");
+    w.tpm_tool(
+        &tpm,
+        "tpm2_pcrextend",
+        &["11:sha256=0000000000000000000000000000000000000000000000000000000000000011"],
+    );
+    sign_pcr11(&w, &tpm, &key, &pkfp, &signatures);
+    with_tpm(&w, &node, &tcti, &test).ok();
+    // Another kernel, unsigned: refused; its signature arrives: the same slot opens.
+    w.tpm_tool(
+        &tpm,
+        "tpm2_pcrextend",
+        &["11:sha256=0000000000000000000000000000000000000000000000000000000000000022"],
+    );
+    with_tpm(&w, &node, &tcti, &test).fails(77, "not one that key signed");
+    sign_pcr11(&w, &tpm, &key, &pkfp, &signatures);
+    w.pk_env(
+        &node,
+        &["--tcti", &tcti, "keyslots", "test"],
+        &[("PK_TPM_PCR_SIGNATURE", sig_arg)],
+    )
+    .ok();
+}

@@ -97,6 +97,7 @@ fn serve(
         tokens: node::tokens::TokenConfig {
             drivers: Some(std::sync::Arc::new(hsm::Hardware)),
             tcti: tcti.clone(),
+            tpm_pcr_signature: None,
             pkcs11_module: None,
             yubikey_events: None,
         },
