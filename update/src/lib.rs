@@ -1,0 +1,32 @@
+//! Signed update bundles for the pk appliance, and the installer that writes one into the
+//! root slot that is not running.
+//!
+//! The contract is written in `docs/theory/boot-chain-and-updates.md` ("The disk",
+//! "Updates"); the byte format in `docs/reference/update-bundle.md`; the two tools and
+//! the socket protocol in `docs/reference/pk-update.md`.
+//!
+//! # Map, bottom up
+//!
+//! - [`bundle`]: the format. [`bundle::Manifest`] and [`bundle::Version`];
+//!   [`bundle::BundleReader`] checks a bundle's header (signature first) before any part
+//!   byte is read, then hands out each part as a reader that hashes as it goes;
+//!   [`bundle::make`] writes one on the build host.
+//! - [`keys`]: the image-signing key (PKCS#8 PEM) and its public key (SPKI PEM).
+//!
+//! **Invariant:** the installer writes only the root slot that is not running and the
+//! UKIs of that slot on the ESP; the running slot, its UKI and every other partition are
+//! never opened for writing at their offsets (the tests hash them before and after).
+//!
+//! **Invariant:** nothing is written before the whole header checks: magic, format,
+//! signature, manifest, architecture, version and size.
+
+#![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod keys;
+
+/// Where the image keeps the public half of the image-signing key.
+pub const UPDATE_KEY_PATH: &str = "/usr/share/pk-appliance/update-key.pub";
+
+/// The installer's socket (`pk-update.socket`).
+pub const SOCKET_PATH: &str = "/run/pk-update.sock";
