@@ -12,6 +12,12 @@
 //!   byte is read, then hands out each part as a reader that hashes as it goes;
 //!   [`bundle::make`] writes one on the build host.
 //! - [`keys`]: the image-signing key (PKCS#8 PEM) and its public key (SPKI PEM).
+//! - [`install`]: the machine: [`install::Layout`] (the disk, the ESP, the command line),
+//!   [`install::install`] (one bundle into the other slot, in the order the theory page
+//!   gives) and [`install::status`].
+//! - [`protocol`]: the lines spoken over `/run/pk-update.sock`.
+//! - [`serve`]: one connection's worth of `pk-update serve`.
+//! - [`client`]: the other end, for the console's daemon and `pk-appliance update`.
 //!
 //! **Invariant:** the installer writes only the root slot that is not running and the
 //! UKIs of that slot on the ESP; the running slot, its UKI and every other partition are
@@ -23,7 +29,11 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod client;
+pub mod install;
 pub mod keys;
+pub mod protocol;
+pub mod serve;
 
 /// Where the image keeps the public half of the image-signing key.
 pub const UPDATE_KEY_PATH: &str = "/usr/share/pk-appliance/update-key.pub";
