@@ -19,7 +19,7 @@ pub struct Server<'a> {
     /// The update key bundles must be signed with.
     pub key: VerifyingKey,
     /// Reboots the machine (`systemctl reboot`); returns once the reboot is queued.
-    pub reboot: &'a dyn Fn() -> io::Result<()>,
+    pub reboot: &'a (dyn Fn() -> io::Result<()> + Sync),
 }
 
 /// How a connection's command ended, for the log.

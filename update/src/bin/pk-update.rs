@@ -78,6 +78,9 @@ struct MachineArgs {
     /// The lock file [default: /run/pk-update.lock].
     #[arg(long, global = true)]
     lock: Option<PathBuf>,
+    /// The sfdisk to run [default: sfdisk, from PATH].
+    #[arg(long, global = true)]
+    sfdisk: Option<PathBuf>,
 }
 
 impl MachineArgs {
@@ -100,6 +103,7 @@ impl MachineArgs {
         set(&mut layout.esp, &self.esp);
         set(&mut layout.os_release, &self.os_release);
         set(&mut layout.lock, &self.lock);
+        set(&mut layout.sfdisk, &self.sfdisk);
         layout.arch = self.arch.or(layout.arch);
         layout.tries = self.tries.unwrap_or(layout.tries);
         layout.empty_partuuids = [
