@@ -75,7 +75,7 @@ struct MachineArgs {
     /// Slot B's empty PARTUUID.
     #[arg(long, global = true)]
     empty_partuuid_b: Option<PartUuid>,
-    /// The lock file [default: /run/pk-update.lock].
+    /// The lock file [default: /run/pk-update/lock].
     #[arg(long, global = true)]
     lock: Option<PathBuf>,
     /// The sfdisk to run [default: sfdisk, from PATH].

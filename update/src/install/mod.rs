@@ -86,7 +86,7 @@ impl Layout {
             arch: None,
             empty_partuuids: [EMPTY_SLOT_PARTUUID_A, EMPTY_SLOT_PARTUUID_B],
             sfdisk: PathBuf::from("sfdisk"),
-            lock: PathBuf::from("/run/pk-update.lock"),
+            lock: PathBuf::from("/run/pk-update/lock"),
         }
     }
 }
