@@ -17,7 +17,7 @@
 //!
 //! A failure in steps 2 to 4 empties the slot again (no UKI, the empty PARTUUID) and says
 //! so in [`InstallError::Failed`]. The running slot, its UKI and the other partitions are
-//! never written: the slot is written through [`disk::SlotIo`], which refuses any access
+//! never written: the slot is written through `disk::SlotIo`, which refuses any access
 //! outside the slot it was opened for, and only UKIs with the other slot's ids are
 //! deleted.
 
