@@ -40,3 +40,19 @@ pub const UPDATE_KEY_PATH: &str = "/usr/share/pk-appliance/update-key.pub";
 
 /// The installer's socket (`pk-update.socket`).
 pub const SOCKET_PATH: &str = "/run/pk-update.sock";
+
+/// The exit code of a usage error (sysexits' `EX_USAGE`), for both binaries.
+pub const EXIT_USAGE: u8 = 64;
+
+/// Parses a binary's command line: the arguments, or the code to exit with once clap has
+/// printed the help or version (0) or a usage error ([`EXIT_USAGE`]).
+pub fn parse_args<C: clap::Parser>() -> Result<C, std::process::ExitCode> {
+    C::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            std::process::ExitCode::from(EXIT_USAGE)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}

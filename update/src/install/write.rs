@@ -149,26 +149,13 @@ impl<'a> Plan<'a> {
         buf: &mut [u8],
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), InstallError> {
-        let total = slot_data(&self.manifest);
-        let mut done = 0;
+        let mut meter = Meter::new(Stage::Write, slot_data(&self.manifest));
         for offset in [0, self.manifest.hash_offset] {
             let mut part = next_part(bundle)?;
-            let mut at = offset;
-            loop {
-                let n = fill(&mut part, buf)?;
-                if n == 0 {
-                    break;
-                }
-                slot.write_at(at, &buf[..n])
-                    .map_err(io(format!("writing slot {}", self.slot)))?;
-                at += n as u64;
-                done += n as u64;
-                progress(Progress {
-                    stage: Stage::Write,
-                    done,
-                    total,
-                });
-            }
+            stream(&mut part, buf, &mut meter, progress, |at, data| {
+                slot.write_at(offset + at, data)
+                    .map_err(io(format!("writing slot {}", self.slot)))
+            })?;
         }
         slot.sync()
             .map_err(io(format!("syncing slot {} to the disk", self.slot)))
@@ -181,8 +168,7 @@ impl<'a> Plan<'a> {
         buf: &mut [u8],
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), InstallError> {
-        let total = slot_data(&self.manifest);
-        let mut done = 0;
+        let mut meter = Meter::new(Stage::Readback, slot_data(&self.manifest));
         for (name, offset) in [
             (PartName::Root, 0),
             (PartName::Verity, self.manifest.hash_offset),
@@ -198,12 +184,7 @@ impl<'a> Plan<'a> {
                     .map_err(io(format!("reading slot {} back", self.slot)))?;
                 hasher.update(&buf[..n]);
                 at += n as u64;
-                done += n as u64;
-                progress(Progress {
-                    stage: Stage::Readback,
-                    done,
-                    total,
-                });
+                meter.advance(n, progress);
             }
             if <[u8; 32]>::from(hasher.finalize()) != part.sha256.0 {
                 return Err(InstallError::ReadBack(name));
@@ -223,20 +204,10 @@ impl<'a> Plan<'a> {
         let what = || format!("writing the UKI to {}", esp.display());
         let mut file = esp::create_temp(esp).map_err(io(what()))?;
         let mut part = next_part(bundle)?;
-        let (total, mut done) = (part.size(), 0);
-        loop {
-            let n = fill(&mut part, buf)?;
-            if n == 0 {
-                break;
-            }
-            file.write_all(&buf[..n]).map_err(io(what()))?;
-            done += n as u64;
-            progress(Progress {
-                stage: Stage::Uki,
-                done,
-                total,
-            });
-        }
+        let mut meter = Meter::new(Stage::Uki, part.size());
+        stream(&mut part, buf, &mut meter, progress, |_, data| {
+            file.write_all(data).map_err(io(what()))
+        })?;
         file.sync_all().map_err(io(what()))?;
         drop(file);
         let read = esp::hash_temp(esp).map_err(io(what()))?;
@@ -317,6 +288,52 @@ fn next_part<R: Read>(bundle: &mut BundleReader<R>) -> Result<PartReader<'_, R>,
     bundle
         .next_part()?
         .ok_or_else(|| BundleError::BadManifest("a part is missing".into()))
+}
+
+/// Bytes done of a stage, told to the progress callback as they grow.
+struct Meter {
+    stage: Stage,
+    done: u64,
+    total: u64,
+}
+
+impl Meter {
+    fn new(stage: Stage, total: u64) -> Meter {
+        Meter {
+            stage,
+            done: 0,
+            total,
+        }
+    }
+
+    fn advance(&mut self, n: usize, progress: &mut dyn FnMut(Progress)) {
+        self.done += n as u64;
+        progress(Progress {
+            stage: self.stage,
+            done: self.done,
+            total: self.total,
+        });
+    }
+}
+
+/// Streams `part` to `write` (given each chunk's offset in the part) a buffer at a time.
+fn stream<R: Read>(
+    part: &mut PartReader<'_, R>,
+    buf: &mut [u8],
+    meter: &mut Meter,
+    progress: &mut dyn FnMut(Progress),
+    mut write: impl FnMut(u64, &[u8]) -> Result<(), InstallError>,
+) -> Result<(), InstallError> {
+    let mut at = 0;
+    loop {
+        let n = fill(part, buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        write(at, &buf[..n])?;
+        at += n as u64;
+        meter.advance(n, progress);
+    }
 }
 
 /// Reads from `part` until `buf` is full or the part ends; the number of bytes read.

@@ -280,6 +280,13 @@ fn the_running_root_a_bundle_too_big_and_a_second_install_at_once_are_refused() 
     assert_eq!(err.to_string(), "another install is running");
 }
 
+/// Where the header, the root and the verity part end in `bundle`.
+fn ends(bundle: &[u8], parts: &Parts) -> (usize, usize, usize) {
+    let header = header_len(bundle);
+    let root_end = header + parts.root.len();
+    (header, root_end, root_end + parts.verity.len())
+}
+
 /// Installs `bundle`, expects a failure after writing started, and checks slot B was
 /// left empty and nothing else touched.
 fn failed_after_writing(m: &Machine, parts: &Parts, bundle: &[u8], expected: &str) {
@@ -310,9 +317,7 @@ fn a_truncated_bundle_leaves_the_slot_empty() {
     let m = Machine::new("1.0.0");
     let parts = Parts::random(2, "1.1.0", 300);
     let good = m.bundle(&parts);
-    let header = header_len(&good);
-    let root_end = header + parts.root.len();
-    let verity_end = root_end + parts.verity.len();
+    let (header, root_end, verity_end) = ends(&good, &parts);
     for cut in [
         header,
         header + 10,
@@ -330,9 +335,7 @@ fn a_flipped_byte_in_any_part_leaves_the_slot_empty() {
     let m = Machine::new("1.0.0");
     let parts = Parts::random(2, "1.1.0", 300);
     let good = m.bundle(&parts);
-    let header = header_len(&good);
-    let root_end = header + parts.root.len();
-    let verity_end = root_end + parts.verity.len();
+    let (header, root_end, verity_end) = ends(&good, &parts);
     for (at, part) in [
         (header, PartName::Root),
         (root_end - 1, PartName::Root),

@@ -38,29 +38,48 @@ fn openssl_keys(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBu
     (private, public)
 }
 
+/// `pk-bundle make` of `parts`, its files written to `dir`, with `data_blocks` blocks and
+/// the hash tree right after them.
+fn make(
+    private: &std::path::Path,
+    parts: &Parts,
+    dir: &std::path::Path,
+    data_blocks: u64,
+    out: &std::path::Path,
+) -> Command {
+    let [root, verity, uki] = parts.write_files(dir);
+    let mut c = pk_bundle();
+    c.arg("make")
+        .arg("--key")
+        .arg(private)
+        .args([
+            "--version",
+            &parts.spec.version.to_string(),
+            "--arch",
+            "amd64",
+        ])
+        .arg("--roothash")
+        .arg(parts.spec.roothash.to_string())
+        .args(["--data-blocks", &data_blocks.to_string()])
+        .args(["--hash-offset", &(data_blocks * 4096).to_string()])
+        .arg("--root")
+        .arg(root)
+        .arg("--verity")
+        .arg(verity)
+        .arg("--uki")
+        .arg(uki)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
 #[test]
 fn pk_bundle_make_and_inspect_round_trip_with_openssl_keys() {
     let dir = tempfile::tempdir().expect("a directory");
     let (private, public) = openssl_keys(dir.path());
     let parts = Parts::random(8, "3.1.4", 16);
-    let [root, verity, uki] = parts.write_files(dir.path());
     let out = dir.path().join("pk-appliance-amd64-3.1.4.pkupdate");
-    let made = run(pk_bundle()
-        .arg("make")
-        .arg("--key")
-        .arg(&private)
-        .args(["--version", "3.1.4", "--arch", "amd64"])
-        .arg("--roothash")
-        .arg(parts.spec.roothash.to_string())
-        .args(["--data-blocks", "16", "--hash-offset", "65536"])
-        .arg("--root")
-        .arg(&root)
-        .arg("--verity")
-        .arg(&verity)
-        .arg("--uki")
-        .arg(&uki)
-        .arg("--out")
-        .arg(&out));
+    let made = run(&mut make(&private, &parts, dir.path(), 16, &out));
     assert!(made.status.success(), "{}", text(&made.stderr));
     assert!(
         !dir.path()
@@ -111,22 +130,13 @@ fn pk_bundle_make_and_inspect_round_trip_with_openssl_keys() {
     );
 
     // A root that is not data-blocks long: refused before a bundle is written.
-    let bad = run(pk_bundle()
-        .arg("make")
-        .arg("--key")
-        .arg(&private)
-        .args(["--version", "3.1.4", "--arch", "amd64"])
-        .arg("--roothash")
-        .arg(parts.spec.roothash.to_string())
-        .args(["--data-blocks", "17", "--hash-offset", "69632"])
-        .arg("--root")
-        .arg(&root)
-        .arg("--verity")
-        .arg(&verity)
-        .arg("--uki")
-        .arg(&uki)
-        .arg("--out")
-        .arg(dir.path().join("bad.pkupdate")));
+    let bad = run(&mut make(
+        &private,
+        &parts,
+        dir.path(),
+        17,
+        &dir.path().join("bad.pkupdate"),
+    ));
     assert_eq!(bad.status.code(), Some(1));
     assert!(
         text(&bad.stderr).contains("not data_blocks"),
