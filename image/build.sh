@@ -34,6 +34,10 @@
 #   --from-manifest FILE      install exactly the versions in FILE (a manifest.txt of an
 #                             earlier build); fails if the mirror no longer has one of them
 #   --debug, PK_IMAGE_DEBUG=1 the debug variant: a root shell on the serial console
+#   --update-bin, PK_UPDATE_BIN   the pk-update installer for the image's architecture
+#                             (default: next to the default --bin, .../release/pk-update)
+#   --bundle-tool, PK_BUNDLE_TOOL the build host's pk-bundle, which makes the update bundle
+#                             (default ${CARGO_TARGET_DIR:-target}/release/pk-bundle)
 #   --keys DIR, PK_IMAGE_KEYS the signing keys (make-keys.sh lists the files). Default:
 #                             throwaway keys, made once in ${CARGO_TARGET_DIR:-target}/image/keys
 #   --version V, PK_IMAGE_VERSION   the image's version (dot-separated numbers; default
@@ -47,6 +51,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 # shellcheck source=image.conf
 source "$here/image.conf"
+# shellcheck source=slot.sh
+source "$here/slot.sh"
 
 arch=amd64
 out=
@@ -56,6 +62,8 @@ debug=${PK_IMAGE_DEBUG:-0}
 check_only=0
 keys=${PK_IMAGE_KEYS:-}
 version=${PK_IMAGE_VERSION:-}
+update_bin=${PK_UPDATE_BIN:-}
+bundle_tool=${PK_BUNDLE_TOOL:-}
 while [[ $# -gt 0 ]]; do
     case $1 in
         --arch) arch=${2:?--arch needs a value}; shift 2 ;;
@@ -65,6 +73,8 @@ while [[ $# -gt 0 ]]; do
         --debug) debug=1; shift ;;
         --check-tools) check_only=1; shift ;;
         --keys) keys=${2:?--keys needs a directory}; shift 2 ;;
+        --update-bin) update_bin=${2:?--update-bin needs a path}; shift 2 ;;
+        --bundle-tool) bundle_tool=${2:?--bundle-tool needs a path}; shift 2 ;;
         --version) version=${2:?--version needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
@@ -74,33 +84,28 @@ done
 suffix=; [[ $debug == 1 ]] && suffix=-debug
 out=$(realpath -m "${out:-$repo/target/image/$arch$suffix}")
 
-# Per architecture: the ESP file name, the systemd-boot stub (from the image's own
-# systemd-boot-efi, packages.<arch>.txt, so the stub is the image's systemd version and is
-# in the manifest like every package; the host's is older), the serial console, the
-# binutils that handle the stub's PE format, the ELF machine of pk-appliance (e_machine).
+# Per architecture (slot.sh): the ESP file name, the serial console, the binutils that
+# handle the stub's PE format, the ELF machine of the binaries. The systemd-boot stub and
+# systemd-boot come from the image's own systemd-boot-efi (packages.<arch>.txt), so they
+# are the image's systemd version and in the manifest like every package.
+slot_arch "$arch"
 case $arch in
     amd64)
-        efi_name=BOOTX64.EFI efi_arch=x64 stub=rootfs/usr/lib/systemd/boot/efi/linuxx64.efi.stub console=ttyS0
-        cross= elf_machine=62 qemu_binfmt=
-        bin_pkg=binutils
-        bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/release/pk-appliance} ;;
+        bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/release/pk-appliance}
+        update_bin=${update_bin:-${CARGO_TARGET_DIR:-$repo/target}/release/pk-update} ;;
     arm64)
-        efi_name=BOOTAA64.EFI efi_arch=aa64 stub=rootfs/usr/lib/systemd/boot/efi/linuxaa64.efi.stub console=ttyAMA0
-        cross=aarch64-linux-gnu- elf_machine=183 qemu_binfmt=qemu-aarch64
-        bin_pkg=binutils-aarch64-linux-gnu
-        bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/aarch64-unknown-linux-gnu/release/pk-appliance} ;;
-    *) die "unknown architecture '$arch' (amd64 or arm64)" ;;
+        bin=${bin:-${CARGO_TARGET_DIR:-$repo/target}/aarch64-unknown-linux-gnu/release/pk-appliance}
+        update_bin=${update_bin:-${CARGO_TARGET_DIR:-$repo/target}/aarch64-unknown-linux-gnu/release/pk-update} ;;
 esac
 # Every program this script and its helpers (customize.sh, mkuki.sh, mkdisk.sh,
 # check-manifest-available.sh) run on the host, checked before anything starts.
 tools=(mmdebstrap=mmdebstrap apt-cache=apt dpkg=dpkg mkfs.erofs=erofs-utils mkfs.vfat=dosfstools
-       mkfs.ext4=e2fsprogs mcopy=mtools mmd=mtools sfdisk=fdisk systemctl=systemd
+       mkfs.ext4=e2fsprogs mcopy=mtools mmd=mtools sfdisk=fdisk systemctl=systemd systemd-sysusers=systemd
        chroot=coreutils install=coreutils sha256sum=coreutils od=coreutils truncate=coreutils
        realpath=coreutils dd=coreutils comm=coreutils find=findutils gzip=gzip awk=mawk
        diff=diffutils "${cross}objcopy=$bin_pkg" "${cross}objdump=$bin_pkg" "${cross}strip=$bin_pkg"
        veritysetup=cryptsetup-bin sbsign=sbsigntool openssl=openssl cert-to-efi-sig-list=efitools
        sign-efi-sig-list=efitools)
-[[ $stub == /* ]] && tools+=("$stub=systemd-boot-efi")
 if [[ -n $qemu_binfmt && $(dpkg --print-architecture 2>/dev/null) != "$arch" ]]; then
     # mmdebstrap refuses a foreign architecture without arch-test (only a Recommends of it);
     # the binfmt handler comes from qemu-user-static, registered by binfmt-support.
@@ -113,8 +118,13 @@ pk_require build.sh "${tools[@]}" || exit 1
 [[ -f $bin && -x $bin ]] || die "pk-appliance binary $bin not found or not executable (cargo build --release -p appliance --bin pk-appliance, image/cross-build-arm64.sh for arm64, or --bin / PK_APPLIANCE_BIN)"
 # The binary must be built for the image's architecture (ELF e_machine, offset 18).
 [[ $(od -An -t x4 -N 4 "$bin" | tr -d ' ') == 464c457f ]] || die "$bin is not an ELF file"
-bin_machine=$(od -An -t u2 -j 18 -N 2 --endian=little "$bin" | tr -d ' ')
-[[ $bin_machine == "$elf_machine" ]] || die "$bin is for ELF machine $bin_machine, not $arch ($elf_machine)"
+for b in "$bin" "$update_bin"; do
+    [[ -f $b && -x $b ]] || die "$b not found or not executable (cargo build --release -p pk-update --bin pk-update; image/cross-build-arm64.sh for arm64; or --update-bin)"
+    b_machine=$(od -An -t u2 -j 18 -N 2 --endian=little "$b" | tr -d ' ')
+    [[ $b_machine == "$elf_machine" ]] || die "$b is for ELF machine $b_machine, not $arch ($elf_machine)"
+done
+bundle_tool=${bundle_tool:-${CARGO_TARGET_DIR:-$repo/target}/release/pk-bundle}
+[[ -x $bundle_tool ]] || die "$bundle_tool not found (cargo build --release -p pk-update --bin pk-bundle, or --bundle-tool)"
 # A foreign architecture: mmdebstrap and the chroot steps of customize.sh run its programs
 # through qemu-user (qemu-user-static registers qemu-aarch64 with binfmt_misc, flag F).
 if [[ -n $qemu_binfmt && $(dpkg --print-architecture) != "$arch" ]]; then
@@ -147,19 +157,6 @@ for k in PK.auth KEK.auth db.auth PK.cer KEK.cer db.cer db.key db.crt tpm2-pcr-p
          tpm2-pcr-public-key.pem update-key.pem update-key.pub; do
     [[ -f $keys/$k ]] || die "the key directory $keys has no $k (image/make-keys.sh makes a set)"
 done
-# systemd-measure of the image's own systemd (the version of its stub), run from the root
-# file system: through its dynamic loader on the same architecture, qemu-user on another.
-measure() {
-    local r=$out/rootfs
-    if [[ -n $qemu_binfmt && $(dpkg --print-architecture) != "$arch" ]]; then
-        "/usr/bin/$qemu_binfmt-static" -L "$r" "$r/usr/lib/systemd/systemd-measure" "$@"
-    else
-        local libs=$r/usr/lib/x86_64-linux-gnu
-        "$r/usr/lib64/ld-linux-x86-64.so.2" --library-path "$libs:$libs/systemd" \
-            "$r/usr/lib/systemd/systemd-measure" "$@"
-    fi
-}
-
 pkglist=$here/packages.$arch.txt
 [[ -f $pkglist ]] || die "$pkglist not found"
 if [[ -n $pin ]]; then
@@ -172,7 +169,8 @@ export PK_IMAGE_DIR=$here PK_APPLIANCE_BIN=$(realpath "$bin") PK_IMAGE_DEBUG=$de
 export PK_UNIT=$repo/appliance/systemd/pk-appliance.service
 export PK_MANIFEST_OUT=$out/manifest.txt PK_MANIFEST_PIN=$pin PK_DATA_PARTUUID
 export PK_IMAGE_ARCH=$arch PK_SERIAL_TTY=$console PK_STRIP=${cross}strip
-export PK_IMAGE_VERSION=$version PK_IMAGE_KEYS=$keys PK_ESP_PARTUUID
+export PK_IMAGE_VERSION=$version PK_IMAGE_KEYS=$keys PK_ESP_PARTUUID PK_UPDATE_BIN=$(realpath "$update_bin")
+export PK_UPDATE_UNITS=$repo/update/systemd
 [[ -f $PK_UNIT ]] || die "$PK_UNIT not found"
 
 start=$SECONDS
@@ -229,39 +227,8 @@ find "$out/rootfs/boot" -mindepth 1 -delete
 rm -f "$out"/rootfs/vmlinuz* "$out"/rootfs/initrd.img*
 say "kernel $kver, initrd $(du -h "$out/initrd.img" | cut -f1)"
 
-# --- 3. The read-only root and its dm-verity hash tree.
-say "mkfs.erofs, veritysetup format"
-mkfs.erofs --quiet -zlz4hc -T"$SOURCE_DATE_EPOCH" -U"$PK_EROFS_UUID" "$out/root.erofs" "$out/rootfs"
-veritysetup format --data-block-size=4096 --hash-block-size=4096 --salt="$PK_VERITY_SALT" \
-    --uuid="$PK_VERITY_UUID" "$out/root.erofs" "$out/root.verity" > "$out/verity.txt"
-roothash=$(awk '$1 == "Root" && $2 == "hash:" { print $3 }' "$out/verity.txt")
-[[ $roothash =~ ^[0-9a-f]{64}$ ]] || die "no root hash in veritysetup's output ($out/verity.txt)"
-data_blocks=$(( $(stat -c %s "$out/root.erofs") / 4096 ))
-hash_offset=$(( data_blocks * 4096 ))
-# The slot's PARTUUID: the root hash's first 128 bits (what the initrd looks for).
-root_uuid=$(sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/' <<<"$roothash")
-
-# --- 4. The UKI: its PCR 11 signature, then the Secure Boot signatures.
-cmdline="roothash=$roothash systemd.verity_root_options=hash-offset=$hash_offset,data-blocks=$data_blocks root=/dev/mapper/root rootfstype=erofs ro console=tty0 console=$console,115200 systemd.gpt_auto=0 panic=30"
-say "UKI, command line: $cmdline"
-[[ $stub == /* ]] || stub=$out/$stub
-[[ -f $stub ]] || die "$stub not found (packages.$arch.txt must list systemd-boot-efi)"
-sdboot=$out/rootfs/usr/lib/systemd/boot/efi/systemd-boot$efi_arch.efi
-[[ -f $sdboot ]] || die "$sdboot not found (packages.$arch.txt must list systemd-boot-efi)"
-printf '%s' "$cmdline" > "$out/cmdline.txt"
-"${cross}objcopy" -O binary --only-section=.sbat "$stub" "$out/stub.sbat"
-# systemd-stub measures these sections (and the stub's own .sbat) into PCR 11; the image's
-# own systemd-measure (the stub's version) predicts that value and signs it. The phase is
-# empty: the image masks systemd-pcrphase (customize.sh), so PCR 11 keeps the stub's value.
-measure sign --bank=sha256 --phase=: --linux="$out/vmlinuz" --osrel="$out/rootfs/usr/lib/os-release" \
-    --cmdline="$out/cmdline.txt" --initrd="$out/initrd.img" --sbat="$out/stub.sbat" \
-    --pcrpkey="$keys/tpm2-pcr-public-key.pem" --private-key="$keys/tpm2-pcr-private-key.pem" \
-    --public-key="$keys/tpm2-pcr-public-key.pem" > "$out/pcrsig.json"
-PCRPKEY=$keys/tpm2-pcr-public-key.pem PCRSIG=$out/pcrsig.json OBJCOPY=${cross}objcopy OBJDUMP=${cross}objdump \
-    "$here/mkuki.sh" "$stub" "$out/vmlinuz" "$out/initrd.img" "$out/rootfs/usr/lib/os-release" "$cmdline" "$out/uki.unsigned.efi"
-sbsign --key "$keys/db.key" --cert "$keys/db.crt" --output "$out/uki.efi" "$out/uki.unsigned.efi" 2>/dev/null
-sbsign --key "$keys/db.key" --cert "$keys/db.crt" --output "$out/systemd-boot.efi" "$sdboot" 2>/dev/null
-rm -f "$out/uki.unsigned.efi"
+# --- 3, 4. The read-only root and its dm-verity hash tree; the UKI (slot.sh).
+slot_make "$out/rootfs" "$out" "$out"
 
 # --- 5. The ESP and the data partition.
 say "ESP and data partition"
@@ -294,5 +261,9 @@ img=$out/pk-appliance-$arch$suffix.img
     echo "# kernel: $kver; SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH; debug=$debug"
     echo "# version: $version; roothash: $roothash; keys: $(sha256sum "$keys/db.crt" | cut -c1-16) (db.crt)"
 } >> "$out/SHA256SUMS"
-say "done in $((SECONDS - start)) s: $img ($(du -h --apparent-size "$img" | cut -f1))"
+# --- 7. The same slot as a signed update bundle.
+bundle=$out/pk-appliance-$arch-$version.pkupdate
+slot_bundle "$out" "$version" "$arch" "$bundle"
+( cd "$out" && sha256sum "${bundle##*/}" >> SHA256SUMS )
+say "done in $((SECONDS - start)) s: $img ($(du -h --apparent-size "$img" | cut -f1)), ${bundle##*/}"
 cat "$out/SHA256SUMS" >&2

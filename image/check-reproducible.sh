@@ -20,7 +20,7 @@ args=()
 arch=amd64
 while [[ $# -gt 0 ]]; do
     case $1 in
-        --arch|--bin) args+=("$1" "${2:?$1 needs a value}"); [[ $1 == --arch ]] && arch=$2; shift 2 ;;
+        --arch|--bin|--update-bin|--keys|--version) args+=("$1" "${2:?$1 needs a value}"); [[ $1 == --arch ]] && arch=$2; shift 2 ;;
         --debug) args+=(--debug); shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;

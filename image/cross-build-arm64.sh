@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Cross-builds pk-appliance for arm64 (aarch64-unknown-linux-gnu) on an amd64 Debian 12
+# Cross-builds pk-appliance (and the update installer pk-update, which build.sh takes from
+# the same directory) for arm64 (aarch64-unknown-linux-gnu) on an amd64 Debian 12
 # host, for `image/build.sh --arch arm64 --bin <path>`. Prints the binary's path on stdout
 # (the last line); everything else goes to stderr.
 #
@@ -11,7 +12,7 @@
 #      and their dependencies from the Debian mirror into <target dir>/aarch64-sysroot
 #      (no dpkg --add-architecture, nothing installed on the host: the host's amd64
 #      packages are left as they are);
-#   3. the build: cargo build --release --locked -p appliance --bin pk-appliance
+#   3. the build: cargo build --release --locked -p appliance --bin pk-appliance -p pk-update --bin pk-update
 #      --target aarch64-unknown-linux-gnu, linked by aarch64-linux-gnu-gcc, with
 #      pkg-config pointed at the sysroot (target-scoped PKG_CONFIG_*_aarch64_unknown_linux_gnu
 #      variables, so build scripts probing for the host are unaffected).
@@ -99,9 +100,9 @@ fi
 # The cc crate (ring's C and assembly) picks aarch64-linux-gnu-gcc by itself; say it anyway.
 export "CC_$triple_env=$linker" "AR_$triple_env=aarch64-linux-gnu-ar"
 
-say "cargo build --release --locked -p appliance --bin pk-appliance --target $triple (target dir $target_dir)"
+say "cargo build --release --locked -p appliance --bin pk-appliance -p pk-update --bin pk-update --target $triple (target dir $target_dir)"
 (cd "$repo" && CARGO_TARGET_DIR=$target_dir cargo build --release --locked -p appliance \
-    --bin pk-appliance --target "$triple" >&2)
+    --bin pk-appliance -p pk-update --bin pk-update --target "$triple" >&2)
 bin=$target_dir/$triple/release/pk-appliance
 [[ -x $bin ]] || die "cargo did not produce $bin"
 file_out=$(file -b "$bin" 2>/dev/null || true)

@@ -18,6 +18,7 @@
 #   PK_ESP_PARTUUID   the ESP (for /etc/fstab: /efi, where systemd-bless-boot and pk-update
 #                     find the boot entries)
 #   PK_IMAGE_VERSION  the image's version: IMAGE_VERSION in os-release
+#   PK_UPDATE_BIN     the pk-update installer; PK_UPDATE_UNITS its units (update/systemd/)
 #   PK_IMAGE_KEYS     the signing keys' directory: the image gets the public halves of the
 #                     update-signing key and the PCR-signing key
 #
@@ -34,7 +35,7 @@ die() { echo "customize.sh: error: $*" >&2; exit 1; }
 say() { echo "customize.sh: $*" >&2; }
 
 for v in PK_IMAGE_DIR PK_APPLIANCE_BIN PK_UNIT PK_MANIFEST_OUT PK_DATA_PARTUUID PK_ESP_PARTUUID \
-         PK_IMAGE_VERSION PK_IMAGE_KEYS SOURCE_DATE_EPOCH; do
+         PK_IMAGE_VERSION PK_IMAGE_KEYS PK_UPDATE_BIN PK_UPDATE_UNITS SOURCE_DATE_EPOCH; do
     [[ -n ${!v:-} ]] || die "$v is not set (run image/build.sh, not this hook)"
 done
 
@@ -73,6 +74,15 @@ install -D -m 0755 -o root -g root "$PK_APPLIANCE_BIN" "$root/usr/bin/pk-applian
 # Debug information stays on the build host; stripping is deterministic.
 "${PK_STRIP:-strip}" --strip-debug "$root/usr/bin/pk-appliance"
 install -D -m 0644 -o root -g root "$PK_UNIT" "$root/usr/lib/systemd/system/pk-appliance.service"
+# The update installer (docs/reference/pk-update.md): root, socket-activated; members of
+# pk-update (the daemon) talk to it.
+install -D -m 0755 -o root -g root "$PK_UPDATE_BIN" "$root/usr/bin/pk-update"
+"${PK_STRIP:-strip}" --strip-debug "$root/usr/bin/pk-update"
+for unit in pk-update.socket pk-update@.service; do
+    install -D -m 0644 -o root -g root "$PK_UPDATE_UNITS/$unit" "$root/usr/lib/systemd/system/$unit"
+done
+install -D -m 0644 -o root -g root "$PK_UPDATE_UNITS/pk-update.sysusers" "$root/usr/lib/sysusers.d/pk-update.conf"
+systemd-sysusers --root="$root" "$root/usr/lib/sysusers.d/pk-update.conf" >&2
 install -D -m 0644 -o root -g root "$PK_IMAGE_DIR/README.md" "$root/usr/share/doc/pk-appliance/image.md"
 install_tree "$PK_IMAGE_DIR/rootfs"
 # The initramfs-tools hook and scripts must be executable.
@@ -135,11 +145,12 @@ fi
 [[ -e $root/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0 || -e $root/usr/lib/aarch64-linux-gnu/libtss2-tcti-device.so.0 ]] ||
     die "libtss2-tcti-device.so.0 (opened by libtss2-tctildr at run time) is missing: add libtss2-tcti-device0"
 chroot "$root" getent group tss >/dev/null || die "there is no tss group in the image (package tpm-udev)"
+chroot "$root" getent group pk-update >/dev/null || die "there is no pk-update group in the image (sysusers)"
 
 # --- 4. Units.
 say "enabling and masking units"
 systemctl --root="$root" enable pk-appliance.service pk-appliance-screen.service systemd-networkd.service \
-    nftables.service pk-appliance-health.service >&2
+    nftables.service pk-appliance-health.service pk-update.socket >&2
 systemctl --root="$root" enable pcscd.socket >&2
 systemctl --root="$root" set-default multi-user.target >&2
 # No login on any console, no shell on Ctrl-Alt-Del or a key combination.
