@@ -145,7 +145,15 @@ impl Console {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                return Err(format!("not unlocked after {} s: {status}", timeout.as_secs()).into());
+                // Why: what the TPM says when asked once more.
+                let tpm = self
+                    .call("POST", "/api/unlock", Some(serde_json::json!({ "method": "tpm" })))
+                    .map_or_else(|e| e.to_string(), |v| v.to_string());
+                return Err(format!(
+                    "not unlocked after {} s: {status}; a TPM unlock now answers {tpm}",
+                    timeout.as_secs()
+                )
+                .into());
             }
             std::thread::sleep(Duration::from_secs(1));
         }

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod console;
+mod esp;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,9 @@ struct Args {
     arm64: Option<PathBuf>,
     pk: PathBuf,
     work: PathBuf,
+    /// The keys the images were signed with (image/make-keys.sh): the suite signs the
+    /// UKIs it makes with them.
+    keys: PathBuf,
     group: Option<String>,
     /// Development: keep the amd64 machine of the last run and start at scenario d.
     resume: bool,
@@ -65,7 +69,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pk-qemu-tests [--amd64 BUILD_DIR] [--arm64 BUILD_DIR] [--pk PATH] [--work DIR]\n\
+        "usage: pk-qemu-tests [--amd64 BUILD_DIR] [--arm64 BUILD_DIR] [--pk PATH] [--work DIR] [--keys DIR]\n\
          BUILD_DIR is image/build.sh's output (the disk image, uki.efi, vmlinuz, initrd.img, rootfs/)."
     );
     std::process::exit(64)
@@ -81,6 +85,7 @@ fn args() -> Args {
         arm64: None,
         pk: here.join("pk"),
         work: PathBuf::from("target/qemu-tests"),
+        keys: PathBuf::from("target/image/keys"),
         group: None,
         resume: false,
     };
@@ -92,6 +97,7 @@ fn args() -> Args {
             "--arm64" => args.arm64 = Some(value()),
             "--pk" => args.pk = value(),
             "--work" => args.work = value(),
+            "--keys" => args.keys = value(),
             "--group" => args.group = Some(value().display().to_string()),
             "--resume-at-d" => args.resume = true,
             _ => usage(),
@@ -115,6 +121,11 @@ fn check_tools(args: &Args) -> Result<(), String> {
         ("objcopy", "binutils"),
         ("sfdisk", "fdisk"),
         ("mcopy", "mtools"),
+        ("mdir", "mtools"),
+        ("mdel", "mtools"),
+        ("sbsign", "sbsigntool"),
+        ("veritysetup", "cryptsetup-bin"),
+        ("mkfs.erofs", "erofs-utils"),
     ];
     if args.amd64.is_some() {
         tools.extend([
@@ -209,7 +220,7 @@ fn run_group(args: &Args, group: &str) -> Vec<(String, Result<(), String>)> {
             cmd.arg(flag).arg(v);
         }
     }
-    cmd.arg("--pk").arg(&args.pk).arg("--work").arg(&args.work);
+    cmd.arg("--pk").arg(&args.pk).arg("--work").arg(&args.work).arg("--keys").arg(&args.keys);
     if args.resume {
         cmd.arg("--resume-at-d");
     }
@@ -336,8 +347,13 @@ fn scenario_b(console: &mut Console, first: &FirstBoot) -> Result<String, Failur
         .as_array()
         .and_then(|s| s.iter().find(|s| s["kind"] == "tpm"))
         .ok_or_else(|| format!("no TPM keyslot: {slots}"))?;
-    if tpm["pcrs"] != "sha256:0,4,7,9,12" {
-        return Err(format!("the TPM keyslot is not bound to PCRs 0,4,7,9,12: {tpm}").into());
+    // Bound to PCR 11 values the project signed (so an update keeps unlocking it) and to
+    // the firmware and Secure Boot state at enrolment.
+    if tpm["pcrs"] != "sha256:0,7" || tpm["signed_pcrs"] != "sha256:11" {
+        return Err(format!(
+            "the TPM keyslot is not bound to PCRs 0,7 and signed PCR 11 values: {tpm}"
+        )
+        .into());
     }
     console.ok("POST", "/api/vaults", Some(json!({ "name": "office" })))?;
     for (path, value) in [("wifi", "office-wifi-key"), ("alarm", "2468")] {
@@ -368,46 +384,29 @@ fn scenario_c(vm: &mut vm::Vm, console: &mut Console) -> Result<(), Failure> {
 }
 
 /// Replaces the disk's unified kernel image by one with another kernel command line (or
-/// puts the original back).
-fn swap_uki(machine: &Machine, build: &Path, tampered: bool) -> Result<(), Failure> {
+/// puts the original back). The tampered one is signed for Secure Boot with the project's
+/// key and carries the original's PCR 11 signature, which no longer matches what the stub
+/// measures: it boots, and the TPM refuses it.
+fn swap_uki(machine: &Machine, build: &Path, keys: &Path, tampered: bool) -> Result<(), Failure> {
     let original = build.join("uki.efi");
     let uki = if tampered {
-        let cmdline = run(Command::new("objcopy")
-            .args(["-O", "binary", "--only-section=.cmdline"])
-            .arg(&original)
-            .arg("/dev/stdout"))?;
-        let cmdline = format!("{} pk.tampered=1", cmdline.trim_end_matches('\0').trim());
+        let cmdline = std::fs::read_to_string(build.join("cmdline.txt"))?;
         let out = machine.dir.join("tampered.efi");
-        let conf = std::fs::read_to_string("image/image.conf")?;
-        let epoch = conf
-            .lines()
-            .find_map(|l| l.strip_prefix("PK_IMAGE_EPOCH="))
-            .ok_or("no PK_IMAGE_EPOCH in image/image.conf")?;
-        run(Command::new("image/mkuki.sh")
-            .env("SOURCE_DATE_EPOCH", epoch.trim())
-            .arg("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
-            .arg(build.join("vmlinuz"))
-            .arg(build.join("initrd.img"))
-            .arg(build.join("rootfs/usr/lib/os-release"))
-            .arg(&cmdline)
-            .arg(&out))?;
+        let unsigned = machine.dir.join("tampered.unsigned.efi");
+        esp::make_uki(
+            build,
+            keys,
+            &format!("{} pk.tampered=1", cmdline.trim()),
+            &build.join("rootfs/usr/lib/os-release"),
+            &unsigned,
+        )?;
+        esp::sign(keys, &unsigned, &out)?;
         out
     } else {
         original
     };
-    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk")
-        .arg("--json")
-        .arg(&machine.disk))?)?;
-    let start = table["partitiontable"]["partitions"][0]["start"]
-        .as_u64()
-        .ok_or("no ESP in the partition table")?;
-    run(Command::new("mcopy")
-        .arg("-o")
-        .arg("-i")
-        .arg(format!("{}@@{}", machine.disk.display(), start * 512))
-        .arg(&uki)
-        .arg("::/EFI/BOOT/BOOTX64.EFI"))?;
-    Ok(())
+    let name = format!("pk-appliance-{}.efi", &esp::roothash(build)?[..16]);
+    esp::put(&machine.disk, &uki, &format!("EFI/Linux/{name}"))
 }
 
 fn scenario_d(vm: &mut vm::Vm, console: &mut Console, recovery: &str) -> Result<(), Failure> {
@@ -640,7 +639,7 @@ fn tampered(
     recovery: &str,
 ) -> Result<(), Failure> {
     let work = machine.dir.clone();
-    swap_uki(machine, build, true)?;
+    swap_uki(machine, build, &args.keys, true)?;
     let mut vm = machine.boot()?;
     let d = scenario_d(&mut vm, console, recovery);
     report("d", &d);

@@ -18,7 +18,7 @@ pub(crate) const PEER_PORT: u16 = 11314;
 /// Which machine to emulate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Arch {
-    /// q35 with OVMF and a TPM (tpm-tis backed by swtpm).
+    /// q35 with OVMF's Secure Boot build (SMM) and a TPM (tpm-tis backed by swtpm).
     Amd64,
     /// `virt` with a Cortex-A72 and AAVMF; no TPM (Debian's arm64 kernel has no TIS
     /// driver for `virt`).
@@ -107,9 +107,13 @@ impl Machine {
                     socket.exists()
                 })?;
                 let mut cmd = Command::new("qemu-system-x86_64");
-                cmd.args(["-machine", "q35", "-cpu", "max"])
+                // OVMF's Secure Boot build: only SMM code writes its variable store. The
+                // store starts empty (setup mode): systemd-boot enrols the image's keys on
+                // the first start, and from then on only UKIs signed with them boot.
+                cmd.args(["-machine", "q35,smm=on", "-cpu", "max"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
                     .arg("-drive")
-                    .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+                    .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
                     .arg("-drive")
                     .arg(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()))
                     .arg("-chardev")
@@ -143,7 +147,9 @@ impl Machine {
             .arg(format!("file:{}", serial.display()))
             .arg("-monitor")
             .arg(format!("unix:{},server,nowait", monitor.display()))
-            .args(["-display", "none", "-no-reboot"])
+            // A reboot stays inside QEMU (systemd-boot's key enrolment, boot counting's
+            // tries): the serial log goes on in the same file (see `Vm::mark`).
+            .args(["-display", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join(format!("qemu-{}.log", self.boots)))?);
@@ -200,14 +206,32 @@ impl Vm {
         strip_ansi(&String::from_utf8_lossy(&raw))
     }
 
+    /// Where the serial console is now: [`Vm::wait_serial_since`] looks only after it
+    /// (the lines of a boot after a reboot inside the same QEMU).
+    pub(crate) fn mark(&self) -> usize {
+        self.serial_text().len()
+    }
+
     /// Waits (up to `timeout` since power-on) until the serial console shows `needle`.
     pub(crate) fn wait_serial(
         &mut self,
         needle: &str,
         timeout: Duration,
     ) -> Result<String, Failure> {
+        self.wait_serial_since(0, needle, timeout)
+    }
+
+    /// [`Vm::wait_serial`] for what the console shows after `mark`; the text after it.
+    pub(crate) fn wait_serial_since(
+        &mut self,
+        mark: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String, Failure> {
+        let waiting = Instant::now();
         loop {
-            let text = self.serial_text();
+            let all = self.serial_text();
+            let text = all.get(mark..).unwrap_or_default().to_owned();
             if text.contains(needle) {
                 return Ok(text);
             }
@@ -220,9 +244,11 @@ impl Vm {
                 )
                 .into());
             }
-            if self.started.elapsed() > timeout {
+            // From power-on for the whole log; from the call for a later boot's lines.
+            let elapsed = if mark == 0 { self.started.elapsed() } else { waiting.elapsed() };
+            if elapsed > timeout {
                 return Err(format!(
-                    "no {needle:?} on the serial console {} s after power-on; last lines:\n{}",
+                    "no {needle:?} on the serial console within {} s; last lines:\n{}",
                     timeout.as_secs(),
                     tail(&text, 25)
                 )
