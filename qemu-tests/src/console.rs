@@ -3,7 +3,7 @@
 //! its fingerprint with the one on the serial console instead), and the certificate's
 //! SHA-256 fingerprint through `openssl s_client`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,33 @@ impl Console {
             )
             .into()
         })
+    }
+
+    /// Uploads `file` as the raw body of a POST (an update bundle); the HTTP status and
+    /// the JSON answer.
+    pub(crate) fn upload(&self, path: &str, file: &Path) -> Result<(u16, Value), Failure> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sSk", "--max-time", "1200", "-X", "POST", "-b"])
+            .arg(&self.jar)
+            .arg("-c")
+            .arg(&self.jar)
+            .args(["-H", "Content-Type: application/octet-stream"])
+            .args(["-w", "\n%{http_code}"])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()));
+        if let Some(csrf) = &self.csrf {
+            cmd.args(["-H", &format!("X-CSRF-Token: {csrf}")]);
+        }
+        let text = run(cmd.arg(format!("{}{path}", self.base)))?;
+        let (body, code) = text.rsplit_once('\n').ok_or("no status from curl")?;
+        let code: u16 = code.trim().parse()?;
+        let answer = serde_json::from_str(body).map_err(|_| {
+            format!(
+                "POST {path} ({code}): not JSON: {}",
+                body.chars().take(300).collect::<String>()
+            )
+        })?;
+        Ok((code, answer))
     }
 
     /// A call that must succeed (no `error` in the answer).

@@ -31,6 +31,7 @@
 
 mod console;
 mod esp;
+mod updates;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -47,9 +48,9 @@ pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long one boot may take until the appliance is up, under TCG (amd64 takes about a
 /// minute here; arm64 several).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const ARM64_BOOT_TIMEOUT: Duration = Duration::from_secs(900);
-const ADMIN_PASSWORD: &str = "qemu suite admin password";
+pub(crate) const ADMIN_PASSWORD: &str = "qemu suite admin password";
 const LAPTOP_PASSPHRASE: &str = "laptop node passphrase";
 /// The appliance's address of the host's loopback, through QEMU's user-mode network.
 const HOST_FROM_GUEST: &str = "10.0.2.2";
@@ -156,7 +157,7 @@ fn check_tools(args: &Args) -> Result<(), String> {
 }
 
 /// The scenarios of each group, in order.
-const AMD64: &[&str] = &["a", "b", "c", "d", "e"];
+const AMD64: &[&str] = &["a", "b", "c", "d", "e", "g", "h", "i", "j", "k"];
 const ARM64: &[&str] = &["f"];
 
 fn main() {
@@ -245,7 +246,7 @@ fn run_group(args: &Args, group: &str) -> Vec<(String, Result<(), String>)> {
 }
 
 /// Reports a scenario's outcome to the parent (one line each).
-fn report(name: &str, result: &Result<(), Failure>) {
+pub(crate) fn report(name: &str, result: &Result<(), Failure>) {
     match result {
         Ok(()) => println!("PASS {name}"),
         Err(e) => println!("FAIL {name} {}", e.to_string().replace('\n', "\\n")),
@@ -583,11 +584,16 @@ fn scenario_e(console: &Console, pk: &Path, dir: &Path) -> Result<(), Failure> {
 
 fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     let build = args.amd64.clone().ok_or("no --amd64")?;
+    // The update bundles of g to k, made while the first boots run.
+    let bundles = {
+        let (build, keys, dir) = (build.clone(), args.keys.clone(), work.join("bundles"));
+        std::thread::spawn(move || updates::make(&build, &keys, &dir))
+    };
     if args.resume {
         let mut machine = Machine::resume(Arch::Amd64, work)?;
         let mut console = Console::new(work.join("cookies.txt"));
         let recovery = std::fs::read_to_string(work.join("recovery.txt"))?;
-        return tampered(args, &build, &mut machine, &mut console, &recovery);
+        return tampered(args, &build, &mut machine, &mut console, &recovery, bundles);
     }
     let mut machine = Machine::new(Arch::Amd64, &image_in(&build, "amd64"), work)?;
     let mut console = Console::new(work.join("cookies.txt"));
@@ -627,16 +633,18 @@ fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     c?;
     vm.shutdown(Duration::from_secs(120))?;
 
-    tampered(args, &build, &mut machine, &mut console, &recovery)
+    tampered(args, &build, &mut machine, &mut console, &recovery, bundles)
 }
 
-/// d: a tampered boot chain; e in the same boot, once the recovery code has opened it.
+/// d: a tampered boot chain; e in the same boot, once the recovery code has opened it;
+/// then the updates, g to k, from there.
 fn tampered(
     args: &Args,
     build: &Path,
     machine: &mut Machine,
     console: &mut Console,
     recovery: &str,
+    bundles: std::thread::JoinHandle<Result<updates::Bundles, Failure>>,
 ) -> Result<(), Failure> {
     let work = machine.dir.clone();
     swap_uki(machine, build, &args.keys, true)?;
@@ -649,8 +657,11 @@ fn tampered(
     d?;
     let e = scenario_e(console, &args.pk, &work.join("laptop"));
     report("e", &e);
-    vm.shutdown(Duration::from_secs(120))?;
-    Ok(())
+    e?;
+    let bundles = bundles
+        .join()
+        .unwrap_or_else(|_| Err("making the bundles panicked".into()));
+    updates::run_all(machine, vm, console, build, &args.keys, bundles)
 }
 
 fn arm64(args: &Args, work: &Path) -> Result<(), Failure> {
