@@ -71,6 +71,7 @@ pub async fn run_until(
         session_idle: Duration::from_secs(config.session_idle_s),
         fingerprint: fingerprint.clone(),
         setup_code,
+        update_socket: config.update_socket.clone(),
     });
     let agent = spawn_agent(&config, &node, tokens, &console);
 
@@ -88,6 +89,9 @@ pub async fn run_until(
     });
     // For the health check of a newly installed slot (crate::health).
     let health = tokio::spawn(crate::health::record(node.clone()));
+    // An update that did not come up healthy is in the log once, at start.
+    let checked = console.clone();
+    tokio::spawn(async move { console::installer::check_at_start(&checked).await });
     let watchdog = watchdog_interval().map(|every| {
         tokio::spawn(async move {
             loop {

@@ -44,6 +44,8 @@ pub(crate) fn console(dir: &std::path::Path) -> Arc<Console> {
         setup_code: Some(zeroize::Zeroizing::new(CODE.into())),
         tokens: hardware(),
         lan: false,
+        // No installer here unless a test makes one (common::installer).
+        update_socket: dir.join("no-pk-update.sock"),
     })
 }
 
