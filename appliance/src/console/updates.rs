@@ -97,8 +97,12 @@ async fn receive(
     let boundary = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| multer::parse_boundary(v).ok())
-        .ok_or_else(|| bad("The upload is not a multipart/form-data form."))?;
+        .and_then(|v| multer::parse_boundary(v).ok());
+    let Some(boundary) = boundary else {
+        // Not the page's form: it carries no token either.
+        authorised(c, headers, "").map_err(Refused::Unauthorised)?;
+        return Err(bad("The upload is not a multipart/form-data form."));
+    };
     let limits = multer::Constraints::new()
         .allowed_fields(vec!["csrf", "recovery", "bundle"])
         .size_limit(
