@@ -286,7 +286,6 @@ impl Printer {
 
 /// `write: 42 % (84.0 MiB of 200.0 MiB)`.
 fn line(p: Progress) -> String {
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let stage = match p.stage {
         Stage::Verify => "verify",
         Stage::Write => "write",
@@ -294,11 +293,23 @@ fn line(p: Progress) -> String {
         Stage::Uki => "uki",
     };
     format!(
-        "{stage}: {} % ({:.1} MiB of {:.1} MiB)",
+        "{stage}: {} % ({} of {})",
         p.done.saturating_mul(100) / p.total.max(1),
-        mib(p.done),
-        mib(p.total)
+        size(p.done),
+        size(p.total)
     )
+}
+
+/// `bytes` in the largest unit that keeps a number of 1 or more.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -354,5 +365,11 @@ mod tests {
             total: 100 * 1024 * 1024,
         };
         assert_eq!(line(p), "write: 42 % (42.0 MiB of 100.0 MiB)");
+        let header = Progress {
+            stage: Stage::Verify,
+            done: 1130,
+            total: 1130,
+        };
+        assert_eq!(line(header), "verify: 100 % (1.1 KiB of 1.1 KiB)");
     }
 }
