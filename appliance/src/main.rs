@@ -40,13 +40,7 @@ fn main() -> ExitCode {
                 }
             },
             "--help" | "-h" => {
-                println!(
-                    "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})\n\
-                     pk-appliance health [--config PATH] [--timeout SECONDS]: exit 0 once this boot's daemon is healthy\n\
-                     \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)\n\
-                     {}",
-                    appliance::update::HELP
-                );
+                print_help();
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -63,21 +57,7 @@ fn main() -> ExitCode {
         }
     };
     if health {
-        let dir = std::path::Path::new(appliance::health::DEFAULT_RUNTIME_DIR);
-        return match appliance::health::check(
-            &config,
-            dir,
-            std::time::Duration::from_secs(timeout_s),
-        ) {
-            Ok(words) => {
-                println!("pk-appliance: healthy: {words}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("pk-appliance: not healthy: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return health_check(&config, timeout_s);
     }
     if let Err(e) = init_logging(&config.log) {
         eprintln!("pk-appliance: {}: log: {e}", path.display());
@@ -102,6 +82,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `pk-appliance health`: whether this boot's daemon is healthy within `timeout_s`.
+fn health_check(config: &Config, timeout_s: u64) -> ExitCode {
+    let dir = std::path::Path::new(appliance::health::DEFAULT_RUNTIME_DIR);
+    let timeout = std::time::Duration::from_secs(timeout_s);
+    match appliance::health::check(config, dir, timeout) {
+        Ok(words) => {
+            println!("pk-appliance: healthy: {words}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pk-appliance: not healthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--help`: the daemon and its commands.
+fn print_help() {
+    println!(
+        "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})\n\
+         pk-appliance health [--config PATH] [--timeout SECONDS]: exit 0 once this boot's daemon is healthy\n\
+         \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)\n\
+         {}",
+        appliance::update::HELP
+    );
 }
 
 /// The journal under systemd (structured fields), stderr otherwise; in both, what the
