@@ -649,3 +649,77 @@ fn the_command_line_installs_reports_and_refuses() {
     assert_eq!(code, 0);
     assert!(out.contains("--allow-downgrade"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_install_runs_at_a_time_and_the_page_follows_it() {
+    let machine = TestBox::start("1.0.0");
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, admin, _) = claimed(dir.path(), &machine.socket).await;
+    let bundle = machine.bundle(2, "1.1.0");
+    let half = bundle.len() / 2;
+
+    // The first upload sends half the bundle, then waits.
+    let tcp = tokio::net::TcpStream::connect(admin.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut first = admin.tls.connect(name, tcp).await.unwrap();
+    let head = format!(
+        "POST /api/update HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\
+         Content-Type: application/octet-stream\r\nCookie: {}\r\nX-CSRF-Token: {}\r\n\
+         Connection: close\r\n\r\n",
+        bundle.len(),
+        admin.cookie,
+        admin.csrf
+    );
+    first.write_all(head.as_bytes()).await.unwrap();
+    first.write_all(&bundle[..half]).await.unwrap();
+    first.flush().await.unwrap();
+    let started = Instant::now();
+    let job = loop {
+        let view = admin.send("GET", "/api/update", &[], b"").await.json();
+        let job = view["job"].clone();
+        // The installer reports its first stage once it has checked the header (it
+        // writes in larger blocks than half this bundle).
+        if job["state"] == "running" && job["stage"] == "verify" {
+            break job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(job["received"].as_u64().unwrap() <= half as u64, "{job}");
+
+    // Meanwhile a second install and a reboot are refused; the page shows the progress
+    // and reloads itself.
+    let second = admin.upload("", b"x", &[]).await;
+    assert_eq!(second.status, 409, "{}", second.body);
+    assert_eq!(second.json()["kind"], "busy");
+    let reboot = admin.api("POST", "/api/update/reboot", json!({})).await;
+    assert_eq!(reboot.status, 409, "{}", reboot.body);
+    let page = admin.send("GET", "/updates", &[], b"").await;
+    assert!(
+        page.body.contains("http-equiv=\"refresh\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("Installing: checking the signature, 100 %"),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("type=\"file\""),
+        "no second upload: {}",
+        page.body
+    );
+
+    // The rest of the bundle: the first install ends well.
+    first.write_all(&bundle[half..]).await.unwrap();
+    first.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = first.read_to_end(&mut answer).await;
+    let answer = parse(&answer);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["version"], "1.1.0");
+    assert_eq!(machine.reboots.load(Ordering::SeqCst), 0);
+    daemon.stop().await.unwrap().unwrap().unwrap();
+}
