@@ -51,6 +51,10 @@ pub struct Config {
     /// `off`) or `RUST_LOG`-style directives such as `warn,pk::sync=debug`.
     #[serde(deserialize_with = "log_filter")]
     pub log: String,
+    /// The update installer's socket (`pk-update.socket`): where the console and
+    /// `pk-appliance update` send update bundles. Missing (a laptop, a development box):
+    /// the console says updates are not available here.
+    pub update_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             pkcs11_module: None,
             session_idle_s: 15 * 60,
             log: node::logging::DEFAULT_FILTER.to_owned(),
+            update_socket: PathBuf::from(pk_update::SOCKET_PATH),
         }
     }
 }
@@ -226,6 +231,16 @@ mod tests {
                 .unwrap()
                 .log,
             "warn,pk::sync=debug"
+        );
+        assert_eq!(
+            Config::default().update_socket,
+            Path::new("/run/pk-update.sock")
+        );
+        assert_eq!(
+            Config::parse("update_socket = \"/tmp/u.sock\"\n")
+                .unwrap()
+                .update_socket,
+            Path::new("/tmp/u.sock")
         );
         let err = Config::parse("lan = false\nlog = \"pk=loud\"\n").unwrap_err();
         assert!(

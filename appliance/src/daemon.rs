@@ -55,13 +55,7 @@ pub async fn run_until(
     let first_token = first_token(&config, &node, tpm_tcti.as_deref())?;
     let setup_code = setup_code(&config);
     let setup_shown = setup_code.as_ref().map(|c| c.as_str().to_owned());
-    let tokens = node::tokens::TokenConfig {
-        drivers: Some(std::sync::Arc::new(hsm::Hardware)),
-        tcti: tpm_tcti.clone(),
-        tpm_pcr_signature: Some(config.tpm_pcr_signature.clone()),
-        pkcs11_module: config.pkcs11_module.clone(),
-        yubikey_events: None,
-    };
+    let tokens = token_config(&config, tpm_tcti);
     let console = Console::new(ConsoleConfig {
         tokens: tokens.clone(),
         lan: config.lan,
@@ -71,6 +65,7 @@ pub async fn run_until(
         session_idle: Duration::from_secs(config.session_idle_s),
         fingerprint: fingerprint.clone(),
         setup_code,
+        update_socket: config.update_socket.clone(),
     });
     let agent = spawn_agent(&config, &node, tokens, &console);
 
@@ -86,8 +81,7 @@ pub async fn run_until(
         fingerprint: fingerprint.clone(),
         setup_code: setup_shown,
     });
-    // For the health check of a newly installed slot (crate::health).
-    let health = tokio::spawn(crate::health::record(node.clone()));
+    let health = spawn_boot_checks(&node, &console);
     let watchdog = watchdog_interval().map(|every| {
         tokio::spawn(async move {
             loop {
@@ -113,6 +107,19 @@ pub async fn run_until(
     }
     stop_agent(&node, agent).await;
     Ok(())
+}
+
+/// What each start checks about this boot: the health record for the check of a newly
+/// installed slot (`crate::health`), and an update in the other slot that did not come up
+/// healthy, logged once.
+fn spawn_boot_checks(node: &NodePath, console: &Arc<Console>) -> tokio::task::JoinHandle<()> {
+    let (node, console) = (node.clone(), console.clone());
+    tokio::spawn(async move {
+        tokio::join!(
+            crate::health::record(node),
+            console::installer::check_at_start(&console)
+        );
+    })
 }
 
 /// Serves the console on its configured address; returns the server's task and the URLs
@@ -164,6 +171,17 @@ fn first_token(config: &Config, node: &NodePath, tcti: Option<&str>) -> Result<F
         pcrs: config.tpm_pcrs.clone(),
         signed_pcrs,
     })
+}
+
+/// This machine's tokens: the hardware drivers, the TPM and the PKCS#11 module.
+fn token_config(config: &Config, tcti: Option<String>) -> node::tokens::TokenConfig {
+    node::tokens::TokenConfig {
+        drivers: Some(std::sync::Arc::new(hsm::Hardware)),
+        tcti,
+        tpm_pcr_signature: Some(config.tpm_pcr_signature.clone()),
+        pkcs11_module: config.pkcs11_module.clone(),
+        yubikey_events: None,
+    }
 }
 
 /// The TPM to use: the configured TCTI, or without one the kernel's TPM resource manager

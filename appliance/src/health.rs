@@ -54,8 +54,12 @@ pub(crate) async fn record(node: NodePath) {
         .and_then(|mut f| writeln!(f, "node {state}"))
         .and_then(|()| std::fs::rename(&tmp, &path));
     match written {
-        Ok(()) => tracing::info!(event = "appliance.healthy", node = %state, "healthy: the node answered ({state})"),
-        Err(e) => tracing::warn!(event = "appliance.health_unrecorded", error = %e, "cannot record the health in {}", path.display()),
+        Ok(()) => {
+            tracing::info!(event = "appliance.healthy", node = %state, "healthy: the node answered ({state})")
+        }
+        Err(e) => {
+            tracing::warn!(event = "appliance.health_unrecorded", error = %e, "cannot record the health in {}", path.display())
+        }
     }
 }
 
@@ -87,7 +91,9 @@ pub fn check(config: &Config, runtime_dir: &Path, timeout: Duration) -> Result<S
         }
         if started.elapsed() >= timeout {
             let missing = match (answered.is_some(), listening) {
-                (false, false) => "no answer from the node, and the console does not accept connections",
+                (false, false) => {
+                    "no answer from the node, and the console does not accept connections"
+                }
                 (false, true) => "no answer from the node",
                 _ => "the console does not accept connections",
             };

@@ -43,6 +43,8 @@
 //!   change and reset), [`console::api`] (the JSON API, described by
 //!   [`console::api::OPENAPI`]), and the module itself: [`console::router`], setup, login,
 //!   sessions, CSRF and headers.
+//! - [`update`]: `pk-appliance update`, the box's command line for the update installer
+//!   (the console's updates page is `console`'s `installer` and `updates`).
 //! - [`daemon`]: the daemon's life ([`daemon::run`]), shared by both binaries:
 //!   `pk-appliance` (`main.rs`: journald logging under systemd) and `pk-appliance-dev`
 //!   (a local appliance with a swtpm, for development).
@@ -56,3 +58,4 @@ pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod health;
+pub mod update;

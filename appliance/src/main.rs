@@ -1,6 +1,8 @@
 //! `pk-appliance [--config PATH]`: the appliance daemon. See the library docs.
 //! `pk-appliance health [--config PATH] [--timeout SECONDS]`: whether the daemon of this
 //! boot is healthy (`appliance::health`), for the image's health check of a new slot.
+//! `pk-appliance update FILE|--status ...`: installs an update bundle, or shows both root
+//! slots (`appliance::update`).
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +17,9 @@ const EX_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut args = std::env::args().skip(1).peekable();
+    if args.next_if(|a| a == "update").is_some() {
+        return appliance::update::main(args);
+    }
     let mut path = PathBuf::from(DEFAULT_PATH);
     let health = args.next_if(|a| a == "health").is_some();
     let mut timeout_s: u64 = 240;
@@ -35,11 +40,7 @@ fn main() -> ExitCode {
                 }
             },
             "--help" | "-h" => {
-                println!(
-                    "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})\n\
-                     pk-appliance health [--config PATH] [--timeout SECONDS]: exit 0 once this boot's daemon is healthy\n\
-                     \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)"
-                );
+                print_help();
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -56,17 +57,7 @@ fn main() -> ExitCode {
         }
     };
     if health {
-        let dir = std::path::Path::new(appliance::health::DEFAULT_RUNTIME_DIR);
-        return match appliance::health::check(&config, dir, std::time::Duration::from_secs(timeout_s)) {
-            Ok(words) => {
-                println!("pk-appliance: healthy: {words}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("pk-appliance: not healthy: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return health_check(&config, timeout_s);
     }
     if let Err(e) = init_logging(&config.log) {
         eprintln!("pk-appliance: {}: log: {e}", path.display());
@@ -91,6 +82,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `pk-appliance health`: whether this boot's daemon is healthy within `timeout_s`.
+fn health_check(config: &Config, timeout_s: u64) -> ExitCode {
+    let dir = std::path::Path::new(appliance::health::DEFAULT_RUNTIME_DIR);
+    let timeout = std::time::Duration::from_secs(timeout_s);
+    match appliance::health::check(config, dir, timeout) {
+        Ok(words) => {
+            println!("pk-appliance: healthy: {words}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pk-appliance: not healthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--help`: the daemon and its commands.
+fn print_help() {
+    println!(
+        "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})\n\
+         pk-appliance health [--config PATH] [--timeout SECONDS]: exit 0 once this boot's daemon is healthy\n\
+         \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)\n\
+         {}",
+        appliance::update::HELP
+    );
 }
 
 /// The journal under systemd (structured fields), stderr otherwise; in both, what the

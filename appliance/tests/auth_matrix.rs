@@ -21,7 +21,9 @@
 //! recovery code), so a route that forgot its check fails here. Nothing refused may change
 //! what the agent holds: vaults and newest commits, shares, nodes, scheduled pulls,
 //! keyslots, the lock state, the audit log but its refusal records, the admin account file,
-//! and the sessions that were live.
+//! the sessions that were live, and the disk and ESP behind the console's update installer
+//! (a real one, `common::installer`, given a good bundle by every update row) and its
+//! reboots.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
@@ -32,7 +34,10 @@ use std::collections::BTreeSet;
 use appliance::console;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::{Answer, CODE, HERE, api, console, log_in, send_request, set_up, start_agent};
+use common::installer::TestBox;
+use common::{
+    Answer, CODE, HERE, api, console_with_installer, log_in, send_request, set_up, start_agent,
+};
 use node::api::{agent as calls, nodes, secrets, vaults};
 use node::client::Client;
 use serde_json::{Value, json};
@@ -114,6 +119,8 @@ struct Fixture {
     stranger: String,
     soft_slot: u32,
     recovery: String,
+    /// A bundle the box's installer would install.
+    bundle: Vec<u8>,
 }
 
 /// One route of the router with a concrete path.
@@ -147,6 +154,13 @@ impl Route {
             .uri(&self.path);
         let body = if !self.post() {
             String::new()
+        } else if let Some((content_type, body)) = upload(&self.template, f, csrf) {
+            // An update: the bundle itself, as the page's form or the API's body.
+            request = request.header(header::CONTENT_TYPE, content_type);
+            if let (true, Some(csrf)) = (self.api, csrf) {
+                request = request.header(console::api::CSRF_HEADER, csrf);
+            }
+            return request.body(Body::from(body)).unwrap();
         } else if self.api {
             request = request.header(header::CONTENT_TYPE, "application/json");
             if let Some(csrf) = csrf {
@@ -166,11 +180,42 @@ impl Route {
     }
 }
 
+/// The upload an update route would act on: the content type and the body (the page's
+/// form carries `csrf` as its first field, as the page sends it).
+fn upload(template: &str, f: &Fixture, csrf: Option<&str>) -> Option<(String, Vec<u8>)> {
+    const BOUNDARY: &str = "----pk-matrix-boundary";
+    match template {
+        "/api/update" => Some(("application/octet-stream".into(), f.bundle.clone())),
+        "/updates" => {
+            let mut body = Vec::new();
+            if let Some(csrf) = csrf {
+                body.extend_from_slice(
+                    format!(
+                        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+            body.extend_from_slice(
+                format!(
+                    "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"bundle\"; \
+                     filename=\"b.pkupdate\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(&f.bundle);
+            body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+            Some((format!("multipart/form-data; boundary={BOUNDARY}"), body))
+        }
+        _ => None,
+    }
+}
+
 /// A page form the route would act on (without its CSRF token).
 fn form_body(template: &str, f: &Fixture) -> Vec<(&'static str, String)> {
     let s = |v: &str| v.to_owned();
     match template {
-        "/logout" | "/lock" => vec![],
+        "/logout" | "/lock" | "/updates/reboot" => vec![],
         "/unlock" => vec![("method", s("passphrase")), ("secret", s(PASSPHRASE))],
         "/vaults" => vec![("name", s("intruder-vault"))],
         "/vaults/{name}/secrets" => vec![("path", s("db")), ("value", s("overwritten"))],
@@ -210,7 +255,7 @@ fn form_body(template: &str, f: &Fixture) -> Vec<(&'static str, String)> {
 /// An API body the route would act on.
 fn api_body(template: &str, f: &Fixture) -> Value {
     match template {
-        "/api/logout" | "/api/lock" => json!({}),
+        "/api/logout" | "/api/lock" | "/api/update/reboot" => json!({}),
         "/api/unlock" => json!({ "method": "passphrase", "secret": PASSPHRASE }),
         "/api/vaults" => json!({ "name": "intruder-vault" }),
         "/api/vaults/{name}/secrets" => json!({ "path": "db", "value": "overwritten" }),
@@ -295,9 +340,11 @@ struct Held {
     keyslot_file: String,
     account_file: String,
     audit: Vec<String>,
+    /// The update installer's disk image and ESP, and the reboots it was asked for.
+    update: ((String, std::collections::BTreeMap<String, String>), usize),
 }
 
-async fn held(agent: &Client, dir: &std::path::Path) -> Held {
+async fn held(agent: &Client, dir: &std::path::Path, machine: &TestBox) -> Held {
     // A view the agent will not give (a node locked by a refused request) is held as its
     // error, so that the comparison names what changed instead of failing here.
     let lock = match agent.call(calls::Status).await {
@@ -349,6 +396,10 @@ async fn held(agent: &Client, dir: &std::path::Path) -> Held {
         keyslot_file: sha256(&std::fs::read(node.keyslots()).unwrap()),
         account_file: sha256(&std::fs::read(dir.join("console/admin.json")).unwrap()),
         audit,
+        update: (
+            machine.disk(),
+            machine.reboots.load(std::sync::atomic::Ordering::SeqCst),
+        ),
     }
 }
 
@@ -406,7 +457,8 @@ fn not_refused(answer: &Answer, secrets: &[(&str, String)]) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let c = console(dir.path());
+    let machine = TestBox::start("1.0.0");
+    let c = console_with_installer(dir.path(), &machine.socket);
 
     // A claimed box (passphrase keyslot), its agent, unlocked; the admin's session.
     let (session, recovery) = set_up(&c, PASSWORD, PASSPHRASE).await;
@@ -465,6 +517,7 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
         stranger,
         soft_slot,
         recovery: recovery.clone(),
+        bundle: machine.bundle(2, "1.1.0"),
     };
 
     // A second browser logs in; the admin changes the password in the first, which ends
@@ -520,7 +573,7 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
         ("a known node's id (page content)", f.peer.clone()),
     ];
 
-    let before = held(&agent, dir.path()).await;
+    let before = held(&agent, dir.path(), &machine).await;
     let records_before = refusal_records(&agent).await;
 
     // The table: what is tried, the request, where it comes from.
@@ -751,7 +804,7 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     assert_eq!(tried, refused);
 
     // Nothing refused changed what the agent holds ...
-    let after = held(&agent, dir.path()).await;
+    let after = held(&agent, dir.path(), &machine).await;
     assert_eq!(before.lock, after.lock, "the lock state changed");
     assert_eq!(before.vaults, after.vaults, "the vaults changed");
     assert_eq!(before.shares, after.shares, "the vault's shares changed");
@@ -769,6 +822,10 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     assert_eq!(
         before.audit, after.audit,
         "the audit log changed beyond refusal records"
+    );
+    assert_eq!(
+        before.update, after.update,
+        "the update installer wrote or rebooted"
     );
     assert_eq!(before, after);
     // ... nor the secret itself (read after the comparison: a read is audited) ...

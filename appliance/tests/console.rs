@@ -44,6 +44,9 @@ const PAGES: &[(&str, &str)] = &[
     ("GET", "/audit"),
     ("GET", "/account"),
     ("POST", "/account/password"),
+    ("GET", "/updates"),
+    ("POST", "/updates"),
+    ("POST", "/updates/reboot"),
 ];
 /// The fields of every form in [`PAGES`] (the CSRF token left out).
 const FORM: &str = "method=tpm&who=x&action=grant&name=x&path=x&value=x&node_id=x&addr=x\

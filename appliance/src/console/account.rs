@@ -306,6 +306,38 @@ pub(super) async fn check_password(
     Ok(account)
 }
 
+/// Checks that `code` (the 24 words) opens the node's recovery keyslot, counted and run
+/// like a password check; a wrong one is logged and audited as `event` (the code never
+/// is) and answered `403`.
+pub(super) async fn check_recovery(
+    c: &Arc<Console>,
+    ip: IpAddr,
+    code: &str,
+    event: ConsoleEvent,
+) -> Result<(), Refusal> {
+    let attempt = Attempt::begin(c, ip).await?;
+    let (opened, ticket) = {
+        let c = c.clone();
+        let code = Zeroizing::new(code.trim().to_owned());
+        attempt
+            .run(move || {
+                let keyslots =
+                    node::keyslots::Keyslots::open(&c.config.node).map_err(|e| e.to_string())?;
+                actions::authorise(&c, &keyslots, "recovery", &code).map(drop)
+            })
+            .await
+    };
+    if !matches!(opened, Some(Ok(()))) {
+        let wrong = (
+            StatusCode::FORBIDDEN,
+            "That recovery code does not open this node.",
+        );
+        return Err(failed(c, ip, event, wrong).await);
+    }
+    c.refund_check(ticket);
+    Ok(())
+}
+
 /// Changes the admin password for the session whose cookie `headers` carry; every other
 /// session ends. Nothing changes when any check fails.
 pub(super) async fn change_password(
@@ -355,32 +387,8 @@ pub(super) async fn reset_password(
         return Err((StatusCode::CONFLICT, "This box is not set up yet.".into()));
     }
     check_new(&form.new, form.confirm.as_deref()).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
-    let attempt = Attempt::begin(c, ip).await?;
     let code = Zeroizing::new(form.recovery.trim().to_owned());
-    let (opened, ticket) = {
-        let c = c.clone();
-        let code = code.clone();
-        attempt
-            .run(move || {
-                let keyslots =
-                    node::keyslots::Keyslots::open(&c.config.node).map_err(|e| e.to_string())?;
-                actions::authorise(&c, &keyslots, "recovery", &code).map(drop)
-            })
-            .await
-    };
-    if !matches!(opened, Some(Ok(()))) {
-        return Err(failed(
-            c,
-            ip,
-            ConsoleEvent::PasswordResetFailed,
-            (
-                StatusCode::FORBIDDEN,
-                "That recovery code does not open this node.",
-            ),
-        )
-        .await);
-    }
-    c.refund_check(ticket);
+    check_recovery(c, ip, &code, ConsoleEvent::PasswordResetFailed).await?;
     // Binding needs the node open: the code just proved it opens it.
     if let Err(ViewError::Locked) = actions::agent(c, node::api::keys::Public).await {
         actions::unlock(c, "recovery", &code)

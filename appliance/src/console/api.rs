@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::header::{self, HeaderMap};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -21,10 +21,15 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::actions::{self, Enrolment, Outcome, ViewError};
+use super::installer::{self, Failure};
 use super::{Console, LoginForm, Peer, SetupForm, constant_time_eq, session_cookie};
 
 /// The header that carries the CSRF token on API calls.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The header that carries the recovery code of a downgrade (`POST
+/// /api/update?allow_downgrade=1`).
+pub const RECOVERY_HEADER: &str = "x-recovery-code";
 
 /// The OpenAPI document.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -50,6 +55,8 @@ pub(super) fn routes(console: Arc<Console>) -> Router<Arc<Console>> {
         .route("/api/keyslots/{id}/remove", post(keyslot_remove))
         .route("/api/audit", get(audit))
         .route("/api/account/password", post(password))
+        .route("/api/update", get(update_status).post(update_install))
+        .route("/api/update/reboot", post(update_reboot))
         .route_layer(middleware::from_fn_with_state(console, guard));
     Router::new()
         .route("/api/setup", post(setup))
@@ -371,4 +378,126 @@ async fn keyslot_remove(
 
 async fn audit(State(c): State<Arc<Console>>) -> Response {
     view(actions::audit(&c).await)
+}
+
+/// An update request that was not done: `{"error": ..., "kind": ...}`.
+fn update_error(f: Failure) -> Response {
+    (
+        f.status,
+        Json(json!({ "error": f.message, "kind": f.kind })),
+    )
+        .into_response()
+}
+
+async fn update_status(State(c): State<Arc<Console>>) -> Response {
+    match installer::view(&c).await {
+        Ok(view) => Json(view).into_response(),
+        Err(f) => update_error(f),
+    }
+}
+
+/// `?allow_downgrade=1` on an install.
+#[derive(Deserialize)]
+struct UpdateQuery {
+    #[serde(default)]
+    allow_downgrade: Option<String>,
+}
+
+/// An install: the bundle is the body, handed to the installer as it arrives; the
+/// answer comes once the install has ended.
+async fn update_install(
+    State(c): State<Arc<Console>>,
+    Peer(ip): Peer,
+    Query(query): Query<UpdateQuery>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let install = match start_install(&c, ip, &parts.headers, query).await {
+        Ok(install) => install,
+        Err(f) => {
+            // As `refuse`: an HTTP/2 client gets the answer, not a reset stream.
+            let _ = axum::body::to_bytes(body, 64 * 1024).await;
+            return update_error(f);
+        }
+    };
+    let installing = install.feed(body.into_data_stream()).await;
+    match installing.outcome().await {
+        Ok(installed) => Json(json!({
+            "version": installed.version.to_string(),
+            "slot": installed.slot,
+            "uki": installed.uki,
+            "message": format!(
+                "Installed {} in slot {}. It starts at the next reboot.",
+                installed.version, installed.slot
+            ),
+        }))
+        .into_response(),
+        Err(f) => update_error(f),
+    }
+}
+
+/// Checks an install request before its body is read: the content type, the size it
+/// announces, a downgrade's recovery code; then starts the install.
+async fn start_install(
+    c: &Arc<Console>,
+    ip: std::net::IpAddr,
+    headers: &HeaderMap,
+    query: UpdateQuery,
+) -> Result<installer::Install, Failure> {
+    let refused = |status, kind: &str, message: &str| Failure {
+        status,
+        kind: kind.to_owned(),
+        message: message.to_owned(),
+    };
+    let octets = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/octet-stream"));
+    if !octets {
+        return Err(refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "upload",
+            "send the bundle as the body with Content-Type: application/octet-stream",
+        ));
+    }
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > installer::MAX_BUNDLE) {
+        return Err(refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "the bundle is larger than 2 GiB",
+        ));
+    }
+    let allow_downgrade = match query.allow_downgrade.as_deref() {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(_) => {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                "upload",
+                "allow_downgrade is 1 or 0",
+            ));
+        }
+    };
+    if allow_downgrade {
+        let code = Zeroizing::new(
+            headers
+                .get(RECOVERY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        installer::approve_downgrade(c, ip, &code).await?;
+    }
+    installer::start(c, ip, allow_downgrade)
+}
+
+async fn update_reboot(State(c): State<Arc<Console>>, Peer(ip): Peer) -> Response {
+    match installer::reboot(&c, ip).await {
+        Ok(()) => Json(json!({ "message": "Rebooting." })).into_response(),
+        Err(f) => update_error(f),
+    }
 }

@@ -21,9 +21,11 @@
 mod account;
 mod actions;
 pub mod api;
+pub(crate) mod installer;
 mod pages;
 mod throttle;
 pub(crate) mod tls;
+mod updates;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -113,6 +115,8 @@ pub struct ConsoleConfig {
     pub tokens: node::tokens::TokenConfig,
     /// Whether the peers page may listen for nodes on the LAN (mDNS).
     pub lan: bool,
+    /// The update installer's socket (`update_socket`).
+    pub update_socket: PathBuf,
 }
 
 struct Session {
@@ -145,6 +149,8 @@ pub struct Console {
     /// Whether the admin account file, since the console last wrote it (or started), was
     /// found to be the one bound to the node; `None` until the node could tell.
     account_checked: Mutex<Option<bool>>,
+    /// The update installer, and the install it runs.
+    updates: installer::Updates,
 }
 
 /// The stored admin account.
@@ -189,6 +195,7 @@ impl Console {
     pub fn new(config: ConsoleConfig) -> Arc<Console> {
         let client = Client::new(&config.node);
         let setup_code = Mutex::new(config.setup_code.clone());
+        let updates = installer::Updates::new(config.update_socket.clone());
         Arc::new(Console {
             config,
             client,
@@ -203,6 +210,7 @@ impl Console {
             touch: Arc::new(AtomicBool::new(false)),
             node_created: tokio::sync::Notify::new(),
             account_checked: Mutex::new(None),
+            updates,
         })
     }
 
@@ -396,6 +404,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/account", get(account::account_page))
         .route("/account/password", post(account::password_change))
         .route("/reset", get(account::reset_page).post(account::reset))
+        .route("/updates", get(updates::page).post(updates::upload))
+        .route("/updates/reboot", post(updates::reboot))
         .merge(api::routes(console.clone()))
         .layer(middleware::from_fn_with_state(
             console.clone(),

@@ -17,7 +17,7 @@ fn layout(title: &str, body: Markup) -> String {
 
 /// A page; with `refresh`, the browser reloads it after that many seconds (a meta tag:
 /// no script needed).
-fn page(title: &str, refresh: Option<u32>, body: Markup) -> String {
+pub(super) fn page(title: &str, refresh: Option<u32>, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -40,7 +40,7 @@ fn page(title: &str, refresh: Option<u32>, body: Markup) -> String {
 }
 
 /// What an action did, or why it did nothing.
-fn outcome(note: Option<&Outcome>) -> Markup {
+pub(super) fn outcome(note: Option<&Outcome>) -> Markup {
     match note {
         Some(Ok(text)) => message(Some(text), "note"),
         Some(Err(text)) => message(Some(text), "error"),
@@ -174,7 +174,7 @@ pub(super) fn replaced() -> String {
 }
 
 /// `bytes` in the largest unit that keeps a number of 1 or more.
-fn size(bytes: u64) -> String {
+pub(super) fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -182,7 +182,10 @@ fn size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    format!("{value:.1} {}", UNITS[unit])
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
 }
 
 fn pull_result(last: Option<&node::vault::PullOutcome>) -> Markup {
@@ -291,7 +294,7 @@ fn segment(name: &str) -> String {
 }
 
 /// The navigation every signed-in page carries.
-fn nav() -> Markup {
+pub(super) fn nav() -> Markup {
     html! {
         nav {
             a href="/status" { "Status" } " · "
@@ -300,6 +303,7 @@ fn nav() -> Markup {
             a href="/backups" { "Backups" } " · "
             a href="/keyslots" { "Keyslots" } " · "
             a href="/audit" { "Audit log" } " · "
+            a href="/updates" { "Updates" } " · "
             a href="/account" { "Account" }
         }
     }

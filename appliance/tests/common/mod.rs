@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub(crate) mod installer;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,15 @@ pub(crate) struct Answer {
 /// A console for a box whose state lives in `dir`: passphrase first token, setup code
 /// [`CODE`], ten-minute idle sessions, no LAN discovery.
 pub(crate) fn console(dir: &std::path::Path) -> Arc<Console> {
+    // No installer here unless a test makes one (`installer::TestBox`).
+    console_with_installer(dir, &dir.join("no-pk-update.sock"))
+}
+
+/// [`console`], with the update installer at `update_socket`.
+pub(crate) fn console_with_installer(
+    dir: &std::path::Path,
+    update_socket: &std::path::Path,
+) -> Arc<Console> {
     Console::new(ConsoleConfig {
         node: node::NodePath::new(dir.join("node")),
         dir: dir.join("console"),
@@ -44,6 +55,7 @@ pub(crate) fn console(dir: &std::path::Path) -> Arc<Console> {
         setup_code: Some(zeroize::Zeroizing::new(CODE.into())),
         tokens: hardware(),
         lan: false,
+        update_socket: update_socket.to_owned(),
     })
 }
 

@@ -54,6 +54,17 @@ pub enum ConsoleEvent {
     PasswordResetFailed,
     /// The admin account on disk is not the one bound to the node: refused.
     AccountReplaced,
+    /// An update bundle was installed into the slot that is not running.
+    UpdateInstalled,
+    /// The installer refused an update bundle before writing anything.
+    UpdateRefused,
+    /// An install failed after writing started (the other slot was emptied), or the
+    /// installer could not be reached.
+    UpdateFailed,
+    /// A downgrade's recovery code did not open the node.
+    UpdateApprovalFailed,
+    /// The admin asked the installer to reboot the box.
+    RebootRequested,
 }
 
 impl ConsoleEvent {
@@ -70,6 +81,11 @@ impl ConsoleEvent {
             ConsoleEvent::PasswordReset => "console.password_reset",
             ConsoleEvent::PasswordResetFailed => "console.password_reset_failed",
             ConsoleEvent::AccountReplaced => "console.account_replaced",
+            ConsoleEvent::UpdateInstalled => "console.update_installed",
+            ConsoleEvent::UpdateRefused => "console.update_refused",
+            ConsoleEvent::UpdateFailed => "console.update_failed",
+            ConsoleEvent::UpdateApprovalFailed => "console.update_approval_failed",
+            ConsoleEvent::RebootRequested => "console.reboot",
         }
     }
 }
