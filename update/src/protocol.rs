@@ -155,6 +155,13 @@ impl ErrorKind {
             InstallError::SameRoot(_) => ErrorKind::SameRoot,
             InstallError::TooBig { .. } | InstallError::EspFull { .. } => ErrorKind::TooBig,
             InstallError::Busy => ErrorKind::Busy,
+            // The bundle itself was bad (truncated, or a part's hash differs): the sender's
+            // fault, like a refusal, once the slot was emptied again.
+            InstallError::Failed {
+                source,
+                cleanup: None,
+                ..
+            } if matches!(**source, InstallError::Bundle(_)) => ErrorKind::Bundle,
             InstallError::Failed { .. } => ErrorKind::Failed,
             _ => ErrorKind::System,
         }

@@ -355,7 +355,12 @@ fn new_protector(c: &Console, form: &Enrolment) -> Result<Box<dyn Protector>, St
     let slot = match form.kind.as_str() {
         "tpm" => NewSlot::Tpm {
             pin: None,
-            signed_pcrs: None,
+            // A box whose image signs its PCR 11 values binds every TPM keyslot to them, as
+            // its first one: such a slot keeps opening after a signed update, and only then.
+            signed_pcrs: match &c.config.first_token {
+                super::FirstToken::Tpm { signed_pcrs, .. } => signed_pcrs.clone(),
+                super::FirstToken::Passphrase => None,
+            },
             pcrs: match form.pcrs.trim() {
                 "" => None,
                 list => Some(

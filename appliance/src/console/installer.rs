@@ -374,6 +374,12 @@ impl Updates {
             "an update did not come up healthy: {}",
             failed.message
         );
+        // Also on the unit's stderr: the journal and the serial console (and the screen,
+        // pk-appliance-screen.service) show it like the console's address.
+        eprintln!(
+            "pk-appliance: an update did not come up healthy: {}",
+            failed.message
+        );
     }
 }
 

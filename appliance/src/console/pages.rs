@@ -629,7 +629,7 @@ pub(super) fn keyslots(
                 }
                 label for="secret" { "The token's PIN, or the new passphrase" }
                 input id="secret" name="secret" type="password" autocomplete="off";
-                label for="pcrs" { "TPM: bind to these PCRs (e.g. 7 or 0,4,7,11; empty for none)" }
+                label for="pcrs" { "TPM: bind to these PCRs (e.g. 7 or 0,7,12; empty for none). On an image that signs its kernels' PCR 11 values, the slot is also bound to those signatures." }
                 input id="pcrs" name="pcrs";
                 @if pkcs11_configured {
                     label for="token_label" { "PKCS#11: token label" }

@@ -103,7 +103,9 @@ fn refusals_reach_the_client_with_a_kind_to_act_on() {
     let Err(ClientError::Refused { kind, message }) = result else {
         panic!("not refused: {result:?}");
     };
-    assert_eq!(kind, ErrorKind::Failed);
+    // A bad bundle found while writing is the bundle's fault (kind bundle), and the
+    // message says what was left.
+    assert_eq!(kind, ErrorKind::Bundle);
     assert!(
         message.contains("truncated") && message.contains("left empty"),
         "{message}"
