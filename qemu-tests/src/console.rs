@@ -174,7 +174,11 @@ impl Console {
             if Instant::now() > deadline {
                 // Why: what the TPM says when asked once more.
                 let tpm = self
-                    .call("POST", "/api/unlock", Some(serde_json::json!({ "method": "tpm" })))
+                    .call(
+                        "POST",
+                        "/api/unlock",
+                        Some(serde_json::json!({ "method": "tpm" })),
+                    )
                     .map_or_else(|e| e.to_string(), |v| v.to_string());
                 return Err(format!(
                     "not unlocked after {} s: {status}; a TPM unlock now answers {tpm}",

@@ -22,7 +22,9 @@ pub(crate) fn partition(disk: &Path, name: &str) -> Result<(u64, u64), Failure> 
         .iter()
         .find(|p| p["name"] == name)
         .ok_or_else(|| format!("no partition named {name} on {}", disk.display()))?;
-    let start = part["start"].as_u64().ok_or("a partition without a start")?;
+    let start = part["start"]
+        .as_u64()
+        .ok_or("a partition without a start")?;
     let size = part["size"].as_u64().ok_or("a partition without a size")?;
     Ok((start * 512, size * 512))
 }
@@ -91,7 +93,10 @@ pub(crate) fn flip_byte(disk: &Path, name: &str, offset: u64) -> Result<(), Fail
     if offset >= len {
         return Err(format!("offset {offset} is past {name}").into());
     }
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(disk)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)?;
     let mut byte = [0u8; 1];
     file.seek(SeekFrom::Start(start + offset))?;
     file.read_exact(&mut byte)?;

@@ -221,7 +221,12 @@ fn run_group(args: &Args, group: &str) -> Vec<(String, Result<(), String>)> {
             cmd.arg(flag).arg(v);
         }
     }
-    cmd.arg("--pk").arg(&args.pk).arg("--work").arg(&args.work).arg("--keys").arg(&args.keys);
+    cmd.arg("--pk")
+        .arg(&args.pk)
+        .arg("--work")
+        .arg(&args.work)
+        .arg("--keys")
+        .arg(&args.keys);
     if args.resume {
         cmd.arg("--resume-at-d");
     }
@@ -349,10 +354,11 @@ fn scenario_b(console: &mut Console, first: &FirstBoot) -> Result<String, Failur
         .and_then(|s| s.iter().find(|s| s["kind"] == "tpm"))
         .ok_or_else(|| format!("no TPM keyslot: {slots}"))?;
     // Bound to PCR 11 values the project signed (so an update keeps unlocking it) and to
-    // the firmware and Secure Boot state at enrolment.
-    if tpm["pcrs"] != "sha256:0,7" || tpm["signed_pcrs"] != "sha256:11" {
+    // the firmware, the Secure Boot state and what came from outside the UKI (nothing) at
+    // enrolment.
+    if tpm["pcrs"] != "sha256:0,7,12" || tpm["signed_pcrs"] != "sha256:11" {
         return Err(format!(
-            "the TPM keyslot is not bound to PCRs 0,7 and signed PCR 11 values: {tpm}"
+            "the TPM keyslot is not bound to PCRs 0,7,12 and signed PCR 11 values: {tpm}"
         )
         .into());
     }
@@ -675,6 +681,11 @@ fn arm64(args: &Args, work: &Path) -> Result<(), Failure> {
         let page = console.page("/setup")?;
         if !page.contains("Set up this appliance") {
             return Err(format!("the arm64 console's setup page: {}", tail(&page, 5)).into());
+        }
+        // systemd-boot enrolled the image's keys at the first start (AAVMF starts in
+        // setup mode), so the kernel ran with Secure Boot on.
+        if !vm.serial_text().contains("secureboot: Secure boot enabled") {
+            return Err("the arm64 image did not boot with Secure Boot on".into());
         }
         Ok(())
     })();

@@ -245,7 +245,11 @@ impl Vm {
                 .into());
             }
             // From power-on for the whole log; from the call for a later boot's lines.
-            let elapsed = if mark == 0 { self.started.elapsed() } else { waiting.elapsed() };
+            let elapsed = if mark == 0 {
+                self.started.elapsed()
+            } else {
+                waiting.elapsed()
+            };
             if elapsed > timeout {
                 return Err(format!(
                     "no {needle:?} on the serial console within {} s; last lines:\n{}",
