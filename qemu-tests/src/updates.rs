@@ -257,6 +257,11 @@ pub(crate) fn scenario_h(
     if version != "0.2.0" || slot != "b" {
         return Err(format!("after the update the box runs {version} from slot {slot}").into());
     }
+    // The status page shows the image's version too.
+    let shown = console.ok("GET", "/api/status", None)?["image_version"].clone();
+    if shown != "0.2.0" {
+        return Err(format!("after the update /api/status shows image version {shown}").into());
+    }
     if !boots_since(vm, mark)
         .iter()
         .all(|c| c.contains(&bundles.good.roothash))

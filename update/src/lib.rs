@@ -34,6 +34,8 @@ pub mod install;
 pub mod keys;
 pub mod protocol;
 pub mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Where the image keeps the public half of the image-signing key.
 pub const UPDATE_KEY_PATH: &str = "/usr/share/pk-appliance/update-key.pub";

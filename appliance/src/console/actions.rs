@@ -577,6 +577,9 @@ pub(crate) struct StatusView {
     pub uptime_s: u64,
     /// pk version.
     pub version: String,
+    /// The appliance image's version (`IMAGE_VERSION` in /usr/lib/os-release): the one an
+    /// update changes. `None` off the image.
+    pub image_version: Option<String>,
     /// The console certificate's SHA-256 fingerprint.
     pub fingerprint: String,
     /// The keyslots.
@@ -593,6 +596,15 @@ pub(crate) struct StatusView {
     pub backups: Vec<Backup>,
     /// A YubiKey is waiting for a touch right now.
     pub touch_needed: bool,
+}
+
+/// `IMAGE_VERSION` of the running system's os-release, if it has one.
+fn image_version() -> Option<String> {
+    let text = std::fs::read_to_string("/usr/lib/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("IMAGE_VERSION="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
 }
 
 pub(super) async fn status(c: &Console) -> StatusView {
@@ -628,6 +640,7 @@ pub(super) async fn status(c: &Console) -> StatusView {
         peer_addr,
         uptime_s: c.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").into(),
+        image_version: image_version(),
         fingerprint: c.config.fingerprint.clone(),
         keyslots: keyslots(c),
         disk_free_bytes,

@@ -223,7 +223,10 @@ pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&Outcome>) -> S
                 tr { th { "Peers" } td id="peers" { (view.peers_known) " known, " (view.peers_connected) " connected" } }
                 tr { th { "Disk" } td id="disk" { (size(view.disk_free_bytes)) " free of " (size(view.disk_total_bytes)) } }
                 tr { th { "Uptime" } td { (view.uptime_s) " s" } }
-                tr { th { "Version" } td { (view.version) } }
+                @if let Some(image) = &view.image_version {
+                    tr { th { "Image version" } td { (image) " (" a href="/updates" { "updates" } ")" } }
+                }
+                tr { th { "pk-appliance version" } td { (view.version) } }
                 tr { th { "Certificate" } td { code { (view.fingerprint) } } }
             }
             h2 { "Keyslots" }

@@ -7,129 +7,17 @@
 //! Ed25519 key made by `openssl genpkey`. Its reboot only counts.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pk_update::bundle::{self, Arch, BundleSpec, Digest};
-use pk_update::install::{Layout, PartUuid};
+use pk_update::bundle::{self, Arch};
+use pk_update::install::Layout;
 use pk_update::serve::{Server, serve};
+use pk_update::testing::{EMPTY_A, EMPTY_B, Parts, make_disk, sbin};
 use sha2::Digest as _;
-
-const SECTOR: u64 = 512;
-/// Each partition: (name, first sector, sectors).
-const PARTITIONS: [(&str, u64, u64); 4] = [
-    ("esp", 2048, 2048),
-    ("root-a", 4096, 8192),
-    ("root-b", 12288, 8192),
-    ("pk-data", 20480, 4096),
-];
-const DISK_BYTES: u64 = (24576 + 2048) * SECTOR;
-const EMPTY_A: &str = "00000000-0000-4000-8000-00000000000a";
-const EMPTY_B: &str = "00000000-0000-4000-8000-00000000000b";
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// The program, wherever this system keeps it.
-fn sbin(name: &str) -> PathBuf {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
-/// A PE32+ image with an `.osrel` section naming `version`: a UKI, as far as the
-/// installer and its status look.
-fn uki(version: &str, filler: &[u8]) -> Vec<u8> {
-    use object::pe;
-    use object::write::pe::{NtHeaders, Writer};
-    let osrel = format!("ID=debian\nIMAGE_ID=pk-appliance\nIMAGE_VERSION={version}\n");
-    let mut out = Vec::new();
-    let mut w = Writer::new(true, 0x1000, 0x200, &mut out);
-    w.reserve_dos_header_and_stub();
-    w.reserve_nt_headers(16);
-    w.reserve_section_headers(2);
-    let flags = pe::IMAGE_SCN_CNT_INITIALIZED_DATA | pe::IMAGE_SCN_MEM_READ;
-    let len = |b: &[u8]| u32::try_from(b.len()).unwrap();
-    let osrel_len = len(osrel.as_bytes());
-    let osrel_range = w.reserve_section(*b".osrel\0\0", flags, osrel_len, osrel_len);
-    let data_range = w.reserve_section(*b".data\0\0\0", flags, len(filler), len(filler));
-    w.write_dos_header_and_stub().unwrap();
-    w.write_nt_headers(NtHeaders {
-        machine: pe::IMAGE_FILE_MACHINE_AMD64,
-        time_date_stamp: 0,
-        characteristics: pe::IMAGE_FILE_EXECUTABLE_IMAGE | pe::IMAGE_FILE_LARGE_ADDRESS_AWARE,
-        major_linker_version: 0,
-        minor_linker_version: 0,
-        address_of_entry_point: 0,
-        image_base: 0x1_0000_0000,
-        major_operating_system_version: 0,
-        minor_operating_system_version: 0,
-        major_image_version: 0,
-        minor_image_version: 0,
-        major_subsystem_version: 0,
-        minor_subsystem_version: 0,
-        subsystem: pe::IMAGE_SUBSYSTEM_EFI_APPLICATION,
-        dll_characteristics: Default::default(),
-        size_of_stack_reserve: 0,
-        size_of_stack_commit: 0,
-        size_of_heap_reserve: 0,
-        size_of_heap_commit: 0,
-    });
-    w.write_section_headers();
-    w.write_section(osrel_range.file_offset, osrel.as_bytes());
-    w.write_section(data_range.file_offset, filler);
-    out
-}
-
-/// A slot's parts: a root of `blocks` 4 KiB blocks, a hash tree after it, a UKI.
-struct Parts {
-    root: Vec<u8>,
-    verity: Vec<u8>,
-    uki: Vec<u8>,
-    spec: BundleSpec,
-}
-
-impl Parts {
-    fn random(seed: u64, version: &str, blocks: u64) -> Parts {
-        let mut rng = Rng(seed);
-        let root = rng.bytes(usize::try_from(blocks * 4096).unwrap());
-        let verity = rng.bytes(12_345);
-        let uki = uki(version, &rng.bytes(70_001));
-        Parts {
-            root,
-            verity,
-            uki,
-            spec: BundleSpec {
-                version: version.parse().unwrap(),
-                arch: Arch::Amd64,
-                roothash: Digest(rng.bytes(32).try_into().unwrap()),
-                data_blocks: blocks,
-                hash_offset: blocks * 4096,
-                allow_downgrade: false,
-            },
-        }
-    }
-}
 
 /// An Ed25519 key pair made by OpenSSL: the private key (PKCS#8 PEM) and the public one.
 fn openssl_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -315,46 +203,4 @@ fn listen(socket: &Path, layout: &Layout, public: &Path, reboots: Arc<AtomicUsiz
             });
         }
     });
-}
-
-/// The disk image: GPT with the four partitions, slot A holding `running` (its PARTUUID
-/// from its root hash), slot B empty, random bytes in every partition.
-fn make_disk(path: &Path, running: &Parts) {
-    use std::os::unix::fs::FileExt as _;
-    std::fs::File::create(path)
-        .unwrap()
-        .set_len(DISK_BYTES)
-        .unwrap();
-    let running_uuid = PartUuid::of_roothash(&running.spec.roothash);
-    let root = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-    let script = format!(
-        "label: gpt\nunit: sectors\nsector-size: 512\n\
-         start=2048, size=2048, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n\
-         start=4096, size=8192, type={root}, name=root-a, uuid={running_uuid}\n\
-         start=12288, size=8192, type={root}, name=root-b, uuid={EMPTY_B}\n\
-         start=20480, size=4096, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=pk-data\n"
-    );
-    let mut child = Command::new(sbin("sfdisk"))
-        .arg("--quiet")
-        .arg(path)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("sfdisk runs (package fdisk)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk made the disk");
-    let disk = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    let mut rng = Rng(99);
-    for (_, start, len) in PARTITIONS {
-        disk.write_all_at(&rng.bytes((len * SECTOR) as usize), start * SECTOR)
-            .unwrap();
-    }
-    let a = PARTITIONS[1].1 * SECTOR;
-    disk.write_all_at(&running.root, a).unwrap();
-    disk.write_all_at(&running.verity, a + running.spec.hash_offset)
-        .unwrap();
 }
