@@ -12,6 +12,7 @@
 //! 64 a usage error, 78 a configuration that cannot be read (only read without
 //! `--socket`, for its `update_socket`).
 
+use crate::console::size;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -298,21 +299,6 @@ fn line(p: Progress) -> String {
         size(p.done),
         size(p.total)
     )
-}
-
-/// `bytes` in the largest unit that keeps a number of 1 or more.
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{bytes} B"),
-        _ => format!("{value:.1} {}", UNITS[unit]),
-    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ mod actions;
 pub mod api;
 pub(crate) mod installer;
 mod pages;
+/// A byte count for people (`1.5 MiB`), for the console's pages and `pk-appliance update`.
+pub(crate) use pages::size;
 mod throttle;
 pub(crate) mod tls;
 mod updates;

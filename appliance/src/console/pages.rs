@@ -174,7 +174,7 @@ pub(super) fn replaced() -> String {
 }
 
 /// `bytes` in the largest unit that keeps a number of 1 or more.
-pub(super) fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
