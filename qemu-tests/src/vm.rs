@@ -79,48 +79,52 @@ impl Machine {
         })
     }
 
+    /// The amd64 machine's QEMU command and its TPM: swtpm started on the machine's state.
+    fn amd64(&self) -> Result<(Command, Child), Failure> {
+        let socket = self.dir.join("swtpm.sock");
+        let _ = std::fs::remove_file(&socket);
+        let swtpm = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", self.tpm_state.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--log")
+            .arg(format!("file={}", self.dir.join("swtpm.log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("swtpm: {e} (package swtpm)"))?;
+        wait_until("swtpm's socket", Duration::from_secs(10), || {
+            socket.exists()
+        })?;
+        let mut cmd = Command::new("qemu-system-x86_64");
+        // OVMF's Secure Boot build: only SMM code writes its variable store. The store
+        // starts empty (setup mode): systemd-boot enrols the image's keys on the first
+        // start, and from then on only UKIs signed with them boot.
+        cmd.args(["-machine", "q35,smm=on", "-cpu", "max"])
+            .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+            .arg("-drive")
+            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()))
+            .arg("-chardev")
+            .arg(format!("socket,id=chrtpm,path={}", socket.display()))
+            .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+            .args(["-device", "tpm-tis,tpmdev=tpm0"]);
+        Ok((cmd, swtpm))
+    }
+
     /// Powers the machine on; returns once QEMU runs (not once the guest is up).
     pub(crate) fn boot(&mut self) -> Result<Vm, Failure> {
         self.boots += 1;
         let serial = self.dir.join(format!("serial-{}.log", self.boots));
         let monitor = self.dir.join("monitor.sock");
         let _ = std::fs::remove_file(&monitor);
-        let mut swtpm = None;
-        let mut cmd = match self.arch {
+        let (mut cmd, swtpm) = match self.arch {
             Arch::Amd64 => {
-                let socket = self.dir.join("swtpm.sock");
-                let _ = std::fs::remove_file(&socket);
-                let child = Command::new("swtpm")
-                    .args(["socket", "--tpm2", "--tpmstate"])
-                    .arg(format!("dir={}", self.tpm_state.display()))
-                    .arg("--ctrl")
-                    .arg(format!("type=unixio,path={}", socket.display()))
-                    .arg("--log")
-                    .arg(format!("file={}", self.dir.join("swtpm.log").display()))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| format!("swtpm: {e} (package swtpm)"))?;
-                swtpm = Some(child);
-                wait_until("swtpm's socket", Duration::from_secs(10), || {
-                    socket.exists()
-                })?;
-                let mut cmd = Command::new("qemu-system-x86_64");
-                // OVMF's Secure Boot build: only SMM code writes its variable store. The
-                // store starts empty (setup mode): systemd-boot enrols the image's keys on
-                // the first start, and from then on only UKIs signed with them boot.
-                cmd.args(["-machine", "q35,smm=on", "-cpu", "max"])
-                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-                    .arg("-drive")
-                    .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
-                    .arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()))
-                    .arg("-chardev")
-                    .arg(format!("socket,id=chrtpm,path={}", socket.display()))
-                    .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
-                    .args(["-device", "tpm-tis,tpmdev=tpm0"]);
-                cmd
+                let (cmd, swtpm) = self.amd64()?;
+                (cmd, Some(swtpm))
             }
             Arch::Arm64 => {
                 let mut cmd = Command::new("qemu-system-aarch64");
@@ -129,7 +133,7 @@ impl Machine {
                     .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd")
                     .arg("-drive")
                     .arg(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()));
-                cmd
+                (cmd, None)
             }
         };
         cmd.args(["-accel", accelerator(self.arch)])
