@@ -104,7 +104,7 @@ tools=(mmdebstrap=mmdebstrap apt-cache=apt dpkg=dpkg mkfs.erofs=erofs-utils mkfs
        chroot=coreutils install=coreutils sha256sum=coreutils od=coreutils truncate=coreutils
        realpath=coreutils dd=coreutils comm=coreutils find=findutils gzip=gzip awk=mawk
        diff=diffutils "${cross}objcopy=$bin_pkg" "${cross}objdump=$bin_pkg" "${cross}strip=$bin_pkg"
-       veritysetup=cryptsetup-bin sbsign=sbsigntool openssl=openssl cert-to-efi-sig-list=efitools
+       veritysetup=cryptsetup-bin sbsign=sbsigntool faketime=faketime openssl=openssl cert-to-efi-sig-list=efitools
        sign-efi-sig-list=efitools)
 if [[ -n $qemu_binfmt && $(dpkg --print-architecture 2>/dev/null) != "$arch" ]]; then
     # mmdebstrap refuses a foreign architecture without arch-test (only a Recommends of it);

@@ -41,7 +41,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 pk_require make-bundle.sh cp=coreutils mkfs.erofs=erofs-utils veritysetup=cryptsetup-bin \
-    sbsign=sbsigntool objcopy=binutils objdump=binutils awk=mawk sed=sed || exit 1
+    sbsign=sbsigntool faketime=faketime objcopy=binutils objdump=binutils awk=mawk sed=sed || exit 1
 [[ $check_only == 1 ]] && { say "host tools: all present"; exit 0; }
 [[ -n $from && -n $version && -n $file ]] || die "--from, --version and --out are needed (try --help)"
 [[ -d $from/rootfs && -f $from/vmlinuz && -f $from/initrd.img ]] ||

@@ -75,8 +75,15 @@ slot_make() { # TREE BOOT OUT
     PCRPKEY=$keys/tpm2-pcr-public-key.pem PCRSIG=$out/pcrsig.json OBJCOPY=${cross}objcopy \
         OBJDUMP=${cross}objdump "$here/mkuki.sh" "$stub" "$boot/vmlinuz" "$boot/initrd.img" \
         "$tree/usr/lib/os-release" "$cmdline" "$out/uki.unsigned.efi"
-    sbsign --key "$keys/db.key" --cert "$keys/db.crt" --output "$out/uki.efi" "$out/uki.unsigned.efi" 2>/dev/null
-    sbsign --key "$keys/db.key" --cert "$keys/db.crt" --output "$out/systemd-boot.efi" "$sdboot" 2>/dev/null
+    # sbsign puts the time of signing into the signature: a frozen clock (faketime) at
+    # SOURCE_DATE_EPOCH keeps two builds' signatures the same bytes. Firmware does not
+    # check a signature's time.
+    local when
+    when=$(date -u -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')
+    faketime -f "$when" sbsign --key "$keys/db.key" --cert "$keys/db.crt" --output "$out/uki.efi" \
+        "$out/uki.unsigned.efi" 2>/dev/null
+    faketime -f "$when" sbsign --key "$keys/db.key" --cert "$keys/db.crt" --output "$out/systemd-boot.efi" \
+        "$sdboot" 2>/dev/null
     rm -f "$out/uki.unsigned.efi"
 }
 
