@@ -12,6 +12,19 @@ pk_require_rust() {
   return 1
 }
 
+# pk_require_disk WHAT GIB [DIR]: fails, saying how much is free and how much WHAT needs,
+# when the file system holding DIR (default: the working directory) has less than GIB GiB
+# free. A build that runs out of disk fails far from the cause (the linker dies of SIGBUS).
+pk_require_disk() {
+  local what=$1 need_gib=$2 dir=${3:-.} avail_kib
+  avail_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if [ "$avail_kib" -lt $((need_gib * 1024 * 1024)) ]; then
+    echo "error: $what needs about $need_gib GiB free on the file system holding $(cd "$dir" && pwd);" \
+      "it has $((avail_kib / 1024 / 1024)) GiB free (df -h $dir)" >&2
+    return 1
+  fi
+}
+
 # Building: tss-esapi links libtss2, and the yubikey crate libpcsclite, through pkg-config.
 PK_BUILD_PACKAGES=(pkg-config libtss2-dev libpcsclite-dev)
 # Running a node with a software TPM (the dev command, and the TPM tests).
