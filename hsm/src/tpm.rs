@@ -128,9 +128,7 @@ impl TpmProtector {
     }
 
     fn connect(&self) -> Result<Context, String> {
-        let conf = TctiNameConf::from_str(&self.tcti)
-            .map_err(|e| format!("invalid TCTI {:?}: {e}", self.tcti))?;
-        Context::new(conf).map_err(|e| format!("no TPM at {}: {e}", self.tcti))
+        connect(&self.tcti)
     }
 
     fn auth(&self) -> Result<Option<Auth>, TssError> {
@@ -139,6 +137,12 @@ impl TpmProtector {
             _ => Ok(None),
         }
     }
+}
+
+/// A connection to the TPM at `tcti`; the error says which TPM was not there, and why.
+fn connect(tcti: &str) -> Result<Context, String> {
+    let conf = TctiNameConf::from_str(tcti).map_err(|e| format!("invalid TCTI {tcti:?}: {e}"))?;
+    Context::new(conf).map_err(|e| format!("no TPM at {tcti}: {e}"))
 }
 
 fn tss_kind(e: &TssError) -> Option<Tss2ResponseCodeKind> {
