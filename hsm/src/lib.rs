@@ -49,7 +49,8 @@
 //! - From `hsm-core`, re-exported: [`DataKey`], [`Pin`], [`WrapError`], [`UnwrapError`],
 //!   [`Wrapped`], [`Kind`], [`Sealed`], [`Protector`], and the modules [`soft`] and
 //!   [`recovery`].
-//! - The drivers, each beside its records re-exported from `hsm-core`: [`tpm`] (libtss2),
+//! - The drivers, each beside its records re-exported from `hsm-core`: [`tpm`] (libtss2;
+//!   with [`tpm::NvCounter`], the NV counter that detects a rolled-back data partition),
 //!   [`pkcs11`] (PKCS#11 modules), [`yubikey`] (PC/SC).
 //! - [`Hardware`]: the three drivers behind `hsm-core`'s [`Drivers`] trait.
 //! - [`sim`] (`hsm-core`'s, re-exported): the software stand-ins that tests and the local

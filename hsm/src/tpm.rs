@@ -22,10 +22,14 @@
 //! connection and flushes every transient object and session it made, because a TPM
 //! without a resource manager (swtpm) holds only about three transient objects.
 //!
+//! Beside the protector, [`NvCounter`] is a TPM NV monotonic counter, with which the
+//! appliance detects a rolled-back data partition; it is no keyslot and keeps no secret.
+//!
 //! The stored record ([`TpmSealed`]) and the options it keeps ([`PcrPolicy`],
 //! [`SignedPcrPolicy`], [`PcrBank`], [`TpmOptions`], [`DEFAULT_TCTI`]) are `hsm-core`'s `tpm` module, re-exported here, so that keyslots can be
 //! read without linking libtss2.
 
+mod counter;
 mod signed;
 
 use std::path::Path;
@@ -52,6 +56,7 @@ use crate::{
     DataKey, Kind, Pin, PolicyFailure, Protector, Sealed, UnwrapError, WrapError, Wrapped,
 };
 
+pub use counter::{CounterError, NvCounter, OWNER_NV_INDEXES, PK_ROLLBACK_COUNTER_INDEX};
 pub use hsm_core::tpm::*;
 
 /// The TPM's name for the hash algorithm of `bank`.
