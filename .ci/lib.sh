@@ -37,8 +37,9 @@ PK_TPM_PACKAGES=(swtpm swtpm-tools)
 # the mDNS test runs in; systemd for `systemd-analyze security` on the appliance's unit;
 # curl to claim the development appliance through its console; Chromium and its
 # WebDriver for the console's browser tests.
-# g++ builds libFuzzer's C++ sources for the fuzz targets (fuzz/).
-PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl chromium chromium-driver wrk g++)
+# g++ builds libFuzzer's C++ sources for the fuzz targets (fuzz/). cryptsetup-bin,
+# e2fsprogs and util-linux's blkid for the encrypted data volume's tests.
+PK_TEST_PACKAGES=(tpm2-tools softhsm2 opensc git openssl pcscd vsmartcard-vpcd yubico-piv-tool ykcs11 iproute2 systemd curl chromium chromium-driver wrk g++ cryptsetup-bin e2fsprogs util-linux)
 
 # Building the appliance image and booting it in QEMU (image/host-packages.txt, one per
 # line, comments after #).

@@ -153,17 +153,7 @@ fn first_token(config: &Config, node: &NodePath, tcti: Option<&str>) -> Result<F
         return Ok(FirstToken::Passphrase);
     };
     let signed_pcrs = match &config.tpm_pcr_public_key {
-        Some(path) if path.exists() && !node.keyslots().exists() => {
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| format!("tpm_pcr_public_key {}: {e}", path.display()))?;
-            let pcrs = hsm::tpm::PcrPolicy {
-                bank: hsm::tpm::PcrBank::Sha256,
-                pcrs: hsm::tpm::DEFAULT_SIGNED_PCRS.to_vec(),
-            };
-            let policy = hsm::tpm::SignedPcrPolicy::from_pem(&pem, pcrs)
-                .map_err(|e| format!("tpm_pcr_public_key {}: {e}", path.display()))?;
-            Some(policy)
-        }
+        Some(path) if path.exists() && !node.keyslots().exists() => Some(signed_pcr_policy(path)?),
         _ => None,
     };
     Ok(FirstToken::Tpm {
@@ -171,6 +161,21 @@ fn first_token(config: &Config, node: &NodePath, tcti: Option<&str>) -> Result<F
         pcrs: config.tpm_pcrs.clone(),
         signed_pcrs,
     })
+}
+
+/// The signed PCR policy of the image's PCR-signing public key at `path`, over PCR 11
+/// (shared by the node's first TPM keyslot and the data volume's TPM slot).
+pub(crate) fn signed_pcr_policy(
+    path: &std::path::Path,
+) -> Result<hsm::tpm::SignedPcrPolicy, String> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("tpm_pcr_public_key {}: {e}", path.display()))?;
+    let pcrs = hsm::tpm::PcrPolicy {
+        bank: hsm::tpm::PcrBank::Sha256,
+        pcrs: hsm::tpm::DEFAULT_SIGNED_PCRS.to_vec(),
+    };
+    hsm::tpm::SignedPcrPolicy::from_pem(&pem, pcrs)
+        .map_err(|e| format!("tpm_pcr_public_key {}: {e}", path.display()))
 }
 
 /// This machine's tokens: the hardware drivers, the TPM and the PKCS#11 module.
@@ -186,7 +191,7 @@ fn token_config(config: &Config, tcti: Option<String>) -> node::tokens::TokenCon
 
 /// The TPM to use: the configured TCTI, or without one the kernel's TPM resource manager
 /// if there is one.
-fn tpm_tcti(config: &Config) -> Option<String> {
+pub(crate) fn tpm_tcti(config: &Config) -> Option<String> {
     config.tpm_tcti.clone().or_else(|| {
         std::path::Path::new("/dev/tpmrm0")
             .exists()

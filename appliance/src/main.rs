@@ -3,6 +3,8 @@
 //! boot is healthy (`appliance::health`), for the image's health check of a new slot.
 //! `pk-appliance update FILE|--status ...`: installs an update bundle, or shows both root
 //! slots (`appliance::update`).
+//! `pk-appliance data open|recover|enrol-recovery|status ...`: the encrypted data volume,
+//! run as root by the image's units (`appliance::data`).
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,9 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
     if args.next_if(|a| a == "update").is_some() {
         return appliance::update::main(args);
+    }
+    if args.next_if(|a| a == "data").is_some() {
+        return appliance::data::cli::main(args);
     }
     let mut path = PathBuf::from(DEFAULT_PATH);
     let health = args.next_if(|a| a == "health").is_some();
@@ -106,8 +111,9 @@ fn print_help() {
         "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})\n\
          pk-appliance health [--config PATH] [--timeout SECONDS]: exit 0 once this boot's daemon is healthy\n\
          \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)\n\
-         {}",
-        appliance::update::HELP
+         {}\n{}",
+        appliance::update::HELP,
+        appliance::data::cli::HELP
     );
 }
 

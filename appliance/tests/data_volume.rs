@@ -1,0 +1,339 @@
+//! The encrypted data volume (`appliance::data`, `pk-appliance data`) with the real
+//! `cryptsetup` on a file and a software TPM: a new volume opens through its TPM slot only
+//! while the PCRs hold, the recovery code opens it after they change and seals the TPM
+//! slot again, a slot from another volume does not open it, a device that holds a file
+//! system is never touched, and a box without a TPM keeps the passphrase in a clear slot
+//! only until the recovery code is enrolled.
+//!
+//! `cryptsetup open` needs the kernel's device mapper, which this test machine does not
+//! give: opening and mounting are exercised by the QEMU suite; here the passphrase a slot
+//! gives is checked against the LUKS keyslot (`cryptsetup open --test-passphrase`).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use appliance::data::{Cipher, Contents, DataError, Volume};
+use hsm::UnwrapError;
+use hsm::recovery::{RecoveryCode, RecoveryProtector};
+use hsm::tpm::{PcrBank, PcrPolicy, TpmOptions, TpmProtector};
+
+/// A scratch directory with a 40 MiB file to put a volume on (LUKS2's header takes 16).
+fn device(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    path
+}
+
+/// The TPM protector bound to PCR 16 (the debug PCR, which the test can change as a new
+/// firmware would change PCR 0).
+fn tpm(tpm: &hsm::sim::Swtpm) -> TpmProtector {
+    TpmProtector::new(tpm.tcti(), None).with_options(TpmOptions {
+        pcrs: Some(PcrPolicy {
+            bank: PcrBank::Sha256,
+            pcrs: vec![16],
+        }),
+        signed_pcrs: None,
+        pcr_signature: None,
+    })
+}
+
+fn extend_pcr16(tpm: &hsm::sim::Swtpm) {
+    let out = Command::new("tpm2_pcrextend")
+        .args([
+            "-T",
+            &tpm.tcti(),
+            "16:sha256=0101010101010101010101010101010101010101010101010101010101010101",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A configuration file for `pk-appliance data` with this TPM (or none) and PCR 16.
+fn config(dir: &Path, tcti: Option<&str>) -> PathBuf {
+    let path = dir.join("config.toml");
+    let mut text = format!("state_dir = {:?}\ntpm_pcrs = \"16\"\n", dir.join("state"));
+    if let Some(tcti) = tcti {
+        text.push_str(&format!("tpm_tcti = {tcti:?}\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `pk-appliance data ARGS` with `stdin`; its exit code, stdout and stderr.
+fn pk_data(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pk-appliance"))
+        .arg("data")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn require_tools() {
+    hsm::sim::require_program("cryptsetup", "cryptsetup-bin").unwrap();
+    hsm::sim::require_program("blkid", "util-linux").unwrap();
+    hsm::sim::require_program("tpm2_pcrextend", "tpm2-tools").unwrap();
+}
+
+#[test]
+fn a_new_volume_opens_through_its_tpm_slot_only_while_the_pcrs_hold() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+    let volume = Volume::new(device(dir.path(), "data.img"));
+    assert_eq!(volume.contents().unwrap(), Contents::Empty);
+
+    let made = volume
+        .format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
+        .unwrap();
+    assert_eq!(volume.contents().unwrap(), Contents::Luks);
+    let token = volume.token().unwrap();
+    assert_eq!(token.slots.len(), 1);
+    assert_eq!(token.slots[0].kind(), Some(hsm::Kind::Tpm));
+    assert!(!token.has_clear_slot());
+    let opened = volume.unlock(&tpm(&swtpm)).unwrap();
+    assert_eq!(opened.expose(), made.expose());
+    volume.check(&opened).unwrap();
+    // The passphrase is nowhere in the header.
+    let dump = Command::new("cryptsetup")
+        .arg("luksDump")
+        .arg(volume.device())
+        .output()
+        .unwrap();
+    let hex: String = made.expose().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!String::from_utf8_lossy(&dump.stdout).contains(&hex));
+
+    // A changed PCR (another firmware): the TPM refuses, and says it is the policy.
+    extend_pcr16(&swtpm);
+    match volume.unlock(&tpm(&swtpm)) {
+        Err(DataError::Unwrap {
+            source: UnwrapError::PolicyMismatch { .. },
+            ..
+        }) => {}
+        other => panic!("expected a policy mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_recovery_code_opens_it_after_a_pcr_change_and_seals_the_tpm_slot_again() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+    let device = device(dir.path(), "data.img");
+    let volume = Volume::new(&device);
+    volume
+        .format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
+        .unwrap();
+    let config = config(dir.path(), Some(&swtpm.tcti()));
+    let (device_arg, config_arg) = (device.to_str().unwrap(), config.to_str().unwrap());
+
+    // Enrolled as the console does at claim: the code on standard input.
+    let code = RecoveryCode::generate();
+    let words = code.to_words();
+    let (status, out, err) = pk_data(
+        &[
+            "enrol-recovery",
+            "--device",
+            device_arg,
+            "--config",
+            config_arg,
+        ],
+        &words,
+    );
+    assert_eq!(status, 0, "{out}{err}");
+    let (status, out, err) = pk_data(
+        &["status", "--device", device_arg, "--config", config_arg],
+        "",
+    );
+    assert_eq!(status, 0, "{err}");
+    assert!(
+        out.contains(r#""kind":"tpm""#) && out.contains(r#""kind":"recovery""#),
+        "{out}"
+    );
+    let first_word = words.split_whitespace().next().unwrap();
+    assert!(!out.contains(first_word) && !err.contains(first_word));
+
+    extend_pcr16(&swtpm);
+    assert!(volume.unlock(&tpm(&swtpm)).is_err());
+    let wrong = RecoveryProtector::new(RecoveryCode::generate());
+    assert!(matches!(
+        volume.unlock(&wrong),
+        Err(DataError::Unwrap {
+            source: UnwrapError::WrongRecoveryCode,
+            ..
+        })
+    ));
+    let passphrase = volume
+        .unlock(&RecoveryProtector::new(
+            RecoveryCode::parse(&words).unwrap(),
+        ))
+        .unwrap();
+
+    // Sealed again to the machine as it is now: the TPM opens it by itself again, and
+    // there is still one TPM slot beside the recovery code.
+    volume
+        .seal_again(&passphrase, &tpm(&swtpm), "TPM again")
+        .unwrap();
+    assert_eq!(
+        volume.unlock(&tpm(&swtpm)).unwrap().expose(),
+        passphrase.expose()
+    );
+    let kinds: Vec<_> = volume
+        .token()
+        .unwrap()
+        .slots
+        .iter()
+        .map(|s| s.kind())
+        .collect();
+    assert_eq!(kinds, [Some(hsm::Kind::Recovery), Some(hsm::Kind::Tpm)]);
+}
+
+#[test]
+fn a_slot_copied_from_another_volume_does_not_open_this_one() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+    let a = Volume::new(device(dir.path(), "a.img"));
+    let b = Volume::new(device(dir.path(), "b.img"));
+    a.format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
+        .unwrap();
+    b.format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
+        .unwrap();
+    let exported = Command::new("cryptsetup")
+        .args(["token", "export", "--token-id", "0"])
+        .arg(a.device())
+        .output()
+        .unwrap();
+    let mut import = Command::new("cryptsetup")
+        .args([
+            "token",
+            "import",
+            "--token-id",
+            "0",
+            "--token-replace",
+            "--json-file=-",
+        ])
+        .arg(b.device())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    import
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&exported.stdout)
+        .unwrap();
+    assert!(import.wait().unwrap().success());
+    assert!(b.unlock(&tpm(&swtpm)).is_err(), "A's slot opened B");
+}
+
+#[test]
+fn a_device_that_holds_a_file_system_is_left_alone() {
+    require_tools();
+    hsm::sim::require_program("mkfs.ext4", "e2fsprogs").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let device = device(dir.path(), "old.img");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&device)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = std::fs::read(&device).unwrap();
+    let volume = Volume::new(&device);
+    assert_eq!(volume.contents().unwrap(), Contents::Other("ext4".into()));
+    assert!(matches!(
+        volume.format(Cipher::AesXts, None),
+        Err(DataError::NotEmpty { .. })
+    ));
+    let config = config(dir.path(), None);
+    let (status, _, err) = pk_data(
+        &[
+            "open",
+            "--device",
+            device.to_str().unwrap(),
+            "--name",
+            "pk-test",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(status, 1);
+    assert!(
+        err.contains("holds ext4") && err.contains("left as it is"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&device).unwrap() == before,
+        "the device was written"
+    );
+}
+
+#[test]
+fn without_a_tpm_the_passphrase_is_clear_only_until_a_recovery_code_replaces_it() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let device = device(dir.path(), "data.img");
+    let volume = Volume::new(&device);
+    // AES-XTS: formatting with Adiantum asks the device mapper whether the kernel has it.
+    let made = volume.format(Cipher::AesXts, None).unwrap();
+    assert!(volume.token().unwrap().has_clear_slot());
+    assert_eq!(
+        volume.unlock_clear().unwrap().unwrap().expose(),
+        made.expose()
+    );
+
+    let words = RecoveryCode::generate().to_words();
+    // No tpm_tcti, and a path that is no TPM: the clear slot opens it.
+    let config = config(dir.path(), None);
+    let (status, out, err) = pk_data(
+        &[
+            "enrol-recovery",
+            "--device",
+            device.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &words,
+    );
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(out.contains("clear slot is gone"), "{out}");
+    assert!(!volume.token().unwrap().has_clear_slot());
+    assert!(volume.unlock_clear().unwrap().is_none());
+    let opened = volume
+        .unlock(&RecoveryProtector::new(
+            RecoveryCode::parse(&words).unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(opened.expose(), made.expose());
+}
