@@ -301,6 +301,31 @@ fn console_urls(bound: std::net::SocketAddr) -> Vec<String> {
         .collect()
 }
 
+/// The journal under systemd (structured fields), stderr otherwise; in both, what the
+/// configuration's `log` filter lets through, the node library's events (`pk::agent`,
+/// `pk::peer`, `pk::sync`, `pk::notify`) included. The default, INFO, keeps out the
+/// libraries' DEBUG and TRACE events (one per HTTP/2 frame) that would flood the journal.
+pub fn init_logging(filter: &str) -> Result<(), node::logging::BadFilter> {
+    use tracing_subscriber::prelude::*;
+    let filter = node::logging::filter(filter)?;
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(journald.with_filter(filter))
+            .init();
+        return Ok(());
+    }
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // test code: a panic is a test failure
 mod tests {

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     if health {
         return health_check(&config, timeout_s);
     }
-    if let Err(e) = init_logging(&config.log) {
+    if let Err(e) = appliance::daemon::init_logging(&config.log) {
         eprintln!("pk-appliance: {}: log: {e}", path.display());
         return ExitCode::from(EX_CONFIG);
     }
@@ -115,31 +115,6 @@ fn print_help() {
         appliance::update::HELP,
         appliance::data::cli::HELP
     );
-}
-
-/// The journal under systemd (structured fields), stderr otherwise; in both, what the
-/// configuration's `log` filter lets through, the node library's events (`pk::agent`,
-/// `pk::peer`, `pk::sync`, `pk::notify`) included. The default, INFO, keeps out the
-/// libraries' DEBUG and TRACE events (one per HTTP/2 frame) that would flood the journal.
-fn init_logging(filter: &str) -> Result<(), node::logging::BadFilter> {
-    use tracing_subscriber::prelude::*;
-    let filter = node::logging::filter(filter)?;
-    if std::env::var_os("JOURNAL_STREAM").is_some()
-        && let Ok(journald) = tracing_journald::layer()
-    {
-        tracing_subscriber::registry()
-            .with(journald.with_filter(filter))
-            .init();
-        return Ok(());
-    }
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-    Ok(())
 }
 
 async fn run(config: Config) -> Result<(), String> {

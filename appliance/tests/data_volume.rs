@@ -337,3 +337,143 @@ fn without_a_tpm_the_passphrase_is_clear_only_until_a_recovery_code_replaces_it(
         .unwrap();
     assert_eq!(opened.expose(), made.expose());
 }
+
+/// A request to the gate from 192.0.2.1 (a documentation address: nothing is sent).
+fn gate_request(
+    method: &str,
+    path: &str,
+    json: Option<serde_json::Value>,
+) -> axum::http::Request<axum::body::Body> {
+    let mut builder = axum::http::Request::builder().method(method).uri(path);
+    let body = match json {
+        Some(value) => {
+            builder = builder.header("content-type", "application/json");
+            axum::body::Body::from(value.to_string())
+        }
+        None => axum::body::Body::empty(),
+    };
+    let mut request = builder.body(body).unwrap();
+    request
+        .extensions_mut()
+        .insert(appliance::console::ClientAddr(std::net::SocketAddr::from(
+            ([192, 0, 2, 1], 50000),
+        )));
+    request
+}
+
+async fn gate_call(
+    app: &axum::Router,
+    request: axum::http::Request<axum::body::Body>,
+) -> (axum::http::StatusCode, axum::http::HeaderMap, String) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_locked_data_console_takes_only_the_right_recovery_code_and_throttles_guesses() {
+    use appliance::console::gate::{Gate, router};
+    use axum::http::StatusCode;
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+    let volume = Volume::new(device(dir.path(), "data.img"));
+    let passphrase = volume
+        .format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
+        .unwrap();
+    let code = RecoveryCode::generate();
+    let words = code.to_words();
+    volume
+        .enroll(&passphrase, &RecoveryProtector::new(code), "recovery code")
+        .unwrap();
+    let reason = "the TPM refused: PCR 0 changed".to_owned();
+    let app = router(Gate::new(volume, "pk-test", reason.clone(), None));
+
+    // The page says why, asks for the code, and carries the console's headers.
+    let (status, headers, body) = gate_call(&app, gate_request("GET", "/", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains(&reason) && body.contains(r#"name="recovery_code""#),
+        "{body}"
+    );
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let (_, _, state) = gate_call(&app, gate_request("GET", "/api/data", None)).await;
+    assert!(state.contains("data_locked"), "{state}");
+
+    // A wrong code, then something that is no code at all.
+    let wrong = RecoveryCode::generate().to_words();
+    let (status, _, body) = gate_call(
+        &app,
+        gate_request(
+            "POST",
+            "/api/data/unlock",
+            Some(serde_json::json!({ "recovery_code": wrong.as_str() })),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("does not open this data partition"), "{body}");
+    let (status, _, _) = gate_call(
+        &app,
+        gate_request(
+            "POST",
+            "/api/data/unlock",
+            Some(serde_json::json!({ "recovery_code": "open sesame" })),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // The right code gets past the check to cryptsetup's open, which needs the device
+    // mapper this machine lacks (the QEMU suite opens it for real).
+    let (status, _, body) = gate_call(
+        &app,
+        gate_request(
+            "POST",
+            "/api/data/unlock",
+            Some(serde_json::json!({ "recovery_code": words.as_str(), "reseal": true })),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        body.contains("did not open") && body.contains("cryptsetup open"),
+        "{body}"
+    );
+    assert!(!body.contains(words.split_whitespace().next().unwrap()));
+
+    // Five checks a minute from one address: the sixth is refused before it runs.
+    for _ in 0..3 {
+        gate_call(
+            &app,
+            gate_request(
+                "POST",
+                "/api/data/unlock",
+                Some(serde_json::json!({ "recovery_code": wrong.as_str() })),
+            ),
+        )
+        .await;
+    }
+    let (status, _, body) = gate_call(
+        &app,
+        gate_request(
+            "POST",
+            "/api/data/unlock",
+            Some(serde_json::json!({ "recovery_code": words.as_str() })),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+}

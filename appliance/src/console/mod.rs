@@ -21,6 +21,7 @@
 mod account;
 mod actions;
 pub mod api;
+pub mod gate;
 pub(crate) mod installer;
 mod pages;
 /// A byte count for people (`1.5 MiB`), for the console's pages and `pk-appliance update`.

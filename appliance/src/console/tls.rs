@@ -47,17 +47,23 @@ pub(crate) fn load_or_create(dir: &Path, names: Vec<String>) -> std::io::Result<
             key: zeroize::Zeroizing::new(key),
         });
     }
+    let identity = generate(names)?;
+    super::write_private(&key_path, &identity.key)?;
+    super::write_private(&cert_path, identity.cert.as_ref())?;
+    Ok(identity)
+}
+
+/// A new self-signed certificate and key for `names`, kept in memory only: the locked
+/// data console's, made at each start because the console's own is inside the volume.
+pub(crate) fn generate(names: Vec<String>) -> std::io::Result<Identity> {
     let key_pair = rcgen::KeyPair::generate().map_err(std::io::Error::other)?;
     let params = rcgen::CertificateParams::new(names).map_err(std::io::Error::other)?;
     let cert = params
         .self_signed(&key_pair)
         .map_err(std::io::Error::other)?;
-    let key = zeroize::Zeroizing::new(key_pair.serialize_der());
-    super::write_private(&key_path, &key)?;
-    super::write_private(&cert_path, cert.der())?;
     Ok(Identity {
         cert: cert.der().clone(),
-        key,
+        key: zeroize::Zeroizing::new(key_pair.serialize_der()),
     })
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! pk-appliance data open --device DEV --name NAME [--config PATH]
 //! pk-appliance data recover --device DEV --name NAME [--reseal] [--config PATH]
+//! pk-appliance data gate --device DEV --name NAME [--config PATH]
 //! pk-appliance data enrol-recovery --device DEV [--config PATH]
 //! pk-appliance data status --device DEV
 //! ```
@@ -37,6 +38,9 @@ pk-appliance data open --device DEV --name NAME [--config PATH]
 pk-appliance data recover --device DEV --name NAME [--reseal] [--config PATH]
   open it with the recovery code read from standard input; --reseal then seals its TPM
   slot again to the machine as it is now (after a firmware change you made)
+pk-appliance data gate --device DEV --name NAME [--config PATH]
+  open it as `open` does; if that fails, serve the locked data console on the console's
+  port (a certificate made for this start) until the recovery code opens it
 pk-appliance data enrol-recovery --device DEV [--config PATH]
   add the recovery code read from standard input as a slot (the volume opened through its
   TPM or clear slot)
@@ -105,9 +109,10 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
     let result = match (args.action.as_str(), args.name.as_deref()) {
         ("open", Some(name)) => open(&config, &volume, name),
         ("recover", Some(name)) => recover(&config, &volume, name, args.reseal),
+        ("gate", Some(name)) => gate(&config, volume.clone(), name),
         ("enrol-recovery", _) => enrol_recovery(&config, &volume),
         ("status", _) => status(&volume),
-        ("open" | "recover", None) => {
+        ("open" | "recover" | "gate", None) => {
             eprintln!("pk-appliance data: {} needs --name", args.action);
             return ExitCode::from(EX_USAGE);
         }
@@ -200,6 +205,25 @@ fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> 
     let passphrase = volume.unlock(&tpm).map_err(|e| e.to_string())?;
     volume.open(name, &passphrase).map_err(|e| e.to_string())?;
     Ok(format!("opened {name} through its TPM slot"))
+}
+
+/// `gate`: `open`, or else the locked data console until the recovery code opens it.
+fn gate(config: &Config, volume: Volume, name: &str) -> Result<String, String> {
+    let reason = match open(config, &volume, name) {
+        Ok(words) => return Ok(words),
+        Err(reason) => reason,
+    };
+    // The filter was checked when the configuration was read.
+    let _ = crate::daemon::init_logging(&config.log);
+    let reseal = tpm_protector(config)?.map(|t| Box::new(t) as Box<dyn Protector>);
+    let gate = crate::console::gate::Gate::new(volume, name, reason, reseal);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(crate::console::gate::serve(gate, config.console_listen))?;
+    Ok(format!("opened {name} with the recovery code"))
 }
 
 /// `recover`: opens with the recovery code; `--reseal` seals the TPM slot again.
