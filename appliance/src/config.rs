@@ -55,6 +55,10 @@ pub struct Config {
     /// `pk-appliance update` send update bundles. Missing (a laptop, a development box):
     /// the console says updates are not available here.
     pub update_socket: PathBuf,
+    /// Where setup hands the new recovery code to be added to the encrypted data volume as
+    /// a slot (the image's `pk-data-enrol.socket`, which runs `pk-appliance data
+    /// enrol-recovery` as root). None (a laptop, a development box): no data volume.
+    pub data_enrol_socket: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -72,6 +76,7 @@ impl Default for Config {
             session_idle_s: 15 * 60,
             log: node::logging::DEFAULT_FILTER.to_owned(),
             update_socket: PathBuf::from(pk_update::SOCKET_PATH),
+            data_enrol_socket: None,
         }
     }
 }

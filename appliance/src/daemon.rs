@@ -66,6 +66,7 @@ pub async fn run_until(
         fingerprint: fingerprint.clone(),
         setup_code,
         update_socket: config.update_socket.clone(),
+        data_enrol_socket: config.data_enrol_socket.clone(),
     });
     let agent = spawn_agent(&config, &node, tokens, &console);
 

@@ -587,6 +587,41 @@ impl Volume {
     }
 }
 
+/// What `pk-appliance data enrol-recovery` prints when it added the code.
+pub const ENROLLED: &str = "pk-appliance data: added the recovery code";
+/// How long the enrolment service may take (a real TPM unseals in seconds).
+const ENROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// The most of its answer kept.
+const MAX_ANSWER: u64 = 16 * 1024;
+
+/// Sends the recovery code `words` to the enrolment service on `socket` (the image's
+/// `pk-data-enrol.socket`: `pk-appliance data enrol-recovery` as root, standard input and
+/// output on the connection) and waits for its answer.
+pub fn enrol_over(socket: &Path, words: &str) -> Result<(), String> {
+    use std::io::Read as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(ENROL_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(ENROL_TIMEOUT)))
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let line = zeroize::Zeroizing::new(format!("{words}\n"));
+    stream
+        .write_all(line.as_bytes())
+        .and_then(|()| stream.shutdown(std::net::Shutdown::Write))
+        .map_err(|e| format!("sending to {}: {e}", socket.display()))?;
+    let mut answer = String::new();
+    (&stream)
+        .take(MAX_ANSWER)
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("reading from {}: {e}", socket.display()))?;
+    if answer.lines().any(|l| l.starts_with(ENROLLED)) {
+        Ok(())
+    } else {
+        Err(answer.trim().chars().take(MAX_MESSAGE).collect())
+    }
+}
+
 /// What a slot's wrapping is bound to: this purpose and the volume's UUID, so a slot
 /// copied from another volume's token does not open this one.
 fn aad(uuid: &str) -> Vec<u8> {

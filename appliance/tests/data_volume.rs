@@ -477,3 +477,71 @@ async fn the_locked_data_console_takes_only_the_right_recovery_code_and_throttle
     .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
 }
+
+/// Serves `connections` connections on `socket` as the image's `pk-data-enrol.socket`
+/// does (systemd's Accept=yes): each runs `pk-appliance data enrol-recovery` with the
+/// connection as its standard input, output and error.
+fn enrol_service(
+    socket: &Path,
+    device: &Path,
+    config: &Path,
+    connections: usize,
+) -> std::thread::JoinHandle<()> {
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let (device, config) = (device.to_owned(), config.to_owned());
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let (stream, _) = listener.accept().unwrap();
+            let status = Command::new(env!("CARGO_BIN_EXE_pk-appliance"))
+                .args(["data", "enrol-recovery", "--device"])
+                .arg(&device)
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(
+                    stream.try_clone().unwrap(),
+                )))
+                .stdout(Stdio::from(std::os::fd::OwnedFd::from(
+                    stream.try_clone().unwrap(),
+                )))
+                .stderr(Stdio::from(std::os::fd::OwnedFd::from(stream)))
+                .status()
+                .unwrap();
+            let _ = status;
+        }
+    })
+}
+
+#[test]
+fn setup_hands_the_recovery_code_to_the_enrolment_service_once() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+    let device = device(dir.path(), "data.img");
+    let volume = Volume::new(&device);
+    volume
+        .format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
+        .unwrap();
+    let config = config(dir.path(), Some(&swtpm.tcti()));
+    let socket = dir.path().join("enrol.sock");
+    let service = enrol_service(&socket, &device, &config, 2);
+
+    let words = RecoveryCode::generate().to_words();
+    appliance::data::enrol_over(&socket, &words).unwrap();
+    let opened = volume.unlock(&RecoveryProtector::new(
+        RecoveryCode::parse(&words).unwrap(),
+    ));
+    assert!(opened.is_ok(), "{opened:?}");
+
+    // A second code is refused: only setup adds one.
+    let other = RecoveryCode::generate().to_words();
+    let refused = appliance::data::enrol_over(&socket, &other).unwrap_err();
+    assert!(refused.contains("added once"), "{refused}");
+    assert!(
+        volume
+            .unlock(&RecoveryProtector::new(
+                RecoveryCode::parse(&other).unwrap()
+            ))
+            .is_err()
+    );
+    service.join().unwrap();
+}

@@ -120,6 +120,9 @@ pub struct ConsoleConfig {
     pub lan: bool,
     /// The update installer's socket (`update_socket`).
     pub update_socket: PathBuf,
+    /// Where setup hands the new recovery code to be added to the encrypted data volume
+    /// (`data_enrol_socket`); none: no encrypted data volume here.
+    pub data_enrol_socket: Option<PathBuf>,
 }
 
 struct Session {
@@ -670,9 +673,13 @@ async fn create_node(
     })
     .await;
     match made {
-        Ok(Ok(init)) => Ok(Zeroizing::new(
-            init.recovery_code.to_words().as_str().to_owned(),
-        )),
+        Ok(Ok(init)) => {
+            let words = Zeroizing::new(init.recovery_code.to_words().as_str().to_owned());
+            if let Some(socket) = &c.config.data_enrol_socket {
+                enrol_data_recovery(socket.clone(), words.clone()).await;
+            }
+            Ok(words)
+        }
         Ok(Err(e)) => {
             tracing::error!(event = "console.setup_failed", error = %e, "setup failed");
             Err((
@@ -684,6 +691,28 @@ async fn create_node(
             StatusCode::INTERNAL_SERVER_ERROR,
             "The node could not be created.".to_owned(),
         )),
+    }
+}
+
+/// Hands the new recovery code to the data volume's enrolment service, so the code opens
+/// the volume too when its TPM slot does not. A failure is logged, not fatal: the node is
+/// made and its code must still be shown once.
+async fn enrol_data_recovery(socket: PathBuf, words: Zeroizing<String>) {
+    let outcome =
+        tokio::task::spawn_blocking(move || crate::data::enrol_over(&socket, &words)).await;
+    match outcome {
+        Ok(Ok(())) => tracing::info!(
+            event = "data.recovery_enrolled",
+            "the recovery code also opens the data volume"
+        ),
+        Ok(Err(e)) => tracing::error!(
+            event = "data.enrol_failed",
+            "the recovery code could not be added to the data volume: {e}"
+        ),
+        Err(_) => tracing::error!(
+            event = "data.enrol_failed",
+            "the recovery code could not be added to the data volume"
+        ),
     }
 }
 

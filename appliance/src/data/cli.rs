@@ -256,7 +256,19 @@ fn enrol_recovery(config: &Config, volume: &Volume) -> Result<String, String> {
             volume.unlock(&tpm).map_err(|e| e.to_string())?
         }
     };
-    let had_clear = volume.token().map_err(|e| e.to_string())?.has_clear_slot();
+    let token = volume.token().map_err(|e| e.to_string())?;
+    // Once only: whoever can reach this command must not be able to add a code of their
+    // own later (the daemon that claims the box is its one caller).
+    if token
+        .slots
+        .iter()
+        .any(|s| s.kind() == Some(hsm::Kind::Recovery))
+    {
+        return Err(
+            "the data volume has a recovery code already: it is added once, at setup".to_owned(),
+        );
+    }
+    let had_clear = token.has_clear_slot();
     volume
         .enroll(&passphrase, &RecoveryProtector::new(code), "recovery code")
         .map_err(|e| e.to_string())?;

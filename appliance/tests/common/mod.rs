@@ -56,6 +56,7 @@ pub(crate) fn console_with_installer(
         tokens: hardware(),
         lan: false,
         update_socket: update_socket.to_owned(),
+        data_enrol_socket: None,
     })
 }
 
