@@ -17,7 +17,7 @@
 #   5. esp.img         FAT32 (mkfs.vfat, fixed volume id): systemd-boot as
 #                      \EFI\BOOT\BOOT<ARCH>.EFI, the UKI in \EFI\Linux\, loader.conf, the
 #                      Secure Boot keys to enrol in \loader\keys\auto\
-#      data.ext4       empty ext4 (fixed UUID and hash seed) for the persistent /var
+#      data.img        the data partition: empty (zeros); the box encrypts it at first boot
 #   6. pk-appliance-<arch>.img   mkdisk.sh: the GPT disk (slot A filled, slot B empty);
 #                      SHA256SUMS for everything above
 #   7. pk-appliance-<arch>-<version>.pkupdate   the same slot as a signed update bundle
@@ -245,16 +245,15 @@ mcopy -m -i "$out/esp.img" "$here/esp/loader/loader.conf" ::/loader/loader.conf
 for k in PK KEK db; do
     mcopy -m -i "$out/esp.img" "$keys/$k.auth" "$keys/$k.cer" ::/loader/keys/auto/
 done
-empty=$(mktemp -d)
-truncate -s $((PK_DATA_MIB * 1024 * 1024)) "$out/data.ext4"
-E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -L pk-data -U "$PK_DATA_FS_UUID" \
-    -E "root_owner=0:0,hash_seed=$PK_DATA_FS_UUID" -d "$empty" "$out/data.ext4"
-rmdir "$empty"
+# The data partition is empty (zeros): at its first boot the box makes its encrypted
+# volume there, with a key of its own (pk-data-open.service, docs/theory/data-at-rest.md).
+rm -f "$out/data.img"
+truncate -s $((PK_DATA_MIB * 1024 * 1024)) "$out/data.img"
 
 # --- 6. The disk.
 img=$out/pk-appliance-$arch$suffix.img
-"$here/mkdisk.sh" "$arch" "$out/esp.img" "$out/root.erofs" "$out/root.verity" "$root_uuid" "$out/data.ext4" "$img"
-( cd "$out" && sha256sum "${img##*/}" uki.efi systemd-boot.efi root.erofs root.verity esp.img data.ext4 \
+"$here/mkdisk.sh" "$arch" "$out/esp.img" "$out/root.erofs" "$out/root.verity" "$root_uuid" "$out/data.img" "$img"
+( cd "$out" && sha256sum "${img##*/}" uki.efi systemd-boot.efi root.erofs root.verity esp.img data.img \
     vmlinuz initrd.img pcrsig.json manifest.txt > SHA256SUMS )
 {
     echo "# pk-appliance binary: $(sha256sum "$PK_APPLIANCE_BIN" | cut -d' ' -f1)"

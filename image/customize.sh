@@ -85,6 +85,8 @@ install -D -m 0644 -o root -g root "$PK_UPDATE_UNITS/pk-update.sysusers" "$root/
 systemd-sysusers --root="$root" "$root/usr/lib/sysusers.d/pk-update.conf" >&2
 install -D -m 0644 -o root -g root "$PK_IMAGE_DIR/README.md" "$root/usr/share/doc/pk-appliance/image.md"
 install_tree "$PK_IMAGE_DIR/rootfs"
+# pk-data: the daemon's group for handing setup's recovery code to the data partition.
+systemd-sysusers --root="$root" "$root/usr/lib/sysusers.d/pk-data.conf" >&2
 # The initramfs-tools hook and scripts must be executable.
 chmod 0755 "$root/etc/initramfs-tools/hooks/pk-verity" "$root/etc/initramfs-tools/scripts/local-top/pk-verity" \
     "$root/etc/initramfs-tools/scripts/init-bottom/pk-boot"
@@ -114,14 +116,21 @@ fi
 # (read-only, lower) and /data/var (upper): all of /var is writable and persistent,
 # including /var/lib/private/pk-appliance (the unit's DynamicUser= state directory, which
 # /var/lib/pk-appliance points to) and /var/log/journal.
+# /data is the encrypted data partition, opened by pk-data-open.service
+# (docs/theory/data-at-rest.md). Both are nofail: when the partition stays locked, the
+# boot goes on without them and the locked data console (pk-data-gate.service) waits for
+# the recovery code.
 cat > "$root/etc/fstab" <<EOF
 # The root file system (erofs, read-only) is mounted by the initrd: root= on the kernel
 # command line. Written by image/customize.sh.
-PARTUUID=$PK_DATA_PARTUUID  /data  ext4  defaults,nosuid,nodev,noexec,x-systemd.growfs  0  2
-overlay  /var  overlay  lowerdir=/var,upperdir=/data/var,workdir=/data/.var-work,nosuid,nodev,x-systemd.requires=pk-data-setup.service  0  0
+/dev/mapper/pk-data  /data  ext4  defaults,nosuid,nodev,noexec,nofail,x-systemd.requires=pk-data-open.service,x-systemd.growfs  0  2
+overlay  /var  overlay  lowerdir=/var,upperdir=/data/var,workdir=/data/.var-work,nosuid,nodev,nofail,x-systemd.requires=pk-data-setup.service  0  0
 PARTUUID=$PK_ESP_PARTUUID  /efi  vfat  umask=0077,nosuid,nodev,noexec  0  0
 EOF
 chmod 0644 "$root/etc/fstab"
+printf '# The data partition, for the pk-data-*.service units. Written by image/customize.sh.\nPK_DATA_DEVICE=/dev/disk/by-partuuid/%s\n' \
+    "$PK_DATA_PARTUUID" > "$root/etc/pk-appliance/data.env"
+chmod 0644 "$root/etc/pk-appliance/data.env"
 install -d -m 0700 "$root/data" "$root/efi"
 # systemd-logind needs it on a read-only root (before /var is mounted over it, too).
 install -d -m 0755 "$root/var/lib/systemd/linger"
@@ -146,11 +155,12 @@ fi
     die "libtss2-tcti-device.so.0 (opened by libtss2-tctildr at run time) is missing: add libtss2-tcti-device0"
 chroot "$root" getent group tss >/dev/null || die "there is no tss group in the image (package tpm-udev)"
 chroot "$root" getent group pk-update >/dev/null || die "there is no pk-update group in the image (sysusers)"
+chroot "$root" getent group pk-data >/dev/null || die "there is no pk-data group in the image (sysusers)"
 
 # --- 4. Units.
 say "enabling and masking units"
 systemctl --root="$root" enable pk-appliance.service pk-appliance-screen.service systemd-networkd.service \
-    nftables.service pk-appliance-health.service pk-update.socket >&2
+    nftables.service pk-appliance-health.service pk-update.socket pk-data-enrol.socket >&2
 systemctl --root="$root" enable pcscd.socket >&2
 systemctl --root="$root" set-default multi-user.target >&2
 # No login on any console, no shell on Ctrl-Alt-Del or a key combination.

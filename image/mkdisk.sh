@@ -7,20 +7,21 @@
 #   p2      root-a   slot A: the erofs root, then its dm-verity hash tree (4 KiB aligned);
 #                    PARTUUID = the first 128 bits of the root hash
 #   p3      root-b   slot B: empty (zeros) until the first update; PARTUUID = the empty value
-#   p4      pk-data  ext4, /data: the persistent /var (see customize.sh, /etc/fstab)
+#   p4      pk-data  empty; encrypted (LUKS2) by the box at its first boot, then /data: the
+#                    persistent /var (see customize.sh, /etc/fstab, pk-data-open.service)
 #   1 MiB   backup GPT
 #
 # Partition and disk GUIDs come from image.conf (and the root hash), so sfdisk writes the
 # same bytes each time.
 #
-#   mkdisk.sh ARCH ESP.img ROOT.erofs ROOT.verity ROOT_PARTUUID DATA.ext4 OUT.img
+#   mkdisk.sh ARCH ESP.img ROOT.erofs ROOT.verity ROOT_PARTUUID DATA.img OUT.img
 set -euo pipefail
 # shellcheck source=require.sh
 source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
 pk_require mkdisk.sh sfdisk=fdisk truncate=coreutils dd=coreutils stat=coreutils || exit 1
 
 die() { echo "mkdisk.sh: error: $*" >&2; exit 1; }
-[[ $# -eq 7 ]] || die "usage: mkdisk.sh ARCH ESP.img ROOT.erofs ROOT.verity ROOT_PARTUUID DATA.ext4 OUT.img"
+[[ $# -eq 7 ]] || die "usage: mkdisk.sh ARCH ESP.img ROOT.erofs ROOT.verity ROOT_PARTUUID DATA.img OUT.img"
 arch=$1 esp=$2 erofs=$3 verity=$4 root_uuid=$5 data=$6 out=$7
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=image.conf

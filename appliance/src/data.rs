@@ -500,6 +500,33 @@ impl Volume {
         Ok(())
     }
 
+    /// Maps a plain (unencrypted) partition as `/dev/mapper/<name>` (a device-mapper
+    /// `linear` target over all of it), so a data partition made by an image from before
+    /// the encryption mounts where an encrypted one would.
+    pub fn map_plain(&self, name: &str) -> Result<(), DataError> {
+        let out = self.run("blockdev", "getsz", &["--getsz"], None)?;
+        if !out.status.success() {
+            return Err(self.failed("blockdev", "getsz", &out));
+        }
+        let sectors = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let table = format!("0 {sectors} linear {} 0", self.device.display());
+        let out = Command::new("dmsetup")
+            .args(["create", name, "--table", &table])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| DataError::Tool {
+                tool: "dmsetup",
+                action: "create",
+                device: self.device.clone(),
+                message: format!("cannot run dmsetup: {e}"),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(self.failed("dmsetup", "create", &out))
+        }
+    }
+
     fn checked(&self, passphrase: DataKey) -> Result<DataKey, DataError> {
         self.check(&passphrase)?;
         Ok(passphrase)

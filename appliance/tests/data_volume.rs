@@ -253,14 +253,17 @@ fn a_slot_copied_from_another_volume_does_not_open_this_one() {
 }
 
 #[test]
-fn a_device_that_holds_a_file_system_is_left_alone() {
+fn a_device_that_holds_anything_else_is_left_alone() {
     require_tools();
     hsm::sim::require_program("mkfs.ext4", "e2fsprogs").unwrap();
+    hsm::sim::require_program("mkswap", "util-linux").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let device = device(dir.path(), "old.img");
+    // An ext4 (a data partition made by an older image): never formatted over. (`open`
+    // maps it as it is with dmsetup, for the QEMU suite.)
+    let old = device(dir.path(), "old.img");
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F"])
-        .arg(&device)
+        .arg(&old)
         .output()
         .unwrap();
     assert!(
@@ -268,19 +271,33 @@ fn a_device_that_holds_a_file_system_is_left_alone() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let before = std::fs::read(&device).unwrap();
-    let volume = Volume::new(&device);
+    let before = std::fs::read(&old).unwrap();
+    let volume = Volume::new(&old);
     assert_eq!(volume.contents().unwrap(), Contents::Other("ext4".into()));
     assert!(matches!(
         volume.format(Cipher::AesXts, None),
         Err(DataError::NotEmpty { .. })
     ));
+    assert!(
+        std::fs::read(&old).unwrap() == before,
+        "the ext4 was written"
+    );
+
+    // Anything else (here swap): `open` refuses it and writes nothing.
+    let swap = device(dir.path(), "swap.img");
+    let out = Command::new("mkswap").arg(&swap).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = std::fs::read(&swap).unwrap();
     let config = config(dir.path(), None);
     let (status, _, err) = pk_data(
         &[
             "open",
             "--device",
-            device.to_str().unwrap(),
+            swap.to_str().unwrap(),
             "--name",
             "pk-test",
             "--config",
@@ -290,11 +307,11 @@ fn a_device_that_holds_a_file_system_is_left_alone() {
     );
     assert_eq!(status, 1);
     assert!(
-        err.contains("holds ext4") && err.contains("left as it is"),
+        err.contains("holds swap") && err.contains("left as it is"),
         "{err}"
     );
     assert!(
-        std::fs::read(&device).unwrap() == before,
+        std::fs::read(&swap).unwrap() == before,
         "the device was written"
     );
 }

@@ -15,13 +15,19 @@
 //!   the certificate whose fingerprint the appliance printed;
 //! - b. first-boot setup through the API with the setup code read from the serial
 //!   console; the first TPM keyslot is bound to boot-chain PCRs; a vault with secrets;
-//! - c. reboot: the appliance unlocks by itself through the TPM;
+//! - c. reboot: the data partition opens through its TPM slot and the appliance unlocks
+//!   by itself through the TPM;
+//! - l. with the box off, the data partition of the raw disk holds none of the admin
+//!   password, an Argon2id hash, a PKCS#8 private key, planted vault names, secret paths
+//!   and values (issue 16);
 //! - d. tamper: the unified kernel image is replaced by one with another kernel command
-//!   line; the measured PCRs change, the appliance stays locked, the console offers
-//!   recovery, and the recovery code unlocks;
+//!   line; the measured PCRs change, so the data partition stays locked and the locked
+//!   data console takes the recovery code (a wrong one refused); then the appliance stays
+//!   locked, the console offers recovery, and the recovery code unlocks;
 //! - e. a "laptop" node on the host is shared a vault by the appliance and clones it over
 //!   the forwarded QUIC port; an edit made on the laptop comes back by the appliance's
 //!   scheduled pull;
+//! - g to k: updates (`updates.rs`);
 //! - f. the arm64 image boots under `qemu-system-aarch64 -M virt -cpu cortex-a72` and the
 //!   service reports READY.
 //!
@@ -379,6 +385,12 @@ fn scenario_b(console: &mut Console, first: &FirstBoot) -> Result<String, Failur
 
 fn scenario_c(vm: &mut vm::Vm, console: &mut Console) -> Result<(), Failure> {
     appliance_up(vm)?;
+    if !vm
+        .serial_text()
+        .contains("opened pk-data through its TPM slot")
+    {
+        return Err("the data partition did not open through its TPM slot".into());
+    }
     console.reachable(Duration::from_secs(120))?;
     console.login(ADMIN_PASSWORD)?;
     // Nobody unlocks: the TPM does, because the boot chain is what it was.
@@ -387,6 +399,77 @@ fn scenario_c(vm: &mut vm::Vm, console: &mut Console) -> Result<(), Failure> {
     if wifi != "office-wifi-key" {
         return Err(format!("after the reboot the secret reads {wifi:?}").into());
     }
+    // For l: names and a value that nothing else on the disk could hold by chance.
+    console.ok("POST", "/api/vaults", Some(json!({ "name": PLANTED[0] })))?;
+    console.ok(
+        "POST",
+        &format!("/api/vaults/{}/secrets", PLANTED[0]),
+        Some(json!({ "path": PLANTED[1], "value": PLANTED[2] })),
+    )?;
+    Ok(())
+}
+
+/// l's planted vault name, secret path and value (created in c).
+const PLANTED: [&str; 3] = [
+    "qemu-planted-vault-name",
+    "qemu/planted/secret-path",
+    "qemu-planted-secret-value-7d1f0c",
+];
+
+/// l: with the box off, the data partition of the raw disk holds none of what the box
+/// keeps: the admin password or any Argon2id hash, a PKCS#8 P-256 private key (the
+/// console's TLS key is one), the vault names, the secret paths and values, which the
+/// journal and the files on it would otherwise show.
+fn scenario_l(machine: &Machine) -> Result<(), Failure> {
+    use std::io::Read as _;
+    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk")
+        .arg("--json")
+        .arg(&machine.disk))?)?;
+    let data = table["partitiontable"]["partitions"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "pk-data"))
+        .ok_or("no pk-data partition in the disk's GPT")?;
+    let (start, size) = (
+        data["start"].as_u64().ok_or("no start")? * 512,
+        data["size"].as_u64().ok_or("no size")? * 512,
+    );
+    // A PKCS#8 ECDSA P-256 private key's first 36 bytes: whatever the key, they are these.
+    const PKCS8_P256: [u8; 36] = [
+        0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+        0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x6d, 0x30,
+        0x6b, 0x02, 0x01, 0x01, 0x04, 0x20,
+    ];
+    let probes: Vec<(&str, &[u8])> = vec![
+        ("the admin password", ADMIN_PASSWORD.as_bytes()),
+        ("an Argon2id hash", b"$argon2id$"),
+        ("a PKCS#8 P-256 private key", &PKCS8_P256),
+        ("the vault name", PLANTED[0].as_bytes()),
+        ("the secret path", PLANTED[1].as_bytes()),
+        ("the secret value", PLANTED[2].as_bytes()),
+        ("the first vault's secret value", b"office-wifi-key"),
+    ];
+    let mut file = std::fs::File::open(&machine.disk)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
+    let mut partition = Vec::with_capacity(usize::try_from(size)?);
+    file.take(size).read_to_end(&mut partition)?;
+    let found: Vec<String> = probes
+        .iter()
+        .filter_map(|(what, probe)| {
+            let hits = partition
+                .windows(probe.len())
+                .filter(|w| w == probe)
+                .count();
+            (hits > 0).then(|| format!("{what} ({hits} times)"))
+        })
+        .collect();
+    if !found.is_empty() {
+        return Err(format!("the data partition shows {}", found.join(", ")).into());
+    }
+    eprintln!(
+        "   the data partition ({} MiB) holds none of the {} probes",
+        size >> 20,
+        probes.len()
+    );
     Ok(())
 }
 
@@ -417,6 +500,7 @@ fn swap_uki(machine: &Machine, build: &Path, keys: &Path, tampered: bool) -> Res
 }
 
 fn scenario_d(vm: &mut vm::Vm, console: &mut Console, recovery: &str) -> Result<(), Failure> {
+    data_gate(vm, console, recovery)?;
     let serial = appliance_up(vm)?;
     if !serial.contains("pk.tampered=1") {
         return Err("the tampered command line did not reach the kernel".into());
@@ -461,6 +545,41 @@ fn scenario_d(vm: &mut vm::Vm, console: &mut Console, recovery: &str) -> Result<
         "   locked with the tampered kernel command line ({}), opened with the recovery code",
         status["state"]
     );
+    Ok(())
+}
+
+/// d's first part: the TPM refuses the data partition too, so the box serves the locked
+/// data console instead of the appliance; a wrong recovery code is refused there, the
+/// right one opens the partition (without sealing the TPM slot again: this boot chain is
+/// not the owner's), and the appliance starts.
+fn data_gate(vm: &mut vm::Vm, console: &Console, recovery: &str) -> Result<(), Failure> {
+    vm.wait_serial("the data volume is locked", BOOT_TIMEOUT)?;
+    console.reachable(Duration::from_secs(120))?;
+    let state = console.call("GET", "/api/data", None)?;
+    if state["state"] != "data_locked" {
+        return Err(format!("the locked data console says {state}").into());
+    }
+    let reason = state["reason"].as_str().unwrap_or_default();
+    if !reason.contains("tpm") && !reason.contains("TPM") {
+        return Err(format!("the reason does not name the TPM: {state}").into());
+    }
+    let wrong = console.call(
+        "POST",
+        "/api/data/unlock",
+        Some(json!({ "recovery_code": "abandon ".repeat(23) + "art", "reseal": false })),
+    )?;
+    if wrong.get("error").is_none() {
+        return Err(format!("a wrong recovery code opened the data partition: {wrong}").into());
+    }
+    let opened = console.call(
+        "POST",
+        "/api/data/unlock",
+        Some(json!({ "recovery_code": recovery, "reseal": false })),
+    )?;
+    if opened.get("ok").is_none() {
+        return Err(format!("the recovery code did not open the data partition: {opened}").into());
+    }
+    eprintln!("   the data partition was locked ({reason}); the recovery code opened it");
     Ok(())
 }
 
@@ -632,12 +751,13 @@ fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     std::fs::write(work.join("recovery.txt"), &recovery)?;
     vm.shutdown(Duration::from_secs(120))?;
 
-    // c: a reboot.
+    // c: a reboot; l: the disk with the box off.
     let mut vm = machine.boot()?;
     let c = scenario_c(&mut vm, &mut console);
     report("c", &c);
     c?;
     vm.shutdown(Duration::from_secs(120))?;
+    report("l", &scenario_l(&machine));
 
     tampered(args, &build, &mut machine, &mut console, &recovery, bundles)
 }

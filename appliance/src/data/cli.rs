@@ -162,6 +162,10 @@ fn tpm_protector(config: &Config) -> Result<Option<hsm::tpm::TpmProtector>, Stri
 
 /// `open`: makes the volume on an empty device, then opens it.
 fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> {
+    // Opened already in this boot (by the locked data console): nothing to do.
+    if std::path::Path::new("/dev/mapper").join(name).exists() {
+        return Ok(format!("{name} is open already"));
+    }
     let tpm = tpm_protector(config)?;
     let contents = volume.contents().map_err(|e| e.to_string())?;
     if contents == Contents::Empty {
@@ -180,6 +184,14 @@ fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> 
         };
         return Ok(format!(
             "made a new data volume on {} ({how}), opened as {name}",
+            volume.device().display()
+        ));
+    }
+    if contents == Contents::Other("ext4".to_owned()) {
+        // Made by an image from before the encryption: mounted as it is, never rewritten.
+        volume.map_plain(name).map_err(|e| e.to_string())?;
+        return Ok(format!(
+            "the data partition {} is NOT encrypted (made by an older image): mapped as {name} as it is; to encrypt it, back the box up, write a new image and restore",
             volume.device().display()
         ));
     }
