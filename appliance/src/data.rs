@@ -243,11 +243,13 @@ impl Volume {
             // blkid's "nothing found".
             Some(2) => Ok(Contents::Empty),
             Some(0) => {
+                // On a partition blkid also finds the partition table's entry, so it
+                // succeeds with no TYPE when there is nothing else.
                 let what = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                Ok(if what == "crypto_LUKS" {
-                    Contents::Luks
-                } else {
-                    Contents::Other(what)
+                Ok(match what.as_str() {
+                    "" => Contents::Empty,
+                    "crypto_LUKS" => Contents::Luks,
+                    _ => Contents::Other(what),
                 })
             }
             _ => Err(self.failed("blkid", "probe", &out)),
