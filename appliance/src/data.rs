@@ -75,6 +75,19 @@ pub enum DataError {
     /// Wrapping the passphrase for a new slot failed.
     #[error("sealing the data volume's passphrase: {0}")]
     Wrap(#[from] WrapError),
+    /// The volume's generation is behind the TPM's counter: an older copy of the partition.
+    #[error(
+        "an older copy of the data partition: its generation is {generation}, but the TPM's counter is at {counter} (the partition was written back from a copy)"
+    )]
+    RolledBack {
+        /// The volume's generation.
+        generation: u64,
+        /// The TPM's counter.
+        counter: u64,
+    },
+    /// The TPM's counter could not be read or moved.
+    #[error("the TPM's rollback counter: {0}")]
+    Counter(#[from] hsm::tpm::CounterError),
     /// The passphrase a slot gave does not open the LUKS keyslot: the token belongs to
     /// another volume or was edited.
     #[error("{device}: the passphrase from the token does not open the volume")]
@@ -183,6 +196,19 @@ pub struct VolumeToken {
     pk_version: u32,
     /// The ways to the passphrase.
     pub slots: Vec<VolumeSlot>,
+    /// How many times the volume has been opened (or accepted after a rollback), with its
+    /// MAC under a key derived from the passphrase; none: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<Generation>,
+}
+
+/// The volume's generation, authenticated: without the passphrase it cannot be raised.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Generation {
+    value: u64,
+    /// HMAC-SHA256, hex.
+    mac: String,
 }
 
 impl VolumeToken {
@@ -192,6 +218,7 @@ impl VolumeToken {
             keyslots: vec![LUKS_KEYSLOT.to_owned()],
             pk_version: TOKEN_VERSION,
             slots,
+            generation: None,
         }
     }
 
@@ -529,6 +556,80 @@ impl Volume {
         }
     }
 
+    /// The volume's generation (0 if it has none), its MAC checked.
+    pub fn generation(&self, passphrase: &DataKey) -> Result<u64, DataError> {
+        let token = self.token()?;
+        let Some(generation) = token.generation else {
+            return Ok(0);
+        };
+        let uuid = self.uuid()?;
+        let given: Vec<u8> = (0..generation.mac.len() / 2)
+            .filter_map(|i| u8::from_str_radix(generation.mac.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        let mac = generation_mac(passphrase, &uuid, generation.value);
+        hmac::Mac::verify_slice(mac, &given).map_err(|_| DataError::Token {
+            device: self.device.clone(),
+            reason: "has a generation whose MAC does not match (it was edited)".to_owned(),
+        })?;
+        Ok(generation.value)
+    }
+
+    /// Sets the volume's generation.
+    fn set_generation(&self, passphrase: &DataKey, value: u64) -> Result<(), DataError> {
+        let mut token = self.token()?;
+        let uuid = self.uuid()?;
+        let mac = hmac::Mac::finalize(generation_mac(passphrase, &uuid, value)).into_bytes();
+        token.generation = Some(Generation {
+            value,
+            mac: mac.iter().map(|b| format!("{b:02x}")).collect(),
+        });
+        self.write_token(&token)
+    }
+
+    /// The rollback check at an open: refuses a volume whose generation is behind the
+    /// TPM's `counter` (an older copy); otherwise moves both one past the higher of the
+    /// two, the volume first, so a crash in between leaves the volume ahead (accepted),
+    /// never behind. Returns the new generation.
+    pub fn check_generation(
+        &self,
+        passphrase: &DataKey,
+        counter: &hsm::tpm::NvCounter,
+    ) -> Result<u64, DataError> {
+        let generation = self.generation(passphrase)?;
+        let count = counter.read()?;
+        if generation < count {
+            return Err(DataError::RolledBack {
+                generation,
+                counter: count,
+            });
+        }
+        self.advance(passphrase, counter, generation.max(count) + 1)
+    }
+
+    /// Accepts the volume as it is after a rollback (the admin gave the recovery code):
+    /// its generation and the counter move one past the counter.
+    pub fn accept_generation(
+        &self,
+        passphrase: &DataKey,
+        counter: &hsm::tpm::NvCounter,
+    ) -> Result<u64, DataError> {
+        let count = counter.read()?;
+        self.advance(passphrase, counter, count + 1)
+    }
+
+    fn advance(
+        &self,
+        passphrase: &DataKey,
+        counter: &hsm::tpm::NvCounter,
+        next: u64,
+    ) -> Result<u64, DataError> {
+        self.set_generation(passphrase, next)?;
+        while counter.read()? < next {
+            counter.increment()?;
+        }
+        Ok(next)
+    }
+
     fn checked(&self, passphrase: DataKey) -> Result<DataKey, DataError> {
         self.check(&passphrase)?;
         Ok(passphrase)
@@ -655,6 +756,20 @@ pub fn enrol_over(socket: &Path, words: &str) -> Result<(), String> {
 /// copied from another volume's token does not open this one.
 fn aad(uuid: &str) -> Vec<u8> {
     format!("pk-data volume v1 {uuid}").into_bytes()
+}
+
+/// The MAC of a generation: HMAC-SHA256 under a key derived (HKDF-SHA256) from the
+/// passphrase, over the volume's UUID and the value.
+fn generation_mac(passphrase: &DataKey, uuid: &str, value: u64) -> hmac::Hmac<sha2::Sha256> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's limit of 255 blocks: expand cannot fail.
+    let _ = hkdf::Hkdf::<sha2::Sha256>::new(None, passphrase.expose())
+        .expand(b"pk-data generation mac v1", key.as_mut());
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(key.as_ref())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    hmac::Mac::update(&mut mac, uuid.as_bytes());
+    hmac::Mac::update(&mut mac, &value.to_be_bytes());
+    mac
 }
 
 fn b64() -> base64::engine::GeneralPurpose {

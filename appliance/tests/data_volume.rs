@@ -411,7 +411,7 @@ async fn the_locked_data_console_takes_only_the_right_recovery_code_and_throttle
         .enroll(&passphrase, &RecoveryProtector::new(code), "recovery code")
         .unwrap();
     let reason = "the TPM refused: PCR 0 changed".to_owned();
-    let app = router(Gate::new(volume, "pk-test", reason.clone(), None));
+    let app = router(Gate::new(volume, "pk-test", reason.clone(), None, None));
 
     // The page says why, asks for the code, and carries the console's headers.
     let (status, headers, body) = gate_call(&app, gate_request("GET", "/", None)).await;
@@ -561,4 +561,105 @@ fn setup_hands_the_recovery_code_to_the_enrolment_service_once() {
             .is_err()
     );
     service.join().unwrap();
+}
+
+#[test]
+fn an_older_copy_of_the_volume_is_refused_until_the_recovery_code_accepts_it() {
+    use hsm::tpm::{NvCounter, PK_ROLLBACK_COUNTER_INDEX};
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+    let device = device(dir.path(), "data.img");
+    let volume = Volume::new(&device);
+    let passphrase = volume
+        .format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
+        .unwrap();
+    let counter = NvCounter::open_or_define(&swtpm.tcti(), PK_ROLLBACK_COUNTER_INDEX).unwrap();
+
+    // A new volume starts past the counter (a fresh volume's generation, 0, is behind
+    // it: `data open` accepts a volume it has just made); then each open moves the
+    // volume's generation and the TPM's counter on together.
+    assert!(matches!(
+        volume.check_generation(&passphrase, &counter),
+        Err(DataError::RolledBack { generation: 0, .. })
+    ));
+    volume.accept_generation(&passphrase, &counter).unwrap();
+    let first = volume.check_generation(&passphrase, &counter).unwrap();
+    assert_eq!(counter.read().unwrap(), first);
+    let copy = std::fs::read(&device).unwrap();
+    let second = volume.check_generation(&passphrase, &counter).unwrap();
+    assert_eq!(second, first + 1);
+    assert_eq!(counter.read().unwrap(), second);
+
+    // The older copy written back: refused, naming both numbers.
+    std::fs::write(&device, &copy).unwrap();
+    match volume.check_generation(&passphrase, &counter) {
+        Err(DataError::RolledBack {
+            generation,
+            counter: count,
+        }) => {
+            assert_eq!((generation, count), (first, second));
+        }
+        other => panic!("an older copy was not refused: {other:?}"),
+    }
+    // Refusing moved nothing.
+    assert_eq!(counter.read().unwrap(), second);
+    assert_eq!(volume.generation(&passphrase).unwrap(), first);
+
+    // Accepted (the admin gave the recovery code): both past the counter, and the next
+    // open is an ordinary one again.
+    let accepted = volume.accept_generation(&passphrase, &counter).unwrap();
+    assert_eq!(accepted, second + 1);
+    assert_eq!(
+        volume.check_generation(&passphrase, &counter).unwrap(),
+        accepted + 1
+    );
+}
+
+#[test]
+fn a_generation_raised_without_the_passphrase_is_refused() {
+    use hsm::tpm::{NvCounter, PK_ROLLBACK_COUNTER_INDEX};
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let swtpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+    let device = device(dir.path(), "data.img");
+    let volume = Volume::new(&device);
+    let passphrase = volume
+        .format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
+        .unwrap();
+    let counter = NvCounter::open_or_define(&swtpm.tcti(), PK_ROLLBACK_COUNTER_INDEX).unwrap();
+    let generation = volume.accept_generation(&passphrase, &counter).unwrap();
+
+    // Someone with the disk edits the token's generation to catch up with the counter.
+    let exported = Command::new("cryptsetup")
+        .args(["token", "export", "--token-id", "0"])
+        .arg(&device)
+        .output()
+        .unwrap();
+    let mut token: serde_json::Value = serde_json::from_slice(&exported.stdout).unwrap();
+    token["generation"]["value"] = serde_json::json!(generation + 100);
+    let mut import = Command::new("cryptsetup")
+        .args([
+            "token",
+            "import",
+            "--token-id",
+            "0",
+            "--token-replace",
+            "--json-file=-",
+        ])
+        .arg(&device)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    import
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.to_string().as_bytes())
+        .unwrap();
+    assert!(import.wait().unwrap().success());
+    match volume.check_generation(&passphrase, &counter) {
+        Err(DataError::Token { reason, .. }) => assert!(reason.contains("MAC"), "{reason}"),
+        other => panic!("an edited generation was accepted: {other:?}"),
+    }
 }

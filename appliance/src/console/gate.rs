@@ -44,6 +44,8 @@ pub struct Gate {
     /// Seals the TPM slot again (the TPM protector with the node's options), if there is
     /// a TPM.
     reseal: Option<Box<dyn hsm::Protector>>,
+    /// The TPM's rollback counter: the recovery code accepts the volume as it is.
+    counter: Option<hsm::tpm::NvCounter>,
     throttle: Mutex<Throttle>,
     opened: Notify,
 }
@@ -59,18 +61,22 @@ impl std::fmt::Debug for Gate {
 }
 
 impl Gate {
-    /// A gate for `volume`, to be opened as `/dev/mapper/<name>`, locked because of `reason`.
+    /// A gate for `volume`, to be opened as `/dev/mapper/<name>`, locked because of
+    /// `reason`; `reseal` seals the TPM slot again when the admin asks, and the recovery
+    /// code moves `counter` and the volume's generation on (accepting an older copy).
     pub fn new(
         volume: Volume,
         name: &str,
         reason: String,
         reseal: Option<Box<dyn hsm::Protector>>,
+        counter: Option<hsm::tpm::NvCounter>,
     ) -> Arc<Gate> {
         Arc::new(Gate {
             volume,
             name: name.to_owned(),
             reason,
             reseal,
+            counter,
             throttle: Mutex::new(Throttle::new(PER_CLIENT, GLOBAL)),
             opened: Notify::new(),
         })
@@ -279,6 +285,9 @@ async fn unlock(
 /// Opens the volume with `code`; with `reseal`, seals its TPM slot again.
 fn open_with(gate: &Gate, code: RecoveryCode, reseal: bool) -> Result<String, DataError> {
     let passphrase = gate.volume.unlock(&RecoveryProtector::new(code))?;
+    if let Some(counter) = &gate.counter {
+        gate.volume.accept_generation(&passphrase, counter)?;
+    }
     gate.volume.open(&gate.name, &passphrase)?;
     let Some(tpm) = gate.reseal.as_deref().filter(|_| reseal) else {
         return Ok("Opened with the recovery code.".to_owned());

@@ -160,6 +160,31 @@ fn tpm_protector(config: &Config) -> Result<Option<hsm::tpm::TpmProtector>, Stri
     ))
 }
 
+/// The TPM's rollback counter, defined at its first use; none without a TPM.
+fn counter(config: &Config) -> Result<Option<hsm::tpm::NvCounter>, String> {
+    let Some(tcti) = crate::daemon::tpm_tcti(config) else {
+        return Ok(None);
+    };
+    hsm::tpm::NvCounter::open_or_define(&tcti, hsm::tpm::PK_ROLLBACK_COUNTER_INDEX)
+        .map(Some)
+        .map_err(|e| format!("the TPM's rollback counter: {e}"))
+}
+
+/// The rollback check before the volume is opened (`Volume::check_generation`); nothing
+/// to check against without a TPM.
+fn check_rollback(
+    config: &Config,
+    volume: &Volume,
+    passphrase: &hsm::DataKey,
+) -> Result<(), String> {
+    if let Some(counter) = counter(config)? {
+        volume
+            .check_generation(passphrase, &counter)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// `open`: makes the volume on an empty device, then opens it.
 fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> {
     // Opened already in this boot (by the locked data console): nothing to do.
@@ -175,6 +200,12 @@ fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> 
         let passphrase = volume
             .format(Cipher::for_this_machine(), protector)
             .map_err(|e| e.to_string())?;
+        // A new volume starts where the TPM's counter is.
+        if let Some(counter) = counter(config)? {
+            volume
+                .accept_generation(&passphrase, &counter)
+                .map_err(|e| e.to_string())?;
+        }
         volume.open(name, &passphrase).map_err(|e| e.to_string())?;
         mkfs(name)?;
         let how = if tpm.is_some() {
@@ -203,6 +234,7 @@ fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> 
         .to_string());
     }
     if let Some(passphrase) = volume.unlock_clear().map_err(|e| e.to_string())? {
+        check_rollback(config, volume, &passphrase)?;
         volume.open(name, &passphrase).map_err(|e| e.to_string())?;
         return Ok(format!(
             "opened {name} through its clear slot: the data volume is NOT protected"
@@ -215,6 +247,7 @@ fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> 
         );
     };
     let passphrase = volume.unlock(&tpm).map_err(|e| e.to_string())?;
+    check_rollback(config, volume, &passphrase)?;
     volume.open(name, &passphrase).map_err(|e| e.to_string())?;
     Ok(format!("opened {name} through its TPM slot"))
 }
@@ -228,7 +261,8 @@ fn gate(config: &Config, volume: Volume, name: &str) -> Result<String, String> {
     // The filter was checked when the configuration was read.
     let _ = crate::daemon::init_logging(&config.log);
     let reseal = tpm_protector(config)?.map(|t| Box::new(t) as Box<dyn Protector>);
-    let gate = crate::console::gate::Gate::new(volume, name, reason, reseal);
+    let counter = counter(config)?;
+    let gate = crate::console::gate::Gate::new(volume, name, reason, reseal, counter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -244,6 +278,12 @@ fn recover(config: &Config, volume: &Volume, name: &str, reseal: bool) -> Result
     let passphrase = volume
         .unlock(&RecoveryProtector::new(code))
         .map_err(|e| e.to_string())?;
+    // The recovery code accepts the volume as it is, an older copy included.
+    if let Some(counter) = counter(config)? {
+        volume
+            .accept_generation(&passphrase, &counter)
+            .map_err(|e| e.to_string())?;
+    }
     volume.open(name, &passphrase).map_err(|e| e.to_string())?;
     if !reseal {
         return Ok(format!("opened {name} with the recovery code"));
