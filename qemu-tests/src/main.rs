@@ -20,6 +20,9 @@
 //! - l. with the box off, the data partition of the raw disk holds none of the admin
 //!   password, an Argon2id hash, a PKCS#8 private key, planted vault names, secret paths
 //!   and values (issue 16);
+//! - m. the data partition as b left it, written back after c: refused by itself (the
+//!   TPM's counter is past its generation), accepted with the recovery code, and b's
+//!   state is what runs;
 //! - d. tamper: the unified kernel image is replaced by one with another kernel command
 //!   line; the measured PCRs change, so the data partition stays locked and the locked
 //!   data console takes the recovery code (a wrong one refused); then the appliance stays
@@ -409,6 +412,71 @@ fn scenario_c(vm: &mut vm::Vm, console: &mut Console) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The data partition's byte offset and length in `disk` (`sfdisk --json`).
+fn data_partition(disk: &Path) -> Result<(u64, u64), Failure> {
+    let table: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(disk))?)?;
+    let data = table["partitiontable"]["partitions"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "pk-data"))
+        .ok_or("no pk-data partition in the disk's GPT")?;
+    Ok((
+        data["start"].as_u64().ok_or("no start")? * 512,
+        data["size"].as_u64().ok_or("no size")? * 512,
+    ))
+}
+
+/// `size` bytes of `file` from `start`.
+fn read_range(file: &Path, start: u64, size: u64) -> Result<Vec<u8>, Failure> {
+    use std::io::{Read as _, Seek as _};
+    let mut file = std::fs::File::open(file)?;
+    file.seek(std::io::SeekFrom::Start(start))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(size)?);
+    file.take(size).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Writes `bytes` over `file` at `start`.
+fn write_range(file: &Path, start: u64, bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::{Seek as _, Write as _};
+    let mut file = std::fs::OpenOptions::new().write(true).open(file)?;
+    file.seek(std::io::SeekFrom::Start(start))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// m: the data partition as it was after b, written back after c changed it: the box
+/// refuses to open it by itself and says why, the recovery code accepts it, and the
+/// appliance then runs on that older state (c's vault is not there, b's is).
+fn scenario_m(vm: &mut vm::Vm, console: &mut Console, recovery: &str) -> Result<(), Failure> {
+    vm.wait_serial("the data volume is locked", BOOT_TIMEOUT)?;
+    console.reachable(Duration::from_secs(120))?;
+    let state = console.call("GET", "/api/data", None)?;
+    let reason = state["reason"].as_str().unwrap_or_default().to_owned();
+    if state["state"] != "data_locked" || !reason.contains("older copy") {
+        return Err(format!("the rolled-back partition is not refused as one: {state}").into());
+    }
+    let opened = console.call(
+        "POST",
+        "/api/data/unlock",
+        Some(json!({ "recovery_code": recovery, "reseal": false })),
+    )?;
+    if opened.get("ok").is_none() {
+        return Err(format!("the recovery code did not accept the older copy: {opened}").into());
+    }
+    appliance_up(vm)?;
+    console.reachable(Duration::from_secs(120))?;
+    console.login(ADMIN_PASSWORD)?;
+    console.unlocked(Duration::from_secs(120))?;
+    let vaults = console.ok("GET", "/api/vaults", None)?.to_string();
+    if !vaults.contains("\"office\"") || vaults.contains(PLANTED[0]) {
+        return Err(format!("the accepted older state is not b's: vaults {vaults}").into());
+    }
+    eprintln!("   refused ({reason}); accepted with the recovery code, b's state is back");
+    Ok(())
+}
+
 /// l's planted vault name, secret path and value (created in c).
 const PLANTED: [&str; 3] = [
     "qemu-planted-vault-name",
@@ -421,18 +489,7 @@ const PLANTED: [&str; 3] = [
 /// console's TLS key is one), the vault names, the secret paths and values, which the
 /// journal and the files on it would otherwise show.
 fn scenario_l(machine: &Machine) -> Result<(), Failure> {
-    use std::io::Read as _;
-    let table: serde_json::Value = serde_json::from_str(&run(Command::new("sfdisk")
-        .arg("--json")
-        .arg(&machine.disk))?)?;
-    let data = table["partitiontable"]["partitions"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == "pk-data"))
-        .ok_or("no pk-data partition in the disk's GPT")?;
-    let (start, size) = (
-        data["start"].as_u64().ok_or("no start")? * 512,
-        data["size"].as_u64().ok_or("no size")? * 512,
-    );
+    let (start, size) = data_partition(&machine.disk)?;
     // A PKCS#8 ECDSA P-256 private key's first 36 bytes: whatever the key, they are these.
     const PKCS8_P256: [u8; 36] = [
         0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d,
@@ -448,10 +505,7 @@ fn scenario_l(machine: &Machine) -> Result<(), Failure> {
         ("the secret value", PLANTED[2].as_bytes()),
         ("the first vault's secret value", b"office-wifi-key"),
     ];
-    let mut file = std::fs::File::open(&machine.disk)?;
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
-    let mut partition = Vec::with_capacity(usize::try_from(size)?);
-    file.take(size).read_to_end(&mut partition)?;
+    let partition = read_range(&machine.disk, start, size)?;
     let found: Vec<String> = probes
         .iter()
         .filter_map(|(what, probe)| {
@@ -750,6 +804,9 @@ fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     // Kept for --resume-at-d only (a throwaway machine's recovery code).
     std::fs::write(work.join("recovery.txt"), &recovery)?;
     vm.shutdown(Duration::from_secs(120))?;
+    // For m: the data partition as b left it.
+    let (data_start, data_size) = data_partition(&machine.disk)?;
+    let after_b = read_range(&machine.disk, data_start, data_size)?;
 
     // c: a reboot; l: the disk with the box off.
     let mut vm = machine.boot()?;
@@ -758,6 +815,18 @@ fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     c?;
     vm.shutdown(Duration::from_secs(120))?;
     report("l", &scenario_l(&machine));
+
+    // m: b's copy of the data partition written back.
+    write_range(&machine.disk, data_start, &after_b)?;
+    drop(after_b);
+    let mut vm = machine.boot()?;
+    let m = scenario_m(&mut vm, &mut console, &recovery);
+    report("m", &m);
+    if m.is_err() {
+        eprintln!("{}", tail(&vm.serial_text(), 30));
+    }
+    m?;
+    vm.shutdown(Duration::from_secs(120))?;
 
     tampered(args, &build, &mut machine, &mut console, &recovery, bundles)
 }
