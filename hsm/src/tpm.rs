@@ -474,6 +474,37 @@ impl Protector for TpmProtector {
             Some(policy) => signed::read_signatures(self.pcr_signature(), policy)?,
             None => Vec::new(),
         };
+        // A PCR extended while the policy session runs (the boot measures things as it
+        // goes: systemd extends PCR 15 at the same time as the data partition opens) fails
+        // the session with TPM_RC_PCR_CHANGED, which says nothing about the values: try
+        // again. PCRs that really differ fail the same way each time.
+        let mut attempt = 1;
+        loop {
+            match self.unseal(s, auth.clone(), &signatures, aad) {
+                Err(UnwrapError::PolicyMismatch {
+                    reason: PolicyFailure::PcrsChanged,
+                }) if attempt < PCR_CHANGED_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+/// How many times an unseal is tried while PCRs change under it.
+const PCR_CHANGED_ATTEMPTS: u32 = 10;
+
+impl TpmProtector {
+    /// One unseal attempt (see `unwrap`).
+    fn unseal(
+        &self,
+        s: &TpmSealed,
+        auth: Option<Auth>,
+        signatures: &[signed::Candidate],
+        aad: &[u8],
+    ) -> Result<DataKey, UnwrapError> {
         let token = |e: TssError| UnwrapError::token(Kind::Tpm, e);
         let mut ctx = self
             .connect()
@@ -481,7 +512,7 @@ impl Protector for TpmProtector {
         let mut t = Transients::new(&mut ctx);
         let primary = t.primary().map_err(token)?;
         let object = load_sealed(&mut t, primary, s, auth)?;
-        let session = unseal_session(&mut t, primary, s, &signatures)?;
+        let session = unseal_session(&mut t, primary, s, signatures)?;
         let unsealed = t
             .ctx
             .execute_with_session(Some(session), |ctx| ctx.unseal(object.into()));

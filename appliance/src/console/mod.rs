@@ -705,10 +705,14 @@ async fn enrol_data_recovery(socket: PathBuf, words: Zeroizing<String>) {
             event = "data.recovery_enrolled",
             "the recovery code also opens the data volume"
         ),
-        Ok(Err(e)) => tracing::error!(
-            event = "data.enrol_failed",
-            "the recovery code could not be added to the data volume: {e}"
-        ),
+        Ok(Err(e)) => {
+            tracing::error!(
+                event = "data.enrol_failed",
+                "the recovery code could not be added to the data volume: {e}"
+            );
+            // The serial console too: without it the box needs its TPM to open its data.
+            eprintln!("pk-appliance: the recovery code could not be added to the data volume: {e}");
+        }
         Err(_) => tracing::error!(
             event = "data.enrol_failed",
             "the recovery code could not be added to the data volume"
