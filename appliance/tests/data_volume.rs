@@ -563,8 +563,15 @@ fn setup_hands_the_recovery_code_to_the_enrolment_service_once() {
     service.join().unwrap();
 }
 
-#[test]
-fn an_older_copy_of_the_volume_is_refused_until_the_recovery_code_accepts_it() {
+/// A new volume sealed by a new swtpm, with that TPM's rollback counter.
+fn counted_volume() -> (
+    tempfile::TempDir,
+    hsm::sim::Swtpm,
+    PathBuf,
+    Volume,
+    hsm::DataKey,
+    hsm::tpm::NvCounter,
+) {
     use hsm::tpm::{NvCounter, PK_ROLLBACK_COUNTER_INDEX};
     require_tools();
     let dir = tempfile::tempdir().unwrap();
@@ -575,6 +582,12 @@ fn an_older_copy_of_the_volume_is_refused_until_the_recovery_code_accepts_it() {
         .format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
         .unwrap();
     let counter = NvCounter::open_or_define(&swtpm.tcti(), PK_ROLLBACK_COUNTER_INDEX).unwrap();
+    (dir, swtpm, device, volume, passphrase, counter)
+}
+
+#[test]
+fn an_older_copy_of_the_volume_is_refused_until_the_recovery_code_accepts_it() {
+    let (_dir, _swtpm, device, volume, passphrase, counter) = counted_volume();
 
     // A new volume starts past the counter (a fresh volume's generation, 0, is behind
     // it: `data open` accepts a volume it has just made); then each open moves the
@@ -618,16 +631,7 @@ fn an_older_copy_of_the_volume_is_refused_until_the_recovery_code_accepts_it() {
 
 #[test]
 fn a_generation_raised_without_the_passphrase_is_refused() {
-    use hsm::tpm::{NvCounter, PK_ROLLBACK_COUNTER_INDEX};
-    require_tools();
-    let dir = tempfile::tempdir().unwrap();
-    let swtpm = hsm::sim::Swtpm::start(&dir.path().join("swtpm")).unwrap();
-    let device = device(dir.path(), "data.img");
-    let volume = Volume::new(&device);
-    let passphrase = volume
-        .format(Cipher::AesXts, Some((&tpm(&swtpm), "TPM")))
-        .unwrap();
-    let counter = NvCounter::open_or_define(&swtpm.tcti(), PK_ROLLBACK_COUNTER_INDEX).unwrap();
+    let (_dir, _swtpm, device, volume, passphrase, counter) = counted_volume();
     let generation = volume.accept_generation(&passphrase, &counter).unwrap();
 
     // Someone with the disk edits the token's generation to catch up with the counter.

@@ -456,14 +456,7 @@ fn scenario_m(vm: &mut vm::Vm, console: &mut Console, recovery: &str) -> Result<
     if state["state"] != "data_locked" || !reason.contains("older copy") {
         return Err(format!("the rolled-back partition is not refused as one: {state}").into());
     }
-    let opened = console.call(
-        "POST",
-        "/api/data/unlock",
-        Some(json!({ "recovery_code": recovery, "reseal": false })),
-    )?;
-    if opened.get("ok").is_none() {
-        return Err(format!("the recovery code did not accept the older copy: {opened}").into());
-    }
+    open_data(console, recovery)?;
     appliance_up(vm)?;
     console.reachable(Duration::from_secs(120))?;
     console.login(ADMIN_PASSWORD)?;
@@ -624,6 +617,13 @@ fn data_gate(vm: &mut vm::Vm, console: &Console, recovery: &str) -> Result<(), F
     if wrong.get("error").is_none() {
         return Err(format!("a wrong recovery code opened the data partition: {wrong}").into());
     }
+    open_data(console, recovery)?;
+    eprintln!("   the data partition was locked ({reason}); the recovery code opened it");
+    Ok(())
+}
+
+/// Opens the locked data partition with the recovery code, leaving the TPM slot as it is.
+fn open_data(console: &Console, recovery: &str) -> Result<(), Failure> {
     let opened = console.call(
         "POST",
         "/api/data/unlock",
@@ -632,7 +632,6 @@ fn data_gate(vm: &mut vm::Vm, console: &Console, recovery: &str) -> Result<(), F
     if opened.get("ok").is_none() {
         return Err(format!("the recovery code did not open the data partition: {opened}").into());
     }
-    eprintln!("   the data partition was locked ({reason}); the recovery code opened it");
     Ok(())
 }
 

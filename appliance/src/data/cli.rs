@@ -185,6 +185,21 @@ fn check_rollback(
     Ok(())
 }
 
+/// Moves the volume's generation and the TPM's counter past the counter, whatever the
+/// generation was (`Volume::accept_generation`); nothing to do without a TPM.
+fn accept_as_it_is(
+    config: &Config,
+    volume: &Volume,
+    passphrase: &hsm::DataKey,
+) -> Result<(), String> {
+    if let Some(counter) = counter(config)? {
+        volume
+            .accept_generation(passphrase, &counter)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// `open`: makes the volume on an empty device, then opens it.
 fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> {
     // Opened already in this boot (by the locked data console): nothing to do.
@@ -201,11 +216,7 @@ fn open(config: &Config, volume: &Volume, name: &str) -> Result<String, String> 
             .format(Cipher::for_this_machine(), protector)
             .map_err(|e| e.to_string())?;
         // A new volume starts where the TPM's counter is.
-        if let Some(counter) = counter(config)? {
-            volume
-                .accept_generation(&passphrase, &counter)
-                .map_err(|e| e.to_string())?;
-        }
+        accept_as_it_is(config, volume, &passphrase)?;
         volume.open(name, &passphrase).map_err(|e| e.to_string())?;
         mkfs(name)?;
         let how = if tpm.is_some() {
@@ -279,11 +290,7 @@ fn recover(config: &Config, volume: &Volume, name: &str, reseal: bool) -> Result
         .unlock(&RecoveryProtector::new(code))
         .map_err(|e| e.to_string())?;
     // The recovery code accepts the volume as it is, an older copy included.
-    if let Some(counter) = counter(config)? {
-        volume
-            .accept_generation(&passphrase, &counter)
-            .map_err(|e| e.to_string())?;
-    }
+    accept_as_it_is(config, volume, &passphrase)?;
     volume.open(name, &passphrase).map_err(|e| e.to_string())?;
     if !reseal {
         return Ok(format!("opened {name} with the recovery code"));
