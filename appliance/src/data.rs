@@ -17,8 +17,6 @@ use base64::Engine as _;
 use hsm::{DataKey, Kind, Protector, Sealed, UnwrapError, WrapError};
 use serde::{Deserialize, Serialize};
 
-pub mod cli;
-
 /// The LUKS2 token type that holds the volume's keyslots.
 pub const TOKEN_TYPE: &str = "pk-keyslots";
 /// The token's number in the LUKS2 header (the volume has no other).

@@ -46,7 +46,8 @@
 //! - [`update`]: `pk-appliance update`, the box's command line for the update installer
 //!   (the console's updates page is `console`'s `installer` and `updates`).
 //! - [`data`]: the encrypted data partition, a LUKS2 volume whose passphrase our own
-//!   keyslots seal (`docs/theory/data-at-rest.md`), and `pk-appliance data`.
+//!   keyslots seal (`docs/theory/data-at-rest.md`); [`data_command`] is `pk-appliance
+//!   data`, which also starts the locked data console (`console::gate`).
 //! - [`daemon`]: the daemon's life ([`daemon::run`]), shared by both binaries:
 //!   `pk-appliance` (`main.rs`: journald logging under systemd) and `pk-appliance-dev`
 //!   (a local appliance with a swtpm, for development).
@@ -60,5 +61,6 @@ pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod data;
+pub mod data_command;
 pub mod health;
 pub mod update;

@@ -4,7 +4,7 @@
 //! `pk-appliance update FILE|--status ...`: installs an update bundle, or shows both root
 //! slots (`appliance::update`).
 //! `pk-appliance data open|recover|enrol-recovery|status ...`: the encrypted data volume,
-//! run as root by the image's units (`appliance::data`).
+//! run as root by the image's units (`appliance::data_command`, over `appliance::data`).
 
 #![forbid(unsafe_code)]
 
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         return appliance::update::main(args);
     }
     if args.next_if(|a| a == "data").is_some() {
-        return appliance::data::cli::main(args);
+        return appliance::data_command::main(args);
     }
     let mut path = PathBuf::from(DEFAULT_PATH);
     let health = args.next_if(|a| a == "health").is_some();
@@ -113,7 +113,7 @@ fn print_help() {
          \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)\n\
          {}\n{}",
         appliance::update::HELP,
-        appliance::data::cli::HELP
+        appliance::data_command::HELP
     );
 }
 

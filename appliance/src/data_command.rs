@@ -20,8 +20,8 @@ use hsm::Protector;
 use hsm::recovery::{RecoveryCode, RecoveryProtector};
 use zeroize::Zeroizing;
 
-use super::{Cipher, Contents, DataError, Volume};
 use crate::config::{Config, DEFAULT_PATH};
+use crate::data::{Cipher, Contents, DataError, Volume, VolumeSlot};
 
 /// sysexits: a usage error.
 const EX_USAGE: u8 = 64;
@@ -345,10 +345,10 @@ fn status(volume: &Volume) -> Result<String, String> {
         .slots
         .iter()
         .map(|slot| match slot {
-            super::VolumeSlot::Sealed { label, sealed } => {
+            VolumeSlot::Sealed { label, sealed } => {
                 serde_json::json!({ "kind": sealed.kind().to_string(), "label": label })
             }
-            super::VolumeSlot::Clear { .. } => serde_json::json!({ "kind": "clear" }),
+            VolumeSlot::Clear { .. } => serde_json::json!({ "kind": "clear" }),
         })
         .collect();
     Ok(serde_json::json!({ "device": volume.device(), "slots": slots }).to_string())
