@@ -119,11 +119,14 @@ fi
 # /data is the encrypted data partition, opened by pk-data-open.service
 # (docs/theory/data-at-rest.md). Both are nofail: when the partition stays locked, the
 # boot goes on without them and the locked data console (pk-data-gate.service) waits for
-# the recovery code.
+# the recovery code. The mapper device appears only once pk-data-open.service has opened
+# the volume, which on a slow machine (a first boot under emulation, a TPM the firmware
+# announces but that never comes) is long after systemd's 90 s device timeout: no timeout,
+# the mount follows pk-data-open.service's outcome.
 cat > "$root/etc/fstab" <<EOF
 # The root file system (erofs, read-only) is mounted by the initrd: root= on the kernel
 # command line. Written by image/customize.sh.
-/dev/mapper/pk-data  /data  ext4  defaults,nosuid,nodev,noexec,nofail,x-systemd.requires=pk-data-open.service,x-systemd.growfs  0  2
+/dev/mapper/pk-data  /data  ext4  defaults,nosuid,nodev,noexec,nofail,x-systemd.requires=pk-data-open.service,x-systemd.device-timeout=0,x-systemd.growfs  0  2
 overlay  /var  overlay  lowerdir=/var,upperdir=/data/var,workdir=/data/.var-work,nosuid,nodev,nofail,x-systemd.requires=pk-data-setup.service  0  0
 PARTUUID=$PK_ESP_PARTUUID  /efi  vfat  umask=0077,nosuid,nodev,noexec  0  0
 EOF
