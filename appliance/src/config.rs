@@ -59,6 +59,16 @@ pub struct Config {
     /// a slot (the image's `pk-data-enrol.socket`, which runs `pk-appliance data
     /// enrol-recovery` as root). None (a laptop, a development box): no data volume.
     pub data_enrol_socket: Option<PathBuf>,
+    /// The NTP servers (host names or addresses) that `pk-appliance config apply` gives
+    /// systemd-timesyncd; empty: the servers of timesyncd's own configuration.
+    #[serde(deserialize_with = "ntp_servers")]
+    pub ntp_servers: Vec<String>,
+    /// The GitHub OAuth app's client id for identity claims; none: the project's.
+    pub github_client_id: Option<String>,
+    /// The file that says the clock is synchronised (systemd-timesyncd's
+    /// `/run/systemd/timesync/synchronized`): while it is missing the console warns that
+    /// times may be wrong. None (a laptop, a development box): no warning.
+    pub time_sync_flag: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -77,6 +87,9 @@ impl Default for Config {
             log: node::logging::DEFAULT_FILTER.to_owned(),
             update_socket: PathBuf::from(pk_update::SOCKET_PATH),
             data_enrol_socket: None,
+            ntp_servers: Vec::new(),
+            github_client_id: None,
+            time_sync_flag: None,
         }
     }
 }
@@ -95,6 +108,37 @@ fn log_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error
     let text = String::deserialize(d)?;
     node::logging::filter(&text).map_err(serde::de::Error::custom)?;
     Ok(text)
+}
+
+fn ntp_servers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let servers = Vec::<String>::deserialize(d)?;
+    check_ntp_servers(&servers).map_err(serde::de::Error::custom)?;
+    Ok(servers)
+}
+
+/// The most NTP servers a box is given.
+const MAX_NTP_SERVERS: usize = 8;
+
+/// Whether `servers` is a short list of host names and IP addresses.
+pub(crate) fn check_ntp_servers(servers: &[String]) -> Result<(), String> {
+    if servers.len() > MAX_NTP_SERVERS {
+        return Err(format!("at most {MAX_NTP_SERVERS} servers"));
+    }
+    for server in servers {
+        let host_name = !server.is_empty()
+            && server.len() <= 253
+            && server.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !host_name && server.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("{server:?} is not a host name or an IP address"));
+        }
+    }
+    Ok(())
 }
 
 fn address_or_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -154,16 +198,7 @@ impl Config {
 
     /// Parses configuration text; the error names the key and the line.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-            let message = e.message().trim().to_owned();
-            match line {
-                Some(line) => format!("line {line}: {message}"),
-                None => message,
-            }
-        })?;
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         if config.session_idle_s < 60 {
             return Err("session_idle_s: at least 60 seconds".into());
         }
@@ -178,6 +213,18 @@ impl Config {
     /// The console's own state directory (its TLS key, the admin account).
     pub fn console_dir(&self) -> PathBuf {
         self.state_dir.join("console")
+    }
+}
+
+/// A TOML error as `line N: what`, for messages that name the key and its line.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let message = e.message().trim().to_owned();
+    match line {
+        Some(line) => format!("line {line}: {message}"),
+        None => message,
     }
 }
 

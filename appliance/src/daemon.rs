@@ -8,7 +8,21 @@ use std::time::Duration;
 use node::NodePath;
 
 use crate::config::Config;
-use crate::console::{self, Console, ConsoleConfig, FirstToken, tls};
+use crate::console::{self, Console, ConsoleConfig, FirstToken, SettingsPlace, tls};
+use crate::settings::Settings;
+
+/// How a run of the daemon ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped (SIGTERM, Ctrl-C, or the caller's `stop`).
+    Stopped,
+    /// The admin asked for a restart, to apply changed settings: start again.
+    Restart,
+}
+
+/// The exit status with which `pk-appliance` asks systemd to start it again
+/// (`RestartForceExitStatus=` in its unit): sysexits' EX_TEMPFAIL.
+pub const EXIT_RESTART: u8 = 75;
 
 /// What a started daemon tells its caller.
 #[derive(Clone, Debug)]
@@ -26,18 +40,24 @@ pub(crate) fn notify(state: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(state);
 }
 
-/// Runs the daemon until SIGTERM or Ctrl-C (or, when `stop` resolves first, until then);
-/// `ready` is called once the console accepts connections.
-pub async fn run(config: Config, ready: impl FnOnce(&Started)) -> Result<(), String> {
-    run_until(config, ready, std::future::pending()).await
+/// Runs the daemon with `config` (the owner's `settings` already over it) until SIGTERM,
+/// Ctrl-C or a restart the admin asked for; `ready` is called once the console accepts
+/// connections.
+pub async fn run(
+    config: Config,
+    settings: Settings,
+    ready: impl FnOnce(&Started),
+) -> Result<Exit, String> {
+    run_until(config, settings, ready, std::future::pending()).await
 }
 
 /// [`run`], stopping also when `stop` resolves.
 pub async fn run_until(
     config: Config,
+    settings: Settings,
     ready: impl FnOnce(&Started),
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<Exit, String> {
     for dir in [config.state_dir.clone(), config.console_dir()] {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -53,21 +73,14 @@ pub async fn run_until(
 
     let tpm_tcti = tpm_tcti(&config);
     let first_token = first_token(&config, &node, tpm_tcti.as_deref())?;
-    let setup_code = setup_code(&config);
-    let setup_shown = setup_code.as_ref().map(|c| c.as_str().to_owned());
     let tokens = token_config(&config, tpm_tcti);
-    let console = Console::new(ConsoleConfig {
-        tokens: tokens.clone(),
-        lan: config.lan,
-        node: node.clone(),
-        dir: config.console_dir(),
-        first_token,
-        session_idle: Duration::from_secs(config.session_idle_s),
-        fingerprint: fingerprint.clone(),
-        setup_code,
-        update_socket: config.update_socket.clone(),
-        data_enrol_socket: config.data_enrol_socket.clone(),
-    });
+    let console_config =
+        console_config(&config, settings, &node, first_token, &tokens, &fingerprint);
+    let setup_shown = console_config
+        .setup_code
+        .as_ref()
+        .map(|c| c.as_str().to_owned());
+    let console = Console::new(console_config);
     let agent = spawn_agent(&config, &node, tokens, &console);
 
     let (server, urls_list) = serve_console(&config, &console, identity).await?;
@@ -94,11 +107,13 @@ pub async fn run_until(
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = stop => {}
-    }
+    let mut restart = console.restart.subscribe();
+    let exit = tokio::select! {
+        _ = term.recv() => Exit::Stopped,
+        _ = tokio::signal::ctrl_c() => Exit::Stopped,
+        _ = stop => Exit::Stopped,
+        _ = restart.wait_for(|asked| *asked) => Exit::Restart,
+    };
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(event = "appliance.stopping", "stopping");
     server.abort();
@@ -107,7 +122,36 @@ pub async fn run_until(
         w.abort();
     }
     stop_agent(&node, agent).await;
-    Ok(())
+    Ok(exit)
+}
+
+/// The console's configuration, from the daemon's.
+fn console_config(
+    config: &Config,
+    settings: Settings,
+    node: &NodePath,
+    first_token: FirstToken,
+    tokens: &node::tokens::TokenConfig,
+    fingerprint: &str,
+) -> ConsoleConfig {
+    ConsoleConfig {
+        first_token,
+        tokens: tokens.clone(),
+        lan: config.lan,
+        node: node.clone(),
+        dir: config.console_dir(),
+        session_idle: Duration::from_secs(config.session_idle_s),
+        fingerprint: fingerprint.to_owned(),
+        setup_code: setup_code(config),
+        update_socket: config.update_socket.clone(),
+        data_enrol_socket: config.data_enrol_socket.clone(),
+        time_sync_flag: config.time_sync_flag.clone(),
+        settings: SettingsPlace {
+            state_dir: config.state_dir.clone(),
+            running: config.clone(),
+            started_with: settings,
+        },
+    }
 }
 
 /// What each start checks about this boot: the health record for the check of a newly
@@ -234,7 +278,13 @@ fn spawn_agent(
         },
         peer_listen: config.peer_listen,
         lan: config.lan.then_some(node::lan::Interfaces::Lan),
-        github: node::provider::GitHubConfig::default(),
+        github: node::provider::GitHubConfig {
+            client_id: config
+                .github_client_id
+                .clone()
+                .unwrap_or_else(|| node::provider::GitHubConfig::default().client_id),
+            ..Default::default()
+        },
     };
     let console = console.clone();
     let node = node.clone();

@@ -35,6 +35,8 @@
 //! # Map, bottom up
 //!
 //! - [`config`]: the TOML file ([`config::Config`]), its defaults and its errors.
+//! - [`settings`]: what the owner changes after flashing, on the data partition over the
+//!   file's defaults ([`settings::Settings`]); [`config_command`] is `pk-appliance config`.
 //! - [`console`]: the admin console. Inside, bottom up: `throttle` (the password-check
 //!   budget), `tls` (the self-signed certificate, its fingerprint, the HTTPS server with
 //!   its connection cap and deadlines), `actions` (what the pages and the API both do:
@@ -58,9 +60,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod config_command;
 pub mod console;
 pub mod daemon;
 pub mod data;
 pub mod data_command;
 pub mod health;
+pub mod settings;
 pub mod update;

@@ -5,6 +5,8 @@
 //! slots (`appliance::update`).
 //! `pk-appliance data open|recover|enrol-recovery|status ...`: the encrypted data volume,
 //! run as root by the image's units (`appliance::data_command`, over `appliance::data`).
+//! `pk-appliance config show|get|set|unset|apply ...`: the owner's settings
+//! (`appliance::config_command`, over `appliance::settings`).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,9 @@ fn main() -> ExitCode {
     }
     if args.next_if(|a| a == "data").is_some() {
         return appliance::data_command::main(args);
+    }
+    if args.next_if(|a| a == "config").is_some() {
+        return appliance::config_command::main(args);
     }
     let mut path = PathBuf::from(DEFAULT_PATH);
     let health = args.next_if(|a| a == "health").is_some();
@@ -61,13 +66,33 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    // The owner's settings over the file's defaults; settings that cannot be read leave
+    // the file's values (and the console, to fix them) in place.
+    let (config, settings) = appliance::settings::effective(config);
     if health {
         return health_check(&config, timeout_s);
     }
+    daemon_main(&path, config, settings)
+}
+
+/// The daemon: journald logging, then [`run`] until it stops or restarts.
+fn daemon_main(
+    path: &std::path::Path,
+    config: Config,
+    settings: Result<appliance::settings::Settings, appliance::settings::SettingsError>,
+) -> ExitCode {
     if let Err(e) = appliance::daemon::init_logging(&config.log) {
         eprintln!("pk-appliance: {}: log: {e}", path.display());
         return ExitCode::from(EX_CONFIG);
     }
+    let settings = settings.unwrap_or_else(|e| {
+        tracing::error!(
+            event = "settings.unreadable",
+            "{e}: running with the configuration file's values"
+        );
+        eprintln!("pk-appliance: {e}: running with the configuration file's values");
+        appliance::settings::Settings::default()
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -79,8 +104,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(run(config, settings)) {
+        Ok(appliance::daemon::Exit::Stopped) => ExitCode::SUCCESS,
+        // systemd starts it again (RestartForceExitStatus= in its unit).
+        Ok(appliance::daemon::Exit::Restart) => ExitCode::from(appliance::daemon::EXIT_RESTART),
         Err(e) => {
             tracing::error!(event = "appliance.failed", "{e}");
             eprintln!("pk-appliance: {e}");
@@ -111,14 +138,18 @@ fn print_help() {
         "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})\n\
          pk-appliance health [--config PATH] [--timeout SECONDS]: exit 0 once this boot's daemon is healthy\n\
          \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)\n\
-         {}\n{}",
+         {}\n{}\n{}",
         appliance::update::HELP,
-        appliance::data_command::HELP
+        appliance::data_command::HELP,
+        appliance::config_command::HELP
     );
 }
 
-async fn run(config: Config) -> Result<(), String> {
-    appliance::daemon::run(config, |started| {
+async fn run(
+    config: Config,
+    settings: appliance::settings::Settings,
+) -> Result<appliance::daemon::Exit, String> {
+    appliance::daemon::run(config, settings, |started| {
         tracing::info!(
             event = "appliance.ready",
             "ready: console at {}",

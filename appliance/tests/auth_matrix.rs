@@ -85,8 +85,23 @@ fn router_routes() -> BTreeSet<(String, String)> {
         include_str!("../src/console/mod.rs"),
         include_str!("../src/console/api.rs"),
     ] {
-        for line in source.lines() {
-            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+        // Each `.route(...)` call whole, however rustfmt split it over lines.
+        for (at, _) in source.match_indices(".route(") {
+            let call = &source[at + ".route(".len()..];
+            let mut depth = 1;
+            let end = call
+                .char_indices()
+                .find(|&(_, ch)| {
+                    depth += match ch {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map_or(call.len(), |(i, _)| i);
+            let line: String = call[..end].split_whitespace().collect::<Vec<_>>().join(" ");
+            let Some(rest) = line.strip_prefix('"') else {
                 continue;
             };
             let (path, handlers) = rest.split_once('"').unwrap();
@@ -243,6 +258,8 @@ fn form_body(template: &str, f: &Fixture) -> Vec<(&'static str, String)> {
             ("auth_method", s("recovery")),
             ("auth_secret", f.recovery.clone()),
         ],
+        "/settings" => vec![("key", s("console_port")), ("value", s("9999"))],
+        "/settings/restart" => vec![],
         "/account/password" => vec![
             ("current", s(NEW_PASSWORD)),
             ("new", s(INTRUDER_PASSWORD)),
@@ -255,7 +272,10 @@ fn form_body(template: &str, f: &Fixture) -> Vec<(&'static str, String)> {
 /// An API body the route would act on.
 fn api_body(template: &str, f: &Fixture) -> Value {
     match template {
-        "/api/logout" | "/api/lock" | "/api/update/reboot" => json!({}),
+        "/api/logout" | "/api/lock" | "/api/update/reboot" | "/api/settings/restart" => {
+            json!({})
+        }
+        "/api/settings" => json!({ "key": "console_port", "value": "9999" }),
         "/api/unlock" => json!({ "method": "passphrase", "secret": PASSPHRASE }),
         "/api/vaults" => json!({ "name": "intruder-vault" }),
         "/api/vaults/{name}/secrets" => json!({ "path": "db", "value": "overwritten" }),
@@ -340,11 +360,18 @@ struct Held {
     keyslot_file: String,
     account_file: String,
     audit: Vec<String>,
+    /// The stored settings, and whether a restart was asked for.
+    settings: (Option<String>, bool),
     /// The update installer's disk image and ESP, and the reboots it was asked for.
     update: ((String, std::collections::BTreeMap<String, String>), usize),
 }
 
-async fn held(agent: &Client, dir: &std::path::Path, machine: &TestBox) -> Held {
+async fn held(
+    agent: &Client,
+    console: &console::Console,
+    dir: &std::path::Path,
+    machine: &TestBox,
+) -> Held {
     // A view the agent will not give (a node locked by a refused request) is held as its
     // error, so that the comparison names what changed instead of failing here.
     let lock = match agent.call(calls::Status).await {
@@ -395,6 +422,10 @@ async fn held(agent: &Client, dir: &std::path::Path, machine: &TestBox) -> Held 
             .collect(),
         keyslot_file: sha256(&std::fs::read(node.keyslots()).unwrap()),
         account_file: sha256(&std::fs::read(dir.join("console/admin.json")).unwrap()),
+        settings: (
+            std::fs::read_to_string(dir.join("state/settings.toml")).ok(),
+            console.restart_requested(),
+        ),
         audit,
         update: (
             machine.disk(),
@@ -573,7 +604,7 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
         ("a known node's id (page content)", f.peer.clone()),
     ];
 
-    let before = held(&agent, dir.path(), &machine).await;
+    let before = held(&agent, &c, dir.path(), &machine).await;
     let records_before = refusal_records(&agent).await;
 
     // The table: what is tried, the request, where it comes from.
@@ -804,7 +835,7 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     assert_eq!(tried, refused);
 
     // Nothing refused changed what the agent holds ...
-    let after = held(&agent, dir.path(), &machine).await;
+    let after = held(&agent, &c, dir.path(), &machine).await;
     assert_eq!(before.lock, after.lock, "the lock state changed");
     assert_eq!(before.vaults, after.vaults, "the vaults changed");
     assert_eq!(before.shares, after.shares, "the vault's shares changed");
@@ -826,6 +857,10 @@ async fn every_way_into_the_console_that_must_be_refused_is_refused_and_changes_
     assert_eq!(
         before.update, after.update,
         "the update installer wrote or rebooted"
+    );
+    assert_eq!(
+        before.settings, after.settings,
+        "the settings changed or a restart was asked for"
     );
     assert_eq!(before, after);
     // ... nor the secret itself (read after the comparison: a read is audited) ...

@@ -38,7 +38,7 @@ fn run() -> Result<(), String> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8443);
-    let config = Config {
+    let base_config = Config {
         state_dir: base.join("state"),
         console_listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         // Loopback only: the development appliance talks to nothing beyond this machine.
@@ -47,34 +47,65 @@ fn run() -> Result<(), String> {
         tpm_tcti: swtpm.as_ref().map(|t| t.tcti()),
         ..Config::default()
     };
-    let node = node::NodePath::new(config.node_dir());
+    let node = node::NodePath::new(base_config.node_dir());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(async move {
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-        let stop = async move {
-            let _ = ready_rx.await;
-            if !once {
-                std::future::pending::<()>().await;
-            }
-            // Let the agent finish its unattended unlock before reporting and stopping.
-            report(&node).await;
-        };
-        appliance::daemon::run_until(
-            config,
-            |started| {
-                announce(started, once);
-                let _ = ready_tx.send(());
-            },
-            stop,
-        )
-        .await
-    })?;
+    // A restart asked for in the console (to apply changed settings) starts the daemon
+    // again in this process, with the settings as they are now.
+    loop {
+        let (config, settings) = dev_settings(base_config.clone());
+        let exit = runtime.block_on(run_daemon(config, settings, &node, once))?;
+        if exit == appliance::daemon::Exit::Stopped {
+            break;
+        }
+        say!("pk-appliance-dev: restarting, as the console asked");
+    }
     drop(swtpm);
     Ok(())
+}
+
+/// The owner's settings over `config`, still on loopback only: the development appliance
+/// talks to nothing beyond this machine, whatever the settings say of the LAN.
+fn dev_settings(config: Config) -> (Config, appliance::settings::Settings) {
+    let (mut config, settings) = appliance::settings::effective(config);
+    config.lan = false;
+    let settings = settings.unwrap_or_else(|e| {
+        say!("pk-appliance-dev: {e}: running without the stored settings");
+        appliance::settings::Settings::default()
+    });
+    (config, settings)
+}
+
+/// One run of the daemon: until Ctrl-C, SIGTERM or a restart (with `once`, until it has
+/// started and said where it is).
+async fn run_daemon(
+    config: Config,
+    settings: appliance::settings::Settings,
+    node: &node::NodePath,
+    once: bool,
+) -> Result<appliance::daemon::Exit, String> {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        let _ = ready_rx.await;
+        if !once {
+            std::future::pending::<()>().await;
+        }
+        // Let the agent finish its unattended unlock before reporting and stopping.
+        report(node).await;
+    };
+    appliance::daemon::run_until(
+        config,
+        settings,
+        |started| {
+            announce(started, once);
+            let _ = ready_tx.send(());
+        },
+        stop,
+    )
+    .await
 }
 
 /// Says where the started appliance's console is, and the setup code while unclaimed.

@@ -596,6 +596,31 @@ pub(crate) struct StatusView {
     pub backups: Vec<Backup>,
     /// A YubiKey is waiting for a touch right now.
     pub touch_needed: bool,
+    /// The box's clock: its time, and whether it is synchronised.
+    pub clock: ClockView,
+}
+
+/// The box's clock as the status shows it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ClockView {
+    /// Seconds since the Unix epoch, by this box's clock.
+    pub now_unix: u64,
+    /// Whether network time has set the clock this boot; `None` where nothing says
+    /// (no `time_sync_flag`: a laptop, a development box).
+    pub synchronized: Option<bool>,
+}
+
+fn clock(c: &Console) -> ClockView {
+    ClockView {
+        now_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        synchronized: c
+            .config
+            .time_sync_flag
+            .as_deref()
+            .map(std::path::Path::exists),
+    }
 }
 
 /// `IMAGE_VERSION` of the running system's os-release, if it has one.
@@ -649,6 +674,7 @@ pub(super) async fn status(c: &Console) -> StatusView {
         peers_connected,
         backups,
         touch_needed: c.touch_needed(),
+        clock: clock(c),
     }
 }
 

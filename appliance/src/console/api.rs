@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 
 use super::actions::{self, Enrolment, Outcome, ViewError};
 use super::installer::{self, Failure};
+use super::settings;
 use super::{Console, LoginForm, Peer, SetupForm, constant_time_eq, session_cookie};
 
 /// The header that carries the CSRF token on API calls.
@@ -57,6 +58,11 @@ pub(super) fn routes(console: Arc<Console>) -> Router<Arc<Console>> {
         .route("/api/account/password", post(password))
         .route("/api/update", get(update_status).post(update_install))
         .route("/api/update/reboot", post(update_reboot))
+        .route(
+            "/api/settings",
+            get(settings::api_view).post(settings::api_change),
+        )
+        .route("/api/settings/restart", post(settings::api_restart))
         .route_layer(middleware::from_fn_with_state(console, guard));
     Router::new()
         .route("/api/setup", post(setup))

@@ -24,6 +24,7 @@ pub mod api;
 pub mod gate;
 pub(crate) mod installer;
 mod pages;
+mod settings;
 /// A byte count for people (`1.5 MiB`), for the console's pages and `pk-appliance update`.
 pub(crate) use pages::size;
 mod throttle;
@@ -123,6 +124,25 @@ pub struct ConsoleConfig {
     /// Where setup hands the new recovery code to be added to the encrypted data volume
     /// (`data_enrol_socket`); none: no encrypted data volume here.
     pub data_enrol_socket: Option<PathBuf>,
+    /// The file whose presence says the clock is synchronised (`time_sync_flag`); none:
+    /// the console does not say.
+    pub time_sync_flag: Option<PathBuf>,
+    /// Where the settings are stored (the state directory), and those the daemon started
+    /// with.
+    pub settings: SettingsPlace,
+}
+
+/// Where the console reads and stores the owner's settings.
+#[derive(Clone, Debug)]
+pub struct SettingsPlace {
+    /// The state directory that holds `settings.toml`.
+    pub state_dir: PathBuf,
+    /// The configuration the daemon runs with (settings included), shown as the values
+    /// in effect.
+    pub running: crate::config::Config,
+    /// The stored settings the daemon started with: a difference from the stored ones
+    /// means a restart is pending.
+    pub started_with: crate::settings::Settings,
 }
 
 struct Session {
@@ -157,6 +177,11 @@ pub struct Console {
     account_checked: Mutex<Option<bool>>,
     /// The update installer, and the install it runs.
     updates: installer::Updates,
+    /// Set when the admin asks for a restart (to apply changed settings): the daemon
+    /// then stops, and its service manager starts it again.
+    pub(crate) restart: tokio::sync::watch::Sender<bool>,
+    /// One settings change at a time (each reads, changes and replaces the file).
+    settings_lock: Mutex<()>,
 }
 
 /// The stored admin account.
@@ -197,6 +222,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Console {
+    /// Whether the admin has asked this console's daemon to restart.
+    pub fn restart_requested(&self) -> bool {
+        *self.restart.borrow()
+    }
+
     /// The console for `config`.
     pub fn new(config: ConsoleConfig) -> Arc<Console> {
         let client = Client::new(&config.node);
@@ -217,6 +247,8 @@ impl Console {
             node_created: tokio::sync::Notify::new(),
             account_checked: Mutex::new(None),
             updates,
+            restart: tokio::sync::watch::Sender::new(false),
+            settings_lock: Mutex::new(()),
         })
     }
 
@@ -412,6 +444,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/reset", get(account::reset_page).post(account::reset))
         .route("/updates", get(updates::page).post(updates::upload))
         .route("/updates/reboot", post(updates::reboot))
+        .route("/settings", get(settings::page).post(settings::save))
+        .route("/settings/restart", post(settings::restart_form))
         .merge(api::routes(console.clone()))
         .layer(middleware::from_fn_with_state(
             console.clone(),

@@ -216,6 +216,13 @@ pub(super) fn status(view: &StatusView, csrf: &str, note: Option<&Outcome>) -> S
         html! {
             (nav())
             (outcome(note))
+            @if view.clock.synchronized == Some(false) {
+                p class="error" id="clock-unsynchronised" {
+                    "The clock is not synchronised with network time: audit times and "
+                    "certificate dates may be wrong. Check the network and the NTP servers in "
+                    a href="/settings" { "Settings" } "."
+                }
+            }
             table {
                 tr { th { "State" } td id="state" { (view.state) } }
                 tr { th { "NodeId" } td { code { (view.node_id.as_deref().unwrap_or("(locked)")) } } }
@@ -307,6 +314,7 @@ pub(super) fn nav() -> Markup {
             a href="/keyslots" { "Keyslots" } " · "
             a href="/audit" { "Audit log" } " · "
             a href="/updates" { "Updates" } " · "
+            a href="/settings" { "Settings" } " · "
             a href="/account" { "Account" }
         }
     }

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub(crate) mod https;
 pub(crate) mod installer;
 
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +24,9 @@ use tower::ServiceExt as _;
 
 /// The setup code every test console is made with.
 pub(crate) const CODE: &str = "ABCD-EFGH-JKLM";
+
+/// The admin password of the daemons claimed through [`https::claimed`].
+pub(crate) const ADMIN_PASSWORD: &str = "the admin password of this box";
 
 /// The admin's own address.
 pub(crate) const HERE: [u8; 4] = [127, 0, 0, 1];
@@ -46,7 +50,15 @@ pub(crate) fn console_with_installer(
     dir: &std::path::Path,
     update_socket: &std::path::Path,
 ) -> Arc<Console> {
-    Console::new(ConsoleConfig {
+    Console::new(console_config(dir, update_socket))
+}
+
+/// The configuration of [`console_with_installer`]'s console.
+pub(crate) fn console_config(
+    dir: &std::path::Path,
+    update_socket: &std::path::Path,
+) -> ConsoleConfig {
+    ConsoleConfig {
         node: node::NodePath::new(dir.join("node")),
         dir: dir.join("console"),
         first_token: FirstToken::Passphrase,
@@ -57,7 +69,22 @@ pub(crate) fn console_with_installer(
         lan: false,
         update_socket: update_socket.to_owned(),
         data_enrol_socket: None,
-    })
+        time_sync_flag: None,
+        settings: settings_place(dir),
+    }
+}
+
+/// Settings stored in `dir/state`, none at the start.
+pub(crate) fn settings_place(dir: &std::path::Path) -> appliance::console::SettingsPlace {
+    let running = appliance::config::Config {
+        state_dir: dir.join("state"),
+        ..Default::default()
+    };
+    appliance::console::SettingsPlace {
+        state_dir: running.state_dir.clone(),
+        running,
+        started_with: Default::default(),
+    }
 }
 
 /// The token configuration a box has: the real drivers, no overrides.
@@ -261,21 +288,30 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// How an [`InProcess`] daemon ended: in time, without panicking, and its outcome.
+pub(crate) type Ended = Result<
+    Result<Result<appliance::daemon::Exit, String>, tokio::task::JoinError>,
+    tokio::time::error::Elapsed,
+>;
+
 /// The daemon ([`appliance::daemon::run_until`]) running in this process.
 pub(crate) struct InProcess {
     /// What the daemon said once its console accepted connections.
     pub(crate) started: Started,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<Result<appliance::daemon::Exit, String>>,
 }
 
 impl InProcess {
-    /// Starts the daemon with `config` and waits until its console listens.
+    /// Starts the daemon with `config` (and the settings stored in its state directory
+    /// over it, as `pk-appliance` does) and waits until its console listens.
     pub(crate) async fn start(config: Config) -> InProcess {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (config, settings) = appliance::settings::effective(config);
         let task = tokio::spawn(appliance::daemon::run_until(
             config,
+            settings.unwrap(),
             move |started| {
                 let _ = ready_tx.send(started.clone());
             },
@@ -298,11 +334,14 @@ impl InProcess {
     }
 
     /// Asks the daemon to stop and gives it 20 s to end; how it ended.
-    pub(crate) async fn stop(
-        self,
-    ) -> Result<Result<Result<(), String>, tokio::task::JoinError>, tokio::time::error::Elapsed>
-    {
+    pub(crate) async fn stop(self) -> Ended {
         let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task).await
+    }
+
+    /// Gives the daemon 20 s to end by itself (a restart the console asked for); how it
+    /// ended.
+    pub(crate) async fn ended(self) -> Ended {
         tokio::time::timeout(Duration::from_secs(20), self.task).await
     }
 }
