@@ -181,10 +181,12 @@ systemctl --root="$root" mask "${mask[@]}" >&2
 # phase to sign for anyway; the unlock happens in the full system.
 systemctl --root="$root" mask systemd-pcrphase.service systemd-pcrphase-sysinit.service \
     systemd-pcrphase-initrd.service >&2
-# Nothing that talks to the outside by itself (none of these is installed today; the mask
-# keeps them off if a dependency ever brings one in).
-systemctl --root="$root" mask systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
-    man-db.timer >&2
+# Nothing that talks to the outside by itself but network time (none of these is installed
+# today; the mask keeps them off if a dependency ever brings one in).
+systemctl --root="$root" mask apt-daily.timer apt-daily-upgrade.timer man-db.timer >&2
+# Network time, on by default: the owner's servers come from the settings
+# (pk-appliance config apply, before each start of pk-appliance), Debian's pool otherwise.
+systemctl --root="$root" enable systemd-timesyncd.service >&2
 
 # --- 5. The initrd, with rootfs/etc/initramfs-tools (SOURCE_DATE_EPOCH: reproducible).
 say "rebuilding the initrd"
