@@ -38,6 +38,7 @@
 
 #![forbid(unsafe_code)]
 
+mod clock;
 mod console;
 mod esp;
 mod updates;
@@ -141,6 +142,7 @@ fn check_tools(args: &Args) -> Result<(), String> {
         tools.extend([
             ("qemu-system-x86_64", "qemu-system-x86"),
             ("swtpm", "swtpm"),
+            ("chronyd", "chrony"),
         ]);
     }
     if args.arm64.is_some() {
@@ -167,7 +169,9 @@ fn check_tools(args: &Args) -> Result<(), String> {
 
 /// The scenarios of each group, in the order they run. A group that reports a scenario not
 /// listed here fails the run: a new scenario cannot pass unseen.
-const AMD64: &[&str] = &["a", "b", "c", "l", "m", "d", "e", "g", "h", "i", "j", "k"];
+const AMD64: &[&str] = &[
+    "a", "b", "c", "n", "l", "m", "d", "e", "g", "h", "i", "j", "k", "o",
+];
 const ARM64: &[&str] = &["f"];
 
 fn main() {
@@ -811,17 +815,26 @@ fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     let recovery = recovery?;
     // Kept for --resume-at-d only (a throwaway machine's recovery code).
     std::fs::write(work.join("recovery.txt"), &recovery)?;
+    // n, first part: the time server set in the settings, the clock synchronised.
+    let time_server = clock::TimeServer::start(&work.join("time-server"))?;
+    let synchronised = clock::synchronised(&mut vm, &mut console);
     vm.shutdown(Duration::from_secs(120))?;
     // For m: the data partition as b left it.
     let (data_start, data_size) = esp::partition(&machine.disk, "pk-data")?;
     let after_b = read_range(&machine.disk, data_start, data_size)?;
 
-    // c: a reboot; l: the disk with the box off.
+    // c: a reboot, with n's second part: no time server, and the hardware clock in 2001
+    // (a box without a battery clock); l: the disk with the box off.
+    drop(time_server);
+    machine.rtc_base = Some("2001-01-01T00:00:00".into());
     let mut vm = machine.boot()?;
     let c = scenario_c(&mut vm, &mut console);
     report("c", &c);
     c?;
+    let n = synchronised.and_then(|before| clock::kept(&console, before));
+    report("n", &n);
     vm.shutdown(Duration::from_secs(120))?;
+    machine.rtc_base = None;
     report("l", &scenario_l(&machine));
 
     // m: b's copy of the data partition written back.
@@ -864,7 +877,62 @@ fn tampered(
     let bundles = bundles
         .join()
         .unwrap_or_else(|_| Err("making the bundles panicked".into()));
-    updates::run_all(machine, vm, console, build, &args.keys, bundles)
+    updates::run_all(machine, vm, console, build, &args.keys, bundles)?;
+    let o = scenario_o(machine, console, recovery);
+    report("o", &o);
+    o
+}
+
+/// o: the firmware replaced (OVMF's 2 MiB build, a new variable store): PCR 0 is not what
+/// the TPM slots were sealed to, so the data partition stays locked; the recovery code
+/// with `reseal` opens it and seals its TPM slot to this firmware, and the next boot opens
+/// it by itself. The node's own TPM keyslot is bound to PCR 0 too: it stays locked until
+/// the recovery code.
+fn scenario_o(machine: &mut Machine, console: &mut Console, recovery: &str) -> Result<(), Failure> {
+    machine.change_firmware()?;
+    let mut vm = machine.boot()?;
+    // systemd-boot enrols the keys in the new variable store and restarts first.
+    vm.wait_serial("the data volume is locked", BOOT_TIMEOUT)?;
+    console.reachable(Duration::from_secs(120))?;
+    let state = console.call("GET", "/api/data", None)?;
+    let reason = state["reason"].as_str().unwrap_or_default().to_owned();
+    if state["state"] != "data_locked" || !reason.to_lowercase().contains("tpm") {
+        return Err(format!("after the firmware change the data console says {state}").into());
+    }
+    let opened = console.call(
+        "POST",
+        "/api/data/unlock",
+        Some(json!({ "recovery_code": recovery, "reseal": true })),
+    )?;
+    if opened.get("ok").is_none() {
+        return Err(format!("the recovery code did not open the data partition: {opened}").into());
+    }
+    appliance_up(&mut vm)?;
+    console.reachable(Duration::from_secs(120))?;
+    console.login(ADMIN_PASSWORD)?;
+    console.settled_state(Duration::from_secs(120))?;
+    console.ok(
+        "POST",
+        "/api/unlock",
+        Some(json!({ "method": "recovery", "secret": recovery })),
+    )?;
+    console.unlocked(Duration::from_secs(30))?;
+    let wifi = console.reveal("office", "wifi")?;
+    if wifi != "office-wifi-key" {
+        return Err(format!("after the firmware change the secret reads {wifi:?}").into());
+    }
+    vm.shutdown(Duration::from_secs(120))?;
+    // The same new firmware again: the resealed slot opens the partition at once.
+    let mut vm = machine.boot()?;
+    appliance_up(&mut vm)?;
+    let serial = vm.serial_text();
+    if !serial.contains("opened pk-data through its TPM slot")
+        || serial.contains("the data volume is locked")
+    {
+        return Err("after the reseal the data partition did not open through its TPM slot".into());
+    }
+    eprintln!("   other firmware: locked ({reason}), opened with the recovery code, resealed");
+    vm.shutdown(Duration::from_secs(120))
 }
 
 fn arm64(args: &Args, work: &Path) -> Result<(), Failure> {

@@ -262,6 +262,8 @@ pub(crate) fn scenario_h(
     if shown != "0.2.0" {
         return Err(format!("after the update /api/status shows image version {shown}").into());
     }
+    // The settings live on the data partition: the update left them (n set this one).
+    crate::clock::server_setting_kept(console, "after the update")?;
     if !boots_since(vm, mark)
         .iter()
         .all(|c| c.contains(&bundles.good.roothash))

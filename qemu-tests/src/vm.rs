@@ -33,7 +33,24 @@ pub(crate) struct Machine {
     vars: PathBuf,
     tpm_state: PathBuf,
     boots: u32,
+    /// The time the machine's hardware clock starts at on the next boots (QEMU's
+    /// `-rtc base=`), as a box without a battery clock would; none: the host's time.
+    pub(crate) rtc_base: Option<String>,
+    /// The firmware's code (amd64: OVMF's Secure Boot build).
+    firmware: &'static str,
 }
+
+/// OVMF's Secure Boot build with a 4 MiB flash, and its variable store: the machine's
+/// firmware.
+const OVMF_4M: (&str, &str) = (
+    "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+    "/usr/share/OVMF/OVMF_VARS_4M.fd",
+);
+/// The same firmware built for a 2 MiB flash: other firmware as PCR 0 sees it.
+const OVMF_2M: (&str, &str) = (
+    "/usr/share/OVMF/OVMF_CODE.secboot.fd",
+    "/usr/share/OVMF/OVMF_VARS.fd",
+);
 
 impl Machine {
     /// A new machine in `dir` with a copy of `image` as its disk.
@@ -45,7 +62,7 @@ impl Machine {
             .arg(image)
             .arg(&disk))?;
         let vars_template = match arch {
-            Arch::Amd64 => "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            Arch::Amd64 => OVMF_4M.1,
             Arch::Arm64 => "/usr/share/AAVMF/AAVMF_VARS.fd",
         };
         let vars = dir.join("vars.fd");
@@ -58,6 +75,8 @@ impl Machine {
             vars,
             tpm_state: dir.join("tpm"),
             boots: 0,
+            rtc_base: None,
+            firmware: OVMF_4M.0,
         })
     }
 
@@ -76,7 +95,19 @@ impl Machine {
             vars: dir.join("vars.fd"),
             tpm_state: dir.join("tpm"),
             boots,
+            rtc_base: None,
+            firmware: OVMF_4M.0,
         })
+    }
+
+    /// Replaces the amd64 machine's firmware with OVMF's 2 MiB build and a new, empty
+    /// variable store, as a firmware update that resets the settings would: PCR 0 measures
+    /// other firmware, and systemd-boot enrols the image's Secure Boot keys again.
+    pub(crate) fn change_firmware(&mut self) -> Result<(), Failure> {
+        std::fs::copy(OVMF_2M.1, &self.vars)
+            .map_err(|e| format!("{}: {e} (package ovmf)", OVMF_2M.1))?;
+        self.firmware = OVMF_2M.0;
+        Ok(())
     }
 
     /// The amd64 machine's QEMU command and its TPM: swtpm started on the machine's state.
@@ -105,9 +136,15 @@ impl Machine {
         cmd.args(["-machine", "q35,smm=on", "-cpu", "max"])
             .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
             .arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                self.firmware
+            ))
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()))
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                self.vars.display()
+            ))
             .arg("-chardev")
             .arg(format!("socket,id=chrtpm,path={}", socket.display()))
             .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
@@ -136,6 +173,9 @@ impl Machine {
                 (cmd, None)
             }
         };
+        if let Some(base) = &self.rtc_base {
+            cmd.arg("-rtc").arg(format!("base={base}"));
+        }
         cmd.args(["-accel", accelerator(self.arch)])
             .args(["-smp", "2", "-m", "2048"])
             // Entropy for the guest's early getrandom() calls.
