@@ -60,7 +60,7 @@ slot_make() { # TREE BOOT OUT
     root_uuid=$(sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/' <<<"$roothash")
 
     # The UKI: its PCR 11 signature, then the Secure Boot signatures.
-    local cmdline="roothash=$roothash systemd.verity_root_options=hash-offset=$hash_offset,data-blocks=$data_blocks root=/dev/mapper/root rootfstype=erofs ro console=tty0 console=$console,115200 systemd.gpt_auto=0 panic=30"
+    local cmdline="roothash=$roothash systemd.verity_root_options=hash-offset=$hash_offset,data-blocks=$data_blocks root=/dev/mapper/root rootfstype=erofs ro console=$console,115200 systemd.gpt_auto=0 panic=30"
     say "UKI, command line: $cmdline"
     printf '%s' "$cmdline" > "$out/cmdline.txt"
     "${cross}objcopy" -O binary --only-section=.sbat "$stub" "$out/stub.sbat"

@@ -83,7 +83,14 @@ pub async fn run_until(
     let console = Console::new(console_config);
     let agent = spawn_agent(&config, &node, tokens, &console);
 
-    let (server, urls_list) = serve_console(&config, &console, identity).await?;
+    let (server, bound, urls_list) = serve_console(&config, &console, identity).await?;
+    let screen = spawn_screen(
+        &console,
+        &node,
+        bound,
+        &fingerprint,
+        config.time_sync_flag.clone(),
+    );
     let urls = urls_list.join(" ");
 
     notify(&[
@@ -104,6 +111,9 @@ pub async fn run_until(
             }
         })
     });
+    // What runs beside the console and stops with it.
+    let mut beside = vec![server.abort_handle(), health.abort_handle()];
+    beside.extend(screen.iter().chain(&watchdog).map(|t| t.abort_handle()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
@@ -116,11 +126,7 @@ pub async fn run_until(
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(event = "appliance.stopping", "stopping");
-    server.abort();
-    health.abort();
-    if let Some(w) = watchdog {
-        w.abort();
-    }
+    beside.iter().for_each(tokio::task::AbortHandle::abort);
     stop_agent(&node, agent).await;
     Ok(exit)
 }
@@ -173,14 +179,21 @@ async fn serve_console(
     config: &Config,
     console: &Arc<Console>,
     identity: tls::Identity,
-) -> Result<(tokio::task::JoinHandle<std::io::Result<()>>, Vec<String>), String> {
+) -> Result<
+    (
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        std::net::SocketAddr,
+        Vec<String>,
+    ),
+    String,
+> {
     let listener = tokio::net::TcpListener::bind(config.console_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.console_listen))?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("the console's address: {e}"))?;
-    let urls_list = console_urls(address);
+    let urls_list = crate::screen::console_urls(address);
     let urls = urls_list.join(" ");
     let fingerprint = identity.fingerprint();
     tracing::info!(event = "console.listening", address = %address, "console at {urls}");
@@ -188,7 +201,50 @@ async fn serve_console(
     eprintln!("pk-appliance: console at {urls} (certificate SHA-256 {fingerprint})");
     let app = console::router(console.clone());
     let server = tokio::spawn(async move { tls::serve(listener, &identity, app).await });
-    Ok((server, urls_list))
+    Ok((server, address, urls_list))
+}
+
+/// Keeps the screen's status file ([`crate::screen`]) current while the daemon runs:
+/// every few seconds, what a person at the box needs. Only under systemd (in its runtime
+/// directory).
+fn spawn_screen(
+    console: &Arc<Console>,
+    node: &NodePath,
+    bound: std::net::SocketAddr,
+    fingerprint: &str,
+    time_sync_flag: Option<std::path::PathBuf>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let dir = crate::screen::runtime_dir()?;
+    let (console, node, fingerprint) = (console.clone(), node.clone(), fingerprint.to_owned());
+    Some(tokio::spawn(async move {
+        let client = node::client::Client::new(&node);
+        let mut shown = None;
+        loop {
+            let state = if !node.keyslots().exists() {
+                "unclaimed".to_owned()
+            } else {
+                match client.call(node::api::agent::Status).await {
+                    Ok(s) => format!("{:?}", s.state).to_lowercase(),
+                    Err(_) => "starting".to_owned(),
+                }
+            };
+            let status = crate::screen::Status {
+                state,
+                console_urls: crate::screen::console_urls(bound),
+                fingerprint: fingerprint.clone(),
+                setup_code: console.setup_code_now(),
+                clock_synchronized: time_sync_flag.as_deref().map(std::path::Path::exists),
+                reason: None,
+            };
+            if shown.as_ref() != Some(&status) {
+                if let Err(e) = crate::screen::write(&dir, &status) {
+                    tracing::warn!(event = "screen.unwritten", error = %e, "cannot write the screen's status");
+                }
+                shown = Some(status);
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }))
 }
 
 /// How setup makes the first keyslot: with a TPM, bound to `tpm_pcrs` and, when the PCR
@@ -324,34 +380,6 @@ fn watchdog_interval() -> Option<Duration> {
     Some(Duration::from_micros(usec / 2).max(Duration::from_millis(500)))
 }
 
-/// Where a browser reaches the console bound to `bound`: that address, or, bound to every
-/// address, this machine's own addresses but loopback and IPv6 link-local ones (a URL
-/// cannot name their interface). An unspecified IPv6 address also takes IPv4 (Linux's
-/// dual stack). With no such address (no network yet), the bound address.
-fn console_urls(bound: std::net::SocketAddr) -> Vec<String> {
-    use std::net::{IpAddr, SocketAddr};
-    if !bound.ip().is_unspecified() {
-        return vec![format!("https://{bound}/")];
-    }
-    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|interface| interface.ip())
-        .filter(|ip| match ip {
-            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
-            IpAddr::V6(v6) => bound.is_ipv6() && !v6.is_loopback() && !v6.is_unicast_link_local(),
-        })
-        .collect();
-    ips.sort();
-    ips.dedup();
-    if ips.is_empty() {
-        return vec![format!("https://{bound}/")];
-    }
-    ips.into_iter()
-        .map(|ip| format!("https://{}/", SocketAddr::new(ip, bound.port())))
-        .collect()
-}
-
 /// The journal under systemd (structured fields), stderr otherwise; in both, what the
 /// configuration's `log` filter lets through, the node library's events (`pk::agent`,
 /// `pk::peer`, `pk::sync`, `pk::notify`) included. The default, INFO, keeps out the
@@ -380,7 +408,7 @@ pub fn init_logging(filter: &str) -> Result<(), node::logging::BadFilter> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // test code: a panic is a test failure
 mod tests {
-    use super::console_urls;
+    use crate::screen::console_urls;
 
     #[test]
     fn a_specific_address_is_the_url() {

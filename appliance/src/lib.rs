@@ -35,6 +35,8 @@
 //! # Map, bottom up
 //!
 //! - [`config`]: the TOML file ([`config::Config`]), its defaults and its errors.
+//! - [`screen`]: the box's own screen (tty1): the status file the daemon and the locked
+//!   data console write, and `pk-appliance screen`, which draws it with a QR code.
 //! - [`settings`]: what the owner changes after flashing, on the data partition over the
 //!   file's defaults ([`settings::Settings`]); [`config_command`] is `pk-appliance config`.
 //! - [`console`]: the admin console. Inside, bottom up: `throttle` (the password-check
@@ -66,5 +68,6 @@ pub mod daemon;
 pub mod data;
 pub mod data_command;
 pub mod health;
+pub mod screen;
 pub mod settings;
 pub mod update;

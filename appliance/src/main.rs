@@ -7,6 +7,7 @@
 //! run as root by the image's units (`appliance::data_command`, over `appliance::data`).
 //! `pk-appliance config show|get|set|unset|apply ...`: the owner's settings
 //! (`appliance::config_command`, over `appliance::settings`).
+//! `pk-appliance screen ...`: the box's status on its own screen (`appliance::screen`).
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,9 @@ fn main() -> ExitCode {
     }
     if args.next_if(|a| a == "config").is_some() {
         return appliance::config_command::main(args);
+    }
+    if args.next_if(|a| a == "screen").is_some() {
+        return appliance::screen::main(args);
     }
     let mut path = PathBuf::from(DEFAULT_PATH);
     let health = args.next_if(|a| a == "health").is_some();
@@ -138,10 +142,11 @@ fn print_help() {
         "pk-appliance [--config PATH]: the pk appliance daemon (default config {DEFAULT_PATH})\n\
          pk-appliance health [--config PATH] [--timeout SECONDS]: exit 0 once this boot's daemon is healthy\n\
          \x20 (its node answered and its console accepts connections), 1 if it is not within the time (default 240)\n\
-         {}\n{}\n{}",
+         {}\n{}\n{}\n{}",
         appliance::update::HELP,
         appliance::data_command::HELP,
-        appliance::config_command::HELP
+        appliance::config_command::HELP,
+        appliance::screen::HELP
     );
 }
 

@@ -357,7 +357,9 @@ fn scenario_a(vm: &mut vm::Vm, console: &Console) -> Result<FirstBoot, Failure> 
     }
     // systemd shortens the unit's name to fit the line: "pk-appliance-scree…".
     if vm.arch == Arch::Amd64 && !vm.serial_text().contains("Started pk-appliance-scree") {
-        return Err("systemd did not start pk-appliance-screen.service (the log on tty1)".into());
+        return Err(
+            "systemd did not start pk-appliance-screen.service (the status on tty1)".into(),
+        );
     }
     if serial.contains("login:") {
         return Err("the serial console offers a login prompt".into());
@@ -793,8 +795,10 @@ fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     let mut vm = machine.boot()?;
     let first = scenario_a(&mut vm, &console);
     // For review: a PC's screen shows the setup code and the address too
-    // (pk-appliance-screen.service on tty1), for boxes without a serial port.
+    // (pk-appliance screen on tty1, with a QR code), for boxes without a serial port.
     let screen = work.join("screen-first-boot.png");
+    // The screen redraws every 3 s from the daemon's status, written every 3 s.
+    std::thread::sleep(Duration::from_secs(6));
     match vm.screenshot(&screen) {
         Ok(()) => eprintln!("   the screen at first boot: {}", screen.display()),
         Err(e) => eprintln!("   no screenshot of the first boot: {e}"),

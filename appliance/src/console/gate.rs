@@ -139,6 +139,20 @@ pub async fn serve(gate: Arc<Gate>, listen: SocketAddr) -> Result<(), String> {
         gate.reason,
         listen.port()
     );
+    // The box's own screen says so too (under systemd: the gate's runtime directory).
+    if let Some(dir) = crate::screen::runtime_dir() {
+        let status = crate::screen::Status {
+            state: "data_locked".into(),
+            console_urls: crate::screen::console_urls(listen),
+            fingerprint: fingerprint.clone(),
+            setup_code: None,
+            clock_synchronized: None,
+            reason: Some(gate.reason.clone()),
+        };
+        if let Err(e) = crate::screen::write(&dir, &status) {
+            tracing::warn!(event = "screen.unwritten", error = %e, "cannot write the screen's status");
+        }
+    }
     let app = router(gate.clone());
     let server = tokio::spawn(async move { tls::serve(listener, &identity, app).await });
     gate.opened.notified().await;

@@ -222,6 +222,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Console {
+    /// The setup code while the box is unclaimed (for the box's own screen).
+    pub(crate) fn setup_code_now(&self) -> Option<String> {
+        self.setup_code
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|code| code.as_str().to_owned())
+    }
+
     /// Whether the admin has asked this console's daemon to restart.
     pub fn restart_requested(&self) -> bool {
         *self.restart.borrow()
