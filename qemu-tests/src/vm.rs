@@ -40,17 +40,15 @@ pub(crate) struct Machine {
     firmware: &'static str,
 }
 
-/// OVMF's Secure Boot build with a 4 MiB flash, and its variable store: the machine's
-/// firmware.
+/// OVMF's Secure Boot build (SMM) with a 4 MiB flash, and its variable store: the
+/// machine's firmware.
 const OVMF_4M: (&str, &str) = (
     "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
     "/usr/share/OVMF/OVMF_VARS_4M.fd",
 );
-/// The same firmware built for a 2 MiB flash: other firmware as PCR 0 sees it.
-const OVMF_2M: (&str, &str) = (
-    "/usr/share/OVMF/OVMF_CODE.secboot.fd",
-    "/usr/share/OVMF/OVMF_VARS.fd",
-);
+/// OVMF's build without SMM, for the same variable store: other firmware as PCR 0 sees
+/// it, with the Secure Boot keys and state kept.
+const OVMF_4M_NO_SMM: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 
 impl Machine {
     /// A new machine in `dir` with a copy of `image` as its disk.
@@ -100,14 +98,11 @@ impl Machine {
         })
     }
 
-    /// Replaces the amd64 machine's firmware with OVMF's 2 MiB build and a new, empty
-    /// variable store, as a firmware update that resets the settings would: PCR 0 measures
-    /// other firmware, and systemd-boot enrols the image's Secure Boot keys again.
-    pub(crate) fn change_firmware(&mut self) -> Result<(), Failure> {
-        std::fs::copy(OVMF_2M.1, &self.vars)
-            .map_err(|e| format!("{}: {e} (package ovmf)", OVMF_2M.1))?;
-        self.firmware = OVMF_2M.0;
-        Ok(())
+    /// Replaces the amd64 machine's firmware with another OVMF build (the one without
+    /// SMM) over the same variable store, as a firmware update that keeps the settings
+    /// would: PCR 0 measures other firmware; Secure Boot stays on with the same keys.
+    pub(crate) fn change_firmware(&mut self) {
+        self.firmware = OVMF_4M_NO_SMM;
     }
 
     /// The amd64 machine's QEMU command and its TPM: swtpm started on the machine's state.
@@ -133,9 +128,14 @@ impl Machine {
         // OVMF's Secure Boot build: only SMM code writes its variable store. The store
         // starts empty (setup mode): systemd-boot enrols the image's keys on the first
         // start, and from then on only UKIs signed with them boot.
-        cmd.args(["-machine", "q35,smm=on", "-cpu", "max"])
-            .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-            .arg("-drive")
+        if self.firmware == OVMF_4M.0 {
+            cmd.args(["-machine", "q35,smm=on", "-cpu", "max"])
+                .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        } else {
+            // A build without SMM writes its variable store itself.
+            cmd.args(["-machine", "q35", "-cpu", "max"]);
+        }
+        cmd.arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}",
                 self.firmware
