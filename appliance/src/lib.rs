@@ -67,6 +67,7 @@ pub mod console;
 pub mod daemon;
 pub mod data;
 pub mod data_command;
+mod files;
 pub mod health;
 pub mod screen;
 pub mod settings;

@@ -70,18 +70,8 @@ impl std::fmt::Debug for Status {
 /// is for the person at the box; the screen's service reads it with
 /// `CAP_DAC_READ_SEARCH`).
 pub fn write(dir: &Path, status: &Status) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = dir.join(format!(".{STATUS_FILE}.new"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&serde_json::to_vec(status).map_err(std::io::Error::other)?)?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(STATUS_FILE))
+    let bytes = serde_json::to_vec(status).map_err(std::io::Error::other)?;
+    crate::files::write_private(&dir.join(STATUS_FILE), &bytes)
 }
 
 /// The runtime directory systemd gave this service (`RuntimeDirectory=`), if any.

@@ -8,7 +8,6 @@
 //!
 //! An update never touches them: they live on the data partition, not in a root slot.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -181,21 +180,7 @@ impl Settings {
             "# pk appliance settings, changed with the console or `pk-appliance config set`.\n{}",
             toml::to_string(self).map_err(|e| io(std::io::Error::other(e)))?
         );
-        std::fs::create_dir_all(state_dir).map_err(io)?;
-        let tmp = state_dir.join(format!(".{FILE}.new"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        std::fs::File::open(state_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io)
+        crate::files::write_private(&path, text.as_bytes()).map_err(io)
     }
 
     /// Sets `key` from its text form (as typed in the console or on the command line); an

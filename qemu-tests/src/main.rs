@@ -593,6 +593,17 @@ fn scenario_d(vm: &mut vm::Vm, console: &mut Console, recovery: &str) -> Result<
     if tpm.get("error").is_none() {
         return Err(format!("the TPM unlocked a tampered boot: {tpm}").into());
     }
+    unlock_with_recovery(console, recovery, "after recovery")?;
+    eprintln!(
+        "   locked with the tampered kernel command line ({}), opened with the recovery code",
+        status["state"]
+    );
+    Ok(())
+}
+
+/// Unlocks the node with the recovery code; b's secret must read back (`when` says when,
+/// in the failure).
+fn unlock_with_recovery(console: &Console, recovery: &str, when: &str) -> Result<(), Failure> {
     console.ok(
         "POST",
         "/api/unlock",
@@ -601,12 +612,8 @@ fn scenario_d(vm: &mut vm::Vm, console: &mut Console, recovery: &str) -> Result<
     console.unlocked(Duration::from_secs(30))?;
     let wifi = console.reveal("office", "wifi")?;
     if wifi != "office-wifi-key" {
-        return Err(format!("after recovery the secret reads {wifi:?}").into());
+        return Err(format!("{when} the secret reads {wifi:?}").into());
     }
-    eprintln!(
-        "   locked with the tampered kernel command line ({}), opened with the recovery code",
-        status["state"]
-    );
     Ok(())
 }
 
@@ -917,16 +924,7 @@ fn scenario_o(machine: &mut Machine, console: &mut Console, recovery: &str) -> R
     console.reachable(Duration::from_secs(120))?;
     console.login(ADMIN_PASSWORD)?;
     console.settled_state(Duration::from_secs(120))?;
-    console.ok(
-        "POST",
-        "/api/unlock",
-        Some(json!({ "method": "recovery", "secret": recovery })),
-    )?;
-    console.unlocked(Duration::from_secs(30))?;
-    let wifi = console.reveal("office", "wifi")?;
-    if wifi != "office-wifi-key" {
-        return Err(format!("after the firmware change the secret reads {wifi:?}").into());
-    }
+    unlock_with_recovery(console, recovery, "after the firmware change")?;
     vm.shutdown(Duration::from_secs(120))?;
     // The same new firmware again: the resealed slot opens the partition at once.
     let mut vm = machine.boot()?;
