@@ -112,7 +112,9 @@ pub(crate) fn synchronised(vm: &mut Vm, console: &mut Console) -> Result<u64, Fa
     )?;
     let mark = vm.mark();
     console.ok("POST", "/api/settings/restart", None)?;
-    vm.wait_serial_since(mark, "Started pk-appliance.serv", crate::BOOT_TIMEOUT)?;
+    // systemd prints no "Started" line for a restart once the boot is over; the daemon
+    // says where its console is each time it starts.
+    vm.wait_serial_since(mark, "console at https://", crate::BOOT_TIMEOUT)?;
     console.reachable(Duration::from_secs(60))?;
     // Sessions live in the daemon: log in again.
     console.login(ADMIN_PASSWORD)?;
