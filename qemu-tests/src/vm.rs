@@ -36,8 +36,6 @@ pub(crate) struct Machine {
     /// The time the machine's hardware clock starts at on the next boots (QEMU's
     /// `-rtc base=`), as a box without a battery clock would; none: the host's time.
     pub(crate) rtc_base: Option<String>,
-    /// The firmware's code (amd64: OVMF's Secure Boot build).
-    firmware: &'static str,
 }
 
 /// OVMF's Secure Boot build (SMM) with a 4 MiB flash, and its variable store: the
@@ -46,9 +44,6 @@ const OVMF_4M: (&str, &str) = (
     "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
     "/usr/share/OVMF/OVMF_VARS_4M.fd",
 );
-/// OVMF's build without SMM, for the same variable store: other firmware as PCR 0 sees
-/// it, with the Secure Boot keys and state kept.
-const OVMF_4M_NO_SMM: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 
 impl Machine {
     /// A new machine in `dir` with a copy of `image` as its disk.
@@ -74,7 +69,6 @@ impl Machine {
             tpm_state: dir.join("tpm"),
             boots: 0,
             rtc_base: None,
-            firmware: OVMF_4M.0,
         })
     }
 
@@ -94,15 +88,7 @@ impl Machine {
             tpm_state: dir.join("tpm"),
             boots,
             rtc_base: None,
-            firmware: OVMF_4M.0,
         })
-    }
-
-    /// Replaces the amd64 machine's firmware with another OVMF build (the one without
-    /// SMM) over the same variable store, as a firmware update that keeps the settings
-    /// would: PCR 0 measures other firmware; Secure Boot stays on with the same keys.
-    pub(crate) fn change_firmware(&mut self) {
-        self.firmware = OVMF_4M_NO_SMM;
     }
 
     /// The amd64 machine's QEMU command and its TPM: swtpm started on the machine's state.
@@ -128,17 +114,12 @@ impl Machine {
         // OVMF's Secure Boot build: only SMM code writes its variable store. The store
         // starts empty (setup mode): systemd-boot enrols the image's keys on the first
         // start, and from then on only UKIs signed with them boot.
-        if self.firmware == OVMF_4M.0 {
-            cmd.args(["-machine", "q35,smm=on", "-cpu", "max"])
-                .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
-        } else {
-            // A build without SMM writes its variable store itself.
-            cmd.args(["-machine", "q35", "-cpu", "max"]);
-        }
-        cmd.arg("-drive")
+        cmd.args(["-machine", "q35,smm=on", "-cpu", "max"])
+            .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+            .arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                self.firmware
+                OVMF_4M.0
             ))
             .arg("-drive")
             .arg(format!(
