@@ -113,12 +113,14 @@ pub(crate) fn set_time_server(vm: &mut Vm, console: &mut Console) -> Result<(), 
     console.reachable(Duration::from_secs(60))?;
     // Sessions live in the daemon: log in again.
     console.login(ADMIN_PASSWORD)?;
-    server_setting_kept(console, "after the restart")
+    server_setting_kept(console, "after the restart")?;
+    say_whether_synchronised(console, Duration::from_secs(60));
+    Ok(())
 }
 
 /// Says (for the record, not as a check: see docs/reference/qemu-suite.md, scenario n)
 /// whether the box's clock was synchronised from the time server within `wait`.
-pub(crate) fn say_whether_synchronised(console: &Console, wait: Duration) {
+fn say_whether_synchronised(console: &Console, wait: Duration) {
     let started = Instant::now();
     while started.elapsed() < wait {
         if console

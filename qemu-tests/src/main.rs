@@ -829,9 +829,6 @@ fn amd64(args: &Args, work: &Path) -> Result<(), Failure> {
     // n, first part: the time server set in the settings and applied.
     let time_server = clock::TimeServer::start(&work.join("time-server"))?;
     let n = clock::set_time_server(&mut vm, &mut console);
-    if n.is_ok() {
-        clock::say_whether_synchronised(&console, Duration::from_secs(60));
-    }
     vm.shutdown(Duration::from_secs(120))?;
     drop(time_server);
     // For m: the data partition as b left it.
