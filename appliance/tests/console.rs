@@ -955,21 +955,6 @@ fn start_daemon(dir: &std::path::Path, nofile: u64) -> Daemon {
     daemon
 }
 
-/// A TLS client (HTTP/1.1) for the daemon's console that trusts its own certificate only,
-/// as an admin who compared its fingerprint.
-fn connector(cert: &rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 /// `POST /api/login` over its own connection; the whole HTTP answer.
 async fn https_login(
     addr: SocketAddr,
@@ -1007,7 +992,7 @@ async fn idle_connections_do_not_lock_the_admin_out() {
     const LOGIN_WITHIN: Duration = Duration::from_secs(30);
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_daemon(dir.path(), 4096);
-    let tls = connector(&daemon.cert);
+    let tls = common::https::connector(&daemon.cert);
 
     let mut opening = tokio::task::JoinSet::new();
     for _ in 0..ATTACKERS {

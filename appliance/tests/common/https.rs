@@ -38,22 +38,30 @@ pub(crate) struct Https {
     pub(crate) csrf: String,
 }
 
+/// A TLS client (HTTP/1.1) for the daemon's console that trusts its own certificate only,
+/// as an admin who compared its fingerprint.
+pub(crate) fn connector(
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 impl Https {
     pub(crate) fn new(daemon: &InProcess, state: &std::path::Path) -> Https {
         let cert = std::fs::read(state.join("console/console-cert.der")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.into()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let url = daemon.console_url();
         Https {
             addr: url.strip_prefix("https://").unwrap().parse().unwrap(),
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            tls: connector(&cert.into()),
             cookie: String::new(),
             csrf: String::new(),
         }
